@@ -1,0 +1,344 @@
+"""The plant config: one YAML file, validated once at start-up, frozen afterwards.
+
+Every service receives the `PlantConfig` built here; nothing reads the file twice and
+nothing is built at import time. Validation errors name the key at fault in the
+dotted form users see in their YAML (`lines[0].machines[3].ideal_cycle_time_s`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Mapping
+from datetime import date, time
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+State = Literal["running", "idle", "down", "changeover", "planned_stop", "unknown"]
+STATES: frozenset[str] = frozenset(get_args(State))
+# States whose time counts as downtime (DESIGN.md: `down`, `idle`, `changeover`).
+DOWNTIME_STATES: frozenset[str] = frozenset({"down", "idle", "changeover"})
+
+CounterSignal = Literal["total_count", "good_count", "reject_count"]
+COUNTER_SIGNALS: tuple[str, ...] = get_args(CounterSignal)
+
+WindowKind = Literal["1m", "15m", "1h", "shift", "day"]
+WINDOW_KINDS: tuple[str, ...] = get_args(WindowKind)
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[str, ...] = get_args(Weekday)
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class ConfigError(Exception):
+    """The plant config cannot be used; the message names each key at fault."""
+
+
+def _parse_hhmm(value: object) -> time:
+    # YAML 1.1 reads an unquoted 06:00 as the sexagesimal integer 360; accept that form
+    # too rather than make every user quote their times.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 24 * 60:
+        return time(value // 60, value % 60)
+    if isinstance(value, time):
+        return value.replace(second=0, microsecond=0)
+    if not isinstance(value, str) or not _HHMM.match(value):
+        raise ValueError(f"must be a local time as HH:MM (00:00-23:59), got {value!r}")
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
+
+
+# Calendar boundaries are whole minutes, which lets the core aggregate per minute exactly.
+ClockTime = Annotated[time, Field(description="local wall-clock time, HH:MM")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Break(_Model):
+    start: ClockTime
+    end: ClockTime
+
+    _hhmm = field_validator("start", "end", mode="before")(_parse_hhmm)
+
+
+class Shift(_Model):
+    """A recurring shift; `end` before `start` means the shift crosses midnight."""
+
+    name: str = Field(min_length=1)
+    start: ClockTime
+    end: ClockTime
+    days: tuple[Weekday, ...] = WEEKDAYS  # type: ignore[assignment]
+    breaks: tuple[Break, ...] = ()
+
+    _hhmm = field_validator("start", "end", mode="before")(_parse_hhmm)
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _lower_days(cls, value: object) -> object:
+        if isinstance(value, list | tuple):
+            return tuple(str(d).lower()[:3] if isinstance(d, str) else d for d in value)
+        return value
+
+    @property
+    def length_min(self) -> int:
+        """Shift length in minutes of wall-clock time (DST is applied later, per date)."""
+        start = self.start.hour * 60 + self.start.minute
+        end = self.end.hour * 60 + self.end.minute
+        return (end - start) % (24 * 60) or 24 * 60
+
+    def offset_min(self, at: time) -> int:
+        """Minutes from the shift's start to the wall-clock time `at` within it."""
+        start = self.start.hour * 60 + self.start.minute
+        return (at.hour * 60 + at.minute - start) % (24 * 60)
+
+    @model_validator(mode="after")
+    def _breaks_inside(self) -> Shift:
+        spans: list[tuple[int, int]] = []
+        for i, brk in enumerate(self.breaks):
+            begin, end = self.offset_min(brk.start), self.offset_min(brk.end)
+            if end == 0:  # a break that ends at the shift's end
+                end = self.length_min
+            if not (begin < end <= self.length_min):
+                raise ValueError(
+                    f"breaks[{i}] ({brk.start:%H:%M}-{brk.end:%H:%M}) must lie inside the "
+                    f"shift {self.start:%H:%M}-{self.end:%H:%M}"
+                )
+            spans.append((begin, end))
+        spans.sort()
+        for (_, end_a), (begin_b, _) in itertools.pairwise(spans):
+            if begin_b < end_a:
+                raise ValueError("breaks overlap each other")
+        return self
+
+
+class Product(_Model):
+    ideal_cycle_time_s: float = Field(gt=0)
+
+
+class Machine(_Model):
+    id: str
+    ideal_cycle_time_s: float | None = Field(default=None, gt=0)
+    products: dict[str, Product] = Field(default_factory=dict)
+    # Source value -> LinePulse state (PackML state numbers, PLC enums, vendor strings).
+    state_map: dict[str, State] = Field(default_factory=dict)
+    # Counter maximum before it wraps to 0; a step down is then a rollover, not a reset.
+    counter_max: dict[CounterSignal, int] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id_chars(cls, value: str) -> str:
+        if not _ID.match(value):
+            raise ValueError(f"must be letters, digits, '_', '.', '-', got {value!r}")
+        return value
+
+    @field_validator("state_map", mode="before")
+    @classmethod
+    def _state_keys_as_text(cls, value: object) -> object:
+        # PackML states arrive as numbers; YAML keys may be ints. Normalise to text.
+        if isinstance(value, Mapping):
+            return {_source_key(k): v for k, v in value.items()}
+        return value
+
+    @field_validator("counter_max", mode="before")
+    @classmethod
+    def _one_max_for_all(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return dict.fromkeys(COUNTER_SIGNALS, value)
+        return value
+
+    @field_validator("counter_max")
+    @classmethod
+    def _positive_max(cls, value: dict[str, int]) -> dict[str, int]:
+        for signal, maximum in value.items():
+            if maximum <= 0:
+                raise ValueError(f"{signal}: must be > 0, got {maximum}")
+        return value
+
+    @field_validator("products", mode="before")
+    @classmethod
+    def _product_shorthand(cls, value: object) -> object:
+        # `products: {sku-a: 0.8}` is shorthand for `{sku-a: {ideal_cycle_time_s: 0.8}}`.
+        if isinstance(value, Mapping):
+            return {
+                str(k): {"ideal_cycle_time_s": v} if isinstance(v, int | float) else v
+                for k, v in value.items()
+            }
+        return value
+
+
+class Line(_Model):
+    id: str
+    machines: tuple[Machine, ...] = Field(min_length=1)
+    shifts: tuple[Shift, ...] | None = None  # overrides the site's shifts for this line
+    days_off: tuple[date, ...] | None = None
+
+    _id = field_validator("id")(Machine._id_chars.__func__)  # type: ignore[attr-defined]
+
+
+class KpiSettings(_Model):
+    """Event-time settings of the windowed core."""
+
+    lateness_s: float = Field(default=10.0, ge=0)
+    # How far behind the watermark a late event may still restate a closed window.
+    restate_horizon_s: float = Field(default=3600.0, ge=0)
+    windows: tuple[WindowKind, ...] = WINDOW_KINDS  # type: ignore[assignment]
+
+
+class PlantConfig(_Model):
+    site: str = Field(min_length=1)
+    timezone: str = "UTC"
+    day_start: ClockTime = time(0, 0)
+    shifts: tuple[Shift, ...] = ()
+    days_off: tuple[date, ...] = ()
+    state_map: dict[str, State] = Field(default_factory=dict)
+    lines: tuple[Line, ...] = Field(min_length=1)
+    kpi: KpiSettings = KpiSettings()
+
+    _hhmm = field_validator("day_start", mode="before")(_parse_hhmm)
+
+    @field_validator("state_map", mode="before")
+    @classmethod
+    def _state_keys_as_text(cls, value: object) -> object:
+        return Machine._state_keys_as_text(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA timezone {value!r} (e.g. 'Europe/Berlin')") from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PlantConfig:
+        seen_lines: set[str] = set()
+        seen_machines: dict[str, str] = {}
+        for li, line in enumerate(self.lines):
+            if line.id in seen_lines:
+                raise ValueError(f"lines[{li}].id: duplicate line id {line.id!r}")
+            seen_lines.add(line.id)
+            for mi, machine in enumerate(line.machines):
+                if machine.id in seen_machines:
+                    raise ValueError(
+                        f"lines[{li}].machines[{mi}].id: machine {machine.id!r} is already "
+                        f"on line {seen_machines[machine.id]!r}; machine ids are plant-wide"
+                    )
+                seen_machines[machine.id] = line.id
+            shifts = line.shifts if line.shifts is not None else self.shifts
+            where = f"lines[{li}].shifts" if line.shifts is not None else "shifts"
+            _check_shifts_disjoint(shifts, where)
+        return self
+
+    # -- lookups -----------------------------------------------------------------------
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def machines(self) -> dict[str, tuple[Line, Machine]]:
+        return {m.id: (line, m) for line in self.lines for m in line.machines}
+
+    def shifts_for(self, line: Line) -> tuple[Shift, ...]:
+        return line.shifts if line.shifts is not None else self.shifts
+
+    def days_off_for(self, line: Line) -> tuple[date, ...]:
+        return line.days_off if line.days_off is not None else self.days_off
+
+    def state_map_for(self, machine: Machine) -> dict[str, str]:
+        return {**self.state_map, **machine.state_map}
+
+
+def _source_key(key: object) -> str:
+    if isinstance(key, bool):
+        return str(key).lower()
+    if isinstance(key, float) and key.is_integer():
+        return str(int(key))
+    return str(key)
+
+
+def _check_shifts_disjoint(shifts: tuple[Shift, ...], where: str) -> None:
+    names = [s.name for s in shifts]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"{where}: shift name {name!r} is used twice")
+    # Two shifts that run on the same weekday must not overlap in wall-clock time.
+    # Minutes of the week make shifts over midnight and Sunday->Monday wrap simple.
+    week = 7 * 24 * 60
+    occupied: dict[int, str] = {}
+    for shift in shifts:
+        start = shift.start.hour * 60 + shift.start.minute
+        for day in shift.days:
+            base = WEEKDAYS.index(day) * 24 * 60 + start
+            for minute in range(base, base + shift.length_min):
+                other = occupied.setdefault(minute % week, shift.name)
+                if other != shift.name:
+                    raise ValueError(
+                        f"{where}: shifts {other!r} and {shift.name!r} overlap on {day}"
+                    )
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, each naming the key as `lines[0].machines[3].key`."""
+    items = error.errors()
+    locs = [tuple(item["loc"]) for item in items]
+    lines = []
+    for item, loc in zip(items, locs, strict=True):
+        # pydantic also reports a list as too short when its only items failed: noise.
+        if item["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
+            continue
+        path = ""
+        for part in loc:
+            if part == "[key]":  # pydantic's marker for "the key itself", already named
+                continue
+            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check its spelling and indentation)"
+        got = item.get("input")
+        scalar = got is None or isinstance(got, str | int | float | bool)
+        if (
+            item["type"] not in {"extra_forbidden", "missing"}
+            and scalar
+            and repr(got) not in message
+        ):
+            message += f", got {got!r}"
+        lines.append(f"{path or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> PlantConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {data!r}")
+    try:
+        return PlantConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(f"{source} is invalid:\n{format_validation_error(error)}") from None
+
+
+def load_config(path: str | Path) -> PlantConfig:
+    """Read and validate a plant YAML file; raise `ConfigError` naming each bad key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read plant config {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    return parse_config(data, str(path))

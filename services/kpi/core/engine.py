@@ -1,0 +1,521 @@
+"""The incremental KPI core: `step(core, state, events) -> (state, output)`.
+
+Pure: no I/O, no clock. Time is event time; the watermark is the highest event time
+seen (`high`) less the allowed lateness. The replay, the streaming worker and the demo
+all call `step`, and any split of the input into batches gives the same final records.
+
+How it stays exact and cheap:
+
+1. Events become per-(machine, minute) sums ("atoms"): ms per state, stops, parts and
+   ideal time per counter, all integers. Every window boundary is a whole minute.
+2. A batch dirties each machine from its earliest new event (or from the previous
+   `high`, where the last state's tail grows); those minutes are recomputed from the
+   retained samples, and the difference new - old is added to per-window sums. Sums are
+   linear, so a late event restates exactly the windows it touches.
+3. A window is final once the watermark passes its end; a later event within the
+   restatement horizon restates it with a higher `revision`; an event before the horizon
+   is too late: rejected with that reason and counted, never silently dropped.
+
+Samples are retained back to the horizon (plus the last one before it per signal, the
+baseline), atoms and window sums until their windows can no longer change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import polars as pl
+
+from linepulse.config import COUNTER_SIGNALS, PlantConfig, WindowKind
+from services.kpi.core.calendar import Calendar
+from services.kpi.core.counters import COUNT_COLUMNS, counter_minutes
+from services.kpi.core.oee import SUM_COLUMNS, kpi_fields, machine_counts
+from services.kpi.core.samples import REJECTED_SCHEMA, SAMPLE_SCHEMA, PlantIndex, prepare
+from services.kpi.core.states import STATE_COLUMNS, state_minutes
+from services.kpi.core.windows import floor_minute, minute_grid, minutes_between, window_keys
+
+TIME_COLUMNS = [*STATE_COLUMNS.values(), "stops"]  # count only inside calendar planned time
+ATOM_COLUMNS = [*TIME_COLUMNS, *COUNT_COLUMNS]
+_INT_ATOMS: dict[str, pl.DataType] = {c: pl.Int64() for c in ATOM_COLUMNS}
+ATOM_SCHEMA = pl.Schema({"machine": pl.String(), "minute": pl.Int64(), **_INT_ATOMS})
+REASON_SCHEMA = pl.Schema(
+    {"machine": pl.String, "minute": pl.Int64, "reason": pl.String, "ms": pl.Int64}
+)
+WINDOW_KEY = ["machine", "line", "window", "start", "end", "shift"]
+_KEY_TYPES: dict[str, pl.DataType] = {
+    "machine": pl.String(),
+    "line": pl.String(),
+    "window": pl.String(),
+    "start": pl.Int64(),
+    "end": pl.Int64(),
+    "shift": pl.String(),
+}
+ACC_SCHEMA = pl.Schema({**_KEY_TYPES, **_INT_ATOMS})
+RACC_SCHEMA = pl.Schema({**_KEY_TYPES, "reason": pl.String(), "ms": pl.Int64()})
+
+RecordKey = tuple[str, str | None, str, int]  # (line, machine or None, window, start)
+
+
+@dataclass(frozen=True)
+class Emitted:
+    revision: int
+    final: bool
+    end: int
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Core:
+    """What the core needs from the config, built once: pure and immutable in use."""
+
+    plant: PlantConfig
+    index: PlantIndex
+    calendar: Calendar
+    windows: tuple[WindowKind, ...]
+    lateness_ms: int
+    horizon_ms: int
+
+    @classmethod
+    def from_config(cls, plant: PlantConfig, windows: tuple[WindowKind, ...] | None = None) -> Core:
+        return cls(
+            plant=plant,
+            index=PlantIndex.build(plant),
+            calendar=Calendar(plant),
+            windows=windows or plant.kpi.windows,
+            lateness_ms=round(plant.kpi.lateness_s * 1000),
+            horizon_ms=round(plant.kpi.restate_horizon_s * 1000),
+        )
+
+
+@dataclass(frozen=True)
+class CoreStats:
+    """Cumulative counts since `initial_state()`: what came in and what became of it."""
+
+    events: int = 0
+    used: int = 0
+    other_signals: int = 0
+    bad_quality: int = 0
+    rejected: int = 0
+    late: int = 0
+    too_late: int = 0
+
+
+@dataclass(frozen=True)
+class CoreState:
+    samples: pl.DataFrame
+    atoms: pl.DataFrame
+    reasons: pl.DataFrame
+    acc: pl.DataFrame
+    racc: pl.DataFrame
+    first_seen: dict[str, int] = field(default_factory=dict)
+    counters_seen: dict[str, frozenset[str]] = field(default_factory=dict)
+    emitted: dict[RecordKey, Emitted] = field(default_factory=dict)
+    high: int | None = None
+    stats: CoreStats = field(default_factory=CoreStats)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    records: list[dict[str, Any]]
+    rejected: pl.DataFrame  # ts, machine, signal, reason
+    late: int  # accepted events behind the watermark (they may restate windows)
+    too_late: int  # events behind the restatement horizon, rejected
+    sealed_before: int | None  # windows ending at or before this can no longer change
+
+
+def initial_state() -> CoreState:
+    return CoreState(
+        samples=SAMPLE_SCHEMA.to_frame(),
+        atoms=ATOM_SCHEMA.to_frame(),
+        reasons=REASON_SCHEMA.to_frame(),
+        acc=ACC_SCHEMA.to_frame(),
+        racc=RACC_SCHEMA.to_frame(),
+    )
+
+
+def watermark(core: Core, state: CoreState) -> int | None:
+    return None if state.high is None else state.high - core.lateness_ms
+
+
+def _horizon_floor(core: Core, high: int | None) -> int | None:
+    if high is None:
+        return None
+    return floor_minute(high - core.lateness_ms - core.horizon_ms)
+
+
+def step(
+    core: Core, state: CoreState, events: pl.DataFrame, *, flush: bool = False
+) -> tuple[CoreState, StepOutput]:
+    """Apply a batch of `EVENT_SCHEMA` events; with `flush`, close every open window.
+
+    Returns the new state and the records that changed: open windows whose values moved,
+    windows that became final, and restatements of final windows (revision + 1).
+    """
+    prep = prepare(events, core.index)
+    new = prep.samples
+    high0 = state.high
+    water0 = None if high0 is None else high0 - core.lateness_ms
+    floor0 = _horizon_floor(core, high0)
+    too_late_rows = SAMPLE_SCHEMA.to_frame()
+    late = 0
+    if floor0 is not None and water0 is not None:
+        too_late_rows = new.filter(pl.col("ts") < floor0)
+        new = new.filter(pl.col("ts") >= floor0)
+        late = int(new.select((pl.col("ts") < water0).sum()).item() or 0)
+    rejected = pl.concat([prep.rejected, _too_late(too_late_rows, floor0)])
+    stats = CoreStats(
+        events=state.stats.events + events.height,
+        used=state.stats.used + new.height,
+        other_signals=state.stats.other_signals + prep.other_signals,
+        bad_quality=state.stats.bad_quality + prep.bad_quality,
+        rejected=state.stats.rejected + rejected.height,
+        late=state.stats.late + late,
+        too_late=state.stats.too_late + too_late_rows.height,
+    )
+    high1 = high0
+    if new.height:
+        batch_high = int(new.get_column("ts").max())  # type: ignore[arg-type]
+        high1 = batch_high if high0 is None else max(high0, batch_high)
+    if high1 is None or (new.is_empty() and high1 == high0 and not flush):
+        return replace(state, stats=stats), StepOutput(
+            [], rejected, late, too_late_rows.height, floor0
+        )
+
+    first_seen = dict(state.first_seen)
+    counters_seen = dict(state.counters_seen)
+    newly_seen: set[str] = set()
+    for machine, ts_min, signals in (
+        new.group_by("machine").agg(pl.col("ts").min(), pl.col("signal").unique()).iter_rows()
+    ):
+        if machine not in first_seen:
+            newly_seen.add(machine)
+        first_seen[machine] = min(first_seen.get(machine, ts_min), ts_min)
+        counters = frozenset(s for s in signals if s in COUNTER_SIGNALS)
+        counters_seen[machine] = counters_seen.get(machine, frozenset()) | counters
+
+    dirty = _dirty(new, state.first_seen, high0, high1)
+    samples = pl.concat([state.samples, new])
+    atoms, reasons, delta, rdelta = _recompute(core, state, samples, dirty, high1)
+    acc, racc, touched = _apply_deltas(core, state, delta, rdelta)
+
+    water1 = high1 - core.lateness_ms
+    candidates = _candidates(core, first_seen, newly_seen, water0, floor0, high1, touched)
+    records, emitted = _emit(
+        core, state, acc, racc, candidates, first_seen, counters_seen, high1, water1, flush
+    )
+
+    floor1 = _horizon_floor(core, high1)
+    assert floor1 is not None  # noqa: S101 - high1 is set
+    new_state = CoreState(
+        samples=_evict_samples(samples, floor1),
+        atoms=atoms.filter(pl.col("minute") >= floor1),
+        reasons=reasons.filter(pl.col("minute") >= floor1),
+        acc=acc.filter(pl.col("end") > floor1),
+        racc=racc.filter(pl.col("end") > floor1),
+        first_seen=first_seen,
+        counters_seen=counters_seen,
+        emitted={k: v for k, v in emitted.items() if v.end > floor1},
+        high=high1,
+        stats=stats,
+    )
+    return new_state, StepOutput(records, rejected, late, too_late_rows.height, floor1)
+
+
+def _too_late(rows: pl.DataFrame, floor: int | None) -> pl.DataFrame:
+    if rows.is_empty() or floor is None:
+        return REJECTED_SCHEMA.to_frame()
+    horizon = pl.lit(floor).cast(pl.Datetime("ms", "UTC")).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rows.select(
+        "ts",
+        "machine",
+        "signal",
+        pl.format("too late: event time is before the restatement horizon {}", horizon).alias(
+            "reason"
+        ),
+    )
+
+
+def _dirty(
+    new: pl.DataFrame, seen_before: dict[str, int], high0: int | None, high1: int
+) -> pl.DataFrame:
+    """Per machine, the first minute whose sums the batch may change."""
+    rows: dict[str, int] = {}
+    if high0 is not None and high1 > high0:
+        tail = floor_minute(high0)  # the last state's tail grows from the previous high
+        rows = dict.fromkeys(seen_before, tail)
+    for machine, ts_min in new.group_by("machine").agg(pl.col("ts").min()).iter_rows():
+        start = ts_min if high0 is None else min(ts_min, high0)
+        rows[machine] = min(rows.get(machine, start), floor_minute(start))
+    return pl.DataFrame(
+        {"machine": list(rows), "from": list(rows.values())},
+        schema={"machine": pl.String, "from": pl.Int64},
+    )
+
+
+def _recompute(
+    core: Core, state: CoreState, samples: pl.DataFrame, dirty: pl.DataFrame, high: int
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """New atoms for the dirty minutes, and the deltas (new - old) they make."""
+    state_atoms, new_reasons = state_minutes(
+        samples.filter(pl.col("signal") == "state"), dirty, high
+    )
+    count_atoms = counter_minutes(samples, dirty, core.index)
+    new_atoms = (
+        state_atoms.join(count_atoms, on=["machine", "minute"], how="full", coalesce=True)
+        .with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in ATOM_COLUMNS)
+        .select(ATOM_SCHEMA.names())
+    )
+    new_reasons = new_reasons.select(REASON_SCHEMA.names()).cast(REASON_SCHEMA)
+    dirty_rows = pl.col("minute") >= pl.col("from")
+
+    def split(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        joined = frame.join(dirty, on="machine", how="left")
+        hit = pl.col("from").is_not_null() & dirty_rows
+        return joined.filter(~hit).drop("from"), joined.filter(hit).drop("from")
+
+    kept_atoms, old_atoms = split(state.atoms)
+    kept_reasons, old_reasons = split(state.reasons)
+    delta = pl.concat([new_atoms, old_atoms.with_columns(-pl.col(c) for c in ATOM_COLUMNS)])
+    rdelta = pl.concat([new_reasons, old_reasons.with_columns(-pl.col("ms"))])
+    return (
+        pl.concat([kept_atoms, new_atoms]),
+        pl.concat([kept_reasons, new_reasons]),
+        delta,
+        rdelta,
+    )
+
+
+def _apply_deltas(
+    core: Core, state: CoreState, delta: pl.DataFrame, rdelta: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Add minute deltas to the per-window sums; return the windows they touched."""
+    lines = core.index.machines.select("machine", "line")
+    delta = delta.join(lines, on="machine")
+    rdelta = rdelta.join(lines, on="machine")
+    keys = pl.concat([delta.select("line", "minute"), rdelta.select("line", "minute")])
+    grid = minute_grid(core.calendar, keys, core.windows)
+    delta = delta.join(grid, on=["line", "minute"]).with_columns(
+        pl.when(pl.col("planned")).then(pl.col(c)).otherwise(0).alias(c) for c in TIME_COLUMNS
+    )
+    rdelta = rdelta.join(grid, on=["line", "minute"]).filter(pl.col("planned"))
+    parts, rparts = [], []
+    for kind in core.windows:
+        shift = pl.col("shift_name") if kind == "shift" else pl.lit(None, pl.String)
+        key = [
+            "machine",
+            "line",
+            pl.lit(kind).alias("window"),
+            pl.col(f"{kind}_start").alias("start"),
+            pl.col(f"{kind}_end").alias("end"),
+            shift.alias("shift"),
+        ]
+        present = pl.col(f"{kind}_start").is_not_null()
+        parts.append(delta.filter(present).group_by(key).agg(pl.col(ATOM_COLUMNS).sum()))
+        rparts.append(rdelta.filter(present).group_by([*key, "reason"]).agg(pl.col("ms").sum()))
+    window_delta = pl.concat(parts).cast(ACC_SCHEMA).select(ACC_SCHEMA.names())
+    reason_delta = pl.concat(rparts).cast(RACC_SCHEMA).select(RACC_SCHEMA.names())
+    acc = pl.concat([state.acc, window_delta]).group_by(WINDOW_KEY).agg(pl.col(ATOM_COLUMNS).sum())
+    racc = (
+        pl.concat([state.racc, reason_delta])
+        .group_by([*WINDOW_KEY, "reason"])
+        .agg(pl.col("ms").sum())
+        .filter(pl.col("ms") != 0)
+    )
+    touched = pl.concat([window_delta.select(WINDOW_KEY), reason_delta.select(WINDOW_KEY)]).unique()
+    return acc, racc, touched
+
+
+def _candidates(
+    core: Core,
+    first_seen: dict[str, int],
+    newly_seen: set[str],
+    water0: int | None,
+    floor0: int | None,
+    high1: int,
+    touched: pl.DataFrame,
+) -> pl.DataFrame:
+    """Windows whose record may have changed: touched by deltas, or open before this step."""
+    lows = []
+    for machine, seen_at in first_seen.items():
+        fresh = water0 is None or machine in newly_seen
+        lows.append((machine, seen_at if fresh or water0 is None else max(seen_at, water0)))
+    seen = pl.DataFrame(lows, schema={"machine": pl.String, "lo": pl.Int64}, orient="row").join(
+        core.index.machines.select("machine", "line"), on="machine"
+    )
+    line_lo = seen.group_by("line").agg(pl.col("lo").min())
+    grid = minute_grid(core.calendar, minutes_between(line_lo, high1), core.windows)
+    live = window_keys(grid, core.windows)
+    first = pl.DataFrame(
+        {"machine": list(first_seen), "first": list(first_seen.values())},
+        schema={"machine": pl.String, "first": pl.Int64},
+    ).join(core.index.machines.select("machine", "line"), on="machine")
+    line_windows = pl.concat([live, touched.drop("machine").unique()]).unique()
+    if floor0 is not None:
+        line_windows = line_windows.filter(pl.col("end") > floor0)
+    # Every machine of the line that exists by then gets the window, so line sums are whole.
+    return (
+        line_windows.join(first, on="line")
+        .filter(pl.col("end") > pl.col("first"))
+        .select(WINDOW_KEY)
+    )
+
+
+def _emit(
+    core: Core,
+    state: CoreState,
+    acc: pl.DataFrame,
+    racc: pl.DataFrame,
+    candidates: pl.DataFrame,
+    first_seen: dict[str, int],
+    counters_seen: dict[str, frozenset[str]],
+    high1: int,
+    water1: int,
+    flush: bool,
+) -> tuple[list[dict[str, Any]], dict[RecordKey, Emitted]]:
+    if candidates.is_empty():
+        return [], dict(state.emitted)
+    # Calendar planned time per line window, up to `high` while the window is open.
+    windows = candidates.select("line", "window", "start", "end").unique()
+    cal = []
+    for line, _kind, start, end in windows.iter_rows():
+        final = flush or water1 >= end
+        cutoff = end if final else min(end, high1)
+        cal.append((core.calendar.planned_ms(line, start, cutoff), final))
+    windows = windows.with_columns(
+        pl.Series("cal_ms", [c for c, _ in cal], pl.Int64),
+        pl.Series("final", [f for _, f in cal], pl.Boolean),
+    )
+    flags = pl.DataFrame(
+        [
+            (m, "total_count" in c, "good_count" in c, "reject_count" in c)
+            for m, c in counters_seen.items()
+        ],
+        schema={
+            "machine": pl.String,
+            "has_t": pl.Boolean,
+            "has_g": pl.Boolean,
+            "has_r": pl.Boolean,
+        },
+        orient="row",
+    )
+    rows = (
+        candidates.join(acc, on=WINDOW_KEY, how="left", nulls_equal=True)
+        .with_columns(pl.col(ATOM_COLUMNS).fill_null(0))
+        .join(windows, on=["line", "window", "start", "end"])
+        .join(flags, on="machine", how="left")
+        .with_columns(pl.col("has_t", "has_g", "has_r").fill_null(False))
+        .with_columns(machine_counts(pl.col("has_t"), pl.col("has_g"), pl.col("has_r")))
+        .with_columns(pl.col("ideal_us").fill_null(0), pl.col("noideal").fill_null(0))
+    )
+    line_key = ["line", "window", "start", "end", "shift", "final"]
+    line_rows = rows.group_by(line_key).agg(pl.col(SUM_COLUMNS).sum())
+    machine_rows = rows.select([*WINDOW_KEY, "final", *SUM_COLUMNS])
+    line_rows = line_rows.with_columns(pl.lit(None, pl.String).alias("machine")).select(
+        machine_rows.columns
+    )
+    table = pl.concat([machine_rows, line_rows]).with_columns(kpi_fields())
+
+    reasons: dict[RecordKey, dict[str, int]] = {}
+    reason_rows = candidates.join(racc, on=WINDOW_KEY, how="inner", nulls_equal=True)
+    for machine, line, kind, start, reason, ms in reason_rows.select(
+        "machine", "line", "window", "start", "reason", "ms"
+    ).iter_rows():
+        for scope in ((line, machine, kind, start), (line, None, kind, start)):
+            bucket = reasons.setdefault(scope, {})
+            bucket[reason] = bucket.get(reason, 0) + ms
+
+    emitted = dict(state.emitted)
+    out: list[dict[str, Any]] = []
+    site = core.plant.site
+    table = table.sort("start", "window", "line", "machine", nulls_last=True).with_columns(
+        _rfc3339("start").alias("window_start"), _rfc3339("end").alias("window_end")
+    )
+    value_names = [c for c in RECORD_VALUE_FIELDS if c != "downtime_by_reason"]
+    for row in table.select(
+        "line",
+        "machine",
+        "window",
+        "start",
+        "end",
+        "window_start",
+        "window_end",
+        "shift",
+        "final",
+        *value_names[3:],
+    ).iter_rows():
+        line, machine, kind, start, end, w_start, w_end, shift, final = row[:9]
+        key: RecordKey = (line, machine, kind, start)
+        by_reason_ms = reasons.get(key, {})
+        by_reason = {
+            r: ms / 1000
+            for r, ms in sorted(by_reason_ms.items(), key=lambda kv: (-kv[1], kv[0]))
+            if ms
+        }
+        values = (*row[9:], tuple(by_reason.items()))
+        previous = emitted.get(key)
+        if previous is None:
+            revision = 0
+        elif previous.values == values and (previous.final or not final):
+            continue  # nothing new to say
+        elif previous.final:
+            revision = previous.revision + 1  # a closed window restated by late data
+        else:
+            revision = previous.revision
+        emitted[key] = Emitted(revision, final, end, values)
+        record: dict[str, Any] = {
+            "site": site,
+            "line": line,
+            "machine": machine,
+            "window": kind,
+            "window_start": w_start,
+            "window_end": w_end,
+            "shift": shift,
+        }
+        record.update(zip(value_names[3:], row[9:], strict=True))
+        record["downtime_by_reason"] = by_reason
+        record["final"] = final
+        record["revision"] = revision
+        out.append(record)
+    return out, emitted
+
+
+# KPI record value fields, in DESIGN.md's order, after the scope and window fields.
+RECORD_VALUE_FIELDS = (
+    "site",
+    "line",
+    "machine",
+    "planned_s",
+    "run_s",
+    "downtime_s",
+    "unknown_s",
+    "stops",
+    "total_count",
+    "good_count",
+    "reject_count",
+    "availability",
+    "performance",
+    "quality",
+    "oee",
+    "mtbf_s",
+    "mttr_s",
+    "downtime_by_reason",
+)
+
+
+def _rfc3339(column: str) -> pl.Expr:
+    return pl.col(column).cast(pl.Datetime("ms", "UTC")).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _evict_samples(samples: pl.DataFrame, floor: int) -> pl.DataFrame:
+    """Keep samples from `floor` on, plus the last before it per (machine, signal)."""
+    old = pl.col("ts") < floor
+    if not samples.select(old.any()).item():
+        return samples
+    baseline = (
+        samples.filter(old)
+        .sort("machine", "signal", "ts", "num", "text", "reason", nulls_last=True)
+        .group_by("machine", "signal", maintain_order=True)
+        .last()
+    )
+    return pl.concat([baseline.select(samples.columns), samples.filter(~old)])
