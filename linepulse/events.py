@@ -203,7 +203,10 @@ def normalize_frame(frame: pl.DataFrame, where: str = "row") -> Decoded:
     elif vtype.is_numeric():
         value_num, value_str = value.cast(pl.Float64), pl.lit(None, pl.String)
     else:
-        value_num, value_str = pl.lit(None, pl.Float64), value.cast(pl.String)
+        # One text column carries states and readings alike; readings become numbers.
+        text = value.cast(pl.String)
+        value_num = text.cast(pl.Float64, strict=False)
+        value_str = pl.when(value_num.is_null()).then(text)
 
     def optional(name: str, default: str | None = None) -> pl.Expr:
         if name in frame.columns:
