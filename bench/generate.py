@@ -40,6 +40,7 @@ import polars as pl
 # Bump when the generated data changes, so cached files from an older generator are not reused.
 GENERATOR_VERSION: Final = 1
 FORMATS: Final = ("parquet", "jsonl")
+DEFAULT_OUT: Final = Path(__file__).resolve().parent / "out"
 START: Final = datetime(2026, 11, 2, 5, 0, tzinfo=UTC)
 MACHINES_PER_LINE: Final = 50
 IDEAL_CYCLE_TIME_S: Final = 0.5
@@ -168,8 +169,9 @@ def _episodes(machines: int, seconds: int, seed: int) -> pl.DataFrame:
     per_machine = max(8, math.ceil(4 * seconds / mean_cycle) + 8)
     while True:
         episodes = _draw_episodes(machines, per_machine, seed)
-        covered = episodes.group_by("machine").agg(pl.col("end").max())["end"].min()
-        if covered is not None and covered >= seconds:
+        ends = episodes.group_by("machine").agg(pl.col("end").max())
+        covered: int = ends.select(pl.col("end").min()).item()
+        if covered >= seconds:
             return episodes.filter(pl.col("start") < seconds)
         per_machine *= 2
 
@@ -226,9 +228,9 @@ def event_frame(machines: int, events: int, seed: int) -> pl.DataFrame:
     )
     row = pl.int_range(0, pl.len(), dtype=pl.UInt64)
     is_running = pl.col("state") == "running"
-    parts = pl.when(is_running).then(
-        (_uniform(row, seed, 10) * 4).floor().cast(pl.Int64)
-    ).otherwise(0)
+    parts = (
+        pl.when(is_running).then((_uniform(row, seed, 10) * 4).floor().cast(pl.Int64)).otherwise(0)
+    )
     reject = pl.when(is_running & (pl.col("parts") > 0) & (_uniform(row, seed, 11) < 0.02))
     baseline = 900_000 + (_uniform(pl.col("machine").cast(pl.UInt64), seed, 12) * 200_000)
     wide = wide.with_columns(parts=parts).with_columns(rejects=reject.then(1).otherwise(0))
@@ -289,19 +291,22 @@ def _write_jsonl(frame: pl.DataFrame, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.generate", description=__doc__.split("\n")[0])
-    parser.add_argument("--machines", type=int, default=1000)
-    parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--seed", type=int, default=42)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.generate",
+        description="Write (or reuse) a synthetic plant config and telemetry events file.",
+    )
+    parser.add_argument("--machines", type=int, default=1000, help="default: 1000")
+    parser.add_argument("--events", type=int, default=10_000_000, help="default: 10000000")
+    parser.add_argument("--seed", type=int, default=42, help="default: 42")
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="parquet")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
     args = parser.parse_args(argv)
+    cached = (args.out / file_names(args.machines, args.events, args.seed, args.fmt)[1]).exists()
     started = time.perf_counter()
     config, events = generate(args.out, args.machines, args.events, args.seed, args.fmt)
-    took = time.perf_counter() - started
-    size = events.stat().st_size / 2**20
+    took = "reused (already generated)" if cached else f"{time.perf_counter() - started:.1f} s"
     print(f"config: {config}")
-    print(f"events: {events} ({size:,.1f} MiB; {took:.1f} s, 0 s if it was cached)")
+    print(f"events: {events} ({events.stat().st_size / 2**20:,.1f} MiB; {took})")
 
 
 if __name__ == "__main__":

@@ -137,6 +137,9 @@ class Machine(_Model):
     state_map: dict[str, State] = Field(default_factory=dict)
     # Counter maximum before it wraps to 0; a step down is then a rollover, not a reset.
     counter_max: dict[CounterSignal, int] = Field(default_factory=dict)
+    # The counters this machine has. They decide how counts combine (good = total - reject,
+    # or total = good + reject); when left out, they are learned from the data.
+    counters: tuple[CounterSignal, ...] | None = None
 
     @field_validator("id")
     @classmethod

@@ -75,7 +75,7 @@ def replay(
     batch_events: int = BATCH_EVENTS,
 ) -> ReplaySummary:
     summary = ReplaySummary()
-    state = initial_state()
+    state = initial_state(core)
     pending: dict[RecordKey, dict[str, Any]] = {}
 
     def write(records: list[dict[str, Any]]) -> None:
@@ -98,14 +98,14 @@ def replay(
             summary.malformed += 1
             summary.count_reason(reason)
             on_reject(where, reason)
-        state, output = step(core, state, decoded.events)
+        state, output = step(core, state, decoded.events, open_records=False)
         for ts, machine, signal, reason in output.rejected.iter_rows():
             summary.count_reason(reason)
             on_reject(f"event {machine}/{signal} at {_iso(ts)}", reason)
         take(output.records, _iso(output.sealed_before) if output.sealed_before else None)
         if on_progress:
             on_progress(read)
-    state, output = step(core, state, empty_events(), flush=True)
+    state, output = step(core, state, empty_events(), flush=True, open_records=False)
     take(output.records, None)
     write(list(pending.values()))
     summary.stats = state.stats

@@ -61,19 +61,19 @@ def increments() -> pl.Expr:
 def counter_minutes(samples: pl.DataFrame, dirty: pl.DataFrame, index: PlantIndex) -> pl.DataFrame:
     """Per (machine, minute) from each machine's dirty `from`: parts and ideal µs per counter."""
     counters = samples.filter(pl.col("signal").is_in(COUNTER_SIGNALS))
-    seq = _from_dirty(counters, dirty, ["machine", "signal"]).join(
+    seq = _from_dirty(counters, dirty, ["machine", "signal", "ts", "num"]).join(
         index.counter_max, on=["machine", "signal"], how="left"
     )
     seq = seq.with_columns(increments().alias("inc")).filter(pl.col("ts") >= pl.col("from"))
     machines = seq.get_column("machine").unique()
     changes = _ideal_times(samples.filter(pl.col("machine").is_in(machines.implode())), index)
     # An unconfigured product falls back to the machine's time, so coalesce is exact.
-    seq = (
-        seq.sort("ts")
-        .join_asof(changes, on="ts", by="machine", check_sortedness=False)
-        .join(index.machines.select("machine", "ict_us"), on="machine", how="left")
-        .with_columns(pl.coalesce("change_ict_us", "ict_us").alias("ict"))
-    )
+    if changes.height:
+        seq = seq.sort("ts").join_asof(changes, on="ts", by="machine", check_sortedness=False)
+    else:
+        seq = seq.with_columns(pl.lit(None, pl.Int64).alias("change_ict_us"))
+    seq = seq.join(index.machines.select("machine", "ict_us"), on="machine", how="left")
+    seq = seq.with_columns(pl.coalesce("change_ict_us", "ict_us").alias("ict"))
     aggs = []
     for signal, short in SHORT.items():
         mine = pl.col("signal") == signal

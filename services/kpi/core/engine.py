@@ -31,28 +31,46 @@ from linepulse.config import COUNTER_SIGNALS, PlantConfig, WindowKind
 from services.kpi.core.calendar import Calendar
 from services.kpi.core.counters import COUNT_COLUMNS, counter_minutes
 from services.kpi.core.oee import SUM_COLUMNS, kpi_fields, machine_counts
-from services.kpi.core.samples import REJECTED_SCHEMA, SAMPLE_SCHEMA, PlantIndex, prepare
+from services.kpi.core.samples import REJECTED_SCHEMA, PlantIndex, prepare, sample_schema
 from services.kpi.core.states import STATE_COLUMNS, state_minutes
 from services.kpi.core.windows import floor_minute, minute_grid, minutes_between, window_keys
 
 TIME_COLUMNS = [*STATE_COLUMNS.values(), "stops"]  # count only inside calendar planned time
 ATOM_COLUMNS = [*TIME_COLUMNS, *COUNT_COLUMNS]
 _INT_ATOMS: dict[str, pl.DataType] = {c: pl.Int64() for c in ATOM_COLUMNS}
-ATOM_SCHEMA = pl.Schema({"machine": pl.String(), "minute": pl.Int64(), **_INT_ATOMS})
-REASON_SCHEMA = pl.Schema(
-    {"machine": pl.String, "minute": pl.Int64, "reason": pl.String, "ms": pl.Int64}
-)
 WINDOW_KEY = ["machine", "line", "window", "start", "end", "shift"]
-_KEY_TYPES: dict[str, pl.DataType] = {
-    "machine": pl.String(),
-    "line": pl.String(),
-    "window": pl.String(),
-    "start": pl.Int64(),
-    "end": pl.Int64(),
-    "shift": pl.String(),
-}
-ACC_SCHEMA = pl.Schema({**_KEY_TYPES, **_INT_ATOMS})
-RACC_SCHEMA = pl.Schema({**_KEY_TYPES, "reason": pl.String(), "ms": pl.Int64()})
+
+
+@dataclass(frozen=True)
+class Schemas:
+    """Frame schemas of the state; `machine` is the plant's Enum of machine ids."""
+
+    samples: pl.Schema
+    atoms: pl.Schema
+    reasons: pl.Schema
+    acc: pl.Schema
+    racc: pl.Schema
+
+    @classmethod
+    def build(cls, machine: pl.DataType) -> Schemas:
+        keys: dict[str, pl.DataType] = {
+            "machine": machine,
+            "line": pl.String(),
+            "window": pl.String(),
+            "start": pl.Int64(),
+            "end": pl.Int64(),
+            "shift": pl.String(),
+        }
+        return cls(
+            samples=sample_schema(machine),
+            atoms=pl.Schema({"machine": machine, "minute": pl.Int64(), **_INT_ATOMS}),
+            reasons=pl.Schema(
+                {"machine": machine, "minute": pl.Int64(), "reason": pl.String(), "ms": pl.Int64()}
+            ),
+            acc=pl.Schema({**keys, **_INT_ATOMS}),
+            racc=pl.Schema({**keys, "reason": pl.String(), "ms": pl.Int64()}),
+        )
+
 
 RecordKey = tuple[str, str | None, str, int]  # (line, machine or None, window, start)
 
@@ -75,12 +93,15 @@ class Core:
     windows: tuple[WindowKind, ...]
     lateness_ms: int
     horizon_ms: int
+    schemas: Schemas
 
     @classmethod
     def from_config(cls, plant: PlantConfig, windows: tuple[WindowKind, ...] | None = None) -> Core:
+        index = PlantIndex.build(plant)
         return cls(
             plant=plant,
-            index=PlantIndex.build(plant),
+            index=index,
+            schemas=Schemas.build(index.machine_type),
             calendar=Calendar(plant),
             windows=windows or plant.kpi.windows,
             lateness_ms=round(plant.kpi.lateness_s * 1000),
@@ -103,7 +124,17 @@ class CoreStats:
 
 @dataclass(frozen=True)
 class CoreState:
-    samples: pl.DataFrame
+    """Everything the core remembers between batches (checkpointed with its offsets).
+
+    Samples are kept in two parts: `recent` (at or after `cut`, the watermark's minute at
+    the last step) and `older`; `older_last` is the last of `older` per (machine, signal).
+    In-order batches only read `recent` and `older_last` (the baselines), so a step costs
+    what the batch and the lateness hold, not the whole restatement horizon.
+    """
+
+    recent: pl.DataFrame
+    older: pl.DataFrame
+    older_last: pl.DataFrame
     atoms: pl.DataFrame
     reasons: pl.DataFrame
     acc: pl.DataFrame
@@ -112,7 +143,14 @@ class CoreState:
     counters_seen: dict[str, frozenset[str]] = field(default_factory=dict)
     emitted: dict[RecordKey, Emitted] = field(default_factory=dict)
     high: int | None = None
+    cut: int | None = None
+    older_min: int | None = None
     stats: CoreStats = field(default_factory=CoreStats)
+
+    @property
+    def samples(self) -> pl.DataFrame:
+        """All retained samples (older, then recent)."""
+        return pl.concat([self.older, self.recent])
 
 
 @dataclass(frozen=True)
@@ -124,13 +162,16 @@ class StepOutput:
     sealed_before: int | None  # windows ending at or before this can no longer change
 
 
-def initial_state() -> CoreState:
+def initial_state(core: Core) -> CoreState:
+    schemas = core.schemas
     return CoreState(
-        samples=SAMPLE_SCHEMA.to_frame(),
-        atoms=ATOM_SCHEMA.to_frame(),
-        reasons=REASON_SCHEMA.to_frame(),
-        acc=ACC_SCHEMA.to_frame(),
-        racc=RACC_SCHEMA.to_frame(),
+        recent=schemas.samples.to_frame(),
+        older=schemas.samples.to_frame(),
+        older_last=schemas.samples.to_frame(),
+        atoms=schemas.atoms.to_frame(),
+        reasons=schemas.reasons.to_frame(),
+        acc=schemas.acc.to_frame(),
+        racc=schemas.racc.to_frame(),
     )
 
 
@@ -145,11 +186,17 @@ def _horizon_floor(core: Core, high: int | None) -> int | None:
 
 
 def step(
-    core: Core, state: CoreState, events: pl.DataFrame, *, flush: bool = False
+    core: Core,
+    state: CoreState,
+    events: pl.DataFrame,
+    *,
+    flush: bool = False,
+    open_records: bool = True,
 ) -> tuple[CoreState, StepOutput]:
     """Apply a batch of `EVENT_SCHEMA` events; with `flush`, close every open window.
 
-    Returns the new state and the records that changed: open windows whose values moved,
+    Returns the new state and the records that changed: open windows whose values moved
+    (unless `open_records` is False, as for a replay that writes final records only),
     windows that became final, and restatements of final windows (revision + 1).
     """
     prep = prepare(events, core.index)
@@ -157,7 +204,7 @@ def step(
     high0 = state.high
     water0 = None if high0 is None else high0 - core.lateness_ms
     floor0 = _horizon_floor(core, high0)
-    too_late_rows = SAMPLE_SCHEMA.to_frame()
+    too_late_rows = core.schemas.samples.to_frame()
     late = 0
     if floor0 is not None and water0 is not None:
         too_late_rows = new.filter(pl.col("ts") < floor0)
@@ -185,30 +232,60 @@ def step(
     first_seen = dict(state.first_seen)
     counters_seen = dict(state.counters_seen)
     newly_seen: set[str] = set()
+    regrouped: set[str] = set()  # machines whose learned counter set grew
+    declared = core.index.declared_counters
     for machine, ts_min, signals in (
         new.group_by("machine").agg(pl.col("ts").min(), pl.col("signal").unique()).iter_rows()
     ):
         if machine not in first_seen:
             newly_seen.add(machine)
         first_seen[machine] = min(first_seen.get(machine, ts_min), ts_min)
-        counters = frozenset(s for s in signals if s in COUNTER_SIGNALS)
-        counters_seen[machine] = counters_seen.get(machine, frozenset()) | counters
+        before = counters_seen.get(machine, frozenset())
+        if machine in declared:
+            counters_seen[machine] = declared[machine]
+            continue
+        grown = before | frozenset(s for s in signals if s in COUNTER_SIGNALS)
+        if grown != before and machine not in newly_seen:
+            regrouped.add(machine)
+        counters_seen[machine] = grown
 
-    dirty = _dirty(new, state.first_seen, high0, high1)
-    samples = pl.concat([state.samples, new])
-    atoms, reasons, delta, rdelta = _recompute(core, state, samples, dirty, high1)
+    dirty = _dirty(core, new, state.first_seen, high0, high1)
+    lowest = dirty.get_column("from").min()
+    reaches_older = state.cut is not None and lowest is not None and lowest < state.cut  # type: ignore[operator]
+    # Only data older than the last cut needs the older samples; otherwise baselines do.
+    work = pl.concat([state.older if reaches_older else state.older_last, state.recent, new])
+    atoms, reasons, delta, rdelta = _recompute(core, state, work, dirty, high1)
     acc, racc, touched = _apply_deltas(core, state, delta, rdelta)
+    if regrouped:
+        # Counts combine differently now: every window of theirs may read differently.
+        again = acc.filter(pl.col("machine").is_in(sorted(regrouped))).select(WINDOW_KEY)
+        touched = pl.concat([touched, again]).unique()
 
     water1 = high1 - core.lateness_ms
     candidates = _candidates(core, first_seen, newly_seen, water0, floor0, high1, touched)
     records, emitted = _emit(
-        core, state, acc, racc, candidates, first_seen, counters_seen, high1, water1, flush
+        core, state, acc, racc, candidates, counters_seen, high1, water1, flush, open_records
     )
 
     floor1 = _horizon_floor(core, high1)
     assert floor1 is not None  # noqa: S101 - high1 is set
+    cut1 = floor_minute(water1)
+    recent = pl.concat([state.recent, new])
+    moved = recent.filter(pl.col("ts") < cut1)
+    recent = recent.filter(pl.col("ts") >= cut1)
+    older, older_last, older_min = state.older, state.older_last, state.older_min
+    if moved.height:
+        older = pl.concat([older, moved])
+        older_last = _last_per_signal(pl.concat([older_last, moved]))
+        moved_min = int(moved.get_column("ts").min())  # type: ignore[arg-type]
+        older_min = moved_min if older_min is None else min(older_min, moved_min)
+    if older_min is not None and older_min < floor1 - EVICT_EVERY_MS:
+        older = _evict_samples(older, floor1)  # amortised: once per EVICT_EVERY_MS of time
+        older_min = int(older.get_column("ts").min()) if older.height else None  # type: ignore[arg-type]
     new_state = CoreState(
-        samples=_evict_samples(samples, floor1),
+        recent=recent,
+        older=older,
+        older_last=older_last,
         atoms=atoms.filter(pl.col("minute") >= floor1),
         reasons=reasons.filter(pl.col("minute") >= floor1),
         acc=acc.filter(pl.col("end") > floor1),
@@ -217,6 +294,8 @@ def step(
         counters_seen=counters_seen,
         emitted={k: v for k, v in emitted.items() if v.end > floor1},
         high=high1,
+        cut=cut1,
+        older_min=older_min,
         stats=stats,
     )
     return new_state, StepOutput(records, rejected, late, too_late_rows.height, floor1)
@@ -228,8 +307,8 @@ def _too_late(rows: pl.DataFrame, floor: int | None) -> pl.DataFrame:
     horizon = pl.lit(floor).cast(pl.Datetime("ms", "UTC")).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     return rows.select(
         "ts",
-        "machine",
-        "signal",
+        pl.col("machine").cast(pl.String),
+        pl.col("signal").cast(pl.String),
         pl.format("too late: event time is before the restatement horizon {}", horizon).alias(
             "reason"
         ),
@@ -237,7 +316,7 @@ def _too_late(rows: pl.DataFrame, floor: int | None) -> pl.DataFrame:
 
 
 def _dirty(
-    new: pl.DataFrame, seen_before: dict[str, int], high0: int | None, high1: int
+    core: Core, new: pl.DataFrame, seen_before: dict[str, int], high0: int | None, high1: int
 ) -> pl.DataFrame:
     """Per machine, the first minute whose sums the batch may change."""
     rows: dict[str, int] = {}
@@ -249,7 +328,7 @@ def _dirty(
         rows[machine] = min(rows.get(machine, start), floor_minute(start))
     return pl.DataFrame(
         {"machine": list(rows), "from": list(rows.values())},
-        schema={"machine": pl.String, "from": pl.Int64},
+        schema={"machine": core.index.machine_type, "from": pl.Int64},
     )
 
 
@@ -264,9 +343,9 @@ def _recompute(
     new_atoms = (
         state_atoms.join(count_atoms, on=["machine", "minute"], how="full", coalesce=True)
         .with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in ATOM_COLUMNS)
-        .select(ATOM_SCHEMA.names())
+        .select(core.schemas.atoms.names())
     )
-    new_reasons = new_reasons.select(REASON_SCHEMA.names()).cast(REASON_SCHEMA)
+    new_reasons = new_reasons.select(core.schemas.reasons.names()).cast(core.schemas.reasons)
     dirty_rows = pl.col("minute") >= pl.col("from")
 
     def split(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -313,8 +392,8 @@ def _apply_deltas(
         present = pl.col(f"{kind}_start").is_not_null()
         parts.append(delta.filter(present).group_by(key).agg(pl.col(ATOM_COLUMNS).sum()))
         rparts.append(rdelta.filter(present).group_by([*key, "reason"]).agg(pl.col("ms").sum()))
-    window_delta = pl.concat(parts).cast(ACC_SCHEMA).select(ACC_SCHEMA.names())
-    reason_delta = pl.concat(rparts).cast(RACC_SCHEMA).select(RACC_SCHEMA.names())
+    window_delta = pl.concat(parts).cast(core.schemas.acc).select(core.schemas.acc.names())
+    reason_delta = pl.concat(rparts).cast(core.schemas.racc).select(core.schemas.racc.names())
     acc = pl.concat([state.acc, window_delta]).group_by(WINDOW_KEY).agg(pl.col(ATOM_COLUMNS).sum())
     racc = (
         pl.concat([state.racc, reason_delta])
@@ -340,7 +419,8 @@ def _candidates(
     for machine, seen_at in first_seen.items():
         fresh = water0 is None or machine in newly_seen
         lows.append((machine, seen_at if fresh or water0 is None else max(seen_at, water0)))
-    seen = pl.DataFrame(lows, schema={"machine": pl.String, "lo": pl.Int64}, orient="row").join(
+    machine_type = core.index.machine_type
+    seen = pl.DataFrame(lows, schema={"machine": machine_type, "lo": pl.Int64}, orient="row").join(
         core.index.machines.select("machine", "line"), on="machine"
     )
     line_lo = seen.group_by("line").agg(pl.col("lo").min())
@@ -348,7 +428,7 @@ def _candidates(
     live = window_keys(grid, core.windows)
     first = pl.DataFrame(
         {"machine": list(first_seen), "first": list(first_seen.values())},
-        schema={"machine": pl.String, "first": pl.Int64},
+        schema={"machine": machine_type, "first": pl.Int64},
     ).join(core.index.machines.select("machine", "line"), on="machine")
     line_windows = pl.concat([live, touched.drop("machine").unique()]).unique()
     if floor0 is not None:
@@ -367,11 +447,11 @@ def _emit(
     acc: pl.DataFrame,
     racc: pl.DataFrame,
     candidates: pl.DataFrame,
-    first_seen: dict[str, int],
     counters_seen: dict[str, frozenset[str]],
     high1: int,
     water1: int,
     flush: bool,
+    open_records: bool,
 ) -> tuple[list[dict[str, Any]], dict[RecordKey, Emitted]]:
     if candidates.is_empty():
         return [], dict(state.emitted)
@@ -392,7 +472,7 @@ def _emit(
             for m, c in counters_seen.items()
         ],
         schema={
-            "machine": pl.String,
+            "machine": core.index.machine_type,
             "has_t": pl.Boolean,
             "has_g": pl.Boolean,
             "has_r": pl.Boolean,
@@ -411,10 +491,13 @@ def _emit(
     line_key = ["line", "window", "start", "end", "shift", "final"]
     line_rows = rows.group_by(line_key).agg(pl.col(SUM_COLUMNS).sum())
     machine_rows = rows.select([*WINDOW_KEY, "final", *SUM_COLUMNS])
-    line_rows = line_rows.with_columns(pl.lit(None, pl.String).alias("machine")).select(
-        machine_rows.columns
-    )
-    table = pl.concat([machine_rows, line_rows]).with_columns(kpi_fields())
+    line_rows = line_rows.with_columns(
+        pl.lit(None, core.index.machine_type).alias("machine")
+    ).select(machine_rows.columns)
+    table = pl.concat([machine_rows, line_rows])
+    if not open_records:
+        table = table.filter(pl.col("final"))
+    table = table.with_columns(kpi_fields())
 
     reasons: dict[RecordKey, dict[str, int]] = {}
     reason_rows = candidates.join(racc, on=WINDOW_KEY, how="inner", nulls_equal=True)
@@ -507,15 +590,23 @@ def _rfc3339(column: str) -> pl.Expr:
     return pl.col(column).cast(pl.Datetime("ms", "UTC")).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+SAMPLE_ORDER = ["machine", "signal", "ts", "num", "text", "reason"]
+EVICT_EVERY_MS = 5 * 60_000
+
+
+def _last_per_signal(samples: pl.DataFrame) -> pl.DataFrame:
+    """The last sample per (machine, signal), in the core's sample order."""
+    # Only rows at the latest time of their (machine, signal) can be last: sort just those.
+    latest = samples.filter(pl.col("ts") == pl.col("ts").max().over("machine", "signal"))
+    return (
+        latest.sort(SAMPLE_ORDER, nulls_last=True)
+        .group_by("machine", "signal", maintain_order=True)
+        .last()
+        .select(samples.columns)
+    )
+
+
 def _evict_samples(samples: pl.DataFrame, floor: int) -> pl.DataFrame:
     """Keep samples from `floor` on, plus the last before it per (machine, signal)."""
     old = pl.col("ts") < floor
-    if not samples.select(old.any()).item():
-        return samples
-    baseline = (
-        samples.filter(old)
-        .sort("machine", "signal", "ts", "num", "text", "reason", nulls_last=True)
-        .group_by("machine", "signal", maintain_order=True)
-        .last()
-    )
-    return pl.concat([baseline.select(samples.columns), samples.filter(~old)])
+    return pl.concat([_last_per_signal(samples.filter(old)), samples.filter(~old)])

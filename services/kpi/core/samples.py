@@ -15,33 +15,43 @@ import polars as pl
 
 from linepulse.config import COUNTER_SIGNALS, STATES, PlantConfig
 
-# One row per usable sample. `num` holds counter readings and ideal cycle times, `text`
-# the LinePulse state or the product name.
-SAMPLE_SCHEMA = pl.Schema(
-    {
-        "machine": pl.String,
-        "ts": pl.Int64,
-        "signal": pl.String,
-        "num": pl.Float64,
-        "text": pl.String,
-        "reason": pl.String,
-    }
-)
+KPI_SIGNALS = ("state", *COUNTER_SIGNALS, "product", "ideal_cycle_time_s")
+# Machines and signals are Enums inside the core: sorts, joins and group-bys on them run
+# on small integers, while values still read as names.
+SIGNAL_TYPE = pl.Enum(KPI_SIGNALS)
+
+
+def sample_schema(machine_type: pl.DataType) -> pl.Schema:
+    """One row per usable sample. `num` holds counter readings and ideal cycle times,
+    `text` the LinePulse state or the product name."""
+    return pl.Schema(
+        {
+            "machine": machine_type,
+            "ts": pl.Int64(),
+            "signal": SIGNAL_TYPE,
+            "num": pl.Float64(),
+            "text": pl.String(),
+            "reason": pl.String(),
+        }
+    )
+
+
 REJECTED_SCHEMA = pl.Schema(
     {"ts": pl.Int64, "machine": pl.String, "signal": pl.String, "reason": pl.String}
 )
-KPI_SIGNALS = ("state", *COUNTER_SIGNALS, "product", "ideal_cycle_time_s")
 
 
 @dataclass(frozen=True)
 class PlantIndex:
     """The config, flattened into lookup frames once, for vectorised joins."""
 
+    machine_type: pl.Enum
     machines: pl.DataFrame  # machine, line, ict_us
     state_map: pl.DataFrame  # machine, source, mapped
     products: pl.DataFrame  # machine, product, p_ict_us
     counter_max: pl.DataFrame  # machine, signal, cmax
     line_machines: dict[str, tuple[str, ...]]
+    declared_counters: dict[str, frozenset[str]]  # machines whose counters the config names
 
     @classmethod
     def build(cls, plant: PlantConfig) -> PlantIndex:
@@ -59,28 +69,36 @@ class PlantIndex:
                     for name, p in m.products.items()
                 )
                 max_rows.extend((m.id, sig, float(mx)) for sig, mx in m.counter_max.items())
+        machine_type = pl.Enum([m[0] for m in machines])
         return cls(
+            machine_type=machine_type,
             machines=pl.DataFrame(
                 machines,
-                schema={"machine": pl.String, "line": pl.String, "ict_us": pl.Int64},
+                schema={"machine": machine_type, "line": pl.String, "ict_us": pl.Int64},
                 orient="row",
             ),
             state_map=pl.DataFrame(
                 state_rows,
-                schema={"machine": pl.String, "source": pl.String, "mapped": pl.String},
+                schema={"machine": machine_type, "source": pl.String, "mapped": pl.String},
                 orient="row",
             ),
             products=pl.DataFrame(
                 product_rows,
-                schema={"machine": pl.String, "product": pl.String, "p_ict_us": pl.Int64},
+                schema={"machine": machine_type, "product": pl.String, "p_ict_us": pl.Int64},
                 orient="row",
             ),
             counter_max=pl.DataFrame(
                 max_rows,
-                schema={"machine": pl.String, "signal": pl.String, "cmax": pl.Float64},
+                schema={"machine": machine_type, "signal": SIGNAL_TYPE, "cmax": pl.Float64},
                 orient="row",
             ),
             line_machines={li.id: tuple(m.id for m in li.machines) for li in plant.lines},
+            declared_counters={
+                m.id: frozenset(m.counters)
+                for li in plant.lines
+                for m in li.machines
+                if m.counters is not None
+            },
         )
 
 
@@ -104,19 +122,24 @@ def _num_as_text(num: pl.Expr) -> pl.Expr:
 def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
     """Validate and normalise a batch of `EVENT_SCHEMA` events for the core."""
     quality_bad = pl.col("quality") == "bad"
-    bad_quality = int(events.select(quality_bad.sum()).item() or 0)
-    events = events.filter(~quality_bad)
-    events = events.join(index.machines.select("machine", "line"), on="machine", how="left")
-    unknown = events.filter(pl.col("line").is_null())
-    events = events.filter(pl.col("line").is_not_null())
     kpi = pl.col("signal").is_in(KPI_SIGNALS)
-    other_signals = int(events.select((~kpi).sum()).item() or 0)
-    events = events.filter(kpi)
+    known = pl.col("machine").is_in(index.machine_type.categories.implode())
+    bad_quality, other_signals = events.select(
+        quality_bad.sum().alias("bad"), (~quality_bad & ~kpi & known).sum().alias("other")
+    ).row(0)
+    events = events.filter(~quality_bad)
+    unknown = events.filter(~known)
+    # Other tags (temperature, speed) are valid telemetry without a KPI: drop them first.
+    events = events.filter(kpi & known).with_columns(
+        pl.col("machine").cast(index.machine_type), pl.col("signal").cast(SIGNAL_TYPE)
+    )
 
     source = pl.coalesce(pl.col("value_str"), _num_as_text(pl.col("value_num")))
-    events = events.with_columns(source.alias("source")).join(
-        index.state_map, on=["machine", "source"], how="left"
-    )
+    events = events.with_columns(source.alias("source"))
+    if index.state_map.height:
+        events = events.join(index.state_map, on=["machine", "source"], how="left")
+    else:
+        events = events.with_columns(pl.lit(None, pl.String).alias("mapped"))
     state = pl.coalesce(
         pl.col("mapped"),
         pl.when(pl.col("source").is_in(sorted(STATES))).then(pl.col("source")),
@@ -127,9 +150,17 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
         pl.when((pl.col("signal") == "state") & state.is_null())
         .then(pl.format("state value '{}' is not a LinePulse state; map it in state_map", "source"))
         .when(is_counter & num.is_null())
-        .then(pl.format("{} must be a number, got '{}'", "signal", "value_str"))
+        .then(
+            pl.format(
+                "{} must be a number, got '{}'", pl.col("signal").cast(pl.String), "value_str"
+            )
+        )
         .when(is_counter & ((num < 0) | (num != num.round())))
-        .then(pl.format("{} must be a non-negative integer, got {}", "signal", num))
+        .then(
+            pl.format(
+                "{} must be a non-negative integer, got {}", pl.col("signal").cast(pl.String), num
+            )
+        )
         .when((pl.col("signal") == "ideal_cycle_time_s") & (num.is_null() | (num <= 0)))
         .then(pl.lit("ideal_cycle_time_s must be a number > 0"))
         .otherwise(pl.lit(None, pl.String))
@@ -144,7 +175,10 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
                 pl.format("unknown machine '{}'", "machine").alias("reason"),
             ),
             events.filter(pl.col("_problem").is_not_null()).select(
-                "ts", "machine", "signal", pl.col("_problem").alias("reason")
+                "ts",
+                pl.col("machine").cast(pl.String),
+                pl.col("signal").cast(pl.String),
+                pl.col("_problem").alias("reason"),
             ),
         ]
     )
@@ -161,8 +195,8 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
         pl.when(pl.col("signal") == "state").then(pl.col("reason")).alias("reason"),
     )
     return Prepared(
-        samples=good.cast(SAMPLE_SCHEMA),
+        samples=good.cast(sample_schema(index.machine_type)),
         rejected=rejected.cast(REJECTED_SCHEMA),
-        bad_quality=bad_quality,
-        other_signals=other_signals,
+        bad_quality=int(bad_quality or 0),
+        other_signals=int(other_signals or 0),
     )

@@ -27,19 +27,19 @@ STATE_COLUMNS = {
 UNASSIGNED = "unassigned"
 
 
-def _from_dirty(samples: pl.DataFrame, dirty: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """Samples at or after each machine's `from`, plus the last one before it (the baseline)."""
+def _from_dirty(samples: pl.DataFrame, dirty: pl.DataFrame, order: list[str]) -> pl.DataFrame:
+    """Samples at or after each machine's `from`, plus the last one before it (the baseline).
+
+    `order` is the full sort key; its leading columns up to `ts` group a sequence.
+    """
+    keys = order[: order.index("ts")]
     joined = samples.join(dirty, on="machine", how="inner")
     before = joined.filter(pl.col("ts") < pl.col("from"))
-    baseline = (
-        before.sort([*keys, "ts", "num", "text", "reason"], nulls_last=True)
-        .group_by(keys, maintain_order=True)
-        .last()
-    )
+    # Only rows at the latest time of their group can be its last: sort just those.
+    before = before.filter(pl.col("ts") == pl.col("ts").max().over(keys))
+    baseline = before.sort(order, nulls_last=True).group_by(keys, maintain_order=True).last()
     current = joined.filter(pl.col("ts") >= pl.col("from"))
-    return pl.concat([baseline.select(current.columns), current]).sort(
-        [*keys, "ts", "num", "text", "reason"], nulls_last=True
-    )
+    return pl.concat([baseline.select(current.columns), current]).sort(order, nulls_last=True)
 
 
 def state_minutes(
@@ -49,7 +49,7 @@ def state_minutes(
 
     Returns (atoms, reasons); reasons are ms of downtime states per (machine, minute, reason).
     """
-    seq = _from_dirty(states, dirty, ["machine"]).with_columns(
+    seq = _from_dirty(states, dirty, ["machine", "ts", "text", "reason"]).with_columns(
         pl.col("ts").shift(-1).over("machine").fill_null(high).alias("next"),
         pl.col("text").shift(1).over("machine").alias("prev"),
     )

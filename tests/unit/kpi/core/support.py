@@ -23,9 +23,7 @@ def plant(
     """A one-line plant; machines default to an ideal cycle time of 1 s."""
     if shifts is None:
         shifts = [{"name": "early", "start": "06:00", "end": "14:00"}]
-    specs = [
-        {"id": m, "ideal_cycle_time_s": 1.0} if isinstance(m, str) else m for m in machines
-    ]
+    specs = [{"id": m, "ideal_cycle_time_s": 1.0} if isinstance(m, str) else m for m in machines]
     data = {
         "site": "test",
         "timezone": timezone,
@@ -67,7 +65,7 @@ def run(
 ) -> tuple[dict[Key, dict[str, Any]], list[StepOutput], CoreState]:
     """Feed batches, then flush; return the last revision of each final record."""
     core = Core.from_config(config, windows)
-    state = initial_state()
+    state = initial_state(core)
     outputs: list[StepOutput] = []
     finals: dict[Key, dict[str, Any]] = {}
     for batch in [*batches, []]:

@@ -360,9 +360,7 @@ def test_late_event_restates_a_closed_window_and_too_late_is_reported() -> None:
 
 def test_products_use_their_own_ideal_cycle_time() -> None:
     config = plant(
-        machines=[
-            {"id": "m1", "ideal_cycle_time_s": 1.0, "products": {"small": 1.0, "large": 2.0}}
-        ]
+        machines=[{"id": "m1", "ideal_cycle_time_s": 1.0, "products": {"small": 1.0, "large": 2.0}}]
     )
     events = [
         ev("06:00:00", "state", "running"),
@@ -396,9 +394,7 @@ def test_good_and_reject_counters_make_the_total() -> None:
 
 def test_state_map_translates_packml_numbers_and_unmapped_values_are_rejected() -> None:
     config = plant(
-        machines=[
-            {"id": "m1", "ideal_cycle_time_s": 1.0, "state_map": {6: "running", 9: "down"}}
-        ]
+        machines=[{"id": "m1", "ideal_cycle_time_s": 1.0, "state_map": {6: "running", 9: "down"}}]
     )
     events = [
         ev("06:00:00", "state", 6),
@@ -461,3 +457,38 @@ def test_unknown_machine_and_invalid_counter_are_rejected_with_reasons() -> None
     ]
     assert state.stats.other_signals == 1
     assert state.stats.used == 1
+
+
+def test_a_learned_counter_restates_windows_that_closed_before_it_appeared() -> None:
+    config = plant(kpi={"lateness_s": 0, "restate_horizon_s": 3600})
+    before = [
+        ev("06:00:00", "state", "running"),
+        ev("06:00:00", "reject_count", 0),
+        ev("06:10:00", "reject_count", 4),
+        ev("06:20:00", "state", "running"),
+    ]
+    # The total counter shows up only later: the 06:00 quarter is final by then.
+    after = [ev("06:20:30", "total_count", 0), ev("06:25:00", "total_count", 50)]
+    finals, outputs, _ = run(config, [before, after], windows=("15m",))
+    quarter = finals[("m1", "15m", at("06:00:00"))]
+    first = [r for r in outputs[0].records if r["machine"] == "m1" and r["final"]]
+    assert (first[0]["total_count"], first[0]["reject_count"]) == (4, 4)  # reject-only reading
+    assert quarter["revision"] == 1
+    assert (quarter["total_count"], quarter["good_count"], quarter["reject_count"]) == (0, -4, 4)
+
+
+def test_declared_counters_decide_how_counts_combine_from_the_start() -> None:
+    config = plant(
+        machines=[
+            {"id": "m1", "ideal_cycle_time_s": 1.0, "counters": ["total_count", "reject_count"]}
+        ]
+    )
+    events = [
+        ev("06:00:00", "state", "running"),
+        ev("06:00:00", "reject_count", 0),
+        ev("06:10:00", "reject_count", 4),
+        ev("06:20:00", "state", "running"),
+    ]
+    finals, _, _ = run(config, [events], windows=("15m",))
+    quarter = finals[("m1", "15m", at("06:00:00"))]
+    assert (quarter["total_count"], quarter["reject_count"], quarter["revision"]) == (0, 4, 0)
