@@ -23,7 +23,7 @@ from services.kpi.core.engine import Core, CoreStats, initial_state, step
 
 log = logging.getLogger(__name__)
 
-BATCH_EVENTS = 500_000
+BATCH_EVENTS = 2_000_000  # 10 M events: ~0.7 GiB peak; smaller batches pay per-step costs more often
 RecordKey = tuple[str, str | None, str, str]
 
 
