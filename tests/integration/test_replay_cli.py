@@ -1,0 +1,123 @@
+"""`linepulse replay` as users run it: a real subprocess, real files, stdout and stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+ROOT = Path(__file__).parents[2]
+CLASSIC = ROOT / "examples" / "classic-oee"
+
+
+def linepulse(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own CLI with test arguments
+        [sys.executable, "-m", "linepulse.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def records(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_classic_example_replays_to_the_expected_record() -> None:
+    done = linepulse(
+        "replay", "--config", CLASSIC / "plant.yaml", CLASSIC / "events.jsonl", "--window", "shift"
+    )
+    assert done.returncode == 0, done.stderr
+    expected = json.loads((CLASSIC / "expected.json").read_text())
+    (machine,) = [r for r in records(done.stdout) if r["machine"] == "filler-1"]
+    for key, value in expected.items():
+        assert machine[key] == (
+            pytest.approx(value, abs=1e-6) if isinstance(value, float) else value
+        )
+    assert round(machine["oee"], 6) == 0.747937
+    assert machine["final"] is True
+    assert "4492 events read, 4492 used" in done.stderr
+
+
+def test_every_window_kind_and_a_line_record_come_out(tmp_path: Path) -> None:
+    out = tmp_path / "records.jsonl"
+    done = linepulse(
+        "replay", "-c", CLASSIC / "plant.yaml", CLASSIC / "events.jsonl", "--output", out
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    got = records(out.read_text())
+    kinds = {r["window"] for r in got}
+    assert kinds == {"1m", "15m", "1h", "shift", "day"}
+    # 06:00 to 14:00 is 480 one-minute windows, plus 05:59 (the baseline) and 14:00.
+    assert sum(1 for r in got if r["window"] == "1m" and r["machine"]) == 482
+    lines = [r for r in got if r["machine"] is None and r["window"] == "day"]
+    assert len(lines) == 1
+    assert lines[0]["oee"] == pytest.approx(0.7479365079365079)
+    assert all(r["window_start"].endswith("Z") and r["window_end"].endswith("Z") for r in got)
+
+
+def test_parquet_input_gives_the_same_records_as_json_lines(tmp_path: Path) -> None:
+    events = pl.read_ndjson(
+        CLASSIC / "events.jsonl", schema_overrides={"value": pl.String}, infer_schema_length=None
+    )
+    parquet = tmp_path / "events.parquet"
+    events.write_parquet(parquet)
+    from_json = linepulse("replay", "-c", CLASSIC / "plant.yaml", CLASSIC / "events.jsonl")
+    from_parquet = linepulse("replay", "-c", CLASSIC / "plant.yaml", parquet)
+    assert from_parquet.returncode == 0, from_parquet.stderr
+    key = lambda r: (r["window_start"], r["window"], r["machine"] or "")  # noqa: E731
+    assert sorted(records(from_parquet.stdout), key=key) == sorted(
+        records(from_json.stdout), key=key
+    )
+
+
+def test_malformed_lines_are_reported_by_number_and_never_stop_the_run(tmp_path: Path) -> None:
+    lines = (CLASSIC / "events.jsonl").read_text().splitlines()
+    lines.insert(10, "{not json")
+    lines.insert(20, '{"ts": "yesterday", "machine": "filler-1", "signal": "state", "value": 1}')
+    lines.insert(
+        30, '{"ts": 1793599200000, "machine": "nobody", "signal": "state", "value": "down"}'
+    )
+    lines.insert(
+        40, '{"ts": 1793599200000, "machine": "filler-1", "signal": "state", "value": "on", "x": 1}'
+    )
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    done = linepulse("replay", "-c", CLASSIC / "plant.yaml", path, "-w", "shift")
+    assert done.returncode == 0, done.stderr
+    assert f"{path}: line 11: malformed JSON" in done.stderr
+    assert f"{path}: line 21: ts is not an RFC 3339 timestamp: 'yesterday'" in done.stderr
+    assert "unknown machine 'nobody'" in done.stderr
+    assert f"{path}: line 41: unknown field(s): x" in done.stderr
+    assert "3 malformed, 1 rejected" in done.stderr
+    (machine,) = [r for r in records(done.stdout) if r["machine"] == "filler-1"]
+    assert round(machine["oee"], 6) == 0.747937  # the good events around them all count
+
+
+def test_a_bad_config_names_the_key_and_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "plant.yaml"
+    config.write_text(
+        (CLASSIC / "plant.yaml")
+        .read_text()
+        .replace("ideal_cycle_time_s: 1.0", "ideal_cycle_time_s: -1")
+    )
+    done = linepulse("replay", "-c", config, CLASSIC / "events.jsonl")
+    assert done.returncode == 2
+    assert "lines[0].machines[0].ideal_cycle_time_s: Input should be greater than 0" in done.stderr
+    assert done.stdout == ""
+
+
+def test_missing_events_file_and_unknown_window_are_clear_errors(tmp_path: Path) -> None:
+    done = linepulse("replay", "-c", CLASSIC / "plant.yaml", tmp_path / "nope.jsonl")
+    assert done.returncode == 1
+    assert "cannot read events file" in done.stderr
+    done = linepulse("replay", "-c", CLASSIC / "plant.yaml", CLASSIC / "events.jsonl", "-w", "2h")
+    assert done.returncode == 2
+    assert "--window must be one of 1m, 15m, 1h, shift, day; got 2h" in done.stderr
