@@ -7,6 +7,7 @@ config is wrong (the message says which key).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Annotated, BinaryIO, get_args
 import typer
 from tqdm import tqdm
 
-from linepulse.config import WINDOW_KINDS, ConfigError, WindowKind, load_config
+from linepulse.config import WINDOW_KINDS, ConfigError, PlantConfig, WindowKind, load_config
 
 app = typer.Typer(
     name="linepulse",
@@ -136,6 +137,47 @@ def replay_command(
         + (f"\nreplay: rejected by reason: {reasons}" if reasons else ""),
         err=True,
     )
+
+
+KafkaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--kafka",
+        help="Kafka bootstrap HOST:PORT (else kafka.bootstrap in the config).",
+        envvar="LINEPULSE_KAFKA",
+    ),
+]
+
+
+def _load(config: Path) -> PlantConfig:
+    try:
+        return load_config(config)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+
+
+def _bootstrap(plant: PlantConfig, kafka: str | None) -> str:
+    bootstrap = kafka or plant.kafka.bootstrap
+    if not bootstrap:
+        raise _fail("no Kafka broker: pass --kafka HOST:PORT or set LINEPULSE_KAFKA", 2)
+    return bootstrap
+
+
+@app.command("kpi")
+def kpi_command(
+    config: ConfigOption,
+    kafka: KafkaOption = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoint directory (else kafka.state_dir).")
+    ] = None,
+) -> None:
+    """Run a streaming KPI worker: telemetry from Kafka, KPI records to the kpi topic."""
+    from services.kpi.service import run_worker
+
+    plant = _load(config)
+    bootstrap = _bootstrap(plant, kafka)
+    code = asyncio.run(run_worker(plant, bootstrap, state_dir or plant.kafka.state_dir))
+    raise typer.Exit(code)
 
 
 def _window_kinds(values: list[str] | None) -> tuple[WindowKind, ...] | None:

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
     model_validator,
@@ -61,7 +62,11 @@ def _parse_hhmm(value: object) -> time:
 
 
 # Calendar boundaries are whole minutes, which lets the core aggregate per minute exactly.
-ClockTime = Annotated[time, Field(description="local wall-clock time, HH:MM")]
+ClockTime = Annotated[
+    time,
+    Field(description="local wall-clock time, HH:MM"),
+    PlainSerializer(lambda t: t.strftime("%H:%M"), return_type=str),
+]
 
 
 class _Model(BaseModel):
@@ -201,6 +206,29 @@ class KpiSettings(_Model):
     windows: tuple[WindowKind, ...] = WINDOW_KINDS  # type: ignore[assignment]
 
 
+class Topic(_Model):
+    name: str = Field(min_length=1)
+    partitions: int = Field(default=6, ge=1)
+    replication: int = Field(default=1, ge=1)
+
+
+class KafkaSettings(_Model):
+    """Kafka topics and the consumer group; the broker address comes from `--kafka` or
+    `LINEPULSE_KAFKA` when `bootstrap` is not set here."""
+
+    bootstrap: str | None = None
+    telemetry: Topic = Topic(name="telemetry")
+    kpi: Topic = Topic(name="kpi")
+    dlq: Topic = Topic(name="telemetry.dlq", partitions=1)
+    status: Topic = Topic(name="machine.status", partitions=1)
+    group: str = Field(default="linepulse-kpi", min_length=1)
+    # Where workers keep partition checkpoints: shared by the workers of one group.
+    state_dir: Path = Path("state")
+    # Open-window records are published at most this often per key; finals at once.
+    open_interval_s: float = Field(default=1.0, ge=0)
+    checkpoint_interval_s: float = Field(default=1.0, gt=0)
+
+
 class PlantConfig(_Model):
     site: str = Field(min_length=1)
     timezone: str = "UTC"
@@ -210,6 +238,7 @@ class PlantConfig(_Model):
     state_map: dict[str, State] = Field(default_factory=dict)
     lines: tuple[Line, ...] = Field(min_length=1)
     kpi: KpiSettings = KpiSettings()
+    kafka: KafkaSettings = KafkaSettings()
 
     _hhmm = field_validator("day_start", mode="before")(_parse_hhmm)
 

@@ -160,6 +160,7 @@ class StepOutput:
     late: int  # accepted events behind the watermark (they may restate windows)
     too_late: int  # events behind the restatement horizon, rejected
     sealed_before: int | None  # windows ending at or before this can no longer change
+    states: pl.DataFrame  # the batch's usable state samples: machine, ts, state (mapped)
 
 
 def initial_state(core: Core) -> CoreState:
@@ -225,9 +226,8 @@ def step(
         batch_high = int(new.get_column("ts").max())  # type: ignore[arg-type]
         high1 = batch_high if high0 is None else max(high0, batch_high)
     if high1 is None or (new.is_empty() and high1 == high0 and not flush):
-        return replace(state, stats=stats), StepOutput(
-            [], rejected, late, too_late_rows.height, floor0
-        )
+        output = StepOutput([], rejected, late, too_late_rows.height, floor0, _states(new))
+        return replace(state, stats=stats), output
 
     first_seen = dict(state.first_seen)
     counters_seen = dict(state.counters_seen)
@@ -298,7 +298,16 @@ def step(
         older_min=older_min,
         stats=stats,
     )
-    return new_state, StepOutput(records, rejected, late, too_late_rows.height, floor1)
+    output = StepOutput(records, rejected, late, too_late_rows.height, floor1, _states(new))
+    return new_state, output
+
+
+def _states(samples: pl.DataFrame) -> pl.DataFrame:
+    return (
+        samples.filter(pl.col("signal") == "state")
+        .select(pl.col("machine").cast(pl.String), "ts", pl.col("text").alias("state"))
+        .sort("ts", "machine")
+    )
 
 
 def _too_late(rows: pl.DataFrame, floor: int | None) -> pl.DataFrame:

@@ -148,3 +148,11 @@ def test_per_line_shifts_override_the_site_calendar() -> None:
     assert [s.name for s in config.shifts_for(config.lines[0])] == ["day"]
     assert [s.name for s in config.shifts_for(config.lines[1])] == ["early"]
     assert [str(d) for d in config.days_off_for(config.lines[1])] == ["2026-12-25"]
+
+
+def test_a_config_dumped_by_the_model_loads_again(tmp_path: Path) -> None:
+    import yaml
+
+    config = load_config(write(tmp_path, MINIMAL))
+    again = write(tmp_path, yaml.safe_dump(config.model_dump(mode="json")))
+    assert load_config(again) == config

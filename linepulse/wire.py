@@ -1,0 +1,113 @@
+"""Telemetry on Kafka: one JSON event per record, or a batch per record.
+
+Any producer can write one JSON event per record. LinePulse's own ingesters batch many
+samples into one record (Arrow IPC or msgpack), because the Python protocol clients cost
+far more per message than per sample. The `content-type` header says which; a record
+without one is JSON.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+import msgpack
+import orjson
+import polars as pl
+
+from linepulse.events import (
+    EVENT_SCHEMA,
+    Decoded,
+    EventError,
+    decode_event,
+    normalize_frame,
+)
+
+JSON: Final = "application/json"
+ARROW: Final = "application/vnd.apache.arrow.stream"
+MSGPACK: Final = "application/x-msgpack"
+CONTENT_TYPES: Final = (JSON, ARROW, MSGPACK)
+# A record larger than this is refused before decoding (Kafka's own default is 1 MiB).
+MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
+
+Headers = Sequence[tuple[str, bytes]]
+Row = tuple[int, str, str, float | None, str | None, str | None, str]
+
+
+def content_type(headers: Headers | None) -> str:
+    for key, value in headers or ():
+        if key.lower() == "content-type":
+            return value.decode("ascii", "replace").split(";")[0].strip().lower()
+    return JSON
+
+
+def decode_records(records: Iterable[tuple[bytes | None, Headers | None, str]]) -> Decoded:
+    """Decode (value, headers, where) records into one frame; bad ones carry their reason."""
+    rows: list[Row] = []
+    frames: list[pl.DataFrame] = []
+    rejected: list[tuple[str, str, str]] = []
+    for value, headers, where in records:
+        if value is None:
+            rejected.append((where, "empty record (no value)", ""))
+            continue
+        if len(value) > MAX_RECORD_BYTES:
+            rejected.append((where, f"record of {len(value)} bytes exceeds {MAX_RECORD_BYTES}", ""))
+            continue
+        kind = content_type(headers)
+        try:
+            if kind == JSON:
+                rows.append(decode_event(orjson.loads(value)))
+            elif kind == MSGPACK:
+                _msgpack_rows(value, where, rows, rejected)
+            elif kind == ARROW:
+                decoded = normalize_frame(pl.read_ipc_stream(io.BytesIO(value)), where=where)
+                frames.append(decoded.events)
+                rejected.extend(decoded.rejected)
+            else:
+                rejected.append((where, f"unknown content-type {kind!r}", _raw(value)))
+        except orjson.JSONDecodeError as error:
+            rejected.append((where, f"malformed JSON: {error}", _raw(value)))
+        except EventError as error:
+            rejected.append((where, str(error), _raw(value)))
+        except (msgpack.UnpackException, ValueError, pl.exceptions.PolarsError) as error:
+            rejected.append((where, f"malformed {kind} batch: {error}", _raw(value)))
+    frames.append(pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row"))
+    return Decoded(pl.concat(frames), rejected)
+
+
+def _msgpack_rows(
+    value: bytes, where: str, rows: list[Row], rejected: list[tuple[str, str, str]]
+) -> None:
+    batch = msgpack.unpackb(value, raw=False, strict_map_key=True)
+    if not isinstance(batch, list):
+        raise ValueError("a msgpack batch must be an array of events")
+    for i, event in enumerate(batch):
+        try:
+            rows.append(decode_event(event))
+        except EventError as error:
+            rejected.append((f"{where}[{i}]", str(error), repr(event)[:1024]))
+
+
+def _raw(value: bytes, limit: int = 1024) -> str:
+    return value[:limit].decode("utf-8", "replace")
+
+
+def encode_arrow(events: pl.DataFrame) -> bytes:
+    """A batch of `EVENT_SCHEMA` events as one Arrow IPC stream record (the wire columns)."""
+    wire = events.select(
+        "ts",
+        "machine",
+        "signal",
+        pl.coalesce(pl.col("value_str"), pl.col("value_num").cast(pl.String)).alias("value"),
+        "reason",
+        "quality",
+    )
+    buffer = io.BytesIO()
+    wire.write_ipc_stream(buffer, compression="lz4")
+    return buffer.getvalue()
+
+
+def encode_msgpack(events: Iterable[dict[str, object]]) -> bytes:
+    packed: bytes = msgpack.packb(list(events), use_bin_type=True)
+    return packed

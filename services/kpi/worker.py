@@ -1,0 +1,402 @@
+"""The streaming KPI worker: telemetry from Kafka through the core, KPI records back out.
+
+One core state per telemetry partition, so a partition's state moves with it on a
+rebalance. The loop: poll a micro-batch, decode it, forward events that belong to another
+line's home partition, step each partition's core, publish records (finals at once, open
+windows at most once per `open_interval_s` per key) and dead letters, flush, and every
+`checkpoint_interval_s` save each partition's state with the offset it covers, then commit.
+
+Exactly-once effect: a worker that takes a partition over (after a crash, a rebalance or a
+restart) loads the checkpoint and seeks to its offset, so every event is applied to the
+state exactly once. Records published after the last checkpoint are published again with
+the same keys (the `kpi` topic is compacted), and repeated samples are harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import polars as pl
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord
+
+from linepulse.config import KafkaSettings
+from linepulse.events import Decoded
+from linepulse.wire import ARROW, decode_records, encode_arrow
+from services.kpi.checkpoint import CheckpointError, DirectoryStore, dump_state, load_state
+from services.kpi.core.engine import Core, CoreState, initial_state, step
+from services.kpi.topics import machine_homes
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_RECORDS = 20_000
+
+
+def record_key(record: dict[str, Any]) -> bytes:
+    """`kpi` topic key: scope (machine, or `*` for the line), window kind and start."""
+    scope = record["machine"] or "*"
+    return f"{record['line']}/{scope}/{record['window']}/{record['window_start']}".encode()
+
+
+@dataclass
+class MachineStatus:
+    line: str
+    state: str | None = None
+    since: int | None = None  # epoch ms the current state began
+    last_seen: int | None = None  # epoch ms of the latest event of any signal
+
+    def as_dict(self, machine: str) -> dict[str, Any]:
+        return {
+            "machine": machine,
+            "line": self.line,
+            "state": self.state,
+            "since": self.since,
+            "last_seen": self.last_seen,
+        }
+
+
+@dataclass
+class Partition:
+    """What the worker holds for one telemetry partition it owns."""
+
+    state: CoreState
+    offset: int  # the next offset to read; the checkpoint covers everything before it
+    statuses: dict[str, MachineStatus] = field(default_factory=dict)
+    dirty: bool = False
+
+
+@dataclass
+class WorkerStats:
+    """Cumulative counts of this worker process, for logs and tests."""
+
+    batches: int = 0
+    events: int = 0
+    forwarded: int = 0
+    dead_letters: int = 0
+    published: int = 0
+    checkpoints: int = 0
+
+
+class KpiWorker:
+    def __init__(
+        self,
+        core: Core,
+        kafka: KafkaSettings,
+        bootstrap: str,
+        store: DirectoryStore,
+        metrics: Any = None,
+    ) -> None:
+        self.core = core
+        self.kafka = kafka
+        self.bootstrap = bootstrap
+        self.store = store
+        self.metrics = metrics
+        self.parts: dict[int, Partition] = {}
+        self.stats = WorkerStats()
+        self._homes: dict[str, int] = {}
+        self._open: dict[bytes, bytes] = {}  # latest unsent open-window record per key
+        self._open_sent: dict[bytes, float] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._last_checkpoint = time.monotonic()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; then finish the batch, checkpoint, commit, leave."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            enable_idempotence=True,  # forces acks=all
+            linger_ms=5,
+            max_request_size=4 * 1024 * 1024,
+            client_id="linepulse-kpi",
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.kafka.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id="linepulse-kpi",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await producer.start()
+        try:
+            await consumer.start()
+            self._producer, self._consumer = producer, consumer
+            try:
+                partitions = consumer.partitions_for_topic(self.kafka.telemetry.name)
+                if not partitions:
+                    await consumer._client.force_metadata_update()
+                    partitions = consumer.partitions_for_topic(self.kafka.telemetry.name)
+                self._homes = machine_homes(self.core.plant, len(partitions or {0}))
+                consumer.subscribe([self.kafka.telemetry.name], listener=_Rebalance(self))
+                while not stop.is_set():
+                    batch = await consumer.getmany(timeout_ms=200, max_records=MAX_BATCH_RECORDS)
+                    if batch:
+                        await self._process(batch)
+                    await self._publish_due_open()
+                    if time.monotonic() - self._last_checkpoint >= self.kafka.checkpoint_interval_s:
+                        await self._checkpoint(list(self.parts))
+                log.info("stopping: checkpointing %d partitions", len(self.parts))
+                await self._publish_due_open(force=True)
+                await self._checkpoint(list(self.parts))
+            finally:
+                await consumer.stop()  # leaves the group: partitions move at once
+        finally:
+            await producer.stop()
+            self._producer = self._consumer = None
+
+    # -- partitions come and go ---------------------------------------------------------
+
+    async def adopt(self, assigned: Iterable[TopicPartition]) -> None:
+        consumer = self._consumer
+        assert consumer is not None  # noqa: S101 - only called while running
+        for tp in assigned:
+            name = self._checkpoint_name(tp.partition)
+            data = self.store.load(name)
+            state: CoreState | None = None
+            offset = 0
+            statuses: dict[str, MachineStatus] = {}
+            if data is not None:
+                try:
+                    state, offset, extra = load_state(self.core, data)
+                    statuses = {
+                        m: MachineStatus(**fields)
+                        for m, fields in extra.get("statuses", {}).items()
+                    }
+                except CheckpointError as error:
+                    log.error("partition %d: %s; starting from the beginning", tp.partition, error)
+            if state is None:
+                state, offset = initial_state(self.core), 0
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+            self.parts[tp.partition] = Partition(state, offset, statuses)
+            log.info("partition %d: resuming at offset %d", tp.partition, offset)
+
+    async def release(self, revoked: Iterable[TopicPartition]) -> None:
+        numbers = [tp.partition for tp in revoked if tp.partition in self.parts]
+        await self._publish_due_open(force=True)
+        await self._checkpoint(numbers)
+        for number in numbers:
+            self.parts.pop(number, None)
+
+    # -- the loop body ------------------------------------------------------------------
+
+    async def _process(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        producer = self._producer
+        assert producer is not None  # noqa: S101
+        started = time.perf_counter()
+        sends: list[asyncio.Future[Any]] = []
+        for tp, messages in batch.items():
+            part = self.parts.get(tp.partition)
+            if part is None or not messages:
+                continue
+            decoded = decode_records(
+                (m.value, list(m.headers or ()), f"{tp.topic}[{tp.partition}]@{m.offset}")
+                for m in messages
+            )
+            sends += self._dead_letters(decoded, tp)
+            local, forwards = self._split_home(decoded.events, tp.partition)
+            for home, events in forwards.items():
+                sends.append(
+                    await producer.send(
+                        tp.topic,
+                        value=encode_arrow(events),
+                        key=events.item(0, "machine").encode(),
+                        partition=home,
+                        headers=[("content-type", ARROW.encode())],
+                    )
+                )
+                self.stats.forwarded += events.height
+            part.state, output = step(self.core, part.state, local)
+            part.offset = messages[-1].offset + 1
+            part.dirty = True
+            sends += self._dead_letters_core(output.rejected, tp)
+            sends += await self._records(output.records)
+            sends += await self._status(part, local, output)
+            self.stats.events += decoded.events.height + len(decoded.rejected)
+            if self.metrics is not None:
+                self._observe(decoded, output, tp.partition)
+        if sends:
+            await asyncio.gather(*sends)
+        self.stats.batches += 1
+        if self.metrics is not None:
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _split_home(
+        self, events: pl.DataFrame, partition: int
+    ) -> tuple[pl.DataFrame, dict[int, pl.DataFrame]]:
+        if events.is_empty() or not self._homes:
+            return events, {}
+        homes = pl.DataFrame(
+            {"machine": list(self._homes), "_home": list(self._homes.values())},
+            schema={"machine": pl.String, "_home": pl.Int64},
+        )
+        tagged = events.join(homes, on="machine", how="left", maintain_order="left")
+        here = pl.col("_home").is_null() | (pl.col("_home") == partition)
+        local = tagged.filter(here).drop("_home")
+        away = tagged.filter(~here)
+        forwards = {
+            int(home): group.drop("_home")
+            for (home,), group in away.group_by("_home", maintain_order=True)
+        }
+        return local, forwards
+
+    async def _records(self, records: list[dict[str, Any]]) -> list[asyncio.Future[Any]]:
+        producer = self._producer
+        assert producer is not None  # noqa: S101
+        sends = []
+        for record in records:
+            key = record_key(record)
+            value = orjson.dumps(record)
+            if record["final"]:
+                self._open.pop(key, None)
+                self._open_sent.pop(key, None)
+                sends.append(await producer.send(self.kafka.kpi.name, value=value, key=key))
+                self.stats.published += 1
+            else:
+                self._open[key] = value
+        return sends
+
+    async def _publish_due_open(self, *, force: bool = False) -> None:
+        producer = self._producer
+        if producer is None or not self._open:
+            return
+        now = time.monotonic()
+        interval = self.kafka.open_interval_s
+        due = [k for k in self._open if force or now - self._open_sent.get(k, 0.0) >= interval]
+        sends = []
+        for key in due:
+            sends.append(
+                await producer.send(self.kafka.kpi.name, value=self._open.pop(key), key=key)
+            )
+            self._open_sent[key] = now
+        self.stats.published += len(sends)
+        if sends:
+            await asyncio.gather(*sends)
+
+    def _dead_letters(self, decoded: Decoded, tp: TopicPartition) -> list[asyncio.Future[Any]]:
+        return [
+            self._dead_letter({"where": where, "reason": reason, "raw": raw, "source": tp.topic})
+            for where, reason, raw in decoded.rejected
+        ]
+
+    def _dead_letters_core(
+        self, rejected: pl.DataFrame, tp: TopicPartition
+    ) -> list[asyncio.Future[Any]]:
+        return [
+            self._dead_letter(
+                {
+                    "where": f"{tp.topic}[{tp.partition}]",
+                    "reason": reason,
+                    "event": {"ts": ts, "machine": machine, "signal": signal},
+                    "source": tp.topic,
+                }
+            )
+            for ts, machine, signal, reason in rejected.iter_rows()
+        ]
+
+    def _dead_letter(self, letter: dict[str, Any]) -> asyncio.Future[Any]:
+        producer = self._producer
+        assert producer is not None  # noqa: S101
+        self.stats.dead_letters += 1
+        sent: asyncio.Future[Any] = asyncio.ensure_future(
+            producer.send_and_wait(self.kafka.dlq.name, value=orjson.dumps(letter))
+        )
+        return sent
+
+    async def _status(
+        self, part: Partition, events: pl.DataFrame, output: Any
+    ) -> list[asyncio.Future[Any]]:
+        """Machine status (state, since, last seen), published when it changes."""
+        producer = self._producer
+        assert producer is not None  # noqa: S101
+        if events.is_empty():
+            return []
+        changed: set[str] = set()
+        seen = events.group_by("machine").agg(pl.col("ts").max())
+        lines = {m: line.id for m, (line, _) in self.core.plant.machines().items()}
+        for machine, ts in seen.iter_rows():
+            if machine not in lines:
+                continue
+            status = part.statuses.setdefault(machine, MachineStatus(lines[machine]))
+            if status.last_seen is None or ts > status.last_seen:
+                status.last_seen = ts
+                changed.add(machine)
+        for machine, ts, state in output.states.iter_rows():
+            status = part.statuses.setdefault(machine, MachineStatus(lines[machine]))
+            if status.since is not None and ts < status.since:
+                continue
+            if state != status.state:
+                status.state, status.since = state, ts
+                changed.add(machine)
+        return [
+            await producer.send(
+                self.kafka.status.name,
+                value=orjson.dumps(part.statuses[m].as_dict(m)),
+                key=m.encode(),
+            )
+            for m in sorted(changed)
+        ]
+
+    def _observe(self, decoded: Decoded, output: Any, partition: int) -> None:
+        metrics = self.metrics
+        metrics.events_in.labels(source="kafka").inc(decoded.events.height)
+        rejected = len(decoded.rejected) + output.rejected.height
+        if rejected:
+            metrics.dlq.inc(rejected)
+        if output.late:
+            metrics.events_late.inc(output.late)
+        if output.too_late:
+            metrics.events_too_late.inc(output.too_late)
+
+    async def _checkpoint(self, numbers: list[int]) -> None:
+        consumer = self._consumer
+        producer = self._producer
+        if consumer is None or producer is None:
+            return
+        await producer.flush()  # records land before the state that produced them is saved
+        started = time.perf_counter()
+        offsets = {}
+        for number in numbers:
+            part = self.parts.get(number)
+            if part is None or not part.dirty:
+                continue
+            statuses = {m: vars(status) for m, status in part.statuses.items()}
+            data = dump_state(part.state, part.offset, {"statuses": statuses})
+            self.store.save(self._checkpoint_name(number), data)
+            part.dirty = False
+            offsets[TopicPartition(self.kafka.telemetry.name, number)] = part.offset
+            self.stats.checkpoints += 1
+        if offsets:
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as error:  # a commit lost in a rebalance is harmless
+                log.warning("offset commit failed (%s); the checkpoints hold the offsets", error)
+        self._last_checkpoint = time.monotonic()
+        if self.metrics is not None and offsets:
+            self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+
+    def _checkpoint_name(self, partition: int) -> str:
+        return f"{self.kafka.group}.{self.kafka.telemetry.name}.{partition}"
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: KpiWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.worker.release(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.worker.adopt(assigned)

@@ -1,0 +1,51 @@
+"""Telemetry records on Kafka: JSON, Arrow IPC and msgpack batches, and bad records."""
+
+from __future__ import annotations
+
+import orjson
+
+from linepulse.wire import ARROW, MSGPACK, decode_records, encode_arrow, encode_msgpack
+from tests.unit.kpi.core.support import ev, frame
+
+EVENTS = [
+    ev("06:00:00", "state", "running", reason=None),
+    ev("06:00:01", "total_count", 12),
+    ev("06:00:02", "temperature", 71.5),
+    ev("06:00:03", "state", "down", reason="jam", quality="uncertain"),
+]
+
+
+def test_the_three_formats_decode_to_the_same_events() -> None:
+    as_json = [(orjson.dumps(e), None, f"p0@{i}") for i, e in enumerate(EVENTS)]
+    as_arrow = [(encode_arrow(frame(EVENTS)), [("content-type", ARROW.encode())], "p0@9")]
+    as_msgpack = [(encode_msgpack(EVENTS), [("Content-Type", MSGPACK.encode())], "p0@10")]
+    want = frame(EVENTS)
+    for records in (as_json, as_arrow, as_msgpack):
+        decoded = decode_records(records)
+        assert decoded.rejected == []
+        assert decoded.events.equals(want), records
+
+
+def test_bad_records_are_rejected_with_reasons_and_good_ones_kept() -> None:
+    good = orjson.dumps(EVENTS[0])
+    records = [
+        (b"{broken", None, "p0@1"),
+        (orjson.dumps({**EVENTS[1], "value": None}), None, "p0@2"),
+        (good, None, "p0@3"),
+        (b"\x00" * 10, [("content-type", b"text/csv")], "p0@4"),
+        (b"not arrow", [("content-type", ARROW.encode())], "p0@5"),
+        (encode_msgpack([EVENTS[1], {"ts": "nope"}]), [("content-type", MSGPACK.encode())], "p0@6"),
+        (None, None, "p0@7"),
+        (b"x" * (9 * 1024 * 1024), None, "p0@8"),
+    ]
+    decoded = decode_records(records)
+    reasons = {where: reason for where, reason, _ in decoded.rejected}
+    assert reasons["p0@1"].startswith("malformed JSON")
+    assert reasons["p0@2"] == "value is missing"
+    assert reasons["p0@4"] == "unknown content-type 'text/csv'"
+    assert reasons["p0@5"].startswith("malformed application/vnd.apache.arrow.stream batch")
+    assert reasons["p0@6[1]"] == "ts is not an RFC 3339 timestamp: 'nope'"
+    assert reasons["p0@7"] == "empty record (no value)"
+    assert "exceeds" in reasons["p0@8"]
+    assert decoded.events.height == 2  # the good JSON event and the good msgpack one
+    assert sorted(decoded.events.get_column("signal").to_list()) == ["state", "total_count"]
