@@ -7,6 +7,7 @@ and leaves the group, and the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import signal
 from pathlib import Path
@@ -21,9 +22,24 @@ log = logging.getLogger(__name__)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT stop the service; SIGUSR1 logs what every task is waiting on."""
     loop = asyncio.get_running_loop()
+
+    def request_stop(sig: signal.Signals) -> None:
+        log.info("%s: stopping (finish the batch, checkpoint, commit, leave)", sig.name)
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, request_stop, sig)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+
+
+def dump_tasks() -> None:
+    buffer = io.StringIO()
+    for task in asyncio.all_tasks():
+        buffer.write(f"--- {task.get_name()}\n")
+        task.print_stack(limit=12, file=buffer)
+    log.warning("tasks:\n%s", buffer.getvalue())
 
 
 async def run_worker(plant: PlantConfig, bootstrap: str, state_dir: Path) -> int:

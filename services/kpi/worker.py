@@ -39,6 +39,18 @@ log = logging.getLogger(__name__)
 MAX_BATCH_RECORDS = 20_000
 
 
+SHUTDOWN_STEP_S = 30.0
+
+
+async def _bounded(step: Any, what: str) -> None:
+    """A shutdown step that cannot hang the exit: logged and abandoned after a while."""
+    try:
+        async with asyncio.timeout(SHUTDOWN_STEP_S):
+            await step
+    except TimeoutError:
+        log.error("%s took over %.0f s; exiting without it", what, SHUTDOWN_STEP_S)
+
+
 def record_key(record: dict[str, Any]) -> bytes:
     """`kpi` topic key: scope (machine, or `*` for the line), window kind and start."""
     scope = record["machine"] or "*"
@@ -100,7 +112,8 @@ class KpiWorker:
         self.metrics = metrics
         self.parts: dict[int, Partition] = {}
         self.stats = WorkerStats()
-        self._homes: dict[str, int] = {}
+        self._homes: pl.DataFrame | None = None  # machine -> its line's home partition
+        self._lines = {m: line.id for m, (line, _) in core.plant.machines().items()}
         self._open: dict[bytes, bytes] = {}  # latest unsent open-window record per key
         self._open_sent: dict[bytes, float] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -135,7 +148,11 @@ class KpiWorker:
                 if not partitions:
                     await consumer._client.force_metadata_update()
                     partitions = consumer.partitions_for_topic(self.kafka.telemetry.name)
-                self._homes = machine_homes(self.core.plant, len(partitions or {0}))
+                homes = machine_homes(self.core.plant, len(partitions or {0}))
+                self._homes = pl.DataFrame(
+                    {"machine": list(homes), "_home": list(homes.values())},
+                    schema={"machine": pl.String, "_home": pl.Int64},
+                )
                 consumer.subscribe([self.kafka.telemetry.name], listener=_Rebalance(self))
                 while not stop.is_set():
                     batch = await consumer.getmany(timeout_ms=200, max_records=MAX_BATCH_RECORDS)
@@ -145,13 +162,16 @@ class KpiWorker:
                     if time.monotonic() - self._last_checkpoint >= self.kafka.checkpoint_interval_s:
                         await self._checkpoint(list(self.parts))
                 log.info("stopping: checkpointing %d partitions", len(self.parts))
-                await self._publish_due_open(force=True)
-                await self._checkpoint(list(self.parts))
+                async with asyncio.timeout(SHUTDOWN_STEP_S):
+                    await self._publish_due_open(force=True)
+                    await self._checkpoint(list(self.parts))
+                log.info("stopping: checkpoints saved; leaving the group")
             finally:
-                await consumer.stop()  # leaves the group: partitions move at once
+                await _bounded(consumer.stop(), "leaving the consumer group")
         finally:
-            await producer.stop()
+            await _bounded(producer.stop(), "flushing and closing the producer")
             self._producer = self._consumer = None
+            log.info("stopped")
 
     # -- partitions come and go ---------------------------------------------------------
 
@@ -236,13 +256,9 @@ class KpiWorker:
     def _split_home(
         self, events: pl.DataFrame, partition: int
     ) -> tuple[pl.DataFrame, dict[int, pl.DataFrame]]:
-        if events.is_empty() or not self._homes:
+        if events.is_empty() or self._homes is None:
             return events, {}
-        homes = pl.DataFrame(
-            {"machine": list(self._homes), "_home": list(self._homes.values())},
-            schema={"machine": pl.String, "_home": pl.Int64},
-        )
-        tagged = events.join(homes, on="machine", how="left", maintain_order="left")
+        tagged = events.join(self._homes, on="machine", how="left", maintain_order="left")
         here = pl.col("_home").is_null() | (pl.col("_home") == partition)
         local = tagged.filter(here).drop("_home")
         away = tagged.filter(~here)
@@ -325,7 +341,7 @@ class KpiWorker:
             return []
         changed: set[str] = set()
         seen = events.group_by("machine").agg(pl.col("ts").max())
-        lines = {m: line.id for m, (line, _) in self.core.plant.machines().items()}
+        lines = self._lines
         for machine, ts in seen.iter_rows():
             if machine not in lines:
                 continue

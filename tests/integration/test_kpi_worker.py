@@ -9,6 +9,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -203,6 +204,19 @@ def start_worker(
         )
 
 
+def stop_worker(worker: subprocess.Popen[bytes], log: Path) -> int:
+    """SIGTERM, as an orchestrator would; a worker that hangs is dumped, killed, failed."""
+    worker.send_signal(signal.SIGTERM)
+    try:
+        return worker.wait(60)
+    except subprocess.TimeoutExpired:
+        worker.send_signal(signal.SIGUSR1)  # the worker logs what each task waits on
+        time.sleep(2)
+        worker.kill()
+        worker.wait(10)
+        pytest.fail(f"the worker did not stop on SIGTERM:\n{log.read_text()[-6000:]}")
+
+
 async def wait_for_checkpoint(state_dir: Path, timeout_s: float = 60) -> None:
     async with asyncio.timeout(timeout_s):
         while not list(state_dir.glob("*.ckpt")):
@@ -250,8 +264,7 @@ async def test_worker_killed_twice_resumes_exactly(kafka: str, tmp_path: Path) -
             timeout_s=180,
         )
     finally:
-        worker.send_signal(signal.SIGTERM)
-        code = worker.wait(60)
+        code = stop_worker(worker, log)
     assert code == 0, log.read_text()[-3000:]
     got = comparable(got, "2026-11-03T00:30:00Z")
     assert got.keys() == want.keys()

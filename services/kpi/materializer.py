@@ -1,0 +1,106 @@
+"""The `kpi` and machine-status topics, materialised into the API's DuckDB store.
+
+The API reads every partition from the beginning (both topics are compacted, so this is
+the latest record per key plus what has not been compacted yet) and then follows them.
+It is ready once it has caught up with the end offsets it saw at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from linepulse.config import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+class Store(Protocol):
+    def upsert(self, records: list[dict[str, Any]]) -> None: ...
+    def upsert_status(self, statuses: list[dict[str, Any]]) -> None: ...
+
+
+class RecordObserver(Protocol):
+    def observe_records(self, records: list[dict[str, Any]]) -> None: ...
+
+
+class Materializer:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        bootstrap: str,
+        store: Store,
+        metrics: RecordObserver | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.bootstrap = bootstrap
+        self.store = store
+        self.metrics = metrics
+        self.ready = False
+        self.records = 0
+        self.bad = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id="linepulse-api",
+        )
+        await consumer.start()
+        try:
+            partitions = await self._assign(consumer)
+            ends = await consumer.end_offsets(partitions)
+            pending = {tp: end for tp, end in ends.items() if end > 0}
+            self.ready = not pending
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100, max_records=20_000)
+                records: list[dict[str, Any]] = []
+                statuses: list[dict[str, Any]] = []
+                for tp, messages in batch.items():
+                    target = statuses if tp.topic == self.kafka.status.name else records
+                    for message in messages:
+                        try:
+                            target.append(orjson.loads(message.value))
+                        except orjson.JSONDecodeError:
+                            self.bad += 1
+                            log.warning("%s@%d: not JSON; skipped", tp, message.offset)
+                if records:
+                    await asyncio.to_thread(self.store.upsert, records)
+                    if self.metrics is not None:
+                        self.metrics.observe_records(records)
+                    self.records += len(records)
+                if statuses:
+                    await asyncio.to_thread(self.store.upsert_status, statuses)
+                if not self.ready:
+                    for tp in list(pending):
+                        if await consumer.position(tp) >= pending[tp]:
+                            del pending[tp]
+                    if not pending:
+                        self.ready = True
+                        log.info(
+                            "api: caught up with %s (%d records)", self.kafka.kpi.name, self.records
+                        )
+        finally:
+            await consumer.stop()
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        topics = [self.kafka.kpi.name, self.kafka.status.name]
+        partitions: list[TopicPartition] = []
+        for _ in range(50):  # the topics may be created by a worker starting alongside
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in topics
+                for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            if {tp.topic for tp in partitions} == set(topics):
+                break
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.2)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        return partitions
