@@ -163,6 +163,13 @@ def _bootstrap(plant: PlantConfig, kafka: str | None) -> str:
     return bootstrap
 
 
+HostOption = Annotated[str, typer.Option(help="Address the HTTP API listens on.")]
+PortOption = Annotated[int, typer.Option(help="Port of the HTTP API.")]
+DbOption = Annotated[
+    Path, typer.Option(help="DuckDB file of the KPI history (':memory:' for none).")
+]
+
+
 @app.command("kpi")
 def kpi_command(
     config: ConfigOption,
@@ -170,13 +177,41 @@ def kpi_command(
     state_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint directory (else kafka.state_dir).")
     ] = None,
+    api: Annotated[
+        bool, typer.Option("--api", help="Serve the query API in this process too.")
+    ] = False,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8080,
+    db: DbOption = Path("linepulse-kpi.duckdb"),
 ) -> None:
     """Run a streaming KPI worker: telemetry from Kafka, KPI records to the kpi topic."""
-    from services.kpi.service import run_worker
+    from services.kpi.service import ApiSettings, run_service
 
     plant = _load(config)
     bootstrap = _bootstrap(plant, kafka)
-    code = asyncio.run(run_worker(plant, bootstrap, state_dir or plant.kafka.state_dir))
+    settings = ApiSettings(host, port, db) if api else None
+    code = asyncio.run(
+        run_service(plant, bootstrap, state_dir=state_dir or plant.kafka.state_dir, api=settings)
+    )
+    raise typer.Exit(code)
+
+
+@app.command("api")
+def api_command(
+    config: ConfigOption,
+    kafka: KafkaOption = None,
+    host: HostOption = "127.0.0.1",
+    port: PortOption = 8080,
+    db: DbOption = Path("linepulse-kpi.duckdb"),
+) -> None:
+    """Serve the query API: the kpi topic materialised into DuckDB, /metrics, /docs."""
+    from services.kpi.service import ApiSettings, run_service
+
+    plant = _load(config)
+    bootstrap = _bootstrap(plant, kafka)
+    code = asyncio.run(
+        run_service(plant, bootstrap, state_dir=None, api=ApiSettings(host, port, db))
+    )
     raise typer.Exit(code)
 
 

@@ -48,6 +48,11 @@ class EventError(ValueError):
     """One event cannot be used; the message says why, in words a producer can act on."""
 
 
+def reason_kind(reason: str) -> str:
+    """A bounded category for a rejection reason (its text names values; labels must not)."""
+    return reason.split(":")[0].split("'")[0].split(",")[0].strip()[:64] or "other"
+
+
 def empty_events() -> pl.DataFrame:
     return EVENT_SCHEMA.to_frame()
 

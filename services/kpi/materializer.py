@@ -15,6 +15,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from linepulse.config import KafkaSettings
+from services.kpi.errors import LinePulseError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class Materializer:
                             self.bad += 1
                             log.warning("%s@%d: not JSON; skipped", tp, message.offset)
                 if records:
-                    await asyncio.to_thread(self.store.upsert, records)
+                    records = await asyncio.to_thread(self._upsert, records)
                     if self.metrics is not None:
                         self.metrics.observe_records(records)
                     self.records += len(records)
@@ -87,6 +88,26 @@ class Materializer:
                         )
         finally:
             await consumer.stop()
+
+    def _upsert(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Upsert a batch; if the store refuses it, retry one by one and skip the bad ones,
+        so one malformed record on the topic never stops the API from following it."""
+        try:
+            self.store.upsert(records)
+            return records
+        except LinePulseError as error:
+            log.warning(
+                "a batch of %d records was refused (%s); retrying one by one", len(records), error
+            )
+        kept = []
+        for record in records:
+            try:
+                self.store.upsert([record])
+                kept.append(record)
+            except LinePulseError as error:
+                self.bad += 1
+                log.warning("record skipped: %s: %s", error, str(record)[:300])
+        return kept
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         topics = [self.kafka.kpi.name, self.kafka.status.name]

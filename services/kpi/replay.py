@@ -18,7 +18,13 @@ from typing import IO, Any
 import orjson
 import polars as pl
 
-from linepulse.events import Decoded, decode_json_lines, empty_events, normalize_frame
+from linepulse.events import (
+    Decoded,
+    decode_json_lines,
+    empty_events,
+    normalize_frame,
+    reason_kind,
+)
 from services.kpi.core.engine import Core, CoreStats, initial_state, step
 
 log = logging.getLogger(__name__)
@@ -38,8 +44,7 @@ class ReplaySummary:
     stats: CoreStats = field(default_factory=CoreStats)
 
     def count_reason(self, reason: str) -> None:
-        # Group by the reason's kind, not its exact text (which names values).
-        kind = reason.split(":")[0].split("'")[0].strip()
+        kind = reason_kind(reason)
         self.rejected_by_reason[kind] = self.rejected_by_reason.get(kind, 0) + 1
 
 

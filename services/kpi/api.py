@@ -1,0 +1,341 @@
+"""The KPI query API: current figures, history, machine states, the downtime Pareto,
+Prometheus metrics and health checks, over HTTP.
+
+`create_app(plant, store, registry)` builds the app from what `main` opened; nothing is
+built at import time. The lifespan owns what the app itself starts (the optional
+`lifespan_extra`, e.g. the lead's Kafka materializer) through one `AsyncExitStack`; the
+store and the registry belong to the caller and are neither closed nor reset here.
+
+Endpoints are plain `def`s: FastAPI runs them in its threadpool, so a DuckDB query never
+blocks the event loop; the store opens a cursor per call, which makes that safe.
+KPI records are served exactly as the record contract (schemas/kpi-record.schema.json),
+serialised with orjson straight from the store (the `response_model` documents them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any, Final, Literal
+
+import orjson
+from fastapi import FastAPI, Query, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, Field
+
+from linepulse.config import PlantConfig, State, WindowKind
+from linepulse.records import KpiRecord
+from services.kpi.errors import BadRequest, NotFound, install_error_handlers
+from services.kpi.store import KpiStore, Scope
+
+# The window kind the Pareto sums: 1h if computed (see KpiStore.pareto), else the next.
+_PARETO_KINDS: Final[tuple[WindowKind, ...]] = ("1h", "15m", "1m", "day", "shift")
+_RFC3339: Final = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+# A '+' in a query string that was not sent as %2B arrives as a space.
+_SPACE_OFFSET: Final = re.compile(r"(:\d{2}(?:\.\d+)?) (\d{2}:\d{2})$")
+_EPOCH_MS: Final = re.compile(r"^-?\d{1,15}$")
+_TIME_HELP: Final = (
+    "RFC 3339 with an offset (2026-11-02T06:00:00Z or 2026-11-02T07:00:00%2B01:00) or "
+    "epoch milliseconds (Grafana's ${__from})"
+)
+
+DESCRIPTION: Final = """\
+OEE, yield and downtime of a plant's machines and lines, per window (`1m`, `15m`, `1h`,
+`shift`, `day`), in event time. Field definitions: the project README ("KPI
+definitions") and `schemas/kpi-record.schema.json`.
+
+- Times are RFC 3339 in UTC with a `Z` in responses; query times take any offset
+  (send `+` as `%2B`) or epoch milliseconds.
+- Ratios are fractions (0.75 = 75 %) and `null` when their denominator is zero.
+- A line record aggregates its machines and has `machine: null`.
+- Errors are `{"detail": "..."}`: 404 for a line or machine the plant does not have,
+  422 for a parameter that cannot be used; the message says what to do next.
+"""
+
+
+# Query parameters shared by the endpoints (module level: FastAPI resolves annotations
+# in the module's namespace).
+LineParam = Annotated[
+    str | None, Query(description="a line id (`lines[].id`); all lines if left out")
+]
+MachineParam = Annotated[
+    str | None, Query(description="a machine id; all machines (and lines) if left out")
+]
+ScopeParam = Annotated[
+    Scope,
+    Query(
+        description="`all`: machine and line records; `machine`: machines only; "
+        "`line`: line records only"
+    ),
+]
+
+
+class MachineStatus(BaseModel):
+    """A configured machine and its last known state (null where none is known yet)."""
+
+    machine: str
+    line: str
+    state: State | None = Field(description="state of the latest `state` sample")
+    since: str | None = Field(description="when that state began, RFC 3339 UTC")
+    last_seen: str | None = Field(description="time of the machine's latest sample, RFC 3339")
+
+
+class ParetoEntry(BaseModel):
+    reason: str = Field(description="downtime reason code (`unassigned` without one)")
+    seconds: float = Field(ge=0, description="downtime in seconds, to the millisecond")
+    share: float = Field(ge=0, le=1, description="fraction of all downtime in the result")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready", "not ready"]
+    detail: str | None = None
+
+
+def create_app(
+    plant: PlantConfig,
+    store: KpiStore,
+    registry: CollectorRegistry,
+    *,
+    ready: Callable[[], bool] = lambda: True,
+    lifespan_extra: Callable[[FastAPI], AbstractAsyncContextManager[object]] | None = None,
+) -> FastAPI:
+    """The KPI API for `plant`, reading `store`, exposing `registry` on `/metrics`.
+
+    `ready` says whether the served figures are caught up (e.g. the materializer has
+    reached the end of the `kpi` topic); `/readyz` answers 503 until it returns True.
+    `lifespan_extra(app)`, if given, is entered when the app starts and exited when it
+    stops, inside the app's `AsyncExitStack` (start background work there).
+    """
+    lines = {line.id: line for line in plant.lines}
+    machines = {m: line.id for m, (line, _) in plant.machines().items()}
+    windows = tuple(plant.kpi.windows)
+    pareto_kind: WindowKind = next((k for k in _PARETO_KINDS if k in windows), "1h")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            if lifespan_extra is not None:
+                await stack.enter_async_context(lifespan_extra(app))
+            yield
+
+    app = FastAPI(
+        title="LinePulse KPI API",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "kpis", "description": "KPI records per machine and line"},
+            {"name": "plant", "description": "machines and downtime"},
+            {"name": "operations", "description": "metrics and health checks"},
+        ],
+    )
+    install_error_handlers(app)
+
+    def check_scope(line: str | None, machine: str | None, scope: Scope = "all") -> None:
+        if line is not None and line not in lines:
+            raise NotFound(f"unknown line {line!r}; GET /v1/machines lists lines and machines")
+        if machine is None:
+            return
+        if machine not in machines:
+            raise NotFound(f"unknown machine {machine!r}; GET /v1/machines lists them")
+        if line is not None and machines[machine] != line:
+            raise NotFound(
+                f"machine {machine!r} is on line {machines[machine]!r}, not {line!r}; "
+                "GET /v1/machines lists machines by line"
+            )
+        if scope == "line":
+            raise BadRequest(
+                "scope=line returns line records, which have no machine; "
+                "drop machine= or use scope=machine"
+            )
+
+    def check_window(window: WindowKind | None) -> None:
+        if window is not None and window not in windows:
+            raise BadRequest(
+                f"window {window!r} is not computed for this plant; use one of "
+                f"{', '.join(windows)} (kpi.windows in the plant config)"
+            )
+
+    @app.get(
+        "/v1/kpis/current",
+        response_model=list[KpiRecord],
+        tags=["kpis"],
+        summary="Current KPIs per machine and line",
+        description=(
+            "Per machine and line, the record of its newest open window of the given kind "
+            "(`final` false). Where none is open (between shifts, or a machine that stopped "
+            "sending), its most recent window instead, final. Ordered by line, its "
+            "machines, then the line record."
+        ),
+    )
+    def current(
+        line: LineParam = None,
+        machine: MachineParam = None,
+        window: Annotated[WindowKind, Query(description="window kind")] = "shift",
+        scope: ScopeParam = "all",
+    ) -> Response:
+        check_scope(line, machine, scope)
+        check_window(window)
+        return _json(store.current(line, machine, window, scope=scope))
+
+    @app.get(
+        "/v1/kpis/history",
+        response_model=list[KpiRecord],
+        tags=["kpis"],
+        summary="KPI records over a time range",
+        description=(
+            "Records whose window starts in [from, to), ordered by window_start, line, "
+            "machine (each line record after its machines), then window kind. Each key "
+            "appears once, with its latest revision."
+        ),
+    )
+    def history(
+        from_: Annotated[str, Query(alias="from", description=f"start, inclusive: {_TIME_HELP}")],
+        to: Annotated[
+            str | None, Query(description=f"end, exclusive: {_TIME_HELP}; open if left out")
+        ] = None,
+        window: Annotated[
+            WindowKind | None, Query(description="window kind; all kinds if left out")
+        ] = None,
+        line: LineParam = None,
+        machine: MachineParam = None,
+        scope: ScopeParam = "all",
+    ) -> Response:
+        start, end = _range(from_, to)
+        check_scope(line, machine, scope)
+        check_window(window)
+        return _json(store.history(start, end, window, line, machine, scope=scope))
+
+    @app.get(
+        "/v1/machines",
+        response_model=list[MachineStatus],
+        tags=["plant"],
+        summary="Configured machines and their current state",
+        description="Every machine of the plant config, in config order.",
+    )
+    def list_machines() -> Response:
+        return _json(store.machines())
+
+    @app.get(
+        "/v1/downtime/pareto",
+        response_model=list[ParetoEntry],
+        tags=["plant"],
+        summary="Downtime by reason, largest first",
+        description=(
+            "Downtime seconds per reason, summed over the final records of machines "
+            f"(not lines) of `{pareto_kind}` windows whose start lies in [from, to); "
+            "one window kind, so each second counts once. Open windows count once they "
+            "close."
+        ),
+    )
+    def pareto(
+        line: LineParam = None,
+        from_: Annotated[
+            str | None, Query(alias="from", description=f"start, inclusive: {_TIME_HELP}")
+        ] = None,
+        to: Annotated[str | None, Query(description=f"end, exclusive: {_TIME_HELP}")] = None,
+    ) -> Response:
+        start = None if from_ is None else _time(from_, "from")
+        end = None if to is None else _time(to, "to")
+        if start is not None and end is not None:
+            _ordered(start, end)
+        check_scope(line, None)
+        return _json(store.pareto(line, start, end, window=pareto_kind))
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        description="Prometheus text exposition format (KPI gauges and service health).",
+    )
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        tags=["operations"],
+        summary="Liveness: 200 while the process runs",
+    )
+    def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        response_model=Health,
+        tags=["operations"],
+        summary="Readiness: 200 when the figures are caught up and the store answers",
+        responses={503: {"model": Health, "description": "not ready; `detail` says why"}},
+    )
+    def readyz() -> JSONResponse:
+        reason = _not_ready(ready, store)
+        if reason is not None:
+            body = Health(status="not ready", detail=reason).model_dump()
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(Health(status="ready").model_dump())
+
+    return app
+
+
+def _not_ready(ready: Callable[[], bool], store: KpiStore) -> str | None:
+    try:
+        if not ready():
+            return (
+                "the KPI figures are still catching up (the materializer has not reached "
+                "the end of the kpi topic); retry in a few seconds"
+            )
+    except Exception as error:  # a failing check is an answer, not a crash
+        return f"the readiness check failed: {error}"
+    try:
+        store.check()
+    except Exception as error:
+        return f"the KPI store cannot be queried: {error}"
+    return None
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _time(value: str, name: str) -> datetime:
+    """A query time: RFC 3339 with an offset, or epoch milliseconds; aware, in UTC."""
+    text = _SPACE_OFFSET.sub(r"\1+\2", value.strip())
+    try:
+        if _EPOCH_MS.match(text):
+            return datetime.fromtimestamp(int(text) / 1000, UTC)
+        if _RFC3339.match(text):
+            return datetime.fromisoformat(text.upper()).astimezone(UTC)
+    except (ValueError, OverflowError, OSError):
+        pass
+    raise BadRequest(f"{name!r} must be {_TIME_HELP}, got {value!r}")
+
+
+def _range(start: str, end: str | None) -> tuple[datetime, datetime | None]:
+    begin = _time(start, "from")
+    if end is None:
+        return begin, None
+    finish = _time(end, "to")
+    _ordered(begin, finish)
+    return begin, finish
+
+
+def _ordered(start: datetime, end: datetime) -> None:
+    if start >= end:
+        raise BadRequest(
+            f"'from' ({start:%Y-%m-%dT%H:%M:%SZ}) must be before 'to' "
+            f"({end:%Y-%m-%dT%H:%M:%SZ}); the range is [from, to)"
+        )
+
+
+def _version() -> str:
+    try:
+        return version("linepulse")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"

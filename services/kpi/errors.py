@@ -1,0 +1,84 @@
+"""What can go wrong in the KPI service, by name, and how the API reports it.
+
+One base exception, `LinePulseError`; each subclass carries its HTTP status, and one
+handler (`handle_error`) turns any of them into `{"detail": "..."}` with that status.
+Messages say what to do next ("GET /v1/machines lists them"), because the person who
+reads them is usually a dashboard author with a query string in front of them.
+
+FastAPI's own validation errors (a query parameter outside its enum, a missing `from`)
+are reported in the same `{"detail": "..."}` shape by `handle_validation_error`, so a
+client parses one error format whatever caught the mistake.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+
+class LinePulseError(Exception):
+    """Base of the service's errors; `detail` is the message shown to the client."""
+
+    status_code: ClassVar[int] = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(LinePulseError):
+    """A line or machine the plant config does not have (HTTP 404)."""
+
+    status_code: ClassVar[int] = 404
+
+
+class BadRequest(LinePulseError):
+    """A request parameter that cannot be used: bad window, time or range (HTTP 422)."""
+
+    status_code: ClassVar[int] = 422
+
+
+class InvalidRecord(BadRequest):
+    """A KPI record or machine status handed to the store does not have the contract's
+    shape (schemas/kpi-record.schema.json); nothing of its batch was written.
+
+    `index` is the position in the batch of the record the message names (others may be
+    bad too), or None where no single record is to blame.
+    """
+
+    def __init__(self, detail: str, index: int | None = None) -> None:
+        super().__init__(detail)
+        self.index = index
+
+
+async def handle_error(request: Request, exc: Exception) -> JSONResponse:
+    """Map a `LinePulseError` to its status with `{"detail": message}`."""
+    if not isinstance(exc, LinePulseError):  # pragma: no cover - registered for it only
+        raise exc
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """Report FastAPI's parameter validation as 422 `{"detail": "..."}`, one line per problem."""
+    if not isinstance(exc, RequestValidationError):  # pragma: no cover
+        raise exc
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        where = f"{loc[0]} parameter '{loc[-1]}'" if len(loc) >= 2 else ".".join(loc)
+        if error.get("type") == "missing":
+            problems.append(f"{where} is required; see /docs for its format")
+            continue
+        message = f"{where}: {error.get('msg', 'invalid')}"
+        if "input" in error:
+            message += f", got {error['input']!r}"
+        problems.append(message)
+    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(LinePulseError, handle_error)
+    app.add_exception_handler(RequestValidationError, handle_validation_error)

@@ -1,0 +1,237 @@
+"""Prometheus metrics of the KPI service: one bundle, created from a registry passed in.
+
+`KpiMetrics.create(registry)` registers every metric on `registry` (tests pass a fresh
+`CollectorRegistry`; `main` passes one it also hands to `create_app`, which serves it on
+`/metrics`). Create the bundle once per registry: registering a name twice raises.
+
+KPI gauges, labelled (site, line, machine, window), show the CURRENT window of each key,
+as `observe_records` last set them (once per batch, never per event):
+
+| metric | unit | from the record |
+|---|---|---|
+| `linepulse_oee_ratio` | 0..1 (can exceed 1 if an ideal cycle time is wrong) | `oee` |
+| `linepulse_availability_ratio` | 0..1 | `availability` |
+| `linepulse_performance_ratio` | 0..1, not capped | `performance` |
+| `linepulse_quality_ratio` | 0..1 | `quality` |
+| `linepulse_planned_seconds` | s | `planned_s` |
+| `linepulse_run_seconds` | s | `run_s` |
+| `linepulse_downtime_seconds` | s | `downtime_s` |
+| `linepulse_unknown_seconds` | s | `unknown_s` |
+| `linepulse_parts{kind}` | parts; kind = total, good, reject | the counts |
+| `linepulse_stops` | stops | `stops` |
+
+Decisions:
+
+- Line records (`machine` None) carry `machine=""`, so one metric serves both scopes:
+  `linepulse_oee_ratio{machine=""}` is the line's figure.
+- Parts in a window go up and restart at each window: that is a gauge, not a counter.
+  Prometheus reserves `_total` for counters (prometheus_client appends it to counters
+  only), so the gauge is `linepulse_parts` with `kind` = total | good | reject
+  (`good` can dip below 0 in a `1m` window, see the record schema).
+- A ratio that is null in the record (zero denominator) is set to NaN, not removed: the
+  series keeps existing, Grafana draws NaN as no value, and an `oee < 0.6` rule is simply
+  not true, while `absent(...)` still means "no record at all".
+- The current window of a key is the one with the latest `window_start`; within it, the
+  record with the highest (revision, final), ties to the later arrival (the store's
+  rule). So a final record of the previous window, which arrives after the next window
+  opened, or a late restatement, never sets a gauge back to an older window.
+- Labels are bounded by the plant config: site, line, machine and window come from the
+  core's records, which only name configured lines and machines; with `plant` given to
+  `create`, records of any other line or machine are ignored. `source`, `reason` and
+  `partition` of the service metrics must be values from a fixed set (an ingester name,
+  a rejection category such as `malformed` or `unknown_machine`, a partition number),
+  never a message or a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from linepulse.config import PlantConfig
+
+LABELS: Final = ("site", "line", "machine", "window")
+PART_KINDS: Final = ("total", "good", "reject")
+# Batches and checkpoints take milliseconds to seconds.
+SECONDS_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+MetricKey = tuple[str, str, str, str]  # site, line, machine ("" for a line), window
+_Order = tuple[datetime, int, bool]  # window_start, revision, final
+
+
+@dataclass(frozen=True)
+class KpiMetrics:
+    """The service's metrics. KPI gauges are set by `observe_records`; the worker updates
+    the service metrics directly (`metrics.events_in.labels(source="opcua").inc(n)`)."""
+
+    # KPI gauges: the current window per (site, line, machine, window).
+    oee: Gauge
+    availability: Gauge
+    performance: Gauge
+    quality: Gauge
+    planned: Gauge
+    run: Gauge
+    downtime: Gauge
+    unknown: Gauge
+    parts: Gauge
+    stops: Gauge
+    # Service health.
+    events_in: Counter
+    events_rejected: Counter
+    events_late: Counter
+    events_too_late: Counter
+    dlq: Counter
+    consumer_lag: Gauge
+    batch_seconds: Histogram
+    records_published: Counter
+    checkpoint_seconds: Histogram
+    known: frozenset[tuple[str, str]] | None = None
+    _shown: dict[MetricKey, _Order] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry, plant: PlantConfig | None = None) -> KpiMetrics:
+        """Register the metrics on `registry`. With `plant`, KPI gauges are only set for
+        its lines and machines."""
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = LABELS) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def histogram(name: str, doc: str) -> Histogram:
+            return Histogram(name, doc, buckets=SECONDS_BUCKETS, registry=registry)
+
+        known = None
+        if plant is not None:
+            known = frozenset(
+                {(line.id, m.id) for line in plant.lines for m in line.machines}
+                | {(line.id, "") for line in plant.lines}
+            )
+        return cls(
+            oee=gauge(
+                "linepulse_oee_ratio",
+                "OEE of the current window: availability x performance x quality "
+                "(NaN when undefined)",
+            ),
+            availability=gauge(
+                "linepulse_availability_ratio",
+                "Run time / planned time of the current window (ISO 22400-2 APT/PBT; "
+                "NaN without planned time)",
+            ),
+            performance=gauge(
+                "linepulse_performance_ratio",
+                "Ideal cycle time x parts / run time of the current window, not capped "
+                "(NaN without run time or ideal cycle time)",
+            ),
+            quality=gauge(
+                "linepulse_quality_ratio",
+                "Good parts / total parts of the current window (NaN without parts)",
+            ),
+            planned=gauge(
+                "linepulse_planned_seconds",
+                "Planned production time of the current window so far, in seconds",
+            ),
+            run=gauge(
+                "linepulse_run_seconds",
+                "Time running within planned time of the current window, in seconds",
+            ),
+            downtime=gauge(
+                "linepulse_downtime_seconds",
+                "Time down, idle or in changeover within planned time of the current "
+                "window, in seconds",
+            ),
+            unknown=gauge(
+                "linepulse_unknown_seconds",
+                "Planned time of the current window without usable data, in seconds",
+            ),
+            parts=gauge(
+                "linepulse_parts",
+                "Parts made in the current window, by kind (total, good, reject)",
+                (*LABELS, "kind"),
+            ),
+            stops=gauge(
+                "linepulse_stops",
+                "Transitions from running into a downtime state in the current window",
+            ),
+            events_in=counter(
+                "linepulse_events_in", "Telemetry events read, by source", ("source",)
+            ),
+            events_rejected=counter(
+                "linepulse_events_rejected",
+                "Telemetry events rejected, by reason category (each also goes to the DLQ)",
+                ("reason",),
+            ),
+            events_late=counter(
+                "linepulse_events_late",
+                "Events behind the watermark but within the restatement horizon (used; "
+                "they may restate closed windows)",
+            ),
+            events_too_late=counter(
+                "linepulse_events_too_late",
+                "Events behind the restatement horizon, rejected and reported",
+            ),
+            dlq=counter("linepulse_dlq", "Records written to the dead-letter topic"),
+            consumer_lag=gauge(
+                "linepulse_consumer_lag",
+                "Records between the consumer's position and the end of the partition",
+                ("partition",),
+            ),
+            batch_seconds=histogram(
+                "linepulse_batch_seconds", "Time to process one batch of telemetry, in seconds"
+            ),
+            records_published=counter(
+                "linepulse_records_published",
+                "KPI records published to the kpi topic, by final (true, false)",
+                ("final",),
+            ),
+            checkpoint_seconds=histogram(
+                "linepulse_checkpoint_seconds",
+                "Time to write one state checkpoint, in seconds",
+            ),
+            known=known,
+        )
+
+    def observe_records(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Set the KPI gauges from a batch of KPI records (the record contract, times as
+        RFC 3339 strings or aware datetimes): per key, to the record of its current window
+        (see the module docstring)."""
+        best: dict[MetricKey, tuple[_Order, Mapping[str, Any]]] = {}
+        for record in records:
+            machine = record["machine"] or ""
+            if self.known is not None and (record["line"], machine) not in self.known:
+                continue
+            key = (record["site"], record["line"], machine, record["window"])
+            order = (_time(record["window_start"]), record["revision"], record["final"])
+            previous = best.get(key)
+            if previous is None or order >= previous[0]:
+                best[key] = (order, record)
+        for key, (order, record) in best.items():
+            shown = self._shown.get(key)
+            if shown is not None and order < shown:
+                continue
+            self._shown[key] = order
+            self.oee.labels(*key).set(_value(record["oee"]))
+            self.availability.labels(*key).set(_value(record["availability"]))
+            self.performance.labels(*key).set(_value(record["performance"]))
+            self.quality.labels(*key).set(_value(record["quality"]))
+            self.planned.labels(*key).set(record["planned_s"])
+            self.run.labels(*key).set(record["run_s"])
+            self.downtime.labels(*key).set(record["downtime_s"])
+            self.unknown.labels(*key).set(record["unknown_s"])
+            self.stops.labels(*key).set(record["stops"])
+            for kind in PART_KINDS:
+                self.parts.labels(*key, kind).set(record[f"{kind}_count"])
+
+
+def _value(ratio: float | None) -> float:
+    return math.nan if ratio is None else ratio
+
+
+def _time(value: str | datetime) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)

@@ -1,0 +1,112 @@
+"""End to end on the real broker: events in, `linepulse kpi --api` running, KPIs over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from linepulse.config import parse_config
+from services.kpi.topics import ensure_topics
+from tests.integration.conftest import free_loopback_ports
+from tests.integration.test_kpi_worker import CLASSIC, kafka_block, produce_json
+
+pytestmark = pytest.mark.integration
+
+
+async def poll(client: httpx.AsyncClient, path: str, until: Any, timeout_s: float = 90) -> Any:
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                response = await client.get(path)
+            except httpx.TransportError:  # the service is still starting
+                response = None
+            if response is not None and response.status_code == 200 and until(response.json()):
+                return response.json()
+            await asyncio.sleep(0.2)
+
+
+async def test_classic_shift_record_from_the_api(kafka: str, tmp_path: Path) -> None:
+    data = yaml.safe_load((CLASSIC / "plant.yaml").read_text())
+    config = parse_config({**data, "kafka": kafka_block()})
+    config_path = tmp_path / "plant.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    events = [json.loads(line) for line in (CLASSIC / "events.jsonl").read_text().splitlines()]
+    events.append(
+        {
+            "ts": "2026-11-02T14:05:00Z",
+            "machine": "filler-1",
+            "signal": "total_count",
+            "value": 519271,
+        }
+    )
+    await ensure_topics(kafka, config.kafka)
+    await produce_json(kafka, config.kafka.telemetry.name, events)
+
+    (port,) = free_loopback_ports(1)
+    log = tmp_path / "service.log"
+    command = [
+        sys.executable,
+        "-m",
+        "linepulse.cli",
+        "--log-level",
+        "info",
+        "kpi",
+        "--api",
+        "--config",
+        str(config_path),
+        "--kafka",
+        kafka,
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--port",
+        str(port),
+        "--db",
+        str(tmp_path / "kpi.duckdb"),
+    ]
+    with log.open("ab") as out:
+        service = subprocess.Popen(  # noqa: S603 - our own CLI
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            history = await poll(
+                client,
+                "/v1/kpis/history?from=2026-11-02T00:00:00Z&window=shift&machine=filler-1",
+                lambda rs: any(r["final"] for r in rs),
+            )
+            (shift,) = [r for r in history if r["final"]]
+            assert round(shift["oee"], 6) == 0.747937
+            assert shift["window_start"] == "2026-11-02T06:00:00Z"
+            assert (shift["total_count"], shift["reject_count"], shift["stops"]) == (19271, 423, 3)
+            machines = await poll(client, "/v1/machines", lambda ms: ms[0]["state"] is not None)
+            assert machines[0]["machine"] == "filler-1"
+            assert machines[0]["state"] == "planned_stop"
+            pareto = (await client.get("/v1/downtime/pareto?line=line-1")).json()
+            assert [p["reason"] for p in pareto][:2] == ["jam", "material_shortage"]
+            metrics = (await client.get("/metrics")).text
+            assert "linepulse_events_in_total" in metrics
+            assert (await client.get("/v1/kpis/current?machine=nobody")).status_code == 404
+            assert (await client.get("/v1/kpis/current?window=2h")).status_code == 422
+            assert (await client.get("/readyz")).status_code == 200
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            code = service.wait(60)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait(10)
+            pytest.fail(f"the service did not stop on SIGTERM:\n{log.read_text()[-5000:]}")
+    assert code == 0, log.read_text()[-3000:]

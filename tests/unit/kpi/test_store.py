@@ -1,0 +1,446 @@
+"""KpiStore: which record wins a key, and what the queries return, computed by hand."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from linepulse.config import PlantConfig, parse_config
+from linepulse.records import KpiRecord
+from services.kpi.errors import InvalidRecord
+from services.kpi.store import KpiStore
+
+LENGTH = {
+    "1m": timedelta(minutes=1),
+    "15m": timedelta(minutes=15),
+    "1h": timedelta(hours=1),
+    "shift": timedelta(hours=8),
+    "day": timedelta(days=1),
+}
+
+
+def plant_config(**kpi: Any) -> PlantConfig:
+    return parse_config(
+        {
+            "site": "plant-a",
+            "timezone": "Europe/Berlin",
+            "shifts": [{"name": "early", "start": "06:00", "end": "14:00"}],
+            "kpi": kpi,
+            "lines": [
+                {"id": "l1", "machines": [{"id": "m1"}, {"id": "m2"}]},
+                {"id": "l2", "machines": [{"id": "m3"}]},
+            ],
+        }
+    )
+
+
+def record(
+    machine: str | None = "m1",
+    *,
+    line: str = "l1",
+    window: str = "shift",
+    start: str = "2026-11-02T05:00:00Z",
+    final: bool = False,
+    revision: int = 0,
+    **values: Any,
+) -> dict[str, Any]:
+    """A valid KPI record: 3,000 s run of 3,600 s planned, 2,800 parts, 56 rejected."""
+    begin = datetime.fromisoformat(start)
+    out: dict[str, Any] = {
+        "site": "plant-a",
+        "line": line,
+        "machine": machine,
+        "window": window,
+        "window_start": start,
+        "window_end": (begin + LENGTH[window]).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "shift": "early" if window == "shift" else None,
+        "planned_s": 3600.0,
+        "run_s": 3000.0,
+        "downtime_s": 600.0,
+        "unknown_s": 0.0,
+        "stops": 2,
+        "total_count": 2800,
+        "good_count": 2744,
+        "reject_count": 56,
+        "availability": 3000 / 3600,
+        "performance": 2800 / 3000,
+        "quality": 2744 / 2800,
+        "oee": 2744 / 3600,
+        "mtbf_s": 1500.0,
+        "mttr_s": 300.0,
+        "downtime_by_reason": {"jam": 400.0, "electrical": 200.0},
+        "final": final,
+        "revision": revision,
+    }
+    out.update(values)
+    return out
+
+
+@pytest.fixture
+def plant() -> PlantConfig:
+    return plant_config()
+
+
+@pytest.fixture
+def store(tmp_path: Path, plant: PlantConfig) -> KpiStore:
+    return KpiStore(tmp_path / "kpi.duckdb", plant)
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+# -- which record wins a key ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "winner"),
+    [
+        pytest.param([(0, False), (0, False)], 1, id="newer open replaces older open"),
+        pytest.param([(0, False), (0, True)], 1, id="final replaces open"),
+        pytest.param([(0, True), (0, False)], 0, id="open never replaces final"),
+        pytest.param([(0, True), (0, True)], 1, id="equal final: later arrival"),
+        pytest.param([(0, True), (1, True)], 1, id="restatement replaces"),
+        pytest.param([(1, True), (0, True)], 0, id="lower revision never overwrites"),
+        pytest.param([(1, True), (0, False)], 0, id="lower open revision never overwrites"),
+        pytest.param([(0, False), (2, True), (1, True), (2, False)], 1, id="highest wins"),
+    ],
+)
+@pytest.mark.parametrize("one_batch", [False, True], ids=["batches", "one batch"])
+def test_upsert_keeps_the_highest_revision_then_final_then_latest(
+    store: KpiStore, arrivals: list[tuple[int, bool]], winner: int, one_batch: bool
+) -> None:
+    # Each arrival carries its index in `stops`, to tell which one won.
+    records = [
+        record(revision=rev, final=final, stops=i) for i, (rev, final) in enumerate(arrivals)
+    ]
+    if one_batch:
+        store.upsert(records)
+    else:
+        for one in records:
+            store.upsert([one])
+    stored = store.history(at("2026-11-02T00:00:00Z"))
+    assert [(r["stops"], r["revision"], r["final"]) for r in stored] == [
+        (winner, *arrivals[winner])
+    ]
+
+
+def test_line_records_are_kept_apart_from_machine_records(store: KpiStore) -> None:
+    store.upsert([record("m1", oee=0.5), record(None, oee=0.6)])
+    store.upsert([record(None, oee=0.7)])  # replaces the line record only
+    stored = store.history(at("2026-11-02T05:00:00Z"))
+    assert [(r["machine"], r["oee"]) for r in stored] == [("m1", 0.5), (None, 0.7)]
+
+
+def test_a_record_comes_back_exactly_as_the_contract(store: KpiStore) -> None:
+    sent = [
+        record(),
+        record(
+            None,
+            window="1h",
+            start="2026-11-02T06:00:00Z",
+            availability=None,
+            performance=None,
+            quality=None,
+            oee=None,
+            mtbf_s=None,
+            mttr_s=None,
+            downtime_by_reason={},
+            good_count=-1,
+        ),
+    ]
+    store.upsert(sent)
+    stored = store.history(at("2026-11-02T05:00:00Z"), at("2026-11-02T07:00:00Z"))
+    assert stored == sent
+    for one in stored:
+        KpiRecord.model_validate(one)
+
+
+def test_times_may_be_aware_datetimes_or_any_offset(store: KpiStore) -> None:
+    one = record("m1", window="1h")
+    one["window_start"] = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
+    one["window_end"] = datetime(2026, 11, 2, 8, 0, tzinfo=timezone(timedelta(hours=1)))
+    other = record("m2", window="1h")
+    other["window_start"] = "2026-11-02T07:00:00+01:00"
+    other["window_end"] = "2026-11-02T07:00:00.000Z"
+    store.upsert([other, one])
+    stored = store.history(at("2026-11-02T00:00:00Z"))
+    assert [(r["machine"], r["window_start"], r["window_end"]) for r in stored] == [
+        ("m1", "2026-11-02T06:00:00Z", "2026-11-02T07:00:00Z"),
+        ("m2", "2026-11-02T06:00:00Z", "2026-11-02T07:00:00Z"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"window": "2m"}, "window must be one of"),
+        ({"window_start": "2026-11-02 05:00"}, "window_start must be RFC 3339"),
+        ({"window_start": "2026-11-02T05:00:00"}, "window_start must be RFC 3339"),
+        ({"window_end": None}, "window_end must be RFC 3339"),
+        ({"planned_s": None}, "planned_s must not be null"),
+        ({"stops": 1.5}, "stops must be an integer, got 1.5"),
+        ({"final": "yes"}, "final must be boolean, got 'yes'"),
+        ({"shift": 3}, "shift must be text, got 3"),
+        ({"revision": -1}, "revision must be >= 0"),
+        ({"downtime_by_reason": [["jam", 1.0]]}, "downtime_by_reason must be an object"),
+        ({"downtime_by_reason": {1: 2.0}}, "downtime_by_reason"),
+        ({"colour": "red"}, "unknown fields ['colour']"),
+    ],
+)
+def test_a_bad_record_is_named_and_nothing_of_its_batch_is_written(
+    store: KpiStore, change: dict[str, Any], message: str
+) -> None:
+    bad = record("m2") | change
+    with pytest.raises(InvalidRecord) as caught:
+        store.upsert([record("m1"), bad, record("m3", line="l2")])
+    assert message in caught.value.detail
+    assert caught.value.detail.startswith("record 1 (l1 m2 ")
+    assert caught.value.index == 1
+    assert store.history(at("2026-11-02T00:00:00Z")) == []
+
+
+def test_a_record_missing_a_field_is_named(store: KpiStore) -> None:
+    bad = record()
+    del bad["oee"]
+    with pytest.raises(InvalidRecord, match=r"record 0 \(l1 m1 shift .*missing fields \['oee'\]"):
+        store.upsert([bad])
+
+
+# -- current -------------------------------------------------------------------------------
+
+
+def seed_current(store: KpiStore) -> None:
+    early, late = "2026-11-02T05:00:00Z", "2026-11-02T13:00:00Z"
+    store.upsert(
+        [
+            # m1: early closed, late open -> late.
+            record("m1", start=early, final=True, stops=10),
+            record("m1", start=late, stops=11),
+            # m2: both open (just after the boundary) -> the newer, late.
+            record("m2", start=early, stops=20),
+            record("m2", start=late, stops=21),
+            # m3 (line l2): nothing open -> its most recent window, final.
+            record("m3", line="l2", start="2026-11-01T05:00:00Z", final=True, stops=30),
+            record("m3", line="l2", start=early, final=True, stops=31),
+            # line records.
+            record(None, start=early, final=True, stops=40),
+            record(None, start=late, stops=41),
+            record(None, line="l2", start=early, final=True, stops=50),
+            # another window kind, never in a shift query.
+            record("m1", window="1h", start=late, stops=99),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({}, [11, 21, 41, 31, 50]),
+        ({"scope": "machine"}, [11, 21, 31]),
+        ({"scope": "line"}, [41, 50]),
+        ({"line": "l1"}, [11, 21, 41]),
+        ({"line": "l2", "scope": "machine"}, [31]),
+        ({"machine": "m2"}, [21]),
+        ({"machine": "m3", "line": "l1"}, []),
+        ({"window": "1h"}, [99]),
+        ({"window": "day"}, []),
+    ],
+)
+def test_current_is_the_newest_open_window_else_the_most_recent(
+    store: KpiStore, query: dict[str, Any], expected: list[int]
+) -> None:
+    seed_current(store)
+    assert [r["stops"] for r in store.current(**query)] == expected
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+def test_history_is_the_half_open_range_in_order(store: KpiStore) -> None:
+    store.upsert(
+        [
+            record(None, window="1h", start="2026-11-02T06:00:00Z", stops=1),
+            record("m2", window="1h", start="2026-11-02T06:00:00Z", stops=2),
+            record("m1", window="1h", start="2026-11-02T06:00:00Z", stops=3),
+            record("m3", line="l2", window="1h", start="2026-11-02T05:00:00Z", stops=4),
+            record("m1", window="1h", start="2026-11-02T05:00:00Z", stops=5),
+            record("m1", window="15m", start="2026-11-02T05:00:00Z", stops=6),
+            record("m1", window="shift", start="2026-11-02T05:00:00Z", stops=7),
+            record("m1", window="1h", start="2026-11-02T04:00:00Z", stops=8),  # before
+            record("m1", window="1h", start="2026-11-02T07:00:00Z", stops=9),  # at `end`
+        ]
+    )
+    start, end = at("2026-11-02T05:00:00Z"), at("2026-11-02T07:00:00Z")
+    # window_start, then line, then machines before the line record, then window kind.
+    assert [r["stops"] for r in store.history(start, end)] == [6, 5, 7, 4, 3, 2, 1]
+    assert [r["stops"] for r in store.history(start, end, "1h")] == [5, 4, 3, 2, 1]
+    assert [r["stops"] for r in store.history(start, end, "1h", "l1")] == [5, 3, 2, 1]
+    assert [r["stops"] for r in store.history(start, end, None, "l1", "m1")] == [6, 5, 7, 3]
+    assert [r["stops"] for r in store.history(start, end, "1h", scope="line")] == [1]
+    # No end: everything from `start` on; an offset is just another way to say a time.
+    assert [r["stops"] for r in store.history(at("2026-11-02T07:00:00+01:00"), None, "1h")] == [
+        3,
+        2,
+        1,
+        9,
+    ]
+
+
+def test_history_wants_aware_times(store: KpiStore) -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        store.history(datetime(2026, 11, 2))  # noqa: DTZ001 - the point of the test
+
+
+# -- machines ------------------------------------------------------------------------------
+
+
+def test_machines_lists_the_config_with_the_latest_status(store: KpiStore) -> None:
+    store.upsert_status(
+        [
+            {
+                "machine": "m3",
+                "line": "l2",
+                "state": "down",
+                "since": "2026-11-02T06:10:00.250Z",
+                "last_seen": 1793601060000,  # 2026-11-02T06:31:00Z
+            },
+            {
+                "machine": "m1",
+                "line": "l1",
+                "state": "running",
+                "since": None,
+                "last_seen": "2026-11-02T07:30:00+01:00",
+            },
+        ]
+    )
+    # An older status for m3, delivered late, changes nothing; a newer one for m1 does.
+    store.upsert_status(
+        [
+            {"machine": "m3", "state": "running", "since": 0, "last_seen": 0},
+            {
+                "machine": "m1",
+                "state": "idle",
+                "since": "2026-11-02T06:40:00Z",
+                "last_seen": "2026-11-02T06:41:00Z",
+            },
+        ]
+    )
+    assert store.machines() == [
+        {
+            "machine": "m1",
+            "line": "l1",
+            "state": "idle",
+            "since": "2026-11-02T06:40:00Z",
+            "last_seen": "2026-11-02T06:41:00Z",
+        },
+        {"machine": "m2", "line": "l1", "state": None, "since": None, "last_seen": None},
+        {
+            "machine": "m3",
+            "line": "l2",
+            "state": "down",
+            "since": "2026-11-02T06:10:00.250Z",
+            "last_seen": "2026-11-02T06:31:00Z",
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        ({"machine": "m1", "state": "sleeping", "last_seen": 0}, "state must be one of"),
+        ({"machine": "m1", "state": "down", "last_seen": "noon"}, "must be RFC 3339"),
+        ({"machine": "m1", "state": "down"}, "got None"),
+        ({"machine": "", "state": "down", "last_seen": 0}, "machine must be a machine id"),
+        ({"machine": "m1", "state": "down", "last_seen": 0, "x": 1}, "unknown fields"),
+    ],
+)
+def test_a_bad_status_is_named(store: KpiStore, status: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidRecord, match=message):
+        store.upsert_status([status])
+
+
+# -- pareto --------------------------------------------------------------------------------
+
+
+def hour_record(
+    machine: str | None, start: str, reasons: dict[str, float], **change: Any
+) -> dict[str, Any]:
+    return (
+        record(machine, window="1h", start=start, final=True, downtime_by_reason=reasons) | change
+    )
+
+
+def seed_pareto(store: KpiStore) -> None:
+    hour = "2026-11-02T06:00:00Z"
+    store.upsert(
+        [
+            hour_record("m1", hour, {"jam": 120.0, "electrical": 60.0}),
+            hour_record("m1", "2026-11-02T07:00:00Z", {"jam": 0.5}),
+            hour_record("m2", hour, {"jam": 30.0}),
+            hour_record("m3", hour, {"material_shortage": 300.0}, line="l2"),
+            # Left out: an open hour, another window kind, a line record.
+            hour_record("m2", "2026-11-02T08:00:00Z", {"jam": 999.0}, final=False),
+            hour_record("m1", "2026-11-02T05:00:00Z", {"jam": 500.0}, window="shift"),
+            hour_record(None, hour, {"jam": 150.0}),
+        ]
+    )
+
+
+def test_pareto_sums_final_hours_of_machines(store: KpiStore) -> None:
+    seed_pareto(store)
+    assert store.pareto() == [
+        {"reason": "material_shortage", "seconds": 300.0, "share": 300 / 510.5},
+        {"reason": "jam", "seconds": 150.5, "share": 150.5 / 510.5},
+        {"reason": "electrical", "seconds": 60.0, "share": 60 / 510.5},
+    ]
+    assert store.pareto("l1", at("2026-11-02T06:00:00Z"), at("2026-11-02T07:00:00Z")) == [
+        {"reason": "jam", "seconds": 150.0, "share": 150 / 210},
+        {"reason": "electrical", "seconds": 60.0, "share": 60 / 210},
+    ]
+    assert store.pareto("l1", start=at("2026-11-02T07:00:00Z")) == [
+        {"reason": "jam", "seconds": 0.5, "share": 1.0}
+    ]
+    assert store.pareto("l2", end=at("2026-11-02T06:00:00Z")) == []
+
+
+# -- the database --------------------------------------------------------------------------
+
+
+def test_records_survive_a_restart(tmp_path: Path, plant: PlantConfig) -> None:
+    with KpiStore(tmp_path / "kpi.duckdb", plant) as first:
+        first.upsert([record(final=True)])
+        first.upsert_status([{"machine": "m2", "state": "down", "last_seen": 0}])
+    with KpiStore(tmp_path / "kpi.duckdb", plant) as second:
+        assert second.current() == [record(final=True)]
+        assert second.machines()[1]["state"] == "down"
+
+
+def test_threads_read_while_one_writes(store: KpiStore) -> None:
+    """FastAPI runs sync endpoints in a threadpool: reads from many threads, while the
+    worker writes, must neither fail nor see a half-written batch."""
+    batches = 15
+    done = threading.Event()
+
+    def read() -> set[int]:
+        seen: set[int] = set()
+        while not done.is_set():
+            rows = store.current(scope="machine")
+            assert len({r["stops"] for r in rows}) <= 1  # one batch: one value for all
+            seen |= {r["stops"] for r in rows}
+        return seen
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        readers = [pool.submit(read) for _ in range(3)]
+        for i in range(batches):
+            scopes = (("l1", "m1"), ("l1", "m2"), ("l2", "m3"))
+            store.upsert([record(m, line=ln, stops=i) for ln, m in scopes])
+        done.set()
+        seen = set().union(*(reader.result(timeout=60) for reader in readers))
+    assert seen <= set(range(batches))
+    assert [r["stops"] for r in store.current(scope="machine")] == [batches - 1] * 3
