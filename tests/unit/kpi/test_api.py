@@ -12,6 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient  # httpx2 under it (Starlette >= 1.10)
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,8 +21,6 @@ from services.kpi.api import create_app
 from services.kpi.metrics import KpiMetrics
 from services.kpi.store import KpiStore
 from tests.unit.kpi.test_store import plant_config, record, seed_current, seed_pareto
-
-from fastapi.testclient import TestClient  # httpx2 under it (Starlette >= 1.10)
 
 SCHEMA = json.loads((Path(__file__).parents[3] / "schemas" / "kpi-record.schema.json").read_text())
 
