@@ -35,6 +35,16 @@ async def poll(client: httpx.AsyncClient, path: str, until: Any, timeout_s: floa
             await asyncio.sleep(0.2)
 
 
+def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(  # noqa: S603 - our own CLI
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
 async def test_classic_shift_record_from_the_api(kafka: str, tmp_path: Path) -> None:
     data = yaml.safe_load((CLASSIC / "plant.yaml").read_text())
     config = parse_config({**data, "kafka": kafka_block()})
@@ -73,13 +83,7 @@ async def test_classic_shift_record_from_the_api(kafka: str, tmp_path: Path) -> 
         "--db",
         str(tmp_path / "kpi.duckdb"),
     ]
-    with log.open("ab") as out:
-        service = subprocess.Popen(  # noqa: S603 - our own CLI
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    service = start(command, log)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             history = await poll(
