@@ -215,6 +215,27 @@ def api_command(
     raise typer.Exit(code)
 
 
+@app.command("produce")
+def produce_command(
+    events: Annotated[Path, typer.Argument(help="Telemetry events: .jsonl or .parquet")],
+    config: ConfigOption,
+    kafka: KafkaOption = None,
+) -> None:
+    """Send telemetry from a file to the telemetry topic, batched on line home partitions."""
+    from services.ingest.producer import produce_file
+
+    plant = _load(config)
+    bootstrap = _bootstrap(plant, kafka)
+    if not events.is_file():
+        raise _fail(f"cannot read events file {events}", 1)
+
+    def on_reject(where: str, reason: str) -> None:
+        typer.echo(f"{events}: {where}: {reason}", err=True)
+
+    sent = asyncio.run(produce_file(plant, bootstrap, events, on_reject))
+    typer.echo(f"produce: {sent} events sent to {plant.kafka.telemetry.name}", err=True)
+
+
 def _window_kinds(values: list[str] | None) -> tuple[WindowKind, ...] | None:
     if not values:
         return None

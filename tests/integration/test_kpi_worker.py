@@ -320,4 +320,48 @@ def test_record_keys_name_scope_window_and_start() -> None:
         "window_start": "2026-11-02T06:00:00Z",
     }
     assert record_key(record) == b"l1/*/shift/2026-11-02T06:00:00Z"
-    assert isinstance(pl.DataFrame(), pl.DataFrame)
+    assert record_key({**record, "machine": "m7"}) == b"l1/m7/shift/2026-11-02T06:00:00Z"
+
+
+async def test_linepulse_produce_puts_a_file_on_home_partitions(kafka: str, tmp_path: Path) -> None:
+    data = yaml.safe_load((CLASSIC / "plant.yaml").read_text())
+    config = parse_config({**data, "kafka": kafka_block(partitions=4)})
+    config_path = tmp_path / "plant.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "linepulse.cli",
+            "produce",
+            str(CLASSIC / "events.jsonl"),
+            "--config",
+            str(config_path),
+            "--kafka",
+            kafka,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "produce: 4492 events sent" in done.stderr
+    home = machine_homes(config, 4)["filler-1"]
+    consumer = AIOKafkaConsumer(
+        config.kafka.telemetry.name, bootstrap_servers=kafka, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    seen: dict[int, int] = {}
+    try:
+        async with asyncio.timeout(30):
+            while sum(seen.values()) < 4492:
+                for tp, messages in (await consumer.getmany(timeout_ms=500)).items():
+                    for message in messages:
+                        assert dict(message.headers)["content-type"] == ARROW.encode()
+                        batch = pl.read_ipc_stream(message.value)
+                        seen[tp.partition] = seen.get(tp.partition, 0) + batch.height
+    finally:
+        await consumer.stop()
+    assert seen == {home: 4492}
