@@ -170,6 +170,16 @@ DbOption = Annotated[
 ]
 
 
+def _serve(
+    plant: PlantConfig, kafka: str | None, state_dir: Path | None, api: tuple[str, int, Path] | None
+) -> None:
+    from services.kpi.service import ApiSettings, run_service
+
+    bootstrap = _bootstrap(plant, kafka)
+    settings = ApiSettings(*api) if api else None
+    raise typer.Exit(asyncio.run(run_service(plant, bootstrap, state_dir=state_dir, api=settings)))
+
+
 @app.command("kpi")
 def kpi_command(
     config: ConfigOption,
@@ -185,15 +195,8 @@ def kpi_command(
     db: DbOption = Path("linepulse-kpi.duckdb"),
 ) -> None:
     """Run a streaming KPI worker: telemetry from Kafka, KPI records to the kpi topic."""
-    from services.kpi.service import ApiSettings, run_service
-
     plant = _load(config)
-    bootstrap = _bootstrap(plant, kafka)
-    settings = ApiSettings(host, port, db) if api else None
-    code = asyncio.run(
-        run_service(plant, bootstrap, state_dir=state_dir or plant.kafka.state_dir, api=settings)
-    )
-    raise typer.Exit(code)
+    _serve(plant, kafka, state_dir or plant.kafka.state_dir, (host, port, db) if api else None)
 
 
 @app.command("api")
@@ -205,14 +208,7 @@ def api_command(
     db: DbOption = Path("linepulse-kpi.duckdb"),
 ) -> None:
     """Serve the query API: the kpi topic materialised into DuckDB, /metrics, /docs."""
-    from services.kpi.service import ApiSettings, run_service
-
-    plant = _load(config)
-    bootstrap = _bootstrap(plant, kafka)
-    code = asyncio.run(
-        run_service(plant, bootstrap, state_dir=None, api=ApiSettings(host, port, db))
-    )
-    raise typer.Exit(code)
+    _serve(_load(config), kafka, None, (host, port, db))
 
 
 @app.command("produce")

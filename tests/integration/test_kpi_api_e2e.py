@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from linepulse.config import parse_config
 from services.kpi.topics import ensure_topics
 from tests.integration.conftest import free_loopback_ports
-from tests.integration.test_kpi_worker import CLASSIC, kafka_block, produce_json
+from tests.integration.test_kpi_worker import classic_on_kafka, produce_json, start_cli
 
 pytestmark = pytest.mark.integration
 
@@ -35,41 +30,14 @@ async def poll(client: httpx.AsyncClient, path: str, until: Any, timeout_s: floa
             await asyncio.sleep(0.2)
 
 
-def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(  # noqa: S603 - our own CLI
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-
 async def test_classic_shift_record_from_the_api(kafka: str, tmp_path: Path) -> None:
-    data = yaml.safe_load((CLASSIC / "plant.yaml").read_text())
-    config = parse_config({**data, "kafka": kafka_block()})
-    config_path = tmp_path / "plant.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    events = [json.loads(line) for line in (CLASSIC / "events.jsonl").read_text().splitlines()]
-    events.append(
-        {
-            "ts": "2026-11-02T14:05:00Z",
-            "machine": "filler-1",
-            "signal": "total_count",
-            "value": 519271,
-        }
-    )
+    config, config_path, events = classic_on_kafka(tmp_path)
     await ensure_topics(kafka, config.kafka)
     await produce_json(kafka, config.kafka.telemetry.name, events)
 
     (port,) = free_loopback_ports(1)
     log = tmp_path / "service.log"
-    command = [
-        sys.executable,
-        "-m",
-        "linepulse.cli",
-        "--log-level",
-        "info",
+    args = [
         "kpi",
         "--api",
         "--config",
@@ -83,7 +51,7 @@ async def test_classic_shift_record_from_the_api(kafka: str, tmp_path: Path) -> 
         "--db",
         str(tmp_path / "kpi.duckdb"),
     ]
-    service = start(command, log)
+    service = start_cli(args, log)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             history = await poll(

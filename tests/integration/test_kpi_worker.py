@@ -127,11 +127,16 @@ def replayed(config: PlantConfig, events: list[dict[str, Any]]) -> dict[Key, dic
     return finals
 
 
-async def test_classic_example_through_kafka(kafka: str, tmp_path: Path) -> None:
+def classic_on_kafka(
+    tmp_path: Path, partitions: int = 3
+) -> tuple[PlantConfig, Path, list[dict[str, Any]]]:
+    """The classic example with topics of its own and its config written to `tmp_path`;
+    its events end with a later sample that moves the watermark past the shift's end."""
     data = yaml.safe_load((CLASSIC / "plant.yaml").read_text())
-    config = parse_config({**data, "kafka": kafka_block()})
+    config = parse_config({**data, "kafka": kafka_block(partitions)})
+    path = tmp_path / "plant.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     events = [json.loads(line) for line in (CLASSIC / "events.jsonl").read_text().splitlines()]
-    # A later sample moves the watermark past the shift's end so the shift closes.
     events.append(
         {
             "ts": "2026-11-02T14:05:00Z",
@@ -140,6 +145,23 @@ async def test_classic_example_through_kafka(kafka: str, tmp_path: Path) -> None
             "value": 519271,
         }
     )
+    return config, path, events
+
+
+def start_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """`linepulse ARGS` as a child process logging into `log`."""
+    command = [sys.executable, "-m", "linepulse.cli", "--log-level", "info", *args]
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(  # noqa: S603 - our own CLI
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+async def test_classic_example_through_kafka(kafka: str, tmp_path: Path) -> None:
+    config, _, events = classic_on_kafka(tmp_path)
     events.append(
         {"ts": "2026-11-02T14:05:00Z", "machine": "filler-1", "signal": "state", "value": "broken"}
     )  # not a state: goes to the dead-letter topic
@@ -181,12 +203,7 @@ async def test_classic_example_through_kafka(kafka: str, tmp_path: Path) -> None
 def start_worker(
     config_path: Path, bootstrap: str, state_dir: Path, log: Path
 ) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "linepulse.cli",
-        "--log-level",
-        "info",
+    args = [
         "kpi",
         "--config",
         str(config_path),
@@ -195,13 +212,7 @@ def start_worker(
         "--state-dir",
         str(state_dir),
     ]
-    with log.open("ab") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(  # noqa: S603 - our own CLI
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    return start_cli(args, log)
 
 
 def stop_worker(worker: subprocess.Popen[bytes], log: Path) -> int:
@@ -324,10 +335,7 @@ def test_record_keys_name_scope_window_and_start() -> None:
 
 
 async def test_linepulse_produce_puts_a_file_on_home_partitions(kafka: str, tmp_path: Path) -> None:
-    data = yaml.safe_load((CLASSIC / "plant.yaml").read_text())
-    config = parse_config({**data, "kafka": kafka_block(partitions=4)})
-    config_path = tmp_path / "plant.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    config, config_path, _ = classic_on_kafka(tmp_path, partitions=4)
     done = await asyncio.to_thread(
         subprocess.run,
         [
