@@ -20,7 +20,9 @@ from linepulse.events import (
     EVENT_SCHEMA,
     Decoded,
     EventError,
+    Row,
     decode_event,
+    decode_json,
     normalize_frame,
 )
 
@@ -32,7 +34,6 @@ CONTENT_TYPES: Final = (JSON, ARROW, MSGPACK)
 MAX_RECORD_BYTES: Final = 8 * 1024 * 1024
 
 Headers = Sequence[tuple[str, bytes]]
-Row = tuple[int, str, str, float | None, str | None, str | None, str]
 
 
 def content_type(headers: Headers | None) -> str:
@@ -42,12 +43,16 @@ def content_type(headers: Headers | None) -> str:
     return JSON
 
 
-def decode_records(records: Iterable[tuple[bytes | None, Headers | None, str]]) -> Decoded:
-    """Decode (value, headers, where) records into one frame; bad ones carry their reason."""
+def decode_records(
+    records: Iterable[tuple[bytes | None, Headers | None, int]], source: str = "record"
+) -> Decoded:
+    """Decode (value, headers, offset) records into one frame; bad ones carry their reason
+    and where they were (`source@offset`)."""
     rows: list[Row] = []
     frames: list[pl.DataFrame] = []
     rejected: list[tuple[str, str, str]] = []
-    for value, headers, where in records:
+    for value, headers, offset in records:
+        where = f"{source}@{offset}"
         if value is None:
             rejected.append((where, "empty record (no value)", ""))
             continue
@@ -57,7 +62,7 @@ def decode_records(records: Iterable[tuple[bytes | None, Headers | None, str]]) 
         kind = content_type(headers)
         try:
             if kind == JSON:
-                rows.append(decode_event(orjson.loads(value)))
+                rows.append(decode_json(value))
             elif kind == MSGPACK:
                 _msgpack_rows(value, where, rows, rejected)
             elif kind == ARROW:

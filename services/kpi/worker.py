@@ -36,7 +36,7 @@ from services.kpi.topics import machine_homes
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_RECORDS = 20_000
+MAX_BATCH_RECORDS = 50_000
 
 
 SHUTDOWN_STEP_S = 30.0
@@ -222,8 +222,7 @@ class KpiWorker:
             if part is None or not messages:
                 continue
             decoded = decode_records(
-                (m.value, list(m.headers or ()), f"{tp.topic}[{tp.partition}]@{m.offset}")
-                for m in messages
+                ((m.value, m.headers, m.offset) for m in messages), f"{tp.topic}[{tp.partition}]"
             )
             sends += self._dead_letters(decoded, tp)
             local, forwards = self._split_home(decoded.events, tp.partition)

@@ -16,9 +16,9 @@ EVENTS = [
 
 
 def test_the_three_formats_decode_to_the_same_events() -> None:
-    as_json = [(orjson.dumps(e), None, f"p0@{i}") for i, e in enumerate(EVENTS)]
-    as_arrow = [(encode_arrow(frame(EVENTS)), [("content-type", ARROW.encode())], "p0@9")]
-    as_msgpack = [(encode_msgpack(EVENTS), [("Content-Type", MSGPACK.encode())], "p0@10")]
+    as_json = [(orjson.dumps(e), None, i) for i, e in enumerate(EVENTS)]
+    as_arrow = [(encode_arrow(frame(EVENTS)), [("content-type", ARROW.encode())], 9)]
+    as_msgpack = [(encode_msgpack(EVENTS), [("Content-Type", MSGPACK.encode())], 10)]
     want = frame(EVENTS)
     for records in (as_json, as_arrow, as_msgpack):
         decoded = decode_records(records)
@@ -29,16 +29,16 @@ def test_the_three_formats_decode_to_the_same_events() -> None:
 def test_bad_records_are_rejected_with_reasons_and_good_ones_kept() -> None:
     good = orjson.dumps(EVENTS[0])
     records = [
-        (b"{broken", None, "p0@1"),
-        (orjson.dumps({**EVENTS[1], "value": None}), None, "p0@2"),
-        (good, None, "p0@3"),
-        (b"\x00" * 10, [("content-type", b"text/csv")], "p0@4"),
-        (b"not arrow", [("content-type", ARROW.encode())], "p0@5"),
-        (encode_msgpack([EVENTS[1], {"ts": "nope"}]), [("content-type", MSGPACK.encode())], "p0@6"),
-        (None, None, "p0@7"),
-        (b"x" * (9 * 1024 * 1024), None, "p0@8"),
+        (b"{broken", None, 1),
+        (orjson.dumps({**EVENTS[1], "value": None}), None, 2),
+        (good, None, 3),
+        (b"\x00" * 10, [("content-type", b"text/csv")], 4),
+        (b"not arrow", [("content-type", ARROW.encode())], 5),
+        (encode_msgpack([EVENTS[1], {"ts": "nope"}]), [("content-type", MSGPACK.encode())], 6),
+        (None, None, 7),
+        (b"x" * (9 * 1024 * 1024), None, 8),
     ]
-    decoded = decode_records(records)
+    decoded = decode_records(records, "p0")
     reasons = {where: reason for where, reason, _ in decoded.rejected}
     assert reasons["p0@1"].startswith("malformed JSON")
     assert reasons["p0@2"] == "value is missing"
