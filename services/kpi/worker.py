@@ -82,6 +82,7 @@ class Partition:
     offset: int  # the next offset to read; the checkpoint covers everything before it
     statuses: dict[str, MachineStatus] = field(default_factory=dict)
     dirty: bool = False
+    open_at: float = 0.0  # monotonic time open-window records were last asked for
 
 
 @dataclass
@@ -237,7 +238,12 @@ class KpiWorker:
                     )
                 )
                 self.stats.forwarded += events.height
-            part.state, output = step(self.core, part.state, local)
+            # Open windows are published at most once per interval: only ask for them then.
+            now = time.monotonic()
+            want_open = now - part.open_at >= self.kafka.open_interval_s
+            part.state, output = step(self.core, part.state, local, open_records=want_open)
+            if want_open:
+                part.open_at = now
             part.offset = messages[-1].offset + 1
             part.dirty = True
             sends += self._dead_letters_core(output.rejected, tp)
