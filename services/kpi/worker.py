@@ -38,6 +38,7 @@ from services.kpi.topics import machine_homes
 log = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS = 50_000
+LAST_SEEN_STEP_MS = 5_000
 
 
 SHUTDOWN_STEP_S = 30.0
@@ -64,6 +65,7 @@ class MachineStatus:
     state: str | None = None
     since: int | None = None  # epoch ms the current state began
     last_seen: int | None = None  # epoch ms of the latest event of any signal
+    published_seen: int | None = None  # last_seen as last published
 
     def as_dict(self, machine: str) -> dict[str, Any]:
         return {
@@ -355,8 +357,11 @@ class KpiWorker:
                 continue
             status = part.statuses.setdefault(machine, MachineStatus(lines[machine]))
             if status.last_seen is None or ts > status.last_seen:
+                # "Last heard from" to the nearest few seconds is enough; a state change
+                # below is published at once.
                 status.last_seen = ts
-                changed.add(machine)
+                if status.published_seen is None or ts - status.published_seen >= LAST_SEEN_STEP_MS:
+                    changed.add(machine)
         for machine, ts, state in output.states.iter_rows():
             status = part.statuses.setdefault(machine, MachineStatus(lines[machine]))
             if status.since is not None and ts < status.since:
@@ -364,14 +369,15 @@ class KpiWorker:
             if state != status.state:
                 status.state, status.since = state, ts
                 changed.add(machine)
-        return [
-            await producer.send(
-                self.kafka.status.name,
-                value=orjson.dumps(part.statuses[m].as_dict(m)),
-                key=m.encode(),
+        sends = []
+        for machine in sorted(changed):
+            status = part.statuses[machine]
+            status.published_seen = status.last_seen
+            value = orjson.dumps(status.as_dict(machine))
+            sends.append(
+                await producer.send(self.kafka.status.name, value=value, key=machine.encode())
             )
-            for m in sorted(changed)
-        ]
+        return sends
 
     def _observe(self, decoded: Decoded, output: StepOutput, partition: int) -> None:
         """Per batch, never per event: a labelled inc costs about a microsecond."""
