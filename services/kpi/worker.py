@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from linepulse.config import KafkaSettings
-from linepulse.events import Decoded, reason_kind
+from linepulse.events import Decoded, empty_events, reason_kind
 from linepulse.wire import ARROW, decode_records, encode_arrow
 from services.kpi.checkpoint import CheckpointError, DirectoryStore, dump_state, load_state
 from services.kpi.core.engine import Core, CoreState, StepOutput, initial_state, step
@@ -38,6 +38,7 @@ from services.kpi.topics import machine_homes
 log = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS = 50_000
+_NO_EVENTS = empty_events()
 LAST_SEEN_STEP_MS = 5_000
 
 
@@ -86,6 +87,7 @@ class Partition:
     statuses: dict[str, MachineStatus] = field(default_factory=dict)
     dirty: bool = False
     open_at: float = 0.0  # monotonic time open-window records were last asked for
+    open_pending: bool = False  # stepped since then without asking: some are unpublished
 
 
 @dataclass
@@ -162,11 +164,13 @@ class KpiWorker:
                     batch = await consumer.getmany(timeout_ms=200, max_records=MAX_BATCH_RECORDS)
                     if batch:
                         await self._process(batch)
+                    await self._catch_up_open()
                     await self._publish_due_open()
                     if time.monotonic() - self._last_checkpoint >= self.kafka.checkpoint_interval_s:
                         await self._checkpoint(list(self.parts))
                 log.info("stopping: checkpointing %d partitions", len(self.parts))
                 async with asyncio.timeout(SHUTDOWN_STEP_S):
+                    await self._catch_up_open(force=True)
                     await self._publish_due_open(force=True)
                     await self._checkpoint(list(self.parts))
                 log.info("stopping: checkpoints saved; leaving the group")
@@ -199,7 +203,9 @@ class KpiWorker:
                     log.error("partition %d: %s; starting from the beginning", tp.partition, error)
             if state is None:
                 state, offset = initial_state(self.core), 0
-                await consumer.seek_to_beginning(tp)
+                # A plain seek: awaiting seek_to_beginning while the consumer is already
+                # fetching lets some records through twice (aiokafka).
+                consumer.seek(tp, 0)
             else:
                 consumer.seek(tp, offset)
             self.parts[tp.partition] = Partition(state, offset, statuses)
@@ -207,6 +213,7 @@ class KpiWorker:
 
     async def release(self, revoked: Iterable[TopicPartition]) -> None:
         numbers = [tp.partition for tp in revoked if tp.partition in self.parts]
+        await self._catch_up_open(force=True)
         await self._publish_due_open(force=True)
         await self._checkpoint(numbers)
         for number in numbers:
@@ -247,6 +254,7 @@ class KpiWorker:
             part.state, output = step(self.core, part.state, local, open_records=want_open)
             if want_open:
                 part.open_at = now
+            part.open_pending = not want_open
             part.offset = messages[-1].offset + 1
             part.dirty = True
             sends += self._dead_letters_core(output.rejected, tp)
@@ -260,6 +268,18 @@ class KpiWorker:
         self.stats.batches += 1
         if self.metrics is not None:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    async def _catch_up_open(self, *, force: bool = False) -> None:
+        """Open-window records of partitions that went quiet since their last update."""
+        now = time.monotonic()
+        sends: list[asyncio.Future[Any]] = []
+        for part in self.parts.values():
+            if part.open_pending and (force or now - part.open_at >= self.kafka.open_interval_s):
+                part.state, output = step(self.core, part.state, _NO_EVENTS, open_records=True)
+                part.open_at, part.open_pending = now, False
+                sends += await self._records(output.records)
+        if sends:
+            await asyncio.gather(*sends)
 
     def _split_home(
         self, events: pl.DataFrame, partition: int

@@ -225,7 +225,7 @@ def step(
     if new.height:
         batch_high = int(new.get_column("ts").max())  # type: ignore[arg-type]
         high1 = batch_high if high0 is None else max(high0, batch_high)
-    if high1 is None or (new.is_empty() and high1 == high0 and not flush):
+    if high1 is None or (new.is_empty() and high1 == high0 and not flush and not open_records):
         output = StepOutput([], rejected, late, too_late_rows.height, floor0, _states(new))
         return replace(state, stats=stats), output
 

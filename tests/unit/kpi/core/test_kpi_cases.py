@@ -492,3 +492,22 @@ def test_declared_counters_decide_how_counts_combine_from_the_start() -> None:
     finals, _, _ = run(config, [events], windows=("15m",))
     quarter = finals[("m1", "15m", at("06:00:00"))]
     assert (quarter["total_count"], quarter["reject_count"], quarter["revision"]) == (0, 4, 0)
+
+
+def test_open_records_asked_for_later_are_those_of_the_latest_state() -> None:
+    from linepulse.events import empty_events
+    from services.kpi.core.engine import Core, initial_state, step
+    from tests.unit.kpi.core.support import frame
+
+    core = Core.from_config(plant())
+    events = [
+        ev("06:00:00", "state", "running"),
+        ev("06:00:00", "total_count", 0),
+        ev("06:10:00", "total_count", 600),
+    ]
+    at_once = step(core, initial_state(core), frame(events))[1].records
+    state, quiet = step(core, initial_state(core), frame(events), open_records=False)
+    assert quiet.records == [r for r in at_once if r["final"]]  # finals always come out
+    _, later = step(core, state, empty_events(), open_records=True)
+    assert later.records == [r for r in at_once if not r["final"]]
+    assert any(r["window"] == "1h" and r["total_count"] == 600 for r in later.records)
