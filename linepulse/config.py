@@ -226,7 +226,8 @@ class KafkaSettings(_Model):
     state_dir: Path = Path("state")
     # Open-window records are published at most this often per key; finals at once.
     open_interval_s: float = Field(default=1.0, ge=0)
-    checkpoint_interval_s: float = Field(default=1.0, gt=0)
+    # A restarted worker re-reads at most this much; shorter costs more state writes.
+    checkpoint_interval_s: float = Field(default=5.0, gt=0)
 
 
 class PlantConfig(_Model):

@@ -50,6 +50,8 @@ def decode_records(
     and where they were (`source@offset`)."""
     rows: list[Row] = []
     frames: list[pl.DataFrame] = []
+    arrow: list[pl.DataFrame] = []
+    arrow_where: list[str] = []
     rejected: list[tuple[str, str, str]] = []
     for value, headers, offset in records:
         where = f"{source}@{offset}"
@@ -66,9 +68,8 @@ def decode_records(
             elif kind == MSGPACK:
                 _msgpack_rows(value, where, rows, rejected)
             elif kind == ARROW:
-                decoded = normalize_frame(pl.read_ipc_stream(io.BytesIO(value)), where=where)
-                frames.append(decoded.events)
-                rejected.extend(decoded.rejected)
+                arrow.append(pl.read_ipc_stream(io.BytesIO(value)))
+                arrow_where.append(where)
             else:
                 rejected.append((where, f"unknown content-type {kind!r}", _raw(value)))
         except orjson.JSONDecodeError as error:
@@ -77,6 +78,16 @@ def decode_records(
             rejected.append((where, str(error), _raw(value)))
         except (msgpack.UnpackException, ValueError, pl.exceptions.PolarsError) as error:
             rejected.append((where, f"malformed {kind} batch: {error}", _raw(value)))
+    if arrow:
+        # One normalisation for all batches of a poll: its cost is per call, not per row.
+        try:
+            batches = [(pl.concat(arrow, how="diagonal_relaxed"), f"{arrow_where[0]}+")]
+        except pl.exceptions.PolarsError:
+            batches = list(zip(arrow, arrow_where, strict=True))
+        for frame, where in batches:
+            decoded = normalize_frame(frame, where=where)
+            frames.append(decoded.events)
+            rejected.extend(decoded.rejected)
     frames.append(pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row"))
     return Decoded(pl.concat(frames), rejected)
 

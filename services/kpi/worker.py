@@ -25,6 +25,7 @@ import orjson
 import polars as pl
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 
 from linepulse.config import KafkaSettings
@@ -125,6 +126,8 @@ class KpiWorker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._last_checkpoint = time.monotonic()
+        self._partitions: dict[bytes, int] = {}
+        self._kpi_count = 1
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -149,6 +152,7 @@ class KpiWorker:
         try:
             await consumer.start()
             self._producer, self._consumer = producer, consumer
+            self._kpi_count = len(await producer.partitions_for(self.kafka.kpi.name))
             try:
                 partitions = consumer.partitions_for_topic(self.kafka.telemetry.name)
                 if not partitions:
@@ -306,7 +310,7 @@ class KpiWorker:
             if record["final"]:
                 self._open.pop(key, None)
                 self._open_sent.pop(key, None)
-                sends.append(await producer.send(self.kafka.kpi.name, value=value, key=key))
+                sends.append(await self._send_kpi(key, value))
                 self.stats.published += 1
             else:
                 self._open[key] = value
@@ -321,15 +325,29 @@ class KpiWorker:
         due = [k for k in self._open if force or now - self._open_sent.get(k, 0.0) >= interval]
         sends = []
         for key in due:
-            sends.append(
-                await producer.send(self.kafka.kpi.name, value=self._open.pop(key), key=key)
-            )
+            sends.append(await self._send_kpi(key, self._open.pop(key)))
             self._open_sent[key] = now
         self.stats.published += len(sends)
         if self.metrics is not None and sends:
             self.metrics.records_published.labels(final="false").inc(len(sends))
         if sends:
             await asyncio.gather(*sends)
+
+    async def _send_kpi(self, key: bytes, value: bytes) -> asyncio.Future[Any]:
+        """Send to the key's default partition, cached: open-window keys repeat every
+        second, and aiokafka's murmur2 partitioner is pure Python."""
+        producer = self._producer
+        assert producer is not None  # noqa: S101
+        partition = self._partitions.get(key)
+        if partition is None:
+            if len(self._partitions) > 1_000_000:
+                self._partitions.clear()
+            partition = (murmur2(key) & 0x7FFFFFFF) % self._kpi_count
+            self._partitions[key] = partition
+        sent: asyncio.Future[Any] = await producer.send(
+            self.kafka.kpi.name, value=value, key=key, partition=partition
+        )
+        return sent
 
     def _dead_letters(self, decoded: Decoded, tp: TopicPartition) -> list[asyncio.Future[Any]]:
         return [
@@ -439,9 +457,11 @@ class KpiWorker:
             part = self.parts.get(number)
             if part is None or not part.dirty:
                 continue
-            statuses = {m: vars(status) for m, status in part.statuses.items()}
-            data = dump_state(part.state, part.offset, {"statuses": statuses})
-            self.store.save(self._checkpoint_name(number), data)
+            statuses = {m: dict(vars(status)) for m, status in part.statuses.items()}
+            # The state is immutable: serialise and write it off the event loop.
+            await asyncio.to_thread(
+                self._save, self._checkpoint_name(number), part.state, part.offset, statuses
+            )
             part.dirty = False
             offsets[TopicPartition(self.kafka.telemetry.name, number)] = part.offset
             self.stats.checkpoints += 1
@@ -453,6 +473,11 @@ class KpiWorker:
         self._last_checkpoint = time.monotonic()
         if self.metrics is not None and offsets:
             self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+
+    def _save(
+        self, name: str, state: CoreState, offset: int, statuses: dict[str, dict[str, Any]]
+    ) -> None:
+        self.store.save(name, dump_state(state, offset, {"statuses": statuses}))
 
     def _checkpoint_name(self, partition: int) -> str:
         return f"{self.kafka.group}.{self.kafka.telemetry.name}.{partition}"
