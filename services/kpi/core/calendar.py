@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from linepulse.config import WEEKDAYS, PlantConfig
@@ -64,6 +65,8 @@ class Calendar:
 
     plant: PlantConfig
     _by_day: dict[tuple[str, date], tuple[ShiftSpan, ...]] = field(default_factory=dict)
+    # Memos of pure lookups made by windows.py (minute grids, live window keys).
+    memo: dict[object, Any] = field(default_factory=dict)
 
     @property
     def zone(self) -> ZoneInfo:

@@ -433,8 +433,17 @@ def _candidates(
         core.index.machines.select("machine", "line"), on="machine"
     )
     line_lo = seen.group_by("line").agg(pl.col("lo").min())
-    grid = minute_grid(core.calendar, minutes_between(line_lo, high1), core.windows)
-    live = window_keys(grid, core.windows)
+    # The live windows change only when a bound crosses a minute: memoise them.
+    bounds = tuple(sorted((line, floor_minute(lo)) for line, lo in line_lo.iter_rows()))
+    memo_key = ("live", core.windows, bounds, floor_minute(high1))
+    live: pl.DataFrame | None = core.calendar.memo.get(memo_key)
+    if live is None:
+        grid = minute_grid(core.calendar, minutes_between(line_lo, high1), core.windows)
+        live = window_keys(grid, core.windows)
+        memo = core.calendar.memo
+        for old in [k for k in memo if isinstance(k, tuple) and k[0] == "live"]:
+            del memo[old]
+        core.calendar.memo[memo_key] = live
     first = pl.DataFrame(
         {"machine": list(first_seen), "first": list(first_seen.values())},
         schema={"machine": machine_type, "first": pl.Int64},

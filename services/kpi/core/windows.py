@@ -27,16 +27,37 @@ def _offset_ms(minute: pl.Expr, zone: str) -> pl.Expr:
     return (local.dt.base_utc_offset() + local.dt.dst_offset()).dt.total_milliseconds()
 
 
+GRID_MEMO_ROWS = 500_000
+
+
 def minute_grid(
     calendar: Calendar, keys: pl.DataFrame, kinds: tuple[WindowKind, ...]
 ) -> pl.DataFrame:
     """For unique (line, minute) rows: `planned` and `<kind>_start`/`_end` per kind.
 
     `shift_start`/`shift_end`/`shift_name` are null for a minute outside every shift.
+    A pure function of the calendar, so rows are memoised: a stream asks for the same few
+    minutes step after step.
     """
     keys = keys.select("line", "minute").unique()
     if keys.is_empty():
         return _empty_grid(kinds)
+    memo_key = ("grid", kinds)
+    known: pl.DataFrame | None = calendar.memo.get(memo_key)
+    missing = keys if known is None else keys.join(known, on=["line", "minute"], how="anti")
+    if missing.height:
+        fresh = _compute_grid(calendar, missing, kinds)
+        known = fresh if known is None else pl.concat([known, fresh])
+        if known.height > GRID_MEMO_ROWS:
+            known = fresh
+        calendar.memo[memo_key] = known
+    assert known is not None  # noqa: S101 - set above
+    return known.join(keys, on=["line", "minute"], how="semi")
+
+
+def _compute_grid(
+    calendar: Calendar, keys: pl.DataFrame, kinds: tuple[WindowKind, ...]
+) -> pl.DataFrame:
     zone = calendar.plant.timezone
     grid = keys.with_columns(_offset_ms(pl.col("minute"), zone).alias("_off"))
     local = pl.col("minute") + pl.col("_off")
