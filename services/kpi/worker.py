@@ -232,6 +232,7 @@ class KpiWorker:
         assert producer is not None  # noqa: S101
         started = time.perf_counter()
         sends: list[asyncio.Future[Any]] = []
+        work: list[tuple[TopicPartition, Partition, Decoded, pl.DataFrame, bool, int, float]] = []
         for tp, messages in batch.items():
             part = self.parts.get(tp.partition)
             if part is None or not messages:
@@ -255,11 +256,23 @@ class KpiWorker:
             # Open windows are published at most once per interval: only ask for them then.
             now = time.monotonic()
             want_open = now - part.open_at >= self.kafka.open_interval_s
-            part.state, output = step(self.core, part.state, local, open_records=want_open)
+            work.append((tp, part, decoded, local, want_open, messages[-1].offset + 1, now))
+        # Partitions have independent states and Polars releases the GIL while it works:
+        # their steps run side by side in threads.
+        outputs = await asyncio.gather(
+            *(
+                asyncio.to_thread(step, self.core, part.state, local, open_records=want_open)
+                for _, part, _, local, want_open, _, _ in work
+            )
+        )
+        for (tp, part, decoded, local, want_open, offset, now), (state, output) in zip(
+            work, outputs, strict=True
+        ):
+            part.state = state
             if want_open:
                 part.open_at = now
             part.open_pending = not want_open
-            part.offset = messages[-1].offset + 1
+            part.offset = offset
             part.dirty = True
             sends += self._dead_letters_core(output.rejected, tp)
             sends += await self._records(output.records)

@@ -66,7 +66,7 @@ async def test_classic_shift_record_from_the_api(kafka: str, tmp_path: Path) -> 
             machines = await poll(client, "/v1/machines", lambda ms: ms[0]["state"] is not None)
             assert machines[0]["machine"] == "filler-1"
             assert machines[0]["state"] == "planned_stop"
-            pareto = (await client.get("/v1/downtime/pareto?line=line-1")).json()
+            pareto = await poll(client, "/v1/downtime/pareto?line=line-1", lambda ps: len(ps) >= 2)
             assert [p["reason"] for p in pareto][:2] == ["jam", "material_shortage"]
             metrics = (await client.get("/metrics")).text
             assert "linepulse_events_in_total" in metrics

@@ -441,8 +441,8 @@ def _candidates(
         grid = minute_grid(core.calendar, minutes_between(line_lo, high1), core.windows)
         live = window_keys(grid, core.windows)
         memo = core.calendar.memo
-        for old in [k for k in memo if isinstance(k, tuple) and k[0] == "live"]:
-            del memo[old]
+        for old in [k for k in list(memo) if isinstance(k, tuple) and k[0] == "live"]:
+            memo.pop(old, None)  # workers step partitions in threads: tolerate a race
         core.calendar.memo[memo_key] = live
     first = pl.DataFrame(
         {"machine": list(first_seen), "first": list(first_seen.values())},
