@@ -18,10 +18,12 @@ tags (temperature, speed, pressure). Measured, one after the other:
 3. **LinePulse, Arrow batches**: events pre-produced as Arrow IPC records of 5,000 samples
    on each line's home partition (as LinePulse's own ingesters write them), through a
    fresh `linepulse kpi` subprocess.
-4. **Latency**: with that worker caught up, 20,000 events/s as Arrow batches every 100 ms;
+4. **Latency**: with that worker caught up and a `linepulse api` process (materializer and
+   HTTP API) started and ready beside it, 20,000 events/s as Arrow batches every 100 ms;
    each batch also advances the probe machine's total_count. The latency of a batch is the
-   time from producing it to the first record on the `kpi` topic whose 1-minute
-   `total_count` for the probe includes it.
+   time from producing it to the first answer of `GET /v1/kpis/current?machine=probe-1&
+   window=1m` (polled every 10 ms) whose 1-minute `total_count` includes it; the same is
+   measured on the `kpi` topic itself. Without `linepulse api`, on the topic alone.
 
 Throughput is timed from the subprocess's spawn, and from its consumer group turning
 Stable (partitions assigned), to the moment its group's committed offsets reach the end
@@ -41,6 +43,7 @@ import bisect
 import importlib.metadata
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -52,11 +55,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
+import httpx
 import orjson
 import polars as pl
 import psutil
@@ -98,11 +102,14 @@ GOAL_JSON: Final = 50_000
 GOAL_P99_S: Final = 1.0
 
 POLL_S: Final = 0.05
-SEEN_GRACE_S: Final = 5.0  # after the last batch, how long to wait for it to be visible
+SEEN_GRACE_S: Final = 15.0  # after the last batch, how long to wait for it to be visible
+API_POLL_S: Final = 0.01
+API_READY_TIMEOUT_S: Final = 300.0
 START_TIMEOUT_S: Final = 300.0  # a fresh checkout fetches the broker's jars first
 STOP_TIMEOUT_S: Final = 60.0
 
 CHILDREN: list[Child] = []
+OUR_PIDS: list[int] = []  # the broker: its CPU is part of the benchmark, not noise
 
 
 # -- the broker ----------------------------------------------------------------------------
@@ -143,6 +150,7 @@ class Broker:
             text=True,
             timeout=timeout,
             check=False,
+            start_new_session=True,  # a Ctrl-C at the terminal must not cut a stop short
         )
 
     def start(self) -> str:
@@ -244,6 +252,39 @@ def kill_children() -> None:
         CHILDREN.remove(child)
 
 
+def _busy_s() -> float:
+    """CPU seconds all CPUs have spent busy since boot (steal included: another VM's use)."""
+    t = psutil.cpu_times()
+    fields = ("user", "nice", "system", "irq", "softirq", "steal")
+    return float(sum(getattr(t, name, 0.0) for name in fields))
+
+
+def _process_cpu_s(pid: int) -> float:
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system)
+
+
+class CpuMeter:
+    """CPU used by other processes: not this one, not the broker, not the measured child."""
+
+    def __init__(self) -> None:
+        self.wall, self.busy, self.ours = time.perf_counter(), _busy_s(), self._ours()
+
+    @staticmethod
+    def _ours() -> float:
+        return _process_cpu_s(os.getpid()) + sum(_process_cpu_s(p) for p in OUR_PIDS)
+
+    def others_cores(self, child_cpu_s: float | None) -> float:
+        wall = time.perf_counter() - self.wall
+        if wall <= 0:
+            return 0.0
+        others = _busy_s() - self.busy - (self._ours() - self.ours) - (child_cpu_s or 0.0)
+        return max(others, 0.0) / wall
+
+
 # -- the workload --------------------------------------------------------------------------
 
 
@@ -321,8 +362,11 @@ def plant_text(machines: int, kafka: dict[str, Any]) -> str:
 
 
 def kafka_block(tag: str, name: str) -> dict[str, Any]:
-    """Topic and group names of this run's own; the intervals stay at their defaults."""
+    """Topic and group names of this run's own. The run's clock stops when every offset
+    is committed, which happens at a checkpoint: checkpoint every second (the default is
+    5 s) so the figure measures processing, not the interval."""
     return {
+        "checkpoint_interval_s": 1.0,
         "telemetry": {"name": f"telemetry-{name}-{tag}", "partitions": PARTITIONS},
         "kpi": {"name": f"kpi-{name}-{tag}", "partitions": PARTITIONS},
         "dlq": {"name": f"dlq-{name}-{tag}", "partitions": 1},
@@ -474,7 +518,8 @@ class Caught:
     assigned_s: float | None  # from spawn to the group being Stable
     peak_mib: float
     cpu_s: float | None
-    longest_gap_s: float  # longest time without the committed offsets moving, once started
+    longest_gap_s: float  # longest time without the committed offsets moving, once assigned
+    others_cores: float  # CPU used meanwhile by processes that are not part of the benchmark
     reason: str = ""
 
 
@@ -510,6 +555,7 @@ async def wait_caught_up(
     forwards before it commits, so records forwarded by a batch already count in the end
     offsets when that batch's commit is seen.
     """
+    meter = CpuMeter()
     tps = await kafka.partitions(topic)
     assigned: float | None = None
     last_total, last_move, longest = -1, 0.0, 0.0
@@ -527,21 +573,23 @@ async def wait_caught_up(
                     child.peak_mib,
                     child.cpu_s,
                     longest,
+                    meter.others_cores(child.cpu_s),
                     f"exited with code {code}",
                 )
             child.sample()
             if assigned is None and await kafka.stable(group):
-                assigned = since
+                assigned, last_move = since, now
             committed = await kafka.committed(group)
             ends = await kafka.ends(tps)
             total, end = sum(committed.get(tp, 0) for tp in tps), sum(ends.values())
             lines.append(f"{since:.3f},{total},{end},{child.peak_mib:.1f}")
-            if total != last_total:
-                if last_total > 0:
-                    longest = max(longest, now - last_move)
-                last_total, last_move = total, now
+            if assigned is not None:
+                longest = max(longest, now - last_move)
+                if total != last_total:
+                    last_total, last_move = total, now
             if end > 0 and all(committed.get(tp, 0) >= ends[tp] for tp in tps):
-                return Caught(True, since, assigned, child.peak_mib, child.cpu_s, longest)
+                others = meter.others_cores(child.cpu_s)
+                return Caught(True, since, assigned, child.peak_mib, child.cpu_s, longest, others)
             if since > limit_s:
                 return Caught(
                     False,
@@ -550,6 +598,7 @@ async def wait_caught_up(
                     child.peak_mib,
                     child.cpu_s,
                     longest,
+                    meter.others_cores(child.cpu_s),
                     f"not caught up after {limit_s:.0f} s ({total:,} of {end:,})",
                 )
             await asyncio.sleep(POLL_S)
@@ -595,15 +644,32 @@ def log_notes(name: str, child: Child, code: int | None) -> list[str]:
     return notes
 
 
-async def kpi_topic_notes(kafka: Kafka, plant: PlantConfig) -> list[str]:
-    """How many KPI records, finals and restatements the worker wrote; dead letters."""
-    tps = await kafka.partitions(plant.kafka.kpi.name)
+def count_note(child: Child, produced: int) -> list[str]:
+    """Compare the events the worker says it read with those on the topic: a record
+    delivered twice (e.g. on a fresh start) is processed twice."""
+    text = "\n".join(child.log_lines())
+    found = re.search(r"kpi worker stopped: \d+ batches, (\d+) events, (\d+) forwarded", text)
+    if found is None:
+        return []
+    events, forwarded = int(found[1]), int(found[2])
+    want = produced + forwarded
+    if events == want:
+        return [f"  the worker read {events:,} events: those produced plus those it forwarded"]
+    return [
+        f"  the worker read {events:,} events, {events - want:+,} against the {want:,} produced "
+        "and forwarded: some records were delivered to it more than once"
+    ]
+
+
+async def read_all(kafka: Kafka, topic: str) -> list[tuple[bytes | None, Any]]:
+    """Every record of a topic (key, JSON value), from the beginning to its end offsets."""
+    tps = await kafka.partitions(topic)
     if not tps:
-        return [f"  kpi topic {plant.kafka.kpi.name}: not found"]
+        return []
     ends = await kafka.ends(tps)
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False)
     await consumer.start()
-    records = finals = restated = 0
+    out: list[tuple[bytes | None, Any]] = []
     try:
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
@@ -611,21 +677,61 @@ async def kpi_topic_notes(kafka: Kafka, plant: PlantConfig) -> list[str]:
         while remaining:
             batch = await consumer.getmany(timeout_ms=1000, max_records=50_000)
             for tp, messages in batch.items():
-                for message in messages:
-                    record = orjson.loads(message.value)
-                    records += 1
-                    finals += bool(record.get("final"))
-                    restated += (record.get("revision") or 0) > 0
+                out += [(m.key, orjson.loads(m.value)) for m in messages]
                 if messages and messages[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
             if not batch:
                 break
     finally:
         await consumer.stop()
+    return out
+
+
+MinuteKey = tuple[str, int]  # machine, window start (epoch ms)
+
+
+async def kpi_topic_notes(
+    kafka: Kafka, plant: PlantConfig
+) -> tuple[list[str], dict[MinuteKey, dict[str, Any]]]:
+    """How many KPI records, finals and restatements the worker wrote, and dead letters;
+    and its final 1-minute machine records, to compare with the peer's."""
+    records = [value for _, value in await read_all(kafka, plant.kafka.kpi.name)]
+    finals = sum(bool(r.get("final")) for r in records)
+    restated = sum((r.get("revision") or 0) > 0 for r in records)
     dead = await kafka.count(plant.kafka.dlq.name)
+    minutes = {
+        (r["machine"], _window_ms(r["window_start"])): r
+        for r in records
+        if r.get("final") and r.get("window") == "1m" and r.get("machine")
+    }
+    notes = [
+        f"  kpi topic: {len(records):,} records ({finals:,} final, {restated:,} with revision "
+        f"> 0); {dead:,} dead letters"
+    ]
+    return notes, minutes
+
+
+async def peer_check(
+    kafka: Kafka, topic: str, linepulse: dict[MinuteKey, dict[str, Any]]
+) -> list[str]:
+    """Do the peer's closed 1-minute windows agree with LinePulse's final 1m records?"""
+    peer: dict[MinuteKey, dict[str, Any]] = {}
+    for key, value in await read_all(kafka, topic):
+        if key is not None and isinstance(value, dict):
+            peer[(key.decode(), int(value["start"]))] = value
+    both = sorted(peer.keys() & linepulse.keys())
+    if not both:
+        return [
+            f"  peer check: no machine-minute closed in both ({len(peer):,} peer windows, "
+            f"{len(linepulse):,} LinePulse final 1m records); more events close more windows"
+        ]
+    parts = sum(peer[k]["parts"] == linepulse[k]["total_count"] for k in both)
+    rejects = sum(peer[k]["rejects"] == linepulse[k]["reject_count"] for k in both)
+    run = sum(abs(peer[k]["run_ms"] / 1000 - (linepulse[k]["run_s"] or 0)) <= 1 for k in both)
     return [
-        f"  kpi topic: {records:,} records ({finals:,} final, {restated:,} with revision > 0); "
-        f"{dead:,} dead letters"
+        f"  peer check: {len(both):,} machine-minutes closed in both; parts = LinePulse "
+        f"total_count in {parts:,}, rejects = reject_count in {rejects:,}, run time within "
+        f"1 s of run_s in {run:,} (the peer does not split states at window boundaries)"
     ]
 
 
@@ -633,25 +739,127 @@ async def kpi_topic_notes(kafka: Kafka, plant: PlantConfig) -> list[str]:
 
 
 @dataclass
+class Seen:
+    """When each latency batch became visible at one place (the API, or the kpi topic)."""
+
+    where: str
+    latencies: list[float]  # seconds, one per batch seen
+    unseen: int
+
+    def quantile(self, q: float, part: slice = slice(None)) -> float | None:
+        values = self.latencies[part]
+        if not values:
+            return None
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
 class Latency:
     events: int
     batches: int
     seconds: float  # from the first batch to one tick after the last
-    latencies: list[float]  # seconds, one per batch seen
-    unseen: int
+    views: list[Seen]  # the first is the one the goal is judged on
     catch_up_s: float | None  # from the last batch to the group's offsets all committed
-    peak_mib: float
-    via: str
-
-    def quantile(self, q: float) -> float | None:
-        if not self.latencies:
-            return None
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+    peak_mib: float  # the worker's
+    api_peak_mib: float | None
+    others_cores: float  # CPU used meanwhile by processes that are not part of the benchmark
+    notes: list[str] = field(default_factory=list)
 
 
 def _window_ms(text: str) -> int:
     return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def _rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Probe:
+    """The probe's batches: when each was produced, and when each became visible where."""
+
+    def __init__(self, first_ts: int, ticks: int, data_ms_per_tick: int) -> None:
+        # The probe moves with the plant's event time, strictly increasing, one sample a batch.
+        self.ts = [first_ts + i * data_ms_per_tick for i in range(ticks)]
+        self.window = [ts // 60_000 * 60_000 for ts in self.ts]
+        self.produced: list[float] = []
+        self.seen: dict[str, dict[int, float]] = {}
+
+    def reflect(self, where: str, record: dict[str, Any], now: float) -> int:
+        """Mark the batches a 1m record of the probe includes; return its window start.
+
+        The probe's total_count goes up by one a batch, from PROBE_BASE at batch 0 (which
+        only sets the baseline), and a window's total_count is the sum of the steps of its
+        samples: so a record of window W with total_count c includes every batch of W up
+        to (the last batch before W, or 0) + c.
+        """
+        seen = self.seen.setdefault(where, {})
+        start = _window_ms(record["window_start"])
+        total = int(record.get("total_count") or 0)
+        before = bisect.bisect_left(self.ts, start) - 1
+        reflected = max(before, 0) + total
+        first = bisect.bisect_left(self.window, start)
+        for i in range(first, min(reflected, len(self.produced) - 1) + 1):
+            if self.window[i] != start:
+                break
+            if i not in seen:
+                seen[i] = now - self.produced[i]
+        return start
+
+    def pending_before(self, where: str, start: int) -> int | None:
+        """The oldest window before `start` with a produced batch not yet seen."""
+        seen = self.seen.get(where, {})
+        for i in range(len(self.produced)):
+            if self.window[i] >= start:
+                return None
+            if i not in seen:
+                return self.window[i]
+        return None
+
+    def result(self, where: str, description: str) -> Seen:
+        seen = self.seen.get(where, {})
+        return Seen(description, [seen[i] for i in sorted(seen)], len(self.produced) - len(seen))
+
+
+async def read_topic(consumer: AIOKafkaConsumer, probe: Probe) -> None:
+    """Follow the kpi topic; every record of the probe's 1m windows marks its batches."""
+    prefix = f"{PROBE_LINE}/{PROBE_MACHINE}/1m/".encode()
+    while True:
+        batch = await consumer.getmany(timeout_ms=100)
+        now = time.perf_counter()
+        for messages in batch.values():
+            for message in messages:
+                if message.key and message.key.startswith(prefix):
+                    probe.reflect("topic", orjson.loads(message.value), now)
+
+
+async def poll_api(client: httpx.AsyncClient, probe: Probe) -> None:
+    """GET the probe's current 1m record every API_POLL_S; a window the current record
+    has moved past while some of its batches were not seen is looked up in the history."""
+    params = {"machine": PROBE_MACHINE, "window": "1m"}
+    while True:
+        asked = time.perf_counter()
+        newest: int | None = None
+        try:
+            response = await client.get("/v1/kpis/current", params=params)
+            now = time.perf_counter()
+            if response.status_code == 200:
+                for record in response.json():
+                    if record.get("machine") == PROBE_MACHINE:
+                        newest = probe.reflect("api", record, now)
+            older = None if newest is None else probe.pending_before("api", newest)
+            if newest is not None and older is not None:
+                history = {**params, "from": _rfc3339(older), "to": _rfc3339(newest)}
+                response = await client.get("/v1/kpis/history", params=history)
+                now = time.perf_counter()
+                if response.status_code == 200:
+                    for record in response.json():
+                        if record.get("machine") == PROBE_MACHINE:
+                            probe.reflect("api", record, now)
+        except httpx.HTTPError:
+            pass  # counted as not seen if it never answers
+        delay = asked + API_POLL_S - time.perf_counter()
+        await asyncio.sleep(max(delay, 0.0))
 
 
 async def latency_run(
@@ -660,6 +868,7 @@ async def latency_run(
     live: pl.DataFrame,
     seconds: float,
     child: Child,
+    api: Api | None,
     out: Path,
 ) -> Latency:
     """Steady Arrow batches every TICK_S; time each until the probe's 1m record shows it."""
@@ -667,14 +876,8 @@ async def latency_run(
     per_tick = round(LATENCY_RATE * TICK_S)
     ticks = min(math.ceil(seconds / TICK_S), live.height // per_tick)
     probe_home = machine_homes(plant, plant.kafka.telemetry.partitions)[PROBE_MACHINE]
-    # The probe moves with the plant's event time, strictly increasing, one sample a batch.
     data_ms_per_tick = per_tick * 1000 // (len(SIGNALS) * (len(plant.machines()) - 1))
-    first_ts: int = live.item(0, "ts")
-    probe_ts = [first_ts + i * data_ms_per_tick for i in range(ticks)]
-    window_of = [ts // 60_000 * 60_000 for ts in probe_ts]
-    produced: list[float] = []
-    seen: dict[int, float] = {}
-    prefix = f"{PROBE_LINE}/{PROBE_MACHINE}/1m/".encode()
+    probe = Probe(live.item(0, "ts"), ticks, data_ms_per_tick)
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=kafka.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
@@ -685,6 +888,7 @@ async def latency_run(
         linger_ms=0,
         max_request_size=8 * 1024 * 1024,
     )
+    client = httpx.AsyncClient(base_url=api.url if api else "http://127.0.0.1", timeout=5.0)
     await consumer.start()
     await producer.start()
     tps = await kafka.partitions(kpi)
@@ -692,45 +896,30 @@ async def latency_run(
     await consumer.seek_to_end(*tps)
     for tp in tps:
         await consumer.position(tp)  # resolve the end now, before the first batch
-
-    def reflect(record: dict[str, Any], now: float) -> None:
-        start = _window_ms(record["window_start"])
-        total = record.get("total_count") or 0
-        before = bisect.bisect_left(probe_ts, start) - 1  # the last batch before the window
-        reflected = max(before, 0) + int(total)
-        first = bisect.bisect_left(window_of, start)
-        for i in range(first, min(reflected, len(produced) - 1) + 1):
-            if window_of[i] != start:
-                break
-            if i not in seen:
-                seen[i] = now - produced[i]
-
-    async def read() -> None:
-        while True:
-            batch = await consumer.getmany(timeout_ms=100)
-            now = time.perf_counter()
-            for messages in batch.values():
-                for message in messages:
-                    if message.key and message.key.startswith(prefix):
-                        reflect(orjson.loads(message.value), now)
-
-    reader = asyncio.create_task(read())
+    children = [child] if api is None else [child, api.child]
+    for c in children:
+        c.sample()
+    meter, cpu_before = CpuMeter(), sum(c.cpu_s or 0.0 for c in children)
+    readers = [asyncio.create_task(read_topic(consumer, probe))]
+    if api is not None:
+        readers.append(asyncio.create_task(poll_api(client, probe)))
     sends = []
     last = time.perf_counter()
+    caught_at: float | None = None
     try:
         started = time.perf_counter() + 0.2
         for i in range(ticks):
             delay = started + i * TICK_S - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            produced.append(time.perf_counter())
+            probe.produced.append(time.perf_counter())
             rows = live.slice(i * per_tick, per_tick)
             parts = rows.partition_by("_home", as_dict=True)
-            probe = probe_rows(i, probe_ts[i])
+            sample = probe_rows(i, probe.ts[i])
             if (probe_home,) in parts:
-                parts[(probe_home,)] = pl.concat([parts[(probe_home,)].drop("_home"), probe])
+                parts[(probe_home,)] = pl.concat([parts[(probe_home,)].drop("_home"), sample])
             else:
-                parts[(probe_home,)] = probe
+                parts[(probe_home,)] = sample
             for (home,), frame in parts.items():
                 sends.append(
                     await producer.send(
@@ -743,62 +932,135 @@ async def latency_run(
                 )
         last = time.perf_counter()
         await asyncio.gather(*sends)
+        wanted = ["topic", "api"] if api is not None else ["topic"]
         deadline = last + SEEN_GRACE_S
-        while len(seen) < ticks and time.perf_counter() < deadline:
+        inputs = await kafka.partitions(telemetry)
+        while time.perf_counter() < deadline and (
+            caught_at is None or any(len(probe.seen.get(w, {})) < ticks for w in wanted)
+        ):
             child.sample()
+            if api is not None:
+                api.child.sample()
+            if caught_at is None and await _all_committed(kafka, plant.kafka.group, inputs):
+                caught_at = time.perf_counter()
             await asyncio.sleep(POLL_S)
     finally:
-        reader.cancel()
-        try:
-            await reader
-        except asyncio.CancelledError:
-            pass
+        for reader in readers:
+            reader.cancel()
+        for reader in readers:
+            try:
+                await reader
+            except asyncio.CancelledError:
+                pass
+        await client.aclose()
         await producer.stop()
         await consumer.stop()
-    duration = last - produced[0] + TICK_S if produced else 0.0
-    catch_up = await _catch_up(kafka, child, plant, last)
-    lines = ["batch,produced_s,latency_s"]
-    for i, at in enumerate(produced):
-        latency = seen.get(i)
-        lines.append(f"{i},{at - produced[0]:.3f},{'' if latency is None else f'{latency:.4f}'}")
+    for c in children:
+        c.sample()
+    others = meter.others_cores(sum(c.cpu_s or 0.0 for c in children) - cpu_before)
+    duration = last - probe.produced[0] + TICK_S if probe.produced else 0.0
+    if caught_at is not None:
+        catch_up: float | None = caught_at - last
+    else:
+        catch_up = await _catch_up(kafka, child, plant, last)
+    topic = probe.result("topic", f"the `{kpi}` topic (a consumer of all its partitions)")
+    views = [topic]
+    if api is not None:
+        where = f"the API (GET {api.url}/v1/kpis/current?machine={PROBE_MACHINE}&window=1m"
+        views.insert(0, probe.result("api", f"{where} every {API_POLL_S * 1000:.0f} ms)"))
+    lines = ["batch,produced_s," + ",".join(f"{v}_latency_s" for v in probe.seen)]
+    for i, at in enumerate(probe.produced):
+        cells = [probe.seen[w].get(i) for w in probe.seen]
+        lines.append(
+            f"{i},{at - probe.produced[0]:.3f},"
+            + ",".join("" if c is None else f"{c:.4f}" for c in cells)
+        )
     write_lines(out / "latency.csv", lines)
+    unseen = max(view.unseen for view in views)
+    notes = []
+    if unseen and catch_up is not None and catch_up < SEEN_GRACE_S:
+        notes.append(
+            f"  {unseen} batch(es) never became visible, though the worker had read and "
+            f"committed every batch {catch_up:.1f} s after the last one: no KPI record "
+            f"including them was published within {SEEN_GRACE_S:g} s (see latency.csv)"
+        )
     return Latency(
         events=ticks * per_tick,
         batches=ticks,
         seconds=duration,
-        latencies=[seen[i] for i in sorted(seen)],
-        unseen=ticks - len(seen),
+        views=views,
         catch_up_s=catch_up,
         peak_mib=child.peak_mib,
-        via=f"the `{kpi}` topic (a consumer of all its partitions)",
+        api_peak_mib=None if api is None else api.child.peak_mib,
+        others_cores=others,
+        notes=notes,
     )
 
 
+async def _all_committed(kafka: Kafka, group: str, tps: list[TopicPartition]) -> bool:
+    committed = await kafka.committed(group)
+    ends = await kafka.ends(tps)
+    return all(committed.get(tp, 0) >= ends[tp] for tp in tps)
+
+
 async def _catch_up(kafka: Kafka, child: Child, plant: PlantConfig, last: float) -> float | None:
-    """Seconds from the last batch until the worker has committed everything."""
+    """Seconds from the last batch until the worker has committed everything (or None)."""
     tps = await kafka.partitions(plant.kafka.telemetry.name)
-    deadline = time.perf_counter() + 30
+    deadline = time.perf_counter() + 60
     while time.perf_counter() < deadline:
         child.sample()
-        committed = await kafka.committed(plant.kafka.group)
-        ends = await kafka.ends(tps)
-        if all(committed.get(tp, 0) >= ends[tp] for tp in tps):
+        if await _all_committed(kafka, plant.kafka.group, tps):
             return time.perf_counter() - last
         await asyncio.sleep(POLL_S)
     return None
 
 
+@dataclass
+class Api:
+    """A `linepulse api` process (the materializer and the HTTP API) for the latency run."""
+
+    child: Child
+    url: str
+    ready_s: float  # from spawn to /readyz answering 200
+
+
 def api_available() -> bool:
-    """Whether `linepulse kpi` has grown an `--api` option (the query API, being built)."""
+    """Whether the query API exists yet (`linepulse api`, being built beside this)."""
     done = subprocess.run(
-        [sys.executable, "-m", "linepulse.cli", "kpi", "--help"],
+        [sys.executable, "-m", "linepulse.cli", "api", "--help"],
         capture_output=True,
         text=True,
         check=False,
         cwd=ROOT,
         env={**os.environ, "COLUMNS": "200"},
     )
-    return "--api" in done.stdout
+    return done.returncode == 0 and "--port" in done.stdout
+
+
+async def start_api(config: Path, bootstrap: str, tmp: Path, out: Path) -> Api | str:
+    """Start `linepulse api` on a free port; wait until /readyz says it has caught up with
+    the kpi topic. Returns the reason instead when it cannot be used."""
+    if not api_available():
+        return "`linepulse api` does not exist in this checkout"
+    port = free_loopback_ports(1)[0]
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "linepulse.cli", "--log-level", "info", "api"]
+    cmd += ["--config", str(config), "--kafka", bootstrap, "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--db", str(tmp / "api.duckdb")]
+    child = Child("api", cmd, out / "api.log")
+    async with httpx.AsyncClient(base_url=url, timeout=5.0) as client:
+        while time.perf_counter() - child.started < API_READY_TIMEOUT_S:
+            if not child.alive():
+                return f"`linepulse api` exited with code {child.stop()} (see {child.log})"
+            child.sample()
+            try:
+                if (await client.get("/readyz")).status_code == 200:
+                    return Api(child, url, time.perf_counter() - child.started)
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    child.stop()
+    return f"`linepulse api` was not ready within {API_READY_TIMEOUT_S:g} s (see {child.log})"
 
 
 # -- report --------------------------------------------------------------------------------
@@ -866,36 +1128,51 @@ def goal_lines(
             f"(goal >= {goal:,}; measured at {row.events:,} events)"
         )
     if latency is not None:
-        p99 = latency.quantile(0.99)
+        view = latency.views[0]
+        p99 = view.quantile(0.99)
         value = "n/a" if p99 is None else f"{p99:.3f} s"
-        passed = p99 is not None and p99 <= GOAL_P99_S and latency.unseen == 0
+        passed = p99 is not None and p99 <= GOAL_P99_S and view.unseen == 0
+        where = "the API" if view.where.startswith("the API") else "the kpi topic, not the API"
         out.append(
             f"  {mark(passed)}  latency p99 at {LATENCY_RATE:,} events/s   {value:>10}       "
-            f"(goal <= {GOAL_P99_S:g} s; measured on the kpi topic, not the API)"
+            f"(goal <= {GOAL_P99_S:g} s; measured on {where})"
         )
     return out
 
 
 def latency_lines(latency: Latency, open_interval: float, checkpoint_interval: float) -> list[str]:
-    def fmt(q: float) -> str:
-        value = latency.quantile(q)
-        return "n/a" if value is None else f"{value:.3f} s"
-
-    worst = f"{max(latency.latencies):.3f} s" if latency.latencies else "n/a"
-    best = f"{min(latency.latencies):.3f} s" if latency.latencies else "n/a"
     rate = latency.events / latency.seconds if latency.seconds > 0 else 0.0
     catch = "n/a" if latency.catch_up_s is None else f"{latency.catch_up_s:.2f} s"
-    return [
-        f"latency (produce -> probe's 1m KPI record visible on {latency.via}):",
-        f"  {latency.batches:,} batches every {TICK_S * 1000:.0f} ms, {latency.events:,} events "
-        f"at {rate:,.0f} events/s achieved",
-        f"  p50 {fmt(0.5)}, p90 {fmt(0.9)}, p99 {fmt(0.99)}, max {worst}, min {best}; "
-        f"{latency.unseen} batch(es) not visible within {SEEN_GRACE_S:g} s of the last",
+    out = [
+        f"latency: {latency.batches:,} batches every {TICK_S * 1000:.0f} ms, "
+        f"{latency.events:,} events at {rate:,.0f} events/s achieved; from producing a batch "
+        "to the probe's 1m KPI record including it being visible on"
+    ]
+    for view in latency.views:
+
+        def fmt(q: float, view: Seen = view, part: slice = slice(None)) -> str:
+            value = view.quantile(q, part)
+            return "n/a" if value is None else f"{value:.3f} s"
+
+        half = len(view.latencies) // 2
+
+        worst = f"{max(view.latencies):.3f} s" if view.latencies else "n/a"
+        best = f"{min(view.latencies):.3f} s" if view.latencies else "n/a"
+        out += [
+            f"  {view.where}:",
+            f"    p50 {fmt(0.5)}, p90 {fmt(0.9)}, p99 {fmt(0.99)}, max {worst}, min {best}; "
+            f"{view.unseen} batch(es) not visible within {SEEN_GRACE_S:g} s of the last",
+            f"    p50 of the first half of the batches {fmt(0.5, part=slice(None, half))}, "
+            f"of the second half {fmt(0.5, part=slice(half, None))} (much higher: falling behind)",
+        ]
+    out += [
         f"  open-window records are published at most every kafka.open_interval_s = "
-        f"{open_interval:g} s per key, so a batch waits up to that long after it is processed;",
+        f"{open_interval:g} s per key, so a processed batch can wait up to that long;",
         f"  checkpoint (and offset commit) every kafka.checkpoint_interval_s = "
         f"{checkpoint_interval:g} s; all offsets committed {catch} after the last batch",
     ]
+    out += latency.notes
+    return out
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -1039,7 +1316,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, tmp: Path, out: Path
         if args.json_events and not args.skip_peer:
             await run_peer(args, kafka, json_plant, tmp, out, run)
         if args.json_events:
-            row = await run_worker(
+            row, minutes = await run_worker(
                 "LinePulse, JSON per record",
                 args.json_events,
                 kafka,
@@ -1051,6 +1328,9 @@ async def measure(args: argparse.Namespace, bootstrap: str, tmp: Path, out: Path
             )
             run.rows.append(row)
             run.json = row
+            peer = next((r for r in run.rows if r.what.startswith("Quix")), None)
+            if peer is not None:
+                peer.notes += await peer_check(kafka, f"quix-out-{json_plant.kafka.group}", minutes)
         if args.events:
             await run_arrow(args, kafka, arrow_plant, arrow_cfg, events, tmp, out, run)
     finally:
@@ -1116,7 +1396,10 @@ async def run_peer(
         f"{plant.kafka.checkpoint_interval_s:g} s; CPU {_cpu(caught)}"
     )
     run.rows.append(row)
-    run.notes += row.notes
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
 def _cpu(caught: Caught) -> str:
@@ -1135,7 +1418,7 @@ async def run_worker(
     state_dir: Path,
     name: Path,
     limit_s: float,
-) -> Throughput:
+) -> tuple[Throughput, dict[MinuteKey, dict[str, Any]]]:
     print(f"measuring: {what} ...", flush=True)
     child = Child(name.name, worker_cmd(config, kafka.bootstrap, state_dir), Path(f"{name}.log"))
     code: int | None = None
@@ -1151,11 +1434,12 @@ async def run_worker(
     finally:
         code = child.stop()
     row = Throughput(what, events, caught)
-    row.notes = log_notes(what, child, code) + await kpi_topic_notes(kafka, plant)
+    topic_notes, minutes = await kpi_topic_notes(kafka, plant)
+    row.notes = log_notes(what, child, code) + count_note(child, events) + topic_notes
     row.notes.append(
-        f"  CPU {_cpu(caught)}; longest gap between commits {caught.longest_gap_s:.2f} s"
+        f"  CPU {_cpu(caught)}; longest time without commit progress {caught.longest_gap_s:.2f} s"
     )
-    return row
+    return row, minutes
 
 
 async def run_arrow(
@@ -1176,6 +1460,7 @@ async def run_arrow(
     )
     code: int | None = None
     latency: Latency | None = None
+    api: Api | None = None
     try:
         caught = await wait_caught_up(
             kafka,
@@ -1186,10 +1471,16 @@ async def run_arrow(
             Path(f"{name}-progress.csv"),
         )
         if caught.ok and args.latency_seconds > 0:
-            if api_available():
-                run.notes.append(
-                    "note: `linepulse kpi --help` shows an --api option now; this benchmark "
-                    "still measures latency on the kpi topic: switch it to the API"
+            print("starting: linepulse api (materializer + HTTP) ...", flush=True)
+            started = await start_api(config, kafka.bootstrap, tmp, out)
+            notes: list[str] = []
+            if isinstance(started, str):
+                notes.append(f"  no API: {started}; latency measured on the kpi topic only")
+            else:
+                api = started
+                notes.append(
+                    f"  `linepulse api` ready (caught up with the kpi topic) {api.ready_s:.1f} s "
+                    f"after its spawn; it ran beside the worker during the latency run"
                 )
             print(
                 f"measuring: latency at {LATENCY_RATE:,} events/s for "
@@ -1197,13 +1488,23 @@ async def run_arrow(
                 flush=True,
             )
             live = events.slice(args.events)
-            latency = await latency_run(kafka, plant, live, args.latency_seconds, child, out)
+            latency = await latency_run(kafka, plant, live, args.latency_seconds, child, api, out)
+            latency.notes += notes
     finally:
         code = child.stop()
+        if api is not None:
+            api_code = api.child.stop()
+            if latency is not None:
+                latency.notes += log_notes("linepulse api", api.child, api_code)
+                latency.notes.append(f"  linepulse api peak RSS {api.child.peak_mib:,.0f} MiB")
     row = Throughput(what, args.events, caught)
-    row.notes = log_notes(what, child, code) + await kpi_topic_notes(kafka, plant)
+    produced = args.events
+    if latency is not None:
+        produced += latency.events + latency.batches + 1  # a probe sample a batch, one state
+    row.notes = log_notes(what, child, code) + count_note(child, produced)
+    row.notes += (await kpi_topic_notes(kafka, plant))[0]
     row.notes.append(
-        f"  CPU until caught up {_cpu(caught)}; longest gap between commits "
+        f"  CPU until caught up {_cpu(caught)}; longest time without commit progress "
         f"{caught.longest_gap_s:.2f} s"
     )
     run.rows.append(row)
@@ -1219,6 +1520,10 @@ def report(args: argparse.Namespace, run: Run, out: Path, open_s: float, ckpt_s:
         "(seconds and events/s: from the group's partitions assigned to every offset "
         "committed; 'incl. start' from the subprocess's spawn)"
     )
+    noise = ", ".join(f"{r.what}: {r.caught.others_cores:.2f}" for r in run.rows)
+    if run.latency is not None:
+        noise += f", latency run: {run.latency.others_cores:.2f}"
+    print(f"(cores used by other processes during each run, of {_cores()}: {noise})")
     print()
     for line in goal_lines(run.arrow, run.json, run.latency):
         print(line)
@@ -1237,8 +1542,7 @@ def report(args: argparse.Namespace, run: Run, out: Path, open_s: float, ckpt_s:
         print()
     for row in run.rows:
         for line in row.notes:
-            if line not in run.notes:
-                print(line)
+            print(line)
     for line in run.notes:
         print(line)
     results = {
@@ -1284,12 +1588,21 @@ def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="linepulse-stream-"))
     broker = Broker(tmp / "kafka")
     run = Run()
+    interrupted = False
     try:
         print(broker.start(), flush=True)
+        pid = broker.pid()
+        if pid is not None:
+            OUR_PIDS.append(pid)
         asyncio.run(measure(args, broker.bootstrap, tmp, out, run))
         ckpt = load_config(out / "plant-arrow.yaml").kafka
         report(args, run, out, ckpt.open_interval_s, ckpt.checkpoint_interval_s)
+    except KeyboardInterrupt:
+        print("bench.stream: interrupted; stopping what it started", file=sys.stderr, flush=True)
+        interrupted = True
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         kill_children()
         server_log = tmp / "kafka" / "logs" / "server.log"
         if server_log.exists():
@@ -1300,6 +1613,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"the broker did not stop; its data is in {tmp}", file=sys.stderr)
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if interrupted:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

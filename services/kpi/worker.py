@@ -15,9 +15,10 @@ the same keys (the `kpi` topic is compacted), and repeated samples are harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,42 @@ def record_key(record: dict[str, Any]) -> bytes:
     """`kpi` topic key: scope (machine, or `*` for the line), window kind and start."""
     scope = record["machine"] or "*"
     return f"{record['line']}/{scope}/{record['window']}/{record['window_start']}".encode()
+
+
+class LoopClock:
+    """Where the consume loop spends its time, logged every LOG_EVERY_S: what an operator
+    looks at first when KPIs lag behind the events."""
+
+    LOG_EVERY_S = 10.0
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self.loops = self.records = 0
+        self.started = time.monotonic()
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - begin
+
+    def tick(self, records: int) -> None:
+        self.loops += 1
+        self.records += records
+        elapsed = time.monotonic() - self.started
+        if elapsed >= self.LOG_EVERY_S:
+            phases = ", ".join(f"{k} {v / elapsed:.0%}" for k, v in sorted(self.spent.items()))
+            log.info(
+                "loop: %d polls, %d records in %.0f s (%.2f s a poll); %s",
+                self.loops,
+                self.records,
+                elapsed,
+                elapsed / self.loops,
+                phases,
+            )
+            self.__init__()  # type: ignore[misc]
 
 
 @dataclass
@@ -164,14 +201,22 @@ class KpiWorker:
                     schema={"machine": pl.String, "_home": pl.Int64},
                 )
                 consumer.subscribe([self.kafka.telemetry.name], listener=_Rebalance(self))
+                clock = LoopClock()
                 while not stop.is_set():
-                    batch = await consumer.getmany(timeout_ms=200, max_records=MAX_BATCH_RECORDS)
+                    with clock.phase("poll"):
+                        batch = await consumer.getmany(
+                            timeout_ms=200, max_records=MAX_BATCH_RECORDS
+                        )
                     if batch:
-                        await self._process(batch)
-                    await self._catch_up_open()
-                    await self._publish_due_open()
+                        with clock.phase("process"):
+                            await self._process(batch)
+                    with clock.phase("publish"):
+                        await self._catch_up_open()
+                        await self._publish_due_open()
                     if time.monotonic() - self._last_checkpoint >= self.kafka.checkpoint_interval_s:
-                        await self._checkpoint(list(self.parts))
+                        with clock.phase("checkpoint"):
+                            await self._checkpoint(list(self.parts))
+                    clock.tick(sum(len(m) for m in batch.values()))
                 log.info("stopping: checkpointing %d partitions", len(self.parts))
                 async with asyncio.timeout(SHUTDOWN_STEP_S):
                     await self._catch_up_open(force=True)
