@@ -267,8 +267,9 @@ def event_frame(machines: int, events: int, seed: int) -> pl.DataFrame:
     return frame.head(events)
 
 
-def _write_jsonl(frame: pl.DataFrame, path: Path) -> None:
-    """One JSON object per line: ts as RFC 3339 with Z, numbers as numbers, states as text."""
+def json_lines(frame: pl.DataFrame) -> pl.Series:
+    """One JSON event per row, as a third-party producer writes it: ts as RFC 3339 with Z,
+    numbers as numbers, states as text."""
     text = pl.col("value")
     value = pl.when(pl.col("signal") == "state").then(pl.concat_str(pl.lit('"'), text, pl.lit('"')))
     reason = pl.when(pl.col("reason").is_not_null()).then(
@@ -286,8 +287,12 @@ def _write_jsonl(frame: pl.DataFrame, path: Path) -> None:
         reason.otherwise(pl.lit("")),
         pl.lit("}"),
     )
+    return frame.select(line=line).to_series()
+
+
+def _write_jsonl(frame: pl.DataFrame, path: Path) -> None:
     # A one-column CSV without header or quoting is exactly the lines themselves.
-    frame.select(line=line).write_csv(path, include_header=False, quote_style="never")
+    json_lines(frame).to_frame().write_csv(path, include_header=False, quote_style="never")
 
 
 def main(argv: list[str] | None = None) -> None:

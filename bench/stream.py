@@ -70,7 +70,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from bench.generate import DEFAULT_OUT, MACHINES_PER_LINE, event_frame, plant_yaml
+from bench.generate import DEFAULT_OUT, MACHINES_PER_LINE, event_frame, json_lines, plant_yaml
 from bench.replay import busy_note, machine_lines
 from linepulse.config import PlantConfig, load_config
 from linepulse.events import EVENT_SCHEMA
@@ -316,24 +316,7 @@ def as_events(frame: pl.DataFrame, homes: dict[str, int]) -> pl.DataFrame:
 
 def json_values(frame: pl.DataFrame) -> pl.Series:
     """One JSON event per row, as a third-party producer would write it (ts in RFC 3339)."""
-    text = pl.col("value")
-    value = pl.when(pl.col("signal") == "state").then(pl.concat_str(pl.lit('"'), text, pl.lit('"')))
-    reason = pl.when(pl.col("reason").is_not_null()).then(
-        pl.concat_str(pl.lit(',"reason":"'), pl.col("reason"), pl.lit('"'))
-    )
-    line = pl.concat_str(
-        pl.lit('{"ts":"'),
-        pl.col("ts").dt.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        pl.lit('","machine":"'),
-        pl.col("machine"),
-        pl.lit('","signal":"'),
-        pl.col("signal"),
-        pl.lit('","value":'),
-        value.otherwise(text),
-        reason.otherwise(pl.lit("")),
-        pl.lit("}"),
-    )
-    return frame.select(line=line).to_series()
+    return json_lines(frame)
 
 
 def probe_rows(tick: int, ts: int) -> pl.DataFrame:
