@@ -90,7 +90,7 @@ proc_gone() {
 pid_alive() {
     # $1: pid. True when it is alive and is a Kafka broker on this data dir (not a reused pid).
     [[ -n "$1" && -r "/proc/$1/cmdline" ]] || return 1
-    tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF -- "kafka.Kafka $PROPS"
+    tr '\0' ' ' <"/proc/$1/cmdline" | grep -F -- "kafka.Kafka $PROPS" >/dev/null  # not -q: under pipefail an early exit SIGPIPEs tr
 }
 
 running_pid() {
