@@ -232,6 +232,7 @@ def step(
     first_seen = dict(state.first_seen)
     counters_seen = dict(state.counters_seen)
     newly_seen: set[str] = set()
+    extended: set[str] = set()  # first seen now, or earlier than it had been
     regrouped: set[str] = set()  # machines whose learned counter set grew
     declared = core.index.declared_counters
     for machine, ts_min, signals in (
@@ -239,6 +240,9 @@ def step(
     ):
         if machine not in first_seen:
             newly_seen.add(machine)
+        if machine not in first_seen or ts_min < first_seen[machine]:
+            # Its windows now start earlier: ones before the watermark may be new too.
+            extended.add(machine)
         first_seen[machine] = min(first_seen.get(machine, ts_min), ts_min)
         before = counters_seen.get(machine, frozenset())
         if machine in declared:
@@ -262,7 +266,7 @@ def step(
         touched = pl.concat([touched, again]).unique()
 
     water1 = high1 - core.lateness_ms
-    candidates = _candidates(core, first_seen, newly_seen, water0, floor0, high1, touched)
+    candidates = _candidates(core, first_seen, extended, water0, floor0, high1, touched)
     records, emitted = _emit(
         core, state, acc, racc, candidates, counters_seen, high1, water1, flush, open_records
     )
@@ -417,7 +421,7 @@ def _apply_deltas(
 def _candidates(
     core: Core,
     first_seen: dict[str, int],
-    newly_seen: set[str],
+    extended: set[str],
     water0: int | None,
     floor0: int | None,
     high1: int,
@@ -426,7 +430,7 @@ def _candidates(
     """Windows whose record may have changed: touched by deltas, or open before this step."""
     lows = []
     for machine, seen_at in first_seen.items():
-        fresh = water0 is None or machine in newly_seen
+        fresh = water0 is None or machine in extended
         lows.append((machine, seen_at if fresh or water0 is None else max(seen_at, water0)))
     machine_type = core.index.machine_type
     seen = pl.DataFrame(lows, schema={"machine": machine_type, "lo": pl.Int64}, orient="row").join(

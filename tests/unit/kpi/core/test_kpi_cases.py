@@ -511,3 +511,19 @@ def test_open_records_asked_for_later_are_those_of_the_latest_state() -> None:
     _, later = step(core, state, empty_events(), open_records=True)
     assert later.records == [r for r in at_once if not r["final"]]
     assert any(r["window"] == "1h" and r["total_count"] == 600 for r in later.records)
+
+
+def test_a_late_event_before_a_machines_first_sample_opens_its_earlier_windows() -> None:
+    # Found by the late-data property: an `unknown` state carries no time of its own, so
+    # only the machine's earlier first-seen time can bring its earlier windows in.
+    config = plant(kpi={"lateness_s": 0, "restate_horizon_s": 3600})
+    first = [ev("06:30:00", "state", "running"), ev("06:40:00", "state", "running")]
+    late = [ev("06:00:00", "state", "unknown")]
+    finals, _, _ = run(config, [first, late], windows=("15m",))
+    quarter = finals[("m1", "15m", at("06:00:00"))]
+    assert (quarter["planned_s"], quarter["unknown_s"], quarter["run_s"]) == (900, 900, 0)
+    assert finals[("m1", "15m", at("06:15:00"))]["unknown_s"] == 900
+    whole, _, _ = run(config, [late + first], windows=("15m",))
+    assert {k: {f: v for f, v in r.items() if f != "revision"} for k, r in finals.items()} == {
+        k: {f: v for f, v in r.items() if f != "revision"} for k, r in whole.items()
+    }
