@@ -7,7 +7,6 @@ producer (acks=all), so a retried send never duplicates a record.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,9 +16,7 @@ from aiokafka import AIOKafkaProducer
 from linepulse.config import PlantConfig
 from linepulse.wire import ARROW, encode_arrow
 from services.kpi.replay import read_batches
-from services.kpi.topics import ensure_topics, machine_homes
-
-log = logging.getLogger(__name__)
+from services.kpi.topics import HomePartitions, ensure_topics
 
 RECORD_SAMPLES = 5_000
 
@@ -28,7 +25,7 @@ class TelemetryProducer:
     def __init__(self, plant: PlantConfig, bootstrap: str) -> None:
         self.plant = plant
         self.topic = plant.kafka.telemetry.name
-        self._homes = pl.DataFrame(schema={"machine": pl.String, "_home": pl.Int64})
+        self._homes = HomePartitions(plant, 1)  # replaced once the topic is known
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             enable_idempotence=True,
@@ -41,11 +38,7 @@ class TelemetryProducer:
     async def __aenter__(self) -> TelemetryProducer:
         await self._producer.start()
         partitions = await self._producer.partitions_for(self.topic)
-        homes = machine_homes(self.plant, len(partitions))
-        self._homes = pl.DataFrame(
-            {"machine": list(homes), "_home": list(homes.values())},
-            schema={"machine": pl.String, "_home": pl.Int64},
-        )
+        self._homes = HomePartitions(self.plant, len(partitions))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -55,12 +48,9 @@ class TelemetryProducer:
         """Send a batch of `EVENT_SCHEMA` events; returns once the broker has them all."""
         if events.is_empty():
             return
-        tagged = events.join(self._homes, on="machine", how="left", maintain_order="left")
-        # Unknown machines still go through: the worker rejects them to the dead letters.
-        tagged = tagged.with_columns(pl.col("_home").fill_null(0))
         sends = []
-        for (home,), group in tagged.group_by("_home", maintain_order=True):
-            group = group.drop("_home")
+        # Unknown machines still go through (partition 0): the worker rejects them.
+        for home, group in self._homes.split(events).items():
             for offset in range(0, group.height, RECORD_SAMPLES):
                 chunk = group.slice(offset, RECORD_SAMPLES)
                 sends.append(
@@ -68,7 +58,7 @@ class TelemetryProducer:
                         self.topic,
                         value=encode_arrow(chunk),
                         key=chunk.item(0, "machine").encode(),
-                        partition=int(home),
+                        partition=home or 0,
                         headers=[("content-type", ARROW.encode())],
                     )
                 )

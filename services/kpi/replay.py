@@ -8,7 +8,6 @@ input, so each key is written once, with its last revision, and memory stays bou
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,8 +25,6 @@ from linepulse.events import (
     reason_kind,
 )
 from services.kpi.core.engine import Core, CoreStats, initial_state, step
-
-log = logging.getLogger(__name__)
 
 # Per-step costs are fixed, so large batches are fast: 10 M events peak at ~0.7 GiB.
 BATCH_EVENTS = 2_000_000

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import polars as pl
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
@@ -32,6 +33,27 @@ def machine_homes(plant: PlantConfig, partitions: int) -> dict[str, int]:
         for line in plant.lines
         for machine in line.machines
     }
+
+
+class HomePartitions:
+    """Each machine's home partition, for splitting a batch of events by destination."""
+
+    def __init__(self, plant: PlantConfig, partitions: int) -> None:
+        homes = machine_homes(plant, partitions)
+        self._frame = pl.DataFrame(
+            {"machine": list(homes), "_home": list(homes.values())},
+            schema={"machine": pl.String, "_home": pl.Int64},
+        )
+
+    def split(self, events: pl.DataFrame) -> dict[int | None, pl.DataFrame]:
+        """Events by home partition, in their order; `None` for machines not in the plant."""
+        if events.is_empty():
+            return {}
+        tagged = events.join(self._frame, on="machine", how="left", maintain_order="left")
+        return {
+            None if home is None else int(home): group.drop("_home")
+            for (home,), group in tagged.group_by("_home", maintain_order=True)
+        }
 
 
 async def ensure_topics(bootstrap: str, kafka: KafkaSettings) -> None:

@@ -35,7 +35,7 @@ from linepulse.wire import ARROW, decode_records, encode_arrow
 from services.kpi.checkpoint import CheckpointError, DirectoryStore, dump_state, load_state
 from services.kpi.core.engine import Core, CoreState, StepOutput, initial_state, step
 from services.kpi.metrics import KpiMetrics
-from services.kpi.topics import machine_homes
+from services.kpi.topics import HomePartitions
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class KpiWorker:
         self.metrics = metrics
         self.parts: dict[int, Partition] = {}
         self.stats = WorkerStats()
-        self._homes: pl.DataFrame | None = None  # machine -> its line's home partition
+        self._homes: HomePartitions | None = None
         self._lines = {m: line.id for m, (line, _) in core.plant.machines().items()}
         self._open: dict[bytes, bytes] = {}  # latest unsent open-window record per key
         self._open_sent: dict[bytes, float] = {}
@@ -195,11 +195,7 @@ class KpiWorker:
                 if not partitions:
                     await consumer._client.force_metadata_update()
                     partitions = consumer.partitions_for_topic(self.kafka.telemetry.name)
-                homes = machine_homes(self.core.plant, len(partitions or {0}))
-                self._homes = pl.DataFrame(
-                    {"machine": list(homes), "_home": list(homes.values())},
-                    schema={"machine": pl.String, "_home": pl.Int64},
-                )
+                self._homes = HomePartitions(self.core.plant, len(partitions or {0}))
                 consumer.subscribe([self.kafka.telemetry.name], listener=_Rebalance(self))
                 clock = LoopClock()
                 while not stop.is_set():
@@ -346,17 +342,14 @@ class KpiWorker:
     def _split_home(
         self, events: pl.DataFrame, partition: int
     ) -> tuple[pl.DataFrame, dict[int, pl.DataFrame]]:
+        """Events of this partition's lines (and of unknown machines, for the core to
+        reject), and the rest by the home partition they are forwarded to."""
         if events.is_empty() or self._homes is None:
             return events, {}
-        tagged = events.join(self._homes, on="machine", how="left", maintain_order="left")
-        here = pl.col("_home").is_null() | (pl.col("_home") == partition)
-        local = tagged.filter(here).drop("_home")
-        away = tagged.filter(~here)
-        forwards = {
-            int(home): group.drop("_home")
-            for (home,), group in away.group_by("_home", maintain_order=True)
-        }
-        return local, forwards
+        groups = self._homes.split(events)
+        stay = [g for g in (groups.pop(partition, None), groups.pop(None, None)) if g is not None]
+        local = pl.concat(stay) if stay else events.clear()
+        return local, {home: group for home, group in groups.items() if home is not None}
 
     async def _records(self, records: list[dict[str, Any]]) -> list[asyncio.Future[Any]]:
         """Finals go out now; open-window records wait for their key's turn."""

@@ -36,6 +36,9 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parents[2]
 CLASSIC = ROOT / "examples" / "classic-oee"
 Key = tuple[str, str | None, str, str]
+# Windows ending by then are closed in both the stream (the day's events end with samples
+# at 00:40) and the replay.
+DAY_CLOSED = "2026-11-03T00:30:00Z"
 
 
 def kafka_block(partitions: int = 3) -> dict[str, Any]:
@@ -234,6 +237,19 @@ async def wait_for_checkpoint(state_dir: Path, timeout_s: float = 60) -> None:
             await asyncio.sleep(0.05)
 
 
+async def read_closed_day(
+    kafka: str, config: PlantConfig, want: dict[Key, dict[str, Any]], timeout_s: float
+) -> dict[Key, dict[str, Any]]:
+    """The generated day's final records from the kpi topic, once all of `want` is there."""
+    records = await read_records(
+        kafka,
+        config.kafka.kpi.name,
+        lambda rs: want.keys() <= comparable(rs, DAY_CLOSED).keys(),
+        timeout_s=timeout_s,
+    )
+    return comparable(records, DAY_CLOSED)
+
+
 def comparable(records: dict[Key, dict[str, Any]], before: str) -> dict[Key, dict[str, Any]]:
     return {k: r for k, r in records.items() if r["final"] and r["window_end"] <= before}
 
@@ -245,7 +261,7 @@ async def test_worker_killed_twice_resumes_exactly(kafka: str, tmp_path: Path) -
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     config = load_config(config_path)
     events = plantday.day_events(config)
-    want = comparable(replayed(config, events), "2026-11-03T00:30:00Z")
+    want = comparable(replayed(config, events), DAY_CLOSED)
     assert len(want) > 100
     await ensure_topics(kafka, config.kafka)
     state_dir, log = tmp_path / "state", tmp_path / "worker.log"
@@ -268,16 +284,10 @@ async def test_worker_killed_twice_resumes_exactly(kafka: str, tmp_path: Path) -
     await produce_batches(kafka, config, thirds[2])
     worker = start_worker(config_path, kafka, state_dir, log)
     try:
-        got = await read_records(
-            kafka,
-            config.kafka.kpi.name,
-            lambda rs: want.keys() <= comparable(rs, "2026-11-03T00:30:00Z").keys(),
-            timeout_s=180,
-        )
+        got = await read_closed_day(kafka, config, want, timeout_s=180)
     finally:
         code = stop_worker(worker, log)
     assert code == 0, log.read_text()[-3000:]
-    got = comparable(got, "2026-11-03T00:30:00Z")
     assert got.keys() == want.keys()
     for key, record in want.items():
         assert got[key] == record, key
@@ -286,7 +296,7 @@ async def test_worker_killed_twice_resumes_exactly(kafka: str, tmp_path: Path) -
 async def test_two_workers_one_stopped_midstream_still_exact(kafka: str, tmp_path: Path) -> None:
     config = plantday.plant(machines=30, lines=6, kafka=kafka_block(partitions=6))
     events = plantday.day_events(config, seed=2, sample_s=60)
-    want = comparable(replayed(config, events), "2026-11-03T00:30:00Z")
+    want = comparable(replayed(config, events), DAY_CLOSED)
     await ensure_topics(kafka, config.kafka)
     half = len(events) // 2
     await produce_batches(kafka, config, events[:half])
@@ -307,17 +317,11 @@ async def test_two_workers_one_stopped_midstream_still_exact(kafka: str, tmp_pat
         stop_first.set()  # leaves the group: its partitions move to the second worker
         await asyncio.wait_for(tasks[0], 30)
         await produce_batches(kafka, config, events[half:])
-        got = await read_records(
-            kafka,
-            config.kafka.kpi.name,
-            lambda rs: want.keys() <= comparable(rs, "2026-11-03T00:30:00Z").keys(),
-            timeout_s=120,
-        )
+        got = await read_closed_day(kafka, config, want, timeout_s=120)
     finally:
         stop_first.set()
         stop_second.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 30)
-    got = comparable(got, "2026-11-03T00:30:00Z")
     assert got.keys() == want.keys()
     for key, record in want.items():
         assert got[key] == record, key

@@ -176,10 +176,6 @@ def initial_state(core: Core) -> CoreState:
     )
 
 
-def watermark(core: Core, state: CoreState) -> int | None:
-    return None if state.high is None else state.high - core.lateness_ms
-
-
 def _horizon_floor(core: Core, high: int | None) -> int | None:
     if high is None:
         return None
@@ -536,7 +532,6 @@ def _emit(
     table = table.sort("start", "window", "line", "machine", nulls_last=True).with_columns(
         _rfc3339("start").alias("window_start"), _rfc3339("end").alias("window_end")
     )
-    value_names = [c for c in RECORD_VALUE_FIELDS if c != "downtime_by_reason"]
     for row in table.select(
         "line",
         "machine",
@@ -547,7 +542,7 @@ def _emit(
         "window_end",
         "shift",
         "final",
-        *value_names[3:],
+        *VALUE_COLUMNS,
     ).iter_rows():
         line, machine, kind, start, end, w_start, w_end, shift, final = row[:9]
         key: RecordKey = (line, machine, kind, start)
@@ -577,7 +572,7 @@ def _emit(
             "window_end": w_end,
             "shift": shift,
         }
-        record.update(zip(value_names[3:], row[9:], strict=True))
+        record.update(zip(VALUE_COLUMNS, row[9:], strict=True))
         record["downtime_by_reason"] = by_reason
         record["final"] = final
         record["revision"] = revision
@@ -585,11 +580,8 @@ def _emit(
     return out, emitted
 
 
-# KPI record value fields, in DESIGN.md's order, after the scope and window fields.
-RECORD_VALUE_FIELDS = (
-    "site",
-    "line",
-    "machine",
+# The record's measured fields, in DESIGN.md's order (downtime_by_reason comes apart).
+VALUE_COLUMNS = (
     "planned_s",
     "run_s",
     "downtime_s",
@@ -604,7 +596,6 @@ RECORD_VALUE_FIELDS = (
     "oee",
     "mtbf_s",
     "mttr_s",
-    "downtime_by_reason",
 )
 
 
