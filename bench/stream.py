@@ -89,7 +89,7 @@ LATENCY_SECONDS: Final = 30.0
 QUICK_LATENCY_SECONDS: Final = 10.0
 TICK_S: Final = 0.1  # one Arrow batch per home partition every 100 ms
 ARROW_BATCH: Final = 5_000  # samples per Arrow record in the throughput run
-PARTITIONS: Final = 6
+PARTITIONS: Final = 6  # telemetry and kpi partitions (--partitions)
 WINDOWS: Final = ("1m", "15m", "1h", "shift", "day")
 LATENESS_S: Final = 10
 SIGNALS: Final = ("state", "total_count", "reject_count", "temperature", "speed", "pressure")
@@ -109,6 +109,7 @@ START_TIMEOUT_S: Final = 300.0  # a fresh checkout fetches the broker's jars fir
 STOP_TIMEOUT_S: Final = 60.0
 
 CHILDREN: list[Child] = []
+WORKER_LOG_LEVEL = ["info"]  # --worker-log-level: debug logs each poll's phases
 OUR_PIDS: list[int] = []  # the broker: its CPU is part of the benchmark, not noise
 
 
@@ -344,14 +345,14 @@ def plant_text(machines: int, kafka: dict[str, Any]) -> str:
     return text + yaml.safe_dump(settings, sort_keys=False)
 
 
-def kafka_block(tag: str, name: str) -> dict[str, Any]:
+def kafka_block(tag: str, name: str, partitions: int = PARTITIONS) -> dict[str, Any]:
     """Topic and group names of this run's own. The run's clock stops when every offset
     is committed, which happens at a checkpoint: checkpoint every second (the default is
     5 s) so the figure measures processing, not the interval."""
     return {
         "checkpoint_interval_s": 1.0,
-        "telemetry": {"name": f"telemetry-{name}-{tag}", "partitions": PARTITIONS},
-        "kpi": {"name": f"kpi-{name}-{tag}", "partitions": PARTITIONS},
+        "telemetry": {"name": f"telemetry-{name}-{tag}", "partitions": partitions},
+        "kpi": {"name": f"kpi-{name}-{tag}", "partitions": partitions},
         "dlq": {"name": f"dlq-{name}-{tag}", "partitions": 1},
         "status": {"name": f"status-{name}-{tag}", "partitions": 1},
         "group": f"kpi-{name}-{tag}",
@@ -599,7 +600,7 @@ def worker_cmd(config: Path, bootstrap: str, state_dir: Path) -> list[str]:
         "-m",
         "linepulse.cli",
         "--log-level",
-        "info",
+        WORKER_LOG_LEVEL[0],
         "kpi",
         "--config",
         str(config),
@@ -1195,7 +1196,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"{QUICK_EVENTS:,} Arrow and {QUICK_JSON_EVENTS:,} JSON events, "
         f"{QUICK_LATENCY_SECONDS:g} s latency",
     )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=PARTITIONS,
+        help=f"telemetry and kpi partitions, all on the one worker (default: {PARTITIONS}); "
+        "each costs a core step per poll, so fewer means lower latency",
+    )
     parser.add_argument("--skip-peer", action="store_true", help="no Quix Streams peer")
+    parser.add_argument(
+        "--worker-log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="the workers' (default: info; debug logs each poll's phases)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="default: 42")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
     parser.add_argument(
@@ -1212,8 +1226,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.json_events = QUICK_JSON_EVENTS if args.quick else DEFAULT_JSON_EVENTS
     if args.latency_seconds is None:
         args.latency_seconds = QUICK_LATENCY_SECONDS if args.quick else LATENCY_SECONDS
-    if args.machines < 1 or args.events < 0 or args.json_events < 0 or args.latency_seconds < 0:
-        parser.error("--machines must be positive; --events, --json-events, --latency-seconds >= 0")
+    if args.machines < 1 or args.partitions < 1:
+        parser.error("--machines and --partitions must be positive")
+    if args.events < 0 or args.json_events < 0 or args.latency_seconds < 0:
+        parser.error("--events, --json-events, --latency-seconds must be >= 0")
+    WORKER_LOG_LEVEL[0] = args.worker_log_level
     return args
 
 
@@ -1235,14 +1252,14 @@ class Run:
 async def measure(args: argparse.Namespace, bootstrap: str, tmp: Path, out: Path, run: Run) -> None:
     tag = uuid.uuid4().hex[:8]
     arrow_cfg, json_cfg = out / "plant-arrow.yaml", out / "plant-json.yaml"
-    arrow_cfg.write_text(plant_text(args.machines, kafka_block(tag, "arrow")))
-    json_cfg.write_text(plant_text(args.machines, kafka_block(tag, "json")))
+    arrow_cfg.write_text(plant_text(args.machines, kafka_block(tag, "arrow", args.partitions)))
+    json_cfg.write_text(plant_text(args.machines, kafka_block(tag, "json", args.partitions)))
     arrow_plant, json_plant = load_config(arrow_cfg), load_config(json_cfg)
-    homes = machine_homes(arrow_plant, PARTITIONS)
+    homes = machine_homes(arrow_plant, args.partitions)
     used = sorted({homes[m] for m in homes})
     print(
         f"config: windows {','.join(WINDOWS)}; kpi.lateness_s {LATENESS_S}; telemetry "
-        f"partitions {PARTITIONS} (line homes on {len(used)} of them: {used}); "
+        f"partitions {args.partitions} (line homes on {len(used)} of them: {used}); "
         f"kafka.checkpoint_interval_s {arrow_plant.kafka.checkpoint_interval_s:g}; "
         f"kafka.open_interval_s {arrow_plant.kafka.open_interval_s:g}",
         flush=True,
@@ -1284,7 +1301,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, tmp: Path, out: Path
                 bootstrap,
                 json_plant.kafka.telemetry.name,
                 frame.head(args.json_events),
-                PARTITIONS,
+                args.partitions,
             )
             took = time.perf_counter() - started
             size = _topic_bytes(tmp, json_plant.kafka.telemetry.name)

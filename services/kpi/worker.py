@@ -30,7 +30,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 
 from linepulse.config import KafkaSettings
-from linepulse.events import Decoded, empty_events, reason_kind
+from linepulse.events import Decoded, reason_kind
 from linepulse.wire import ARROW, decode_records, encode_arrow
 from services.kpi.checkpoint import CheckpointError, DirectoryStore, dump_state, load_state
 from services.kpi.core.engine import Core, CoreState, StepOutput, initial_state, step
@@ -40,7 +40,6 @@ from services.kpi.topics import HomePartitions
 log = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS = 50_000
-_NO_EVENTS = empty_events()
 LAST_SEEN_STEP_MS = 5_000
 
 
@@ -72,6 +71,7 @@ class LoopClock:
         self.spent: dict[str, float] = {}
         self.loops = self.records = 0
         self.started = time.monotonic()
+        self._last = ""
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -79,9 +79,14 @@ class LoopClock:
         try:
             yield
         finally:
-            self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - begin
+            took = time.perf_counter() - begin
+            self.spent[name] = self.spent.get(name, 0.0) + took
+            self._last = f"{self._last} {name} {took * 1000:.0f} ms"
 
     def tick(self, records: int) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("poll: %d records;%s", records, self._last)
+        self._last = ""
         self.loops += 1
         self.records += records
         elapsed = time.monotonic() - self.started
@@ -124,8 +129,6 @@ class Partition:
     offset: int  # the next offset to read; the checkpoint covers everything before it
     statuses: dict[str, MachineStatus] = field(default_factory=dict)
     dirty: bool = False
-    open_at: float = 0.0  # monotonic time open-window records were last asked for
-    open_pending: bool = False  # stepped since then without asking: some are unpublished
 
 
 @dataclass
@@ -165,6 +168,7 @@ class KpiWorker:
         self._last_checkpoint = time.monotonic()
         self._partitions: dict[bytes, int] = {}
         self._kpi_count = 1
+        self._inflight: list[asyncio.Future[Any]] = []
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -174,6 +178,9 @@ class KpiWorker:
             bootstrap_servers=self.bootstrap,
             enable_idempotence=True,  # forces acks=all
             linger_ms=5,
+            # A second's open windows of a thousand machines are ~2 MB of records: in 16 KB
+            # batches (the default) they take a hundred produce requests, one at a time.
+            max_batch_size=1024 * 1024,
             max_request_size=4 * 1024 * 1024,
             client_id="linepulse-kpi",
         )
@@ -207,7 +214,6 @@ class KpiWorker:
                         with clock.phase("process"):
                             await self._process(batch)
                     with clock.phase("publish"):
-                        await self._catch_up_open()
                         await self._publish_due_open()
                     if time.monotonic() - self._last_checkpoint >= self.kafka.checkpoint_interval_s:
                         with clock.phase("checkpoint"):
@@ -215,7 +221,6 @@ class KpiWorker:
                     clock.tick(sum(len(m) for m in batch.values()))
                 log.info("stopping: checkpointing %d partitions", len(self.parts))
                 async with asyncio.timeout(SHUTDOWN_STEP_S):
-                    await self._catch_up_open(force=True)
                     await self._publish_due_open(force=True)
                     await self._checkpoint(list(self.parts))
                 log.info("stopping: checkpoints saved; leaving the group")
@@ -258,7 +263,6 @@ class KpiWorker:
 
     async def release(self, revoked: Iterable[TopicPartition]) -> None:
         numbers = [tp.partition for tp in revoked if tp.partition in self.parts]
-        await self._catch_up_open(force=True)
         await self._publish_due_open(force=True)
         await self._checkpoint(numbers)
         for number in numbers:
@@ -273,7 +277,7 @@ class KpiWorker:
         assert producer is not None  # noqa: S101
         started = time.perf_counter()
         sends: list[asyncio.Future[Any]] = []
-        work: list[tuple[TopicPartition, Partition, Decoded, pl.DataFrame, bool, int, float]] = []
+        work: list[tuple[TopicPartition, Partition, Decoded, pl.DataFrame, int]] = []
         for tp, messages in batch.items():
             part = self.parts.get(tp.partition)
             if part is None or not messages:
@@ -294,25 +298,15 @@ class KpiWorker:
                     )
                 )
                 self.stats.forwarded += events.height
-            # Open windows are published at most once per interval: only ask for them then.
-            now = time.monotonic()
-            want_open = now - part.open_at >= self.kafka.open_interval_s
-            work.append((tp, part, decoded, local, want_open, messages[-1].offset + 1, now))
+            work.append((tp, part, decoded, local, messages[-1].offset + 1))
         # Partitions have independent states and Polars releases the GIL while it works:
-        # their steps run side by side in threads.
+        # their steps run side by side in threads. Every step asks for its open windows
+        # (a small part of a step's cost); _publish_due_open throttles them per key.
         outputs = await asyncio.gather(
-            *(
-                asyncio.to_thread(step, self.core, part.state, local, open_records=want_open)
-                for _, part, _, local, want_open, _, _ in work
-            )
+            *(asyncio.to_thread(step, self.core, p.state, local) for _, p, _, local, _ in work)
         )
-        for (tp, part, decoded, local, want_open, offset, now), (state, output) in zip(
-            work, outputs, strict=True
-        ):
+        for (tp, part, decoded, local, offset), (state, output) in zip(work, outputs, strict=True):
             part.state = state
-            if want_open:
-                part.open_at = now
-            part.open_pending = not want_open
             part.offset = offset
             part.dirty = True
             sends += self._dead_letters_core(output.rejected, tp)
@@ -321,23 +315,10 @@ class KpiWorker:
             self.stats.events += decoded.events.height + len(decoded.rejected)
             if self.metrics is not None:
                 self._observe(decoded, output, tp.partition)
-        if sends:
-            await asyncio.gather(*sends)
+        self._track(sends)
         self.stats.batches += 1
         if self.metrics is not None:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)
-
-    async def _catch_up_open(self, *, force: bool = False) -> None:
-        """Open-window records of partitions that went quiet since their last update."""
-        now = time.monotonic()
-        sends: list[asyncio.Future[Any]] = []
-        for part in self.parts.values():
-            if part.open_pending and (force or now - part.open_at >= self.kafka.open_interval_s):
-                part.state, output = step(self.core, part.state, _NO_EVENTS, open_records=True)
-                part.open_at, part.open_pending = now, False
-                sends += await self._records(output.records)
-        if sends:
-            await asyncio.gather(*sends)
 
     def _split_home(
         self, events: pl.DataFrame, partition: int
@@ -379,9 +360,24 @@ class KpiWorker:
         self.stats.published += len(items)
         if self.metrics is not None and items:
             self.metrics.records_published.labels(final="false").inc(len(items))
-        sends = await self._send_kpi(items)
-        if sends:
-            await asyncio.gather(*sends)
+        self._track(await self._send_kpi(items))
+
+    def _track(self, sends: list[asyncio.Future[Any]]) -> None:
+        """Sends in flight: the loop does not wait for their acks (a round trip per batch
+        would pace it); the next checkpoint does, and a failed send stops the worker."""
+        pending = []
+        for sent in self._inflight:
+            if sent.done():
+                sent.result()  # raises the send's error
+            else:
+                pending.append(sent)
+        self._inflight = pending + sends
+
+    async def _settle(self) -> None:
+        """Every send acknowledged (or its error raised): before a checkpoint commits."""
+        inflight, self._inflight = self._inflight, []
+        if inflight:
+            await asyncio.gather(*inflight)
 
     async def _send_kpi(self, items: list[tuple[bytes, bytes]]) -> list[asyncio.Future[Any]]:
         """(key, value) records onto the kpi topic, in batches per partition.
@@ -515,6 +511,7 @@ class KpiWorker:
         if consumer is None or producer is None:
             return
         await producer.flush()  # records land before the state that produced them is saved
+        await self._settle()
         started = time.perf_counter()
         offsets = {}
         for number in numbers:
