@@ -232,6 +232,48 @@ def produce_command(
     typer.echo(f"produce: {sent} events sent to {plant.kafka.telemetry.name}", err=True)
 
 
+@app.command("ingest")
+def ingest_command(
+    config: ConfigOption,
+    kafka: KafkaOption = None,
+    host: Annotated[str, typer.Option(help="Address of /metrics and /healthz.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of /metrics and /healthz (0: none).")] = 9101,
+) -> None:
+    """Read the configured OPC-UA and MQTT sources into the telemetry topic."""
+    from services.ingest.service import HttpSettings, run_ingest
+
+    plant = _load(config)
+    bootstrap = _bootstrap(plant, kafka)
+    http = HttpSettings(host, port) if port else None
+    raise typer.Exit(asyncio.run(run_ingest(plant, bootstrap, http)))
+
+
+@app.command("simulate")
+def simulate_command(
+    config: ConfigOption,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated behaviour.")] = 1,
+    truth: Annotated[
+        Path | None, typer.Option(help="Write the true events here, as telemetry JSON lines.")
+    ] = None,
+) -> None:
+    """Simulate the plant's equipment: serve its OPC-UA endpoints, publish its MQTT sources."""
+    plant = _load(config)
+    if not plant.sources.opcua and not plant.sources.mqtt:
+        raise _fail("the plant config has no sources (sources.opcua, sources.mqtt)", 2)
+    raise typer.Exit(asyncio.run(_simulate(plant, seed, truth)))
+
+
+async def _simulate(plant: PlantConfig, seed: int, truth: Path | None) -> int:
+    from linepulse.runtime import install_stop_signals
+    from services.ingest.simulator.run import run_simulator
+
+    stop = asyncio.Event()
+    install_stop_signals(stop, "stopping the simulator")
+    stats = await run_simulator(plant, seed=seed, truth=truth, stop=stop)
+    log.info("simulator stopped: %s", stats)
+    return 0
+
+
 def _window_kinds(values: list[str] | None) -> tuple[WindowKind, ...] | None:
     if not values:
         return None

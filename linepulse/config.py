@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from linepulse.sources import IngestSettings, Sources
+
 State = Literal["running", "idle", "down", "changeover", "planned_stop", "unknown"]
 STATES: frozenset[str] = frozenset(get_args(State))
 # States whose time counts as downtime (DESIGN.md: `down`, `idle`, `changeover`).
@@ -240,6 +242,8 @@ class PlantConfig(_Model):
     lines: tuple[Line, ...] = Field(min_length=1)
     kpi: KpiSettings = KpiSettings()
     kafka: KafkaSettings = KafkaSettings()
+    sources: Sources = Sources()
+    ingest: IngestSettings = IngestSettings()
 
     _hhmm = field_validator("day_start", mode="before")(_parse_hhmm)
 
@@ -275,6 +279,7 @@ class PlantConfig(_Model):
             shifts = line.shifts if line.shifts is not None else self.shifts
             where = f"lines[{li}].shifts" if line.shifts is not None else "shifts"
             _check_shifts_disjoint(shifts, where)
+        _check_sources(self.sources, seen_machines)
         return self
 
     # -- lookups -----------------------------------------------------------------------
@@ -294,6 +299,40 @@ class PlantConfig(_Model):
 
     def state_map_for(self, machine: Machine) -> dict[str, str]:
         return {**self.state_map, **machine.state_map}
+
+
+def _check_sources(sources: Sources, machines: dict[str, str]) -> None:
+    """Source ids are unique and every machine a source names is on a line."""
+    ids = sources.ids()
+    for sid in ids:
+        if ids.count(sid) > 1:
+            raise ValueError(f"sources: source id {sid!r} is used twice")
+    served: dict[str, str] = {}
+    for si, opcua in enumerate(sources.opcua):
+        for mi, entry in enumerate(opcua.machines):
+            where = f"sources.opcua[{si}].machines[{mi}].machine"
+            if entry.machine not in machines:
+                raise ValueError(f"{where}: unknown machine {entry.machine!r}")
+            if entry.machine in served:
+                raise ValueError(
+                    f"{where}: machine {entry.machine!r} is already read from "
+                    f"{served[entry.machine]!r}"
+                )
+            served[entry.machine] = opcua.id
+    for si, mqtt in enumerate(sources.mqtt):
+        for mi, machine in enumerate(mqtt.machines):
+            where = f"sources.mqtt[{si}].machines[{mi}]"
+            if machine not in machines:
+                raise ValueError(f"{where}: unknown machine {machine!r}")
+            if machine in served:
+                other = served[machine]
+                raise ValueError(f"{where}: machine {machine!r} is already read from {other!r}")
+            served[machine] = mqtt.id
+        if mqtt.sparkplug is not None:
+            for device, machine in mqtt.sparkplug.devices.items():
+                if machine not in machines:
+                    where = f"sources.mqtt[{si}].sparkplug.devices.{device}"
+                    raise ValueError(f"{where}: unknown machine {machine!r}")
 
 
 def _source_key(key: object) -> str:

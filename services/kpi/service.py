@@ -1,18 +1,14 @@
 """The KPI service as a process: the worker, the query API, or both, started and stopped.
 
 SIGTERM or SIGINT stops taking input: the worker finishes its batch, checkpoints, commits
-and leaves the group; the API stops serving; the process exits 0. SIGUSR1 logs what every
-task is waiting on, for a service that seems stuck.
+and leaves the group; the API stops serving; the process exits 0 (linepulse/runtime.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
-import signal
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +16,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig
+from linepulse.runtime import QuietServer, exit_on, install_stop_signals
 from services.kpi.api import create_app
 from services.kpi.checkpoint import DirectoryStore
 from services.kpi.core.engine import Core
@@ -32,40 +29,11 @@ from services.kpi.worker import KpiWorker
 log = logging.getLogger(__name__)
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-
-    def request_stop(sig: signal.Signals) -> None:
-        log.info("%s: stopping (finish the batch, checkpoint, commit, leave)", sig.name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop, sig)
-    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-
-
-def dump_tasks() -> None:
-    buffer = io.StringIO()
-    for task in asyncio.all_tasks():
-        buffer.write(f"--- {task.get_name()}\n")
-        task.print_stack(limit=12, file=buffer)
-    log.warning("tasks:\n%s", buffer.getvalue())
-
-
 @dataclass(frozen=True)
 class ApiSettings:
     host: str
     port: int
     db: Path  # DuckDB file of the KPI history (":memory:" keeps it in memory)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the service's handlers stop everything,
-    and teardown happens in our task group, not after uvicorn re-raises a signal."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 async def run_service(
@@ -77,7 +45,7 @@ async def run_service(
 ) -> int:
     """The worker (given `state_dir`), the API (given `api`), or both in one process."""
     stop = asyncio.Event()
-    install_stop_signals(stop)
+    install_stop_signals(stop, "stopping (finish the batch, checkpoint, commit, leave)")
     await ensure_topics(bootstrap, plant.kafka)
     registry = CollectorRegistry()
     metrics = KpiMetrics.create(registry, plant)
@@ -100,10 +68,10 @@ async def run_service(
                 config = uvicorn.Config(
                     app, host=api.host, port=api.port, log_level="warning", lifespan="on"
                 )
-                server = _Server(config)
+                server = QuietServer(config)
                 group.create_task(materializer.run(stop), name="kpi-materializer")
                 group.create_task(server.serve(), name="kpi-api")
-                group.create_task(_exit_on(stop, server), name="kpi-api-stopper")
+                group.create_task(exit_on(stop, server), name="kpi-api-stopper")
                 log.info("kpi api: http://%s:%d/docs, history in %s", api.host, api.port, api.db)
     if worker is not None:
         stats = worker.stats
@@ -118,8 +86,3 @@ async def run_service(
             stats.checkpoints,
         )
     return 0
-
-
-async def _exit_on(stop: asyncio.Event, server: uvicorn.Server) -> None:
-    await stop.wait()
-    server.should_exit = True

@@ -32,6 +32,7 @@ from linepulse.config import (
 )
 from linepulse.events import _ALLOWED, _REQUIRED, EventError, decode_event
 from linepulse.records import RECORD_FIELDS, KpiRecord
+from linepulse.sources import IngestSettings, MqttSource, OpcuaSource, Sources
 
 ROOT = Path(__file__).parents[3]
 SCHEMAS = ROOT / "schemas"
@@ -234,6 +235,10 @@ def test_plant_schema_lists_the_model_fields() -> None:
         "break": Break,
         "product": Product,
         "kpi": KpiSettings,
+        "sources": Sources,
+        "ingest": IngestSettings,
+        "OpcuaSource": OpcuaSource,
+        "MqttSource": MqttSource,
     }
     for name, model in models.items():
         assert set(defs[name]["properties"]) == set(model.model_fields), name

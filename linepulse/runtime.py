@@ -1,0 +1,54 @@
+"""What every LinePulse service process shares: stop signals, a task dump, an HTTP server.
+
+SIGTERM or SIGINT sets the service's stop event (each service then finishes its work in
+hand and exits 0); SIGUSR1 logs what every task is waiting on, for a service that seems
+stuck. uvicorn runs without its own signal handling, so that teardown happens in the
+service's task group rather than after uvicorn re-raises a signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+log = logging.getLogger(__name__)
+
+
+def install_stop_signals(stop: asyncio.Event, what: str = "stopping") -> None:
+    loop = asyncio.get_running_loop()
+
+    def request_stop(sig: signal.Signals) -> None:
+        log.info("%s: %s", sig.name, what)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop, sig)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+
+
+def dump_tasks() -> None:
+    buffer = io.StringIO()
+    for task in asyncio.all_tasks():
+        buffer.write(f"--- {task.get_name()}\n")
+        task.print_stack(limit=12, file=buffer)
+    log.warning("tasks:\n%s", buffer.getvalue())
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling (see the module docstring)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def exit_on(stop: asyncio.Event, server: uvicorn.Server) -> None:
+    """Let `server` finish its requests and exit once `stop` is set."""
+    await stop.wait()
+    server.should_exit = True

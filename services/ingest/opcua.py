@@ -1,0 +1,471 @@
+"""The OPC-UA ingester: one endpoint's configured nodes, subscribed, into the Kafka side.
+
+Per source (one endpoint) the ingester holds one asyncua session with one subscription
+that monitors every configured node. Values reach the `Sink` in column batches:
+
+* The subscription callback gets each PublishResponse whole (asyncua's raw session
+  service; see `opcua_session`) and appends its values to a `SampleBatch` synchronously:
+  no task, no queue entry, no metric update per notification.
+* A flush task hands the batch to `sink.put` every FLUSH_S or when it holds
+  `ingest.batch_samples` samples. When the sink is slow the batch may grow to
+  PENDING_BATCHES batches; then the callback waits, the publish loop stops asking, and
+  the server's monitored-item queues (`queue_size`, discard oldest) hold or shed the
+  rest: the OPC-UA standard's own bounded queue (Part 4 §5.12.1.5).
+
+Connection loss (server restart, network, a dead probe, a Bad subscription status) is
+met the same way every time: every machine of the endpoint gets `state = unknown` at the
+detection time, the session is dropped, and a NEW `Client` is built after a backoff
+from `reconnect_min_s` doubling to `reconnect_max_s`. A new client rather than
+asyncua's `auto_reconnect`: a client reused after a loss can hang (asyncua #1660),
+auto_reconnect does not cover the first connect (wrong password, server down at
+start), its backoff and logging are not ours to configure, and a PLC reboot loses the
+server's subscriptions anyway. On each (re)connect the nodes are resolved again, their
+current values READ once (a fresh baseline after `unknown`; a re-read counter is
+harmless by the core's definition) and the subscription re-created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, TypeVar
+
+from asyncua import ua
+from asyncua.client.client import Client
+
+from linepulse.config import PlantConfig
+from linepulse.events import reason_kind
+from linepulse.sources import OpcuaSource
+from services.ingest.metrics import IngestMetrics
+from services.ingest.opcua_session import (
+    KEEPALIVE_MS,
+    Monitored,
+    Route,
+    failure_reason,
+    new_client,
+    read_current,
+    resolve,
+    routes_of,
+    subscribe,
+)
+from services.ingest.opcua_values import UnsupportedValue, plain_value, quality_of, status_name
+from services.ingest.samples import SampleBatch, Sink, ts_ms
+
+FLUSH_S: Final = 0.05  # a partial batch waits at most this long for the sink
+PENDING_BATCHES: Final = 4  # batches the callback may collect while the sink is busy
+CLOSE_TIMEOUT_S: Final = 5.0  # for DeleteSubscriptions/CloseSession on the way out
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+ConnectionLost = Callable[[Exception], Coroutine[Any, Any, None]]
+
+
+async def wait_any(events: Iterable[asyncio.Event], within: float | None = None) -> None:
+    """Return when one of `events` is set, or after `within` seconds."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+@dataclass
+class _Session:
+    """One connection attempt's client, and whether (and why) it was lost."""
+
+    client: Client
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str = ""
+    subscription_id: int | None = None
+    items: list[Monitored] = field(default_factory=list)
+
+
+class OpcuaIngester:
+    """Subscribes to one OPC-UA endpoint's configured nodes and hands samples to `sink`."""
+
+    def __init__(
+        self,
+        source: OpcuaSource,
+        plant: PlantConfig,
+        sink: Sink,
+        metrics: IngestMetrics | None = None,
+    ) -> None:
+        self.source = source
+        self.sink = sink
+        self.metrics = metrics
+        self._batch = SampleBatch.for_plant(plant, source.id)
+        self._batch_samples = plant.ingest.batch_samples
+        self._max_pending = PENDING_BATCHES * plant.ingest.batch_samples
+        self._routes = routes_of(source)
+        for route in self._routes:
+            if route.node.deadband is not None and route.deadband is None:
+                _log.warning(
+                    "opcua %s: %s/%s: deadband ignored; %s must report every change",
+                    source.id,
+                    route.machine,
+                    route.signal,
+                    route.signal,
+                )
+        self._machines = [m.machine for m in source.machines]
+        self._by_handle: dict[int, Route] = {}
+        # A machine's `reason` node is not a signal of its own: the telemetry event carries
+        # the reason on the `state` sample. A PLC (and the simulator) writes the reason
+        # with the same SourceTimestamp as the state it explains.
+        self._reasons: dict[str, tuple[int, str | None]] = {}
+        self._reason_set: frozenset[int] = frozenset()
+        # (SourceTimestamp, raw value, status) last taken per handle: the baseline Read and
+        # the subscription's first notification report the same reading once.
+        self._last: dict[int, tuple[object, object, int]] = {}
+        self._notifications = 0
+        self._full = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._waiting_room = False
+        self._session: _Session | None = None
+        self._last_publish = time.monotonic()
+        # Time (epoch ms) of the last `unknown` marker. The first reading of each node after
+        # a reconnect (the baseline Read) is the machine's current value: stamped before
+        # the marker, it would leave the machine `unknown` in event time, so it is stamped
+        # on receipt instead. `_restamp` holds the handles still to check.
+        self._floor_ms: int | None = None
+        self._lateness_ms = round(plant.kpi.lateness_s * 1000)
+        self._restamp: set[int] = set()
+        self._marked_unknown = False
+        self._was_connected = False
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        """True while a session with its subscription is up."""
+        return self._connected
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Ingest until `stop` is set; then delete the subscription, disconnect, flush."""
+        done = asyncio.Event()
+        if self.metrics is not None:
+            self.metrics.connected.labels(self.source.id).set(0)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._flush_loop(done), name=f"opcua-flush-{self.source.id}")
+            try:
+                await self._connection_loop(stop)
+            finally:
+                done.set()
+
+    # -- connection lifecycle ----------------------------------------------------------
+
+    async def _connection_loop(self, stop: asyncio.Event) -> None:
+        source = self.source
+        delay = source.reconnect_min_s
+        while not stop.is_set():
+            session = await self._until(stop, self._open())
+            if session is None:
+                self._mark_unknown("not connected")
+                if stop.is_set():
+                    break
+                _log.info("opcua %s: retrying %s in %.1f s", source.id, source.endpoint, delay)
+                await wait_any([stop], delay)
+                delay = min(delay * 2, source.reconnect_max_s)
+                continue
+            delay = source.reconnect_min_s
+            stopped = await self._hold(session, stop)
+            await self._close(session, graceful=stopped)
+            if not stopped:
+                _log.info("opcua %s: retrying %s in %.1f s", source.id, source.endpoint, delay)
+                await wait_any([stop], delay)
+                delay = min(delay * 2, source.reconnect_max_s)
+
+    async def _until(self, stop: asyncio.Event, work: Awaitable[_T]) -> _T | None:
+        """Run `work` unless `stop` is set first (then cancel it, and drop its client)."""
+        task = asyncio.ensure_future(work)
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.wait([task])
+        if self._session is not None:
+            await self._discard(self._session.client)
+            self._session = None
+        return None
+
+    async def _open(self) -> _Session | None:
+        """Connect, resolve, read current values, subscribe. None (logged) on failure."""
+        source = self.source
+        session: _Session | None = None
+        connected = False
+        try:
+            async with asyncio.timeout(4 * source.timeout_s):
+                client = await new_client(source)
+                session = self._session = _Session(client)
+                client.connection_lost_callback = self._loss_callback(session)
+                await client.connect()
+                connected = True
+                items, problems = await resolve(client, self._routes)
+                for problem in problems:
+                    _log.warning("opcua %s: node not monitored: %s", source.id, problem)
+                # Read before subscribing: the values come in time order, and the
+                # subscription's first notification of an unchanged node is a duplicate.
+                self._by_handle = {item.handle: item.route for item in items}
+                self._reason_set = frozenset(
+                    item.handle for item in items if item.route.signal == "reason"
+                )
+                self._last.clear()
+                received = datetime.now(UTC)
+                if self._floor_ms is None:
+                    # A first start: a value unchanged for hours carries an old timestamp,
+                    # which the KPI core would refuse as too late. It is the current value
+                    # now, so a reading older than the lateness is stamped on receipt.
+                    self._floor_ms = ts_ms(received) - self._lateness_ms
+                self._restamp = set(self._by_handle)
+                for item, value in zip(items, await read_current(client, items), strict=True):
+                    self._take(item.handle, value, received)
+                self._full.set()
+                sid, accepted, refused = await subscribe(client, source, items, self._on_publish)
+                for problem in refused:
+                    _log.warning("opcua %s: server refused monitored item %s", source.id, problem)
+                session.subscription_id, session.items = sid, accepted
+        except Exception as error:
+            _log.warning(
+                "opcua %s: cannot connect to %s (security %s, user %s): %s",
+                source.id,
+                source.endpoint,
+                source.security.mode,
+                source.credentials.username if source.credentials else "anonymous",
+                failure_reason(error),
+            )
+            if session is not None and connected:
+                await self._discard(session.client)
+            self._session = None
+            return None
+        self._last_publish = time.monotonic()
+        self._connected = True
+        self._marked_unknown = False
+        if self.metrics is not None:
+            self.metrics.connected.labels(source.id).set(1)
+            if self._was_connected:
+                self.metrics.reconnects.labels(source.id).inc()
+        _log.info(
+            "opcua %s: %s to %s (security %s, user %s): %d of %d nodes monitored, "
+            "subscription %d, %d ms publishing interval",
+            source.id,
+            "reconnected" if self._was_connected else "connected",
+            source.endpoint,
+            source.security.mode,
+            source.credentials.username if source.credentials else "anonymous",
+            len(session.items),
+            len(self._routes),
+            session.subscription_id,
+            source.publishing_interval_ms,
+        )
+        self._was_connected = True
+        return session
+
+    async def _hold(self, session: _Session, stop: asyncio.Event) -> bool:
+        """Wait until stop (True) or the session is lost (False)."""
+        # Keep-alives come about every KEEPALIVE_MS; three missed ones mean a dead
+        # subscription even when the transport looks alive.
+        stale_s = 3 * KEEPALIVE_MS / 1000 + self.source.timeout_s
+        while True:
+            await wait_any([stop, session.lost], 1.0)
+            if stop.is_set():
+                return True
+            if session.lost.is_set():
+                return False
+            silent = time.monotonic() - self._last_publish
+            if silent > stale_s and not self._waiting_room:
+                self._lose(session, f"no publish response for {silent:.0f} s")
+
+    def _loss_callback(self, session: _Session) -> ConnectionLost:
+        async def lost(error: Exception) -> None:
+            self._lose(session, failure_reason(error))
+
+        return lost
+
+    def _lose(self, session: _Session, reason: str) -> None:
+        """The session is gone: mark the machines unknown now, wake the connection loop."""
+        if session.lost.is_set() or session is not self._session:
+            return
+        session.reason = reason
+        session.lost.set()
+        self._connected = False
+        if self.metrics is not None:
+            self.metrics.connected.labels(self.source.id).set(0)
+        _log.warning(
+            "opcua %s: connection to %s lost: %s", self.source.id, self.source.endpoint, reason
+        )
+        self._mark_unknown(reason)
+
+    def _mark_unknown(self, why: str) -> None:
+        """`state = unknown` for every machine of the endpoint, once per outage."""
+        if self._marked_unknown:
+            return
+        self._marked_unknown = True
+        now = datetime.now(UTC)
+        self._floor_ms = ts_ms(now)
+        for machine in self._machines:
+            self._batch.add(now, machine, "state", "unknown", where="connection")
+        self._full.set()
+        _log.info(
+            "opcua %s: machines %s marked unknown (%s)",
+            self.source.id,
+            ", ".join(self._machines),
+            why,
+        )
+
+    async def _close(self, session: _Session, *, graceful: bool) -> None:
+        """Delete the subscription (on shutdown) and drop the session."""
+        if graceful and session.subscription_id is not None:
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await session.client.uaclient.delete_subscriptions([session.subscription_id])
+            except Exception as error:
+                _log.info("opcua %s: could not delete subscription: %r", self.source.id, error)
+        await self._discard(session.client)
+        self._session = None
+        if graceful:
+            self._connected = False
+            if self.metrics is not None:
+                self.metrics.connected.labels(self.source.id).set(0)
+            _log.info("opcua %s: disconnected from %s", self.source.id, self.source.endpoint)
+
+    async def _discard(self, client: Client) -> None:
+        """Disconnect, bounded in time: a client whose connection died may never answer."""
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await client.disconnect()
+        except Exception as error:
+            _log.debug("opcua %s: disconnect: %r", self.source.id, error)
+            client.disconnect_socket()
+
+    # -- the data path -----------------------------------------------------------------
+
+    async def _on_publish(self, result: ua.PublishResult) -> None:
+        """asyncua's publish loop calls this once per PublishResponse (or keep-alive)."""
+        self._last_publish = time.monotonic()
+        data = result.NotificationMessage.NotificationData
+        if not data:
+            return
+        received = datetime.now(UTC)
+        take = self._take
+        for notification in data:
+            if isinstance(notification, ua.DataChangeNotification):
+                items = notification.MonitoredItems
+                self._notifications += len(items)
+                if self._reason_set:
+                    # Reasons first, so that a state in the same response finds its reason.
+                    reasons = self._reason_set
+                    for item in items:
+                        if item.ClientHandle in reasons:
+                            take(item.ClientHandle, item.Value, received)
+                    for item in items:
+                        if item.ClientHandle not in reasons:
+                            take(item.ClientHandle, item.Value, received)
+                    continue
+                for item in items:
+                    take(item.ClientHandle, item.Value, received)
+            elif isinstance(notification, ua.StatusChangeNotification):
+                status = notification.Status
+                if status is not None and not status.is_good() and self._session is not None:
+                    self._lose(self._session, f"subscription status {status_name(status)}")
+        if len(self._batch) >= self._batch_samples:
+            self._full.set()
+        while len(self._batch) >= self._max_pending:
+            # The sink is behind: stop the publish loop until a batch is taken.
+            self._full.set()
+            self._room.clear()
+            self._waiting_room = True
+            try:
+                await self._room.wait()
+            finally:
+                self._waiting_room = False
+            self._last_publish = time.monotonic()
+
+    def _take(self, handle: int, value: ua.DataValue, received: datetime) -> None:
+        """One DataValue into the batch (or a dead letter), mapped by its ClientHandle."""
+        route = self._by_handle.get(handle)
+        if route is None:
+            return
+        status = value.StatusCode
+        code = status.value if status is not None else 0
+        stamp = value.SourceTimestamp or value.ServerTimestamp or received
+        variant = value.Value
+        raw = variant.Value if variant is not None else None
+        key = (stamp, raw, code)
+        if self._last.get(handle) == key:
+            return
+        self._last[handle] = key
+        if self._restamp and handle in self._restamp:
+            self._restamp.discard(handle)
+            if self._floor_ms is not None and ts_ms(stamp) < self._floor_ms:
+                stamp = received
+        try:
+            plain = plain_value(variant)
+        except UnsupportedValue as error:
+            if code and (variant is None or raw is None):
+                # Servers may send no value with a Bad status (Part 4 §7.7.1).
+                reason = f"{route.signal}: status {status_name(status)} without a value"
+            else:
+                reason = f"{route.signal}: {error}"
+            self._batch.reject(reason, repr(raw)[:1024], route.where)
+            return
+        if route.signal == "reason":
+            text = None if plain in (None, "") else str(plain)
+            self._reasons[route.machine] = (ts_ms(stamp), text)
+            return
+        why: str | None = None
+        if route.signal == "state":
+            known = self._reasons.get(route.machine)
+            if known is not None and known[0] == ts_ms(stamp):
+                why = known[1]
+        self._batch.add(
+            stamp, route.machine, route.signal, plain, reason=why, quality=quality_of(code)
+        )
+
+    # -- to the sink -------------------------------------------------------------------
+
+    async def _flush_loop(self, done: asyncio.Event) -> None:
+        while True:
+            await wait_any([self._full, done], FLUSH_S)
+            self._full.clear()
+            finished = done.is_set()
+            await self._flush()
+            if finished:
+                return
+
+    async def _flush(self) -> None:
+        batch = self._batch
+        notifications, self._notifications = self._notifications, 0
+        if not len(batch) and not batch.letters:
+            if notifications and self.metrics is not None:
+                self.metrics.messages_in.labels(self.source.id).inc(notifications)
+            return
+        frame, letters = batch.take()
+        self._room.set()
+        if frame.height:
+            await self.sink.put(frame)
+        if letters:
+            _log.warning(
+                "opcua %s: %d value(s) to the dead-letter topic, first: %s: %s",
+                self.source.id,
+                len(letters),
+                letters[0].source,
+                letters[0].reason,
+            )
+            await self.sink.dead_letter(letters)
+        if self.metrics is not None:
+            source = self.source.id
+            if notifications:
+                self.metrics.messages_in.labels(source).inc(notifications)
+            if frame.height:
+                self.metrics.events_in.labels(source).inc(frame.height)
+            for kind, count in Counter(reason_kind(letter.reason) for letter in letters).items():
+                self.metrics.rejected.labels(source, kind).inc(count)

@@ -1,0 +1,295 @@
+"""One OPC-UA session of the ingester: client set-up, node resolution, the subscription.
+
+Everything here is per connection attempt: the ingester builds a new asyncua `Client` for
+each one (a client reused after a connection loss can hang, asyncua #1660), resolves the
+configured nodes again (a rebooted PLC may have rebuilt its address space) and creates
+the subscription with all monitored items in one CreateMonitoredItems call.
+
+The subscription goes through asyncua's raw session service (`UaClient`), not its
+`Subscription` class: that class turns every notification into an object and either a
+queue entry (iterator mode) or a task (handler mode). The ingester's callback receives
+each PublishResponse whole and appends its values to a column batch synchronously.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.crypto import security_policies, uacrypto
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from cryptography import x509
+
+from linepulse.config import COUNTER_SIGNALS
+from linepulse.sources import OpcuaNode, OpcuaSource
+from services.ingest.opcua_values import parse_browse_path, parse_node_id, relative_path
+
+PublishCallback = Callable[[ua.PublishResult], Awaitable[None]]
+
+# Keep-alives at least this often (ms) while nothing changes, and a server-side
+# subscription lifetime of at least this long (ms) without publish requests.
+KEEPALIVE_MS = 5_000
+LIFETIME_MS = 60_000
+MAX_NOTIFICATIONS_PER_PUBLISH = 10_000
+
+_MODES = {
+    "None": ua.MessageSecurityMode.None_,
+    "Sign": ua.MessageSecurityMode.Sign,
+    "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
+}
+_POLICIES = {"Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256}
+
+
+# Signals that must report every change: a deadband would hide state changes, counter
+# steps and product changes (the core counts and times them).
+NO_DEADBAND: Final = frozenset({"state", "product", *COUNTER_SIGNALS})
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a configured node's values go: machine and signal, and how to name it."""
+
+    machine: str
+    signal: str
+    node: OpcuaNode
+
+    @property
+    def deadband(self) -> float | None:
+        """The node's absolute deadband; never one on state, product or counters."""
+        return None if self.signal in NO_DEADBAND else self.node.deadband
+
+    @property
+    def address(self) -> str:
+        return self.node.node_id or f"path {self.node.browse_path}"
+
+    @property
+    def where(self) -> str:
+        """The dead letter's `where`: machine/signal and the node, for finding the tag."""
+        return f"{self.machine}/{self.signal} ({self.address})"
+
+
+@dataclass(frozen=True)
+class Monitored:
+    """A route whose node resolved; `handle` is its ClientHandle in the subscription."""
+
+    handle: int
+    route: Route
+    node_id: ua.NodeId
+
+
+def routes_of(source: OpcuaSource) -> list[Route]:
+    """Every configured (machine, signal, node) of a source, in config order."""
+    return [
+        Route(machine.machine, signal, node)
+        for machine in source.machines
+        for signal, node in machine.nodes.items()
+    ]
+
+
+def subscription_parameters(source: OpcuaSource) -> ua.CreateSubscriptionParameters:
+    """Publishing interval from the config; keep-alive about every KEEPALIVE_MS and a
+    lifetime of at least 3 keep-alives (Part 4 §5.13.2) and LIFETIME_MS."""
+    interval = float(source.publishing_interval_ms)
+    keepalive = max(1, math.ceil(KEEPALIVE_MS / interval))
+    lifetime = max(3 * keepalive, math.ceil(LIFETIME_MS / interval))
+    return ua.CreateSubscriptionParameters(
+        RequestedPublishingInterval=interval,
+        RequestedLifetimeCount=lifetime,
+        RequestedMaxKeepAliveCount=keepalive,
+        MaxNotificationsPerPublish=MAX_NOTIFICATIONS_PER_PUBLISH,
+        PublishingEnabled=True,
+        Priority=0,
+    )
+
+
+def item_request(source: OpcuaSource, item: Monitored) -> ua.MonitoredItemCreateRequest:
+    """A monitored item for the node's Value: sampling interval and queue size from the
+    source, an absolute deadband (Part 4 §7.22.2) where the node has one."""
+    sampling = source.sampling_interval_ms
+    params = ua.MonitoringParameters(
+        ClientHandle=item.handle,
+        # A negative interval asks for the publishing interval (Part 4 §7.21).
+        SamplingInterval=float(sampling) if sampling is not None else -1.0,
+        QueueSize=source.queue_size,
+        DiscardOldest=True,
+    )
+    deadband = item.route.deadband
+    if deadband is not None:
+        params.Filter = ua.DataChangeFilter(
+            Trigger=ua.DataChangeTrigger.StatusValue,
+            DeadbandType=ua.DeadbandType.Absolute,
+            DeadbandValue=float(deadband),
+        )
+    return ua.MonitoredItemCreateRequest(
+        ItemToMonitor=ua.ReadValueId(NodeId=item.node_id, AttributeId=AttributeIds.Value),
+        MonitoringMode=ua.MonitoringMode.Reporting,
+        RequestedParameters=params,
+    )
+
+
+def application_uri(certificate: x509.Certificate) -> str | None:
+    """The URI in the certificate's SubjectAltName: the client must present it as its
+    application URI, or the server rejects the session (Part 4 §5.6.2)."""
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return None
+    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+    return uris[0] if uris else None
+
+
+async def new_client(source: OpcuaSource) -> Client:
+    """A fresh asyncua client with the source's timeout, security and user.
+
+    Raises (`OSError`, `ValueError`, asyncua errors) when the certificate, key or password
+    cannot be had, or the server offers no endpoint for the configured security."""
+    # A health probe (a Read of ServerStatus) runs this often with this timeout; a dead
+    # connection whose socket stays open is found within about two intervals.
+    watchdog_s = max(1.0, min(source.timeout_s / 2, 5.0))
+    client = Client(source.endpoint, timeout=source.timeout_s, watchdog_intervall=watchdog_s)
+    client.name = f"LinePulse ingest {source.id}"
+    client.description = client.name
+    client.application_uri = f"urn:linepulse:ingest:{source.id}"
+    security = source.security
+    if security.mode != "None":
+        if security.certificate is None or security.private_key is None:  # the model checks
+            raise ValueError(f"security mode {security.mode} needs certificate and private_key")
+        cert = await uacrypto.load_certificate(str(security.certificate))
+        uri = application_uri(cert)
+        if uri is None:
+            raise ValueError(
+                f"client certificate {security.certificate} has no application URI in its "
+                "SubjectAltName; OPC-UA servers reject such certificates"
+            )
+        client.application_uri = uri
+        await client.set_security(
+            _POLICIES[security.policy],
+            certificate=str(security.certificate),
+            private_key=str(security.private_key),
+            server_certificate=(
+                str(security.server_certificate) if security.server_certificate else None
+            ),
+            mode=_MODES[security.mode],
+        )
+    if source.credentials is not None:
+        client.set_user(source.credentials.username)
+        password = source.credentials.secret()
+        if password is not None:
+            client.set_password(password)
+    return client
+
+
+async def resolve(client: Client, routes: list[Route]) -> tuple[list[Monitored], list[str]]:
+    """NodeIds for all routes (browse paths in one TranslateBrowsePaths call); the routes
+    that failed come back as readable problems, the others numbered as ClientHandles."""
+    problems: list[str] = []
+    node_ids: dict[int, ua.NodeId] = {}
+    paths: list[tuple[int, ua.BrowsePath]] = []
+    objects = ua.NodeId(ua.Int32(ObjectIds.ObjectsFolder))
+    for index, route in enumerate(routes):
+        try:
+            if route.node.node_id is not None:
+                node_ids[index] = parse_node_id(route.node.node_id)
+            else:
+                names = parse_browse_path(route.node.browse_path or "")
+                paths.append(
+                    (index, ua.BrowsePath(StartingNode=objects, RelativePath=relative_path(names)))
+                )
+        except ValueError as error:
+            problems.append(f"{route.machine}/{route.signal}: {error}")
+    if paths:
+        results = await client.uaclient.translate_browsepaths_to_nodeids([p for _, p in paths])
+        for (index, _), result in zip(paths, results, strict=True):
+            route = routes[index]
+            if not result.StatusCode.is_good() or not result.Targets:
+                problems.append(
+                    f"{route.machine}/{route.signal}: browse path {route.node.browse_path} not "
+                    f"found ({result.StatusCode.name})"
+                )
+                continue
+            target = result.Targets[0].TargetId  # an ExpandedNodeId; a local one is a NodeId
+            node_ids[index] = ua.NodeId(target.Identifier, target.NamespaceIndex, target.NodeIdType)
+    monitored = [
+        Monitored(handle, routes[handle], node_ids[handle])
+        for handle in range(len(routes))
+        if handle in node_ids
+    ]
+    return monitored, problems
+
+
+async def subscribe(
+    client: Client, source: OpcuaSource, items: list[Monitored], callback: PublishCallback
+) -> tuple[int, list[Monitored], list[str]]:
+    """Create the subscription and all its monitored items in one call. Returns the
+    subscription id, the items the server accepted and the refusals as readable text."""
+    result = await client.uaclient.create_subscription(subscription_parameters(source), callback)
+    subscription_id = int(result.SubscriptionId)
+    if not items:
+        return subscription_id, [], []
+    params = ua.CreateMonitoredItemsParameters(
+        SubscriptionId=subscription_id,
+        ItemsToCreate=[item_request(source, item) for item in items],
+        TimestampsToReturn=ua.TimestampsToReturn.Both,
+    )
+    results = await client.uaclient.create_monitored_items(params)
+    accepted: list[Monitored] = []
+    refused: list[str] = []
+    for item, created in zip(items, results, strict=True):
+        if created.StatusCode.is_good():
+            accepted.append(item)
+        else:
+            route = item.route
+            refused.append(
+                f"{route.machine}/{route.signal} ({route.address}): {created.StatusCode.name}"
+            )
+    return subscription_id, accepted, refused
+
+
+async def read_current(client: Client, items: list[Monitored]) -> list[ua.DataValue]:
+    """The current value of every monitored node, in one Read with both timestamps."""
+    if not items:
+        return []
+    params = ua.ReadParameters(
+        MaxAge=0,
+        TimestampsToReturn=ua.TimestampsToReturn.Both,
+        NodesToRead=[
+            ua.ReadValueId(NodeId=item.node_id, AttributeId=AttributeIds.Value) for item in items
+        ],
+    )
+    values: list[ua.DataValue] = await client.uaclient.read(params)
+    return values
+
+
+def failure_reason(error: BaseException) -> str:
+    """What went wrong, in words an operator can act on (asyncua's own text is terse)."""
+    name = type(error).__name__
+    if name in _HINTS:
+        return f"{_HINTS[name]} ({name})"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused (server not running or wrong port)"
+    if isinstance(error, TimeoutError):
+        return "timed out waiting for the server"
+    text = str(error) or repr(error)
+    if "No matching endpoints" in text:
+        return f"the server offers no endpoint for this security mode and policy ({text})"
+    if isinstance(error, ConnectionError):
+        return f"the connection closed (server stopped or network lost): {text}"
+    return f"{name}: {text}"
+
+
+_HINTS: Final = {
+    "BadUserAccessDenied": "the server rejected the user (wrong username or password)",
+    "BadIdentityTokenInvalid": "the server requires a user (username/password)",
+    "BadIdentityTokenRejected": "the server rejected the identity token (a user is needed?)",
+    "BadSecurityPolicyRejected": "the server does not accept this security policy",
+    "BadSecurityModeRejected": "the server does not accept this security mode",
+    "BadSecurityChecksFailed": "security checks failed (certificate or key mismatch)",
+    "BadCertificateUntrusted": "the server does not trust the client certificate",
+    "BadCertificateInvalid": "the server rejected the client certificate as invalid",
+    "BadCertificateUriInvalid": "the certificate's application URI does not match",
+}

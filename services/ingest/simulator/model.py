@@ -1,0 +1,383 @@
+"""Seeded machine behaviour: what each simulated machine does, tick by tick, in plant time.
+
+Pure: no I/O and no clock. A `PlantModel` is built from the plant config, a seed and a start
+time, and each `step()` advances plant time by one tick and returns the events that changed
+in it, so a given (config, seed, start, tick) always yields the same events. Each machine
+draws from its own `random.Random` seeded with the seed and its id, so adding a machine or a
+signal to the config does not change what the others do.
+
+The behaviour is what an OEE figure is made of: runs at about the ideal cycle time (a
+machine's `performance` < 1 makes it slower), stops with a reason, idle periods (starved or
+blocked), changeovers that switch the product and with it the ideal cycle time, rejects
+(more of them just after a changeover), planned stops in the calendar's breaks and outside
+its shifts, and now and then a PLC counter reset to 0.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final, NamedTuple
+
+from linepulse.config import COUNTER_SIGNALS, Machine, PlantConfig, State
+from services.kpi.core.calendar import Calendar
+
+Value = str | int | float
+
+# Mean duration in seconds of a stop for each reason (exponentially distributed).
+DOWN_REASONS: Final[Mapping[str, float]] = {
+    "jam": 45.0,
+    "material_shortage": 240.0,
+    "tool_change": 300.0,
+    "quality_check": 120.0,
+}
+IDLE_REASONS: Final = ("starved", "blocked")
+
+# Signals with a meaning in the model; any other configured signal is an analog tag of noise.
+STATE, PRODUCT, IDEAL = "state", "product", "ideal_cycle_time_s"
+SPEED, TEMPERATURE = "speed", "temperature"
+KNOWN_SIGNALS: Final = frozenset({STATE, PRODUCT, IDEAL, SPEED, TEMPERATURE, *COUNTER_SIGNALS})
+# What a machine on an MQTT source publishes (its config has no list of signals).
+DEFAULT_SIGNALS: Final = (STATE, PRODUCT, "total_count", "reject_count", SPEED, TEMPERATURE)
+# A machine's counters if the config does not name them.
+DEFAULT_COUNTERS: Final = ("total_count", "reject_count")
+# Substitutes for a state that a machine's state_map has no source value for.
+_FALLBACK: Final[Mapping[str, tuple[str, ...]]] = {
+    "changeover": ("idle", "down"),
+    "planned_stop": ("idle", "down"),
+    "idle": ("down",),
+    "down": ("idle",),
+}
+
+
+class Event(NamedTuple):
+    """One true event: a signal's new value at `ts` (epoch ms, UTC), as put on the wire."""
+
+    ts: int
+    machine: str
+    signal: str
+    value: Value
+    reason: str | None = None
+
+    def as_json(self) -> dict[str, Value]:
+        """The telemetry-event form (schemas/telemetry-event.schema.json)."""
+        out: dict[str, Value] = {
+            "ts": self.ts,
+            "machine": self.machine,
+            "signal": self.signal,
+            "value": self.value,
+        }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How machines behave; durations are seconds of plant time, rates are per part."""
+
+    mean_run_s: float = 900.0  # between stops
+    down_share: float = 0.6  # of the ends of a run: a stop with a reason
+    idle_share: float = 0.25  # starved or blocked; the rest are changeovers
+    down_reasons: Mapping[str, float] = field(default_factory=lambda: dict(DOWN_REASONS))
+    mean_idle_s: float = 60.0
+    mean_changeover_s: float = 600.0
+    performance: tuple[float, float] = (0.80, 0.98)  # a machine's speed vs. its ideal
+    reject_rate: float = 0.015
+    changeover_reject_factor: float = 5.0  # reject rate multiplier just after a changeover
+    changeover_ramp_s: float = 300.0  # how long "just after" lasts
+    reset_on_changeover: float = 0.3  # chance that a changeover resets the lot counters
+    resets_per_hour: float = 0.02  # chance per hour of a spontaneous PLC counter reset
+    running_temperature_c: float = 62.0
+    ambient_temperature_c: float = 24.0
+    temperature_tau_s: float = 300.0
+
+    def faster(self, factor: float) -> Behaviour:
+        """All durations divided by `factor`: many stops and changeovers in a short test."""
+        return replace(
+            self,
+            mean_run_s=self.mean_run_s / factor,
+            down_reasons={k: v / factor for k, v in self.down_reasons.items()},
+            mean_idle_s=self.mean_idle_s / factor,
+            mean_changeover_s=self.mean_changeover_s / factor,
+            changeover_ramp_s=self.changeover_ramp_s / factor,
+            resets_per_hour=self.resets_per_hour * factor,
+            temperature_tau_s=self.temperature_tau_s / factor,
+        )
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """What the model needs to know about one machine, taken from the plant config."""
+
+    machine: str
+    line: str
+    products: Mapping[str, float]  # product -> ideal cycle time (s); one "" if none named
+    signals: tuple[str, ...]  # what it publishes
+    # LinePulse state -> the value the machine publishes (PackML number, PLC text); a state
+    # missing here is published by its name.
+    state_values: Mapping[str, Value] = field(default_factory=dict)
+    counter_max: Mapping[str, int] = field(default_factory=dict)
+
+
+def machine_spec(
+    plant: PlantConfig, machine: Machine, line: str, signals: tuple[str, ...]
+) -> MachineSpec:
+    """The spec of a configured machine that publishes `signals`."""
+    products = {name: p.ideal_cycle_time_s for name, p in machine.products.items()}
+    if not products:
+        products = {"": machine.ideal_cycle_time_s or 1.0}
+        signals = tuple(s for s in signals if s != PRODUCT)
+    return MachineSpec(
+        machine=machine.id,
+        line=line,
+        products=products,
+        signals=signals,
+        state_values=state_values(plant.state_map_for(machine)),
+        counter_max={str(k): v for k, v in machine.counter_max.items()},
+    )
+
+
+def state_values(state_map: Mapping[str, str]) -> dict[str, Value]:
+    """Invert a state_map: for each LinePulse state, the first source value mapping to it.
+
+    When every source value is a whole number (PackML states), values are ints, and a state
+    that no number maps to takes a substitute's number, since such a machine has no text.
+    """
+    inverse: dict[str, str] = {}
+    for source, state in state_map.items():
+        inverse.setdefault(state, source)
+    if not inverse:
+        return {}
+    numeric = all(v.lstrip("-").isdigit() for v in inverse.values())
+    if not numeric:
+        return dict(inverse)
+    out: dict[str, Value] = {k: int(v) for k, v in inverse.items()}
+    for state, substitutes in _FALLBACK.items():
+        if state not in out:
+            sub = next((out[s] for s in substitutes if s in out), None)
+            out[state] = sub if sub is not None else next(iter(out.values()))
+    return out
+
+
+class MachineModel:
+    """One machine's state machine. `step(ts, planned)` moves it to plant time `ts`."""
+
+    def __init__(self, spec: MachineSpec, behaviour: Behaviour, seed: int, start_ms: int) -> None:
+        self.spec = spec
+        self.b = behaviour
+        # A string seed is hashed with SHA-512: stable across runs and PYTHONHASHSEED.
+        # Not for cryptography: a simulation must be reproducible from its seed.
+        self.rng = random.Random(f"{seed}/{spec.machine}")  # noqa: S311
+        self._noise = random.Random(f"{seed}/{spec.machine}/analogs")  # noqa: S311
+        rng = self.rng
+        self.performance = rng.uniform(*behaviour.performance)
+        self.products = sorted(spec.products)
+        self.product = rng.choice(self.products)
+        self.state: State = "running"
+        self.reason: str | None = None
+        self.until = start_ms + self._duration(behaviour.mean_run_s)
+        self.ramp_until = start_ms
+        self._fraction = rng.random()  # of the part being made
+        # PLC counters start where the last shift left them.
+        self.total = rng.randrange(0, 500_000)
+        self.rejects = int(self.total * behaviour.reject_rate)
+        self.temperature = behaviour.running_temperature_c
+        self._speed_noise = 0.0
+        self._reset_next = False
+        self.extra_base = {s: self._noise.uniform(10.0, 100.0) for s in self._extra_signals()}
+        self.last: dict[str, Value] = {}
+        self.last_state: tuple[Value, str | None] | None = None
+        self.prev_ts: int | None = None
+        # For tests: every part made and every counter reset since the start.
+        self.parts_made = 0
+        self.rejects_made = 0
+        self.resets: list[int] = []
+
+    def _extra_signals(self) -> list[str]:
+        return [s for s in self.spec.signals if s not in KNOWN_SIGNALS]
+
+    def _duration(self, mean_s: float) -> int:
+        """An exponentially distributed duration in ms, at least 1 ms."""
+        return max(1, round(self.rng.expovariate(1.0 / mean_s) * 1000))
+
+    @property
+    def ideal_cycle_time_s(self) -> float:
+        return self.spec.products[self.product]
+
+    def step(self, ts: int, *, planned: bool) -> list[Event]:
+        """Advance to `ts`: a counter reset if one is due, parts made since the last step
+        under the state then, any state change at `ts`, then the signals whose value
+        changed, in that order."""
+        dt_s = 0.0 if self.prev_ts is None else (ts - self.prev_ts) / 1000.0
+        self.prev_ts = ts
+        # A reset comes first: it zeroes the counter just after its last published value,
+        # so every part stays visible as a step (a step down counts from zero).
+        spontaneous = self.rng.random() < self.b.resets_per_hour * dt_s / 3600.0
+        if spontaneous or self._reset_next:
+            self._reset_next = False
+            self._reset(ts)
+        if self.state == "running" and dt_s > 0:
+            self._produce(ts, dt_s)
+        if not planned:
+            if self.state != "planned_stop":
+                self._enter("planned_stop", None, ts, math.inf)
+        elif self.state == "planned_stop":
+            self._enter("running", None, ts, self.b.mean_run_s)
+        elif ts >= self.until:
+            self._transition(ts)
+        self._analogs(dt_s)
+        return self._emit(ts)
+
+    def _produce(self, ts: int, dt_s: float) -> None:
+        cycle = self.ideal_cycle_time_s / self.performance * (1.0 + self.rng.gauss(0.0, 0.02))
+        self._fraction += dt_s / max(cycle, 1e-6)
+        parts = int(self._fraction)
+        self._fraction -= parts
+        rate = self.b.reject_rate
+        if ts <= self.ramp_until:
+            rate = min(1.0, rate * self.b.changeover_reject_factor)
+        rejects = sum(1 for _ in range(parts) if self.rng.random() < rate)
+        self.total += parts
+        self.rejects += rejects
+        self.parts_made += parts
+        self.rejects_made += rejects
+
+    def _reset(self, ts: int) -> None:
+        self.total = self.rejects = 0
+        self.resets.append(ts)
+
+    def _transition(self, ts: int) -> None:
+        b = self.b
+        if self.state != "running":
+            if self.state == "changeover":
+                self.ramp_until = ts + round(b.changeover_ramp_s * 1000)
+            self._enter("running", None, ts, b.mean_run_s)
+            return
+        draw = self.rng.random()
+        can_change = len(self.products) > 1
+        down_share = b.down_share if can_change else b.down_share / (b.down_share + b.idle_share)
+        if draw < down_share:
+            reason = self.rng.choice(sorted(b.down_reasons))
+            self._enter("down", reason, ts, b.down_reasons[reason])
+        elif draw < down_share + b.idle_share or not can_change:
+            self._enter("idle", self.rng.choice(IDLE_REASONS), ts, b.mean_idle_s)
+        else:
+            # The new order's product is set up during the changeover.
+            self.product = self.rng.choice([p for p in self.products if p != self.product])
+            # Lot counters are reset once the changeover is under way.
+            self._reset_next = self.rng.random() < b.reset_on_changeover
+            self._enter("changeover", None, ts, b.mean_changeover_s)
+
+    def _enter(self, state: State, reason: str | None, ts: int, mean_s: float) -> None:
+        self.state, self.reason = state, reason
+        self.until = ts + self._duration(mean_s) if math.isfinite(mean_s) else 2**62
+
+    def _analogs(self, dt_s: float) -> None:
+        b = self.b
+        target = b.running_temperature_c if self.state == "running" else b.ambient_temperature_c
+        pull = 1.0 - math.exp(-dt_s / b.temperature_tau_s) if dt_s > 0 else 0.0
+        self.temperature += (target - self.temperature) * pull + self.rng.gauss(0.0, 0.05)
+        self._speed_noise = self.rng.gauss(0.0, 0.01)
+
+    def _counter(self, signal: str, raw: int) -> int:
+        maximum = self.spec.counter_max.get(signal)
+        return raw % (maximum + 1) if maximum is not None else raw
+
+    def _value(self, signal: str) -> Value:
+        if signal == "total_count":
+            return self._counter(signal, self.total)
+        if signal == "reject_count":
+            return self._counter(signal, self.rejects)
+        if signal == "good_count":
+            return self._counter(signal, self.total - self.rejects)
+        if signal == PRODUCT:
+            return self.product
+        if signal == IDEAL:
+            return self.ideal_cycle_time_s
+        if signal == SPEED:
+            if self.state != "running":
+                return 0.0
+            nominal = 60.0 * self.performance / self.ideal_cycle_time_s  # parts per minute
+            return round(nominal * (1.0 + self._speed_noise), 2)
+        if signal == TEMPERATURE:
+            return round(self.temperature, 2)
+        return round(self.extra_base[signal] + self._noise.gauss(0.0, 1.0), 3)
+
+    def _emit(self, ts: int) -> list[Event]:
+        out: list[Event] = []
+        machine = self.spec.machine
+        for signal in self.spec.signals:
+            if signal == STATE:
+                value: Value = self.spec.state_values.get(self.state, self.state)
+                if self.last_state != (value, self.reason):
+                    self.last_state = (value, self.reason)
+                    out.append(Event(ts, machine, STATE, value, self.reason))
+                continue
+            value = self._value(signal)
+            if self.last.get(signal) != value or signal not in self.last:
+                self.last[signal] = value
+                out.append(Event(ts, machine, signal, value))
+        return out
+
+
+class PlannedTime:
+    """Whether a line is in planned production time (in a shift, not in a break).
+
+    A line without shifts is always planned: the simulator then never stops for the
+    calendar. Intervals are looked up from the calendar a few hours at a time.
+    """
+
+    HORIZON_MS: Final = 6 * 3_600_000
+
+    def __init__(self, plant: PlantConfig) -> None:
+        self.calendar = Calendar(plant)
+        self._has_shifts = {line.id: bool(plant.shifts_for(line)) for line in plant.lines}
+        self._cache: dict[str, tuple[int, int, list[tuple[int, int]]]] = {}
+
+    def __call__(self, line: str, ts: int) -> bool:
+        if not self._has_shifts.get(line, False):
+            return True
+        cached = self._cache.get(line)
+        if cached is None or not cached[0] <= ts < cached[1]:
+            end = ts + self.HORIZON_MS
+            cached = (ts, end, self.calendar.planned_intervals(line, ts, end))
+            self._cache[line] = cached
+        return any(lo <= ts < hi for lo, hi in cached[2])
+
+
+class PlantModel:
+    """All simulated machines, stepped together one tick at a time."""
+
+    def __init__(
+        self,
+        plant: PlantConfig,
+        specs: list[MachineSpec],
+        *,
+        seed: int,
+        start_ms: int,
+        tick_ms: int,
+        behaviour: Behaviour | None = None,
+    ) -> None:
+        if tick_ms <= 0:
+            raise ValueError(f"tick must be > 0 ms, got {tick_ms}")
+        behaviour = behaviour or Behaviour()
+        self.start_ms, self.tick_ms, self.ticks = start_ms, tick_ms, 0
+        self.machines = [MachineModel(s, behaviour, seed, start_ms) for s in specs]
+        self.planned = PlannedTime(plant)
+
+    @property
+    def now_ms(self) -> int:
+        """Plant time of the next step."""
+        return self.start_ms + self.ticks * self.tick_ms
+
+    def step(self) -> list[Event]:
+        """Events of the next tick (the first tick publishes every signal's value)."""
+        ts = self.now_ms
+        self.ticks += 1
+        out: list[Event] = []
+        for machine in self.machines:
+            out.extend(machine.step(ts, planned=self.planned(machine.spec.line, ts)))
+        return out
