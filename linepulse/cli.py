@@ -248,6 +248,25 @@ def ingest_command(
     raise typer.Exit(asyncio.run(run_ingest(plant, bootstrap, http)))
 
 
+@app.command("alerts")
+def alerts_command(
+    config: ConfigOption,
+    kafka: KafkaOption = None,
+    host: HostOption = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the alerts API (0: none).")] = 8081,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Alert state and outbox directory (else alerts.state_dir).")
+    ] = None,
+) -> None:
+    """Evaluate the alert rules on the kpi and telemetry topics; page the shift lead on duty."""
+    from services.alerts.service import HttpSettings, run_alerts
+
+    plant = _load(config)
+    bootstrap = _bootstrap(plant, kafka)
+    http = HttpSettings(host, port) if port else None
+    raise typer.Exit(asyncio.run(run_alerts(plant, bootstrap, http, state_dir)))
+
+
 @app.command("simulate")
 def simulate_command(
     config: ConfigOption,

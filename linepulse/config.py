@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from linepulse.alerting import AlertSettings
 from linepulse.sources import IngestSettings, Sources
 
 State = Literal["running", "idle", "down", "changeover", "planned_stop", "unknown"]
@@ -90,6 +91,9 @@ class Shift(_Model):
     end: ClockTime
     days: tuple[Weekday, ...] = WEEKDAYS  # type: ignore[assignment]
     breaks: tuple[Break, ...] = ()
+    # Who is paged for this shift's alerts (person ids from alerts.people).
+    lead: str | None = None
+    backup: str | None = None
 
     _hhmm = field_validator("start", "end", mode="before")(_parse_hhmm)
 
@@ -244,6 +248,7 @@ class PlantConfig(_Model):
     kafka: KafkaSettings = KafkaSettings()
     sources: Sources = Sources()
     ingest: IngestSettings = IngestSettings()
+    alerts: AlertSettings = AlertSettings()
 
     _hhmm = field_validator("day_start", mode="before")(_parse_hhmm)
 
@@ -280,6 +285,7 @@ class PlantConfig(_Model):
             where = f"lines[{li}].shifts" if line.shifts is not None else "shifts"
             _check_shifts_disjoint(shifts, where)
         _check_sources(self.sources, seen_machines)
+        _check_alerts(self, seen_machines)
         return self
 
     # -- lookups -----------------------------------------------------------------------
@@ -299,6 +305,46 @@ class PlantConfig(_Model):
 
     def state_map_for(self, machine: Machine) -> dict[str, str]:
         return {**self.state_map, **machine.state_map}
+
+
+def _check_alerts(plant: PlantConfig, machines: dict[str, str]) -> None:
+    """Every person, channel, line and machine the alerts section names exists."""
+    alerts = plant.alerts
+    channels = [c.id for c in alerts.channels]
+    for cid in channels:
+        if channels.count(cid) > 1:
+            raise ValueError(f"alerts.channels: channel id {cid!r} is used twice")
+    for pid, person in alerts.people.items():
+        for cid in person.channels:
+            if cid not in channels:
+                raise ValueError(f"alerts.people.{pid}.channels: unknown channel {cid!r}")
+    for cid in alerts.broadcast:
+        if cid not in channels:
+            raise ValueError(f"alerts.broadcast: unknown channel {cid!r}")
+    if alerts.manager is not None and alerts.manager not in alerts.people:
+        raise ValueError(f"alerts.manager: unknown person {alerts.manager!r}")
+    names = [r.name for r in alerts.rules]
+    lines = {line.id for line in plant.lines}
+    for ri, rule in enumerate(alerts.rules):
+        if names.count(rule.name) > 1:
+            raise ValueError(f"alerts.rules[{ri}].name: rule name {rule.name!r} is used twice")
+        for line in rule.scope.lines:
+            if line not in lines:
+                raise ValueError(f"alerts.rules[{ri}].scope.lines: unknown line {line!r}")
+        for machine in rule.scope.machines:
+            if machine not in machines:
+                raise ValueError(f"alerts.rules[{ri}].scope.machines: unknown machine {machine!r}")
+    shift_sets = [("shifts", plant.shifts)] + [
+        (f"lines[{li}].shifts", line.shifts)
+        for li, line in enumerate(plant.lines)
+        if line.shifts is not None
+    ]
+    for where, shifts in shift_sets:
+        for si, shift in enumerate(shifts):
+            for role in ("lead", "backup"):
+                pid = getattr(shift, role)
+                if pid is not None and pid not in alerts.people:
+                    raise ValueError(f"{where}[{si}].{role}: unknown person {pid!r}")
 
 
 def _check_sources(sources: Sources, machines: dict[str, str]) -> None:

@@ -1,0 +1,183 @@
+"""The `alerts` section of the plant config: rules, people, channels and routing.
+
+Who is paged comes from the shift calendar: each shift names its `lead` and `backup`
+(person ids from `alerts.people`), per line where a line has its own shifts; after the
+lead and the backup comes `alerts.manager`. Durations are written as `30s`, `10m`, `2h`.
+Secrets (API token, routing keys, SMTP passwords) come from the environment or a file.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from linepulse.sources import Credentials
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `30s`, `10m`, `2h`, `1d`, `500ms`, or a plain number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value.strip())
+        if match:
+            return float(match.group(1)) * _UNITS[match.group(2)]
+    raise ValueError(f"must be a duration like 30s, 10m or 2h, got {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+Op = Literal["<", "<=", ">", ">=", "==", "!="]
+Severity = Literal["info", "warning", "critical"]
+KpiField = Literal[
+    "oee",
+    "availability",
+    "performance",
+    "quality",
+    "planned_s",
+    "run_s",
+    "downtime_s",
+    "unknown_s",
+    "stops",
+    "total_count",
+    "good_count",
+    "reject_count",
+    "mtbf_s",
+    "mttr_s",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Scope(_Model):
+    """Which machines a rule watches: listed machines, all machines of listed lines, or
+    (both empty) every machine of the site. `line_records` makes a KPI rule watch the
+    lines' own records instead of their machines'."""
+
+    lines: tuple[str, ...] = ()
+    machines: tuple[str, ...] = ()
+    line_records: bool = False
+
+
+class Rule(_Model):
+    """One alert rule; exactly one of `kpi`, `signal` or `no_data` says what it watches.
+
+    - `kpi: oee` with `window: 1h`, `op: "<"`, `threshold: 0.6`: the latest record of the
+      current window of each machine (or line) in scope.
+    - `signal: temperature` with `op: ">"`, `threshold: 85`; or `signal: state`, `op: "=="`,
+      `value: down`: the latest sample of each machine in scope.
+    - `no_data: 2m`: no event at all from a machine in scope for that long.
+
+    `clear` is the hysteresis level: a firing alert resolves only once the value is on the
+    good side of `clear` (e.g. trigger below 0.60, clear above 0.65).
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    kpi: KpiField | None = None
+    window: Literal["1m", "15m", "1h", "shift", "day"] = "shift"
+    signal: str | None = None
+    no_data: Duration | None = None
+    op: Op | None = None
+    threshold: float | None = None
+    value: str | None = None  # for text comparisons, e.g. state == down
+    clear: float | None = None
+    for_: Duration = Field(default=0.0, alias="for")
+    keep_firing_for: Duration = 0.0
+    scope: Scope = Scope()
+    severity: Severity = "warning"
+    labels: dict[str, str] = Field(default_factory=dict)
+    summary: str = "{rule} on {machine}: {value}"
+    runbook: str | None = None
+    escalate_after: Duration = 900.0
+    repeat_interval: Duration | None = None  # default: alerts.repeat_interval
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> Rule:
+        subjects = [k for k in ("kpi", "signal", "no_data") if getattr(self, k) is not None]
+        if len(subjects) != 1:
+            raise ValueError(f"give exactly one of kpi, signal, no_data; got {subjects or 'none'}")
+        if self.no_data is None:
+            if self.op is None:
+                raise ValueError("op is required (one of <, <=, >, >=, ==, !=)")
+            if (self.threshold is None) == (self.value is None):
+                raise ValueError("give exactly one of threshold (a number) and value (text)")
+            if self.value is not None and self.op not in ("==", "!="):
+                raise ValueError(f"a text value compares with == or !=, not {self.op}")
+            if self.kpi is not None and self.value is not None:
+                raise ValueError("a kpi rule compares numbers: use threshold")
+        if self.clear is not None:
+            if self.threshold is None or self.op not in ("<", "<=", ">", ">="):
+                raise ValueError("clear (hysteresis) needs a numeric threshold and <, <=, > or >=")
+            below = self.op in ("<", "<=")
+            if (below and self.clear < self.threshold) or (
+                not below and self.clear > self.threshold
+            ):
+                side = "at or above" if below else "at or below"
+                raise ValueError(f"clear must be {side} the threshold {self.threshold}")
+        return self
+
+
+class Person(_Model):
+    name: str = Field(min_length=1)
+    # Channel ids (from alerts.channels) this person is reached on, and their address there.
+    email: str | None = None
+    slack_user: str | None = None  # mentioned in Slack messages, e.g. U024BE7LH
+    channels: tuple[str, ...] = Field(min_length=1)
+
+
+ChannelType = Literal["webhook", "slack", "pagerduty", "email", "alertmanager", "console"]
+
+
+class Channel(_Model):
+    """A way to deliver notifications. `url` for webhook, slack, pagerduty and alertmanager;
+    SMTP settings for email; `routing_key_env`/`routing_key_file` for PagerDuty."""
+
+    id: str = Field(min_length=1)
+    type: ChannelType
+    url: str | None = None
+    routing_key_env: str | None = None
+    routing_key_file: Path | None = None
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True
+    credentials: Credentials | None = None
+    sender: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=0, ge=0)  # 0: retry until delivered
+
+    @model_validator(mode="after")
+    def _settings_for_type(self) -> Channel:
+        if self.type in ("webhook", "slack", "alertmanager") and not self.url:
+            raise ValueError(f"a {self.type} channel needs url")
+        if self.type == "pagerduty" and not (self.routing_key_env or self.routing_key_file):
+            raise ValueError("a pagerduty channel needs routing_key_env or routing_key_file")
+        if self.type == "email" and not (self.smtp_host and self.sender):
+            raise ValueError("an email channel needs smtp_host and sender")
+        return self
+
+
+class AlertSettings(_Model):
+    rules: tuple[Rule, ...] = ()
+    people: dict[str, Person] = Field(default_factory=dict)
+    channels: tuple[Channel, ...] = ()
+    manager: str | None = None  # person id paged after the lead and the backup
+    # Channels every notification goes to besides the people's (e.g. an Alertmanager or a
+    # team webhook that records everything).
+    broadcast: tuple[str, ...] = ()
+    group_wait: Duration = 5.0  # machines of one line breaching together make one page
+    repeat_interval: Duration = 4 * 3600.0
+    state_dir: Path = Path("alerts-state")
+    api_token_env: str | None = "LINEPULSE_ALERTS_TOKEN"  # noqa: S105 - a variable's name
+    api_token_file: Path | None = None

@@ -1,0 +1,187 @@
+"""`linepulse alerts` as a process: KPI records and telemetry in, pages out.
+
+Two group-less consumers follow the `kpi` and `telemetry` topics from their ends (alerts
+are about now; what was firing before a restart is in the engine's store, and open
+windows are republished every second). Every `EVALUATE_EVERY_S`, and at once after an
+ack or a silence change, the engine evaluates its rules and the resulting notifications
+go to the durable outbox, which delivers them through the channels with retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import polars as pl
+import uvicorn
+from aiokafka import AIOKafkaConsumer
+from prometheus_client import CollectorRegistry
+
+from linepulse.config import PlantConfig
+from linepulse.runtime import QuietServer, exit_on, install_stop_signals
+from linepulse.wire import decode_records
+from services.alerts.api import create_app
+from services.alerts.engine import AlertEngine
+from services.alerts.metrics import AlertMetrics
+from services.alerts.outbox import Outbox
+from services.alerts.store import AlertStore
+
+log = logging.getLogger(__name__)
+
+EVALUATE_EVERY_S = 1.0
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str
+    port: int
+
+
+def api_token(plant: PlantConfig) -> str | None:
+    """The write token, from a file or an environment variable; None if neither is set."""
+    settings = plant.alerts
+    if settings.api_token_file is not None:
+        return settings.api_token_file.read_text(encoding="utf-8").strip() or None
+    if settings.api_token_env is not None:
+        import os
+
+        return os.environ.get(settings.api_token_env) or None
+    return None
+
+
+class AlertService:
+    def __init__(self, plant: PlantConfig, bootstrap: str, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.plant = plant
+        self.bootstrap = bootstrap
+        self.registry = CollectorRegistry()
+        self.metrics = AlertMetrics.create(self.registry)
+        self.store = AlertStore.in_dir(state_dir)
+        self.engine = AlertEngine(plant, self.store)
+        self.outbox = Outbox(state_dir / "outbox.sqlite", plant.alerts, self.metrics)
+        self._wake = asyncio.Event()
+        # Notifications the engine committed just before a crash may not have reached the
+        # outbox: hand it the last day's again (it ignores keys it already holds).
+        since = int(time.time() * 1000) - 24 * 3600 * 1000
+        recovered = self.outbox.enqueue(self.store.notifications(since))
+        if recovered:
+            log.info("%d notification(s) recovered from the engine's log", recovered)
+
+    def poke(self) -> None:
+        """Evaluate now (after an ack or a silence change)."""
+        self._wake.set()
+
+    async def follow_kpi(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            self.plant.kafka.kpi.name,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="latest",
+            enable_auto_commit=False,
+            client_id="linepulse-alerts",
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=20_000)
+                now = int(time.time() * 1000)
+                for messages in batch.values():
+                    for message in messages:
+                        if message.value is None:
+                            continue
+                        try:
+                            record = orjson.loads(message.value)
+                        except orjson.JSONDecodeError:
+                            log.warning("kpi record at offset %d is not JSON", message.offset)
+                            continue
+                        self.engine.observe_record(record, now)
+        finally:
+            await consumer.stop()
+
+    async def follow_telemetry(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            self.plant.kafka.telemetry.name,
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="latest",
+            enable_auto_commit=False,
+            client_id="linepulse-alerts",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                if not batch:
+                    continue
+                frames = []
+                for tp, messages in batch.items():
+                    decoded = decode_records(
+                        ((m.value, m.headers, m.offset) for m in messages), tp.topic
+                    )
+                    frames.append(decoded.events)
+                events = pl.concat(frames)
+                if events.is_empty():
+                    continue
+                # Rules look at each signal's latest value: one row per (machine, signal).
+                latest = (
+                    events.sort("ts")
+                    .group_by("machine", "signal", maintain_order=True)
+                    .last()
+                    .select("ts", "machine", "signal", "value_num", "value_str")
+                )
+                self.engine.observe_samples(latest.iter_rows(), int(time.time() * 1000))
+        finally:
+            await consumer.stop()
+
+    async def evaluate_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            notifications = self.engine.evaluate(int(time.time() * 1000))
+            if notifications:
+                added = self.outbox.enqueue(notifications)
+                log.info("%d notification(s) queued (%d new)", len(notifications), added)
+            counts: dict[str, int] = {}
+            for alert in self.engine.alerts():
+                counts[alert.state.value] = counts.get(alert.state.value, 0) + 1
+            for state in ("pending", "firing", "acknowledged", "resolved"):
+                self.metrics.alerts.labels(state=state).set(counts.get(state, 0))
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), EVALUATE_EVERY_S)
+            except TimeoutError:
+                pass
+
+
+async def run_alerts(
+    plant: PlantConfig, bootstrap: str, http: HttpSettings | None, state_dir: Path | None
+) -> int:
+    if not plant.alerts.rules:
+        log.error("the plant config has no alert rules (alerts.rules): nothing to evaluate")
+        return 2
+    stop = asyncio.Event()
+    install_stop_signals(stop, "stopping (the outbox keeps what is undelivered)")
+    service = AlertService(plant, bootstrap, state_dir or plant.alerts.state_dir)
+    token = api_token(plant)
+    if token is None:
+        log.warning(
+            "no API token (alerts.api_token_env / api_token_file): ack and silences "
+            "are refused with 401"
+        )
+    async with asyncio.TaskGroup() as group:
+        group.create_task(service.follow_kpi(stop), name="alerts-kpi")
+        group.create_task(service.follow_telemetry(stop), name="alerts-telemetry")
+        group.create_task(service.evaluate_loop(stop), name="alerts-evaluate")
+        group.create_task(service.outbox.run(stop), name="alerts-outbox")
+        if http is not None:
+            app = create_app(service.engine, service.registry, token, on_change=service.poke)
+            config = uvicorn.Config(
+                app, host=http.host, port=http.port, log_level="warning", lifespan="off"
+            )
+            server = QuietServer(config)
+            group.create_task(server.serve(), name="alerts-http")
+            group.create_task(exit_on(stop, server), name="alerts-http-stopper")
+            log.info("alerts: http://%s:%d/docs", http.host, http.port)
+    log.info("alerts stopped; %d notification(s) undelivered in the outbox", service.outbox.depth())
+    return 0

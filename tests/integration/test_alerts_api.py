@@ -1,0 +1,132 @@
+"""The alerts HTTP API over real HTTP (uvicorn on loopback): reads open, writes behind the
+bearer token, 401 without it, 404 for unknown ids, 422 for bad bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from linepulse.config import parse_config
+from linepulse.runtime import QuietServer
+from services.alerts.api import create_app
+from services.alerts.engine import AlertEngine
+from services.alerts.metrics import AlertMetrics
+from services.alerts.store import AlertStore
+from tests.integration.conftest import free_loopback_ports
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-token"
+PLANT = parse_config(
+    {
+        "site": "plant1",
+        "shifts": [{"name": "all-day", "start": "00:00", "end": "00:00", "lead": "ann"}],
+        "lines": [{"id": "L1", "machines": [{"id": "M1"}, {"id": "M2"}]}],
+        "alerts": {
+            "channels": [{"id": "log", "type": "console"}],
+            "people": {"ann": {"name": "Ann", "channels": ["log"]}},
+            "group_wait": 0,
+            "rules": [{"name": "down", "signal": "state", "op": "==", "value": "down"}],
+        },
+    }
+)
+
+
+@asynccontextmanager
+async def serve(engine: AlertEngine, token: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    registry = CollectorRegistry()
+    AlertMetrics.create(registry)
+    (port,) = free_loopback_ports(1)
+    app = create_app(engine, registry, token)
+    server = QuietServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            for _ in range(200):
+                try:
+                    await client.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            yield client
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> AlertEngine:
+    engine = AlertEngine(PLANT, AlertStore.in_dir(tmp_path))
+    now = int(time.time() * 1000)
+    engine.observe_samples([(now, "M1", "state", None, "down")], now)
+    engine.evaluate(now)
+    return engine
+
+
+async def test_reads_are_open_and_writes_need_the_token(engine: AlertEngine) -> None:
+    async with serve(engine, TOKEN) as client:
+        alerts = (await client.get("/v1/alerts", params={"state": "firing"})).json()
+        assert [a["labels"]["machine"] for a in alerts] == ["M1"]
+        fingerprint = alerts[0]["fingerprint"]
+        ack = f"/v1/alerts/{fingerprint}/ack"
+        body = {"who": "ann", "comment": "on it"}
+        assert (await client.post(ack, json=body)).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await client.post(ack, json=body, headers=wrong)).status_code == 401
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        missing = await client.post("/v1/alerts/0000/ack", json=body, headers=auth)
+        assert missing.status_code == 404
+        assert (await client.post(ack, json={"comment": "x"}, headers=auth)).status_code == 422
+        done = await client.post(ack, json=body, headers=auth)
+        assert done.status_code == 200
+        assert done.json()["state"] == "acknowledged"
+        assert done.json()["acked_by"] == "ann"
+        acked = (await client.get("/v1/alerts", params={"state": "acknowledged"})).json()
+        assert [a["fingerprint"] for a in acked] == [fingerprint]
+        assert (await client.get("/v1/alerts", params={"state": "nonsense"})).status_code == 422
+
+
+async def test_silences_are_created_listed_and_deleted(engine: AlertEngine) -> None:
+    async with serve(engine, TOKEN) as client:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        body = {
+            "matchers": [{"name": "machine", "value": "M2"}],
+            "ends_at": "2099-01-01T00:00:00Z",
+            "created_by": "ann",
+            "comment": "maintenance",
+        }
+        assert (await client.post("/v1/silences", json=body)).status_code == 401
+        created = await client.post("/v1/silences", json=body, headers=auth)
+        assert created.status_code == 201, created.text
+        silence = created.json()["id"]
+        assert [s["id"] for s in (await client.get("/v1/silences")).json()] == [silence]
+        past = {**body, "ends_at": "2000-01-01T00:00:00Z"}
+        assert (await client.post("/v1/silences", json=past, headers=auth)).status_code == 422
+        naive = {**body, "ends_at": "2099-01-01T00:00:00"}
+        assert (await client.post("/v1/silences", json=naive, headers=auth)).status_code == 422
+        assert (await client.delete(f"/v1/silences/{silence}")).status_code == 401
+        assert (await client.delete(f"/v1/silences/{silence}", headers=auth)).status_code == 204
+        assert (await client.delete(f"/v1/silences/{silence}", headers=auth)).status_code == 404
+        assert (await client.get("/v1/silences")).json() == []
+
+
+async def test_without_a_configured_token_every_write_is_refused(engine: AlertEngine) -> None:
+    async with serve(engine, None) as client:
+        fingerprint = (await client.get("/v1/alerts")).json()[0]["fingerprint"]
+        response = await client.post(
+            f"/v1/alerts/{fingerprint}/ack",
+            json={"who": "ann"},
+            headers={"Authorization": "Bearer anything"},
+        )
+        assert response.status_code == 401
+        assert "no API token" in response.json()["detail"]
+        metrics = await client.get("/metrics")
+        assert "linepulse_alerts_outbox_depth" in metrics.text
