@@ -39,9 +39,9 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request
 
-from bench.stream import Broker, free_loopback_ports
+from bench.stream import Broker
 from linepulse.config import load_config
-from linepulse.runtime import QuietServer
+from linepulse.runtime import QuietServer, free_loopback_ports
 from services.kpi.topics import ensure_topics
 
 FOR_S = 5.0

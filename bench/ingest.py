@@ -66,8 +66,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.generate import DEFAULT_OUT
 from bench.replay import busy_note, machine_lines
-from bench.stream import OUR_PIDS, Broker, CpuMeter, _version, free_loopback_ports, kafka_version
+from bench.stream import OUR_PIDS, Broker, CpuMeter, _version, kafka_version
 from linepulse.config import PlantConfig, parse_config
+from linepulse.runtime import free_loopback_ports
 from linepulse.wire import decode_records
 from services.ingest import sparkplug
 from services.ingest.kafka_sink import KafkaSink

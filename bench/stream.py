@@ -46,7 +46,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -74,6 +73,7 @@ from bench.generate import DEFAULT_OUT, MACHINES_PER_LINE, event_frame, json_lin
 from bench.replay import busy_note, machine_lines
 from linepulse.config import PlantConfig, load_config
 from linepulse.events import EVENT_SCHEMA
+from linepulse.runtime import free_loopback_ports
 from linepulse.wire import ARROW, encode_arrow
 from services.kpi.topics import ensure_topics, machine_homes
 
@@ -114,18 +114,6 @@ OUR_PIDS: list[int] = []  # the broker: its CPU is part of the benchmark, not no
 
 
 # -- the broker ----------------------------------------------------------------------------
-
-
-def free_loopback_ports(count: int) -> list[int]:
-    """Ports the kernel says are free on 127.0.0.1 (held open together, so they differ)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class Broker:

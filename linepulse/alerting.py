@@ -181,3 +181,6 @@ class AlertSettings(_Model):
     state_dir: Path = Path("alerts-state")
     api_token_env: str | None = "LINEPULSE_ALERTS_TOKEN"  # noqa: S105 - a variable's name
     api_token_file: Path | None = None
+    # Origins of pages allowed to call the alerts API from a browser (the live board's, e.g.
+    # http://linepulse.plant.example:8080); none by default.
+    cors_origins: tuple[str, ...] = ()

@@ -165,13 +165,20 @@ def _bootstrap(plant: PlantConfig, kafka: str | None) -> str:
 
 HostOption = Annotated[str, typer.Option(help="Address the HTTP API listens on.")]
 PortOption = Annotated[int, typer.Option(help="Port of the HTTP API.")]
+AlertsUrlOption = Annotated[
+    str | None,
+    typer.Option(help="The alerts API the live board at / shows and acks through."),
+]
 DbOption = Annotated[
     Path, typer.Option(help="DuckDB file of the KPI history (':memory:' for none).")
 ]
 
 
 def _serve(
-    plant: PlantConfig, kafka: str | None, state_dir: Path | None, api: tuple[str, int, Path] | None
+    plant: PlantConfig,
+    kafka: str | None,
+    state_dir: Path | None,
+    api: tuple[str, int, Path, str | None] | None,
 ) -> None:
     from services.kpi.service import ApiSettings, run_service
 
@@ -193,10 +200,12 @@ def kpi_command(
     host: HostOption = "127.0.0.1",
     port: PortOption = 8080,
     db: DbOption = Path("linepulse-kpi.duckdb"),
+    alerts_url: AlertsUrlOption = None,
 ) -> None:
     """Run a streaming KPI worker: telemetry from Kafka, KPI records to the kpi topic."""
     plant = _load(config)
-    _serve(plant, kafka, state_dir or plant.kafka.state_dir, (host, port, db) if api else None)
+    served = (host, port, db, alerts_url) if api else None
+    _serve(plant, kafka, state_dir or plant.kafka.state_dir, served)
 
 
 @app.command("api")
@@ -206,9 +215,10 @@ def api_command(
     host: HostOption = "127.0.0.1",
     port: PortOption = 8080,
     db: DbOption = Path("linepulse-kpi.duckdb"),
+    alerts_url: AlertsUrlOption = None,
 ) -> None:
-    """Serve the query API: the kpi topic materialised into DuckDB, /metrics, /docs."""
-    _serve(_load(config), kafka, None, (host, port, db))
+    """Serve the query API and the live board: the kpi topic materialised into DuckDB."""
+    _serve(_load(config), kafka, None, (host, port, db, alerts_url))
 
 
 @app.command("produce")
@@ -265,6 +275,29 @@ def alerts_command(
     bootstrap = _bootstrap(plant, kafka)
     http = HttpSettings(host, port) if port else None
     raise typer.Exit(asyncio.run(run_alerts(plant, bootstrap, http, state_dir)))
+
+
+@app.command("demo")
+def demo_command(
+    host: HostOption = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the KPI API and the live board.")] = 8080,
+    alerts_port: Annotated[int, typer.Option(help="Port of the alerts API.")] = 8081,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated plant.")] = 1,
+    fast: Annotated[
+        float, typer.Option(help="Make stops and changeovers this many times more frequent.")
+    ] = 1.0,
+    kafka: Annotated[
+        str | None,
+        typer.Option(help="Run on this Kafka broker instead of the in-process bus."),
+    ] = None,
+) -> None:
+    """The whole flow in one process on a simulated 20-machine plant: no broker needed."""
+    from services.demo import DemoSettings, run_demo
+
+    if fast < 1:
+        raise _fail("--fast must be at least 1", 2)
+    settings = DemoSettings(host, port, alerts_port, seed, fast, kafka)
+    raise typer.Exit(asyncio.run(run_demo(settings, typer.echo)))
 
 
 @app.command("simulate")

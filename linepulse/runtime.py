@@ -52,3 +52,17 @@ async def exit_on(stop: asyncio.Event, server: uvicorn.Server) -> None:
     """Let `server` finish its requests and exit once `stop` is set."""
     await stop.wait()
     server.should_exit = True
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """Ports the kernel says are free on 127.0.0.1 (held open together, so they differ)."""
+    import socket
+
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
@@ -81,6 +82,7 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     on_change: Callable[[], None] | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> FastAPI:
     """`on_change` is called after an ack or a silence change, so the service evaluates
     (and notifies) at once rather than at its next tick."""
@@ -89,6 +91,15 @@ def create_app(
         version="0.1.0",
         description="Alerts raised by the plant's rules; acknowledgements and silences.",
     )
+    if cors_origins:
+        # The live board (another origin) reads alerts and acks them with the bearer
+        # token; no cookies are involved, so credentials stay off.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
     def now_ms() -> int:
         return int(clock() * 1000)

@@ -18,9 +18,9 @@ from pathlib import Path
 import orjson
 import polars as pl
 import uvicorn
-from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry
 
+from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.config import PlantConfig
 from linepulse.runtime import QuietServer, exit_on, install_stop_signals
 from linepulse.wire import decode_records
@@ -54,9 +54,16 @@ def api_token(plant: PlantConfig) -> str | None:
 
 
 class AlertService:
-    def __init__(self, plant: PlantConfig, bootstrap: str, state_dir: Path) -> None:
+    def __init__(
+        self,
+        plant: PlantConfig,
+        bootstrap: str,
+        state_dir: Path,
+        clients: KafkaClients = AIOKAFKA,
+    ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.plant = plant
+        self.clients = clients
         self.bootstrap = bootstrap
         self.registry = CollectorRegistry()
         self.metrics = AlertMetrics.create(self.registry)
@@ -76,7 +83,7 @@ class AlertService:
         self._wake.set()
 
     async def follow_kpi(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(
+        consumer = self.clients.consumer(
             self.plant.kafka.kpi.name,
             bootstrap_servers=self.bootstrap,
             auto_offset_reset="latest",
@@ -102,7 +109,7 @@ class AlertService:
             await consumer.stop()
 
     async def follow_telemetry(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(
+        consumer = self.clients.consumer(
             self.plant.kafka.telemetry.name,
             bootstrap_servers=self.bootstrap,
             auto_offset_reset="latest",
@@ -175,7 +182,13 @@ async def run_alerts(
         group.create_task(service.evaluate_loop(stop), name="alerts-evaluate")
         group.create_task(service.outbox.run(stop), name="alerts-outbox")
         if http is not None:
-            app = create_app(service.engine, service.registry, token, on_change=service.poke)
+            app = create_app(
+                service.engine,
+                service.registry,
+                token,
+                on_change=service.poke,
+                cors_origins=plant.alerts.cors_origins,
+            )
             config = uvicorn.Config(
                 app, host=http.host, port=http.port, log_level="warning", lifespan="off"
             )

@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field
 
 from linepulse.config import PlantConfig, State, WindowKind
 from linepulse.records import KpiRecord
+from services.kpi.board.board import mount_board  # live board (issue 6)
 from services.kpi.errors import BadRequest, NotFound, install_error_handlers
 from services.kpi.store import KpiStore, Scope
 
@@ -104,6 +105,7 @@ def create_app(
     *,
     ready: Callable[[], bool] = lambda: True,
     lifespan_extra: Callable[[FastAPI], AbstractAsyncContextManager[object]] | None = None,
+    alerts_url: str | None = None,  # live board (issue 6): the alerts API the board calls
 ) -> FastAPI:
     """The KPI API for `plant`, reading `store`, exposing `registry` on `/metrics`.
 
@@ -281,6 +283,7 @@ def create_app(
             return JSONResponse(body, status_code=503)
         return JSONResponse(Health(status="ready").model_dump())
 
+    mount_board(app, plant, store, alerts_url)  # live board (issue 6): `/`, /v1/board/*
     return app
 
 

@@ -12,8 +12,9 @@ import logging
 from typing import Any, Protocol
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 
+from linepulse.bus import AIOKAFKA, Consumer, KafkaClients
 from linepulse.config import KafkaSettings
 from services.kpi.errors import LinePulseError
 
@@ -36,8 +37,10 @@ class Materializer:
         bootstrap: str,
         store: Store,
         metrics: RecordObserver | None = None,
+        clients: KafkaClients = AIOKAFKA,
     ) -> None:
         self.kafka = kafka
+        self.clients = clients
         self.bootstrap = bootstrap
         self.store = store
         self.metrics = metrics
@@ -46,7 +49,7 @@ class Materializer:
         self.bad = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = AIOKafkaConsumer(
+        consumer = self.clients.consumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -109,7 +112,7 @@ class Materializer:
                 log.warning("record skipped: %s: %s", error, str(record)[:300])
         return kept
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+    async def _assign(self, consumer: Consumer) -> list[TopicPartition]:
         topics = [self.kafka.kpi.name, self.kafka.status.name]
         partitions: list[TopicPartition] = []
         for _ in range(50):  # the topics may be created by a worker starting alongside

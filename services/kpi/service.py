@@ -34,6 +34,7 @@ class ApiSettings:
     host: str
     port: int
     db: Path  # DuckDB file of the KPI history (":memory:" keeps it in memory)
+    alerts_url: str | None = None  # the alerts API the live board reads and acks through
 
 
 async def run_service(
@@ -64,11 +65,20 @@ async def run_service(
                 store = KpiStore(str(api.db), plant)
                 stack.callback(store.close)
                 materializer = Materializer(plant.kafka, bootstrap, store, metrics)
-                app = create_app(plant, store, registry, ready=lambda: materializer.ready)
+                app = create_app(
+                    plant,
+                    store,
+                    registry,
+                    ready=lambda: materializer.ready,
+                    alerts_url=api.alerts_url,
+                )
                 config = uvicorn.Config(
                     app, host=api.host, port=api.port, log_level="warning", lifespan="on"
                 )
                 server = QuietServer(config)
+                # uvicorn waits for open responses before its lifespan ends: the board's
+                # event streams must end when the server is asked to.
+                app.state.board.stop_when(lambda: server.should_exit)
                 group.create_task(materializer.run(stop), name="kpi-materializer")
                 group.create_task(server.serve(), name="kpi-api")
                 group.create_task(exit_on(stop, server), name="kpi-api-stopper")

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 
 import polars as pl
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.partitioner import murmur2
 
+from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.config import KafkaSettings, PlantConfig, Topic
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,9 @@ class HomePartitions:
         }
 
 
-async def ensure_topics(bootstrap: str, kafka: KafkaSettings) -> None:
+async def ensure_topics(
+    bootstrap: str, kafka: KafkaSettings, clients: KafkaClients = AIOKAFKA
+) -> None:
     """Create telemetry, kpi (compacted), dead-letter and status (compacted) topics if missing."""
     wanted: list[tuple[Topic, dict[str, str]]] = [
         (kafka.telemetry, {}),
@@ -64,7 +67,7 @@ async def ensure_topics(bootstrap: str, kafka: KafkaSettings) -> None:
         (kafka.dlq, {}),
         (kafka.status, {"cleanup.policy": "compact"}),
     ]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="linepulse-admin")
+    admin = clients.admin(bootstrap_servers=bootstrap, client_id="linepulse-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -24,11 +24,12 @@ from typing import Any
 
 import orjson
 import polars as pl
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 
+from linepulse.bus import AIOKAFKA, Consumer, KafkaClients, Producer
 from linepulse.config import KafkaSettings
 from linepulse.events import Decoded, reason_kind
 from linepulse.wire import ARROW, decode_records, encode_arrow
@@ -151,8 +152,10 @@ class KpiWorker:
         bootstrap: str,
         store: DirectoryStore,
         metrics: KpiMetrics | None = None,
+        clients: KafkaClients = AIOKAFKA,
     ) -> None:
         self.core = core
+        self.clients = clients
         self.kafka = kafka
         self.bootstrap = bootstrap
         self.store = store
@@ -163,8 +166,8 @@ class KpiWorker:
         self._lines = {m: line.id for m, (line, _) in core.plant.machines().items()}
         self._open: dict[bytes, bytes] = {}  # latest unsent open-window record per key
         self._open_sent: dict[bytes, float] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
         self._last_checkpoint = time.monotonic()
         self._partitions: dict[bytes, int] = {}
         self._kpi_count = 1
@@ -174,7 +177,7 @@ class KpiWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; then finish the batch, checkpoint, commit, leave."""
-        producer = AIOKafkaProducer(
+        producer = self.clients.producer(
             bootstrap_servers=self.bootstrap,
             enable_idempotence=True,  # forces acks=all
             linger_ms=5,
@@ -184,7 +187,7 @@ class KpiWorker:
             max_request_size=4 * 1024 * 1024,
             client_id="linepulse-kpi",
         )
-        consumer = AIOKafkaConsumer(
+        consumer = self.clients.consumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.kafka.group,
             enable_auto_commit=False,

@@ -21,23 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from linepulse.runtime import free_loopback_ports
+
 ROOT = Path(__file__).parents[2]
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
 # First start on a fresh checkout fetches the jars (~15 s) before the broker's own 60 s wait.
 START_TIMEOUT_S = 300
 STOP_TIMEOUT_S = 60
-
-
-def free_loopback_ports(count: int) -> list[int]:
-    """Ports the kernel says are free on 127.0.0.1 (held open together, so they differ)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def kafka_sh(command: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:

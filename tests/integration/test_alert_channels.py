@@ -22,11 +22,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from linepulse.alerting import AlertSettings, Channel, Person
+from linepulse.runtime import free_loopback_ports
 from linepulse.sources import Credentials
 from services.alerts.metrics import AlertMetrics
 from services.alerts.model import Notification
 from services.alerts.outbox import Outbox
-from tests.integration.conftest import free_loopback_ports
 from tests.integration.receivers import HttpReceiver, Reply, Request, SmtpReceiver
 
 pytestmark = pytest.mark.integration

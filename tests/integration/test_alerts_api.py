@@ -15,12 +15,11 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from linepulse.config import parse_config
-from linepulse.runtime import QuietServer
+from linepulse.runtime import QuietServer, free_loopback_ports
 from services.alerts.api import create_app
 from services.alerts.engine import AlertEngine
 from services.alerts.metrics import AlertMetrics
 from services.alerts.store import AlertStore
-from tests.integration.conftest import free_loopback_ports
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +129,23 @@ async def test_without_a_configured_token_every_write_is_refused(engine: AlertEn
         assert "no API token" in response.json()["detail"]
         metrics = await client.get("/metrics")
         assert "linepulse_alerts_outbox_depth" in metrics.text
+
+
+async def test_the_live_board_origin_may_call_the_api_from_a_browser(
+    engine: AlertEngine,
+) -> None:
+    registry = CollectorRegistry()
+    app = create_app(engine, registry, TOKEN, cors_origins=["http://board.example:8080"])
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://alerts") as client:
+        preflight = await client.options(
+            "/v1/alerts/x/ack",
+            headers={
+                "Origin": "http://board.example:8080",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
+        )
+        assert preflight.headers["access-control-allow-origin"] == "http://board.example:8080"
+        other = await client.get("/v1/alerts", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers

@@ -23,12 +23,9 @@ import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer
 
+from linepulse.runtime import free_loopback_ports
 from linepulse.wire import decode_records
-from tests.integration.conftest import (
-    KafkaBroker,
-    MosquittoBroker,
-    free_loopback_ports,
-)
+from tests.integration.conftest import KafkaBroker, MosquittoBroker
 from tests.integration.test_kpi_worker import start_cli
 
 pytestmark = pytest.mark.integration
@@ -175,7 +172,7 @@ async def test_simulated_plant_reaches_kafka_as_the_simulator_sent_it(
         tmp_path / "simulate.log",
     )
     try:
-        await wait_for_lines(truth, 2_000, timeout_s=90)
+        await wait_for_lines(truth, 2_000, timeout_s=240)
     finally:
         simulated = stop_child(simulator, signal.SIGINT)
         await asyncio.sleep(3)  # the deaths and the last batches reach the ingester
@@ -209,16 +206,16 @@ async def test_mosquitto_restart_and_a_kafka_outage_lose_nothing(tmp_path: Path)
             ["simulate", "--config", str(config), "--seed", "11", "--truth", str(truth)],
             tmp_path / "simulate.log",
         )
-        await wait_for_lines(truth, 1_000, timeout_s=90)
+        await wait_for_lines(truth, 1_000, timeout_s=240)
         mqtt.stop()  # the plant's broker restarts: both sides reconnect
         await asyncio.sleep(3)
         mqtt.start()
-        await wait_for_lines(truth, 2_000, timeout_s=90)
+        await wait_for_lines(truth, 2_000, timeout_s=240)
         broker.stop()  # Kafka away: the ingester spools
         lines = truth.read_text().count("\n")
-        await wait_for_lines(truth, lines + 1_500, timeout_s=90)
+        await wait_for_lines(truth, lines + 1_500, timeout_s=240)
         broker.start()
-        await wait_for_lines(truth, lines + 2_500, timeout_s=90)
+        await wait_for_lines(truth, lines + 2_500, timeout_s=240)
     finally:
         if simulator is not None:
             stop_child(simulator, signal.SIGINT)

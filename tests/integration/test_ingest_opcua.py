@@ -26,10 +26,10 @@ from asyncua.ua.status_codes import StatusCodes
 from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig, parse_config
+from linepulse.runtime import free_loopback_ports
 from services.ingest.metrics import IngestMetrics
 from services.ingest.opcua import OpcuaIngester
 from services.ingest.samples import DeadLetter
-from tests.integration.conftest import free_loopback_ports
 from tests.integration.opcua_server import (
     CLIENT_URI,
     PlcServer,

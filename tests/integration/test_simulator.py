@@ -21,9 +21,10 @@ from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 
 from linepulse.config import PlantConfig, parse_config
+from linepulse.runtime import free_loopback_ports
 from services.ingest import sparkplug as spb
 from services.ingest.simulator import Behaviour, SimulatorStats, run_simulator
-from tests.integration.conftest import MosquittoBroker, free_loopback_ports
+from tests.integration.conftest import MosquittoBroker
 
 TIMEOUT_S = 60.0
 PACKML = {6: "running", 5: "idle", 11: "down", 17: "changeover", 2: "planned_stop"}

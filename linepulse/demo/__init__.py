@@ -1,0 +1,1 @@
+"""The packaged demo plant (plant.yaml), read by `linepulse demo`."""

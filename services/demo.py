@@ -1,0 +1,181 @@
+"""`linepulse demo`: the whole flow in one process, on the packaged example plant.
+
+The equipment simulator serves three OPC-UA servers; the OPC-UA ingesters read them onto
+the `telemetry` topic; the KPI worker, the API's materializer and the alerts service read
+the topics as they would on Kafka. Without `--kafka` the topics live in an in-process
+broker with the same client interface (linepulse/bus), so nothing else has to run; with
+`--kafka HOST:PORT` the same services use that broker. Everything runs in one event loop
+and stops on one event (Ctrl-C or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import yaml
+from prometheus_client import CollectorRegistry
+
+from linepulse.bus import AIOKAFKA, InProcessBroker, InProcessClients, KafkaClients
+from linepulse.config import PlantConfig, parse_config
+from linepulse.runtime import QuietServer, exit_on, free_loopback_ports, install_stop_signals
+from services.alerts.api import create_app as create_alerts_app
+from services.alerts.service import AlertService
+from services.ingest.bus_sink import BusSink
+from services.ingest.kafka_sink import KafkaSink
+from services.ingest.metrics import IngestMetrics
+from services.ingest.opcua import OpcuaIngester
+from services.ingest.simulator.model import Behaviour
+from services.ingest.simulator.run import run_simulator
+from services.kpi.api import create_app as create_kpi_app
+from services.kpi.checkpoint import DirectoryStore
+from services.kpi.core.engine import Core
+from services.kpi.materializer import Materializer
+from services.kpi.metrics import KpiMetrics
+from services.kpi.store import KpiStore
+from services.kpi.topics import ensure_topics
+from services.kpi.worker import KpiWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080  # the query API and the live board
+    alerts_port: int = 8081
+    seed: int = 1
+    fast: float = 1.0  # plant behaviour sped up: stops and changeovers this much more often
+    kafka: str | None = None  # a real broker instead of the in-process one
+
+
+def demo_plant(opcua_ports: list[int]) -> PlantConfig:
+    """The packaged demo plant with its OPC-UA servers on the given loopback ports."""
+    text = resources.files("linepulse.demo").joinpath("plant.yaml").read_text("utf-8")
+    data: dict[str, Any] = yaml.safe_load(text)
+    sources = data["sources"]["opcua"]
+    for source, port in zip(sources, opcua_ports, strict=True):
+        path = source["endpoint"].split("/", 3)[3]
+        source["endpoint"] = f"opc.tcp://127.0.0.1:{port}/{path}"
+    return parse_config(data, "linepulse/demo/plant.yaml")
+
+
+async def run_demo(settings: DemoSettings, announce: Callable[[str], None]) -> int:
+    """Run until SIGINT/SIGTERM; `announce` prints the URLs once everything listens."""
+    stop = asyncio.Event()
+    install_stop_signals(stop, "stopping the demo")
+    with tempfile.TemporaryDirectory(prefix="linepulse-demo-") as folder:
+        await _run(settings, Path(folder), stop, announce)
+    return 0
+
+
+async def _run(
+    settings: DemoSettings, state: Path, stop: asyncio.Event, announce: Callable[[str], None]
+) -> None:
+    plant = demo_plant(free_loopback_ports(3))
+    clients: KafkaClients
+    if settings.kafka is None:
+        clients, bootstrap = (
+            InProcessClients(InProcessBroker(auto_create_partitions=None)),
+            "in-process",
+        )
+    else:
+        clients, bootstrap = AIOKAFKA, settings.kafka
+    await ensure_topics(bootstrap, plant.kafka, clients)
+    registry = CollectorRegistry()
+    kpi_metrics = KpiMetrics.create(registry, plant)
+    ingest_metrics = IngestMetrics.create(registry)
+    sink: BusSink | KafkaSink
+    if settings.kafka is None:
+        sink = BusSink(plant, clients, bootstrap, ingest_metrics)
+    else:
+        spool = plant.ingest.model_copy(update={"spool_dir": state / "spool"})
+        sink = KafkaSink(plant, bootstrap, spool, ingest_metrics)
+    await sink.start()
+    store = KpiStore(":memory:", plant)
+    token = secrets.token_hex(12)
+    alerts = AlertService(plant, bootstrap, state / "alerts", clients=clients)
+    alerts_url = f"http://{settings.host}:{settings.alerts_port}"
+    board = f"http://{settings.host}:{settings.port}"
+    behaviour = Behaviour().faster(settings.fast) if settings.fast > 1 else None
+    ready = asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(
+                run_simulator(
+                    plant, seed=settings.seed, truth=None, stop=stop, ready=ready,
+                    behaviour=behaviour,
+                ),
+                name="simulator",
+            )  # fmt: skip
+            await _first(ready, stop)
+            for source in plant.sources.opcua:
+                ingester = OpcuaIngester(source, plant, sink, ingest_metrics)
+                group.create_task(ingester.run(stop), name=f"opcua:{source.id}")
+            worker = KpiWorker(
+                Core.from_config(plant),
+                plant.kafka,
+                bootstrap,
+                DirectoryStore(state / "checkpoints"),
+                kpi_metrics,
+                clients=clients,
+            )
+            group.create_task(worker.run(stop), name="kpi-worker")
+            materializer = Materializer(plant.kafka, bootstrap, store, kpi_metrics, clients=clients)
+            group.create_task(materializer.run(stop), name="kpi-materializer")
+            kpi_app = create_kpi_app(
+                plant, store, registry, ready=lambda: materializer.ready, alerts_url=alerts_url
+            )
+            _serve(group, stop, kpi_app, settings.host, settings.port, "kpi-api")
+            kpi_app.state.board.stop_when(lambda: stop.is_set())
+            group.create_task(alerts.follow_kpi(stop), name="alerts-kpi")
+            group.create_task(alerts.follow_telemetry(stop), name="alerts-telemetry")
+            group.create_task(alerts.evaluate_loop(stop), name="alerts-evaluate")
+            group.create_task(alerts.outbox.run(stop), name="alerts-outbox")
+            alerts_app = create_alerts_app(
+                alerts.engine, alerts.registry, token, on_change=alerts.poke, cors_origins=[board]
+            )
+            _serve(group, stop, alerts_app, settings.host, settings.alerts_port, "alerts-api")
+            bus = "an in-process bus" if settings.kafka is None else f"Kafka at {settings.kafka}"
+            announce(
+                f"LinePulse demo: {len(plant.machines())} machines on {len(plant.lines)} lines, "
+                f"on {bus}\n"
+                f"  live board   {board}/\n"
+                f"  KPI API      {board}/docs\n"
+                f"  alerts API   {alerts_url}/docs   (token for ack and silences: {token})\n"
+                f"  metrics      {board}/metrics\n"
+                "Ctrl-C stops it."
+            )
+    finally:
+        with contextlib.suppress(Exception):
+            await sink.close()
+        store.close()
+    log.info("demo stopped")
+
+
+async def _first(ready: asyncio.Event, stop: asyncio.Event) -> None:
+    """Wait until the simulator's servers listen (or the demo is stopped first)."""
+    waits = [asyncio.create_task(ready.wait()), asyncio.create_task(stop.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+def _serve(
+    group: asyncio.TaskGroup, stop: asyncio.Event, app: Any, host: str, port: int, name: str
+) -> None:
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+    server = QuietServer(config)
+    group.create_task(server.serve(), name=name)
+    group.create_task(exit_on(stop, server), name=f"{name}-stopper")

@@ -1,0 +1,106 @@
+"""What the live board shows, as one JSON-ready snapshot built from store queries.
+
+`build_snapshot(plant, store)` reads the store and nothing else: no clock, no network.
+"Now" is whatever the store's current shift records say, so the same store always gives
+the same snapshot, and the SSE stream can compare snapshots to send only changes.
+
+Shape (ratios are fractions 0..1, `None` when their denominator is zero; times RFC 3339
+UTC as the store serves them)::
+
+    {"site": str,
+     "trend_window": "15m" | "1h" | ... | None,
+     "lines": [{"line": str,
+                "shift": str | None, "shift_start": str | None, "shift_end": str | None,
+                "final": bool | None,          # the shift record is closed (between shifts)
+                "kpis": {"oee", "availability", "performance", "quality", "planned_s",
+                         "run_s", "downtime_s", "stops", "total_count", "good_count",
+                         "reject_count"} | None,     # None: no shift record yet
+                "machines": [{"machine", "state", "since", "last_seen", "oee"}],
+                "pareto": [{"reason", "seconds", "share"}],   # downtime of this shift
+                "trend": [{"t": window_start, "oee": float | None}]}]}
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+
+from linepulse.config import PlantConfig, WindowKind
+from services.kpi.store import KpiStore
+
+KPI_FIELDS: Final = (
+    "oee",
+    "availability",
+    "performance",
+    "quality",
+    "planned_s",
+    "run_s",
+    "downtime_s",
+    "stops",
+    "total_count",
+    "good_count",
+    "reject_count",
+)
+# Finest first: a finer trend has more points over a shift, and a finer Pareto kind closes
+# (and so counts) sooner. Every kind covers the same downtime, so one kind counts each
+# second once (see KpiStore.pareto).
+_TREND_KINDS: Final[tuple[WindowKind, ...]] = ("15m", "1h")
+_PARETO_KINDS: Final[tuple[WindowKind, ...]] = ("15m", "1h", "1m", "day", "shift")
+
+
+def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
+    """The board's snapshot of every line of `plant` (config order), from `store`."""
+    windows = tuple(plant.kpi.windows)
+    trend_kind = next((k for k in _TREND_KINDS if k in windows), None)
+    pareto_kind = next((k for k in _PARETO_KINDS if k in windows), None)
+    has_shift = "shift" in windows
+
+    shift_records = store.current(window="shift", scope="all") if has_shift else []
+    line_records = {r["line"]: r for r in shift_records if r["machine"] is None}
+    machine_oee = {r["machine"]: r["oee"] for r in shift_records if r["machine"] is not None}
+    statuses: dict[str, list[dict[str, Any]]] = {}
+    for status in store.machines():
+        statuses.setdefault(status["line"], []).append(
+            {
+                "machine": status["machine"],
+                "state": status["state"],
+                "since": status["since"],
+                "last_seen": status["last_seen"],
+                "oee": machine_oee.get(status["machine"]),
+            }
+        )
+
+    lines = []
+    for line in plant.lines:
+        record = line_records.get(line.id)
+        start = None if record is None else _parse(record["window_start"])
+        end = None if record is None else _parse(record["window_end"])
+        pareto: list[dict[str, Any]] = []
+        trend: list[dict[str, Any]] = []
+        if start is not None and end is not None:
+            if pareto_kind is not None:
+                pareto = store.pareto(line.id, start, end, window=pareto_kind)
+            if trend_kind is not None:
+                trend = [
+                    {"t": r["window_start"], "oee": r["oee"]}
+                    for r in store.history(start, end, trend_kind, line.id, scope="line")
+                ]
+        lines.append(
+            {
+                "line": line.id,
+                "shift": None if record is None else record["shift"],
+                "shift_start": None if record is None else record["window_start"],
+                "shift_end": None if record is None else record["window_end"],
+                "final": None if record is None else record["final"],
+                "kpis": None if record is None else {k: record[k] for k in KPI_FIELDS},
+                "machines": statuses.get(line.id, []),
+                "pareto": pareto,
+                "trend": trend,
+            }
+        )
+    return {"site": plant.site, "trend_window": trend_kind, "lines": lines}
+
+
+def _parse(value: str) -> datetime:
+    """A store time (RFC 3339 with a `Z`) as an aware datetime."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

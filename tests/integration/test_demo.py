@@ -1,0 +1,99 @@
+"""`linepulse demo` as a user runs it: one process, no broker; every machine gets KPIs, a
+simulated stop raises an alert that resolves when the machine runs again, and Ctrl-C
+(SIGINT) stops it with exit code 0.
+
+The demo plant works round the clock with breaks (machines are in `planned_stop` then,
+and no stop happens): the alert part expects an alert when the next minutes are planned
+time on every line, and expects none otherwise; the calendar says which, before the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from linepulse.runtime import free_loopback_ports
+from services.demo import demo_plant
+from services.kpi.core.calendar import Calendar
+from tests.integration.test_kpi_worker import start_cli
+
+pytestmark = pytest.mark.integration
+
+WINDOW_MS = 5 * 60_000  # how long the alert part may take
+
+
+async def get(client: httpx.AsyncClient, path: str) -> Any:
+    try:
+        response = await client.get(path)
+    except httpx.TransportError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def planned_throughout(now_ms: int) -> bool:
+    plant = demo_plant([1, 2, 3])
+    calendar = Calendar(plant)
+    return all(
+        calendar.planned_ms(line.id, now_ms, now_ms + WINDOW_MS) == WINDOW_MS
+        for line in plant.lines
+    )
+
+
+async def test_demo_runs_end_to_end_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    port, alerts_port = free_loopback_ports(2)
+    expect_alert = planned_throughout(int(time.time() * 1000))
+    demo = start_cli(
+        ["demo", "--port", str(port), "--alerts-port", str(alerts_port), "--fast", "30"],
+        tmp_path / "demo.log",
+    )
+    log = tmp_path / "demo.log"
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as kpi:
+            deadline = time.monotonic() + 120
+            machines: set[str] = set()
+            while time.monotonic() < deadline and len(machines) < 20:
+                records = await get(kpi, "/v1/kpis/current?window=1m") or []
+                machines = {r["machine"] for r in records if r.get("machine")}
+                await asyncio.sleep(1)
+            assert len(machines) == 20, (
+                f"machines with KPIs: {sorted(machines)}\n" + (log.read_text()[-3000:])
+            )
+            board = await kpi.get("/")
+            assert board.status_code == 200
+            assert "LinePulse" in board.text
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{alerts_port}") as alerts:
+            seen: dict[str, set[str]] = {}
+            deadline = time.monotonic() + WINDOW_MS / 1000
+            while time.monotonic() < deadline:
+                for alert in await get(alerts, "/v1/alerts") or []:
+                    if alert["rule"] == "machine-down":
+                        states = seen.setdefault(alert["fingerprint"], set())
+                        states.add(alert["state"])
+                        if alert["fired_at"] is not None:
+                            states.add("firing")  # it may have resolved between two polls
+                if not expect_alert and time.monotonic() > deadline - WINDOW_MS / 2000:
+                    break
+                if any({"firing", "resolved"} <= states for states in seen.values()):
+                    break
+                await asyncio.sleep(1)
+            if expect_alert:
+                assert any({"firing", "resolved"} <= s for s in seen.values()), seen
+            else:
+                assert not any("firing" in s for s in seen.values()), seen
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            code = demo.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            demo.wait()
+            raise
+    assert code == 0, log.read_text()[-3000:]
+    assert "live board" in log.read_text()

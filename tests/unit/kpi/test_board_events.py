@@ -1,0 +1,248 @@
+"""The live board's snapshot over a DuckDB store filled here (figures worked out by hand),
+and when its event stream ends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from starlette.requests import Request
+from starlette.types import Message
+
+from linepulse.config import PlantConfig
+from services.kpi.board.board import Board
+from services.kpi.board.snapshot import build_snapshot
+from services.kpi.store import KpiStore
+from tests.unit.kpi.test_store import plant_config, record
+
+# The plant of test_store: site plant-a, Europe/Berlin, shift "early" 06:00-14:00 local,
+# which on 2026-11-02 (CET) is 05:00-13:00 UTC; l1 has m1 and m2, l2 has m3.
+SHIFT = "2026-11-02T05:00:00Z"
+SHIFT_END = "2026-11-02T13:00:00Z"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[KpiStore]:
+    with KpiStore(tmp_path / "kpi.duckdb", plant_config()) as opened:
+        yield opened
+
+
+def line_of(snapshot: dict[str, Any], line: str) -> dict[str, Any]:
+    return next(entry for entry in snapshot["lines"] if entry["line"] == line)
+
+
+def test_an_empty_store_gives_every_line_with_nothing_known(store: KpiStore) -> None:
+    snapshot = build_snapshot(store.plant, store)
+    assert snapshot["site"] == "plant-a"
+    assert snapshot["trend_window"] == "15m"
+    assert [entry["line"] for entry in snapshot["lines"]] == ["l1", "l2"]
+    l1 = line_of(snapshot, "l1")
+    assert l1["kpis"] is None
+    assert l1["shift"] is None
+    assert l1["pareto"] == []
+    assert l1["trend"] == []
+    assert l1["machines"] == [
+        {"machine": m, "state": None, "since": None, "last_seen": None, "oee": None}
+        for m in ("m1", "m2")
+    ]
+
+
+def test_current_shift_kpis_machines_pareto_and_trend(store: KpiStore) -> None:
+    store.upsert(
+        [
+            # The current shift: line l1 and its machine m1 (m2 has no record yet).
+            record(None, start=SHIFT, oee=0.5, availability=0.8, performance=0.9, quality=0.7),
+            record("m1", start=SHIFT, oee=0.7),
+            record(None, line="l2", start=SHIFT, oee=0.25),
+            # l1's OEE trend: its 15m line records of this shift, in time order.
+            record(None, window="15m", start="2026-11-02T05:15:00Z", oee=0.6, final=False),
+            record(None, window="15m", start=SHIFT, oee=0.4, final=True),
+            record(None, window="15m", start="2026-11-02T04:45:00Z", oee=0.9, final=True),
+            record("m1", window="15m", start=SHIFT, oee=0.1, final=True),  # a machine's
+            # l1's downtime: final 15m machine records of this shift only.
+            record("m1", window="15m", start=SHIFT, final=True),  # jam 400, electrical 200
+            record(
+                "m2",
+                window="15m",
+                start="2026-11-02T05:15:00Z",
+                final=True,
+                downtime_by_reason={"jam": 100.0},
+            ),
+            record(  # still open: counts once it closes
+                "m2",
+                window="15m",
+                start="2026-11-02T05:30:00Z",
+                downtime_by_reason={"jam": 5000.0},
+            ),
+            record(  # the previous shift
+                "m1",
+                window="15m",
+                start="2026-11-02T04:45:00Z",
+                final=True,
+                downtime_by_reason={"material": 900.0},
+            ),
+            record(  # another line
+                "m3",
+                line="l2",
+                window="15m",
+                start=SHIFT,
+                final=True,
+                downtime_by_reason={"material": 50.0},
+            ),
+        ]
+    )
+    store.upsert_status(
+        [
+            {
+                "machine": "m1",
+                "line": "l1",
+                "state": "down",
+                "since": "2026-11-02T05:30:00Z",
+                "last_seen": "2026-11-02T05:31:00Z",
+            }
+        ]
+    )
+    snapshot = build_snapshot(store.plant, store)
+    l1 = line_of(snapshot, "l1")
+    assert (l1["shift"], l1["shift_start"], l1["shift_end"], l1["final"]) == (
+        "early",
+        SHIFT,
+        SHIFT_END,
+        False,
+    )
+    assert l1["kpis"] == {
+        "oee": 0.5,
+        "availability": 0.8,
+        "performance": 0.9,
+        "quality": 0.7,
+        "planned_s": 3600.0,
+        "run_s": 3000.0,
+        "downtime_s": 600.0,
+        "stops": 2,
+        "total_count": 2800,
+        "good_count": 2744,
+        "reject_count": 56,
+    }
+    assert l1["machines"] == [
+        {
+            "machine": "m1",
+            "state": "down",
+            "since": "2026-11-02T05:30:00Z",
+            "last_seen": "2026-11-02T05:31:00Z",
+            "oee": 0.7,
+        },
+        {"machine": "m2", "state": None, "since": None, "last_seen": None, "oee": None},
+    ]
+    assert l1["trend"] == [
+        {"t": SHIFT, "oee": 0.4},
+        {"t": "2026-11-02T05:15:00Z", "oee": 0.6},
+    ]
+    assert [(p["reason"], p["seconds"]) for p in l1["pareto"]] == [
+        ("jam", 500.0),
+        ("electrical", 200.0),
+    ]
+    assert [p["share"] for p in l1["pareto"]] == pytest.approx([5 / 7, 2 / 7])
+    l2 = line_of(snapshot, "l2")
+    assert l2["kpis"] is not None
+    assert l2["kpis"]["oee"] == 0.25
+    assert [(p["reason"], p["seconds"]) for p in l2["pareto"]] == [("material", 50.0)]
+    assert l2["trend"] == []
+    orjson.dumps(snapshot)  # JSON-ready as it is
+
+
+def test_between_shifts_the_last_shift_is_shown_closed(store: KpiStore) -> None:
+    store.upsert(
+        [
+            record(None, start="2026-11-01T05:00:00Z", oee=0.3, final=True),
+            record(None, start=SHIFT, oee=0.6, final=True),
+        ]
+    )
+    l1 = line_of(build_snapshot(store.plant, store), "l1")
+    assert (l1["shift_start"], l1["final"]) == (SHIFT, True)
+    assert l1["kpis"] is not None
+    assert l1["kpis"]["oee"] == 0.6
+
+
+@pytest.mark.parametrize(
+    ("windows", "trend_window", "oee", "trend"),
+    [
+        (["1m", "1h", "shift"], "1h", 0.5, [0.8]),  # no 15m: hourly points
+        (["1m", "15m"], "15m", None, []),  # no shift windows: no shift KPIs to anchor on
+    ],
+)
+def test_window_kinds_of_the_plant(
+    tmp_path: Path,
+    windows: list[str],
+    trend_window: str,
+    oee: float | None,
+    trend: list[float],
+) -> None:
+    plant: PlantConfig = plant_config(windows=windows)
+    with KpiStore(tmp_path / "kpi.duckdb", plant) as store:
+        store.upsert(
+            [
+                record(None, start=SHIFT, oee=0.5),
+                record(None, window="1h", start=SHIFT, oee=0.8),
+                record(None, window="15m", start=SHIFT, oee=0.1),
+            ]
+        )
+        snapshot = build_snapshot(plant, store)
+    assert snapshot["trend_window"] == trend_window
+    l1 = line_of(snapshot, "l1")
+    assert (l1["kpis"] or {}).get("oee") == oee
+    assert [p["oee"] for p in l1["trend"]] == trend
+
+
+# -- the event stream ----------------------------------------------------------------------
+
+
+def request(disconnected: asyncio.Event) -> Request:
+    """A Starlette request whose client disconnects when `disconnected` is set."""
+
+    async def receive() -> Message:
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    return Request({"type": "http", "method": "GET", "path": "/", "headers": []}, receive)
+
+
+async def first_events(board: Board, client: Request) -> tuple[list[bytes], Any]:
+    stream = board.events(client)
+    chunks = [await anext(stream), await anext(stream)]
+    return chunks, stream
+
+
+async def test_stream_sends_the_snapshot_then_ends_on_stop(store: KpiStore) -> None:
+    store.upsert([record(None, start=SHIFT, oee=0.5)])
+    board = Board(store.plant, store, None)
+    chunks, stream = await first_events(board, request(asyncio.Event()))
+    assert chunks[0] == b"retry: 2000\n\n"
+    event, data = chunks[1].split(b"\n", 1)
+    assert event == b"event: snapshot"
+    snapshot = orjson.loads(data.removeprefix(b"data: ").strip())
+    assert line_of(snapshot, "l1")["kpis"]["oee"] == 0.5
+    board.stop()
+    rest = await asyncio.wait_for(_drain(stream), timeout=10)
+    assert rest == []
+
+
+@pytest.mark.parametrize("how", ["disconnect", "server exit"])
+async def test_stream_ends_on_disconnect_or_server_exit(store: KpiStore, how: str) -> None:
+    board = Board(store.plant, store, None)
+    gone = asyncio.Event()
+    exiting = False
+    board.stop_when(lambda: exiting)
+    _, stream = await first_events(board, request(gone))
+    if how == "disconnect":
+        gone.set()
+    else:
+        exiting = True
+    assert await asyncio.wait_for(_drain(stream), timeout=10) == []
+
+
+async def _drain(stream: Any) -> list[bytes]:
+    return [chunk async for chunk in stream]
