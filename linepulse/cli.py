@@ -290,13 +290,17 @@ def demo_command(
         str | None,
         typer.Option(help="Run on this Kafka broker instead of the in-process bus."),
     ] = None,
+    webhook: Annotated[
+        str | None,
+        typer.Option(help="Also POST every alert notification here (Alertmanager webhook JSON)."),
+    ] = None,
 ) -> None:
     """The whole flow in one process on a simulated 20-machine plant: no broker needed."""
     from services.demo import DemoSettings, run_demo
 
     if fast < 1:
         raise _fail("--fast must be at least 1", 2)
-    settings = DemoSettings(host, port, alerts_port, seed, fast, kafka)
+    settings = DemoSettings(host, port, alerts_port, seed, fast, kafka, webhook)
     raise typer.Exit(asyncio.run(run_demo(settings, typer.echo)))
 
 

@@ -1,11 +1,12 @@
 """`linepulse demo`: the whole flow in one process, on the packaged example plant.
 
-The equipment simulator serves three OPC-UA servers; the OPC-UA ingesters read them onto
-the `telemetry` topic; the KPI worker, the API's materializer and the alerts service read
-the topics as they would on Kafka. Without `--kafka` the topics live in an in-process
-broker with the same client interface (linepulse/bus), so nothing else has to run; with
-`--kafka HOST:PORT` the same services use that broker. Everything runs in one event loop
-and stops on one event (Ctrl-C or SIGTERM).
+The equipment simulator serves two OPC-UA servers and publishes line 3 on MQTT (JSON
+topics and Sparkplug B) through an embedded broker (amqtt); the OPC-UA and MQTT ingesters
+read them onto the `telemetry` topic; the KPI worker, the API's materializer and the
+alerts service read the topics as they would on Kafka. Without `--kafka` the topics live
+in an in-process broker with the same client interface (linepulse/bus), so nothing else
+has to run; with `--kafka HOST:PORT` the same services use that broker. Everything runs
+in one event loop and stops on one event (Ctrl-C or SIGTERM).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import uvicorn
 import yaml
+from amqtt.broker import Broker
 from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AIOKAFKA, InProcessBroker, InProcessClients, KafkaClients
@@ -33,6 +35,7 @@ from services.alerts.service import AlertService
 from services.ingest.bus_sink import BusSink
 from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
+from services.ingest.mqtt import MqttIngester
 from services.ingest.opcua import OpcuaIngester
 from services.ingest.simulator.model import Behaviour
 from services.ingest.simulator.run import run_simulator
@@ -56,16 +59,24 @@ class DemoSettings:
     seed: int = 1
     fast: float = 1.0  # plant behaviour sped up: stops and changeovers this much more often
     kafka: str | None = None  # a real broker instead of the in-process one
+    webhook: str | None = None  # a URL every notification is also POSTed to (Alertmanager shape)
 
 
-def demo_plant(opcua_ports: list[int]) -> PlantConfig:
-    """The packaged demo plant with its OPC-UA servers on the given loopback ports."""
+def demo_plant(opcua_ports: list[int], mqtt_port: int, webhook: str | None = None) -> PlantConfig:
+    """The packaged demo plant with its OPC-UA servers and MQTT broker on the given
+    loopback ports, and with `webhook` (if given) as a channel every notification goes to."""
     text = resources.files("linepulse.demo").joinpath("plant.yaml").read_text("utf-8")
     data: dict[str, Any] = yaml.safe_load(text)
     sources = data["sources"]["opcua"]
     for source, port in zip(sources, opcua_ports, strict=True):
         path = source["endpoint"].split("/", 3)[3]
         source["endpoint"] = f"opc.tcp://127.0.0.1:{port}/{path}"
+    for mqtt in data["sources"].get("mqtt", []):
+        mqtt["host"], mqtt["port"] = "127.0.0.1", mqtt_port
+    if webhook is not None:
+        alerts = data["alerts"]
+        alerts["channels"].append({"id": "webhook", "type": "webhook", "url": webhook})
+        alerts["broadcast"] = [*alerts.get("broadcast", []), "webhook"]
     return parse_config(data, "linepulse/demo/plant.yaml")
 
 
@@ -81,7 +92,8 @@ async def run_demo(settings: DemoSettings, announce: Callable[[str], None]) -> i
 async def _run(
     settings: DemoSettings, state: Path, stop: asyncio.Event, announce: Callable[[str], None]
 ) -> None:
-    plant = demo_plant(free_loopback_ports(3))
+    *opcua_ports, mqtt_port = free_loopback_ports(3)
+    plant = demo_plant(opcua_ports, mqtt_port, settings.webhook)
     clients: KafkaClients
     if settings.kafka is None:
         clients, bootstrap = (
@@ -108,6 +120,7 @@ async def _run(
     board = f"http://{settings.host}:{settings.port}"
     behaviour = Behaviour().faster(settings.fast) if settings.fast > 1 else None
     ready = asyncio.Event()
+    mqtt_broker = await _start_mqtt_broker(mqtt_port)
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(
@@ -121,6 +134,9 @@ async def _run(
             for source in plant.sources.opcua:
                 ingester = OpcuaIngester(source, plant, sink, ingest_metrics)
                 group.create_task(ingester.run(stop), name=f"opcua:{source.id}")
+            for mqtt in plant.sources.mqtt:
+                mqtt_ingester = MqttIngester(mqtt, plant, sink, ingest_metrics)
+                group.create_task(mqtt_ingester.run(stop), name=f"mqtt:{mqtt.id}")
             worker = KpiWorker(
                 Core.from_config(plant),
                 plant.kafka,
@@ -158,8 +174,26 @@ async def _run(
     finally:
         with contextlib.suppress(Exception):
             await sink.close()
+        with contextlib.suppress(Exception):
+            await mqtt_broker.shutdown()
         store.close()
     log.info("demo stopped")
+
+
+async def _start_mqtt_broker(port: int) -> Broker:
+    """An embedded MQTT broker (amqtt) on loopback for line 3's MQTT and Sparkplug machines:
+    the demo needs no Mosquitto. A plant uses its own broker (`sources.mqtt`)."""
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "sys_interval": 0,
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+    )
+    await broker.start()
+    return broker
 
 
 async def _first(ready: asyncio.Event, stop: asyncio.Event) -> None:

@@ -79,7 +79,7 @@ class Materializer:
                         self.metrics.observe_records(records)
                     self.records += len(records)
                 if statuses:
-                    await asyncio.to_thread(self.store.upsert_status, statuses)
+                    await asyncio.to_thread(self._upsert_status, statuses)
                 if not self.ready:
                     for tp in list(pending):
                         if await consumer.position(tp) >= pending[tp]:
@@ -91,6 +91,20 @@ class Materializer:
                         )
         finally:
             await consumer.stop()
+
+    def _upsert_status(self, statuses: list[dict[str, Any]]) -> None:
+        """Like `_upsert`: a malformed status is logged and skipped, never fatal."""
+        try:
+            self.store.upsert_status(statuses)
+            return
+        except LinePulseError as error:
+            log.warning("a batch of %d statuses was refused (%s)", len(statuses), error)
+        for status in statuses:
+            try:
+                self.store.upsert_status([status])
+            except LinePulseError as error:
+                self.bad += 1
+                log.warning("status skipped: %s", error)
 
     def _upsert(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Upsert a batch; if the store refuses it, retry one by one and skip the bad ones,

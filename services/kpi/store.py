@@ -127,7 +127,7 @@ _UPSERT: Final = (
 _STATUS_FIELDS: Final = ("machine", "line", "state", "since", "last_seen")
 _STATUS_DDL: Final = (
     "CREATE TABLE IF NOT EXISTS machine_status ("
-    "machine VARCHAR PRIMARY KEY, line VARCHAR, state VARCHAR NOT NULL, "
+    "machine VARCHAR PRIMARY KEY, line VARCHAR, state VARCHAR, "
     "since TIMESTAMP, last_seen TIMESTAMP NOT NULL)"
 )
 _STATUS_UPSERT: Final = (
@@ -229,7 +229,7 @@ class KpiStore:
         Raises `InvalidRecord` (with the `index` of the bad status); then nothing of the
         batch is written.
         """
-        latest: dict[str, tuple[str, str | None, str, datetime | None, datetime]] = {}
+        latest: dict[str, tuple[str, str | None, str | None, datetime | None, datetime]] = {}
         for i, status in enumerate(statuses):
             row = _status_row(i, status)
             previous = latest.get(row[0])
@@ -534,7 +534,7 @@ def _wrong_type(
 
 def _status_row(
     i: int, status: Mapping[str, Any]
-) -> tuple[str, str | None, str, datetime | None, datetime]:
+) -> tuple[str, str | None, str | None, datetime | None, datetime]:
     unknown = sorted(set(status.keys()) - set(_STATUS_FIELDS))
     if unknown:
         raise InvalidRecord(f"status {i}: unknown fields {unknown}", index=i)
@@ -543,9 +543,11 @@ def _status_row(
         raise InvalidRecord(f"status {i}: machine must be a machine id, got {machine!r}", i)
     if line is not None and not isinstance(line, str):
         raise InvalidRecord(f"status {i} ({machine}): line must be text, got {line!r}", i)
-    if state not in STATES:
+    # No state yet: heard from (an analog tag, a counter) before its first state sample.
+    if state is not None and state not in STATES:
         raise InvalidRecord(
-            f"status {i} ({machine}): state must be one of {sorted(STATES)}, got {state!r}", i
+            f"status {i} ({machine}): state must be one of {sorted(STATES)} or null, got {state!r}",
+            i,
         )
     try:
         since = None if status.get("since") is None else _as_utc(status["since"])

@@ -18,8 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
-from linepulse.runtime import free_loopback_ports
+from bench.alerts import Receiver
+from linepulse.runtime import QuietServer, free_loopback_ports
 from services.demo import demo_plant
 from services.kpi.core.calendar import Calendar
 from tests.integration.test_kpi_worker import start_cli
@@ -38,7 +40,7 @@ async def get(client: httpx.AsyncClient, path: str) -> Any:
 
 
 def planned_throughout(now_ms: int) -> bool:
-    plant = demo_plant([1, 2, 3])
+    plant = demo_plant([1, 2], 3)
     calendar = Calendar(plant)
     return all(
         calendar.planned_ms(line.id, now_ms, now_ms + WINDOW_MS) == WINDOW_MS
@@ -47,12 +49,16 @@ def planned_throughout(now_ms: int) -> bool:
 
 
 async def test_demo_runs_end_to_end_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    port, alerts_port = free_loopback_ports(2)
-    expect_alert = planned_throughout(int(time.time() * 1000))
-    demo = start_cli(
-        ["demo", "--port", str(port), "--alerts-port", str(alerts_port), "--fast", "30"],
-        tmp_path / "demo.log",
+    port, alerts_port, hook_port = free_loopback_ports(3)
+    receiver = Receiver(hook_port)
+    server = QuietServer(
+        uvicorn.Config(receiver.app(), host="127.0.0.1", port=hook_port, log_level="warning")
     )
+    serving = asyncio.create_task(server.serve())
+    expect_alert = planned_throughout(int(time.time() * 1000))
+    args = ["demo", "--port", str(port), "--alerts-port", str(alerts_port), "--fast", "30"]
+    webhook = f"http://127.0.0.1:{hook_port}/hook"
+    demo = start_cli([*args, "--webhook", webhook], tmp_path / "demo.log")
     log = tmp_path / "demo.log"
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as kpi:
@@ -85,6 +91,12 @@ async def test_demo_runs_end_to_end_and_stops_on_ctrl_c(tmp_path: Path) -> None:
                 await asyncio.sleep(1)
             if expect_alert:
                 assert any({"firing", "resolved"} <= s for s in seen.values()), seen
+                # The page also reached the webhook channel (Alertmanager webhook JSON).
+                for _ in range(30):
+                    if receiver.seen("firing"):
+                        break
+                    await asyncio.sleep(1)
+                assert receiver.seen("firing"), receiver.arrivals
             else:
                 assert not any("firing" in s for s in seen.values()), seen
     finally:
@@ -95,5 +107,8 @@ async def test_demo_runs_end_to_end_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             demo.kill()
             demo.wait()
             raise
+        finally:
+            server.should_exit = True
+            await serving
     assert code == 0, log.read_text()[-3000:]
     assert "live board" in log.read_text()

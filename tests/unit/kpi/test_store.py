@@ -365,6 +365,16 @@ def test_a_bad_status_is_named(store: KpiStore, status: dict[str, Any], message:
         store.upsert_status([status])
 
 
+def test_a_machine_heard_from_before_its_first_state_has_a_null_state(store: KpiStore) -> None:
+    # An analog tag or a counter can arrive before the machine's first state sample.
+    store.upsert_status([{"machine": "m1", "line": "l1", "state": None, "last_seen": 1000}])
+    heard = {row["machine"]: row for row in store.machines()}["m1"]
+    assert (heard["state"], heard["last_seen"]) == (None, "1970-01-01T00:00:01Z")
+    store.upsert_status([{"machine": "m1", "line": "l1", "state": "running", "last_seen": 2000}])
+    rows = {row["machine"]: row for row in store.machines()}
+    assert rows["m1"]["state"] == "running"
+
+
 # -- pareto --------------------------------------------------------------------------------
 
 
