@@ -250,7 +250,8 @@ def ingest_command(
     port: Annotated[int, typer.Option(help="Port of /metrics and /healthz (0: none).")] = 9101,
 ) -> None:
     """Read the configured OPC-UA and MQTT sources into the telemetry topic."""
-    from services.ingest.service import HttpSettings, run_ingest
+    from linepulse.runtime import HttpSettings
+    from services.ingest.service import run_ingest
 
     plant = _load(config)
     bootstrap = _bootstrap(plant, kafka)
@@ -269,7 +270,8 @@ def alerts_command(
     ] = None,
 ) -> None:
     """Evaluate the alert rules on the kpi and telemetry topics; page the shift lead on duty."""
-    from services.alerts.service import HttpSettings, run_alerts
+    from linepulse.runtime import HttpSettings
+    from services.alerts.service import run_alerts
 
     plant = _load(config)
     bootstrap = _bootstrap(plant, kafka)

@@ -14,6 +14,8 @@ import io
 import logging
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import uvicorn
 
@@ -46,6 +48,30 @@ class QuietServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    host: str
+    port: int
+
+
+def serve_http(
+    group: asyncio.TaskGroup,
+    stop: asyncio.Event,
+    app: Any,
+    host: str,
+    port: int,
+    name: str,
+    *,
+    lifespan: Literal["on", "off"] = "off",
+) -> uvicorn.Server:
+    """Serve `app` in `group` until `stop` is set; returns the server (still starting)."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan=lifespan)
+    server = QuietServer(config)
+    group.create_task(server.serve(), name=name)
+    group.create_task(exit_on(stop, server), name=f"{name}-stopper")
+    return server
 
 
 async def exit_on(stop: asyncio.Event, server: uvicorn.Server) -> None:

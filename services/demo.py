@@ -22,14 +22,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import yaml
 from amqtt.broker import Broker
 from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AIOKAFKA, InProcessBroker, InProcessClients, KafkaClients
 from linepulse.config import PlantConfig, parse_config
-from linepulse.runtime import QuietServer, exit_on, free_loopback_ports, install_stop_signals
+from linepulse.runtime import free_loopback_ports, install_stop_signals, serve_http
 from services.alerts.api import create_app as create_alerts_app
 from services.alerts.service import AlertService
 from services.ingest.bus_sink import BusSink
@@ -151,7 +150,7 @@ async def _run(
             kpi_app = create_kpi_app(
                 plant, store, registry, ready=lambda: materializer.ready, alerts_url=alerts_url
             )
-            _serve(group, stop, kpi_app, settings.host, settings.port, "kpi-api")
+            serve_http(group, stop, kpi_app, settings.host, settings.port, "kpi-api", lifespan="on")
             kpi_app.state.board.stop_when(lambda: stop.is_set())
             group.create_task(alerts.follow_kpi(stop), name="alerts-kpi")
             group.create_task(alerts.follow_telemetry(stop), name="alerts-telemetry")
@@ -160,7 +159,7 @@ async def _run(
             alerts_app = create_alerts_app(
                 alerts.engine, alerts.registry, token, on_change=alerts.poke, cors_origins=[board]
             )
-            _serve(group, stop, alerts_app, settings.host, settings.alerts_port, "alerts-api")
+            serve_http(group, stop, alerts_app, settings.host, settings.alerts_port, "alerts-api")
             bus = "an in-process bus" if settings.kafka is None else f"Kafka at {settings.kafka}"
             announce(
                 f"LinePulse demo: {len(plant.machines())} machines on {len(plant.lines)} lines, "
@@ -204,12 +203,3 @@ async def _first(ready: asyncio.Event, stop: asyncio.Event) -> None:
     finally:
         for wait in waits:
             wait.cancel()
-
-
-def _serve(
-    group: asyncio.TaskGroup, stop: asyncio.Event, app: Any, host: str, port: int, name: str
-) -> None:
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-    server = QuietServer(config)
-    group.create_task(server.serve(), name=name)
-    group.create_task(exit_on(stop, server), name=f"{name}-stopper")

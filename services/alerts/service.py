@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import polars as pl
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.config import PlantConfig
-from linepulse.runtime import QuietServer, exit_on, install_stop_signals
+from linepulse.runtime import HttpSettings, install_stop_signals, serve_http
 from linepulse.wire import decode_records
 from services.alerts.api import create_app
 from services.alerts.engine import AlertEngine
@@ -35,20 +34,12 @@ log = logging.getLogger(__name__)
 EVALUATE_EVERY_S = 1.0
 
 
-@dataclass(frozen=True)
-class HttpSettings:
-    host: str
-    port: int
-
-
 def api_token(plant: PlantConfig) -> str | None:
     """The write token, from a file or an environment variable; None if neither is set."""
     settings = plant.alerts
     if settings.api_token_file is not None:
         return settings.api_token_file.read_text(encoding="utf-8").strip() or None
     if settings.api_token_env is not None:
-        import os
-
         return os.environ.get(settings.api_token_env) or None
     return None
 
@@ -189,12 +180,7 @@ async def run_alerts(
                 on_change=service.poke,
                 cors_origins=plant.alerts.cors_origins,
             )
-            config = uvicorn.Config(
-                app, host=http.host, port=http.port, log_level="warning", lifespan="off"
-            )
-            server = QuietServer(config)
-            group.create_task(server.serve(), name="alerts-http")
-            group.create_task(exit_on(stop, server), name="alerts-http-stopper")
+            serve_http(group, stop, app, http.host, http.port, "alerts-http")
             log.info("alerts: http://%s:%d/docs", http.host, http.port)
     log.info("alerts stopped; %d notification(s) undelivered in the outbox", service.outbox.depth())
     return 0

@@ -10,28 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from linepulse.config import PlantConfig
-from linepulse.runtime import QuietServer, exit_on, install_stop_signals
+from linepulse.runtime import HttpSettings, install_stop_signals, serve_http
 from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.mqtt import MqttIngester
 from services.ingest.opcua import OpcuaIngester
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HttpSettings:
-    host: str
-    port: int
 
 
 def create_app(plant: PlantConfig, sink: KafkaSink, registry: CollectorRegistry) -> FastAPI:
@@ -88,12 +80,7 @@ async def run_ingest(plant: PlantConfig, bootstrap: str, http: HttpSettings | No
                 log.info("source %s: MQTT %s:%d", mqtt.id, mqtt.host, mqtt.port)
             if http is not None:
                 app = create_app(plant, sink, registry)
-                config = uvicorn.Config(
-                    app, host=http.host, port=http.port, log_level="warning", lifespan="off"
-                )
-                server = QuietServer(config)
-                group.create_task(server.serve(), name="ingest-http")
-                group.create_task(exit_on(stop, server), name="ingest-http-stopper")
+                serve_http(group, stop, app, http.host, http.port, "ingest-http")
                 log.info("ingest: http://%s:%d/metrics and /healthz", http.host, http.port)
     finally:
         await sink.close()

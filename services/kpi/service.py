@@ -12,11 +12,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig
-from linepulse.runtime import QuietServer, exit_on, install_stop_signals
+from linepulse.runtime import install_stop_signals, serve_http
 from services.kpi.api import create_app
 from services.kpi.checkpoint import DirectoryStore
 from services.kpi.core.engine import Core
@@ -72,16 +71,11 @@ async def run_service(
                     ready=lambda: materializer.ready,
                     alerts_url=api.alerts_url,
                 )
-                config = uvicorn.Config(
-                    app, host=api.host, port=api.port, log_level="warning", lifespan="on"
-                )
-                server = QuietServer(config)
+                group.create_task(materializer.run(stop), name="kpi-materializer")
+                server = serve_http(group, stop, app, api.host, api.port, "kpi-api", lifespan="on")
                 # uvicorn waits for open responses before its lifespan ends: the board's
                 # event streams must end when the server is asked to.
                 app.state.board.stop_when(lambda: server.should_exit)
-                group.create_task(materializer.run(stop), name="kpi-materializer")
-                group.create_task(server.serve(), name="kpi-api")
-                group.create_task(exit_on(stop, server), name="kpi-api-stopper")
                 log.info("kpi api: http://%s:%d/docs, history in %s", api.host, api.port, api.db)
     if worker is not None:
         stats = worker.stats
