@@ -80,9 +80,63 @@ def make_records(count: int, *, final: bool, seed: int) -> list[dict[str, Any]]:
                 "downtime_by_reason": {REASONS[i % 3]: down} if down else {},
                 "final": final,
                 "revision": 0,
+                **_beyond_oee(machine, run, down, parts, rejects),
             }
         )
     return records
+
+
+def _beyond_oee(
+    machine: str | None, run: float, down: float, parts: int, rejects: int
+) -> dict[str, Any]:
+    """The record's fields beyond OEE, as the core fills them for one product."""
+    productive = (parts - rejects) * 0.5
+    product = {
+        "run_s": run,
+        "total_count": parts,
+        "good_count": parts - rejects,
+        "reject_count": rejects,
+        "performance": parts * 0.5 / run,
+        "quality": (parts - rejects) / parts,
+    }
+    return {
+        "product": "p1",
+        "calendar_s": 60.0,
+        "down_s": down,
+        "idle_s": 0.0,
+        "setup_s": 0.0,
+        "small_stops": 0,
+        "small_stop_s": 0.0,
+        "failures": 1 if down else 0,
+        "rework_count": None,
+        "effectiveness": parts * 0.5 / run,
+        "technical_efficiency": run / 60.0,
+        "setup_rate": 0.0,
+        "nee": productive / 60.0,
+        "teep": productive / 60.0,
+        "throughput_per_h": parts * 60.0,
+        "scrap_ratio": rejects / parts,
+        "rework_ratio": None,
+        "first_pass_yield": (parts - rejects) / parts,
+        "mttf_s": run if down else None,
+        "fully_productive_s": productive,
+        "losses": {
+            "equipment_failure_s": down,
+            "setup_s": 0.0,
+            "small_stops_s": 0.0,
+            "slow_cycles_s": run - parts * 0.5,
+            "startup_rejects_s": 0.0,
+            "production_rejects_s": rejects * 0.5,
+        },
+        "by_product": {"p1": product},
+        "constraint": None if machine else "m0000",
+        "oee_constraint": None if machine else productive / 60.0,
+        "bottleneck": None,
+        "bottleneck_s": None,
+        "output_count": None if machine else parts - rejects,
+        "target_count": None,
+        "projected_count": None,
+    }
 
 
 def timed(store: KpiStore, records: list[dict[str, Any]], batch: int) -> float:

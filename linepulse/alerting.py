@@ -9,8 +9,9 @@ Secrets (API token, routing keys, SMTP passwords) come from the environment or a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -37,6 +38,8 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 Op = Literal["<", "<=", ">", ">=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
+# Every numeric field of linepulse.records.KpiRecord but `revision` (a test keeps the two
+# in step). Line-only fields (oee_constraint, output_count, ...) need `line_records`.
 KpiField = Literal[
     "oee",
     "availability",
@@ -52,7 +55,38 @@ KpiField = Literal[
     "reject_count",
     "mtbf_s",
     "mttr_s",
+    # beyond OEE
+    "calendar_s",
+    "down_s",
+    "idle_s",
+    "setup_s",
+    "small_stops",
+    "small_stop_s",
+    "failures",
+    "rework_count",
+    "effectiveness",
+    "technical_efficiency",
+    "setup_rate",
+    "nee",
+    "teep",
+    "throughput_per_h",
+    "scrap_ratio",
+    "rework_ratio",
+    "first_pass_yield",
+    "mttf_s",
+    "fully_productive_s",
+    # line records
+    "oee_constraint",
+    "bottleneck_s",
+    "output_count",
+    "target_count",
+    "projected_count",
 ]
+Forecast = Literal["target_miss"]
+DEFAULT_SUMMARY = "{rule} on {machine}: {value}"
+FORECAST_SUMMARY = (
+    "{line}: shift {shift} projected {projected} of target {target} ({shortfall} short)"
+)
 
 
 class _Model(BaseModel):
@@ -70,13 +104,25 @@ class Scope(_Model):
 
 
 class Rule(_Model):
-    """One alert rule; exactly one of `kpi`, `signal` or `no_data` says what it watches.
+    """One alert rule; exactly one of `kpi`, `signal`, `no_data` or `forecast` says what it
+    watches.
 
     - `kpi: oee` with `window: 1h`, `op: "<"`, `threshold: 0.6`: the latest record of the
       current window of each machine (or line) in scope.
     - `signal: temperature` with `op: ">"`, `threshold: 85`; or `signal: state`, `op: "=="`,
       `value: down`: the latest sample of each machine in scope.
     - `no_data: 2m`: no event at all from a machine in scope for that long.
+    - `forecast: target_miss` with `margin: 0.05`: the open shift record of each line in
+      scope (`scope.lines`, or every line with a `target`) projects its output at the
+      current rate to fall short of the shift's target by more than the margin:
+      `projected_count < target_count x (1 - margin)`. One alert per line and shift (its
+      labels carry `shift` and `shift_start`). It resolves when the projection is back at
+      or above that level (after `keep_firing_for`), and at once when the shift is over
+      (its record final, a later shift's record seen, or the clock past its end): the
+      miss is then a fact, not a forecast. Breaks do not hold it (the projection already
+      leaves breaks out of the remaining time); a line whose machines are all in a
+      planned stop does, as for KPI rules. Summary fields: `target`, `projected`,
+      `shortfall` (parts), `output` (parts so far), `shift`, `margin`.
 
     `clear` is the hysteresis level: a firing alert resolves only once the value is on the
     good side of `clear` (e.g. trigger below 0.60, clear above 0.65).
@@ -87,6 +133,8 @@ class Rule(_Model):
     window: Literal["1m", "15m", "1h", "shift", "day"] = "shift"
     signal: str | None = None
     no_data: Duration | None = None
+    forecast: Forecast | None = None
+    margin: float = Field(default=0.05, ge=0, lt=1)  # forecast: the shortfall tolerated
     op: Op | None = None
     threshold: float | None = None
     value: str | None = None  # for text comparisons, e.g. state == down
@@ -96,18 +144,43 @@ class Rule(_Model):
     scope: Scope = Scope()
     severity: Severity = "warning"
     labels: dict[str, str] = Field(default_factory=dict)
-    summary: str = "{rule} on {machine}: {value}"
+    summary: str = DEFAULT_SUMMARY  # FORECAST_SUMMARY for forecast rules
     runbook: str | None = None
     escalate_after: Duration = 900.0
     repeat_interval: Duration | None = None  # default: alerts.repeat_interval
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _forecast_summary(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("forecast") is not None and "summary" not in data:
+            return {**data, "summary": FORECAST_SUMMARY}
+        return data
+
     @model_validator(mode="after")
     def _one_subject(self) -> Rule:
-        subjects = [k for k in ("kpi", "signal", "no_data") if getattr(self, k) is not None]
+        kinds = ("kpi", "signal", "no_data", "forecast")
+        subjects = [k for k in kinds if getattr(self, k) is not None]
         if len(subjects) != 1:
-            raise ValueError(f"give exactly one of kpi, signal, no_data; got {subjects or 'none'}")
+            raise ValueError(
+                f"give exactly one of kpi, signal, no_data, forecast; got {subjects or 'none'}"
+            )
+        if self.forecast is None and "margin" in self.model_fields_set:
+            raise ValueError("margin is for forecast rules")
+        if self.forecast is not None:
+            given = [
+                k for k in ("op", "threshold", "value", "clear") if getattr(self, k) is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"a forecast rule compares with its shift target and margin: drop {given}"
+                )
+            if self.window != "shift":
+                raise ValueError("a forecast rule reads the shift record: window must be shift")
+            if self.scope.machines:
+                raise ValueError("a forecast rule watches lines: use scope.lines, not machines")
+            return self
         if self.no_data is None:
             if self.op is None:
                 raise ValueError("op is required (one of <, <=, >, >=, ==, !=)")
@@ -184,3 +257,56 @@ class AlertSettings(_Model):
     # Origins of pages allowed to call the alerts API from a browser (the live board's, e.g.
     # http://linepulse.plant.example:8080); none by default.
     cors_origins: tuple[str, ...] = ()
+
+
+class _LineLike(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def target(self) -> object | None: ...
+
+
+class _AlertsLike(Protocol):
+    @property
+    def rules(self) -> Sequence[Rule]: ...
+
+
+class _PlantLike(Protocol):
+    @property
+    def lines(self) -> Sequence[_LineLike]: ...
+    @property
+    def alerts(self) -> _AlertsLike: ...
+
+
+def forecast_lines(rule: Rule, plant: _PlantLike) -> list[str]:
+    """The lines a forecast rule watches: `scope.lines`, or every line with a target."""
+    if rule.scope.lines:
+        return list(rule.scope.lines)
+    return [line.id for line in plant.lines if line.target is not None]
+
+
+def check_forecast_rules(plant: _PlantLike) -> None:
+    """A forecast rule needs a target on every line it watches (ValueError naming the key).
+
+    Called from the plant config's validation, after the rules' lines are known to exist.
+    """
+    index = {line.id: (li, line) for li, line in enumerate(plant.lines)}
+    for ri, rule in enumerate(plant.alerts.rules):
+        if rule.forecast is None:
+            continue
+        if not rule.scope.lines:
+            if not forecast_lines(rule, plant):
+                raise ValueError(
+                    f"alerts.rules[{ri}].forecast: no line has a target (lines[].target) "
+                    f"for rule {rule.name!r} to forecast against"
+                )
+            continue
+        for k, line_id in enumerate(rule.scope.lines):
+            if line_id not in index:
+                continue  # an unknown line: reported by the scope check
+            li, line = index[line_id]
+            if line.target is None:
+                raise ValueError(
+                    f"alerts.rules[{ri}].scope.lines[{k}]: line {line_id!r} has no target "
+                    f"(lines[{li}].target), which forecast rule {rule.name!r} needs"
+                )

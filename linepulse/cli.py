@@ -11,12 +11,16 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, BinaryIO, get_args
+from typing import TYPE_CHECKING, Annotated, BinaryIO, get_args
 
 import typer
 from tqdm import tqdm
 
 from linepulse.config import WINDOW_KINDS, ConfigError, PlantConfig, WindowKind, load_config
+from linepulse.events import EventError, parse_ts
+
+if TYPE_CHECKING:
+    from services.ingest.simulator.scenario import Scenario
 
 app = typer.Typer(
     name="linepulse",
@@ -313,21 +317,66 @@ def simulate_command(
     truth: Annotated[
         Path | None, typer.Option(help="Write the true events here, as telemetry JSON lines.")
     ] = None,
+    scenario: Annotated[
+        str | None,
+        typer.Option(
+            help="bottleneck=M, slow=LINE[:F], couple=LINE[:S], speed=ID:F[:END], "
+            "stops=ID:RUN_S|never[:DOWN_S]; comma-separated."
+        ),
+    ] = None,
+    offline: Annotated[
+        str | None,
+        typer.Option(
+            help="No servers: write the events of START/END (RFC 3339) to --truth, for "
+            "`linepulse replay`. E.g. 2026-11-02T06:00:00Z/2026-11-02T14:00:00Z."
+        ),
+    ] = None,
 ) -> None:
     """Simulate the plant's equipment: serve its OPC-UA endpoints, publish its MQTT sources."""
+    from services.ingest.simulator.scenario import parse_scenario
+
     plant = _load(config)
+    try:
+        chosen = parse_scenario(scenario, plant) if scenario else None
+    except ValueError as error:
+        raise _fail(f"--scenario: {error}", 2) from None
+    if offline is not None:
+        raise typer.Exit(_simulate_offline(plant, seed, truth, chosen, offline))
     if not plant.sources.opcua and not plant.sources.mqtt:
         raise _fail("the plant config has no sources (sources.opcua, sources.mqtt)", 2)
-    raise typer.Exit(asyncio.run(_simulate(plant, seed, truth)))
+    raise typer.Exit(asyncio.run(_simulate(plant, seed, truth, chosen)))
 
 
-async def _simulate(plant: PlantConfig, seed: int, truth: Path | None) -> int:
+def _simulate_offline(
+    plant: PlantConfig, seed: int, truth: Path | None, scenario: Scenario | None, span: str
+) -> int:
+    from services.ingest.simulator.generate import simulate_events
+    from services.ingest.simulator.truth import TruthLog
+
+    if truth is None:
+        raise _fail("--offline writes to --truth FILE; give one", 2)
+    try:
+        start, end = (parse_ts(part) for part in span.split("/"))
+    except (ValueError, EventError) as error:
+        raise _fail(f"--offline must be START/END in RFC 3339: {error}", 2) from None
+    if end <= start:
+        raise _fail("--offline: END must be after START", 2)
+    events = simulate_events(plant, seed=seed, start_ms=start, end_ms=end, scenario=scenario)
+    with TruthLog(truth) as log_file:
+        log_file.write(events)
+    typer.echo(f"wrote {len(events)} events to {truth}", err=True)
+    return 0
+
+
+async def _simulate(
+    plant: PlantConfig, seed: int, truth: Path | None, scenario: Scenario | None
+) -> int:
     from linepulse.runtime import install_stop_signals
     from services.ingest.simulator.run import run_simulator
 
     stop = asyncio.Event()
     install_stop_signals(stop, "stopping the simulator")
-    stats = await run_simulator(plant, seed=seed, truth=truth, stop=stop)
+    stats = await run_simulator(plant, seed=seed, truth=truth, stop=stop, scenario=scenario)
     log.info("simulator stopped: %s", stats)
     return 0
 

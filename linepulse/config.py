@@ -26,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from linepulse.alerting import AlertSettings
+from linepulse.alerting import AlertSettings, check_forecast_rules
+from linepulse.production import LineTarget, ReasonCategory, check_tree
 from linepulse.sources import IngestSettings, Sources
 
 State = Literal["running", "idle", "down", "changeover", "planned_stop", "unknown"]
@@ -36,6 +37,8 @@ DOWNTIME_STATES: frozenset[str] = frozenset({"down", "idle", "changeover"})
 
 CounterSignal = Literal["total_count", "good_count", "reject_count"]
 COUNTER_SIGNALS: tuple[str, ...] = get_args(CounterSignal)
+# A machine's counters, as `counters:` declares them: the three above and rework.
+Counter = Literal["total_count", "good_count", "reject_count", "rework_count"]
 
 WindowKind = Literal["1m", "15m", "1h", "shift", "day"]
 WINDOW_KINDS: tuple[str, ...] = get_args(WindowKind)
@@ -147,10 +150,17 @@ class Machine(_Model):
     # Source value -> LinePulse state (PackML state numbers, PLC enums, vendor strings).
     state_map: dict[str, State] = Field(default_factory=dict)
     # Counter maximum before it wraps to 0; a step down is then a rollover, not a reset.
-    counter_max: dict[CounterSignal, int] = Field(default_factory=dict)
+    counter_max: dict[Counter, int] = Field(default_factory=dict)
     # The counters this machine has. They decide how counts combine (good = total - reject,
     # or total = good + reject); when left out, they are learned from the data.
-    counters: tuple[CounterSignal, ...] | None = None
+    counters: tuple[Counter, ...] | None = None
+    # A down/idle stop shorter than this is a small stop: a performance loss, counted in
+    # run time, not downtime. None: the site's `kpi.small_stop_s`.
+    small_stop_s: float | None = Field(default=None, ge=0)
+    # Rejects within this long after a changeover or a shift start are start-up rejects.
+    startup_s: float | None = Field(default=None, ge=0)
+    # This machine's reason tree; None: the site's `reasons`.
+    reasons: tuple[ReasonCategory, ...] | None = None
 
     @field_validator("id")
     @classmethod
@@ -171,7 +181,7 @@ class Machine(_Model):
     @classmethod
     def _one_max_for_all(cls, value: object) -> object:
         if isinstance(value, int) and not isinstance(value, bool):
-            return dict.fromkeys(COUNTER_SIGNALS, value)
+            return dict.fromkeys(get_args(Counter), value)
         return value
 
     @field_validator("counter_max")
@@ -199,8 +209,45 @@ class Line(_Model):
     machines: tuple[Machine, ...] = Field(min_length=1)
     shifts: tuple[Shift, ...] | None = None  # overrides the site's shifts for this line
     days_off: tuple[date, ...] | None = None
+    # The machine whose OEE is the line's `oee_constraint`; default: the slowest (largest
+    # ideal cycle time), the later one on a tie.
+    constraint: str | None = None
+    # The machine whose good parts are the line's output; default: the last one.
+    output: str | None = None
+    target: LineTarget | None = None
 
     _id = field_validator("id")(Machine._id_chars.__func__)  # type: ignore[attr-defined]
+
+    @model_validator(mode="after")
+    def _named_machines(self) -> Line:
+        ids = [m.id for m in self.machines]
+        for key in ("constraint", "output"):
+            value = getattr(self, key)
+            if value is not None and value not in ids:
+                raise ValueError(f"{key}: {value!r} is not a machine of line {self.id!r}")
+        if self.target is not None and self.target.efficiency is not None:
+            out = self.output_machine
+            if out.ideal_cycle_time_s is None:
+                raise ValueError(
+                    f"target.efficiency needs an ideal_cycle_time_s on the output machine "
+                    f"{out.id!r}"
+                )
+        return self
+
+    @property
+    def output_machine(self) -> Machine:
+        return next(m for m in self.machines if m.id == (self.output or self.machines[-1].id))
+
+    @property
+    def constraint_machine(self) -> Machine:
+        if self.constraint is not None:
+            return next(m for m in self.machines if m.id == self.constraint)
+        best = self.machines[-1]
+        for machine in self.machines:
+            ict, top = machine.ideal_cycle_time_s, best.ideal_cycle_time_s
+            if ict is not None and (top is None or ict >= top):
+                best = machine
+        return best
 
 
 class KpiSettings(_Model):
@@ -209,6 +256,9 @@ class KpiSettings(_Model):
     lateness_s: float = Field(default=10.0, ge=0)
     # How far behind the watermark a late event may still restate a closed window.
     restate_horizon_s: float = Field(default=3600.0, ge=0)
+    # Defaults for machines that set none (0: no small stops, no start-up period).
+    small_stop_s: float = Field(default=0.0, ge=0)
+    startup_s: float = Field(default=0.0, ge=0)
     windows: tuple[WindowKind, ...] = WINDOW_KINDS  # type: ignore[assignment]
 
 
@@ -243,6 +293,8 @@ class PlantConfig(_Model):
     shifts: tuple[Shift, ...] = ()
     days_off: tuple[date, ...] = ()
     state_map: dict[str, State] = Field(default_factory=dict)
+    # The reason tree of every machine that has none of its own.
+    reasons: tuple[ReasonCategory, ...] = ()
     lines: tuple[Line, ...] = Field(min_length=1)
     kpi: KpiSettings = KpiSettings()
     kafka: KafkaSettings = KafkaSettings()
@@ -270,6 +322,10 @@ class PlantConfig(_Model):
     def _consistent(self) -> PlantConfig:
         seen_lines: set[str] = set()
         seen_machines: dict[str, str] = {}
+        try:
+            check_tree(self.reasons)
+        except ValueError as error:
+            raise ValueError(f"reasons: {error}") from None
         for li, line in enumerate(self.lines):
             if line.id in seen_lines:
                 raise ValueError(f"lines[{li}].id: duplicate line id {line.id!r}")
@@ -281,6 +337,11 @@ class PlantConfig(_Model):
                         f"on line {seen_machines[machine.id]!r}; machine ids are plant-wide"
                     )
                 seen_machines[machine.id] = line.id
+                if machine.reasons is not None:
+                    try:
+                        check_tree(machine.reasons)
+                    except ValueError as error:
+                        raise ValueError(f"lines[{li}].machines[{mi}].reasons: {error}") from None
             shifts = line.shifts if line.shifts is not None else self.shifts
             where = f"lines[{li}].shifts" if line.shifts is not None else "shifts"
             _check_shifts_disjoint(shifts, where)
@@ -305,6 +366,21 @@ class PlantConfig(_Model):
 
     def state_map_for(self, machine: Machine) -> dict[str, str]:
         return {**self.state_map, **machine.state_map}
+
+    def reasons_for(self, machine: Machine) -> tuple[ReasonCategory, ...]:
+        return machine.reasons if machine.reasons is not None else self.reasons
+
+    def planned_reasons(self, machine: Machine) -> frozenset[str]:
+        """Codes that make a stop planned time on this machine."""
+        return frozenset(c for cat in self.reasons_for(machine) if cat.planned for c in cat.codes)
+
+    def small_stop_ms(self, machine: Machine) -> int:
+        value = machine.small_stop_s if machine.small_stop_s is not None else self.kpi.small_stop_s
+        return round(value * 1000)
+
+    def startup_ms(self, machine: Machine) -> int:
+        value = machine.startup_s if machine.startup_s is not None else self.kpi.startup_s
+        return round(value * 1000)
 
 
 def _check_alerts(plant: PlantConfig, machines: dict[str, str]) -> None:
@@ -334,6 +410,7 @@ def _check_alerts(plant: PlantConfig, machines: dict[str, str]) -> None:
         for machine in rule.scope.machines:
             if machine not in machines:
                 raise ValueError(f"alerts.rules[{ri}].scope.machines: unknown machine {machine!r}")
+    check_forecast_rules(plant)
     shift_sets = [("shifts", plant.shifts)] + [
         (f"lines[{li}].shifts", line.shifts)
         for li, line in enumerate(plant.lines)

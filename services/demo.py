@@ -148,7 +148,13 @@ async def _run(
             materializer = Materializer(plant.kafka, bootstrap, store, kpi_metrics, clients=clients)
             group.create_task(materializer.run(stop), name="kpi-materializer")
             kpi_app = create_kpi_app(
-                plant, store, registry, ready=lambda: materializer.ready, alerts_url=alerts_url
+                plant,
+                store,
+                registry,
+                ready=lambda: materializer.ready,
+                alerts_url=alerts_url,
+                bootstrap=bootstrap,
+                clients=clients,
             )
             serve_http(group, stop, kpi_app, settings.host, settings.port, "kpi-api", lifespan="on")
             kpi_app.state.board.stop_when(lambda: stop.is_set())

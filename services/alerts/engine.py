@@ -13,7 +13,10 @@ Lifecycle, per rule and target (fingerprint = rule + labels):
 - firing and the value back on the good side of `clear` for `keep_firing_for`
   -> `resolved`; an unknown value (no record, a null ratio) changes nothing;
 - KPI rules are suppressed while the machine is in `planned_stop` or its line is outside
-  its shifts or in a break: no new pending, no firing, no re-page of a firing one.
+  its shifts or in a break: no new pending, no firing, no re-page of a firing one;
+- forecast rules (`forecast: target_miss`) make one alert per line and shift (labels
+  `shift`, `shift_start`); it resolves at once when its shift is over. They are
+  suppressed only while every machine of the line is in `planned_stop`, not in breaks.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ from linepulse.alerting import Rule
 from linepulse.config import PlantConfig
 from services.alerts.model import Alert, AlertState, Matcher, Notification, Silence, fingerprint
 from services.alerts.routing import Duty, Group, Router, alert_id, silenced
-from services.alerts.rules import Observations, Reading, Target, read, render, targets
+from services.alerts.rules import (
+    Observations,
+    Reading,
+    Target,
+    forecast_labels,
+    read,
+    render,
+    targets,
+)
 from services.alerts.store import (
     AlertStore,
     Table,
@@ -66,7 +77,9 @@ class AlertEngine:
         self._machines = plant.machines()
         self.duty = Duty(plant)
         self.router = Router(plant, self.duty)
-        windows = frozenset(r.window for r in self.settings.rules if r.kpi is not None)
+        windows = frozenset(
+            r.window for r in self.settings.rules if r.kpi is not None or r.forecast is not None
+        )
         self.obs = Observations(windows)
         self._tracks: dict[str, _Track] = {}  # alert id -> track, open and resolved
         self._open: dict[str, str] = {}  # fingerprint -> alert id of its open alert
@@ -109,11 +122,16 @@ class AlertEngine:
                         self.obs.dirty.add(f"h|{target.machine}")
                 labels = self._labels(rule, target)
                 fp = fingerprint(rule.name, labels)
-                suppressed = rule.kpi is not None and self._suppressed(target, now_ms)
+                if rule.forecast is not None:
+                    suppressed = self._all_planned_stop(target.line)
+                else:
+                    suppressed = rule.kpi is not None and self._suppressed(target, now_ms)
                 if suppressed:
                     quiet.add(fp)
                 reading = read(rule, self.obs, target, now_ms)
                 self._advance(rule, target, labels, fp, reading, suppressed, now_ms)
+                if rule.forecast is not None and (target.line, None, "shift") in self.obs.records:
+                    self._end_earlier_shifts(rule, target, fp, now_ms)
         notes = self._route(quiet, now_ms)
         self._prune(now_ms)
         self._save(now_ms, notes)
@@ -130,6 +148,10 @@ class AlertEngine:
         now: int,
     ) -> None:
         aid = self._open.get(fp)
+        if reading.over:
+            if aid is not None:
+                self._end(fp, now)
+            return
         if aid is None:
             if suppressed or reading.breach is not True:
                 return
@@ -148,7 +170,7 @@ class AlertEngine:
             aid = alert_id(alert)
             self._tracks[aid] = _Track(alert)
             self._open[fp] = aid
-            self._describe(rule, target, alert)
+            self._describe(rule, target, alert, reading)
         track = self._tracks[aid]
         alert = track.alert
         if alert.state is AlertState.PENDING:
@@ -158,7 +180,7 @@ class AlertEngine:
             if reading.breach is None:
                 return
             alert.value = reading.value
-            self._describe(rule, target, alert)
+            self._describe(rule, target, alert, reading)
             if now - alert.pending_since >= round(rule.for_ * 1000):
                 alert.state = AlertState.FIRING
                 alert.fired_at = alert.updated_at = now
@@ -170,7 +192,7 @@ class AlertEngine:
             track.clear_since = None
             if reading.breach:
                 alert.value = reading.value
-                self._describe(rule, target, alert)
+                self._describe(rule, target, alert, reading)
             return
         if track.clear_since is None:
             track.clear_since = now
@@ -178,6 +200,25 @@ class AlertEngine:
             alert.state = AlertState.RESOLVED
             alert.resolved_at = alert.updated_at = now
             del self._open[fp]
+
+    def _end(self, fp: str, now: int) -> None:
+        """What the open alert `fp` watched is gone: drop it if pending, else resolve it
+        now (no `keep_firing_for`: there is nothing left to recover)."""
+        aid = self._open.pop(fp)
+        alert = self._tracks[aid].alert
+        if alert.state is AlertState.PENDING:
+            del self._tracks[aid]
+            return
+        alert.state = AlertState.RESOLVED
+        alert.resolved_at = alert.updated_at = now
+
+    def _end_earlier_shifts(self, rule: Rule, target: Target, current: str, now: int) -> None:
+        """A forecast alert of an earlier shift of this line ends once a later shift's
+        record has replaced its own (its final record may never be seen)."""
+        for fp, aid in list(self._open.items()):
+            alert = self._tracks[aid].alert
+            if fp != current and alert.rule == rule.name and alert.line == target.line:
+                self._end(fp, now)
 
     def _join(self, rule: Rule, target: Target, aid: str, now: int) -> str:
         """Put a newly firing alert in the group of its rule and line still waiting to
@@ -223,7 +264,10 @@ class AlertEngine:
             return True
         if target.machine is not None:
             return self.obs.state(target.machine) == "planned_stop"
-        line = next(li for li in self.plant.lines if li.id == target.line)
+        return self._all_planned_stop(target.line)
+
+    def _all_planned_stop(self, line_id: str) -> bool:
+        line = next(li for li in self.plant.lines if li.id == line_id)
         return all(self.obs.state(m.id) == "planned_stop" for m in line.machines)
 
     def _labels(self, rule: Rule, target: Target) -> dict[str, str]:
@@ -235,9 +279,11 @@ class AlertEngine:
         }
         if target.machine is not None:
             labels["machine"] = target.machine
+        if rule.forecast is not None:
+            labels.update(forecast_labels(self.obs.records.get((target.line, None, "shift"))))
         return {**labels, **rule.labels}
 
-    def _describe(self, rule: Rule, target: Target, alert: Alert) -> None:
+    def _describe(self, rule: Rule, target: Target, alert: Alert, reading: Reading) -> None:
         """Render the rule's summary and runbook texts with the alert's current value."""
         fields = {
             "rule": rule.name,
@@ -246,8 +292,9 @@ class AlertEngine:
             "site": self.plant.site,
             "value": alert.value,
             "threshold": rule.threshold if rule.threshold is not None else rule.value,
-            "window": rule.window if rule.kpi is not None else "",
+            "window": rule.window if rule.kpi is not None or rule.forecast is not None else "",
             "severity": rule.severity,
+            **reading.fields,
         }
         alert.summary = render(rule.summary, fields)
         alert.runbook = None if rule.runbook is None else render(rule.runbook, fields)

@@ -3,7 +3,9 @@
 The engine feeds `Observations` with KPI records and telemetry samples; a rule is read
 over each `Target` in its scope into a `Reading`: the value, whether it breaches the
 trigger, and whether it is back on the good side of `clear` (the hysteresis level that
-keeps a value hovering at the threshold from flapping). Pure: time is passed in.
+keeps a value hovering at the threshold from flapping). A forecast rule reads a line's
+open shift record: its projected output against the shift's target. Pure: time is
+passed in.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from linepulse.alerting import Rule
+from linepulse.alerting import Rule, forecast_lines
 from linepulse.config import PlantConfig
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
@@ -41,11 +43,15 @@ class Reading:
 
     `breach` and `recovered` are None when the value is unknown (no record yet, a ratio
     whose denominator is zero, no sample): an unknown value changes no alert's state.
+    `over`: what the rule watched is gone (a forecast's shift has ended): an open alert
+    resolves at once. `fields`: more summary template fields (a forecast's target, ...).
     """
 
     value: float | str | None
     breach: bool | None
     recovered: bool | None
+    over: bool = False
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 UNKNOWN = Reading(None, None, None)
@@ -151,7 +157,10 @@ def _record_rank(record: Mapping[str, Any]) -> tuple[float, int]:
 
 def targets(rule: Rule, plant: PlantConfig) -> list[Target]:
     """The targets in a rule's scope: listed machines plus all machines of listed lines
-    (every machine of the site when both are empty); with `line_records`, those lines."""
+    (every machine of the site when both are empty); with `line_records`, those lines. A
+    forecast rule: its lines (`scope.lines`, or every line with a target)."""
+    if rule.forecast is not None:
+        return [Target(line, None) for line in forecast_lines(rule, plant)]
     machines = plant.machines()
     scope = rule.scope
     if not scope.lines and not scope.machines:
@@ -173,6 +182,8 @@ def read(rule: Rule, obs: Observations, target: Target, now: int) -> Reading:
         silent_s = (now - obs.heard[target.machine]) / 1000
         breach = silent_s > rule.no_data
         return Reading(round(silent_s, 3), breach, not breach)
+    if rule.forecast is not None:
+        return read_forecast(rule, obs.records.get((target.line, None, "shift")), now)
     if rule.kpi is not None:
         record = obs.records.get((target.line, target.machine, rule.window))
         value = None if record is None else record.get(rule.kpi)
@@ -189,6 +200,53 @@ def read(rule: Rule, obs: Observations, target: Target, now: int) -> Reading:
         text = sample.text if sample.text is not None else _num_text(sample.num)
         return UNKNOWN if text is None else compare(rule, text)
     return UNKNOWN if sample.num is None else compare(rule, sample.num)
+
+
+def read_forecast(rule: Rule, record: Mapping[str, Any] | None, now: int) -> Reading:
+    """`forecast: target_miss` over a line's latest shift record: breached while the
+    projection is short of the target by more than the margin; over once the record is
+    final or the clock has passed the shift's end."""
+    if record is None:
+        return UNKNOWN
+    projected, target = _number(record.get("projected_count")), _number(record.get("target_count"))
+    fields: dict[str, Any] = {
+        "shift": record.get("shift") or "",
+        "shift_start": record.get("window_start"),
+        "output": record.get("output_count"),
+        "margin": rule.margin,
+        "target": None if target is None else round(target),
+        "projected": None if projected is None else round(projected),
+        "shortfall": None,
+    }
+    if projected is not None and target is not None:
+        fields["shortfall"] = max(0, round(target) - round(projected))
+    if record.get("final") is True or now >= _ms(record.get("window_end")):
+        return Reading(projected, False, True, over=True, fields=fields)
+    if projected is None or target is None:
+        return UNKNOWN
+    breach = projected < target * (1 - rule.margin)
+    return Reading(projected, breach, not breach, fields=fields)
+
+
+def forecast_labels(record: Mapping[str, Any] | None) -> dict[str, str]:
+    """The labels that make a forecast alert one per shift: its name and start."""
+    if record is None:
+        return {}
+    return {"shift": str(record.get("shift") or ""), "shift_start": str(record.get("window_start"))}
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _ms(text: object) -> float:
+    """Epoch ms of an RFC 3339 time; +inf when it is missing or unreadable."""
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")).timestamp() * 1000
+    except ValueError:
+        return float("inf")
 
 
 def compare(rule: Rule, value: float | str) -> Reading:

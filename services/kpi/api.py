@@ -3,8 +3,10 @@ Prometheus metrics and health checks, over HTTP.
 
 `create_app(plant, store, registry)` builds the app from what `main` opened; nothing is
 built at import time. The lifespan owns what the app itself starts (the optional
-`lifespan_extra`, e.g. the lead's Kafka materializer) through one `AsyncExitStack`; the
-store and the registry belong to the caller and are neither closed nor reset here.
+`lifespan_extra`, e.g. the lead's Kafka materializer, and the producer of reason
+corrections) through one `AsyncExitStack`; the store and the registry belong to the
+caller and are neither closed nor reset here. Stops, reason trees and corrections are in
+services/kpi/stops_api.py.
 
 Endpoints are plain `def`s: FastAPI runs them in its threadpool, so a DuckDB query never
 blocks the event loop; the store opens a cursor per call, which makes that safe.
@@ -27,10 +29,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
+from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.config import PlantConfig, State, WindowKind
 from linepulse.records import KpiRecord
 from services.kpi.board.board import mount_board  # live board (issue 6)
 from services.kpi.errors import BadRequest, NotFound, install_error_handlers
+from services.kpi.stops_api import CorrectionProducer, stops_router
 from services.kpi.store import KpiStore, Scope
 
 # The window kind the Pareto sums: 1h if computed (see KpiStore.pareto), else the next.
@@ -83,6 +87,7 @@ class MachineStatus(BaseModel):
     machine: str
     line: str
     state: State | None = Field(description="state of the latest `state` sample")
+    reason: str | None = Field(default=None, description="that sample's reason code")
     since: str | None = Field(description="when that state began, RFC 3339 UTC")
     last_seen: str | None = Field(description="time of the machine's latest sample, RFC 3339")
 
@@ -106,6 +111,8 @@ def create_app(
     ready: Callable[[], bool] = lambda: True,
     lifespan_extra: Callable[[FastAPI], AbstractAsyncContextManager[object]] | None = None,
     alerts_url: str | None = None,  # live board (issue 6): the alerts API the board calls
+    bootstrap: str | None = None,
+    clients: KafkaClients = AIOKAFKA,
 ) -> FastAPI:
     """The KPI API for `plant`, reading `store`, exposing `registry` on `/metrics`.
 
@@ -113,15 +120,21 @@ def create_app(
     reached the end of the `kpi` topic); `/readyz` answers 503 until it returns True.
     `lifespan_extra(app)`, if given, is entered when the app starts and exited when it
     stops, inside the app's `AsyncExitStack` (start background work there).
+    `bootstrap` (with `clients`, aiokafka's or the in-process bus's) is the broker that
+    reason corrections are sent through; without it `POST /v1/stops/{id}/reason` answers
+    503.
     """
     lines = {line.id: line for line in plant.lines}
     machines = {m: line.id for m, (line, _) in plant.machines().items()}
     windows = tuple(plant.kpi.windows)
     pareto_kind: WindowKind = next((k for k in _PARETO_KINDS if k in windows), "1h")
+    producer = None if bootstrap is None else CorrectionProducer(plant, bootstrap, clients)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            if producer is not None:
+                stack.push_async_callback(producer.close)
             if lifespan_extra is not None:
                 await stack.enter_async_context(lifespan_extra(app))
             yield
@@ -134,6 +147,7 @@ def create_app(
         openapi_tags=[
             {"name": "kpis", "description": "KPI records per machine and line"},
             {"name": "plant", "description": "machines and downtime"},
+            {"name": "stops", "description": "stops, reason trees and reason corrections"},
             {"name": "operations", "description": "metrics and health checks"},
         ],
     )
@@ -283,6 +297,9 @@ def create_app(
             return JSONResponse(body, status_code=503)
         return JSONResponse(Health(status="ready").model_dump())
 
+    app.include_router(
+        stops_router(plant, store, producer, check_scope=check_scope, parse_time=_time)
+    )
     mount_board(app, plant, store, alerts_url)  # live board (issue 6): `/`, /v1/board/*
     return app
 

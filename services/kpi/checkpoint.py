@@ -22,8 +22,9 @@ import polars as pl
 
 from services.kpi.core.engine import Core, CoreState, CoreStats, Emitted
 
-FORMAT_VERSION = 1
-_FRAMES = ("recent", "older", "older_last", "atoms", "reasons", "acc", "racc")
+# 2: product frames, and the beyond-OEE atoms and record values.
+FORMAT_VERSION = 2
+_FRAMES = ("recent", "older", "older_last", "atoms", "reasons", "acc", "racc", "patoms", "pacc")
 _FRAME_SCHEMAS = {
     "recent": "samples",
     "older": "samples",
@@ -32,6 +33,8 @@ _FRAME_SCHEMAS = {
     "reasons": "reasons",
     "acc": "acc",
     "racc": "racc",
+    "patoms": "patoms",
+    "pacc": "pacc",
 }
 
 
@@ -114,9 +117,8 @@ def load_state(core: Core, data: bytes) -> tuple[CoreState, int, dict[str, Any]]
 
 
 def _values(values: list[Any]) -> tuple[Any, ...]:
-    # The last value is downtime by reason as (reason, seconds) pairs; msgpack gives lists.
-    *scalars, reasons = values
-    return (*scalars, tuple(tuple(pair) for pair in reasons))
+    # Emitted values nest tuples (reasons, products); msgpack gives lists back.
+    return tuple(_values(v) if isinstance(v, list) else v for v in values)
 
 
 class DirectoryStore:

@@ -41,6 +41,18 @@ class BadRequest(LinePulseError):
     status_code: ClassVar[int] = 422
 
 
+class Conflict(LinePulseError):
+    """A request that the current state forbids, e.g. a stop too old to restate (HTTP 409)."""
+
+    status_code: ClassVar[int] = 409
+
+
+class Unavailable(LinePulseError):
+    """A dependency the request needs is missing or down, e.g. Kafka (HTTP 503)."""
+
+    status_code: ClassVar[int] = 503
+
+
 class InvalidRecord(BadRequest):
     """A KPI record or machine status handed to the store does not have the contract's
     shape (schemas/kpi-record.schema.json); nothing of its batch was written.

@@ -70,6 +70,7 @@ async def run_service(
                     registry,
                     ready=lambda: materializer.ready,
                     alerts_url=api.alerts_url,
+                    bootstrap=bootstrap,  # reason corrections go to the core through it
                 )
                 group.create_task(materializer.run(stop), name="kpi-materializer")
                 server = serve_http(group, stop, app, api.host, api.port, "kpi-api", lifespan="on")

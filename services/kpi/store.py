@@ -2,7 +2,9 @@
 
 One table holds every KPI record the service has seen, one row per key
 (line, machine, window, window_start); the `kpi` topic is the source, this is its
-queryable view. Times are stored as UTC `TIMESTAMP`s and served as RFC 3339 with a `Z`.
+queryable view. Machine statuses also feed the stop log and its reason corrections
+(services/kpi/stops.py), in tables of the same database. Times are stored as UTC
+`TIMESTAMP`s and served as RFC 3339 with a `Z`.
 
 Decisions worth knowing:
 
@@ -15,13 +17,18 @@ Decisions worth knowing:
   later arrival wins (an open window's newer figures replace its older ones). Within a
   batch, list order is arrival order.
 - **`downtime_by_reason`** is stored as JSON text: DuckDB updates a VARCHAR in place
-  about 10x faster than a MAP, and `json_each` unnests it for the Pareto.
+  about 10x faster than a MAP, and `json_each` unnests it for the Pareto. So are `losses`
+  and `by_product`; all three come back out as objects.
+- **Earlier store files** open: columns of fields added since are added on open (old
+  rows get zero, `{}` or null; `calendar_s` the window's length).
 - **Batches** go in as one Polars frame (through the Arrow C stream interface; no
   pyarrow needed), deduplicated per key in Polars, then one atomic
   `INSERT ... ON CONFLICT DO UPDATE ... WHERE` statement. `python -m bench.store`
   (100,000 records, this project's shared 2-core machine): 50-140 k records/s in
   batches of 10,000, 21-36 k/s in batches of 1,000, where the statement's own ~25 ms
-  dominates; so hand it what a poll returned, not record by record. The
+  dominates; so hand it what a poll returned, not record by record. (Measured with the
+  24 OEE fields; with the 53 of the record beyond OEE, 31-45 k/s on 20,000 records in
+  batches of 10,000, the machine shared by other jobs.) The
   primary key's ART index keeps each conflict check a lookup, not a scan of the history
   (it also grows with the history: 1m records, ~1.5 M a day per 1,000 machines, are
   the bulk; retention is not built yet).
@@ -43,15 +50,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import Any, Final, Literal, Self, get_args
 
 import duckdb
 import orjson
 import polars as pl
 
 from linepulse.config import STATES, WINDOW_KINDS, PlantConfig, WindowKind
-from linepulse.records import RECORD_FIELDS
+from linepulse.records import RECORD_FIELDS, KpiRecord
 from services.kpi.errors import InvalidRecord
+from services.kpi.stops import StatusRow, StopLog, create_stop_tables
+from services.kpi.stops import iso as _iso
 
 Scope = Literal["all", "machine", "line"]
 """Which records a query returns: machine and line records, machine records only, or
@@ -59,9 +68,12 @@ line records only (`machine` None)."""
 
 KEY: Final = ("line", "machine", "window", "window_start")
 _FIELD_SET: Final = frozenset(RECORD_FIELDS)
+# Fields a record may leave null: those whose type admits None.
 _NULLABLE: Final = frozenset(
-    {"machine", "shift", "availability", "performance", "quality", "oee", "mtbf_s", "mttr_s"}
+    name for name, info in KpiRecord.model_fields.items() if type(None) in get_args(info.annotation)
 )
+# Fields held as JSON text: objects in the record, VARCHAR in the table.
+_JSON_FIELDS: Final = frozenset({"downtime_by_reason", "losses", "by_product"})
 # SQL and staging-frame types of the record's fields. Looked up by RECORD_FIELDS, so a
 # field added to KpiRecord without a column here fails loudly at import.
 _SQL_TYPES: Final[Mapping[str, str]] = {
@@ -89,6 +101,49 @@ _SQL_TYPES: Final[Mapping[str, str]] = {
     "downtime_by_reason": "VARCHAR NOT NULL",  # JSON object {reason: seconds}
     "final": "BOOLEAN NOT NULL",
     "revision": "INTEGER NOT NULL",
+    # -- beyond OEE
+    "product": "VARCHAR",
+    "calendar_s": "DOUBLE NOT NULL",
+    "down_s": "DOUBLE NOT NULL",
+    "idle_s": "DOUBLE NOT NULL",
+    "setup_s": "DOUBLE NOT NULL",
+    "small_stops": "BIGINT NOT NULL",
+    "small_stop_s": "DOUBLE NOT NULL",
+    "failures": "BIGINT NOT NULL",
+    "rework_count": "BIGINT",
+    "effectiveness": "DOUBLE",
+    "technical_efficiency": "DOUBLE",
+    "setup_rate": "DOUBLE",
+    "nee": "DOUBLE",
+    "teep": "DOUBLE",
+    "throughput_per_h": "DOUBLE",
+    "scrap_ratio": "DOUBLE",
+    "rework_ratio": "DOUBLE",
+    "first_pass_yield": "DOUBLE",
+    "mttf_s": "DOUBLE",
+    "fully_productive_s": "DOUBLE",
+    "losses": "VARCHAR",  # JSON object {loss: seconds}, or NULL
+    "by_product": "VARCHAR NOT NULL",  # JSON object {product: ProductRun}
+    "constraint": "VARCHAR",
+    "oee_constraint": "DOUBLE",
+    "bottleneck": "VARCHAR",
+    "bottleneck_s": "DOUBLE",
+    "output_count": "BIGINT",
+    "target_count": "BIGINT",
+    "projected_count": "DOUBLE",
+}
+# A store file written before a field existed gets its column on open (ALTER TABLE ADD
+# COLUMN cannot add NOT NULL constraints; the staging checks enforce them for new rows).
+# Rows from before hold these: zero, an empty object, or NULL (every other new field).
+_ADDED_DEFAULTS: Final[Mapping[str, str]] = {
+    "calendar_s": "0",
+    "down_s": "0",
+    "idle_s": "0",
+    "setup_s": "0",
+    "small_stops": "0",
+    "small_stop_s": "0",
+    "failures": "0",
+    "by_product": "'{}'",
 }
 _FRAME_TYPES: Final[Mapping[str, pl.DataType]] = {
     name: (
@@ -124,16 +179,17 @@ _UPSERT: Final = (
     + " WHERE EXCLUDED.revision > kpi_records.revision"
     " OR (EXCLUDED.revision = kpi_records.revision AND EXCLUDED.final >= kpi_records.final)"
 )
-_STATUS_FIELDS: Final = ("machine", "line", "state", "since", "last_seen")
+_STATUS_FIELDS: Final = ("machine", "line", "state", "reason", "since", "last_seen")
 _STATUS_DDL: Final = (
     "CREATE TABLE IF NOT EXISTS machine_status ("
     "machine VARCHAR PRIMARY KEY, line VARCHAR, state VARCHAR, "
-    "since TIMESTAMP, last_seen TIMESTAMP NOT NULL)"
+    "since TIMESTAMP, last_seen TIMESTAMP NOT NULL, reason VARCHAR)"
 )
 _STATUS_UPSERT: Final = (
-    "INSERT INTO machine_status SELECT machine, line, state, since, last_seen FROM staging "
+    "INSERT INTO machine_status (machine, line, state, since, last_seen, reason) "
+    "SELECT machine, line, state, since, last_seen, reason FROM staging "
     "ON CONFLICT (machine) DO UPDATE SET line = EXCLUDED.line, state = EXCLUDED.state, "
-    "since = EXCLUDED.since, last_seen = EXCLUDED.last_seen "
+    "since = EXCLUDED.since, last_seen = EXCLUDED.last_seen, reason = EXCLUDED.reason "
     "WHERE EXCLUDED.last_seen >= machine_status.last_seen"
 )
 # Machine records before the line record, as the core emits them (nulls last).
@@ -163,6 +219,9 @@ class KpiStore:
         with self._cursor() as cur:
             cur.execute(_RECORDS_DDL)
             cur.execute(_STATUS_DDL)
+            _add_missing_columns(cur)
+            create_stop_tables(cur)
+        self._stops = StopLog(plant)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -221,43 +280,52 @@ class KpiStore:
 
     def upsert_status(self, statuses: Sequence[Mapping[str, Any]]) -> None:
         """Write machine states: dicts of `machine`, `line` (optional), `state` (one of
-        linepulse.config.State), `since` (when the state began; None if unknown) and
-        `last_seen` (latest sample), times as RFC 3339 strings, epoch milliseconds or aware
-        datetimes. Per machine, the status with the latest `last_seen` wins (ties to the
-        later arrival), so a status delivered late never hides a newer one.
+        linepulse.config.State), `reason` (optional: the state sample's reason code),
+        `since` (when the state began; None if unknown) and `last_seen` (latest sample),
+        times as RFC 3339 strings, epoch milliseconds or aware datetimes. Per machine, the
+        status with the latest `last_seen` wins (ties to the later arrival), so a status
+        delivered late never hides a newer one. Every status, in order, also opens and
+        closes stops (services/kpi/stops.py), in the same transaction.
 
         Raises `InvalidRecord` (with the `index` of the bad status); then nothing of the
         batch is written.
         """
-        latest: dict[str, tuple[str, str | None, str | None, datetime | None, datetime]] = {}
-        for i, status in enumerate(statuses):
-            row = _status_row(i, status)
-            previous = latest.get(row[0])
-            if previous is None or row[4] >= previous[4]:
-                latest[row[0]] = row
+        rows = [_status_row(i, status) for i, status in enumerate(statuses)]
+        latest: dict[str, StatusRow] = {}
+        for row in rows:
+            previous = latest.get(row.machine)
+            if previous is None or row.last_seen >= previous.last_seen:
+                latest[row.machine] = row
         if not latest:
             return
         frame = pl.DataFrame(
-            list(latest.values()),
+            [(r.machine, r.line, r.state, r.since, r.last_seen, r.reason) for r in latest.values()],
             schema={
                 "machine": pl.String(),
                 "line": pl.String(),
                 "state": pl.String(),
                 "since": pl.Datetime("us"),
                 "last_seen": pl.Datetime("us"),
+                "reason": pl.String(),
             },
             orient="row",
         )
-        self._write(_STATUS_UPSERT, frame)
+        with self._write_lock, self._cursor() as cur:
+            # One transaction: the stops the statuses open and close, and the states.
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                self._stops.apply(cur, rows)
+                _write_staged(cur, _STATUS_UPSERT, frame)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                self._stops.forget()
+                raise
 
     def _write(self, sql: str, frame: pl.DataFrame) -> None:
         # The Arrow C stream is read once, by this one statement, which is atomic.
         with self._write_lock, self._cursor() as cur:
-            cur.register("staging", frame.__arrow_c_stream__())
-            try:
-                cur.execute(sql)
-            finally:
-                cur.unregister("staging")
+            _write_staged(cur, sql, frame)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -316,22 +384,24 @@ class KpiStore:
         return self._records(sql, params)
 
     def machines(self) -> list[dict[str, Any]]:
-        """Each configured machine, in config order: `machine`, `line`, `state`, `since`,
-        `last_seen` (None where no status has been stored for it)."""
+        """Each configured machine, in config order: `machine`, `line`, `state`, `reason`
+        (the state sample's reason code), `since`, `last_seen` (None where no status has been
+        stored for it)."""
         with self._cursor() as cur:
             rows = cur.execute(
-                "SELECT machine, state, since, last_seen FROM machine_status"
+                "SELECT machine, state, reason, since, last_seen FROM machine_status"
             ).fetchall()
         status = {row[0]: row[1:] for row in rows}
         out: list[dict[str, Any]] = []
         for line in self.plant.lines:
             for machine in line.machines:
-                state, since, last_seen = status.get(machine.id, (None, None, None))
+                state, reason, since, last_seen = status.get(machine.id, (None,) * 4)
                 out.append(
                     {
                         "machine": machine.id,
                         "line": line.id,
                         "state": state,
+                        "reason": reason,
                         "since": _iso(since),
                         "last_seen": _iso(last_seen),
                     }
@@ -383,14 +453,78 @@ class KpiStore:
         with self._cursor() as cur:
             rows = cur.execute(sql, params).fetchall()
         out = []
+        loads = orjson.loads
         for row in rows:
             record = dict(zip(RECORD_FIELDS, row, strict=True))
             record["machine"] = record["machine"] or None
             record["window_start"] = _iso(record["window_start"])
             record["window_end"] = _iso(record["window_end"])
-            record["downtime_by_reason"] = orjson.loads(record["downtime_by_reason"])
+            record["downtime_by_reason"] = loads(record["downtime_by_reason"])
+            record["by_product"] = loads(record["by_product"])
+            losses = record["losses"]
+            record["losses"] = None if losses is None else loads(losses)
             out.append(record)
         return out
+
+    # -- stops and reason corrections (services/kpi/stops.py) ----------------------------
+
+    def stops(
+        self,
+        *,
+        line: str | None = None,
+        machine: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        unassigned: bool | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Stops (downtime states from the machine statuses), newest first; see
+        `StopLog.query`. `since`/`until` bound the stop's start, [since, until)."""
+        with self._cursor() as cur:
+            return self._stops.query(
+                cur,
+                line=line,
+                machine=machine,
+                since=None if since is None else _naive_utc(since),
+                until=None if until is None else _naive_utc(until),
+                unassigned=unassigned,
+                limit=limit,
+            )
+
+    def stop(self, stop_id: str) -> dict[str, Any] | None:
+        """One stop with its `audit` entries (oldest first), or None."""
+        with self._cursor() as cur:
+            return self._stops.get(cur, stop_id)
+
+    def correct_reason(
+        self, stop_id: str, reason: str, by: str, note: str | None, at: datetime
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Code (or re-code) a stop: one audit entry, the stop's reason updated. Returns
+        the stop (with its audit) and the new entry; None for an unknown stop."""
+        with self._write_lock, self._cursor() as cur:
+            return self._stops.correct(cur, stop_id, reason, by, note, _naive_utc(at))
+
+    def withdraw_correction(self, stop_id: str, seq: int) -> None:
+        """Undo correction `seq` of a stop whose event could not be sent."""
+        with self._write_lock, self._cursor() as cur:
+            self._stops.withdraw(cur, stop_id, seq)
+
+    def reason_audit(
+        self, machine: str | None = None, since: datetime | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Reason corrections, newest first; `since` bounds when they were made."""
+        with self._cursor() as cur:
+            return self._stops.audit(
+                cur, machine, None if since is None else _naive_utc(since), limit
+            )
+
+    def latest_event_time(self) -> datetime | None:
+        """The latest event time the store knows of (the newest `last_seen` of any
+        machine), aware UTC; None before any status."""
+        with self._cursor() as cur:
+            row = cur.execute("SELECT max(last_seen) FROM machine_status").fetchone()
+        value = None if row is None else row[0]
+        return None if value is None else value.replace(tzinfo=UTC)
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -427,8 +561,8 @@ def _records_frame(records: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
         values = [record[name] for record in records]
         if name == "machine":
             values = ["" if v is None else v for v in values]
-        elif name == "downtime_by_reason":
-            values = _reasons_json(values, records)
+        elif name in _JSON_FIELDS:
+            values = _json_texts(name, values, records)
         if name in ("window_start", "window_end"):
             columns[name] = _time_column(name, values, records)
             continue
@@ -462,24 +596,37 @@ def _records_frame(records: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
     return frame
 
 
-def _reasons_json(values: list[Any], records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Each `downtime_by_reason` as JSON text; `InvalidRecord` for one that is not an
-    object of {reason: seconds}."""
+_JSON_SHAPES: Final[Mapping[str, str]] = {
+    "downtime_by_reason": "{reason: seconds}",
+    "losses": "{loss: seconds} or null",
+    "by_product": "{product: {run_s, total_count, ...}}",
+}
+
+
+def _json_texts(
+    name: str, values: list[Any], records: Sequence[Mapping[str, Any]]
+) -> list[str | None]:
+    """Each value of a JSON field as JSON text (None stays None where the field may be
+    null); `InvalidRecord` for one that is not an object."""
     dumps = orjson.dumps
-    if all(type(v) is dict for v in values):
+    nullable = name in _NULLABLE
+    if all(type(v) is dict or (nullable and v is None) for v in values):
         try:
-            return [dumps(v).decode() for v in values]
+            return [None if v is None else dumps(v).decode() for v in values]
         except orjson.JSONEncodeError:
             pass  # find the culprit below
-    texts = []
+    texts: list[str | None] = []
     for i, value in enumerate(values):
+        if value is None and nullable:
+            texts.append(None)
+            continue
         if not isinstance(value, dict):
-            problem = f"must be an object {{reason: seconds}}, got {value!r}"
-            raise _invalid(i, records[i], f"downtime_by_reason {problem}")
+            problem = f"must be an object {_JSON_SHAPES[name]}, got {value!r}"
+            raise _invalid(i, records[i], f"{name} {problem}")
         try:
             texts.append(dumps(value).decode())
         except orjson.JSONEncodeError as error:
-            raise _invalid(i, records[i], f"downtime_by_reason: {error}") from None
+            raise _invalid(i, records[i], f"{name}: {error}") from None
     return texts
 
 
@@ -532,9 +679,41 @@ def _wrong_type(
     return InvalidRecord(f"{name}: values of mixed types")
 
 
-def _status_row(
-    i: int, status: Mapping[str, Any]
-) -> tuple[str, str | None, str | None, datetime | None, datetime]:
+def _write_staged(cur: duckdb.DuckDBPyConnection, sql: str, frame: pl.DataFrame) -> None:
+    cur.register("staging", frame.__arrow_c_stream__())
+    try:
+        cur.execute(sql)
+    finally:
+        cur.unregister("staging")
+
+
+def _add_missing_columns(cur: duckdb.DuckDBPyConnection) -> None:
+    """Bring a store file of an earlier version up to this one's columns."""
+    have = {
+        (table, column)
+        for table, column in cur.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_name IN ('kpi_records', 'machine_status')"
+        ).fetchall()
+    }
+    for name in RECORD_FIELDS:
+        if ("kpi_records", name) in have:
+            continue
+        sql_type = _SQL_TYPES[name].removesuffix(" NOT NULL")
+        default = _ADDED_DEFAULTS.get(name)
+        cur.execute(
+            f"ALTER TABLE kpi_records ADD COLUMN IF NOT EXISTS {_q(name)} {sql_type}"
+            + ("" if default is None else f" DEFAULT {default}")
+        )
+        if name == "calendar_s":  # the window's length: what a closed window's calendar is
+            cur.execute(
+                "UPDATE kpi_records SET calendar_s = epoch(window_end) - epoch(window_start)"
+            )
+    if ("machine_status", "reason") not in have:
+        cur.execute("ALTER TABLE machine_status ADD COLUMN IF NOT EXISTS reason VARCHAR")
+
+
+def _status_row(i: int, status: Mapping[str, Any]) -> StatusRow:
     unknown = sorted(set(status.keys()) - set(_STATUS_FIELDS))
     if unknown:
         raise InvalidRecord(f"status {i}: unknown fields {unknown}", index=i)
@@ -549,12 +728,17 @@ def _status_row(
             f"status {i} ({machine}): state must be one of {sorted(STATES)} or null, got {state!r}",
             i,
         )
+    reason = status.get("reason")
+    if reason is not None and (not isinstance(reason, str) or not reason):
+        raise InvalidRecord(
+            f"status {i} ({machine}): reason must be a reason code or null, got {reason!r}", i
+        )
     try:
         since = None if status.get("since") is None else _as_utc(status["since"])
         last_seen = _as_utc(status.get("last_seen"))
     except ValueError as error:
         raise InvalidRecord(f"status {i} ({machine}): {error}", i) from None
-    return machine, line, state, since, last_seen
+    return StatusRow(machine, line, state, reason, since, last_seen)
 
 
 def _as_utc(value: object) -> datetime:
@@ -577,14 +761,3 @@ def _naive_utc(value: datetime) -> datetime:
     if value.utcoffset() is None:
         raise ValueError(f"must be timezone-aware, got {value.isoformat()}")
     return value.astimezone(UTC).replace(tzinfo=None)
-
-
-def _iso(value: datetime | None) -> str | None:
-    """A stored (naive UTC) time as RFC 3339 with a `Z`, with as many fraction digits as it
-    needs (none, milliseconds or microseconds)."""
-    if value is None:
-        return None
-    if value.microsecond == 0:
-        return value.isoformat() + "Z"
-    spec = "milliseconds" if value.microsecond % 1000 == 0 else "microseconds"
-    return value.isoformat(timespec=spec) + "Z"

@@ -106,19 +106,24 @@ class LoopClock:
 
 @dataclass
 class MachineStatus:
+    """A machine's latest state, as the status topic carries it. Checkpoints hold these
+    as `vars()`; a field added later needs a default (older checkpoints lack it)."""
+
     line: str
     state: str | None = None
     since: int | None = None  # epoch ms the current state began
     last_seen: int | None = None  # epoch ms of the latest event of any signal
     published_seen: int | None = None  # last_seen as last published
+    reason: str | None = None  # the current state sample's reason code
 
-    def as_dict(self, machine: str) -> dict[str, Any]:
+    def as_dict(self, machine: str, last_seen: int | None = None) -> dict[str, Any]:
         return {
             "machine": machine,
             "line": self.line,
             "state": self.state,
+            "reason": self.reason,
             "since": self.since,
-            "last_seen": self.last_seen,
+            "last_seen": self.last_seen if last_seen is None else last_seen,
         }
 
 
@@ -445,12 +450,18 @@ class KpiWorker:
     async def _status(
         self, part: Partition, events: pl.DataFrame, output: StepOutput
     ) -> list[asyncio.Future[Any]]:
-        """Machine status (state, since, last seen), published when it changes."""
+        """Machine status (state, reason, since, last seen): one record per change of
+        (state, reason) in the batch, in event-time order, so that every stop reaches the
+        API's stop log; and the latest status when only `last_seen` moved on by a step.
+
+        A change that is not the machine's latest in the batch goes out with `last_seen`
+        at its own time; the latest one with the machine's `last_seen`.
+        """
         producer = self._producer
         assert producer is not None  # noqa: S101
         if events.is_empty():
             return []
-        changed: set[str] = set()
+        seen_moved: set[str] = set()
         seen = events.group_by("machine").agg(pl.col("ts").max())
         lines = self._lines
         for machine, ts in seen.iter_rows():
@@ -462,23 +473,30 @@ class KpiWorker:
                 # below is published at once.
                 status.last_seen = ts
                 if status.published_seen is None or ts - status.published_seen >= LAST_SEEN_STEP_MS:
-                    changed.add(machine)
-        for machine, ts, state in output.states.iter_rows():
+                    seen_moved.add(machine)
+        changes: dict[str, list[dict[str, Any]]] = {}
+        for machine, ts, state, reason in output.states.select(
+            "machine", "ts", "state", "reason"
+        ).iter_rows():
             status = part.statuses.setdefault(machine, MachineStatus(lines[machine]))
             if status.since is not None and ts < status.since:
                 continue
-            if state != status.state:
-                status.state, status.since = state, ts
-                changed.add(machine)
-        sends = []
-        for machine in sorted(changed):
+            if (state, reason) != (status.state, status.reason):
+                status.state, status.reason, status.since = state, reason, ts
+                changes.setdefault(machine, []).append(status.as_dict(machine, last_seen=ts))
+        out: list[tuple[int, str, dict[str, Any]]] = []
+        for machine in seen_moved | changes.keys():
             status = part.statuses[machine]
             status.published_seen = status.last_seen
-            value = orjson.dumps(status.as_dict(machine))
-            sends.append(
-                await producer.send(self.kafka.status.name, value=value, key=machine.encode())
-            )
-        return sends
+            records = changes.get(machine) or [status.as_dict(machine)]
+            records[-1] = status.as_dict(machine)
+            out += [(r["since"] or r["last_seen"] or 0, machine, r) for r in records]
+        out.sort(key=lambda item: item[:2])
+        topic = self.kafka.status.name
+        return [
+            await producer.send(topic, value=orjson.dumps(r), key=machine.encode())
+            for _, machine, r in out
+        ]
 
     def _observe(self, decoded: Decoded, output: StepOutput, partition: int) -> None:
         """Per batch, never per event: a labelled inc costs about a microsecond."""

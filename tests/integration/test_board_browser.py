@@ -1,10 +1,17 @@
 """The live board in headless Chromium (Debian's `chromium`, driven by Playwright) over real
 HTTP: the KPI API (uvicorn, DuckDB on tmp_path) and the alerts API, each on a loopback port.
 
-The page must fill its OEE tiles, follow the store as records arrive, acknowledge an alert
-through the alerts API with a token it asks for once, and let the server shut down while it
-is still watching. The screenshot is the README's (docs/board.png, 1280x800, full page).
-Nothing is skipped: without Chromium or Playwright the test fails with an install hint.
+The page must fill its OEE tiles, show the shift's losses waterfall, bottleneck, constraint
+OEE and output forecast, follow the store as records arrive, let an operator code a stop's
+reason, acknowledge an alert through the alerts API with a token it asks for once, and let
+the server shut down while it is still watching. The screenshot is the README's
+(docs/board.png, 1280x800, full page). Nothing is skipped: without Chromium or Playwright
+the test fails with an install hint.
+
+Reason coding runs against the app's own stops API: the stops come from the machine
+statuses stored here (services/kpi/stops.py), the reason tree from the plant config, and a
+correction goes to an in-process broker (linepulse.bus) as the telemetry event the KPI
+core would restate from.
 """
 
 from __future__ import annotations
@@ -16,13 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
+from linepulse.bus.memory import InProcessBroker, InProcessClients
 from linepulse.config import PlantConfig, parse_config
+from linepulse.production import LOSS_KEYS
+from linepulse.records import RECORD_FIELDS
 from linepulse.runtime import QuietServer, free_loopback_ports
 from services.alerts.api import create_app as create_alerts_app
 from services.alerts.engine import AlertEngine
@@ -66,6 +77,35 @@ STATES = {
 # Line OEE of the shift at first, then after "newer records" arrive.
 OEE = {"press": 0.5, "weld": 0.72, "pack": 0.865}
 OEE_LATER = 0.625
+# Beyond OEE, per line record of the shift: bottleneck (stop seconds), constraint, and
+# output so far, projected and target (pack has no target, and no losses: no ideal time).
+BOTTLENECK = {"press": ("press-2", 1380.0), "weld": ("weld-2", 3060.0), "pack": (None, None)}
+CONSTRAINT = {"press": "press-3", "weld": "weld-1", "pack": "filler"}
+FORECAST = {
+    "press": (1960, 3100.0, 4000),
+    "weld": (1960, 3400.0, 3000),
+    "pack": (1960, 5200.0, None),
+}
+# The site's reason tree; FREE_TEXT's machine has none (the board asks for free text).
+REASONS = [
+    {"name": "mechanical", "codes": ["jam", "tool change"]},
+    {"name": "organisational", "codes": ["material", "no operator"]},
+    {"name": "planned", "planned": True, "codes": ["cleaning", "meeting"]},
+]
+FREE_TEXT = "weld-3"
+# Earlier statuses, before those of STATES (minutes ago, state, machine's reason): each
+# downtime state is a stop. press-1's first is too old to restate (horizon 2 h).
+HISTORY: dict[str, list[tuple[int, str, str | None]]] = {
+    "press-1": [
+        (170, "down", None),
+        (167, "running", None),
+        (50, "idle", None),
+        (46, "running", None),
+    ],
+    "press-3": [(70, "down", "jam"), (64, "running", None)],
+}
+# How the time lost (planned - fully productive) splits into the six big losses.
+LOSS_SPLIT = dict(zip(LOSS_KEYS, (0.35, 0.15, 0.1, 0.25, 0.05, 0.1), strict=True))
 
 
 def plant_config() -> PlantConfig:
@@ -74,8 +114,16 @@ def plant_config() -> PlantConfig:
             "site": "plant-a",
             "timezone": "UTC",
             "shifts": [{"name": "early", "start": "06:00", "end": "14:00", "lead": "ann"}],
+            # Corrections reach back 2 h (+ lateness) behind the latest event.
+            "kpi": {"restate_horizon_s": 7200},
+            "reasons": REASONS,
             "lines": [
-                {"id": line, "machines": [{"id": m} for m in machines]}
+                {
+                    "id": line,
+                    "machines": [
+                        {"id": m, "reasons": []} if m == FREE_TEXT else {"id": m} for m in machines
+                    ],
+                }
                 for line, machines in LINES.items()
             ],
             "alerts": {
@@ -112,13 +160,17 @@ def kpi_record(
     final: bool = False,
     revision: int = 0,
     reasons: dict[str, float] | None = None,
+    losses: bool = False,
+    **beyond: Any,
 ) -> dict[str, Any]:
-    """A KPI record whose A, P, Q multiply to `oee` (Q 0.98, P 0.95, A the rest)."""
+    """A KPI record whose A, P, Q multiply to `oee` (Q 0.98, P 0.95, A the rest); with
+    `losses`, the six big losses and the fully productive time (oee x planned) that sum
+    to planned time; `beyond`: other fields of the contract (all others null or empty)."""
     quality, performance = 0.98, 0.95
     availability = min(1.0, oee / (quality * performance))
     planned = length.total_seconds()
     total = 2000
-    return {
+    out: dict[str, Any] = {
         "site": "plant-a",
         "line": line,
         "machine": machine,
@@ -143,7 +195,46 @@ def kpi_record(
         "downtime_by_reason": reasons or {},
         "final": final,
         "revision": revision,
+        "calendar_s": planned,
+        "down_s": planned * (1 - availability),
+        "idle_s": 0.0,
+        "setup_s": 0.0,
+        "small_stops": 0,
+        "small_stop_s": 0.0,
+        "failures": 3,
+        "by_product": {},
     }
+    if losses:
+        productive = oee * planned
+        out["fully_productive_s"] = productive
+        out["losses"] = {k: share * (planned - productive) for k, share in LOSS_SPLIT.items()}
+    out.update(beyond)
+    for field in RECORD_FIELDS:  # the rest of the contract, whatever it holds by now
+        out.setdefault(field, None)
+    return out
+
+
+def line_shift(line: str, start: datetime, oee: float, *, revision: int = 0) -> dict[str, Any]:
+    """The line's shift record, with bottleneck, constraint, forecast and losses."""
+    bottleneck, bottleneck_s = BOTTLENECK[line]
+    output, projected, target = FORECAST[line]
+    return kpi_record(
+        line,
+        None,
+        "shift",
+        start,
+        timedelta(hours=8),
+        oee,
+        revision=revision,
+        losses=line != "pack",
+        bottleneck=bottleneck,
+        bottleneck_s=bottleneck_s,
+        constraint=CONSTRAINT[line],
+        oee_constraint=round(oee - 0.06, 3),
+        output_count=output,
+        projected_count=projected,
+        target_count=target,
+    )
 
 
 def fill(store: KpiStore, now: datetime) -> datetime:
@@ -156,7 +247,7 @@ def fill(store: KpiStore, now: datetime) -> datetime:
     reasons = ["jam", "material", "electrical", "tool change", "no operator"]
     records = []
     for n, (line, machines) in enumerate(LINES.items()):
-        records.append(kpi_record(line, None, "shift", start, shift, OEE[line]))
+        records.append(line_shift(line, start, OEE[line]))
         for i in range(quarters):
             wave = 0.08 * ((i * (n + 2)) % 5 - 2) / 2
             records.append(
@@ -179,6 +270,19 @@ def fill(store: KpiStore, now: datetime) -> datetime:
                     )
                 )
     store.upsert(records)
+    store.upsert_status(
+        [
+            {
+                "machine": machine,
+                "state": state,
+                "reason": reason,
+                "since": iso(now - timedelta(minutes=ago)),
+                "last_seen": iso(now - timedelta(minutes=ago)),
+            }
+            for machine, history in HISTORY.items()
+            for ago, state, reason in history
+        ]
+    )
     store.upsert_status(
         [
             {
@@ -285,6 +389,55 @@ def launch(playwright: Any) -> Any:
         pytest.fail(f"{INSTALL_HINT}\n(launch failed: {error})", pytrace=False)
 
 
+def stop_ts(now: datetime, ago_min: int) -> int:
+    """Epoch ms of a status `ago_min` minutes before `now` (a stop's start)."""
+    return int((now - timedelta(minutes=ago_min)).timestamp()) * 1000
+
+
+def code_reasons(page: Any, now: datetime) -> None:
+    """Code stops on the board: a reason from the machine's tree, a refusal shown as the
+    API words it, free text where a machine has no tree, the name remembered."""
+    from playwright.sync_api import expect
+
+    press = page.locator('[data-stops="press"]')
+    # press-2 down now, press-1 idle 50 min ago and down 170 min ago; press-3's has a code.
+    expect(press.locator(".stop")).to_have_count(3, timeout=WAIT_MS)
+    item = press.locator(f'[data-stop="press-2@{stop_ts(now, 18)}"]')
+    expect(item.locator(".reason")).to_have_text("no reason")
+    expect(item.locator("select.code option")).to_have_count(7)  # "reason…" and 6 codes
+    item.locator("select.code").select_option("jam")
+    item.locator("button.set").click()
+    expect(item.locator(".msg")).to_have_text("enter your name (by) first")
+    press.locator("input.who").fill("Anna")
+    item.locator("button.set").click()
+    expect(item.locator(".reason")).to_have_text("jam", timeout=WAIT_MS)
+    expect(item).to_have_attribute("data-reason", "jam")
+    expect(item.locator(".msg")).to_have_text("coded by Anna")
+    assert page.evaluate("localStorage.getItem('linepulse.stops.who')") == "Anna"
+
+    old = press.locator(f'[data-stop="press-1@{stop_ts(now, 170)}"]')
+    old.locator("select.code").select_option("material")
+    old.locator("button.set").click()
+    expect(old.locator(".msg")).to_contain_text("too old to restate", timeout=WAIT_MS)
+    expect(old.locator(".reason")).to_have_text("no reason")
+
+    weld = page.locator('[data-stops="weld"]')
+    expect(weld.locator("input.who")).to_have_value("Anna")
+    free = weld.locator(f'[data-stop-machine="{FREE_TEXT}"]')
+    free.locator("input.code").fill("sensor fault")
+    free.locator("button.set").click()
+    expect(free.locator(".reason")).to_have_text("sensor fault", timeout=WAIT_MS)
+
+    # All recent stops, coded or not.
+    page.click('[data-stops-toggle="press"]')
+    expect(press.locator(".stop")).to_have_count(4)
+    expect(press.locator(f'[data-stop="press-3@{stop_ts(now, 70)}"]')).to_have_attribute(
+        "data-reason", "jam"
+    )
+    page.click('[data-stops-toggle="press"]')
+    expect(press.locator(".stop")).to_have_count(3)  # press-2's stays a while after coding
+
+
 def test_board_fills_updates_acks_and_lets_the_server_stop(
     plant: PlantConfig, kpi_store: KpiStore, alerts: Served
 ) -> None:
@@ -293,8 +446,17 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
     except ImportError:
         pytest.fail(INSTALL_HINT, pytrace=False)
     alerts_served = alerts
-    shift_start = fill(kpi_store, datetime.now(UTC))
-    app = create_app(plant, kpi_store, CollectorRegistry(), alerts_url=alerts_served.url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    shift_start = fill(kpi_store, now)
+    broker = InProcessBroker()  # where reason corrections go (the telemetry topic)
+    app = create_app(
+        plant,
+        kpi_store,
+        CollectorRegistry(),
+        alerts_url=alerts_served.url,
+        bootstrap="in-process",
+        clients=InProcessClients(broker),
+    )
     kpi = Served(lambda: app)
     board: Board = app.state.board
     board.stop_when(lambda: kpi.should_exit)  # as `main` wires it to its uvicorn.Server
@@ -325,21 +487,58 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
                 assert page.locator('[data-pareto="press"] .bar').count() == 5
                 assert page.locator('[data-trend="press"] polyline').count() == 1
 
-                # Newer records in the store: the tile follows without a reload.
-                kpi_store.upsert(
-                    [
-                        kpi_record(
-                            "press",
-                            None,
-                            "shift",
-                            shift_start,
-                            timedelta(hours=8),
-                            OEE_LATER,
-                            revision=1,
-                        )
-                    ]
+                # Beyond OEE: the losses waterfall from planned to fully productive time
+                # (8 h planned, OEE 50 %: 4 h lost, 35 % of it to equipment failure).
+                fall = page.locator('[data-waterfall="press"]')
+                expect(fall.locator(".step")).to_have_count(8)
+                steps = fall.locator(".step").evaluate_all("(s) => s.map((e) => e.dataset.step)")
+                assert steps == ["planned_s", *LOSS_KEYS, "fully_productive_s"]
+                expect(fall.locator('[data-step="planned_s"] .secs')).to_have_text("8 h 0 min")
+                expect(fall.locator('[data-step="equipment_failure_s"] .secs')).to_have_text(
+                    "−1 h 24 min"
                 )
+                productive = fall.locator('[data-step="fully_productive_s"] .secs')
+                expect(productive).to_have_text("4 h 0 min")
+                expect(page.locator('[data-waterfall="pack"]')).to_have_count(0)  # no losses
+                # The bottleneck and the constraint's OEE beside the line's.
+                expect(page.locator('[data-bottleneck="press"]')).to_contain_text("press-2")
+                expect(page.locator('[data-bottleneck="press"]')).to_contain_text("23 min")
+                expect(page.locator('[data-bottleneck="pack"]')).to_contain_text("none")
+                expect(page.locator('[data-kpi="oee_constraint"][data-line="press"]')).to_have_text(
+                    "44.0 %"
+                )
+                # The forecast: press will miss its target (red), weld will make it, pack
+                # has no target.
+                behind = page.locator('[data-forecast="press"]')
+                expect(behind).to_have_attribute("data-on-track", "false")
+                expect(behind.locator(".proj-text.behind")).to_have_text("projected 3,100")
+                expect(behind).to_contain_text("target 4,000")
+                expect(behind.locator(".target")).to_have_count(1)
+                expect(page.locator('[data-forecast="weld"]')).to_have_attribute(
+                    "data-on-track", "true"
+                )
+                expect(page.locator('[data-forecast="pack"]')).to_have_count(0)
+
+                # Newer records in the store: the tile follows without a reload.
+                kpi_store.upsert([line_shift("press", shift_start, OEE_LATER, revision=1)])
                 expect(oee).to_have_text("62.5 %", timeout=WAIT_MS)
+                expect(productive).to_have_text("5 h 0 min")
+
+                code_reasons(page, now)
+                # The two corrections went to the KPI core (the one refused did not).
+                sent = [
+                    orjson.loads(record.value or b"")
+                    for record in broker.log(plant.kafka.telemetry.name, 0)
+                ]
+                assert [
+                    (e["machine"], e["signal"], e["reason"], e["value"], e["source"], e["ts"])
+                    for e in sent
+                ] == [
+                    ("press-2", "reason", "jam", 1, "operator:Anna", stop_ts(now, 18)),
+                    ("weld-3", "reason", "sensor fault", 1, "operator:Anna", stop_ts(now, 62)),
+                ]
+                stored = {s["machine"]: s for s in kpi_store.stops(unassigned=False, limit=10)}
+                assert stored["press-2"]["corrected_by"] == "Anna"
 
                 # Ack: the board asks for name and token once, then calls the alerts API.
                 alert = page.locator('.alert[data-state="firing"]')

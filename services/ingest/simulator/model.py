@@ -11,17 +11,24 @@ machine's `performance` < 1 makes it slower), stops with a reason, idle periods 
 blocked), changeovers that switch the product and with it the ideal cycle time, rejects
 (more of them just after a changeover), planned stops in the calendar's breaks and outside
 its shifts, and now and then a PLC counter reset to 0.
+
+A `Scenario` (scenario.py) adds what a line does beyond that: machines coupled in
+sequence, so that one machine's stop starves those after it and blocks those before it;
+a speed that is a set fraction of the ideal rate, or degrades over a shift; one machine's
+own stops made frequent and long, others' rare or none. Each tick first moves every
+machine's own state machine, then settles who waits on whom, then publishes.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
 
 from linepulse.config import COUNTER_SIGNALS, Machine, PlantConfig, State
+from services.ingest.simulator.scenario import Scenario, Stops
 from services.kpi.core.calendar import Calendar
 
 Value = str | int | float
@@ -34,6 +41,11 @@ DOWN_REASONS: Final[Mapping[str, float]] = {
     "quality_check": 120.0,
 }
 IDLE_REASONS: Final = ("starved", "blocked")
+STARVED, BLOCKED = IDLE_REASONS
+# Own states of a machine that make the others of a coupled line wait.
+LINE_STOPS: Final = frozenset({"down", "changeover"})
+# `until` of a state that does not end by itself.
+NEVER_MS: Final = 2**62
 
 # Signals with a meaning in the model; any other configured signal is an analog tag of noise.
 STATE, PRODUCT, IDEAL = "state", "product", "ideal_cycle_time_s"
@@ -107,6 +119,15 @@ class Behaviour:
             temperature_tau_s=self.temperature_tau_s / factor,
         )
 
+    def with_stops(self, stops: Stops) -> Behaviour:
+        """A machine's own stops as `stops` says: all failures, at its rate and length."""
+        reasons = self.down_reasons
+        if stops.mean_down_s is not None:
+            reasons = dict.fromkeys(reasons, stops.mean_down_s)
+        return replace(
+            self, mean_run_s=stops.mean_run_s, down_share=1.0, idle_share=0.0, down_reasons=reasons
+        )
+
 
 @dataclass(frozen=True)
 class MachineSpec:
@@ -163,11 +184,26 @@ def state_values(state_map: Mapping[str, str]) -> dict[str, Value]:
 
 
 class MachineModel:
-    """One machine's state machine. `step(ts, planned)` moves it to plant time `ts`."""
+    """One machine's state machine. `step(ts, planned)` moves it to plant time `ts`.
 
-    def __init__(self, spec: MachineSpec, behaviour: Behaviour, seed: int, start_ms: int) -> None:
+    `state` and `reason` are its own; while `wait` holds `starved` or `blocked` (a coupled
+    line, set by `PlantModel`) a machine that would run is idle instead: it makes nothing,
+    publishes `idle` with that reason, and its running time to its next own stop pauses.
+    `speed`, if given, is its rate as a fraction of the ideal at a plant time; otherwise
+    its drawn `performance`.
+    """
+
+    def __init__(
+        self,
+        spec: MachineSpec,
+        behaviour: Behaviour,
+        seed: int,
+        start_ms: int,
+        speed: Callable[[int], float] | None = None,
+    ) -> None:
         self.spec = spec
         self.b = behaviour
+        self.speed = speed
         # A string seed is hashed with SHA-512: stable across runs and PYTHONHASHSEED.
         # Not for cryptography: a simulation must be reproducible from its seed.
         self.rng = random.Random(f"{seed}/{spec.machine}")  # noqa: S311
@@ -178,7 +214,11 @@ class MachineModel:
         self.product = rng.choice(self.products)
         self.state: State = "running"
         self.reason: str | None = None
+        self.since = start_ms  # when the own state began
+        self.wait: str | None = None
         self.until = start_ms + self._duration(behaviour.mean_run_s)
+        self.rate = self.performance  # fraction of the ideal rate now
+        self._dt_s = 0.0
         self.ramp_until = start_ms
         self._fraction = rng.random()  # of the part being made
         # PLC counters start where the last shift left them.
@@ -200,27 +240,50 @@ class MachineModel:
         return [s for s in self.spec.signals if s not in KNOWN_SIGNALS]
 
     def _duration(self, mean_s: float) -> int:
-        """An exponentially distributed duration in ms, at least 1 ms."""
+        """An exponentially distributed duration in ms, at least 1 ms (no end if infinite)."""
+        if not math.isfinite(mean_s):
+            return NEVER_MS
         return max(1, round(self.rng.expovariate(1.0 / mean_s) * 1000))
 
     @property
     def ideal_cycle_time_s(self) -> float:
         return self.spec.products[self.product]
 
+    @property
+    def published_state(self) -> tuple[State, str | None]:
+        """The state the machine shows: its own, or idle while it waits on its line."""
+        if self.wait is not None and self.state == "running":
+            return "idle", self.wait
+        return self.state, self.reason
+
     def step(self, ts: int, *, planned: bool) -> list[Event]:
         """Advance to `ts`: a counter reset if one is due, parts made since the last step
         under the state then, any state change at `ts`, then the signals whose value
         changed, in that order."""
+        self.advance(ts, planned=planned)
+        return self.publish(ts)
+
+    def advance(self, ts: int, *, planned: bool) -> None:
+        """Everything of `step` up to its own state at `ts`; `publish` does the rest."""
         dt_s = 0.0 if self.prev_ts is None else (ts - self.prev_ts) / 1000.0
         self.prev_ts = ts
+        self._dt_s = dt_s
         # A reset comes first: it zeroes the counter just after its last published value,
         # so every part stays visible as a step (a step down counts from zero).
         spontaneous = self.rng.random() < self.b.resets_per_hour * dt_s / 3600.0
         if spontaneous or self._reset_next:
             self._reset_next = False
-            self._reset(ts)
-        if self.state == "running" and dt_s > 0:
+            # A counter with a configured maximum rolls over: the core reads any step down
+            # on it as a rollover (DESIGN.md), so such a PLC never resets it.
+            if not self.spec.counter_max:
+                self._reset(ts)
+        if self.speed is not None:
+            self.rate = self.speed(ts)
+        waiting = self.published_state[0] != self.state
+        if self.state == "running" and not waiting and dt_s > 0:
             self._produce(ts, dt_s)
+        if waiting:
+            self.until += round(dt_s * 1000)  # no wear while it waits
         if not planned:
             if self.state != "planned_stop":
                 self._enter("planned_stop", None, ts, math.inf)
@@ -228,11 +291,14 @@ class MachineModel:
             self._enter("running", None, ts, self.b.mean_run_s)
         elif ts >= self.until:
             self._transition(ts)
-        self._analogs(dt_s)
+
+    def publish(self, ts: int) -> list[Event]:
+        """The rest of `step`, once `wait` is settled: analogs, then the changed signals."""
+        self._analogs(self._dt_s)
         return self._emit(ts)
 
     def _produce(self, ts: int, dt_s: float) -> None:
-        cycle = self.ideal_cycle_time_s / self.performance * (1.0 + self.rng.gauss(0.0, 0.02))
+        cycle = self.ideal_cycle_time_s / self.rate * (1.0 + self.rng.gauss(0.0, 0.02))
         self._fraction += dt_s / max(cycle, 1e-6)
         parts = int(self._fraction)
         self._fraction -= parts
@@ -272,12 +338,13 @@ class MachineModel:
             self._enter("changeover", None, ts, b.mean_changeover_s)
 
     def _enter(self, state: State, reason: str | None, ts: int, mean_s: float) -> None:
-        self.state, self.reason = state, reason
-        self.until = ts + self._duration(mean_s) if math.isfinite(mean_s) else 2**62
+        self.state, self.reason, self.since = state, reason, ts
+        self.until = ts + self._duration(mean_s) if math.isfinite(mean_s) else NEVER_MS
 
     def _analogs(self, dt_s: float) -> None:
         b = self.b
-        target = b.running_temperature_c if self.state == "running" else b.ambient_temperature_c
+        running = self.published_state[0] == "running"
+        target = b.running_temperature_c if running else b.ambient_temperature_c
         pull = 1.0 - math.exp(-dt_s / b.temperature_tau_s) if dt_s > 0 else 0.0
         self.temperature += (target - self.temperature) * pull + self.rng.gauss(0.0, 0.05)
         self._speed_noise = self.rng.gauss(0.0, 0.01)
@@ -298,9 +365,9 @@ class MachineModel:
         if signal == IDEAL:
             return self.ideal_cycle_time_s
         if signal == SPEED:
-            if self.state != "running":
+            if self.published_state[0] != "running":
                 return 0.0
-            nominal = 60.0 * self.performance / self.ideal_cycle_time_s  # parts per minute
+            nominal = 60.0 * self.rate / self.ideal_cycle_time_s  # parts per minute
             return round(nominal * (1.0 + self._speed_noise), 2)
         if signal == TEMPERATURE:
             return round(self.temperature, 2)
@@ -311,10 +378,11 @@ class MachineModel:
         machine = self.spec.machine
         for signal in self.spec.signals:
             if signal == STATE:
-                value: Value = self.spec.state_values.get(self.state, self.state)
-                if self.last_state != (value, self.reason):
-                    self.last_state = (value, self.reason)
-                    out.append(Event(ts, machine, STATE, value, self.reason))
+                state, reason = self.published_state
+                value: Value = self.spec.state_values.get(state, state)
+                if self.last_state != (value, reason):
+                    self.last_state = (value, reason)
+                    out.append(Event(ts, machine, STATE, value, reason))
                 continue
             value = self._value(signal)
             if self.last.get(signal) != value or signal not in self.last:
@@ -336,6 +404,7 @@ class PlannedTime:
         self.calendar = Calendar(plant)
         self._has_shifts = {line.id: bool(plant.shifts_for(line)) for line in plant.lines}
         self._cache: dict[str, tuple[int, int, list[tuple[int, int]]]] = {}
+        self._span: dict[str, tuple[int, int]] = {}
 
     def __call__(self, line: str, ts: int) -> bool:
         if not self._has_shifts.get(line, False):
@@ -347,9 +416,21 @@ class PlannedTime:
             self._cache[line] = cached
         return any(lo <= ts < hi for lo, hi in cached[2])
 
+    def shift_fraction(self, line: str, ts: int) -> float | None:
+        """How far into its shift the line is at `ts` (0 to 1); None outside shifts."""
+        span = self._span.get(line)
+        if span is None or not span[0] <= ts < span[1]:
+            if not self._has_shifts.get(line, False):
+                return None
+            found = self.calendar.spans(line, ts, ts + 1)
+            if not found:
+                return None
+            span = self._span[line] = (found[0].start, found[0].end)
+        return (ts - span[0]) / (span[1] - span[0])
+
 
 class PlantModel:
-    """All simulated machines, stepped together one tick at a time."""
+    """All simulated machines, stepped together one tick at a time, as `scenario` says."""
 
     def __init__(
         self,
@@ -360,13 +441,43 @@ class PlantModel:
         start_ms: int,
         tick_ms: int,
         behaviour: Behaviour | None = None,
+        scenario: Scenario | None = None,
     ) -> None:
         if tick_ms <= 0:
             raise ValueError(f"tick must be > 0 ms, got {tick_ms}")
         behaviour = behaviour or Behaviour()
+        scenario = scenario or Scenario()
+        scenario.check(plant)
+        self.scenario = scenario
         self.start_ms, self.tick_ms, self.ticks = start_ms, tick_ms, 0
-        self.machines = [MachineModel(s, behaviour, seed, start_ms) for s in specs]
         self.planned = PlannedTime(plant)
+        self.machines = [self._machine(s, behaviour, seed, start_ms) for s in specs]
+        by_id = {m.spec.machine: m for m in self.machines}
+        # Coupled lines: buffer ms and the simulated machines in line order.
+        self.coupled = [
+            (
+                round(scenario.coupling[line.id] * 1000),
+                [by_id[m.id] for m in line.machines if m.id in by_id],
+            )
+            for line in plant.lines
+            if line.id in scenario.coupling
+        ]
+
+    def _machine(
+        self, spec: MachineSpec, behaviour: Behaviour, seed: int, start_ms: int
+    ) -> MachineModel:
+        stops = self.scenario.stops_of(spec.machine, spec.line)
+        if stops is not None:
+            behaviour = behaviour.with_stops(stops)
+        speed = self.scenario.speed_of(spec.machine, spec.line)
+        if speed is None:
+            return MachineModel(spec, behaviour, seed, start_ms)
+        line, fraction = spec.line, self.planned.shift_fraction
+
+        def rate(ts: int) -> float:
+            return speed.at(fraction(line, ts))
+
+        return MachineModel(spec, behaviour, seed, start_ms, rate)
 
     @property
     def now_ms(self) -> int:
@@ -377,7 +488,28 @@ class PlantModel:
         """Events of the next tick (the first tick publishes every signal's value)."""
         ts = self.now_ms
         self.ticks += 1
+        for machine in self.machines:
+            machine.advance(ts, planned=self.planned(machine.spec.line, ts))
+        for buffer_ms, line in self.coupled:
+            settle_waits(line, ts, buffer_ms)
         out: list[Event] = []
         for machine in self.machines:
-            out.extend(machine.step(ts, planned=self.planned(machine.spec.line, ts)))
+            out.extend(machine.publish(ts))
         return out
+
+
+def settle_waits(line: list[MachineModel], ts: int, buffer_ms: int) -> None:
+    """Who of a coupled line waits at `ts`, on a machine stopped `down` or in changeover.
+
+    A machine `i` buffers away from a stopped one waits once the stop has lasted
+    `i × buffer_ms`: starved if the stop is upstream (earlier in the line), else blocked;
+    starved wins when both. Its own stop, if it has one, shows instead (`published_state`).
+    """
+    stopped = [(i, m.since) for i, m in enumerate(line) if m.state in LINE_STOPS]
+    for j, machine in enumerate(line):
+        starved = blocked = False
+        for i, since in stopped:
+            if i != j and ts - since >= abs(i - j) * buffer_ms:
+                starved = starved or i < j
+                blocked = blocked or i > j
+        machine.wait = STARVED if starved else BLOCKED if blocked else None

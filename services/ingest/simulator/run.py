@@ -33,6 +33,7 @@ from services.ingest.simulator.layout import Layout, SparkplugDevice, plan
 from services.ingest.simulator.model import Behaviour, Event, PlantModel
 from services.ingest.simulator.mqtt_publisher import MqttJsonOutlet, MqttOutlet
 from services.ingest.simulator.opcua_server import OpcuaOutlet
+from services.ingest.simulator.scenario import Scenario
 from services.ingest.simulator.sparkplug_publisher import SparkplugOutlet
 from services.ingest.simulator.truth import TruthLog
 
@@ -100,9 +101,11 @@ async def run_simulator(
     ready: asyncio.Event | None = None,
     start_ms: int | None = None,
     behaviour: Behaviour | None = None,
+    scenario: Scenario | None = None,
 ) -> SimulatorStats:
     """Serve the plant's sources until `stop` is set; `ready` is set once every OPC-UA
-    server listens and every MQTT publisher has connected, just before the first tick."""
+    server listens and every MQTT publisher has connected, just before the first tick.
+    `scenario` (coupled lines, speeds, own stops) defaults to none: the plain model."""
     if speed <= 0:
         raise ValueError(f"speed must be > 0, got {speed}")
     tick_ms = round(tick_s * 1000)
@@ -121,6 +124,7 @@ async def run_simulator(
         start_ms=start_ms,
         tick_ms=tick_ms,
         behaviour=behaviour,
+        scenario=scenario,
     )
     stats = SimulatorStats(seed=seed, start_ms=start_ms, tick_ms=tick_ms)
     stats.events = dict.fromkeys(plant.sources.ids(), 0)

@@ -3,6 +3,10 @@
 // through (no EventSource, a closed stream, or silence past the watchdog), the page
 // polls /v1/board/snapshot instead. Alerts come from the alerts API (alerts_url from
 // /v1/board/config); the ack token is asked once and kept in sessionStorage.
+// Reason coding: each line card lists the line's recent stops without a reason (from
+// /v1/stops, same origin) with the machine's codes (/v1/reasons); the operator's name is
+// kept in localStorage. That part of a card outlives re-renders, so a snapshot arriving
+// while someone picks a reason does not take the list away from under them.
 "use strict";
 
 (() => {
@@ -10,6 +14,11 @@
   const WHO_KEY = "linepulse.alerts.who";
   const WATCHDOG_MS = 25000; // > the server's 15 s ping: no event that long = stream is dead
   const ALERTS_EVERY_MS = 5000;
+  const STOPS_EVERY_MS = 10000;
+  const STOPS_LIMIT = 20;
+  const STOP_WHO_KEY = "linepulse.stops.who";
+  const CODED_KEEP_MS = 60000; // a stop just coded stays in the "to code" list this long
+  const UNASSIGNED = "unassigned";
   let config = { alerts_url: null, interval_s: 2 };
   let lastMessage = 0;
   let polling = null;
@@ -52,6 +61,10 @@
     if (seconds < 3600) return Math.round(seconds / 60) + " min";
     const h = Math.floor(seconds / 3600);
     return h + " h " + Math.round((seconds % 3600) / 60) + " min";
+  }
+  function count(n) {
+    if (n === null || n === undefined) return "–";
+    return Math.round(n).toLocaleString("en-US");
   }
   function clock(iso) {
     if (!iso) return "";
@@ -139,38 +152,362 @@
     return box;
   }
 
-  function lineCard(line) {
+  // The six big losses, in the order of linepulse.production.LOSS_KEYS.
+  const LOSSES = {
+    equipment_failure_s: { label: "Equipment failure", kind: "availability" },
+    setup_s: { label: "Setup", kind: "availability" },
+    small_stops_s: { label: "Small stops", kind: "performance" },
+    slow_cycles_s: { label: "Slow cycles", kind: "performance" },
+    startup_rejects_s: { label: "Start-up rejects", kind: "quality" },
+    production_rejects_s: { label: "Production rejects", kind: "quality" },
+  };
+
+  function waterfallRow(key, label, kind, from, width, text, title) {
+    const fill = el("div", { class: "fill" });
+    fill.style.marginLeft = (100 * Math.max(0, Math.min(1, from))).toFixed(2) + "%";
+    fill.style.width = (100 * Math.max(0, Math.min(1 - Math.max(0, from), width))).toFixed(2) + "%";
+    return el("div", { class: "step", "data-step": key, "data-kind": kind, title: title },
+      el("span", { class: "what", text: label }),
+      el("div", { class: "track" }, fill),
+      el("span", { class: "secs", text: text }));
+  }
+
+  function waterfall(line) {
+    const w = line.waterfall;
+    const box = el("div", { class: "waterfall", "data-waterfall": line.line },
+      el("div", { class: "section-title", text: "Losses this shift" }));
+    const planned = w.planned_s;
+    const scale = planned > 0 ? planned : 1;
+    box.append(waterfallRow("planned_s", "Planned time", "planned", 0, planned / scale,
+      duration(planned), planned.toFixed(0) + " s planned production time"));
+    let left = planned;
+    for (const step of w.losses) {
+      const info = LOSSES[step.loss] || { label: step.loss, kind: "other" };
+      const lost = step.seconds;
+      left -= lost;
+      const pctOf = planned > 0 ? " (" + pct(lost / planned) + " of planned)" : "";
+      // A negative loss (parts faster than their ideal cycle) is a gain: drawn the other way.
+      box.append(waterfallRow(step.loss, info.label, info.kind, Math.min(left, left + lost) / scale,
+        Math.abs(lost) / scale, (lost > 0 ? "−" : lost < 0 ? "+" : "") + duration(Math.abs(lost)),
+        lost.toFixed(0) + " s" + pctOf));
+    }
+    const productive = w.fully_productive_s;
+    box.append(waterfallRow("fully_productive_s", "Fully productive", "productive", 0,
+      productive / scale, duration(Math.max(0, productive)),
+      productive.toFixed(0) + " s: ideal cycle time of the good parts"));
+    return box;
+  }
+
+  function bottleneck(line) {
+    const b = line.bottleneck;
+    const row = el("div", { class: "bottleneck", "data-bottleneck": line.line },
+      el("span", { class: "section-title", text: "Bottleneck" }));
+    if (!b) {
+      row.append(el("span", { class: "muted", text: "none this shift" }));
+      return row;
+    }
+    row.append(el("span", { class: "machine-id", "data-bottleneck-machine": b.machine, text: b.machine }));
+    if (b.stop_s !== null && b.stop_s !== undefined) {
+      row.append(el("span", { class: "muted", text: "stopped " + duration(b.stop_s) + " while others waited" }));
+    }
+    return row;
+  }
+
+  function forecast(line) {
+    const f = line.forecast;
+    const made = f.output_count, projected = f.projected_count, target = f.target_count;
+    const behind = f.on_track === false;
+    const box = el("div", {
+      class: "forecast", "data-forecast": line.line,
+      "data-on-track": f.on_track === null ? "unknown" : String(f.on_track),
+    }, el("div", { class: "section-title", text: "Output forecast" }));
+    const top = Math.max(target, projected || 0, made || 0) * 1.08 || 1;
+    const share = (n) => (100 * Math.max(0, Math.min(1, (n || 0) / top))).toFixed(2) + "%";
+    const proj = el("div", { class: "projected" + (behind ? " behind" : "") });
+    proj.style.width = share(projected);
+    const sofar = el("div", { class: "sofar" });
+    sofar.style.width = share(made);
+    const marker = el("div", { class: "target", title: "target " + count(target) });
+    marker.style.left = share(target);
+    box.append(el("div", { class: "gauge", role: "img",
+      "aria-label": `made ${count(made)}, projected ${count(projected)}, target ${count(target)}` },
+      proj, sofar, marker));
+    box.append(el("div", { class: "figures" },
+      el("span", { text: count(made) + " made" }),
+      el("span", { class: "proj-text" + (behind ? " behind" : " ahead"), "data-projected": line.line,
+        text: "projected " + count(projected) }),
+      el("span", { class: "muted", text: "target " + count(target) })));
+    return box;
+  }
+
+  function oeeTile(line, k) {
+    const box = tile(line.line, "oee", "OEE", k.oee);
+    if (k.constraint || (k.oee_constraint !== null && k.oee_constraint !== undefined)) {
+      box.append(el("div", { class: "sub" },
+        el("span", { class: "muted", text: "constraint " + (k.constraint || "") + " " }),
+        el("span", {
+          class: grade(k.oee_constraint), "data-kpi": "oee_constraint", "data-line": line.line,
+          text: pct(k.oee_constraint),
+        })));
+    }
+    return box;
+  }
+
+  function summary(k) {
+    let text = `${k.good_count} good of ${k.total_count} · ${k.stops} stops · down ${duration(k.downtime_s)}`;
+    if (k.product) text += " · " + k.product;
+    if (k.nee !== null && k.nee !== undefined) text += " · NEE " + pct(k.nee);
+    if (k.teep !== null && k.teep !== undefined) text += " · TEEP " + pct(k.teep);
+    return el("div", { class: "muted", text: text });
+  }
+
+  function lineContent(line) {
     const k = line.kpis || {};
     const shift = line.shift
       ? line.shift + " " + clock(line.shift_start) + "–" + clock(line.shift_end) + (line.final ? " (closed)" : "")
       : "no shift data yet";
-    return el(
-      "article",
-      { class: "card", "data-line": line.line },
+    return [
       el("div", { class: "card-head" },
         el("h2", { text: line.line }),
         el("span", { class: "muted", text: shift })),
       el("div", { class: "kpis" },
-        tile(line.line, "oee", "OEE", k.oee),
+        oeeTile(line, k),
         tile(line.line, "availability", "Availability", k.availability),
         tile(line.line, "performance", "Performance", k.performance),
         tile(line.line, "quality", "Quality", k.quality)),
-      line.kpis
-        ? el("div", { class: "muted", text:
-            `${k.good_count} good of ${k.total_count} · ${k.stops} stops · down ${duration(k.downtime_s)}` })
-        : null,
+      line.kpis ? summary(k) : null,
+      line.kpis ? bottleneck(line) : null,
+      line.forecast ? forecast(line) : null,
+      line.waterfall ? waterfall(line) : null,
       trendChart(line),
       machineList(line),
       paretoBars(line),
-    );
+    ].filter(Boolean);
   }
+
+  // One card per line, kept across snapshots: the snapshot part is rebuilt each time,
+  // the stops panel (with whatever the operator is choosing) stays.
+  const cards = new Map();
 
   function render(snapshot) {
     document.getElementById("site").textContent = snapshot.site;
     const lines = document.getElementById("lines");
-    lines.replaceChildren(...snapshot.lines.map(lineCard));
+    const order = snapshot.lines.map((line) => {
+      let card = cards.get(line.line);
+      if (!card) {
+        const live = el("div", { class: "live" });
+        const stops = stopsPanel(line.line);
+        card = { node: el("article", { class: "card", "data-line": line.line }, live, stops.node), live, stops };
+        cards.set(line.line, card);
+      }
+      card.live.replaceChildren(...lineContent(line));
+      return card.node;
+    });
+    const same = order.length === lines.children.length && order.every((node, i) => lines.children[i] === node);
+    if (!same) lines.replaceChildren(...order);
     const stamp = new Date().toLocaleTimeString([], { hourCycle: "h23" });
     document.getElementById("updated").textContent = "updated " + stamp;
+  }
+
+  // -- reason coding ------------------------------------------------------------------------
+
+  const reasonTrees = new Map(); // machine -> Promise of its categories ([] = free text)
+
+  function reasonsOf(machine) {
+    if (!reasonTrees.has(machine)) {
+      const tree = fetch("/v1/reasons?machine=" + encodeURIComponent(machine), { cache: "no-store" })
+        .then((r) => (r.ok ? r.json() : { categories: [] }))
+        .then((body) => body.categories || [])
+        .catch(() => { reasonTrees.delete(machine); return []; });
+      reasonTrees.set(machine, tree);
+    }
+    return reasonTrees.get(machine);
+  }
+
+  function storedWho() {
+    try { return localStorage.getItem(STOP_WHO_KEY) || ""; } catch (error) { return ""; }
+  }
+  function rememberWho(who) {
+    try { localStorage.setItem(STOP_WHO_KEY, who); } catch (error) { /* private mode */ }
+    for (const card of cards.values()) {
+      if (card.stops.who !== document.activeElement) card.stops.who.value = who;
+    }
+  }
+
+  async function problemText(response) {
+    try {
+      const body = await response.json();
+      if (typeof body.detail === "string") return body.detail;
+      if (Array.isArray(body.detail) && body.detail.length) return body.detail.map((d) => d.msg).join("; ");
+    } catch (error) { /* not JSON */ }
+    return "HTTP " + response.status;
+  }
+
+  function stopsPanel(lineId) {
+    const panel = {
+      all: false, items: new Map(), coded: new Map(), timer: null,
+      list: el("ul", { class: "stops-list" }),
+      note: el("div", { class: "empty" }),
+      count: el("span", { class: "count" }),
+      who: el("input", {
+        class: "who", type: "text", maxlength: "128", placeholder: "your name",
+        "aria-label": "Your name (who codes the stops)", "data-stops-who": lineId,
+      }),
+    };
+    panel.who.value = storedWho();
+    panel.who.addEventListener("change", () => rememberWho(panel.who.value.trim()));
+    const title = el("span", { class: "section-title", text: "Stops to code " }, panel.count);
+    const toggle = el("button", { type: "button", class: "small", "data-stops-toggle": lineId, text: "all recent" });
+    toggle.addEventListener("click", () => {
+      panel.all = !panel.all;
+      toggle.textContent = panel.all ? "to code only" : "all recent";
+      title.firstChild.textContent = panel.all ? "Recent stops " : "Stops to code ";
+      panel.items.clear();
+      panel.list.replaceChildren();
+      refresh();
+    });
+    panel.node = el("section", { class: "stops", "data-stops": lineId, hidden: "" },
+      el("div", { class: "stops-head" }, title,
+        el("label", { class: "who-label" }, el("span", { class: "muted", text: "by" }), panel.who),
+        toggle),
+      panel.note, panel.list);
+
+    async function refresh() {
+      const query = "line=" + encodeURIComponent(lineId) + (panel.all ? "" : "&unassigned=true") + "&limit=" + STOPS_LIMIT;
+      let stops;
+      try {
+        const response = await fetch("/v1/stops?" + query, { cache: "no-store" });
+        if (response.status === 404) { panel.node.hidden = true; return; } // no stops API here
+        if (!response.ok) throw new Error(await problemText(response));
+        stops = await response.json();
+      } catch (error) {
+        panel.node.hidden = false;
+        panel.note.textContent = "stops unavailable: " + error.message;
+        return;
+      }
+      panel.node.hidden = false;
+      showStops(stops);
+    }
+
+    function showStops(stops) {
+      const now = Date.now();
+      const ids = new Set(stops.map((s) => String(s.id)));
+      let merged = false;
+      for (const [id, kept] of panel.coded) {
+        if (kept.until < now) panel.coded.delete(id);
+        else if (!ids.has(id)) { stops.push(kept.stop); merged = true; }
+      }
+      if (merged) stops.sort((a, b) => Date.parse(b.start) - Date.parse(a.start));
+      const todo = stops.filter((s) => s.reason === UNASSIGNED).length;
+      panel.count.textContent = panel.all ? "(" + stops.length + ")" : "(" + todo + ")";
+      panel.note.textContent = stops.length ? "" : panel.all ? "no recent stops" : "every stop has a reason";
+      const nodes = stops.map((stop) => {
+        const id = String(stop.id);
+        let item = panel.items.get(id);
+        if (!item) {
+          item = stopItem(stop);
+          panel.items.set(id, item);
+        } else {
+          updateStop(item, stop);
+        }
+        return item.node;
+      });
+      for (const id of [...panel.items.keys()]) if (!ids.has(id) && !panel.coded.has(id)) panel.items.delete(id);
+      const current = [...panel.list.children];
+      const same = nodes.length === current.length && nodes.every((n, i) => current[i] === n);
+      // Do not move the list about under someone choosing a reason; the next refresh will.
+      if (!same && !panel.list.contains(document.activeElement)) panel.list.replaceChildren(...nodes);
+      else if (!same) for (const node of nodes) if (!node.isConnected) panel.list.append(node);
+    }
+
+    function stopItem(stop) {
+      const item = {
+        stop: stop,
+        reason: el("span", { class: "reason" }),
+        when: el("span", { class: "when" }),
+        msg: el("span", { class: "msg", role: "status" }),
+        pick: el("span", { class: "pick" }),
+        button: el("button", { type: "button", class: "set", text: "Set" }),
+      };
+      item.node = el("li", { class: "stop", "data-stop": String(stop.id), "data-stop-machine": stop.machine },
+        el("span", { class: "name", text: stop.machine }), item.when, item.reason,
+        el("span", { class: "controls" }, item.pick, item.button), item.msg);
+      item.button.addEventListener("click", () => assign(item));
+      updateStop(item, stop);
+      reasonsOf(stop.machine).then((categories) => {
+        item.input = chooser(categories, stop);
+        item.pick.replaceChildren(item.input);
+      });
+      return item;
+    }
+
+    function updateStop(item, stop) {
+      item.stop = stop;
+      item.node.dataset.reason = stop.reason;
+      item.node.dataset.planned = String(Boolean(stop.planned));
+      const length = stop.duration_s === null || stop.duration_s === undefined ? null : stop.duration_s;
+      item.when.textContent = clock(stop.start) + (stop.end ? "–" + clock(stop.end) : " ongoing") +
+        (length === null ? "" : " · " + duration(length)) + (stop.state ? " · " + stop.state.replace("_", " ") : "");
+      const fixes = Array.isArray(stop.corrections) ? stop.corrections.length : stop.corrections || 0;
+      item.reason.textContent = stop.reason === UNASSIGNED ? "no reason" : stop.reason;
+      item.reason.title = stop.original_reason && fixes
+        ? "was " + stop.original_reason + " (" + fixes + " correction" + (fixes > 1 ? "s" : "") + ")"
+        : "";
+      item.reason.classList.toggle("unassigned", stop.reason === UNASSIGNED);
+      item.button.textContent = stop.reason === UNASSIGNED ? "Set" : "Change";
+    }
+
+    function chooser(categories, stop) {
+      const codes = categories.flatMap((c) => c.codes || []);
+      if (!codes.length) {
+        return el("input", { class: "code", type: "text", maxlength: "64", placeholder: "reason code",
+          "aria-label": "Reason code for " + stop.machine });
+      }
+      const select = el("select", { class: "code", "aria-label": "Reason for " + stop.machine },
+        el("option", { value: "", text: "reason…" }));
+      for (const category of categories) {
+        const group = el("optgroup", { label: category.name + (category.planned ? " (planned)" : "") });
+        for (const code of category.codes || []) group.append(el("option", { value: code, text: code }));
+        select.append(group);
+      }
+      if (codes.includes(stop.reason)) select.value = stop.reason;
+      return select;
+    }
+
+    async function assign(item) {
+      const who = panel.who.value.trim();
+      const code = item.input ? item.input.value.trim() : "";
+      item.msg.classList.remove("ok");
+      if (!code) { item.msg.textContent = "choose a reason first"; item.input && item.input.focus(); return; }
+      if (!who) { item.msg.textContent = "enter your name (by) first"; panel.who.focus(); return; }
+      rememberWho(who);
+      item.button.disabled = true;
+      item.msg.textContent = "saving…";
+      try {
+        const response = await fetch("/v1/stops/" + encodeURIComponent(item.stop.id) + "/reason", {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ reason: code, by: who }),
+        });
+        if (!response.ok) throw new Error(await problemText(response));
+        let stop = null;
+        try { stop = await response.json(); } catch (error) { /* no body */ }
+        if (!stop || stop.id === undefined) stop = Object.assign({}, item.stop, { reason: code });
+        updateStop(item, stop);
+        panel.coded.set(String(stop.id), { stop: stop, until: Date.now() + CODED_KEEP_MS });
+        item.msg.textContent = "coded by " + who;
+        item.msg.classList.add("ok");
+      } catch (error) {
+        item.msg.textContent = error.message;
+      } finally {
+        item.button.disabled = false;
+      }
+    }
+
+    panel.refresh = refresh;
+    refresh();
+    panel.timer = setInterval(refresh, STOPS_EVERY_MS);
+    return panel;
   }
 
   function setMode(mode) {

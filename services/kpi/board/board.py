@@ -4,6 +4,8 @@
   style. Plain files shipped as package data (no build step, no CDN: a plant network
   often has no internet).
 - `GET /v1/board/config`: where the alerts API is (`alerts_url`, None: no alerts panel).
+- Reason coding on the page calls `/v1/stops` and `/v1/reasons` of this same app (the
+  CSP's `connect-src 'self'` covers them); the board adds no endpoint for it.
 - `GET /v1/board/snapshot`: the snapshot (`snapshot.build_snapshot`) as JSON; the page
   polls it when server-sent events do not get through (a proxy that buffers them).
 - `GET /v1/board/events`: server-sent events, one `snapshot` event at once and another
@@ -156,8 +158,11 @@ def mount_board(app: FastAPI, plant: PlantConfig, store: KpiStore, alerts_url: s
         tags=["board"],
         summary="What the live board shows, per line",
         description=(
-            "Per line: the current shift's KPIs, machine states, the shift's downtime "
-            "Pareto and OEE trend. See services/kpi/board/snapshot.py for the fields."
+            "Per line: the current shift's KPIs (with the constraint's OEE, NEE, TEEP), "
+            "its losses waterfall (planned time, the six big losses, fully productive "
+            "time), bottleneck, output forecast against the target, machine states, "
+            "downtime Pareto and OEE trend. See services/kpi/board/snapshot.py for the "
+            "fields."
         ),
     )
     def snapshot() -> Response:

@@ -14,18 +14,34 @@ UTC as the store serves them)::
                 "final": bool | None,          # the shift record is closed (between shifts)
                 "kpis": {"oee", "availability", "performance", "quality", "planned_s",
                          "run_s", "downtime_s", "stops", "total_count", "good_count",
-                         "reject_count"} | None,     # None: no shift record yet
+                         "reject_count", "fully_productive_s", "nee", "teep", "product",
+                         "constraint", "oee_constraint"} | None,  # None: no shift record yet
+                "waterfall": {"planned_s": float,
+                              "losses": [{"loss": key, "seconds": float}],  # LOSS_KEYS order
+                              "fully_productive_s": float} | None,   # None: no losses known
+                "bottleneck": {"machine": str, "stop_s": float | None} | None,
+                "forecast": {"output_count": int | None, "projected_count": float | None,
+                             "target_count": int, "on_track": bool | None} | None,
                 "machines": [{"machine", "state", "since", "last_seen", "oee"}],
                 "pareto": [{"reason", "seconds", "share"}],   # downtime of this shift
                 "trend": [{"t": window_start, "oee": float | None}]}]}
+
+`waterfall`: planned time, less each of the six big losses, is the fully productive time
+(the record's `fully_productive_s`, or planned time less the losses where the record has
+none): planned_s = fully_productive_s + sum of the losses. `forecast` is there only when
+the shift has a target (`target_count`); `on_track`: projected output >= target (None
+while nothing is projected yet). The line's stops, for reason coding, are not in the
+snapshot: the page reads them from `/v1/stops` itself.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Final
 
 from linepulse.config import PlantConfig, WindowKind
+from linepulse.production import LOSS_KEYS
 from services.kpi.store import KpiStore
 
 KPI_FIELDS: Final = (
@@ -40,6 +56,16 @@ KPI_FIELDS: Final = (
     "total_count",
     "good_count",
     "reject_count",
+)
+# Beyond OEE: in the record contract, but read with .get so that a store written before
+# they existed still gives a snapshot (with None for them).
+EXTRA_KPI_FIELDS: Final = (
+    "fully_productive_s",
+    "nee",
+    "teep",
+    "product",
+    "constraint",
+    "oee_constraint",
 )
 # Finest first: a finer trend has more points over a shift, and a finer Pareto kind closes
 # (and so counts) sooner. Every kind covers the same downtime, so one kind counts each
@@ -92,13 +118,59 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
                 "shift_start": None if record is None else record["window_start"],
                 "shift_end": None if record is None else record["window_end"],
                 "final": None if record is None else record["final"],
-                "kpis": None if record is None else {k: record[k] for k in KPI_FIELDS},
+                "kpis": None if record is None else _kpis(record),
+                "waterfall": None if record is None else _waterfall(record),
+                "bottleneck": None if record is None else _bottleneck(record),
+                "forecast": None if record is None else _forecast(record),
                 "machines": statuses.get(line.id, []),
                 "pareto": pareto,
                 "trend": trend,
             }
         )
     return {"site": plant.site, "trend_window": trend_kind, "lines": lines}
+
+
+def _kpis(record: dict[str, Any]) -> dict[str, Any]:
+    kpis = {k: record[k] for k in KPI_FIELDS}
+    kpis.update({k: record.get(k) for k in EXTRA_KPI_FIELDS})
+    return kpis
+
+
+def _waterfall(record: dict[str, Any]) -> dict[str, Any] | None:
+    """Planned time, the six big losses (LOSS_KEYS order), fully productive time."""
+    losses = record.get("losses")
+    if not losses:
+        return None
+    seconds = [float(losses.get(key) or 0.0) for key in LOSS_KEYS]
+    planned = float(record["planned_s"])
+    productive = record.get("fully_productive_s")
+    if productive is None:
+        productive = planned - math.fsum(seconds)
+    return {
+        "planned_s": planned,
+        "losses": [{"loss": k, "seconds": s} for k, s in zip(LOSS_KEYS, seconds, strict=True)],
+        "fully_productive_s": float(productive),
+    }
+
+
+def _bottleneck(record: dict[str, Any]) -> dict[str, Any] | None:
+    machine = record.get("bottleneck")
+    if machine is None:
+        return None
+    return {"machine": machine, "stop_s": record.get("bottleneck_s")}
+
+
+def _forecast(record: dict[str, Any]) -> dict[str, Any] | None:
+    target = record.get("target_count")
+    if target is None:
+        return None
+    projected = record.get("projected_count")
+    return {
+        "output_count": record.get("output_count"),
+        "projected_count": projected,
+        "target_count": target,
+        "on_track": None if projected is None else projected >= target,
+    }
 
 
 def _parse(value: str) -> datetime:

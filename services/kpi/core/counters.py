@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import polars as pl
 
-from linepulse.config import COUNTER_SIGNALS
-from services.kpi.core.calendar import MINUTE_MS
-from services.kpi.core.samples import PlantIndex
+from services.kpi.core.calendar import MINUTE_MS, Calendar
+from services.kpi.core.samples import CUMULATIVE_SIGNALS, REWORK, PlantIndex
 from services.kpi.core.states import _from_dirty
 
-# Per counter c in (T, G, R): parts (`c`), ideal µs (`i<c>`), parts with no ideal (`u<c>`).
+# Per counter c in (T, G, R): parts (`c`), ideal µs (`i<c>`), parts with no ideal (`u<c>`),
+# ideal µs of parts made in a start-up period (`s<c>`); `W` is reworked parts.
 SHORT = {"total_count": "T", "good_count": "G", "reject_count": "R"}
-COUNT_COLUMNS = [f"{p}{s}" for s in SHORT.values() for p in ("", "i", "u")]
+PRODUCT_COUNT_COLUMNS = [f"{p}{s}" for s in SHORT.values() for p in ("", "i", "u")]
+COUNT_COLUMNS = [*PRODUCT_COUNT_COLUMNS, *(f"s{s}" for s in SHORT.values()), "W"]
 
 
 def _ideal_times(samples: pl.DataFrame, index: PlantIndex) -> pl.DataFrame:
@@ -58,22 +59,87 @@ def increments() -> pl.Expr:
     )
 
 
-def counter_minutes(samples: pl.DataFrame, dirty: pl.DataFrame, index: PlantIndex) -> pl.DataFrame:
-    """Per (machine, minute) from each machine's dirty `from`: parts and ideal µs per counter."""
-    counters = samples.filter(pl.col("signal").is_in(COUNTER_SIGNALS))
+def _startup_anchors(
+    samples: pl.DataFrame, dirty: pl.DataFrame, index: PlantIndex, calendar: Calendar, hi: int
+) -> pl.DataFrame:
+    """When each machine's start-up periods begin: changeover ends and shift starts."""
+    starts = dirty.join(index.machines.select("machine", "line", "startup_ms"), on="machine")
+    starts = starts.filter(pl.col("startup_ms") > 0)
+    states = samples.filter(pl.col("signal") == "state")
+    look = starts.select("machine", (pl.col("from") - pl.col("startup_ms")).alias("from"))
+    seq = _from_dirty(states, look, ["machine", "ts", "text", "reason"])
+    ends = seq.filter(
+        (pl.col("text").shift(1).over("machine") == "changeover") & (pl.col("text") != "changeover")
+    ).select("machine", "ts")
+    rows: list[tuple[str, int]] = []
+    for machine, line, lo, startup in starts.select(
+        "machine", "line", "from", "startup_ms"
+    ).iter_rows():
+        rows.extend((machine, span.start) for span in calendar.spans(line, lo - startup, hi + 1))
+    shifts = pl.DataFrame(
+        rows, schema={"machine": index.machine_type, "ts": pl.Int64}, orient="row"
+    )
+    return pl.concat([ends, shifts]).unique().sort("ts")
+
+
+def counter_minutes(
+    samples: pl.DataFrame, dirty: pl.DataFrame, index: PlantIndex, calendar: Calendar
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per (machine, minute) from each machine's dirty `from`: parts and ideal µs per counter.
+
+    Returns (atoms, products): products are the T/G/R columns per (machine, minute,
+    product), the product being the latest `product` sample before the part.
+    """
+    counters = samples.filter(pl.col("signal").is_in(CUMULATIVE_SIGNALS))
     seq = _from_dirty(counters, dirty, ["machine", "signal", "ts", "num"]).join(
         index.counter_max, on=["machine", "signal"], how="left"
     )
     seq = seq.with_columns(increments().alias("inc")).filter(pl.col("ts") >= pl.col("from"))
     machines = seq.get_column("machine").unique()
-    changes = _ideal_times(samples.filter(pl.col("machine").is_in(machines.implode())), index)
+    mine = samples.filter(pl.col("machine").is_in(machines.implode()))
+    changes = _ideal_times(mine, index)
+    seq = seq.sort("ts")
     # An unconfigured product falls back to the machine's time, so coalesce is exact.
     if changes.height:
-        seq = seq.sort("ts").join_asof(changes, on="ts", by="machine", check_sortedness=False)
+        seq = seq.join_asof(changes, on="ts", by="machine", check_sortedness=False)
     else:
         seq = seq.with_columns(pl.lit(None, pl.Int64).alias("change_ict_us"))
-    seq = seq.join(index.machines.select("machine", "ict_us"), on="machine", how="left")
+    products = (
+        mine.filter(pl.col("signal") == "product")
+        .sort("ts", "machine", "text")
+        .select("machine", "ts", pl.col("text").alias("product"))
+    )
+    if products.height:
+        seq = seq.join_asof(products, on="ts", by="machine", check_sortedness=False)
+    else:
+        seq = seq.with_columns(pl.lit(None, pl.String).alias("product"))
+    seq = seq.join(index.machines.select("machine", "ict_us", "startup_ms"), on="machine")
     seq = seq.with_columns(pl.coalesce("change_ict_us", "ict_us").alias("ict"))
+    if seq.height and index.lookback_ms and seq.select((pl.col("startup_ms") > 0).any()).item():
+        hi = int(seq.get_column("ts").max())  # type: ignore[arg-type]
+        anchors = _startup_anchors(samples, dirty, index, calendar, hi)
+        seq = seq.join_asof(
+            anchors.rename({"ts": "anchor"}),
+            left_on="ts",
+            right_on="anchor",
+            by="machine",
+            check_sortedness=False,
+        )
+        startup = (pl.col("ts") - pl.col("anchor") < pl.col("startup_ms")).fill_null(False)
+    else:
+        startup = pl.lit(False)
+    seq = seq.with_columns(startup.alias("startup"))
+    minute = (pl.col("ts") - pl.col("ts") % MINUTE_MS).alias("minute")
+    atoms = seq.group_by("machine", minute).agg(_sums(with_startup=True))
+    product_atoms = (
+        seq.filter(pl.col("product").is_not_null() & (pl.col("signal") != REWORK))
+        .group_by("machine", minute, "product")
+        .agg(_sums(with_startup=False))
+    )
+    return atoms, product_atoms
+
+
+def _sums(*, with_startup: bool) -> list[pl.Expr]:
     aggs = []
     for signal, short in SHORT.items():
         mine = pl.col("signal") == signal
@@ -82,6 +148,9 @@ def counter_minutes(samples: pl.DataFrame, dirty: pl.DataFrame, index: PlantInde
             (pl.col("inc") * pl.col("ict")).filter(mine).sum().alias(f"i{short}"),
             pl.col("inc").filter(mine & pl.col("ict").is_null()).sum().alias(f"u{short}"),
         ]
-    return seq.group_by("machine", (pl.col("ts") - pl.col("ts") % MINUTE_MS).alias("minute")).agg(
-        aggs
-    )
+        if with_startup:
+            startup = (pl.col("inc") * pl.col("ict")).filter(mine & pl.col("startup"))
+            aggs.append(startup.sum().alias(f"s{short}"))
+    if with_startup:
+        aggs.append(pl.col("inc").filter(pl.col("signal") == REWORK).sum().alias("W"))
+    return aggs

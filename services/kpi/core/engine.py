@@ -27,17 +27,36 @@ from typing import Any
 
 import polars as pl
 
-from linepulse.config import COUNTER_SIGNALS, PlantConfig, WindowKind
+from linepulse.config import PlantConfig, WindowKind
+from linepulse.production import LOSS_KEYS
 from services.kpi.core.calendar import Calendar
-from services.kpi.core.counters import COUNT_COLUMNS, counter_minutes
+from services.kpi.core.counters import COUNT_COLUMNS, PRODUCT_COUNT_COLUMNS, counter_minutes
+from services.kpi.core.lines import LINE_FIELDS, MachineWindow, line_fields
 from services.kpi.core.oee import SUM_COLUMNS, kpi_fields, machine_counts
-from services.kpi.core.samples import REJECTED_SCHEMA, PlantIndex, prepare, sample_schema
-from services.kpi.core.states import STATE_COLUMNS, state_minutes
+from services.kpi.core.samples import (
+    CUMULATIVE_SIGNALS,
+    REJECTED_SCHEMA,
+    REWORK,
+    PlantIndex,
+    prepare,
+    sample_schema,
+)
+from services.kpi.core.states import (
+    ATOM_STATE_COLUMNS,
+    STATE_ORDER,
+    STOP_COLUMNS,
+    segments,
+    state_minutes,
+)
 from services.kpi.core.windows import floor_minute, minute_grid, minutes_between, window_keys
 
-TIME_COLUMNS = [*STATE_COLUMNS.values(), "stops"]  # count only inside calendar planned time
+# Count only inside calendar planned time.
+TIME_COLUMNS = [*ATOM_STATE_COLUMNS.values(), *STOP_COLUMNS]
 ATOM_COLUMNS = [*TIME_COLUMNS, *COUNT_COLUMNS]
+# Per (machine, minute, product): running time (small stops in) and the T/G/R columns.
+PRODUCT_COLUMNS = ["run_ms", *PRODUCT_COUNT_COLUMNS]
 _INT_ATOMS: dict[str, pl.DataType] = {c: pl.Int64() for c in ATOM_COLUMNS}
+_INT_PRODUCT: dict[str, pl.DataType] = {c: pl.Int64() for c in PRODUCT_COLUMNS}
 WINDOW_KEY = ["machine", "line", "window", "start", "end", "shift"]
 
 
@@ -50,6 +69,8 @@ class Schemas:
     reasons: pl.Schema
     acc: pl.Schema
     racc: pl.Schema
+    patoms: pl.Schema
+    pacc: pl.Schema
 
     @classmethod
     def build(cls, machine: pl.DataType) -> Schemas:
@@ -69,6 +90,10 @@ class Schemas:
             ),
             acc=pl.Schema({**keys, **_INT_ATOMS}),
             racc=pl.Schema({**keys, "reason": pl.String(), "ms": pl.Int64()}),
+            patoms=pl.Schema(
+                {"machine": machine, "minute": pl.Int64(), "product": pl.String(), **_INT_PRODUCT}
+            ),
+            pacc=pl.Schema({**keys, "product": pl.String(), **_INT_PRODUCT}),
         )
 
 
@@ -104,9 +129,15 @@ class Core:
             schemas=Schemas.build(index.machine_type),
             calendar=Calendar(plant),
             windows=windows or plant.kpi.windows,
-            lateness_ms=round(plant.kpi.lateness_s * 1000),
+            # A stop straddling a window's end may still turn from small to long: the
+            # window closes once the longest small stop has passed as well.
+            lateness_ms=round(plant.kpi.lateness_s * 1000) + _max_small_ms(index),
             horizon_ms=round(plant.kpi.restate_horizon_s * 1000),
         )
+
+
+def _max_small_ms(index: PlantIndex) -> int:
+    return int(index.machines.get_column("small_ms").max() or 0)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -139,6 +170,8 @@ class CoreState:
     reasons: pl.DataFrame
     acc: pl.DataFrame
     racc: pl.DataFrame
+    patoms: pl.DataFrame
+    pacc: pl.DataFrame
     first_seen: dict[str, int] = field(default_factory=dict)
     counters_seen: dict[str, frozenset[str]] = field(default_factory=dict)
     emitted: dict[RecordKey, Emitted] = field(default_factory=dict)
@@ -173,6 +206,8 @@ def initial_state(core: Core) -> CoreState:
         reasons=schemas.reasons.to_frame(),
         acc=schemas.acc.to_frame(),
         racc=schemas.racc.to_frame(),
+        patoms=schemas.patoms.to_frame(),
+        pacc=schemas.pacc.to_frame(),
     )
 
 
@@ -244,18 +279,20 @@ def step(
         if machine in declared:
             counters_seen[machine] = declared[machine]
             continue
-        grown = before | frozenset(s for s in signals if s in COUNTER_SIGNALS)
+        grown = before | frozenset(s for s in signals if s in CUMULATIVE_SIGNALS)
         if grown != before and machine not in newly_seen:
             regrouped.add(machine)
         counters_seen[machine] = grown
 
     dirty = _dirty(core, new, state.first_seen, high0, high1)
     lowest = dirty.get_column("from").min()
-    reaches_older = state.cut is not None and lowest is not None and lowest < state.cut  # type: ignore[operator]
+    # Small-stop and start-up classes read states up to `lookback` before `from`.
+    reach = None if lowest is None else lowest - core.index.lookback_ms  # type: ignore[operator]
+    reaches_older = state.cut is not None and reach is not None and reach < state.cut
     # Only data older than the last cut needs the older samples; otherwise baselines do.
     work = pl.concat([state.older if reaches_older else state.older_last, state.recent, new])
-    atoms, reasons, delta, rdelta = _recompute(core, state, work, dirty, high1)
-    acc, racc, touched = _apply_deltas(core, state, delta, rdelta)
+    atoms, reasons, patoms, delta, rdelta, pdelta = _recompute(core, state, work, dirty, high1)
+    acc, racc, pacc, touched = _apply_deltas(core, state, delta, rdelta, pdelta)
     if regrouped:
         # Counts combine differently now: every window of theirs may read differently.
         again = acc.filter(pl.col("machine").is_in(sorted(regrouped))).select(WINDOW_KEY)
@@ -264,12 +301,14 @@ def step(
     water1 = high1 - core.lateness_ms
     candidates = _candidates(core, first_seen, extended, water0, floor0, high1, touched)
     records, emitted = _emit(
-        core, state, acc, racc, candidates, counters_seen, high1, water1, flush, open_records
+        core, state, acc, racc, pacc, candidates, counters_seen, high1, water1, flush, open_records
     )
 
     floor1 = _horizon_floor(core, high1)
     assert floor1 is not None  # noqa: S101 - high1 is set
-    cut1 = floor_minute(water1)
+    # Keep twice the lookback in `recent`: a batch's `from` moves back by it, and the
+    # states read for its classes by it again.
+    cut1 = floor_minute(water1 - 2 * core.index.lookback_ms)
     recent = pl.concat([state.recent, new])
     moved = recent.filter(pl.col("ts") < cut1)
     recent = recent.filter(pl.col("ts") >= cut1)
@@ -290,6 +329,8 @@ def step(
         reasons=reasons.filter(pl.col("minute") >= floor1),
         acc=acc.filter(pl.col("end") > floor1),
         racc=racc.filter(pl.col("end") > floor1),
+        patoms=patoms.filter(pl.col("minute") >= floor1),
+        pacc=pacc.filter(pl.col("end") > floor1),
         first_seen=first_seen,
         counters_seen=counters_seen,
         emitted={k: v for k, v in emitted.items() if v.end > floor1},
@@ -305,8 +346,8 @@ def step(
 def _states(samples: pl.DataFrame) -> pl.DataFrame:
     return (
         samples.filter(pl.col("signal") == "state")
-        .select(pl.col("machine").cast(pl.String), "ts", pl.col("text").alias("state"))
-        .sort("ts", "machine")
+        .select(pl.col("machine").cast(pl.String), "ts", pl.col("text").alias("state"), "reason")
+        .sort("ts", "machine", "state", "reason", nulls_last=True)
     )
 
 
@@ -329,12 +370,13 @@ def _dirty(
 ) -> pl.DataFrame:
     """Per machine, the first minute whose sums the batch may change."""
     rows: dict[str, int] = {}
+    back = core.index.lookback_ms  # a change reclassifies a small stop or start-up behind it
     if high0 is not None and high1 > high0:
-        tail = floor_minute(high0)  # the last state's tail grows from the previous high
+        tail = floor_minute(high0 - back)  # the last state's tail grows from the previous high
         rows = dict.fromkeys(seen_before, tail)
     for machine, ts_min in new.group_by("machine").agg(pl.col("ts").min()).iter_rows():
         start = ts_min if high0 is None else min(ts_min, high0)
-        rows[machine] = min(rows.get(machine, start), floor_minute(start))
+        rows[machine] = min(rows.get(machine, start), floor_minute(start - back))
     return pl.DataFrame(
         {"machine": list(rows), "from": list(rows.values())},
         schema={"machine": core.index.machine_type, "from": pl.Int64},
@@ -343,18 +385,24 @@ def _dirty(
 
 def _recompute(
     core: Core, state: CoreState, samples: pl.DataFrame, dirty: pl.DataFrame, high: int
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """New atoms for the dirty minutes, and the deltas (new - old) they make."""
-    state_atoms, new_reasons = state_minutes(
-        samples.filter(pl.col("signal") == "state"), dirty, high
-    )
-    count_atoms = counter_minutes(samples, dirty, core.index)
+    schemas = core.schemas
+    state_atoms, new_reasons, state_products = state_minutes(samples, dirty, high, core.index)
+    count_atoms, count_products = counter_minutes(samples, dirty, core.index, core.calendar)
     new_atoms = (
         state_atoms.join(count_atoms, on=["machine", "minute"], how="full", coalesce=True)
         .with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in ATOM_COLUMNS)
-        .select(core.schemas.atoms.names())
+        .select(schemas.atoms.names())
     )
-    new_reasons = new_reasons.select(core.schemas.reasons.names()).cast(core.schemas.reasons)
+    new_reasons = new_reasons.select(schemas.reasons.names()).cast(schemas.reasons)
+    product_key = ["machine", "minute", "product"]
+    new_products = (
+        state_products.join(count_products, on=product_key, how="full", coalesce=True)
+        .with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in PRODUCT_COLUMNS)
+        .select(schemas.patoms.names())
+        .cast(schemas.patoms)
+    )
     dirty_rows = pl.col("minute") >= pl.col("from")
 
     def split(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -364,30 +412,50 @@ def _recompute(
 
     kept_atoms, old_atoms = split(state.atoms)
     kept_reasons, old_reasons = split(state.reasons)
+    kept_products, old_products = split(state.patoms)
     delta = pl.concat([new_atoms, old_atoms.with_columns(-pl.col(c) for c in ATOM_COLUMNS)])
     rdelta = pl.concat([new_reasons, old_reasons.with_columns(-pl.col("ms"))])
+    pdelta = pl.concat(
+        [new_products, old_products.with_columns(-pl.col(c) for c in PRODUCT_COLUMNS)]
+    )
     return (
         pl.concat([kept_atoms, new_atoms]),
         pl.concat([kept_reasons, new_reasons]),
+        pl.concat([kept_products, new_products]),
         delta,
         rdelta,
+        pdelta,
     )
 
 
 def _apply_deltas(
-    core: Core, state: CoreState, delta: pl.DataFrame, rdelta: pl.DataFrame
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    core: Core,
+    state: CoreState,
+    delta: pl.DataFrame,
+    rdelta: pl.DataFrame,
+    pdelta: pl.DataFrame,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Add minute deltas to the per-window sums; return the windows they touched."""
     lines = core.index.machines.select("machine", "line")
     delta = delta.join(lines, on="machine")
     rdelta = rdelta.join(lines, on="machine")
-    keys = pl.concat([delta.select("line", "minute"), rdelta.select("line", "minute")])
+    pdelta = pdelta.join(lines, on="machine")
+    keys = pl.concat(
+        [
+            delta.select("line", "minute"),
+            rdelta.select("line", "minute"),
+            pdelta.select("line", "minute"),
+        ]
+    )
     grid = minute_grid(core.calendar, keys, core.windows)
     delta = delta.join(grid, on=["line", "minute"]).with_columns(
         pl.when(pl.col("planned")).then(pl.col(c)).otherwise(0).alias(c) for c in TIME_COLUMNS
     )
     rdelta = rdelta.join(grid, on=["line", "minute"]).filter(pl.col("planned"))
-    parts, rparts = [], []
+    pdelta = pdelta.join(grid, on=["line", "minute"]).with_columns(
+        pl.when(pl.col("planned")).then(pl.col("run_ms")).otherwise(0).alias("run_ms")
+    )
+    parts, rparts, pparts = [], [], []
     for kind in core.windows:
         shift = pl.col("shift_name") if kind == "shift" else pl.lit(None, pl.String)
         key = [
@@ -401,8 +469,13 @@ def _apply_deltas(
         present = pl.col(f"{kind}_start").is_not_null()
         parts.append(delta.filter(present).group_by(key).agg(pl.col(ATOM_COLUMNS).sum()))
         rparts.append(rdelta.filter(present).group_by([*key, "reason"]).agg(pl.col("ms").sum()))
-    window_delta = pl.concat(parts).cast(core.schemas.acc).select(core.schemas.acc.names())
-    reason_delta = pl.concat(rparts).cast(core.schemas.racc).select(core.schemas.racc.names())
+        pparts.append(
+            pdelta.filter(present).group_by([*key, "product"]).agg(pl.col(PRODUCT_COLUMNS).sum())
+        )
+    schemas = core.schemas
+    window_delta = pl.concat(parts).cast(schemas.acc).select(schemas.acc.names())
+    reason_delta = pl.concat(rparts).cast(schemas.racc).select(schemas.racc.names())
+    product_delta = pl.concat(pparts).cast(schemas.pacc).select(schemas.pacc.names())
     acc = pl.concat([state.acc, window_delta]).group_by(WINDOW_KEY).agg(pl.col(ATOM_COLUMNS).sum())
     racc = (
         pl.concat([state.racc, reason_delta])
@@ -410,8 +483,20 @@ def _apply_deltas(
         .agg(pl.col("ms").sum())
         .filter(pl.col("ms") != 0)
     )
-    touched = pl.concat([window_delta.select(WINDOW_KEY), reason_delta.select(WINDOW_KEY)]).unique()
-    return acc, racc, touched
+    pacc = (
+        pl.concat([state.pacc, product_delta])
+        .group_by([*WINDOW_KEY, "product"])
+        .agg(pl.col(PRODUCT_COLUMNS).sum())
+        .filter(pl.any_horizontal(pl.col(PRODUCT_COLUMNS) != 0))
+    )
+    touched = pl.concat(
+        [
+            window_delta.select(WINDOW_KEY),
+            reason_delta.select(WINDOW_KEY),
+            product_delta.select(WINDOW_KEY),
+        ]
+    ).unique()
+    return acc, racc, pacc, touched
 
 
 def _candidates(
@@ -464,6 +549,7 @@ def _emit(
     state: CoreState,
     acc: pl.DataFrame,
     racc: pl.DataFrame,
+    pacc: pl.DataFrame,
     candidates: pl.DataFrame,
     counters_seen: dict[str, frozenset[str]],
     high1: int,
@@ -476,17 +562,22 @@ def _emit(
     # Calendar planned time per line window, up to `high` while the window is open.
     windows = candidates.select("line", "window", "start", "end").unique()
     cal = []
-    for line, _kind, start, end in windows.iter_rows():
+    for line, kind, start, end in windows.iter_rows():
         final = flush or water1 >= end
         cutoff = end if final else min(end, high1)
-        cal.append((core.calendar.planned_ms(line, start, cutoff), final))
+        so_far = core.calendar.planned_ms(line, start, cutoff)
+        whole = so_far if final or kind != "shift" else core.calendar.planned_ms(line, start, end)
+        cal.append((so_far, final, max(cutoff - start, 0), whole, whole - so_far))
     windows = windows.with_columns(
-        pl.Series("cal_ms", [c for c, _ in cal], pl.Int64),
-        pl.Series("final", [f for _, f in cal], pl.Boolean),
+        pl.Series("cal_ms", [c[0] for c in cal], pl.Int64),
+        pl.Series("final", [c[1] for c in cal], pl.Boolean),
+        pl.Series("calendar_ms", [c[2] for c in cal], pl.Int64),
+        pl.Series("whole_cal_ms", [c[3] for c in cal], pl.Int64),
+        pl.Series("remaining_ms", [c[4] for c in cal], pl.Int64),  # planned time ahead
     )
     flags = pl.DataFrame(
         [
-            (m, "total_count" in c, "good_count" in c, "reject_count" in c)
+            (m, "total_count" in c, "good_count" in c, "reject_count" in c, REWORK in c)
             for m, c in counters_seen.items()
         ],
         schema={
@@ -494,21 +585,24 @@ def _emit(
             "has_t": pl.Boolean,
             "has_g": pl.Boolean,
             "has_r": pl.Boolean,
+            "has_w": pl.Boolean,
         },
         orient="row",
     )
+    has = (pl.col("has_t"), pl.col("has_g"), pl.col("has_r"))
     rows = (
         candidates.join(acc, on=WINDOW_KEY, how="left", nulls_equal=True)
         .with_columns(pl.col(ATOM_COLUMNS).fill_null(0))
         .join(windows, on=["line", "window", "start", "end"])
         .join(flags, on="machine", how="left")
-        .with_columns(pl.col("has_t", "has_g", "has_r").fill_null(False))
-        .with_columns(machine_counts(pl.col("has_t"), pl.col("has_g"), pl.col("has_r")))
+        .with_columns(pl.col("has_t", "has_g", "has_r", "has_w").fill_null(False))
+        .with_columns(machine_counts(*has, pl.col("has_w")))
         .with_columns(pl.col("ideal_us").fill_null(0), pl.col("noideal").fill_null(0))
     )
-    line_key = ["line", "window", "start", "end", "shift", "final"]
+    line_key = ["line", "window", "start", "end", "shift", "final", "calendar_ms"]
+    line_key += ["whole_cal_ms", "remaining_ms"]
     line_rows = rows.group_by(line_key).agg(pl.col(SUM_COLUMNS).sum())
-    machine_rows = rows.select([*WINDOW_KEY, "final", *SUM_COLUMNS])
+    machine_rows = rows.select([*WINDOW_KEY, *line_key[5:], *SUM_COLUMNS])
     line_rows = line_rows.with_columns(
         pl.lit(None, core.index.machine_type).alias("machine")
     ).select(machine_rows.columns)
@@ -525,26 +619,48 @@ def _emit(
         for scope in ((line, machine, kind, start), (line, None, kind, start)):
             bucket = reasons.setdefault(scope, {})
             bucket[reason] = bucket.get(reason, 0) + ms
+    products = _products(core, candidates, pacc, flags)
 
     emitted = dict(state.emitted)
     out: list[dict[str, Any]] = []
     site = core.plant.site
     table = table.sort("start", "window", "line", "machine", nulls_last=True).with_columns(
-        _rfc3339("start").alias("window_start"), _rfc3339("end").alias("window_end")
+        _rfc3339("start").alias("window_start"),
+        _rfc3339("end").alias("window_end"),
+        (pl.col("remaining_ms") / 1000).alias("remaining_s"),
+        (pl.col("down_ms") + pl.col("changeover_ms") + pl.col("small_ms")).alias("own_ms"),
     )
-    for row in table.select(
-        "line",
-        "machine",
-        "window",
-        "start",
-        "end",
-        "window_start",
-        "window_end",
-        "shift",
-        "final",
-        *VALUE_COLUMNS,
-    ).iter_rows():
+    head = ["line", "machine", "window", "start", "end", "window_start", "window_end", "shift"]
+    columns = [*head, "final", "remaining_s", "whole_cal_ms", "own_ms", *VALUE_COLUMNS]
+    columns += [*EXTRA_COLUMNS, *(f"loss_{k}" for k in LOSS_KEYS)]
+    width = len(head) + 4
+    n_values, n_extra = len(VALUE_COLUMNS), len(EXTRA_COLUMNS)
+    seen: dict[tuple[str, str, int], dict[str, MachineWindow]] = {}
+    lines = {line.id: line for line in core.plant.lines}
+    for row in table.select(columns).iter_rows():
         line, machine, kind, start, end, w_start, w_end, shift, final = row[:9]
+        remaining_s, whole_cal_ms, own_ms = row[9:width]
+        values = row[width : width + n_values]
+        extra = row[width + n_values : width + n_values + n_extra]
+        loss_values = row[width + n_values + n_extra :]
+        fields = dict(zip(VALUE_COLUMNS, values, strict=True))
+        if machine is not None:
+            seen.setdefault((line, kind, start), {})[machine] = MachineWindow(
+                oee=fields["oee"],
+                good_count=fields["good_count"],
+                own_stop_s=own_ms / 1000,
+                planned_s=fields["planned_s"],
+            )
+            line_values: dict[str, Any] = dict.fromkeys(LINE_FIELDS)
+        else:
+            line_values = line_fields(
+                lines[line],
+                seen.get((line, kind, start), {}),
+                shift=shift if kind == "shift" else None,
+                final=final,
+                full_planned_s=whole_cal_ms / 1000,
+                remaining_s=0.0 if final else remaining_s,
+            )
         key: RecordKey = (line, machine, kind, start)
         by_reason_ms = reasons.get(key, {})
         by_reason = {
@@ -552,17 +668,27 @@ def _emit(
             for r, ms in sorted(by_reason_ms.items(), key=lambda kv: (-kv[1], kv[0]))
             if ms
         }
-        values = (*row[9:], tuple(by_reason.items()))
+        by_product = products.get(key, {})
+        losses = None if loss_values[0] is None else dict(zip(LOSS_KEYS, loss_values, strict=True))
+        product = max(by_product, key=lambda p: (by_product[p]["run_s"], p)) if by_product else None
+        compared = (
+            *values,
+            *extra,
+            *loss_values,
+            tuple(by_reason.items()),
+            tuple((p, tuple(v.values())) for p, v in by_product.items()),
+            *line_values.values(),
+        )
         previous = emitted.get(key)
         if previous is None:
             revision = 0
-        elif previous.values == values and (previous.final or not final):
+        elif previous.values == compared and (previous.final or not final):
             continue  # nothing new to say
         elif previous.final:
             revision = previous.revision + 1  # a closed window restated by late data
         else:
             revision = previous.revision
-        emitted[key] = Emitted(revision, final, end, values)
+        emitted[key] = Emitted(revision, final, end, compared)
         record: dict[str, Any] = {
             "site": site,
             "line": line,
@@ -572,12 +698,63 @@ def _emit(
             "window_end": w_end,
             "shift": shift,
         }
-        record.update(zip(VALUE_COLUMNS, row[9:], strict=True))
+        record.update(fields)
         record["downtime_by_reason"] = by_reason
         record["final"] = final
         record["revision"] = revision
+        record["product"] = product
+        record.update(zip(EXTRA_COLUMNS, extra, strict=True))
+        record["losses"] = losses
+        record["by_product"] = by_product
+        record.update(line_values)
         out.append(record)
     return out, emitted
+
+
+def _products(
+    core: Core, candidates: pl.DataFrame, pacc: pl.DataFrame, flags: pl.DataFrame
+) -> dict[RecordKey, dict[str, dict[str, Any]]]:
+    """Each record's window split by product: {product: run time, counts, P, Q}."""
+    rows = candidates.join(pacc, on=WINDOW_KEY, how="inner", nulls_equal=True)
+    if rows.is_empty():
+        return {}
+    rows = (
+        rows.join(flags, on="machine", how="left")
+        .with_columns(pl.col("has_t", "has_g", "has_r").fill_null(False))
+        .with_columns(machine_counts(pl.col("has_t"), pl.col("has_g"), pl.col("has_r")))
+    )
+    sums: dict[RecordKey, dict[str, list[int]]] = {}
+    for machine, line, kind, start, product, *nums in rows.select(
+        "machine",
+        "line",
+        "window",
+        "start",
+        "product",
+        "run_ms",
+        "total_count",
+        "good_count",
+        "reject_count",
+        "ideal_us",
+        "noideal",
+    ).iter_rows():
+        for scope in ((line, machine, kind, start), (line, None, kind, start)):
+            bucket = sums.setdefault(scope, {}).setdefault(product, [0] * 6)
+            for i, n in enumerate(nums):
+                bucket[i] += n
+    out: dict[RecordKey, dict[str, dict[str, Any]]] = {}
+    for key, by_product in sums.items():
+        out[key] = {
+            product: {
+                "run_s": run_ms / 1000,
+                "total_count": total,
+                "good_count": good,
+                "reject_count": reject,
+                "performance": ideal / 1e3 / run_ms if run_ms > 0 and not noideal else None,
+                "quality": good / total if total > 0 else None,
+            }
+            for product, (run_ms, total, good, reject, ideal, noideal) in sorted(by_product.items())
+        }
+    return out
 
 
 # The record's measured fields, in DESIGN.md's order (downtime_by_reason comes apart).
@@ -597,6 +774,28 @@ VALUE_COLUMNS = (
     "mtbf_s",
     "mttr_s",
 )
+# Beyond OEE, in linepulse.records order (kpi_fields computes them after VALUE_COLUMNS).
+EXTRA_COLUMNS = (
+    "calendar_s",
+    "down_s",
+    "idle_s",
+    "setup_s",
+    "small_stops",
+    "small_stop_s",
+    "failures",
+    "rework_count",
+    "effectiveness",
+    "technical_efficiency",
+    "setup_rate",
+    "nee",
+    "teep",
+    "throughput_per_h",
+    "scrap_ratio",
+    "rework_ratio",
+    "first_pass_yield",
+    "mttf_s",
+    "fully_productive_s",
+)
 
 
 def _rfc3339(column: str) -> pl.Expr:
@@ -608,18 +807,40 @@ EVICT_EVERY_MS = 5 * 60_000
 
 
 def _last_per_signal(samples: pl.DataFrame) -> pl.DataFrame:
-    """The last sample per (machine, signal), in the core's sample order."""
+    """The last sample per (machine, signal), in the core's sample order.
+
+    Also kept: every correction (`reason` sample), and the first sample of the last
+    state segment (where the state or reason last changed): a correction of a stop holds
+    over the stop's repeated samples, so its start must outlive them.
+    """
+    fixes = pl.col("signal") == "reason"
+    rest = samples.filter(~fixes)
     # Only rows at the latest time of their (machine, signal) can be last: sort just those.
-    latest = samples.filter(pl.col("ts") == pl.col("ts").max().over("machine", "signal"))
-    return (
+    latest = rest.filter(pl.col("ts") == pl.col("ts").max().over("machine", "signal"))
+    last = (
         latest.sort(SAMPLE_ORDER, nulls_last=True)
         .group_by("machine", "signal", maintain_order=True)
         .last()
         .select(samples.columns)
     )
+    starts = (
+        rest.filter(pl.col("signal") == "state")
+        .sort(STATE_ORDER, nulls_last=True)
+        .with_columns(segments().alias("_seg"))
+        .filter(pl.col("_seg") == pl.col("_seg").max().over("machine"))
+        .group_by("machine", maintain_order=True)
+        .first()
+        .select(samples.columns)
+    )
+    return pl.concat([starts, last, samples.filter(fixes)]).unique(maintain_order=True)
 
 
 def _evict_samples(samples: pl.DataFrame, floor: int) -> pl.DataFrame:
-    """Keep samples from `floor` on, plus the last before it per (machine, signal)."""
+    """Keep samples from `floor` on, plus the last before it per (machine, signal), and
+    the corrections of the state samples kept."""
     old = pl.col("ts") < floor
-    return pl.concat([_last_per_signal(samples.filter(old)), samples.filter(~old)])
+    fixes = pl.col("signal") == "reason"
+    kept = pl.concat([_last_per_signal(samples.filter(old & ~fixes)), samples.filter(~old)])
+    states = kept.filter(pl.col("signal") == "state").select("machine", "ts")
+    old_fixes = samples.filter(old & fixes).join(states, on=["machine", "ts"], how="semi")
+    return pl.concat([old_fixes, kept])

@@ -15,15 +15,19 @@ import polars as pl
 
 from linepulse.config import COUNTER_SIGNALS, STATES, PlantConfig
 
-KPI_SIGNALS = ("state", *COUNTER_SIGNALS, "product", "ideal_cycle_time_s")
+# `rework_count` is a cumulative counter outside the total/good/reject combination;
+# `reason` re-codes the state sample at its exact time (an operator's correction).
+REWORK = "rework_count"
+CUMULATIVE_SIGNALS = (*COUNTER_SIGNALS, REWORK)
+KPI_SIGNALS = ("state", *COUNTER_SIGNALS, "product", "ideal_cycle_time_s", REWORK, "reason")
 # Machines and signals are Enums inside the core: sorts, joins and group-bys on them run
 # on small integers, while values still read as names.
 SIGNAL_TYPE = pl.Enum(KPI_SIGNALS)
 
 
 def sample_schema(machine_type: pl.DataType) -> pl.Schema:
-    """One row per usable sample. `num` holds counter readings and ideal cycle times,
-    `text` the LinePulse state or the product name."""
+    """One row per usable sample. `num` holds counter readings, ideal cycle times and a
+    correction's number; `text` the LinePulse state, the product or a correction's code."""
     return pl.Schema(
         {
             "machine": machine_type,
@@ -46,23 +50,27 @@ class PlantIndex:
     """The config, flattened into lookup frames once, for vectorised joins."""
 
     machine_type: pl.Enum
-    machines: pl.DataFrame  # machine, line, ict_us
+    machines: pl.DataFrame  # machine, line, ict_us, small_ms, startup_ms
     state_map: pl.DataFrame  # machine, source, mapped
     products: pl.DataFrame  # machine, product, p_ict_us
     counter_max: pl.DataFrame  # machine, signal, cmax
     line_machines: dict[str, tuple[str, ...]]
     declared_counters: dict[str, frozenset[str]]  # machines whose counters the config names
+    planned_reasons: pl.DataFrame  # machine, reason: codes that make a stop planned time
+    lookback_ms: int  # how far before a change small-stop and start-up classes can move
 
     @classmethod
     def build(cls, plant: PlantConfig) -> PlantIndex:
-        machines: list[tuple[str, str, int | None]] = []
+        machines: list[tuple[str, str, int | None, int, int]] = []
+        planned_rows: list[tuple[str, str]] = []
         state_rows: list[tuple[str, str, str]] = []
         product_rows: list[tuple[str, str, int]] = []
         max_rows: list[tuple[str, str, float]] = []
         for line in plant.lines:
             for m in line.machines:
                 ict = None if m.ideal_cycle_time_s is None else round(m.ideal_cycle_time_s * 1e6)
-                machines.append((m.id, line.id, ict))
+                machines.append((m.id, line.id, ict, plant.small_stop_ms(m), plant.startup_ms(m)))
+                planned_rows.extend((m.id, code) for code in sorted(plant.planned_reasons(m)))
                 state_rows.extend((m.id, k, v) for k, v in plant.state_map_for(m).items())
                 product_rows.extend(
                     (m.id, name, round(p.ideal_cycle_time_s * 1e6))
@@ -74,7 +82,13 @@ class PlantIndex:
             machine_type=machine_type,
             machines=pl.DataFrame(
                 machines,
-                schema={"machine": machine_type, "line": pl.String, "ict_us": pl.Int64},
+                schema={
+                    "machine": machine_type,
+                    "line": pl.String,
+                    "ict_us": pl.Int64,
+                    "small_ms": pl.Int64,
+                    "startup_ms": pl.Int64,
+                },
                 orient="row",
             ),
             state_map=pl.DataFrame(
@@ -99,6 +113,10 @@ class PlantIndex:
                 for m in li.machines
                 if m.counters is not None
             },
+            planned_reasons=pl.DataFrame(
+                planned_rows, schema={"machine": machine_type, "reason": pl.String}, orient="row"
+            ),
+            lookback_ms=max((max(m[3], m[4]) for m in machines), default=0),
         )
 
 
@@ -145,7 +163,10 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
         pl.when(pl.col("source").is_in(sorted(STATES))).then(pl.col("source")),
     )
     num = pl.col("value_num")
-    is_counter = pl.col("signal").is_in(COUNTER_SIGNALS)
+    is_counter = pl.col("signal").is_in(CUMULATIVE_SIGNALS)
+    is_reason = pl.col("signal") == "reason"
+    # A correction: the code in `reason` (or in the value), its number in the value.
+    code = pl.coalesce(pl.col("reason"), pl.col("value_str"))
     problem = (
         pl.when((pl.col("signal") == "state") & state.is_null())
         .then(pl.format("state value '{}' is not a LinePulse state; map it in state_map", "source"))
@@ -163,6 +184,8 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
         )
         .when((pl.col("signal") == "ideal_cycle_time_s") & (num.is_null() | (num <= 0)))
         .then(pl.lit("ideal_cycle_time_s must be a number > 0"))
+        .when(is_reason & (code.is_null() | (code == "")))
+        .then(pl.lit("a reason event needs the reason code in `reason`"))
         .otherwise(pl.lit(None, pl.String))
     )
     events = events.with_columns(problem.alias("_problem"))
@@ -186,11 +209,18 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
         "machine",
         "ts",
         "signal",
-        pl.when(pl.col("signal") == "product").then(None).otherwise(num).alias("num"),
+        pl.when(pl.col("signal") == "product")
+        .then(None)
+        .when(is_reason)
+        .then(pl.when(pl.col("value_str").is_null()).then(num).otherwise(0.0))
+        .otherwise(num)
+        .alias("num"),
         pl.when(pl.col("signal") == "state")
         .then(state)
         .when(pl.col("signal") == "product")
         .then(pl.col("source"))
+        .when(is_reason)
+        .then(code)
         .alias("text"),
         pl.when(pl.col("signal") == "state").then(pl.col("reason")).alias("reason"),
     )

@@ -13,7 +13,9 @@ from __future__ import annotations
 import polars as pl
 
 from linepulse.config import DOWNTIME_STATES
+from linepulse.production import UNASSIGNED
 from services.kpi.core.calendar import MINUTE_MS
+from services.kpi.core.samples import PlantIndex
 
 # Milliseconds per state column in a minute atom. `unknown` has none: unknown time is
 # what planned time leaves over.
@@ -24,7 +26,9 @@ STATE_COLUMNS = {
     "changeover": "changeover_ms",
     "planned_stop": "pstop_ms",
 }
-UNASSIGNED = "unassigned"
+# Atom columns by piece kind: small stops are down/idle time of a short stop.
+ATOM_STATE_COLUMNS = {**STATE_COLUMNS, "small": "small_ms"}
+STOP_COLUMNS = ["stops", "small_stops", "failures"]
 
 
 def _from_dirty(samples: pl.DataFrame, dirty: pl.DataFrame, order: list[str]) -> pl.DataFrame:
@@ -42,29 +46,129 @@ def _from_dirty(samples: pl.DataFrame, dirty: pl.DataFrame, order: list[str]) ->
     return pl.concat([baseline.select(current.columns), current]).sort(order, nulls_last=True)
 
 
-def state_minutes(
-    states: pl.DataFrame, dirty: pl.DataFrame, high: int
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Per (machine, minute) from each machine's dirty `from`: ms per state and stops.
+STATE_ORDER = ["machine", "ts", "text", "reason"]
 
-    Returns (atoms, reasons); reasons are ms of downtime states per (machine, minute, reason).
+
+def segments() -> pl.Expr:
+    """Per machine, a number that changes where the state or the reason changes (rows in
+    `STATE_ORDER`)."""
+    changed = (
+        pl.col("text").ne_missing(pl.col("text").shift(1))
+        | pl.col("reason").ne_missing(pl.col("reason").shift(1))
+    ).over("machine")
+    return changed.cum_sum().over("machine")
+
+
+SMALL_STATES = ("down", "idle")  # a short stop in these is a small stop
+PRODUCT_COLUMNS = ["run_ms"]  # state-side columns of product atoms
+
+
+def corrected(states: pl.DataFrame, samples: pl.DataFrame, index: PlantIndex) -> pl.DataFrame:
+    """States with operators' reason corrections applied, planned codes made planned.
+
+    A `reason` sample re-codes the state sample of its machine at exactly its time; the
+    highest correction number wins (then the code, so any arrival order agrees). A
+    downtime state whose (corrected) reason is a planned code of the machine's reason
+    tree counts as `planned_stop`.
     """
-    seq = _from_dirty(states, dirty, ["machine", "ts", "text", "reason"]).with_columns(
+    fixes = samples.filter(pl.col("signal") == "reason")
+    if fixes.height:
+        fixes = (
+            fixes.sort("machine", "ts", "num", "text", nulls_last=True)
+            .group_by("machine", "ts", maintain_order=True)
+            .last()
+            .select("machine", "ts", pl.col("text").alias("fix"))
+        )
+        # A stop is a run of samples with one state and reason (machines repeat theirs):
+        # a correction of its first sample holds until the state or reason changes.
+        states = (
+            states.sort(STATE_ORDER, nulls_last=True)
+            .join(fixes, on=["machine", "ts"], how="left")
+            .with_columns(segments().alias("_seg"))
+            .with_columns(pl.col("fix").forward_fill().over("machine", "_seg"))
+            .with_columns(pl.coalesce("fix", "reason").alias("reason"))
+            .drop("fix", "_seg")
+        )
+    if index.planned_reasons.height:
+        planned = index.planned_reasons.with_columns(pl.lit(True).alias("_planned"))
+        states = states.join(planned, on=["machine", "reason"], how="left").with_columns(
+            pl.when(pl.col("_planned").fill_null(False) & pl.col("text").is_in(DOWNTIME))
+            .then(pl.lit("planned_stop"))
+            .otherwise(pl.col("text"))
+            .alias("text")
+        )
+        states = states.drop("_planned")
+    return states
+
+
+DOWNTIME = sorted(DOWNTIME_STATES)
+
+
+def _classified(seq: pl.DataFrame, high: int) -> pl.DataFrame:
+    """Each state sample with `next` (its end), `prev`, and whether it is a small stop.
+
+    A small stop is a run of `down`/`idle` samples entered from `running` and shorter
+    than the machine's `small_ms` (an open one counts as small until it is not).
+    """
+    in_stop = pl.col("text").is_in(SMALL_STATES)
+    seq = seq.with_columns(
         pl.col("ts").shift(-1).over("machine").fill_null(high).alias("next"),
         pl.col("text").shift(1).over("machine").alias("prev"),
     )
-    stops = (
-        seq.filter(
-            (pl.col("ts") >= pl.col("from"))
-            & (pl.col("prev") == "running")
-            & pl.col("text").is_in(sorted(DOWNTIME_STATES))
-        )
-        .group_by("machine", (pl.col("ts") - pl.col("ts") % MINUTE_MS).alias("minute"))
-        .agg(pl.len().cast(pl.Int64).alias("stops"))
+    opens = in_stop & ~pl.col("prev").is_in(SMALL_STATES).fill_null(False)
+    seq = seq.with_columns(pl.when(in_stop).then(opens.cum_sum().over("machine")).alias("_ep"))
+    episode = ["machine", "_ep"]
+    return seq.with_columns(
+        (
+            in_stop
+            & (pl.col("prev").first().over(episode) == "running").fill_null(False)
+            & (
+                pl.col("next").last().over(episode) - pl.col("ts").first().over(episode)
+                < pl.col("small_ms")
+            )
+        ).alias("small")
+    ).drop("_ep")
+
+
+def state_minutes(
+    samples: pl.DataFrame, dirty: pl.DataFrame, high: int, index: PlantIndex
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Per (machine, minute) from each machine's dirty `from`: ms per state and stops.
+
+    Returns (atoms, reasons, products): reasons are ms of downtime per (machine, minute,
+    reason); products are running ms (small stops included) per (machine, minute,
+    product). States before `from` are read back to the machine's small-stop threshold,
+    so a stop that straddles `from` is classified as a whole.
+    """
+    states = corrected(samples.filter(pl.col("signal") == "state"), samples, index)
+    look = dirty.join(index.machines.select("machine", "small_ms"), on="machine").with_columns(
+        (pl.col("from") - pl.col("small_ms")).alias("from")
     )
+    seq = _from_dirty(states, look.drop("small_ms"), ["machine", "ts", "text", "reason"])
+    seq = (
+        seq.drop("from")
+        .join(dirty, on="machine")
+        .join(index.machines.select("machine", "small_ms"), on="machine")
+    )
+    seq = _classified(seq, high)
+    downtime = pl.col("text").is_in(DOWNTIME)
+    stop = (pl.col("ts") >= pl.col("from")) & (pl.col("prev") == "running") & downtime
+    stops = (
+        seq.filter(stop)
+        .group_by("machine", (pl.col("ts") - pl.col("ts") % MINUTE_MS).alias("minute"))
+        .agg(
+            (~pl.col("small")).sum().cast(pl.Int64).alias("stops"),
+            pl.col("small").sum().cast(pl.Int64).alias("small_stops"),
+            ((pl.col("text") == "down") & ~pl.col("small")).sum().cast(pl.Int64).alias("failures"),
+        )
+    )
+    products = _from_dirty(
+        samples.filter(pl.col("signal") == "product"), dirty, ["machine", "ts", "text"]
+    ).select("machine", "ts", pl.col("text").alias("product"))
+    timeline = _timeline(seq, products, dirty, high)
     begin = pl.max_horizontal("ts", "from")
     pieces = (
-        seq.with_columns(begin.alias("a"), pl.col("next").alias("b"))
+        timeline.with_columns(begin.alias("a"), pl.col("next").alias("b"))
         .filter((pl.col("b") > pl.col("a")) & pl.col("text").is_in(list(STATE_COLUMNS)))
         .with_columns(
             pl.int_ranges(
@@ -78,20 +182,71 @@ def state_minutes(
             (
                 pl.min_horizontal("b", pl.col("minute") + MINUTE_MS)
                 - pl.max_horizontal("a", "minute")
-            ).alias("ms")
+            ).alias("ms"),
+            pl.when(pl.col("small")).then(pl.lit("small")).otherwise(pl.col("text")).alias("kind"),
         )
     )
     atoms = (
         pieces.group_by("machine", "minute")
         .agg(
-            pl.col("ms").filter(pl.col("text") == state).sum().alias(column)
-            for state, column in STATE_COLUMNS.items()
+            pl.col("ms").filter(pl.col("kind") == kind).sum().alias(column)
+            for kind, column in ATOM_STATE_COLUMNS.items()
         )
         .join(stops, on=["machine", "minute"], how="full", coalesce=True)
     )
     reasons = (
-        pieces.filter(pl.col("text").is_in(sorted(DOWNTIME_STATES)))
+        pieces.filter(pl.col("kind").is_in(DOWNTIME))
         .group_by("machine", "minute", pl.col("reason").fill_null(UNASSIGNED))
         .agg(pl.col("ms").sum())
     )
-    return atoms, reasons
+    product_atoms = (
+        pieces.filter(pl.col("kind").is_in(["running", "small"]) & pl.col("product").is_not_null())
+        .group_by("machine", "minute", "product")
+        .agg(pl.col("ms").sum().alias("run_ms"))
+    )
+    return atoms, reasons, product_atoms
+
+
+def _timeline(
+    seq: pl.DataFrame, products: pl.DataFrame, dirty: pl.DataFrame, high: int
+) -> pl.DataFrame:
+    """State segments cut again at product changes, each with the product then running."""
+    # No nulls on state rows: the forward fill below must only fill the product marks.
+    states = seq.select(
+        "machine", "ts", "from", "text", pl.col("reason").fill_null(UNASSIGNED), "small"
+    )
+    if products.is_empty():
+        return states.with_columns(
+            pl.col("ts").shift(-1).over("machine").fill_null(high).alias("next"),
+            pl.lit(None, pl.String).alias("product"),
+        )
+    marks = products.join(dirty, on="machine").select(
+        "machine",
+        "ts",
+        "from",
+        pl.lit(None, pl.String).alias("text"),
+        pl.lit(None, pl.String).alias("reason"),
+        pl.lit(None, pl.Boolean).alias("small"),
+        "product",
+    )
+    # At one instant states come before product changes, so the last row of an instant
+    # carries both the final state and the final product; earlier rows last 0 ms.
+    merged = (
+        pl.concat(
+            [
+                states.with_columns(
+                    pl.lit(None, pl.String).alias("product"), pl.lit(0).alias("_k")
+                ),
+                marks.with_columns(pl.lit(1).alias("_k")),
+            ],
+            how="vertical_relaxed",
+        )
+        .sort("machine", "ts", "_k", maintain_order=True)
+        .with_columns(
+            pl.col("text", "reason", "small").forward_fill().over("machine"),
+            pl.col("product").forward_fill().over("machine"),
+        )
+    )
+    return merged.with_columns(
+        pl.col("ts").shift(-1).over("machine").fill_null(high).alias("next")
+    ).drop("_k")

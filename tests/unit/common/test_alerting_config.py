@@ -6,9 +6,15 @@ from typing import Any, get_args
 
 import pytest
 
-from linepulse.alerting import KpiField, Rule, parse_duration
-from linepulse.config import ConfigError, parse_config
-from services.kpi.core.engine import VALUE_COLUMNS
+from linepulse.alerting import (
+    FORECAST_SUMMARY,
+    KpiField,
+    Rule,
+    check_forecast_rules,
+    parse_duration,
+)
+from linepulse.config import ConfigError, PlantConfig, parse_config
+from linepulse.records import KpiRecord
 
 
 def plant(alerts: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -35,8 +41,15 @@ def test_durations_read_as_seconds() -> None:
             parse_duration(bad)
 
 
+def numeric(annotation: Any) -> bool:
+    kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
+    return bool(kinds) and kinds <= {int, float}
+
+
 def test_a_kpi_rule_can_watch_every_numeric_field_of_the_record() -> None:
-    assert set(get_args(KpiField)) == set(VALUE_COLUMNS)
+    fields = {k for k, f in KpiRecord.model_fields.items() if numeric(f.annotation)}
+    assert {"oee", "nee", "teep", "oee_constraint", "projected_count", "down_s"} <= fields
+    assert set(get_args(KpiField)) == fields - {"revision"}
 
 
 def test_rules_load_with_for_and_hysteresis() -> None:
@@ -81,3 +94,84 @@ def test_a_shift_lead_must_be_a_known_person() -> None:
     shifts = [{"name": "day", "start": "06:00", "end": "14:00", "lead": "ghost"}]
     with pytest.raises(ConfigError, match=r"shifts\[0\]\.lead: unknown person 'ghost'"):
         parse_config(plant({}, shifts=shifts))
+
+
+# -- forecast rules -----------------------------------------------------------------------
+
+FORECAST = {"name": "behind", "forecast": "target_miss"}
+
+
+def test_forecast_rule_defaults() -> None:
+    rule = Rule.model_validate({**FORECAST, "margin": 0.1, "for": "10m"})
+    assert (rule.forecast, rule.margin, rule.for_, rule.window) == (
+        "target_miss",
+        0.1,
+        600,
+        "shift",
+    )
+    assert rule.summary == FORECAST_SUMMARY
+    assert "{projected}" in rule.summary
+    assert "{shortfall}" in rule.summary
+    assert Rule.model_validate(FORECAST).margin == 0.05
+    assert Rule.model_validate({**FORECAST, "summary": "{line} behind"}).summary == "{line} behind"
+    assert (
+        Rule.model_validate({"name": "s", "no_data": 5}).summary == "{rule} on {machine}: {value}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({**FORECAST, "forecast": "target_hit"}, "forecast"),
+        ({**FORECAST, "kpi": "oee", "op": "<", "threshold": 1}, "exactly one of kpi, signal"),
+        ({**FORECAST, "margin": 1}, "less than 1"),
+        ({**FORECAST, "margin": -0.1}, "greater than or equal to 0"),
+        ({**FORECAST, "op": "<"}, "drop ['op']"),
+        ({**FORECAST, "threshold": 100, "clear": 120}, "drop ['threshold', 'clear']"),
+        ({**FORECAST, "window": "1h"}, "window must be shift"),
+        ({**FORECAST, "scope": {"machines": ["m1"]}}, "use scope.lines"),
+        ({"name": "r", "kpi": "oee", "op": "<", "threshold": 1, "margin": 0.1}, "margin is for"),
+    ],
+)
+def test_bad_forecast_rules_are_refused(rule: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(plant({"rules": [rule]}))
+    assert "alerts.rules[0]" in str(caught.value)
+    assert message in str(caught.value)
+
+
+def targeted(*rules: dict[str, Any], target: bool = True) -> PlantConfig:
+    """A two-line plant, L1 with a shift target when `target`, L2 without; the rules are
+    put in after validation, so that check_forecast_rules is tested on its own."""
+    data = plant({})
+    data["lines"] = [
+        {"id": "L1", "machines": [{"id": "m1"}], **({"target": {"parts": 900}} if target else {})},
+        {"id": "L2", "machines": [{"id": "m2"}]},
+    ]
+    config = parse_config(data)
+    parsed = tuple(Rule.model_validate(r) for r in rules)
+    return config.model_copy(update={"alerts": config.alerts.model_copy(update={"rules": parsed})})
+
+
+def test_a_forecast_rule_needs_targets_on_its_lines() -> None:
+    check_forecast_rules(targeted(FORECAST))  # every line with a target: L1
+    check_forecast_rules(targeted({**FORECAST, "scope": {"lines": ["L1"]}}))
+    with pytest.raises(
+        ValueError,
+        match=r"^alerts\.rules\[1\]\.scope\.lines\[1\]: line 'L2' has no"
+        r" target \(lines\[1\]\.target\), which forecast rule 'behind' needs$",
+    ):
+        check_forecast_rules(
+            targeted({"name": "s", "no_data": 5}, {**FORECAST, "scope": {"lines": ["L1", "L2"]}})
+        )
+    with pytest.raises(ValueError, match=r"^alerts\.rules\[0\]\.forecast: no line has a target"):
+        check_forecast_rules(targeted(FORECAST, target=False))
+    check_forecast_rules(targeted({"name": "s", "no_data": 5}, target=False))  # no forecast
+
+
+def test_the_config_loader_checks_forecast_targets() -> None:
+    data = plant({"rules": [{**FORECAST, "scope": {"lines": ["L1"]}}]})
+    with pytest.raises(ConfigError, match=r"alerts\.rules\[0\]\.scope\.lines\[0\]: line 'L1'"):
+        parse_config(data)
+    data["lines"][0]["target"] = {"parts": {"day": 900}}
+    assert parse_config(data).alerts.rules[0].forecast == "target_miss"

@@ -49,6 +49,7 @@ def test_a_plain_yaml_file_loads_with_unquoted_times_and_numeric_keys(tmp_path: 
         "total_count": 2147483647,
         "good_count": 2147483647,
         "reject_count": 2147483647,
+        "rework_count": 2147483647,
     }
     assert config.kpi.lateness_s == 10
     assert config.day_start == time(0, 0)

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pytest
@@ -19,6 +19,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
+from linepulse.alerting import AlertSettings, Channel, KpiField, Person, Rule, Scope
 from linepulse.config import (
     Break,
     ConfigError,
@@ -31,7 +32,8 @@ from linepulse.config import (
     parse_config,
 )
 from linepulse.events import _ALLOWED, _REQUIRED, EventError, decode_event
-from linepulse.records import RECORD_FIELDS, KpiRecord
+from linepulse.production import LOSS_KEYS, LineTarget, ReasonCategory
+from linepulse.records import RECORD_FIELDS, KpiRecord, ProductRun
 from linepulse.sources import IngestSettings, MqttSource, OpcuaSource, Sources
 
 ROOT = Path(__file__).parents[3]
@@ -239,10 +241,19 @@ def test_plant_schema_lists_the_model_fields() -> None:
         "ingest": IngestSettings,
         "OpcuaSource": OpcuaSource,
         "MqttSource": MqttSource,
+        "reasonCategory": ReasonCategory,
+        "lineTarget": LineTarget,
+        "alerts": AlertSettings,
+        "Rule": Rule,
+        "Scope": Scope,
+        "Channel": Channel,
+        "Person": Person,
     }
     for name, model in models.items():
-        assert set(defs[name]["properties"]) == set(model.model_fields), name
-        required = {key for key, field in model.model_fields.items() if field.is_required()}
+        # What the config file says: a field's alias where it has one (`for`).
+        keys = {key: field.alias or key for key, field in model.model_fields.items()}
+        assert set(defs[name]["properties"]) == set(keys.values()), name
+        required = {keys[key] for key, field in model.model_fields.items() if field.is_required()}
         assert set(defs[name].get("required", [])) == required, name
         assert defs[name]["additionalProperties"] is False, name
     required = {key for key, field in PlantConfig.model_fields.items() if field.is_required()}
@@ -255,6 +266,14 @@ def test_plant_schema_defaults_match_the_model() -> None:
     defaults = KpiSettings()
     assert kpi["lateness_s"]["default"] == defaults.lateness_s
     assert kpi["restate_horizon_s"]["default"] == defaults.restate_horizon_s
+    assert kpi["small_stop_s"]["default"] == defaults.small_stop_s
+    assert kpi["startup_s"]["default"] == defaults.startup_s
+    rule = schema["$defs"]["Rule"]["properties"]
+    assert rule["margin"]["default"] == Rule.model_fields["margin"].default
+    assert rule["summary"]["default"] == Rule.model_fields["summary"].default
+    forecast = Rule.model_validate({"name": "r", "forecast": "target_miss"})
+    assert json.dumps(forecast.summary) in rule["summary"]["description"]
+    assert rule["kpi"]["anyOf"][0]["enum"] == list(get_args(KpiField))
     assert tuple(kpi["windows"]["default"]) == defaults.windows
     assert tuple(schema["$defs"]["shift"]["properties"]["days"]["default"]) == (
         Shift.model_fields["days"].default
@@ -298,8 +317,14 @@ state_map:
   "11": down
   Held: down
   Suspended: idle
+reasons:
+  - {name: mechanical, codes: [jam, motor/overload]}
+  - {name: planned maintenance, planned: true, codes: [PM-1, "clean in place"]}
 lines:
   - id: line-1
+    constraint: filler-1
+    output: capper-1
+    target: {efficiency: 0.85}
     machines:
       - id: filler-1
         ideal_cycle_time_s: 1.0
@@ -307,12 +332,17 @@ lines:
           sku-a: 0.8
           sku-b: {ideal_cycle_time_s: 1.2}
         counter_max: 2147483647
+        small_stop_s: 120
+        startup_s: null
+        reasons:
+          - {name: filler, codes: [jam, starved]}
       - id: capper-1
         ideal_cycle_time_s: 0.9
         state_map:
           "17": changeover
           "4": planned_stop
         counter_max: {total_count: 65535, reject_count: 65535}
+        startup_s: 600
   - id: line-2
     shifts:
       - name: day
@@ -333,10 +363,27 @@ lines:
         products: {p-100: 2.5}
       - id: press.2_b
         ideal_cycle_time_s: null
+    target: {parts: {day: 9000, night: 8000}}
+    output: press.2_a
 kpi:
   lateness_s: 5
   restate_horizon_s: 7200
+  small_stop_s: 60
+  startup_s: 300
   windows: [1m, 1h, shift, day]
+alerts:
+  channels: [{id: log, type: console}]
+  group_wait: 5s
+  repeat_interval: 4h
+  rules:
+    - {name: behind-plan, forecast: target_miss, margin: 0.05, for: 15m, severity: critical}
+    - name: line-1-behind
+      forecast: target_miss
+      margin: 0
+      scope: {lines: [line-1]}
+      summary: "{line} is {shortfall} parts behind ({projected} of {target})"
+    - {name: slow-nee, kpi: nee, window: 1h, op: "<", threshold: 0.5, clear: 0.55, for: 10m}
+    - {name: silent, no_data: 90s, keep_firing_for: 500ms, escalate_after: 1d}
 """
 
 
@@ -354,13 +401,24 @@ def test_rich_config_passes_schema_and_model() -> None:
     filler, capper = config.lines[0].machines
     assert filler.products["sku-a"].ideal_cycle_time_s == 0.8
     assert filler.counter_max == dict.fromkeys(
-        ("total_count", "good_count", "reject_count"), 2147483647
+        ("total_count", "good_count", "reject_count", "rework_count"), 2147483647
     )
     assert config.state_map_for(capper)["17"] == "changeover"
     assert config.state_map_for(capper)["6"] == "running"
     night = config.shifts_for(config.lines[1])[1]
     assert night.length_min == 12 * 60
     assert config.kpi.windows == ("1m", "1h", "shift", "day")
+    line1, line2 = config.lines
+    assert (line1.constraint_machine.id, line1.output_machine.id) == ("filler-1", "capper-1")
+    assert line1.target == LineTarget(efficiency=0.85)
+    assert line2.target == LineTarget(parts={"day": 9000, "night": 8000})
+    assert config.planned_reasons(capper) == {"PM-1", "clean in place"}
+    assert config.planned_reasons(filler) == set()  # its own tree has no planned reason
+    assert (config.small_stop_ms(filler), config.small_stop_ms(capper)) == (120_000, 60_000)
+    assert (config.startup_ms(filler), config.startup_ms(capper)) == (300_000, 600_000)
+    behind, line1_behind, nee, silent = config.alerts.rules
+    assert (behind.forecast, behind.margin, behind.for_) == ("target_miss", 0.05, 900.0)
+    assert (line1_behind.margin, nee.kpi, silent.keep_firing_for) == (0.0, "nee", 0.5)
 
 
 def test_yaml_1_1_forms_are_accepted_by_the_model_only() -> None:
@@ -456,6 +514,63 @@ INVALID_CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
         "kpi.lateness_s",
     ),
     "unknown window": (config_with(lambda d: d.update(kpi={"windows": ["2h"]})), "kpi.windows[0]"),
+    "negative kpi small_stop_s": (
+        config_with(lambda d: d.update(kpi={"small_stop_s": -1})),
+        "kpi.small_stop_s",
+    ),
+    "negative machine startup_s": (
+        config_with(lambda d: machine0(d).update(startup_s=-5)),
+        "lines[0].machines[0].startup_s",
+    ),
+    "reason code with a bang": (
+        config_with(lambda d: d.update(reasons=[{"name": "m", "codes": ["jam!"]}])),
+        "reasons[0].codes",
+    ),
+    "reason category without codes": (
+        config_with(lambda d: machine0(d).update(reasons=[{"name": "m", "codes": []}])),
+        "lines[0].machines[0].reasons[0].codes",
+    ),
+    "reserved reason code": (
+        config_with(lambda d: d.update(reasons=[{"name": "m", "codes": ["unassigned"]}])),
+        "reasons[0].codes",
+    ),
+    "target parts and efficiency": (
+        config_with(lambda d: d["lines"][0].update(target={"parts": 100, "efficiency": 0.8})),
+        "lines[0].target",
+    ),
+    "target neither": (config_with(lambda d: d["lines"][0].update(target={})), "lines[0].target"),
+    "target parts zero": (
+        config_with(lambda d: d["lines"][0].update(target={"parts": 0})),
+        "lines[0].target.parts",
+    ),
+    "target shift parts negative": (
+        config_with(lambda d: d["lines"][0].update(target={"parts": {"early": -1}})),
+        "lines[0].target.parts",
+    ),
+    "target efficiency 3": (
+        config_with(lambda d: d["lines"][0].update(target={"efficiency": 3})),
+        "lines[0].target.efficiency",
+    ),
+    "target unknown key": (
+        config_with(lambda d: d["lines"][0].update(target={"parts": 9, "per": "shift"})),
+        "lines[0].target.per",
+    ),
+    "forecast rule margin 1": (
+        config_with(
+            lambda d: d.update(
+                alerts={"rules": [{"name": "f", "forecast": "target_miss", "margin": 1}]}
+            )
+        ),
+        "alerts.rules[0].margin",
+    ),
+    "forecast kind unknown": (
+        config_with(lambda d: d.update(alerts={"rules": [{"name": "f", "forecast": "late"}]})),
+        "alerts.rules[0].forecast",
+    ),
+    "rule duration in minutes spelled out": (
+        config_with(lambda d: d.update(alerts={"rules": [{"name": "s", "no_data": "2 min"}]})),
+        "alerts.rules[0].no_data",
+    ),
 }
 
 
@@ -506,8 +621,46 @@ def full_record() -> dict[str, Any]:
         "downtime_by_reason": {"jam": 1800.0, "material_shortage": 1020.0},
         "final": True,
         "revision": 0,
+        # -- beyond OEE: no product, small stop, changeover, rework counter or start-up
+        "product": None,
+        "calendar_s": 28800.0,
+        "down_s": 2820.0,
+        "idle_s": 0.0,
+        "setup_s": 0.0,
+        "small_stops": 0,
+        "small_stop_s": 0.0,
+        "failures": 3,
+        "rework_count": None,
+        "effectiveness": 0.8610813226094728,
+        "technical_efficiency": 0.888095238095238,
+        "setup_rate": 0.0,
+        "nee": 0.7479365079365079,
+        "teep": 0.6544444444444445,
+        "throughput_per_h": 2753.0,
+        "scrap_ratio": 0.021950080431736806,
+        "rework_ratio": None,
+        "first_pass_yield": None,
+        "mttf_s": 7460.0,
+        "fully_productive_s": 18848.0,
+        "losses": {
+            "equipment_failure_s": 2820.0,
+            "setup_s": 0.0,
+            "small_stops_s": 0.0,
+            "slow_cycles_s": 3109.0,
+            "startup_rejects_s": 0.0,
+            "production_rejects_s": 423.0,
+        },
+        "by_product": {},
+        "constraint": None,
+        "oee_constraint": None,
+        "bottleneck": None,
+        "bottleneck_s": None,
+        "output_count": None,
+        "target_count": None,
+        "projected_count": None,
     }
     assert expected.items() <= record.items(), "expected.json drifted from this record"
+    assert sum(record["losses"].values()) + record["fully_productive_s"] == record["planned_s"]
     return record
 
 
@@ -538,6 +691,119 @@ def line_record() -> dict[str, Any]:
         "downtime_by_reason": {},
         "final": False,
         "revision": 0,
+        "product": None,
+        "calendar_s": 60.0,
+        "down_s": 0.0,
+        "idle_s": 0.0,
+        "setup_s": 0.0,
+        "small_stops": 0,
+        "small_stop_s": 0.0,
+        "failures": 0,
+        "rework_count": None,
+        "effectiveness": None,
+        "technical_efficiency": None,
+        "setup_rate": None,
+        "nee": None,
+        "teep": None,
+        "throughput_per_h": None,
+        "scrap_ratio": None,
+        "rework_ratio": None,
+        "first_pass_yield": None,
+        "mttf_s": None,
+        "fully_productive_s": None,
+        "losses": None,
+        "by_product": {},
+        "constraint": "filler-1",
+        "oee_constraint": None,
+        "bottleneck": None,
+        "bottleneck_s": None,
+        "output_count": 0,
+        "target_count": None,
+        "projected_count": None,
+    }
+
+
+def line_shift_record() -> dict[str, Any]:
+    """A line's open `shift` record two hours into the shift: two products, small stops,
+    a changeover, rework, a bottleneck, and the shift target with its projection."""
+    return {
+        "site": "plant-a",
+        "line": "line-1",
+        "machine": None,
+        "window": "shift",
+        "window_start": "2026-11-02T06:00:00Z",
+        "window_end": "2026-11-02T14:00:00Z",
+        "shift": "early",
+        "planned_s": 7200.0,
+        "run_s": 6600.0,
+        "downtime_s": 600.0,
+        "unknown_s": 0.0,
+        "stops": 2,
+        "total_count": 6000,
+        "good_count": 5900,
+        "reject_count": 100,
+        "availability": 0.9166666666666666,
+        "performance": 0.9090909090909091,
+        "quality": 0.9833333333333333,
+        "oee": 0.8194444444444444,
+        "mtbf_s": 3300.0,
+        "mttr_s": 300.0,
+        "downtime_by_reason": {"jam": 420.0, "changeover": 180.0},
+        "final": False,
+        "revision": 0,
+        "product": "sku-a",
+        "calendar_s": 7200.0,
+        "down_s": 420.0,
+        "idle_s": 0.0,
+        "setup_s": 180.0,
+        "small_stops": 4,
+        "small_stop_s": 95.0,
+        "failures": 1,
+        "rework_count": 30,
+        "effectiveness": 0.9090909090909091,
+        "technical_efficiency": 0.9401709401709402,
+        "setup_rate": 0.02654867256637168,
+        "nee": 0.8404558404558404,
+        "teep": 0.8194444444444444,
+        "throughput_per_h": 3000.0,
+        "scrap_ratio": 0.016666666666666666,
+        "rework_ratio": 0.005,
+        "first_pass_yield": 0.9783333333333334,
+        "mttf_s": 6600.0,
+        "fully_productive_s": 5900.0,
+        "losses": {
+            "equipment_failure_s": 420.0,
+            "setup_s": 180.0,
+            "small_stops_s": 95.0,
+            "slow_cycles_s": 505.0,
+            "startup_rejects_s": 40.0,
+            "production_rejects_s": 60.0,
+        },
+        "by_product": {
+            "sku-a": {
+                "run_s": 4000.0,
+                "total_count": 3700,
+                "good_count": 3650,
+                "reject_count": 50,
+                "performance": 0.925,
+                "quality": 0.9864864864864865,
+            },
+            "sku-b": {
+                "run_s": 2600.0,
+                "total_count": 2300,
+                "good_count": 2250,
+                "reject_count": 50,
+                "performance": None,
+                "quality": 0.9782608695652174,
+            },
+        },
+        "constraint": "filler-1",
+        "oee_constraint": 0.8,
+        "bottleneck": "capper-1",
+        "bottleneck_s": 515.0,
+        "output_count": 5900,
+        "target_count": 20000,
+        "projected_count": 20650.0,
     }
 
 
@@ -548,9 +814,18 @@ def test_kpi_schema_lists_the_record_fields() -> None:
     assert schema["properties"]["window"]["enum"] == list(
         load_schema(PLANT_CONFIG)["$defs"]["windowKind"]["enum"]
     )
+    product_run = schema["$defs"]["productRun"]
+    assert list(product_run["properties"]) == list(ProductRun.model_fields)
+    assert product_run["required"] == list(ProductRun.model_fields)
+    losses = schema["properties"]["losses"]["oneOf"][0]
+    assert tuple(losses["properties"]) == tuple(losses["required"]) == LOSS_KEYS
 
 
-@pytest.mark.parametrize("record", [full_record(), line_record()], ids=["machine", "line"])
+@pytest.mark.parametrize(
+    "record",
+    [full_record(), line_record(), line_shift_record()],
+    ids=["machine", "line", "line-shift"],
+)
 def test_record_passes_schema_and_model(record: dict[str, Any]) -> None:
     assert schema_errors(KPI_RECORD, record) == []
     model = KpiRecord.model_validate(record)
@@ -573,6 +848,18 @@ def record_with(**changes: Any) -> dict[str, Any]:
     return {key: value for key, value in record.items() if value is not ...}
 
 
+def line_shift_with(**changes: Any) -> dict[str, Any]:
+    """line_shift_record() with fields replaced; a value of `...` removes the field."""
+    record = {**line_shift_record(), **changes}
+    return {key: value for key, value in record.items() if value is not ...}
+
+
+def product_with(**changes: Any) -> dict[str, Any]:
+    """by_product of line_shift_record() with sku-a's fields replaced (`...` removes)."""
+    run = {**line_shift_record()["by_product"]["sku-a"], **changes}
+    return {"sku-a": {key: value for key, value in run.items() if value is not ...}}
+
+
 INVALID_RECORDS: dict[str, dict[str, Any]] = {
     "missing field": record_with(revision=...),
     "missing nullable field": record_with(machine=...),
@@ -586,6 +873,26 @@ INVALID_RECORDS: dict[str, dict[str, Any]] = {
     "final null": record_with(final=None),
     "reason seconds text": record_with(downtime_by_reason={"jam": "long"}),
     "window_start not a time": record_with(window_start="monday"),
+    # beyond OEE
+    "missing losses": record_with(losses=...),
+    "missing projected_count": line_shift_with(projected_count=...),
+    "missing by_product": line_shift_with(by_product=...),
+    "product a number": line_shift_with(product=7),
+    "calendar_s null": record_with(calendar_s=None),
+    "negative setup_s": record_with(setup_s=-1.0),
+    "small_stops fractional": record_with(small_stops=0.5),
+    "negative failures": record_with(failures=-1),
+    "teep text": record_with(teep="high"),
+    "losses a list": record_with(losses=[1.0, 2.0]),
+    "loss in words": record_with(losses={**full_record()["losses"], "setup_s": "none"}),
+    "by_product a list": line_shift_with(by_product=[]),
+    "product run extra field": line_shift_with(by_product=product_with(colour="red")),
+    "product run missing quality": line_shift_with(by_product=product_with(quality=...)),
+    "product run negative total": line_shift_with(by_product=product_with(total_count=-1)),
+    "target_count fractional": line_shift_with(target_count=1.5),
+    "projected_count text": line_shift_with(projected_count="lots"),
+    "output_count text": line_shift_with(output_count="none"),
+    "constraint a number": line_shift_with(constraint=1),
 }
 
 
@@ -612,3 +919,25 @@ def test_schema_and_model_refuse_out_of_range_records(record: dict[str, Any]) ->
     assert schema_errors(KPI_RECORD, record) != []
     with pytest.raises(ValidationError):
         KpiRecord.model_validate(record)
+
+
+# The model leaves these to the core; the schema states what a consumer may rely on.
+SCHEMA_ONLY_INVALID_RECORDS: dict[str, dict[str, Any]] = {
+    "a loss missing": record_with(
+        losses={k: v for k, v in full_record()["losses"].items() if k != "setup_s"}
+    ),
+    "an unknown loss": record_with(losses={**full_record()["losses"], "speed_s": 1.0}),
+    "negative scrap_ratio": record_with(scrap_ratio=-0.1),
+    "negative mttf_s": record_with(mttf_s=-1.0),
+    "negative rework_count": line_shift_with(rework_count=-1),
+    "negative target_count": line_shift_with(target_count=-5),
+    "negative bottleneck_s": line_shift_with(bottleneck_s=-1.0),
+}
+
+
+@pytest.mark.parametrize(
+    "record", SCHEMA_ONLY_INVALID_RECORDS.values(), ids=SCHEMA_ONLY_INVALID_RECORDS.keys()
+)
+def test_schema_is_stricter_on_loss_keys_and_signs(record: dict[str, Any]) -> None:
+    assert schema_errors(KPI_RECORD, record) != []
+    KpiRecord.model_validate(record)

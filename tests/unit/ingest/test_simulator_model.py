@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import math
 from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from linepulse.config import STATES, PlantConfig, parse_config
+from services.ingest.simulator.generate import events_frame, simulate_events, simulated_specs
 from services.ingest.simulator.layout import plan
 from services.ingest.simulator.model import (
     DOWN_REASONS,
@@ -22,6 +25,7 @@ from services.ingest.simulator.model import (
     PlantModel,
     state_values,
 )
+from services.ingest.simulator.scenario import Scenario, Speed, Stops, parse_scenario
 from services.ingest.simulator.truth import TruthLog
 
 ROOT = Path(__file__).parents[3]
@@ -326,3 +330,291 @@ def test_truth_lines_are_valid_telemetry_events(tmp_path: Path) -> None:
 def test_a_tick_must_be_positive(tick_ms: int) -> None:
     with pytest.raises(ValueError, match="tick"):
         run(1, 1, tick_ms=tick_ms)
+
+
+# -- scenarios: coupled lines, speeds, own stops ----------------------------------------------
+
+# What the model makes of seed 7 without a scenario (since rollover counters stopped
+# resetting): scenarios must leave the default behaviour drawing exactly the same.
+DEFAULT_DIGEST = "e8ec4ad3e08af373594a18eb7e5096a1cc724785ddeaaac2f1ae6192626a42f5"
+
+
+def digest(events: list[Event]) -> str:
+    lines = b"\n".join(json.dumps(e.as_json(), separators=(",", ":")).encode() for e in events)
+    return hashlib.sha256(lines).hexdigest()
+
+
+@pytest.mark.parametrize("scenario", [None, Scenario(), Scenario(coupling={}, speed={})])
+def test_without_a_scenario_the_model_draws_what_it_always_did(scenario: Scenario | None) -> None:
+    config = plant(shifts=True)
+    model = PlantModel(
+        config,
+        list(plan(config).specs.values()),
+        seed=7,
+        start_ms=START - 10 * 60_000,
+        tick_ms=1000,
+        behaviour=FAST,
+        scenario=scenario,
+    )
+    events = [e for _ in range(3600) for e in model.step()]
+    assert len(events) == 27116
+    assert digest(events) == DEFAULT_DIGEST
+
+
+LINE_IDS = ("a", "b", "c", "d")  # in line order
+
+
+def line_plant(*, products: bool = False) -> PlantConfig:
+    """One line of four 1 s machines (with two products to change over between, if
+    `products`), in no source, with an 06:00-14:00 shift (UTC)."""
+    made: dict[str, Any] = {"products": {"x": 1.0, "y": 1.0}} if products else {}
+    return parse_config(
+        {
+            "site": "test",
+            "shifts": [{"name": "early", "start": "06:00", "end": "14:00"}],
+            "lines": [
+                {
+                    "id": "l1",
+                    "machines": [{"id": m, "ideal_cycle_time_s": 1.0, **made} for m in LINE_IDS],
+                }
+            ],
+        }
+    )
+
+
+# 06:00 UTC: the shift's start.
+SHIFT = START + 3_600_000
+
+
+def line_run(
+    scenario: Scenario, *, hours: float = 1.0, seed: int = 1, products: bool = False
+) -> list[Event]:
+    return simulate_events(
+        line_plant(products=products),
+        seed=seed,
+        start_ms=SHIFT,
+        end_ms=SHIFT + round(hours * 3_600_000),
+        scenario=scenario,
+        signals=("state", "total_count"),
+    )
+
+
+def intervals(events: list[Event], end: int) -> dict[str, list[tuple[int, int, str, str | None]]]:
+    """Per machine: (from, to, state, reason) of each published state."""
+    out: dict[str, list[tuple[int, int, str, str | None]]] = {}
+    for machine, series in by_machine(events, "state").items():
+        ends = [e.ts for e in series[1:]] + [end]
+        out[machine] = [
+            (e.ts, t, str(e.value), e.reason) for e, t in zip(series, ends, strict=True)
+        ]
+    return out
+
+
+def made_between(events: list[Event], machine: str, lo: int, hi: int) -> int:
+    """Parts counted at ticks in (lo, hi]."""
+    series = by_machine(events, "total_count")[machine]
+    out = 0
+    for before, after in itertools.pairwise(series):
+        if lo < after.ts <= hi:
+            assert isinstance(after.value, int)
+            assert isinstance(before.value, int)
+            out += after.value - before.value
+    return out
+
+
+ONE_FAILS = Scenario(
+    "b fails",
+    coupling={"l1": 20.0},
+    stops={"l1": Stops(math.inf), "b": Stops(mean_run_s=300.0, mean_down_s=120.0)},
+)
+
+
+def test_a_stop_starves_the_machines_after_it_and_blocks_those_before() -> None:
+    end = SHIFT + 2 * 3_600_000
+    events = line_run(ONE_FAILS, hours=2)
+    spans = intervals(events, end)
+    stops = [(lo, hi) for lo, hi, state, _ in spans["b"] if state == "down"]
+    assert len(stops) >= 10
+    assert all(state in ("running", "down") for _, _, state, _ in spans["b"])
+    expected: dict[str, set[tuple[int, int, str, str | None]]] = {m: set() for m in "acd"}
+    for lo, hi in stops:
+        # a waits 1 buffer (20 s) upstream, c 1 buffer and d 2 buffers downstream.
+        for machine, delay, reason in (("a", 20_000, "blocked"), ("c", 20_000, "starved")):
+            if hi - lo > delay:
+                expected[machine].add((lo + delay, hi, "idle", reason))
+        if hi - lo > 40_000:
+            expected["d"].add((lo + 40_000, hi, "idle", "starved"))
+    for machine in "acd":
+        waits = {span for span in spans[machine] if span[2] != "running"}
+        assert waits == expected[machine], machine
+        assert expected[machine], machine
+        for lo, hi, _, _ in waits:
+            assert made_between(events, machine, lo + 1000, hi) == 0, "nothing made waiting"
+
+
+def test_every_wait_has_a_stopped_machine_far_enough_up_or_down_the_line() -> None:
+    scenario = Scenario("all default, coupled", coupling={"l1": 10.0})
+    events = line_run(scenario, hours=4, seed=5, products=True)
+    spans = intervals(events, SHIFT + 4 * 3_600_000)
+    reasons = {(state, reason) for series in spans.values() for _, _, state, reason in series}
+    # Own stops (with reasons), own idles, changeovers and waits all occur.
+    assert {("idle", "starved"), ("idle", "blocked"), ("changeover", None)} <= reasons
+    assert any(state == "down" for state, _ in reasons)
+    for machine, series in spans.items():
+        i = LINE_IDS.index(machine)
+        for lo, _, state, reason in series:
+            if state != "idle":
+                continue
+            # A wait has a machine stopped down or in changeover upstream (starved) or
+            # downstream (blocked) for at least the buffers between; an own idle may not.
+            others = [
+                (j, o_lo)
+                for j, other in enumerate(LINE_IDS)
+                if j != i
+                for o_lo, o_hi, o_state, _ in spans[other]
+                if o_state in ("down", "changeover") and o_lo <= lo < o_hi
+            ]
+            side = [
+                o_lo
+                for j, o_lo in others
+                if (j < i if reason == "starved" else j > i) and lo - o_lo >= abs(i - j) * 10_000
+            ]
+            own = not others  # an own idle, drawn by the machine itself
+            assert side or own, (machine, lo, reason)
+    # A machine whose own stop ends while the line is still stopped waits on straight away.
+    assert [
+        machine
+        for machine, series in spans.items()
+        for before, after in itertools.pairwise(series)
+        if before[2] in ("down", "changeover")
+        and after[2:] in (("idle", "starved"), ("idle", "blocked"))
+    ]
+
+
+def test_uncoupled_a_failing_machine_stops_only_itself() -> None:
+    alone = Scenario("b fails alone", stops=ONE_FAILS.stops)
+    spans = intervals(line_run(alone), SHIFT + 3_600_000)
+    assert [s for s in spans["b"] if s[2] == "down"]
+    for machine in "acd":
+        assert [state for _, _, state, _ in spans[machine]] == ["running"], machine
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.7, 1.0])
+def test_a_speed_factor_is_the_rate_against_the_ideal(factor: float) -> None:
+    scenario = Scenario("steady", speed={"l1": Speed(factor)}, stops={"l1": Stops(math.inf)})
+    events = line_run(scenario)
+    for machine in LINE_IDS:
+        made = made_between(events, machine, SHIFT, SHIFT + 3_600_000)
+        assert made == pytest.approx(3600 * factor, rel=0.01), machine
+
+
+def test_a_machine_speed_beats_its_lines_and_speed_shows_on_the_speed_signal() -> None:
+    scenario = Scenario(
+        "c slower", speed={"l1": Speed(0.9), "c": Speed(0.6)}, stops={"l1": Stops(math.inf)}
+    )
+    events = simulate_events(
+        line_plant(),
+        seed=1,
+        start_ms=SHIFT,
+        end_ms=SHIFT + 600_000,
+        scenario=scenario,
+        signals=("state", "total_count", "speed"),
+    )
+    speeds = {m: [e.value for e in series] for m, series in by_machine(events, "speed").items()}
+    assert all(v == pytest.approx(54.0, rel=0.05) for v in speeds["a"])  # parts per minute
+    assert all(v == pytest.approx(36.0, rel=0.05) for v in speeds["c"])
+    assert made_between(events, "c", SHIFT, SHIFT + 600_000) == pytest.approx(360, rel=0.02)
+
+
+def test_a_degrading_speed_falls_over_each_shift() -> None:
+    scenario = Scenario("wearing", speed={"l1": Speed(1.0, 0.5)}, stops={"l1": Stops(math.inf)})
+    events = line_run(scenario, hours=8)
+    hours = [
+        made_between(events, "a", SHIFT + h * 3_600_000, SHIFT + (h + 1) * 3_600_000)
+        for h in range(8)
+    ]
+    # The mean factor of hour h is 1 - 0.5 (h + 0.5) / 8.
+    for h, made in enumerate(hours):
+        assert made == pytest.approx(3600 * (1 - 0.5 * (h + 0.5) / 8), rel=0.02), h
+    assert hours == sorted(hours, reverse=True)
+
+
+def test_own_stops_are_failures_at_the_set_rate_and_length() -> None:
+    scenario = Scenario("b fails", stops={"b": Stops(mean_run_s=300.0, mean_down_s=120.0)})
+    spans = intervals(line_run(scenario, hours=8, seed=2), SHIFT + 8 * 3_600_000)
+    downs = [hi - lo for lo, hi, state, _ in spans["b"] if state == "down"]
+    runs = [hi - lo for lo, hi, state, _ in spans["b"][:-1] if state == "running"]
+    assert {state for _, _, state, _ in spans["b"]} == {"running", "down"}
+    assert all(reason in DOWN_REASONS for _, _, state, reason in spans["b"] if state == "down")
+    assert sum(downs) / len(downs) == pytest.approx(120_000, rel=0.25)
+    assert sum(runs) / len(runs) == pytest.approx(300_000, rel=0.25)
+    # The others keep their default behaviour.
+    assert {state for _, _, state, _ in spans["a"]} > {"running", "down"}
+
+
+def test_simulate_events_is_the_models_ticks_in_time_order() -> None:
+    def key(e: Event) -> tuple[int, str, str]:
+        return e.ts, e.machine, e.signal
+
+    events = simulate_events(
+        plant(), seed=7, start_ms=START, end_ms=START + 3_600_000, behaviour=FAST
+    )
+    _, served = run(7, 3600)  # the sourced machines publish what they serve
+    assert sorted(events, key=key) == sorted(served, key=key)
+    assert [e.ts for e in events] == sorted(e.ts for e in events)
+    frame = events_frame(events)
+    assert frame.height == len(events)
+    assert frame.filter(frame["signal"] == "state").get_column("value_str").null_count() > 0
+
+
+def test_machines_in_no_source_are_simulated_with_the_given_signals() -> None:
+    specs = simulated_specs(line_plant(), ("state", "total_count"))
+    assert [s.machine for s in specs] == list(LINE_IDS)
+    assert all(s.signals == ("state", "total_count") for s in specs)
+    defaults = simulated_specs(line_plant())
+    assert defaults[0].signals == ("state", "total_count", "reject_count", "speed", "temperature")
+
+
+def test_parse_scenario_presets_and_items() -> None:
+    config = line_plant()
+    bottleneck = parse_scenario("bottleneck=b", config)
+    assert bottleneck.coupling == {"l1": 30.0}
+    assert bottleneck.stops == {"l1": Stops(math.inf), "b": Stops(600.0, 300.0)}
+    assert bottleneck.stops_of("b", "l1") == Stops(600.0, 300.0)
+    assert bottleneck.stops_of("c", "l1") == Stops(math.inf)
+    slow = parse_scenario("slow=l1", config)
+    assert slow.speed == {"l1": Speed(0.65)}
+    full = parse_scenario(
+        "couple=l1:45, speed=l1:0.9, speed=c:1.0:0.6, stops=l1:never, stops=d:900:60", config
+    )
+    assert full.coupling == {"l1": 45.0}
+    assert full.speed_of("c", "l1") == Speed(1.0, 0.6)
+    assert full.speed_of("a", "l1") == Speed(0.9)
+    assert full.stops_of("d", "l1") == Stops(900.0, 60.0)
+    assert (
+        full.name == "couple=l1:45, speed=l1:0.9, speed=c:1.0:0.6, stops=l1:never, stops=d:900:60"
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "empty spec"),
+        ("bottleneck=zz", "'bottleneck=zz': 'zz' is not a machine"),
+        ("couple=b", "coupling: 'b' is not a line"),
+        ("speed=l1:fast", "'speed=l1:fast': 'fast' is not a number"),
+        ("speed=l1:0", "speed factor must be in"),
+        ("stops=b:0", "mean_run_s must be > 0"),
+        ("stops=q:never", "stops: 'q' is not a line or machine"),
+        ("wobble=l1", "'wobble=l1': expected couple="),
+        ("couple", "'couple': expected KEY=VALUE"),
+    ],
+)
+def test_parse_scenario_errors_name_the_item(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        parse_scenario(spec, line_plant())
+
+
+def test_a_scenario_naming_no_such_machine_is_refused_by_the_model() -> None:
+    with pytest.raises(ValueError, match="'nope' is not a line or machine"):
+        line_run(Scenario("bad", stops={"nope": Stops(60.0)}))

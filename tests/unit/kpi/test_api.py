@@ -133,21 +133,24 @@ def test_machines_lists_configured_machines_with_their_state(
                 "machine": "m2",
                 "line": "l1",
                 "state": "changeover",
+                "reason": "tool change",
                 "since": "2026-11-02T06:00:00Z",
                 "last_seen": "2026-11-02T06:05:00.5Z",
             }
         ]
     )
+    unknown = {"state": None, "reason": None, "since": None, "last_seen": None}
     assert get(client, "/v1/machines") == [
-        {"machine": "m1", "line": "l1", "state": None, "since": None, "last_seen": None},
+        {"machine": "m1", "line": "l1", **unknown},
         {
             "machine": "m2",
             "line": "l1",
             "state": "changeover",
+            "reason": "tool change",
             "since": "2026-11-02T06:00:00Z",
             "last_seen": "2026-11-02T06:05:00.500Z",
         },
-        {"machine": "m3", "line": "l2", "state": None, "since": None, "last_seen": None},
+        {"machine": "m3", "line": "l2", **unknown},
     ]
 
 

@@ -14,15 +14,47 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from linepulse.config import PlantConfig
+from linepulse.production import LOSS_KEYS
+from linepulse.records import RECORD_FIELDS
 from services.kpi.board.board import Board
 from services.kpi.board.snapshot import build_snapshot
 from services.kpi.store import KpiStore
-from tests.unit.kpi.test_store import plant_config, record
+from tests.unit.kpi.test_store import plant_config
+from tests.unit.kpi.test_store import record as base_record
 
 # The plant of test_store: site plant-a, Europe/Berlin, shift "early" 06:00-14:00 local,
 # which on 2026-11-02 (CET) is 05:00-13:00 UTC; l1 has m1 and m2, l2 has m3.
 SHIFT = "2026-11-02T05:00:00Z"
 SHIFT_END = "2026-11-02T13:00:00Z"
+
+# The fields beyond OEE, for a record helper that predates them: all null or empty.
+_BEYOND_OEE: dict[str, Any] = {
+    "calendar_s": 3600.0,
+    "down_s": 0.0,
+    "idle_s": 0.0,
+    "setup_s": 0.0,
+    "small_stops": 0,
+    "small_stop_s": 0.0,
+    "failures": 0,
+    "by_product": {},
+}
+# The six big losses of the l1 shift below: with 2,000 s fully productive, 3,600 s planned.
+LOSSES = {
+    "equipment_failure_s": 600.0,
+    "setup_s": 300.0,
+    "small_stops_s": 120.0,
+    "slow_cycles_s": 480.0,
+    "startup_rejects_s": 40.0,
+    "production_rejects_s": 60.0,
+}
+
+
+def record(machine: str | None = "m1", **values: Any) -> dict[str, Any]:
+    """test_store's record, with every field of the current contract (None where unset)."""
+    out = base_record(machine, **values)
+    for field in RECORD_FIELDS:
+        out.setdefault(field, _BEYOND_OEE.get(field))
+    return out
 
 
 @pytest.fixture
@@ -126,7 +158,15 @@ def test_current_shift_kpis_machines_pareto_and_trend(store: KpiStore) -> None:
         "total_count": 2800,
         "good_count": 2744,
         "reject_count": 56,
+        "fully_productive_s": None,
+        "nee": None,
+        "teep": None,
+        "product": None,
+        "constraint": None,
+        "oee_constraint": None,
     }
+    # Nothing beyond OEE in these records: no waterfall, bottleneck or forecast.
+    assert (l1["waterfall"], l1["bottleneck"], l1["forecast"]) == (None, None, None)
     assert l1["machines"] == [
         {
             "machine": "m1",
@@ -152,6 +192,102 @@ def test_current_shift_kpis_machines_pareto_and_trend(store: KpiStore) -> None:
     assert [(p["reason"], p["seconds"]) for p in l2["pareto"]] == [("material", 50.0)]
     assert l2["trend"] == []
     orjson.dumps(snapshot)  # JSON-ready as it is
+
+
+def beyond_oee_line(**values: Any) -> dict[str, Any]:
+    """l1's current shift line record with losses, bottleneck and a target."""
+    fields: dict[str, Any] = {
+        "losses": LOSSES,
+        "fully_productive_s": 2000.0,
+        "nee": 0.8,
+        "teep": 0.5,
+        "product": "cola-0.5",
+        "constraint": "m2",
+        "oee_constraint": 0.65,
+        "bottleneck": "m1",
+        "bottleneck_s": 540.0,
+        "output_count": 2744,
+        "target_count": 24000,
+        "projected_count": 21952.0,
+    }
+    fields.update(values)
+    return record(None, start=SHIFT, oee=0.5, **fields)
+
+
+def test_losses_waterfall_bottleneck_and_forecast_of_the_shift(store: KpiStore) -> None:
+    store.upsert([beyond_oee_line(), record("m1", start=SHIFT, losses={"setup_s": 1.0})])
+    l1 = line_of(build_snapshot(store.plant, store), "l1")
+    waterfall = l1["waterfall"]
+    assert waterfall == {
+        "planned_s": 3600.0,
+        "losses": [{"loss": key, "seconds": LOSSES[key]} for key in LOSS_KEYS],
+        "fully_productive_s": 2000.0,
+    }
+    # Planned time, less the six losses, is the fully productive time.
+    steps = [step["seconds"] for step in waterfall["losses"]]
+    assert waterfall["fully_productive_s"] + sum(steps) == pytest.approx(waterfall["planned_s"])
+    assert waterfall["planned_s"] == l1["kpis"]["planned_s"]
+    assert l1["bottleneck"] == {"machine": "m1", "stop_s": 540.0}
+    assert l1["forecast"] == {
+        "output_count": 2744,
+        "projected_count": 21952.0,
+        "target_count": 24000,
+        "on_track": False,
+    }
+    kpis = l1["kpis"]
+    assert (kpis["constraint"], kpis["oee_constraint"], kpis["oee"]) == ("m2", 0.65, 0.5)
+    assert (kpis["fully_productive_s"], kpis["nee"], kpis["teep"]) == (2000.0, 0.8, 0.5)
+    assert kpis["product"] == "cola-0.5"
+    # l2 has a shift record without any of it.
+    store.upsert([record(None, line="l2", start=SHIFT)])
+    l2 = line_of(build_snapshot(store.plant, store), "l2")
+    assert (l2["waterfall"], l2["bottleneck"], l2["forecast"]) == (None, None, None)
+    orjson.dumps(l1)
+
+
+@pytest.mark.parametrize(
+    ("values", "forecast"),
+    [
+        ({"target_count": None}, None),  # no target: no forecast
+        (
+            {"projected_count": 24000.0},
+            {
+                "output_count": 2744,
+                "projected_count": 24000.0,
+                "target_count": 24000,
+                "on_track": True,
+            },
+        ),
+        (
+            {"projected_count": None, "output_count": None},
+            {
+                "output_count": None,
+                "projected_count": None,
+                "target_count": 24000,
+                "on_track": None,
+            },
+        ),
+    ],
+)
+def test_forecast_only_with_a_target(
+    store: KpiStore, values: dict[str, Any], forecast: dict[str, Any] | None
+) -> None:
+    store.upsert([beyond_oee_line(**values)])
+    assert line_of(build_snapshot(store.plant, store), "l1")["forecast"] == forecast
+
+
+def test_waterfall_without_fully_productive_time_ends_at_what_the_losses_leave(
+    store: KpiStore,
+) -> None:
+    partial = {"equipment_failure_s": 600.0, "setup_s": 300.0}  # the rest are missing: 0
+    store.upsert([beyond_oee_line(losses=partial, fully_productive_s=None, bottleneck=None)])
+    l1 = line_of(build_snapshot(store.plant, store), "l1")
+    assert l1["waterfall"] is not None
+    assert [s["seconds"] for s in l1["waterfall"]["losses"]] == [600.0, 300.0, 0, 0, 0, 0]
+    assert l1["waterfall"]["fully_productive_s"] == 2700.0
+    assert l1["bottleneck"] is None
+    store.upsert([beyond_oee_line(losses=None, fully_productive_s=None, revision=1)])
+    assert line_of(build_snapshot(store.plant, store), "l1")["waterfall"] is None
 
 
 def test_between_shifts_the_last_shift_is_shown_closed(store: KpiStore) -> None:

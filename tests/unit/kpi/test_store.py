@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from linepulse.config import PlantConfig, parse_config
@@ -37,6 +38,41 @@ def plant_config(**kpi: Any) -> PlantConfig:
             ],
         }
     )
+
+
+# The record's fields beyond OEE, as a record without any of them has them: counts and
+# times zero, no products, every other field null. Tests that need them set them.
+BEYOND_OEE: dict[str, Any] = {
+    "product": None,
+    "calendar_s": 3600.0,
+    "down_s": 0.0,
+    "idle_s": 0.0,
+    "setup_s": 0.0,
+    "small_stops": 0,
+    "small_stop_s": 0.0,
+    "failures": 0,
+    "rework_count": None,
+    "effectiveness": None,
+    "technical_efficiency": None,
+    "setup_rate": None,
+    "nee": None,
+    "teep": None,
+    "throughput_per_h": None,
+    "scrap_ratio": None,
+    "rework_ratio": None,
+    "first_pass_yield": None,
+    "mttf_s": None,
+    "fully_productive_s": None,
+    "losses": None,
+    "by_product": {},
+    "constraint": None,
+    "oee_constraint": None,
+    "bottleneck": None,
+    "bottleneck_s": None,
+    "output_count": None,
+    "target_count": None,
+    "projected_count": None,
+}
 
 
 def record(
@@ -76,6 +112,7 @@ def record(
         "downtime_by_reason": {"jam": 400.0, "electrical": 200.0},
         "final": final,
         "revision": revision,
+        **BEYOND_OEE,
     }
     out.update(values)
     return out
@@ -161,6 +198,104 @@ def test_a_record_comes_back_exactly_as_the_contract(store: KpiStore) -> None:
         KpiRecord.model_validate(one)
 
 
+def test_the_fields_beyond_oee_come_back_as_written(store: KpiStore) -> None:
+    losses = {
+        "equipment_failure_s": 300.0,
+        "setup_s": 120.0,
+        "small_stops_s": 30.0,
+        "slow_cycles_s": 150.0,
+        "startup_rejects_s": 0.0,
+        "production_rejects_s": 56.0,
+    }
+    products = {
+        "cola-05": {
+            "run_s": 2000.0,
+            "total_count": 1900,
+            "good_count": 1870,
+            "reject_count": 30,
+            "performance": 0.95,
+            "quality": 1870 / 1900,
+        },
+        "water-1": {
+            "run_s": 1000.0,
+            "total_count": 900,
+            "good_count": 874,
+            "reject_count": 26,
+            "performance": None,
+            "quality": None,
+        },
+    }
+    machine = record(
+        product="cola-05",
+        down_s=450.0,
+        setup_s=120.0,
+        small_stops=3,
+        small_stop_s=30.0,
+        failures=2,
+        rework_count=12,
+        nee=0.81,
+        teep=0.5,
+        mttf_s=1500.0,
+        fully_productive_s=2744.0,
+        losses=losses,
+        by_product=products,
+    )
+    line = record(
+        None,
+        constraint="m2",
+        oee_constraint=0.7,
+        bottleneck="m1",
+        bottleneck_s=570.0,
+        output_count=2744,
+        target_count=3000,
+        projected_count=2950.5,
+    )
+    store.upsert([machine, line])
+    assert store.current() == [machine, line]
+    KpiRecord.model_validate(store.current()[0])
+
+
+# The kpi_records and machine_status tables as the previous version created them.
+_OLD_TABLES = (
+    "CREATE TABLE kpi_records (site VARCHAR NOT NULL, line VARCHAR NOT NULL, "
+    'machine VARCHAR NOT NULL, "window" VARCHAR NOT NULL, window_start TIMESTAMP NOT NULL, '
+    "window_end TIMESTAMP NOT NULL, shift VARCHAR, planned_s DOUBLE NOT NULL, "
+    "run_s DOUBLE NOT NULL, downtime_s DOUBLE NOT NULL, unknown_s DOUBLE NOT NULL, "
+    "stops BIGINT NOT NULL, total_count BIGINT NOT NULL, good_count BIGINT NOT NULL, "
+    "reject_count BIGINT NOT NULL, availability DOUBLE, performance DOUBLE, quality DOUBLE, "
+    "oee DOUBLE, mtbf_s DOUBLE, mttr_s DOUBLE, downtime_by_reason VARCHAR NOT NULL, "
+    '"final" BOOLEAN NOT NULL, revision INTEGER NOT NULL, '
+    'PRIMARY KEY (line, machine, "window", window_start))',
+    "CREATE TABLE machine_status (machine VARCHAR PRIMARY KEY, line VARCHAR, state VARCHAR, "
+    "since TIMESTAMP, last_seen TIMESTAMP NOT NULL)",
+    "INSERT INTO kpi_records VALUES ('plant-a', 'l1', 'm1', '1h', '2026-11-02 05:00:00', "
+    "'2026-11-02 06:00:00', NULL, 3600, 3000, 600, 0, 2, 2800, 2744, 56, 0.83, 0.93, 0.98, "
+    "0.76, 1500, 300, '{\"jam\": 600.0}', true, 1)",
+    "INSERT INTO machine_status VALUES ('m1', 'l1', 'down', '2026-11-02 05:50:00', "
+    "'2026-11-02 05:59:00')",
+)
+
+
+def test_a_store_file_of_the_previous_version_opens_and_takes_new_records(
+    tmp_path: Path, plant: PlantConfig
+) -> None:
+    path = tmp_path / "old.duckdb"
+    with duckdb.connect(str(path)) as old:
+        for sql in _OLD_TABLES:
+            old.execute(sql)
+    with KpiStore(path, plant) as store:
+        (kept,) = store.history(at("2026-11-02T00:00:00Z"))
+        assert (kept["revision"], kept["downtime_by_reason"]) == (1, {"jam": 600.0})
+        # Its new fields: zero, an empty object, the window's length as calendar, or null.
+        assert {k: kept[k] for k in BEYOND_OEE} == {**BEYOND_OEE, "calendar_s": 3600.0}
+        assert store.machines()[0]["reason"] is None
+        store.upsert([record(window="1h", start="2026-11-02T05:00:00Z", revision=2, teep=0.4)])
+        (newer,) = store.history(at("2026-11-02T00:00:00Z"))
+        assert (newer["revision"], newer["teep"]) == (2, 0.4)
+    with KpiStore(path, plant) as again:  # and opens again, already migrated
+        assert again.history(at("2026-11-02T00:00:00Z"))[0]["teep"] == 0.4
+
+
 def test_times_may_be_aware_datetimes_or_any_offset(store: KpiStore) -> None:
     one = record("m1", window="1h")
     one["window_start"] = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
@@ -191,6 +326,11 @@ def test_times_may_be_aware_datetimes_or_any_offset(store: KpiStore) -> None:
         ({"downtime_by_reason": [["jam", 1.0]]}, "downtime_by_reason must be an object"),
         ({"downtime_by_reason": {1: 2.0}}, "downtime_by_reason"),
         ({"colour": "red"}, "unknown fields ['colour']"),
+        ({"calendar_s": None}, "calendar_s must not be null"),
+        ({"failures": 0.5}, "failures must be an integer, got 0.5"),
+        ({"by_product": None}, "by_product must be an object"),
+        ({"losses": [1.0]}, "losses must be an object"),
+        ({"constraint": 7}, "constraint must be text, got 7"),
     ],
 )
 def test_a_bad_record_is_named_and_nothing_of_its_batch_is_written(
@@ -307,6 +447,7 @@ def test_machines_lists_the_config_with_the_latest_status(store: KpiStore) -> No
                 "machine": "m3",
                 "line": "l2",
                 "state": "down",
+                "reason": "jam",
                 "since": "2026-11-02T06:10:00.250Z",
                 "last_seen": 1793601060000,  # 2026-11-02T06:31:00Z
             },
@@ -336,14 +477,23 @@ def test_machines_lists_the_config_with_the_latest_status(store: KpiStore) -> No
             "machine": "m1",
             "line": "l1",
             "state": "idle",
+            "reason": None,
             "since": "2026-11-02T06:40:00Z",
             "last_seen": "2026-11-02T06:41:00Z",
         },
-        {"machine": "m2", "line": "l1", "state": None, "since": None, "last_seen": None},
+        {
+            "machine": "m2",
+            "line": "l1",
+            "state": None,
+            "reason": None,
+            "since": None,
+            "last_seen": None,
+        },
         {
             "machine": "m3",
             "line": "l2",
             "state": "down",
+            "reason": "jam",
             "since": "2026-11-02T06:10:00.250Z",
             "last_seen": "2026-11-02T06:31:00Z",
         },

@@ -1,0 +1,327 @@
+"""Stops and their reasons: the API's log of downtime, built from machine statuses, and
+the audit trail of operators' reason corrections.
+
+A *stop*, for reason coding, is a status whose state is a downtime state (`down`,
+`idle`, `changeover`): it starts at the status's `since` and ends at the `since` of the
+machine's next status. Its id is `{machine}@{since in epoch ms}`, so the same status
+delivered twice (a worker that replays from its checkpoint, a materializer that reads
+the topic from the beginning) is the same stop. A stop whose state sample came without a
+reason is `unassigned`.
+
+Decisions worth knowing:
+
+- **The machine's reason and the operator's are kept apart.** `original_reason` is what
+  the machine sent (and follows a replayed status); `reason` is the current code. Once
+  an operator has corrected a stop, a status never overwrites its `reason` again.
+- **Ends.** A status at time t ends every earlier stop of its machine at t at the latest
+  (`end = least(end, t)`), so statuses replayed out of order still converge to the right
+  ends; a stop inserted behind newer statuses (a store that predates the stops table,
+  reading the topic from the beginning) is capped by what is already known to follow it.
+- **Repeats.** Most statuses only move `last_seen`; one whose (since, state, reason) is
+  the one last applied for its machine is skipped without touching the tables.
+- **Corrections** are numbered per stop (1, 2, ...: the `seq` of the correction event the
+  API sends to the KPI core). Each writes a `reason_audit` row with the old and the new
+  code, who and when; the audit is never rewritten, except that a correction whose event
+  could not be sent is withdrawn (`withdraw`), as if it had not been made.
+- The audit trail lives in this store: one API process owns the corrections of a plant.
+
+Times are naive UTC `TIMESTAMP`s here and RFC 3339 with a `Z` outside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import duckdb
+
+from linepulse.config import DOWNTIME_STATES, PlantConfig
+from linepulse.production import UNASSIGNED
+
+_EPOCH: Final = datetime(1970, 1, 1)  # noqa: DTZ001 - naive UTC, as stored
+
+STOPS_DDL: Final = (
+    "CREATE TABLE IF NOT EXISTS stops ("
+    "id VARCHAR PRIMARY KEY, machine VARCHAR NOT NULL, line VARCHAR NOT NULL, "
+    'start TIMESTAMP NOT NULL, "end" TIMESTAMP, state VARCHAR NOT NULL, '
+    "original_reason VARCHAR NOT NULL, reason VARCHAR NOT NULL, corrected_by VARCHAR, "
+    "corrected_at TIMESTAMP, corrections INTEGER NOT NULL DEFAULT 0)"
+)
+AUDIT_DDL: Final = (
+    "CREATE TABLE IF NOT EXISTS reason_audit ("
+    "stop_id VARCHAR NOT NULL, machine VARCHAR NOT NULL, stop_start TIMESTAMP NOT NULL, "
+    'seq INTEGER NOT NULL, old_reason VARCHAR NOT NULL, new_reason VARCHAR NOT NULL, "by" '
+    'VARCHAR NOT NULL, "at" TIMESTAMP NOT NULL, note VARCHAR, PRIMARY KEY (stop_id, seq))'
+)
+_STOP_COLUMNS: Final = (
+    'id, machine, line, start, "end", state, reason, original_reason, corrections, '
+    "corrected_by, corrected_at"
+)
+_AUDIT_COLUMNS: Final = (
+    'stop_id, machine, stop_start, seq, old_reason, new_reason, "by", "at", note'
+)
+# A status at `since` ends the machine's earlier stops by then.
+_CLOSE: Final = (
+    'UPDATE stops SET "end" = ? WHERE machine = ? AND start < ? AND ("end" IS NULL OR "end" > ?)'
+)
+# A downtime status opens its stop; the machine's code follows a replay until an operator
+# has corrected it. A new stop behind known later statuses ends by the first of them.
+_OPEN: Final = (
+    'INSERT INTO stops (id, machine, line, start, "end", state, original_reason, reason) '
+    "SELECT $id, $machine, $line, $start, "
+    "  least((SELECT min(s.start) FROM stops AS s WHERE s.machine = $machine AND s.start > $start),"
+    "        (SELECT max(m.since) FROM machine_status AS m"
+    "          WHERE m.machine = $machine AND m.since > $start)), "
+    "  $state, $reason, $reason "
+    "ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, "
+    "original_reason = EXCLUDED.original_reason, "
+    "reason = CASE WHEN corrections > 0 THEN reason ELSE EXCLUDED.reason END"
+)
+
+
+def create_stop_tables(cur: duckdb.DuckDBPyConnection) -> None:
+    cur.execute(STOPS_DDL)
+    cur.execute(AUDIT_DDL)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRow:
+    """One machine status as stored (times naive UTC)."""
+
+    machine: str
+    line: str | None
+    state: str | None
+    reason: str | None
+    since: datetime | None
+    last_seen: datetime
+
+
+def stop_id(machine: str, start: datetime) -> str:
+    return f"{machine}@{epoch_ms(start)}"
+
+
+def epoch_ms(moment: datetime) -> int:
+    """A naive UTC time as epoch milliseconds."""
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+class StopLog:
+    """The stops and reason_audit tables of one store; every call takes the caller's
+    cursor (and, for writes, runs under the store's write lock)."""
+
+    def __init__(self, plant: PlantConfig) -> None:
+        machines = plant.machines()
+        self._lines = {m: line.id for m, (line, _) in machines.items()}
+        self._planned = {m: plant.planned_reasons(machine) for m, (_, machine) in machines.items()}
+        self._applied: dict[str, tuple[datetime, str, str | None]] = {}
+
+    # -- from statuses -----------------------------------------------------------------
+
+    def apply(self, cur: duckdb.DuckDBPyConnection, rows: list[StatusRow]) -> None:
+        """Open and close stops for statuses in arrival order, inside the caller's
+        transaction; `forget()` if that transaction is rolled back."""
+        for row in rows:
+            if row.since is None or row.state is None:
+                continue  # no state yet: nothing starts or ends
+            key = (row.since, row.state, row.reason)
+            if self._applied.get(row.machine) == key:
+                continue
+            cur.execute(_CLOSE, [row.since, row.machine, row.since, row.since])
+            if row.state in DOWNTIME_STATES:
+                cur.execute(
+                    _OPEN,
+                    {
+                        "id": stop_id(row.machine, row.since),
+                        "machine": row.machine,
+                        "line": row.line or self._lines.get(row.machine, ""),
+                        "start": row.since,
+                        "state": row.state,
+                        "reason": row.reason or UNASSIGNED,
+                    },
+                )
+            self._applied[row.machine] = key
+
+    def forget(self) -> None:
+        self._applied.clear()
+
+    # -- corrections -------------------------------------------------------------------
+
+    def correct(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        stop: str,
+        reason: str,
+        by: str,
+        note: str | None,
+        at: datetime,
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            row = cur.execute(
+                "SELECT machine, start, reason FROM stops WHERE id = ?", [stop]
+            ).fetchone()
+            if row is None:
+                cur.execute("ROLLBACK")
+                return None
+            machine, start, old = row
+            (seq,) = cur.execute(
+                "SELECT coalesce(max(seq), 0) + 1 FROM reason_audit WHERE stop_id = ?", [stop]
+            ).fetchone() or (1,)
+            cur.execute(
+                f"INSERT INTO reason_audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+                [stop, machine, start, seq, old, reason, by, at, note],
+            )
+            cur.execute(
+                "UPDATE stops SET reason = ?, corrected_by = ?, corrected_at = ?, "
+                "corrections = corrections + 1 WHERE id = ?",
+                [reason, by, at, stop],
+            )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        entry = _audit_entry((stop, machine, start, seq, old, reason, by, at, note))
+        found = self.get(cur, stop)
+        assert found is not None  # noqa: S101 - just written
+        return found, entry
+
+    def withdraw(self, cur: duckdb.DuckDBPyConnection, stop: str, seq: int) -> None:
+        """Take correction `seq` back: the stop's reason is its latest remaining
+        correction's, or the machine's."""
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            cur.execute("DELETE FROM reason_audit WHERE stop_id = ? AND seq = ?", [stop, seq])
+            latest = cur.execute(
+                'SELECT new_reason, "by", "at", count(*) OVER () FROM reason_audit '
+                "WHERE stop_id = ? ORDER BY seq DESC LIMIT 1",
+                [stop],
+            ).fetchone()
+            if latest is None:
+                cur.execute(
+                    "UPDATE stops SET reason = original_reason, corrected_by = NULL, "
+                    "corrected_at = NULL, corrections = 0 WHERE id = ?",
+                    [stop],
+                )
+            else:
+                cur.execute(
+                    "UPDATE stops SET reason = ?, corrected_by = ?, corrected_at = ?, "
+                    "corrections = ? WHERE id = ?",
+                    [*latest, stop],
+                )
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    # -- queries -----------------------------------------------------------------------
+
+    def query(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        *,
+        line: str | None,
+        machine: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        unassigned: bool | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Stops newest first (by start), filtered; `unassigned` True: only stops still
+        coded `unassigned`, False: only coded ones, None: all."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value, op in (
+            ("line", line, "="),
+            ("machine", machine, "="),
+            ("start", since, ">="),
+            ("start", until, "<"),
+        ):
+            if value is not None:
+                where.append(f"{column} {op} ?")
+                params.append(value)
+        if unassigned is not None:
+            where.append("reason = ?" if unassigned else "reason <> ?")
+            params.append(UNASSIGNED)
+        sql = f"SELECT {_STOP_COLUMNS} FROM stops"  # noqa: S608 - constants only
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY start DESC, machine LIMIT ?"
+        rows = cur.execute(sql, [*params, limit]).fetchall()
+        return [self._stop(row) for row in rows]
+
+    def get(self, cur: duckdb.DuckDBPyConnection, stop: str) -> dict[str, Any] | None:
+        row = cur.execute(
+            f"SELECT {_STOP_COLUMNS} FROM stops WHERE id = ?",  # noqa: S608
+            [stop],
+        ).fetchone()
+        if row is None:
+            return None
+        entries = cur.execute(
+            f"SELECT {_AUDIT_COLUMNS} FROM reason_audit WHERE stop_id = ? ORDER BY seq",  # noqa: S608
+            [stop],
+        ).fetchall()
+        return {**self._stop(row), "audit": [_audit_entry(e) for e in entries]}
+
+    def audit(
+        self,
+        cur: duckdb.DuckDBPyConnection,
+        machine: str | None,
+        since: datetime | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM reason_audit WHERE true"  # noqa: S608
+        params: list[Any] = []
+        if machine is not None:
+            sql += " AND machine = ?"
+            params.append(machine)
+        if since is not None:
+            sql += ' AND "at" >= ?'
+            params.append(since)
+        sql += ' ORDER BY "at" DESC, stop_id, seq DESC LIMIT ?'
+        rows = cur.execute(sql, [*params, limit]).fetchall()
+        return [_audit_entry(row) for row in rows]
+
+    def _stop(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        (ident, machine, line, start, end, state, reason, original, corrections, by, at) = row
+        return {
+            "id": ident,
+            "machine": machine,
+            "line": line,
+            "start": iso(start),
+            "end": iso(end),
+            "duration_s": None if end is None else (end - start).total_seconds(),
+            "state": state,
+            "reason": reason,
+            "original_reason": original,
+            "planned": reason in self._planned.get(machine, frozenset()),
+            "corrections": corrections,
+            "corrected_by": by,
+            "corrected_at": iso(at),
+        }
+
+
+def _audit_entry(row: tuple[Any, ...]) -> dict[str, Any]:
+    stop, machine, start, seq, old, new, by, at, note = row
+    return {
+        "stop_id": stop,
+        "machine": machine,
+        "stop_start": iso(start),
+        "seq": seq,
+        "old_reason": old,
+        "new_reason": new,
+        "by": by,
+        "at": iso(at),
+        "note": note,
+    }
+
+
+def iso(value: datetime | None) -> str | None:
+    """A stored (naive UTC) time as RFC 3339 with a `Z`, with as many fraction digits as it
+    needs (none, milliseconds or microseconds)."""
+    if value is None:
+        return None
+    if value.microsecond == 0:
+        return value.isoformat() + "Z"
+    spec = "milliseconds" if value.microsecond % 1000 == 0 else "microseconds"
+    return value.isoformat(timespec=spec) + "Z"

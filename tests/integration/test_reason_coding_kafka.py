@@ -1,0 +1,94 @@
+"""Reason coding on the real broker: `linepulse kpi --api` running, a stop that came
+without a reason coded through the API, and the core's restatement back over HTTP."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from linepulse.config import parse_config
+from linepulse.runtime import free_loopback_ports
+from services.kpi.topics import ensure_topics
+from tests.integration.test_kpi_worker import kafka_block, produce_json, start_cli
+from tests.unit.kpi.test_reason_coding_on_bus import (
+    DOWN_AT,
+    iso,
+    ms,
+    plant_config,
+    poll,
+    telemetry,
+    window,
+)
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_reason_correction_through_the_api_on_kafka(kafka: str, tmp_path: Path) -> None:
+    data = plant_config().model_dump(mode="json")
+    config = parse_config({**data, "kafka": kafka_block(partitions=2)})
+    config_path = tmp_path / "plant.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    await ensure_topics(kafka, config.kafka)
+    await produce_json(kafka, config.kafka.telemetry.name, telemetry())
+
+    (port,) = free_loopback_ports(1)
+    log = tmp_path / "service.log"
+    args = ["kpi", "--api", "--config", str(config_path), "--kafka", kafka]
+    args += ["--state-dir", str(tmp_path / "state"), "--port", str(port)]
+    args += ["--db", str(tmp_path / "kpi.duckdb")]
+    service = start_cli(args, log)
+    history = f"/v1/kpis/history?from={iso(0)}&machine=m1&window=15m"
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            (stop,) = await poll(
+                http,
+                "/v1/stops?machine=m1",
+                lambda stops: bool(stops) and stops[0]["end"] is not None,
+                timeout_s=120,
+            )
+            assert (stop["id"], stop["reason"]) == (f"m1@{ms(DOWN_AT)}", "unassigned")
+
+            def quarter(records: list[dict[str, Any]]) -> dict[str, Any]:
+                found = window(records, "15m", iso(0))
+                assert found is not None
+                return found
+
+            before = quarter(
+                await poll(http, history, lambda rs: bool(rs) and quarter(rs)["final"])
+            )
+            assert (before["revision"], before["downtime_by_reason"]) == (
+                0,
+                {"unassigned": 300.0},
+            )
+
+            response = await http.post(
+                f"/v1/stops/{stop['id']}/reason", json={"reason": "jam", "by": "ann"}
+            )
+            assert response.status_code == 202, response.text
+
+            after = quarter(await poll(http, history, lambda rs: quarter(rs)["revision"] >= 1))
+            assert (after["revision"], after["downtime_by_reason"]) == (1, {"jam": 300.0})
+            pareto = await poll(
+                http, "/v1/downtime/pareto?line=l1", lambda p: bool(p) and p[0]["reason"] == "jam"
+            )
+            assert pareto == [{"reason": "jam", "seconds": 300.0, "share": 1.0}]
+            detail = (await http.get(f"/v1/stops/{stop['id']}")).json()
+            assert (detail["reason"], detail["original_reason"]) == ("jam", "unassigned")
+            assert [(e["old_reason"], e["new_reason"]) for e in detail["audit"]] == [
+                ("unassigned", "jam")
+            ]
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            code = service.wait(60)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait(10)
+            pytest.fail(f"the service did not stop on SIGTERM:\n{log.read_text()[-5000:]}")
+    assert code == 0, log.read_text()[-3000:]
