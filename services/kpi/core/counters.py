@@ -131,11 +131,8 @@ def counter_minutes(
     seq = seq.with_columns(startup.alias("startup"))
     minute = (pl.col("ts") - pl.col("ts") % MINUTE_MS).alias("minute")
     atoms = seq.group_by("machine", minute).agg(_sums(with_startup=True))
-    product_atoms = (
-        seq.filter(pl.col("product").is_not_null() & (pl.col("signal") != REWORK))
-        .group_by("machine", minute, "product")
-        .agg(_sums(with_startup=False))
-    )
+    made = seq.filter(pl.col("product").is_not_null() & (pl.col("signal") != REWORK))
+    product_atoms = made.group_by("machine", minute, "product").agg(_sums(with_startup=False))
     return atoms, product_atoms
 
 

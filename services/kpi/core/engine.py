@@ -469,13 +469,17 @@ def _apply_deltas(
         present = pl.col(f"{kind}_start").is_not_null()
         parts.append(delta.filter(present).group_by(key).agg(pl.col(ATOM_COLUMNS).sum()))
         rparts.append(rdelta.filter(present).group_by([*key, "reason"]).agg(pl.col("ms").sum()))
-        pparts.append(
-            pdelta.filter(present).group_by([*key, "product"]).agg(pl.col(PRODUCT_COLUMNS).sum())
-        )
+        if pdelta.height:  # most plants have no product signal
+            by_product = pdelta.filter(present).group_by([*key, "product"])
+            pparts.append(by_product.agg(pl.col(PRODUCT_COLUMNS).sum()))
     schemas = core.schemas
     window_delta = pl.concat(parts).cast(schemas.acc).select(schemas.acc.names())
     reason_delta = pl.concat(rparts).cast(schemas.racc).select(schemas.racc.names())
-    product_delta = pl.concat(pparts).cast(schemas.pacc).select(schemas.pacc.names())
+    product_delta = (
+        pl.concat(pparts).cast(schemas.pacc).select(schemas.pacc.names())
+        if pparts
+        else schemas.pacc.to_frame()
+    )
     acc = pl.concat([state.acc, window_delta]).group_by(WINDOW_KEY).agg(pl.col(ATOM_COLUMNS).sum())
     racc = (
         pl.concat([state.racc, reason_delta])
@@ -483,12 +487,14 @@ def _apply_deltas(
         .agg(pl.col("ms").sum())
         .filter(pl.col("ms") != 0)
     )
-    pacc = (
-        pl.concat([state.pacc, product_delta])
-        .group_by([*WINDOW_KEY, "product"])
-        .agg(pl.col(PRODUCT_COLUMNS).sum())
-        .filter(pl.any_horizontal(pl.col(PRODUCT_COLUMNS) != 0))
-    )
+    pacc = state.pacc
+    if product_delta.height:
+        pacc = (
+            pl.concat([pacc, product_delta])
+            .group_by([*WINDOW_KEY, "product"])
+            .agg(pl.col(PRODUCT_COLUMNS).sum())
+            .filter(pl.any_horizontal(pl.col(PRODUCT_COLUMNS) != 0))
+        )
     touched = pl.concat(
         [
             window_delta.select(WINDOW_KEY),
@@ -715,6 +721,8 @@ def _products(
     core: Core, candidates: pl.DataFrame, pacc: pl.DataFrame, flags: pl.DataFrame
 ) -> dict[RecordKey, dict[str, dict[str, Any]]]:
     """Each record's window split by product: {product: run time, counts, P, Q}."""
+    if pacc.is_empty():
+        return {}
     rows = candidates.join(pacc, on=WINDOW_KEY, how="inner", nulls_equal=True)
     if rows.is_empty():
         return {}

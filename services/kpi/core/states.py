@@ -104,7 +104,7 @@ def corrected(states: pl.DataFrame, samples: pl.DataFrame, index: PlantIndex) ->
 DOWNTIME = sorted(DOWNTIME_STATES)
 
 
-def _classified(seq: pl.DataFrame, high: int) -> pl.DataFrame:
+def _classified(seq: pl.DataFrame, high: int, *, small_stops: bool) -> pl.DataFrame:
     """Each state sample with `next` (its end), `prev`, and whether it is a small stop.
 
     A small stop is a run of `down`/`idle` samples entered from `running` and shorter
@@ -115,6 +115,8 @@ def _classified(seq: pl.DataFrame, high: int) -> pl.DataFrame:
         pl.col("ts").shift(-1).over("machine").fill_null(high).alias("next"),
         pl.col("text").shift(1).over("machine").alias("prev"),
     )
+    if not small_stops:  # no machine has a threshold
+        return seq.with_columns(pl.lit(False).alias("small"))
     opens = in_stop & ~pl.col("prev").is_in(SMALL_STATES).fill_null(False)
     seq = seq.with_columns(pl.when(in_stop).then(opens.cum_sum().over("machine")).alias("_ep"))
     episode = ["machine", "_ep"]
@@ -150,7 +152,7 @@ def state_minutes(
         .join(dirty, on="machine")
         .join(index.machines.select("machine", "small_ms"), on="machine")
     )
-    seq = _classified(seq, high)
+    seq = _classified(seq, high, small_stops=index.lookback_ms > 0)
     downtime = pl.col("text").is_in(DOWNTIME)
     stop = (pl.col("ts") >= pl.col("from")) & (pl.col("prev") == "running") & downtime
     stops = (
@@ -162,9 +164,10 @@ def state_minutes(
             ((pl.col("text") == "down") & ~pl.col("small")).sum().cast(pl.Int64).alias("failures"),
         )
     )
-    products = _from_dirty(
-        samples.filter(pl.col("signal") == "product"), dirty, ["machine", "ts", "text"]
-    ).select("machine", "ts", pl.col("text").alias("product"))
+    products = samples.filter(pl.col("signal") == "product")
+    if products.height:  # most plants have no product signal: skip the join then
+        products = _from_dirty(products, dirty, ["machine", "ts", "text"])
+    products = products.select("machine", "ts", pl.col("text").alias("product"))
     timeline = _timeline(seq, products, dirty, high)
     begin = pl.max_horizontal("ts", "from")
     pieces = (
