@@ -51,7 +51,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -197,8 +197,17 @@ class Child:
                 rss = psutil.Process(self.proc.pid).memory_info().rss // 1024
                 self.peak_kib = max(self.peak_kib, rss)
         with _quiet_psutil():
-            times = psutil.Process(self.proc.pid).cpu_times()
+            process = psutil.Process(self.proc.pid)
+            times = process.cpu_times()
             self.cpu_s = times.user + times.system
+            # A program that runs helpers (none of those measured here does, so far) is
+            # charged for them too: the sampled resident sets of the whole process tree.
+            if kids := process.children(recursive=True):
+                tree = process.memory_info().rss
+                for kid in kids:
+                    with _quiet_psutil():
+                        tree += kid.memory_info().rss
+                self.peak_kib = max(self.peak_kib, tree // 1024)
 
     @property
     def peak_mib(self) -> float:
@@ -416,38 +425,58 @@ class Kafka:
         return False
 
 
-async def produce_arrow(
-    bootstrap: str, topic: str, events: pl.DataFrame, size: int = ARROW_BATCH
+ArrowRecord = tuple[int, bytes, bytes]  # home partition, key, Arrow IPC value
+
+
+def arrow_records(events: pl.DataFrame, size: int = ARROW_BATCH) -> Iterator[ArrowRecord]:
+    """LinePulse's own way: Arrow IPC records of `size` samples on each line's home.
+    Encoded apart from sending so that bench/scale.py can encode before its workers start."""
+    for (home,), rows in events.partition_by("_home", as_dict=True).items():
+        for start in range(0, rows.height, size):
+            chunk = rows.slice(start, size)
+            yield int(home), chunk.item(0, "machine").encode(), encode_arrow(chunk)
+
+
+async def send_arrow(
+    bootstrap: str, topic: str, records: Iterable[ArrowRecord], batch_bytes: int = 16384
 ) -> int:
-    """LinePulse's own way: Arrow IPC records of `size` samples on each line's home."""
+    """Send Arrow records to their partitions; wait for every acknowledgement.
+    `batch_bytes` is the producer's batch size (aiokafka's default: 16 KiB, which holds
+    less than one record of 5,000 samples, so each record is a produce request)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         enable_idempotence=True,
         max_request_size=8 * 1024 * 1024,
+        max_batch_size=batch_bytes,
         linger_ms=5,
     )
     await producer.start()
-    records = 0
+    count = 0
     try:
         sends = []
-        for (home,), rows in events.partition_by("_home", as_dict=True).items():
-            for start in range(0, rows.height, size):
-                chunk = rows.slice(start, size)
-                sends.append(
-                    await producer.send(
-                        topic,
-                        encode_arrow(chunk),
-                        key=chunk.item(0, "machine").encode(),
-                        partition=int(home),
-                        headers=[("content-type", ARROW.encode())],
-                    )
+        for home, key, value in records:
+            sends.append(
+                await producer.send(
+                    topic,
+                    value,
+                    key=key,
+                    partition=home,
+                    headers=[("content-type", ARROW.encode())],
                 )
-                records += 1
+            )
+            count += 1
         await asyncio.gather(*sends)
         await producer.flush()
     finally:
         await producer.stop()
-    return records
+    return count
+
+
+async def produce_arrow(
+    bootstrap: str, topic: str, events: pl.DataFrame, size: int = ARROW_BATCH
+) -> int:
+    """Encode and send `events` as Arrow records on each line's home partition."""
+    return await send_arrow(bootstrap, topic, arrow_records(events, size))
 
 
 async def produce_json(bootstrap: str, topic: str, frame: pl.DataFrame, partitions: int) -> int:

@@ -9,12 +9,13 @@ Secrets (API token, routing keys, SMTP passwords) come from the environment or a
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from linepulse.http_security import ApiAccess, ApiSecurity, HttpLimits, TlsSettings
 from linepulse.sources import Credentials
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$")
@@ -257,6 +258,20 @@ class AlertSettings(_Model):
     # Origins of pages allowed to call the alerts API from a browser (the live board's, e.g.
     # http://linepulse.plant.example:8080); none by default.
     cors_origins: tuple[str, ...] = ()
+    # Request size and rate limits and HTTPS of the alerts API (linepulse/http_security.py).
+    api_limits: HttpLimits = HttpLimits()
+    api_tls: TlsSettings | None = None
+
+    def api_access(self, environ: Mapping[str, str] | None = None) -> ApiAccess:
+        """The alerts API's tokens (read now), limits and CORS: the KPI API's guard."""
+        security = ApiSecurity(
+            token_env=self.api_token_env,
+            token_file=self.api_token_file,
+            cors_origins=self.cors_origins,
+            limits=self.api_limits,
+            tls=self.api_tls,
+        )
+        return security.resolve("alerts", environ, keys=("api_token_env", "api_token_file"))
 
 
 class _LineLike(Protocol):

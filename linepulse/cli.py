@@ -20,6 +20,7 @@ from linepulse.config import WINDOW_KINDS, ConfigError, PlantConfig, WindowKind,
 from linepulse.events import EventError, parse_ts
 
 if TYPE_CHECKING:
+    from linepulse.http_security import TlsSettings
     from services.ingest.simulator.scenario import Scenario
 
 app = typer.Typer(
@@ -164,6 +165,12 @@ def _bootstrap(plant: PlantConfig, kafka: str | None) -> str:
     bootstrap = kafka or plant.kafka.bootstrap
     if not bootstrap:
         raise _fail("no Kafka broker: pass --kafka HOST:PORT or set LINEPULSE_KAFKA", 2)
+    from linepulse.bus.security import KafkaSecurityError, client_kwargs
+
+    try:  # a missing password or TLS file is a config error, said before anything starts
+        client_kwargs(plant.kafka.security)
+    except KafkaSecurityError as error:
+        raise _fail(str(error), 2) from None
     return bootstrap
 
 
@@ -176,13 +183,44 @@ AlertsUrlOption = Annotated[
 DbOption = Annotated[
     Path, typer.Option(help="DuckDB file of the KPI history (':memory:' for none).")
 ]
+TlsCertOption = Annotated[
+    Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this PEM certificate chain.")
+]
+TlsKeyOption = Annotated[
+    Path | None, typer.Option("--tls-key", help="The PEM private key of --tls-cert.")
+]
+TlsClientCaOption = Annotated[
+    Path | None,
+    typer.Option("--tls-client-ca", help="Require client certificates signed by this CA."),
+]
+
+
+def _tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> TlsSettings | None:
+    """HTTPS settings from the command line (they override the config's); None if none."""
+    from linepulse.http_security import TlsSettings
+
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise _fail("--tls-client-ca needs --tls-cert and --tls-key", 2)
+        return None
+    if cert is None or key is None:
+        raise _fail("HTTPS needs both --tls-cert and --tls-key", 2)
+    for option, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
+        if path is not None and not path.is_file():
+            raise _fail(f"{option}: cannot read {path}", 2)
+    return TlsSettings(
+        certfile=cert,
+        keyfile=key,
+        client_ca=client_ca,
+        client_certs="none" if client_ca is None else "required",
+    )
 
 
 def _serve(
     plant: PlantConfig,
     kafka: str | None,
     state_dir: Path | None,
-    api: tuple[str, int, Path, str | None] | None,
+    api: tuple[str, int, Path, str | None, TlsSettings | None] | None,
 ) -> None:
     from services.kpi.service import ApiSettings, run_service
 
@@ -205,10 +243,14 @@ def kpi_command(
     port: PortOption = 8080,
     db: DbOption = Path("linepulse-kpi.duckdb"),
     alerts_url: AlertsUrlOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_client_ca: TlsClientCaOption = None,
 ) -> None:
     """Run a streaming KPI worker: telemetry from Kafka, KPI records to the kpi topic."""
     plant = _load(config)
-    served = (host, port, db, alerts_url) if api else None
+    tls = _tls(tls_cert, tls_key, tls_client_ca)
+    served = (host, port, db, alerts_url, tls) if api else None
     _serve(plant, kafka, state_dir or plant.kafka.state_dir, served)
 
 
@@ -220,9 +262,16 @@ def api_command(
     port: PortOption = 8080,
     db: DbOption = Path("linepulse-kpi.duckdb"),
     alerts_url: AlertsUrlOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_client_ca: TlsClientCaOption = None,
 ) -> None:
-    """Serve the query API and the live board: the kpi topic materialised into DuckDB."""
-    _serve(_load(config), kafka, None, (host, port, db, alerts_url))
+    """Serve the query API and the live board: the kpi topic materialised into DuckDB.
+
+    Reason corrections need a token (api.token_env, LINEPULSE_API_TOKEN by default, or
+    api.token_file); HTTPS with --tls-cert/--tls-key or api.tls."""
+    tls = _tls(tls_cert, tls_key, tls_client_ca)
+    _serve(_load(config), kafka, None, (host, port, db, alerts_url, tls))
 
 
 @app.command("produce")
@@ -252,6 +301,9 @@ def ingest_command(
     kafka: KafkaOption = None,
     host: Annotated[str, typer.Option(help="Address of /metrics and /healthz.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of /metrics and /healthz (0: none).")] = 9101,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_client_ca: TlsClientCaOption = None,
 ) -> None:
     """Read the configured OPC-UA and MQTT sources into the telemetry topic."""
     from linepulse.runtime import HttpSettings
@@ -259,7 +311,8 @@ def ingest_command(
 
     plant = _load(config)
     bootstrap = _bootstrap(plant, kafka)
-    http = HttpSettings(host, port) if port else None
+    tls = _tls(tls_cert, tls_key, tls_client_ca)
+    http = HttpSettings(host, port, tls) if port else None
     raise typer.Exit(asyncio.run(run_ingest(plant, bootstrap, http)))
 
 
@@ -272,6 +325,9 @@ def alerts_command(
     state_dir: Annotated[
         Path | None, typer.Option(help="Alert state and outbox directory (else alerts.state_dir).")
     ] = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    tls_client_ca: TlsClientCaOption = None,
 ) -> None:
     """Evaluate the alert rules on the kpi and telemetry topics; page the shift lead on duty."""
     from linepulse.runtime import HttpSettings
@@ -279,7 +335,8 @@ def alerts_command(
 
     plant = _load(config)
     bootstrap = _bootstrap(plant, kafka)
-    http = HttpSettings(host, port) if port else None
+    tls = _tls(tls_cert, tls_key, tls_client_ca)
+    http = HttpSettings(host, port, tls) if port else None
     raise typer.Exit(asyncio.run(run_alerts(plant, bootstrap, http, state_dir)))
 
 

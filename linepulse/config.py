@@ -27,6 +27,8 @@ from pydantic import (
 )
 
 from linepulse.alerting import AlertSettings, check_forecast_rules
+from linepulse.bus.security import KafkaSecurity
+from linepulse.http_security import ApiSecurity
 from linepulse.production import LineTarget, ReasonCategory, check_tree
 from linepulse.sources import IngestSettings, Sources
 
@@ -48,6 +50,8 @@ WEEKDAYS: tuple[str, ...] = get_args(Weekday)
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+# A key shown bare in an error path; any other is quoted (an empty key, one with a dot).
+_PLAIN_KEY = re.compile(r"[^\s.\[\]'\"]+")
 
 
 class ConfigError(Exception):
@@ -284,6 +288,8 @@ class KafkaSettings(_Model):
     open_interval_s: float = Field(default=1.0, ge=0)
     # A restarted worker re-reads at most this much; shorter costs more state writes.
     checkpoint_interval_s: float = Field(default=5.0, gt=0)
+    # TLS and SASL for every client the services make (linepulse/bus/security.py).
+    security: KafkaSecurity = KafkaSecurity()
 
 
 class PlantConfig(_Model):
@@ -301,6 +307,8 @@ class PlantConfig(_Model):
     sources: Sources = Sources()
     ingest: IngestSettings = IngestSettings()
     alerts: AlertSettings = AlertSettings()
+    # The KPI query API's tokens, limits, CORS and TLS (linepulse/http_security.py).
+    api: ApiSecurity = ApiSecurity()
 
     _hhmm = field_validator("day_start", mode="before")(_parse_hhmm)
 
@@ -500,7 +508,12 @@ def format_validation_error(error: ValidationError) -> str:
         for part in loc:
             if part == "[key]":  # pydantic's marker for "the key itself", already named
                 continue
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif not _PLAIN_KEY.fullmatch(part):  # "", a newline, "a.b": quoted, or unreadable
+                path += f"[{part!r}]"
+            else:
+                path += f".{part}" if path else part
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key (check its spelling and indentation)"
@@ -532,6 +545,9 @@ def load_config(path: str | Path) -> PlantConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read plant config {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        where = f"byte {error.start}"
+        raise ConfigError(f"{path} is not UTF-8 text ({where}): save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:

@@ -104,6 +104,17 @@ def _text(obj: dict[str, Any], key: str, *, required: bool) -> str | None:
     return value
 
 
+def _finite(value: int | float) -> float:
+    """A number as the float the event keeps; an int beyond float range is refused too."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise EventError(f"value must be finite, got {str(value)[:64]}")
+    return number
+
+
 def decode_event(obj: object) -> Row:
     """Validate one decoded JSON event; return its row of `EVENT_SCHEMA`."""
     if not isinstance(obj, dict):
@@ -124,9 +135,7 @@ def decode_event(obj: object) -> Row:
     if isinstance(value, bool):
         value_num, value_str = float(value), "true" if value else "false"
     elif isinstance(value, int | float):
-        value_num = float(value)
-        if not math.isfinite(value_num):
-            raise EventError(f"value must be finite, got {value!r}")
+        value_num = _finite(value)
         value_str = None
     elif isinstance(value, str):
         if len(value) > MAX_TEXT:
@@ -172,7 +181,8 @@ def decode_json(raw: bytes | str) -> Row:
     """One JSON event to its `EVENT_SCHEMA` row; raises `EventError` with the reason."""
     try:
         event = _WIRE_DECODER.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec raises UnicodeDecodeError for bytes that are not UTF-8 inside a key.
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError as error:
@@ -184,9 +194,7 @@ def decode_json(raw: bytes | str) -> Row:
     elif isinstance(value, str):
         value_num, value_str = None, value
     else:
-        value_num, value_str = float(value), None
-        if not math.isfinite(value_num):  # e.g. 1e400 in the JSON text
-            raise EventError(f"value must be finite, got {value!r}")
+        value_num, value_str = _finite(value), None  # e.g. 1e400 or 10**400 in the JSON text
     return (
         parse_ts(event.ts),
         event.machine,

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import uvicorn
 
+from linepulse.http_security import TlsSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +56,11 @@ class QuietServer(uvicorn.Server):
 class HttpSettings:
     host: str
     port: int
+    tls: TlsSettings | None = None  # HTTPS with this certificate and key; plain HTTP if None
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
 
 def serve_http(
@@ -65,9 +72,16 @@ def serve_http(
     name: str,
     *,
     lifespan: Literal["on", "off"] = "off",
+    tls: TlsSettings | None = None,
 ) -> uvicorn.Server:
-    """Serve `app` in `group` until `stop` is set; returns the server (still starting)."""
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan=lifespan)
+    """Serve `app` in `group` until `stop` is set; returns the server (still starting).
+
+    With `tls`, HTTPS only: uvicorn loads the certificate and key when the server starts
+    (a missing file fails the task group, and so the service, at start-up)."""
+    options = {} if tls is None else tls.uvicorn_options()
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", lifespan=lifespan, **options
+    )
     server = QuietServer(config)
     group.create_task(server.serve(), name=name)
     group.create_task(exit_on(stop, server), name=f"{name}-stopper")

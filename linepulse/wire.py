@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import msgpack
@@ -44,10 +45,18 @@ def content_type(headers: Headers | None) -> str:
 
 
 def decode_records(
-    records: Iterable[tuple[bytes | None, Headers | None, int]], source: str = "record"
+    records: Iterable[tuple[bytes | None, Headers | None, int]],
+    source: str = "record",
+    *,
+    accept: tuple[int, int] | None = None,
 ) -> Decoded:
     """Decode (value, headers, offset) records into one frame; bad ones carry their reason
-    and where they were (`source@offset`)."""
+    and where they were (`source@offset`).
+
+    `accept` (epoch ms, inclusive) refuses events outside that band of time: the KPI core
+    works through every minute between its oldest and newest event, so one event from a
+    clock set to 1970 or 2099 would have it walk decades. The worker passes a band around
+    its own clock."""
     rows: list[Row] = []
     frames: list[pl.DataFrame] = []
     arrow: list[pl.DataFrame] = []
@@ -76,20 +85,50 @@ def decode_records(
             rejected.append((where, f"malformed JSON: {error}", _raw(value)))
         except EventError as error:
             rejected.append((where, str(error), _raw(value)))
-        except (msgpack.UnpackException, ValueError, pl.exceptions.PolarsError) as error:
+        except (
+            msgpack.UnpackException,
+            ValueError,
+            OSError,  # Arrow IPC with a corrupt LZ4/ZSTD body
+            pl.exceptions.PolarsError,
+            pl.exceptions.PanicException,  # a BaseException: Polars panicked on the bytes
+        ) as error:
             rejected.append((where, f"malformed {kind} batch: {error}", _raw(value)))
     if arrow:
         # One normalisation for all batches of a poll: its cost is per call, not per row.
+        # If the batches do not fit together, each is normalised (or refused) on its own.
         try:
-            batches = [(pl.concat(arrow, how="diagonal_relaxed"), f"{arrow_where[0]}+")]
+            combined = pl.concat(arrow, how="diagonal_relaxed")
+            results = [normalize_frame(combined, where=f"{arrow_where[0]}+")]
         except pl.exceptions.PolarsError:
-            batches = list(zip(arrow, arrow_where, strict=True))
-        for frame, where in batches:
-            decoded = normalize_frame(frame, where=where)
+            results = [_normalize_one(f, w) for f, w in zip(arrow, arrow_where, strict=True)]
+        for decoded in results:
             frames.append(decoded.events)
             rejected.extend(decoded.rejected)
     frames.append(pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row"))
-    return Decoded(pl.concat(frames), rejected)
+    events = pl.concat(frames)
+    if accept is not None:
+        inside = pl.col("ts").is_between(*accept)
+        for ts, machine, signal in events.filter(~inside).select(EVENT_SCHEMA.names()[:3]).rows():
+            reason = (
+                f"ts outside the accepted range: {_iso(ts)} is not within {_iso(accept[0])}"
+                f"..{_iso(accept[1])} (is the producer's clock set?)"
+            )
+            rejected.append((source, reason, f"machine={machine} signal={signal} ts={ts}"))
+        events = events.filter(inside)
+    return Decoded(events, rejected)
+
+
+def _iso(ms: int) -> str:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _normalize_one(frame: pl.DataFrame, where: str) -> Decoded:
+    try:
+        return normalize_frame(frame, where=where)
+    except pl.exceptions.PolarsError as error:  # e.g. a list column where text belongs
+        reason = f"unusable {ARROW} batch: {str(error).strip().splitlines()[0]}"
+        return Decoded(EVENT_SCHEMA.to_frame(), [(where, reason, "")])
 
 
 def _msgpack_rows(

@@ -25,9 +25,11 @@ from typing import Any
 import yaml
 from amqtt.broker import Broker
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from linepulse.bus import AIOKAFKA, InProcessBroker, InProcessClients, KafkaClients
 from linepulse.config import PlantConfig, parse_config
+from linepulse.http_security import ApiAccess
 from linepulse.runtime import free_loopback_ports, install_stop_signals, serve_http
 from services.alerts.api import create_app as create_alerts_app
 from services.alerts.service import AlertService
@@ -114,6 +116,12 @@ async def _run(
     await sink.start()
     store = KpiStore(":memory:", plant)
     token = secrets.token_hex(12)
+    # Reason coding on the board is a write: the KPI API takes it with this token only.
+    api_token = secrets.token_hex(12)
+    api_access = ApiAccess(
+        tokens=(SecretStr(api_token),),
+        configure_hint="the demo prints its token when it starts",
+    )
     alerts = AlertService(plant, bootstrap, state / "alerts", clients=clients)
     alerts_url = f"http://{settings.host}:{settings.alerts_port}"
     board = f"http://{settings.host}:{settings.port}"
@@ -155,6 +163,7 @@ async def _run(
                 alerts_url=alerts_url,
                 bootstrap=bootstrap,
                 clients=clients,
+                access=api_access,
             )
             serve_http(group, stop, kpi_app, settings.host, settings.port, "kpi-api", lifespan="on")
             kpi_app.state.board.stop_when(lambda: stop.is_set())
@@ -171,7 +180,7 @@ async def _run(
                 f"LinePulse demo: {len(plant.machines())} machines on {len(plant.lines)} lines, "
                 f"on {bus}\n"
                 f"  live board   {board}/\n"
-                f"  KPI API      {board}/docs\n"
+                f"  KPI API      {board}/docs   (token for coding stops: {api_token})\n"
                 f"  alerts API   {alerts_url}/docs   (token for ack and silences: {token})\n"
                 f"  metrics      {board}/metrics\n"
                 "Ctrl-C stops it."

@@ -16,6 +16,14 @@
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 60)
 #   KAFKA_HEAP             JVM heap (default 512m)
 #   JAVA_HOME              optional; otherwise `java` from PATH
+#   KAFKA_EXTRA_PROPERTIES optional file of key=value lines merged into server.properties: a key
+#                          given there replaces the script's line, others are added (extra
+#                          listeners, SASL/TLS; see tests/integration/test_kafka_security.py).
+#                          KAFKA_PORT must stay a PLAINTEXT listener: the start check uses it.
+#   KAFKA_SCRAM_USERS      optional, one `--add-scram` argument per line, given to the storage
+#                          format (KRaft keeps SCRAM users in its metadata from the start), e.g.
+#                          SCRAM-SHA-512=[name=linepulse,password=...]; only a fresh data dir
+#   KAFKA_OPTS             optional extra JVM arguments (e.g. -Djava.security.auth.login.config)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -141,6 +149,24 @@ log.cleaner.enable=true
 num.network.threads=2
 num.io.threads=4
 PROPS
+    merge_extra_properties
+}
+
+# KAFKA_EXTRA_PROPERTIES: each key there replaces the script's line for it; the rest is added.
+merge_extra_properties() {
+    local extra="${KAFKA_EXTRA_PROPERTIES:-}"
+    [[ -n "$extra" ]] || return 0
+    [[ -r "$extra" ]] || die "KAFKA_EXTRA_PROPERTIES: cannot read $extra"
+    awk 'function key(line) { sub(/^[ \t]+/, "", line); sub(/[ \t]*[=:].*$/, "", line); return line }
+        /^[ \t]*(#|!|$)/ { if (FILENAME != ARGV[1]) print; next }
+        FILENAME == ARGV[1] { given[key($0)] = 1; next }
+        !(key($0) in given) { print }' "$extra" "$PROPS" >"$PROPS.tmp"
+    {
+        echo
+        echo "# From KAFKA_EXTRA_PROPERTIES ($extra)"
+        grep -Ev '^[[:space:]]*(#|!|$)' "$extra" || true
+    } >>"$PROPS.tmp"
+    mv -f "$PROPS.tmp" "$PROPS"
 }
 
 # Format the storage once; the cluster id is kept in cluster.id so a restart reuses it.
@@ -155,8 +181,14 @@ format_storage() {
         cluster_id="$("$java" -cp "$LIB/*" kafka.tools.StorageTool random-uuid)"
         echo "$cluster_id" >"$KAFKA_DATA/cluster.id"
     fi
+    local scram=() user
+    while IFS= read -r user; do
+        if [[ -n "$user" ]]; then
+            scram+=(--add-scram "$user")
+        fi
+    done <<<"${KAFKA_SCRAM_USERS:-}"
     "$java" -cp "$LIB/*" kafka.tools.StorageTool format -t "$cluster_id" -c "$PROPS" --ignore-formatted \
-        >"$KAFKA_DATA/format.out" 2>&1 || {
+        "${scram[@]}" >"$KAFKA_DATA/format.out" 2>&1 || {
         cat "$KAFKA_DATA/format.out" >&2
         die "formatting the storage in $KAFKA_DATA/kafka-logs failed"
     }
@@ -217,7 +249,9 @@ start() {
     started=$SECONDS
     # setsid: the broker is a daemon in its own session, out of reach of the caller's Ctrl-C.
     # It does not fork here (the shell's background child is no group leader), so $! is java.
-    setsid "$java" "-Xmx$KAFKA_HEAP" "-Xms$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true \
+    local opts=()
+    read -r -a opts <<<"${KAFKA_OPTS:-}"
+    setsid "$java" "-Xmx$KAFKA_HEAP" "-Xms$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true "${opts[@]}" \
         -Dlog4j2.configurationFile="$HERE/log4j2.xml" -Dkafka.logs.dir="$KAFKA_DATA/logs" \
         -cp "$LIB/*" kafka.Kafka "$PROPS" </dev/null >"$KAFKA_DATA/kafka.out" 2>&1 &
     pid=$!

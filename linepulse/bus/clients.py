@@ -26,6 +26,8 @@ from aiokafka import (
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
+from linepulse.bus.security import KafkaSecurity, client_kwargs
+
 Headers = Sequence[tuple[str, bytes]]
 Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
@@ -147,20 +149,38 @@ class KafkaClients(Protocol):
 
 
 class AioKafkaClients:
-    """aiokafka's own clients, talking to the broker named by `bootstrap_servers`."""
+    """aiokafka's own clients, talking to the broker named by `bootstrap_servers`.
+
+    With `security` (the plant's `kafka.security`), every client gets its TLS and SASL
+    arguments, which win over the caller's: a service cannot open a plaintext client by
+    accident. The password and TLS files are read here, once, so a bad setting fails the
+    service at start with a message naming the key, not later in a consume loop.
+    """
+
+    def __init__(self, security: KafkaSecurity | None = None) -> None:
+        self.protocol = "PLAINTEXT" if security is None else security.protocol
+        self._security = {} if security is None else client_kwargs(security)
+
+    def __repr__(self) -> str:  # the arguments hold the password: never shown
+        return f"AioKafkaClients(protocol={self.protocol})"
 
     def producer(self, **config: Any) -> Producer:
-        producer: Producer = AIOKafkaProducer(**config)
+        producer: Producer = AIOKafkaProducer(**config | self._security)
         return producer
 
     def consumer(self, *topics: str, **config: Any) -> Consumer:
-        consumer: Consumer = AIOKafkaConsumer(*topics, **config)
+        consumer: Consumer = AIOKafkaConsumer(*topics, **config | self._security)
         return consumer
 
     def admin(self, **config: Any) -> Admin:
-        admin: Admin = AIOKafkaAdminClient(**config)
+        admin: Admin = AIOKafkaAdminClient(**config | self._security)
         return admin
 
+    def options(self) -> dict[str, Any]:
+        """The security arguments alone, for code that must build an aiokafka client
+        itself (the ingest sink reaches into the producer's internals)."""
+        return dict(self._security)
 
-# Stateless: nothing is opened until a service asks for a client and starts it.
+
+# Plaintext and stateless: nothing is opened until a service asks for a client and starts it.
 AIOKAFKA: Final[KafkaClients] = AioKafkaClients()

@@ -1,25 +1,26 @@
 """The alerts HTTP API: list alerts, acknowledge them, silence maintenance windows.
 
-Reads are open; writes (ack, silences) need `Authorization: Bearer <token>` with the
-token from `alerts.api_token_env` / `alerts.api_token_file`. Without a configured token
-every write is refused with 401: an unset secret must never mean "anyone may write".
+Reads are open; writes (ack, silences) need `Authorization: Bearer <token>` (or
+`X-API-Key`) with a token from `alerts.api_token_env` / `alerts.api_token_file`. Without
+a configured token every write is refused with 403: an unset secret must never mean
+"anyone may write". Tokens, size and rate limits and CORS are the KPI API's guard
+(linepulse/http_security.py), so both APIs answer alike.
 The engine is not thread-safe, so every endpoint is `async` and runs on the event loop
 with the service's evaluation, one at a time.
 """
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Response
-from fastapi.middleware.cors import CORSMiddleware
+from fastapi import FastAPI, HTTPException, Query, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
+from linepulse.http_security import GUARD_RESPONSES, ApiAccess, install
 from services.alerts.engine import AlertEngine
 from services.alerts.model import Matcher, Silence
 
@@ -31,6 +32,16 @@ LineParam = Annotated[str | None, Query(description="only alerts of this line")]
 SeverityParam = Annotated[
     Literal["info", "warning", "critical"] | None, Query(description="only this severity")
 ]
+
+
+class Invalid(BaseModel):
+    """A 422: FastAPI's list of problems for a malformed request, or one sentence for a
+    well-formed one the engine cannot take (a silence that ends before it starts)."""
+
+    detail: str | list[dict[str, Any]]
+
+
+INVALID_RESPONSE: dict[str, Any] = {"model": Invalid, "description": "the request cannot be used"}
 
 
 class AckBody(BaseModel):
@@ -83,23 +94,32 @@ def create_app(
     clock: Callable[[], float] = time.time,
     on_change: Callable[[], None] | None = None,
     cors_origins: Sequence[str] = (),
+    access: ApiAccess | None = None,
 ) -> FastAPI:
     """`on_change` is called after an ack or a silence change, so the service evaluates
-    (and notifies) at once rather than at its next tick."""
+    (and notifies) at once rather than at its next tick.
+
+    `access` (from `plant.alerts.api_security().resolve("alerts")`) sets the tokens,
+    limits and CORS; without it, `token` (None: writes refused) and `cors_origins` with
+    the default limits."""
+    if access is None:
+        access = ApiAccess(
+            tokens=() if token is None else (SecretStr(token),),
+            cors_origins=tuple(cors_origins),
+            configure_hint=(
+                "set the environment variable named by alerts.api_token_env "
+                "(LINEPULSE_ALERTS_TOKEN by default) or alerts.api_token_file"
+            ),
+        )
     app = FastAPI(
         title="LinePulse alerts",
         version="0.1.0",
         description="Alerts raised by the plant's rules; acknowledgements and silences.",
+        responses={**GUARD_RESPONSES, 422: INVALID_RESPONSE},
     )
-    if cors_origins:
-        # The live board (another origin) reads alerts and acks them with the bearer
-        # token; no cookies are involved, so credentials stay off.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(cors_origins),
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
+    # The live board (another origin) reads alerts and acks them with the bearer token;
+    # no cookies are involved, so CORS credentials stay off.
+    install(app, access)
 
     def now_ms() -> int:
         return int(clock() * 1000)
@@ -107,21 +127,6 @@ def create_app(
     def changed() -> None:
         if on_change is not None:
             on_change()
-
-    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
-            raise HTTPException(
-                401, "no API token is configured (alerts.api_token_env): writes are disabled"
-            )
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not authorization or not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(
-                401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    # Routes take the check as a dependency of the route, not as a parameter: annotations
-    # are strings here, and a local alias would not resolve.
-    writer = [Depends(authorised)]
 
     @app.get("/v1/alerts", summary="Alerts, newest first")
     async def list_alerts(
@@ -133,7 +138,6 @@ def create_app(
     @app.post(
         "/v1/alerts/{fingerprint}/ack",
         summary="Acknowledge: stops escalation",
-        dependencies=writer,
     )
     async def ack(fingerprint: str, body: AckBody) -> dict[str, Any]:
         try:
@@ -153,7 +157,6 @@ def create_app(
         "/v1/silences",
         status_code=201,
         summary="Silence matching alerts for a while",
-        dependencies=writer,
     )
     async def add_silence(body: SilenceBody) -> dict[str, Any]:
         now = now_ms()
@@ -173,7 +176,6 @@ def create_app(
         "/v1/silences/{silence_id}",
         status_code=204,
         summary="End a silence now",
-        dependencies=writer,
     )
     async def delete_silence(silence_id: str) -> Response:
         if not engine.delete_silence(silence_id):

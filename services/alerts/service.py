@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import polars as pl
 from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AIOKAFKA, KafkaClients
+from linepulse.bus.clients import AioKafkaClients
 from linepulse.config import PlantConfig
 from linepulse.runtime import HttpSettings, install_stop_signals, serve_http
 from linepulse.wire import decode_records
@@ -32,16 +32,6 @@ from services.alerts.store import AlertStore
 log = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S = 1.0
-
-
-def api_token(plant: PlantConfig) -> str | None:
-    """The write token, from a file or an environment variable; None if neither is set."""
-    settings = plant.alerts
-    if settings.api_token_file is not None:
-        return settings.api_token_file.read_text(encoding="utf-8").strip() or None
-    if settings.api_token_env is not None:
-        return os.environ.get(settings.api_token_env) or None
-    return None
 
 
 class AlertService:
@@ -160,12 +150,20 @@ async def run_alerts(
         return 2
     stop = asyncio.Event()
     install_stop_signals(stop, "stopping (the outbox keeps what is undelivered)")
-    service = AlertService(plant, bootstrap, state_dir or plant.alerts.state_dir)
-    token = api_token(plant)
-    if token is None:
+    service = AlertService(
+        plant,
+        bootstrap,
+        state_dir or plant.alerts.state_dir,
+        clients=AioKafkaClients(plant.kafka.security),
+    )
+    try:
+        access = plant.alerts.api_access()
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    if not access.tokens:
         log.warning(
-            "no API token (alerts.api_token_env / api_token_file): ack and silences "
-            "are refused with 401"
+            "no alerts API token: ack and silences are refused with 403; %s", access.configure_hint
         )
     async with asyncio.TaskGroup() as group:
         group.create_task(service.follow_kpi(stop), name="alerts-kpi")
@@ -174,13 +172,11 @@ async def run_alerts(
         group.create_task(service.outbox.run(stop), name="alerts-outbox")
         if http is not None:
             app = create_app(
-                service.engine,
-                service.registry,
-                token,
-                on_change=service.poke,
-                cors_origins=plant.alerts.cors_origins,
+                service.engine, service.registry, None, on_change=service.poke, access=access
             )
-            serve_http(group, stop, app, http.host, http.port, "alerts-http")
-            log.info("alerts: http://%s:%d/docs", http.host, http.port)
+            tls = http.tls or plant.alerts.api_tls
+            serve_http(group, stop, app, http.host, http.port, "alerts-http", tls=tls)
+            scheme = "http" if tls is None else "https"
+            log.info("alerts: %s://%s:%d/docs", scheme, http.host, http.port)
     log.info("alerts stopped; %d notification(s) undelivered in the outbox", service.outbox.depth())
     return 0

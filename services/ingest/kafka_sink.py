@@ -50,6 +50,7 @@ import polars as pl
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerClosed
 
+from linepulse.bus.clients import AioKafkaClients
 from linepulse.config import PlantConfig
 from linepulse.events import EVENT_SCHEMA, reason_kind
 from linepulse.sources import IngestSettings
@@ -183,6 +184,8 @@ class KafkaSink:
         self.metrics = metrics
         self.topic = plant.kafka.telemetry.name
         self.dlq_topic = plant.kafka.dlq.name
+        # TLS/SASL from kafka.security; a bad setting fails here, at start, not in a retry.
+        self._clients = AioKafkaClients(plant.kafka.security)
         self._spool: Spool | None = None
         self._memory: deque[_Item] = deque()
         self._memory_samples = 0
@@ -721,10 +724,11 @@ class KafkaSink:
             max_batch_size=MAX_BATCH_BYTES,
             max_request_size=MAX_REQUEST_BYTES,
             retry_backoff_ms=RETRY_BACKOFF_MS,
+            **self._clients.options(),
         )
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                await ensure_topics(self.bootstrap, self.plant.kafka)
+                await ensure_topics(self.bootstrap, self.plant.kafka, self._clients)
                 await producer.start()
                 partitions = await producer.partitions_for(self.topic)
         except (KafkaError, OSError, TimeoutError) as error:

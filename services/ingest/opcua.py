@@ -226,7 +226,11 @@ class OpcuaIngester:
                     # now, so a reading older than the lateness is stamped on receipt.
                     self._floor_ms = ts_ms(received) - self._lateness_ms
                 self._restamp = set(self._by_handle)
-                for item, value in zip(items, await read_current(client, items), strict=True):
+                current = list(zip(items, await read_current(client, items), strict=True))
+                # Reasons first, as in `_on_publish`: a machine already stopped when we
+                # connect keeps the reason of its stop (config order puts state first).
+                current.sort(key=lambda pair: pair[0].handle not in self._reason_set)
+                for item, value in current:
                     self._take(item.handle, value, received)
                 self._full.set()
                 sid, accepted, refused = await subscribe(client, source, items, self._on_publish)

@@ -13,6 +13,7 @@ each PublishResponse whole and appends its values to a column batch synchronousl
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -143,6 +144,30 @@ def application_uri(certificate: x509.Certificate) -> str | None:
     return uris[0] if uris else None
 
 
+class _ActivateSessionRedaction(logging.Filter):
+    """asyncua logs every request it sends at DEBUG, ActivateSession's user token with it,
+    whose password is in clear when the token policy does not encrypt it; this blanks
+    that request in the log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(_is_activate(a) for a in args):
+            record.args = tuple(
+                "ActivateSessionRequest(<redacted>)" if _is_activate(a) else a for a in args
+            )
+        return True
+
+
+def _is_activate(value: object) -> bool:
+    return isinstance(value, ua.ActivateSessionRequest)
+
+
+def _redact_passwords_in_asyncua_logs() -> None:
+    logger = logging.getLogger("asyncua.client.ua_client.UASocketProtocol")
+    if not any(isinstance(f, _ActivateSessionRedaction) for f in logger.filters):
+        logger.addFilter(_ActivateSessionRedaction())
+
+
 async def new_client(source: OpcuaSource) -> Client:
     """A fresh asyncua client with the source's timeout, security and user.
 
@@ -180,6 +205,7 @@ async def new_client(source: OpcuaSource) -> Client:
         client.set_user(source.credentials.username)
         password = source.credentials.secret()
         if password is not None:
+            _redact_passwords_in_asyncua_logs()
             client.set_password(password)
     return client
 

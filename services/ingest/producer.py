@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 from aiokafka import AIOKafkaProducer
 
+from linepulse.bus.clients import AioKafkaClients
 from linepulse.config import PlantConfig
 from linepulse.wire import ARROW, encode_arrow
 from services.kpi.replay import read_batches
@@ -32,6 +33,7 @@ class TelemetryProducer:
             linger_ms=20,
             max_request_size=8 * 1024 * 1024,
             client_id="linepulse-producer",
+            **AioKafkaClients(plant.kafka.security).options(),
         )
         self.sent = 0
 
@@ -74,7 +76,7 @@ async def produce_file(
     on_reject: Callable[[str, str], None],
 ) -> int:
     """Send a telemetry file (.jsonl or .parquet) to the telemetry topic; events sent."""
-    await ensure_topics(bootstrap, plant.kafka)
+    await ensure_topics(bootstrap, plant.kafka, AioKafkaClients(plant.kafka.security))
     async with TelemetryProducer(plant, bootstrap) as producer:
         for decoded, _ in read_batches(path, batch_events=200_000):
             for where, reason, _raw in decoded.rejected:

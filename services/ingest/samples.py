@@ -156,9 +156,12 @@ class SampleBatch:
         if isinstance(value, bool):
             num, text = float(value), "true" if value else "false"
         elif isinstance(value, int | float):
-            num, text = float(value), None
+            try:
+                num, text = float(value), None
+            except OverflowError:  # an int beyond float range, e.g. 400 digits of plain text
+                num, text = math.inf, None
             if not math.isfinite(num):
-                raise EventError(f"{signal}: value must be finite, got {value!r}")
+                raise EventError(f"{signal}: value must be finite, got {str(value)[:64]}")
         elif isinstance(value, str):
             if len(value) > MAX_TEXT:
                 raise EventError(f"{signal}: value is longer than {MAX_TEXT} characters")

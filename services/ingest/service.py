@@ -80,8 +80,10 @@ async def run_ingest(plant: PlantConfig, bootstrap: str, http: HttpSettings | No
                 log.info("source %s: MQTT %s:%d", mqtt.id, mqtt.host, mqtt.port)
             if http is not None:
                 app = create_app(plant, sink, registry)
-                serve_http(group, stop, app, http.host, http.port, "ingest-http")
-                log.info("ingest: http://%s:%d/metrics and /healthz", http.host, http.port)
+                serve_http(group, stop, app, http.host, http.port, "ingest-http", tls=http.tls)
+                log.info(
+                    "ingest: %s://%s:%d/metrics and /healthz", http.scheme, http.host, http.port
+                )
     finally:
         await sink.close()
     log.info("ingest stopped")

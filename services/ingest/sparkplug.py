@@ -248,7 +248,10 @@ def _float32(value: float) -> float:
     """float32 values come back as doubles like 1.100000023841858; give 1.1 instead."""
     if not math.isfinite(value):
         return value
-    exact = struct.pack("<f", value)
+    try:
+        exact = struct.pack("<f", value)
+    except OverflowError:  # a Double sent under a Float datatype: keep what was sent
+        return value
     for digits in (6, 7, 8):
         short = float(f"{value:.{digits}g}")
         if struct.pack("<f", short) == exact:
@@ -266,8 +269,13 @@ def _metric(m: pb.Payload.Metric) -> Metric:
         pass  # not a telemetry value; the datatype tells the host why there is none
     elif kind is not None:
         value = convert(getattr(m, kind), datatype)
+    name = m.name if m.HasField("name") else None
+    # upb hands back a proto2 string field that is not UTF-8 as bytes instead of failing.
+    if isinstance(name, bytes) or isinstance(value, bytes):
+        where = name if name is not None else m.alias
+        raise SparkplugError(f"metric {where!r}: its name or string value is not valid UTF-8")
     return Metric(
-        name=m.name if m.HasField("name") else None,
+        name=name,
         alias=m.alias if m.HasField("alias") else None,
         value=value,
         datatype=datatype,
@@ -358,6 +366,9 @@ def next_seq(seq: int) -> int:
 
 REBIRTH_HOLDOFF_MS: Final = 5_000  # ask a node for a rebirth at most this often
 UNKNOWN_STATE: Final = "unknown"
+# The metric that carries a `state` sample's downtime reason (the simulator's, and any
+# device metric `sparkplug.metrics` maps to it): "" means none.
+REASON_SIGNAL: Final = "reason"
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,6 +425,8 @@ class SparkplugHost:
         self.nodes: dict[str, EdgeNode] = {}
         self.seq_gaps = 0
         self.unknown_aliases = 0
+        # machine -> receipt time (ms) of its latest `unknown` mark not yet followed by a state
+        self._unknown_at: dict[str, int] = {}
         self.rebirths_asked = 0
 
     # -- mapping from Sparkplug ids to the plant's -------------------------------------------
@@ -538,6 +551,7 @@ class SparkplugHost:
         for machine in dict.fromkeys(machines):
             if machine in self._machines:
                 batch.add(received_ms, machine, "state", UNKNOWN_STATE, where=_where(where))
+                self._unknown_at[machine] = received_ms
 
     def _declare(self, table: MetricTable, payload: Payload) -> None:
         for m in payload.metrics:
@@ -574,6 +588,10 @@ class SparkplugHost:
         default_ts = payload.timestamp_ms if payload.timestamp_ms is not None else received_ms
         place = _where(where)
         unknown: list[int] = []
+        # A `reason` metric is not a signal of its own (as the OPC-UA reason node is not):
+        # it goes with the `state` sample of the same time, whichever comes first.
+        samples: list[tuple[int, str, Value]] = []
+        reasons: dict[int, str | None] = {}
         for m in payload.metrics:
             declared = None
             if table is not None:
@@ -606,7 +624,22 @@ class SparkplugHost:
             elif m.datatype == UNKNOWN:
                 value = convert(value, datatype)
             ts = m.timestamp_ms if m.timestamp_ms is not None else default_ts
-            batch.add(ts, machine, signal, value, where=place)
+            if signal == REASON_SIGNAL:
+                reasons[ts] = str(value) or None
+                continue
+            samples.append((ts, signal, value))
+        for ts, signal, value in samples:
+            reason = reasons.get(ts) if signal == "state" else None
+            marked = self._unknown_at.get(machine) if signal == "state" else None
+            if marked is not None:
+                # A birth's state is the current one, but stamped when it began: before the
+                # `unknown` mark of the death, it would leave the machine unknown in event
+                # time until its next change. Stamped on receipt instead (as OPC-UA does).
+                if birth and ts < marked:
+                    ts = received_ms
+                if ts >= marked:
+                    del self._unknown_at[machine]
+            batch.add(ts, machine, signal, value, reason=reason, where=place)
         if not unknown:
             return None if table is not None or birth else f"{where.message_type} before birth"
         self.unknown_aliases += len(unknown)

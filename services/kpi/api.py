@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.config import PlantConfig, State, WindowKind
+from linepulse.http_security import GUARD_RESPONSES, ApiAccess, install
 from linepulse.records import KpiRecord
 from services.kpi.board.board import mount_board  # live board (issue 6)
 from services.kpi.errors import BadRequest, NotFound, install_error_handlers
@@ -61,6 +62,11 @@ definitions") and `schemas/kpi-record.schema.json`.
 - A line record aggregates its machines and has `machine: null`.
 - Errors are `{"detail": "..."}`: 404 for a line or machine the plant does not have,
   422 for a parameter that cannot be used; the message says what to do next.
+- Writes (`POST /v1/stops/{id}/reason`) need a token, sent as `Authorization: Bearer
+  <token>` or `X-API-Key: <token>` (`api.token_env` / `api.token_file` in the plant
+  config); reads need one only with `api.auth_reads`. 401: missing or wrong token; 403:
+  no token configured; 413: body over `api.limits.max_body_bytes`; 429: rate limit, see
+  `Retry-After`.
 """
 
 
@@ -113,6 +119,7 @@ def create_app(
     alerts_url: str | None = None,  # live board (issue 6): the alerts API the board calls
     bootstrap: str | None = None,
     clients: KafkaClients = AIOKAFKA,
+    access: ApiAccess | None = None,
 ) -> FastAPI:
     """The KPI API for `plant`, reading `store`, exposing `registry` on `/metrics`.
 
@@ -122,7 +129,9 @@ def create_app(
     stops, inside the app's `AsyncExitStack` (start background work there).
     `bootstrap` (with `clients`, aiokafka's or the in-process bus's) is the broker that
     reason corrections are sent through; without it `POST /v1/stops/{id}/reason` answers
-    503.
+    503. `access` (tokens, limits, CORS; `plant.api.resolve("api")` in a service) guards
+    every route; without it no token is configured, so reads are open and writes are
+    refused with 403.
     """
     lines = {line.id: line for line in plant.lines}
     machines = {m: line.id for m, (line, _) in plant.machines().items()}
@@ -144,6 +153,7 @@ def create_app(
         version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
+        responses=GUARD_RESPONSES,
         openapi_tags=[
             {"name": "kpis", "description": "KPI records per machine and line"},
             {"name": "plant", "description": "machines and downtime"},
@@ -152,6 +162,7 @@ def create_app(
         ],
     )
     install_error_handlers(app)
+    install(app, access or ApiAccess())
 
     def check_scope(line: str | None, machine: str | None, scope: Scope = "all") -> None:
         if line is not None and line not in lines:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from linepulse.bus.clients import AioKafkaClients
 from linepulse.config import PlantConfig
+from linepulse.http_security import TlsSettings
 from linepulse.runtime import install_stop_signals, serve_http
 from services.kpi.api import create_app
 from services.kpi.checkpoint import DirectoryStore
@@ -34,6 +36,7 @@ class ApiSettings:
     port: int
     db: Path  # DuckDB file of the KPI history (":memory:" keeps it in memory)
     alerts_url: str | None = None  # the alerts API the live board reads and acks through
+    tls: TlsSettings | None = None  # HTTPS (else the config's api.tls; plain HTTP if neither)
 
 
 async def run_service(
@@ -44,15 +47,30 @@ async def run_service(
     api: ApiSettings | None,
 ) -> int:
     """The worker (given `state_dir`), the API (given `api`), or both in one process."""
+    access = None
+    if api is not None:
+        try:
+            access = plant.api.resolve("api")
+        except ValueError as error:  # an unreadable token file
+            log.error("%s", error)
+            return 2
+        if not access.tokens:
+            log.warning(
+                "no KPI API token: reason corrections are refused with 403; %s",
+                access.configure_hint,
+            )
     stop = asyncio.Event()
     install_stop_signals(stop, "stopping (finish the batch, checkpoint, commit, leave)")
-    await ensure_topics(bootstrap, plant.kafka)
+    clients = AioKafkaClients(plant.kafka.security)  # TLS/SASL for every client below
+    await ensure_topics(bootstrap, plant.kafka, clients)
     registry = CollectorRegistry()
     metrics = KpiMetrics.create(registry, plant)
     worker = None
     if state_dir is not None:
         core = Core.from_config(plant)
-        worker = KpiWorker(core, plant.kafka, bootstrap, DirectoryStore(state_dir), metrics)
+        worker = KpiWorker(
+            core, plant.kafka, bootstrap, DirectoryStore(state_dir), metrics, clients=clients
+        )
         log.info(
             "kpi worker: group %s on %s, checkpoints in %s", plant.kafka.group, bootstrap, state_dir
         )
@@ -63,7 +81,7 @@ async def run_service(
             if api is not None:
                 store = KpiStore(str(api.db), plant)
                 stack.callback(store.close)
-                materializer = Materializer(plant.kafka, bootstrap, store, metrics)
+                materializer = Materializer(plant.kafka, bootstrap, store, metrics, clients=clients)
                 app = create_app(
                     plant,
                     store,
@@ -71,13 +89,21 @@ async def run_service(
                     ready=lambda: materializer.ready,
                     alerts_url=api.alerts_url,
                     bootstrap=bootstrap,  # reason corrections go to the core through it
+                    clients=clients,
+                    access=access,
                 )
                 group.create_task(materializer.run(stop), name="kpi-materializer")
-                server = serve_http(group, stop, app, api.host, api.port, "kpi-api", lifespan="on")
+                tls = api.tls or plant.api.tls
+                server = serve_http(
+                    group, stop, app, api.host, api.port, "kpi-api", lifespan="on", tls=tls
+                )
                 # uvicorn waits for open responses before its lifespan ends: the board's
                 # event streams must end when the server is asked to.
                 app.state.board.stop_when(lambda: server.should_exit)
-                log.info("kpi api: http://%s:%d/docs, history in %s", api.host, api.port, api.db)
+                scheme = "http" if tls is None else "https"
+                log.info(
+                    "kpi api: %s://%s:%d/docs, history in %s", scheme, api.host, api.port, api.db
+                )
     if worker is not None:
         stats = worker.stats
         log.info(

@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS = 50_000
 LAST_SEEN_STEP_MS = 5_000
+# Events from a clock a day ahead of the worker's, or from before 2000 (a PLC reset to
+# 1970), go to the DLQ: the core works through every minute between its oldest and newest
+# event, so one of them would have it walk decades (or fail past year 9999).
+MAX_AHEAD_MS = 86_400_000
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 
 
 SHUTDOWN_STEP_S = 30.0
@@ -290,8 +295,11 @@ class KpiWorker:
             part = self.parts.get(tp.partition)
             if part is None or not messages:
                 continue
+            now_ms = int(time.time() * 1000)
             decoded = decode_records(
-                ((m.value, m.headers, m.offset) for m in messages), f"{tp.topic}[{tp.partition}]"
+                ((m.value, m.headers, m.offset) for m in messages),
+                f"{tp.topic}[{tp.partition}]",
+                accept=(EARLIEST_MS, now_ms + MAX_AHEAD_MS),
             )
             sends += self._dead_letters(decoded, tp)
             local, forwards = self._split_home(decoded.events, tp.partition)

@@ -29,9 +29,11 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from linepulse.bus.memory import InProcessBroker, InProcessClients
 from linepulse.config import PlantConfig, parse_config
+from linepulse.http_security import ApiAccess
 from linepulse.production import LOSS_KEYS
 from linepulse.records import RECORD_FIELDS
 from linepulse.runtime import QuietServer, free_loopback_ports
@@ -53,6 +55,7 @@ INSTALL_HINT = (
 )
 SCREENSHOT = Path(__file__).parents[2] / "docs" / "board.png"
 TOKEN = "board-test-token"
+API_TOKEN = "board-kpi-api-token"
 WAIT_MS = 15_000  # how long Playwright waits for the page to show something
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
@@ -410,7 +413,19 @@ def code_reasons(page: Any, now: datetime) -> None:
     expect(item.locator(".msg")).to_have_text("enter your name (by) first")
     press.locator("input.who").fill("Anna")
     item.locator("button.set").click()
+    # Coding is a write: the KPI API answers 401 and the board asks for its token; a
+    # wrong one is refused and asked again, the right one is kept for the tab.
+    dialog = page.locator("#api-auth")
+    expect(dialog).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#api-auth-error")).to_be_hidden()
+    page.fill("#api-auth-token", "not-the-token")
+    page.click("#api-auth-save")
+    expect(page.locator("#api-auth-error")).to_contain_text("refused", timeout=WAIT_MS)
+    page.fill("#api-auth-token", API_TOKEN)
+    page.click("#api-auth-save")
+    expect(dialog).to_be_hidden()
     expect(item.locator(".reason")).to_have_text("jam", timeout=WAIT_MS)
+    assert page.evaluate("sessionStorage.getItem('linepulse.api.token')") == API_TOKEN
     expect(item).to_have_attribute("data-reason", "jam")
     expect(item.locator(".msg")).to_have_text("coded by Anna")
     assert page.evaluate("localStorage.getItem('linepulse.stops.who')") == "Anna"
@@ -427,6 +442,7 @@ def code_reasons(page: Any, now: datetime) -> None:
     free.locator("input.code").fill("sensor fault")
     free.locator("button.set").click()
     expect(free.locator(".reason")).to_have_text("sensor fault", timeout=WAIT_MS)
+    expect(page.locator("#api-auth")).to_be_hidden()  # asked once: the token was kept
 
     # All recent stops, coded or not.
     page.click('[data-stops-toggle="press"]')
@@ -456,6 +472,7 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
         alerts_url=alerts_served.url,
         bootstrap="in-process",
         clients=InProcessClients(broker),
+        access=ApiAccess(tokens=(SecretStr(API_TOKEN),)),
     )
     kpi = Served(lambda: app)
     board: Board = app.state.board

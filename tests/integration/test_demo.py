@@ -10,6 +10,7 @@ time on every line, and expects none otherwise; the calendar says which, before 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import time
@@ -74,6 +75,13 @@ async def test_demo_runs_end_to_end_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             board = await kpi.get("/")
             assert board.status_code == 200
             assert "LinePulse" in board.text
+            # Coding stops is a write: the demo prints the KPI API's token and takes only it.
+            found = re.search(r"token for coding stops: ([0-9a-f]+)", log.read_text())
+            assert found, log.read_text()[-3000:]
+            url, body = "/v1/stops/filler-1@0/reason", {"reason": "jam", "by": "ann"}
+            assert (await kpi.post(url, json=body)).status_code == 401
+            auth = {"Authorization": f"Bearer {found.group(1)}"}
+            assert (await kpi.post(url, json=body, headers=auth)).status_code == 404  # no stop
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{alerts_port}") as alerts:
             seen: dict[str, set[str]] = {}
             deadline = time.monotonic() + WINDOW_MS / 1000

@@ -31,7 +31,10 @@ pytestmark = pytest.mark.integration
 
 async def test_a_reason_correction_through_the_api_on_kafka(kafka: str, tmp_path: Path) -> None:
     data = plant_config().model_dump(mode="json")
-    config = parse_config({**data, "kafka": kafka_block(partitions=2)})
+    tokens = tmp_path / "api-tokens"  # corrections are writes: the API needs a token
+    tokens.write_text("# one token per client\nother-client\nkafka-test-token\n")
+    api = {"token_env": None, "token_file": str(tokens)}
+    config = parse_config({**data, "kafka": kafka_block(partitions=2), "api": api})
     config_path = tmp_path / "plant.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     await ensure_topics(kafka, config.kafka)
@@ -67,9 +70,9 @@ async def test_a_reason_correction_through_the_api_on_kafka(kafka: str, tmp_path
                 {"unassigned": 300.0},
             )
 
-            response = await http.post(
-                f"/v1/stops/{stop['id']}/reason", json={"reason": "jam", "by": "ann"}
-            )
+            url, body = f"/v1/stops/{stop['id']}/reason", {"reason": "jam", "by": "ann"}
+            assert (await http.post(url, json=body)).status_code == 401
+            response = await http.post(url, json=body, headers={"X-API-Key": "kafka-test-token"})
             assert response.status_code == 202, response.text
 
             after = quarter(await poll(http, history, lambda rs: quarter(rs)["revision"] >= 1))

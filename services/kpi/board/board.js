@@ -6,7 +6,10 @@
 // Reason coding: each line card lists the line's recent stops without a reason (from
 // /v1/stops, same origin) with the machine's codes (/v1/reasons); the operator's name is
 // kept in localStorage. That part of a card outlives re-renders, so a snapshot arriving
-// while someone picks a reason does not take the list away from under them.
+// while someone picks a reason does not take the list away from under them. Coding a
+// stop is a write, which the KPI API accepts only with a token: on the first 401 the
+// page asks for it once, keeps it in sessionStorage (this tab only) and sends it as a
+// bearer token from then on; a token the API refuses is forgotten and asked again.
 "use strict";
 
 (() => {
@@ -19,6 +22,7 @@
   const STOP_WHO_KEY = "linepulse.stops.who";
   const CODED_KEEP_MS = 60000; // a stop just coded stays in the "to code" list this long
   const UNASSIGNED = "unassigned";
+  const API_TOKEN_KEY = "linepulse.api.token";
   let config = { alerts_url: null, interval_s: 2 };
   let lastMessage = 0;
   let polling = null;
@@ -484,11 +488,29 @@
       item.button.disabled = true;
       item.msg.textContent = "saving…";
       try {
-        const response = await fetch("/v1/stops/" + encodeURIComponent(item.stop.id) + "/reason", {
-          method: "POST",
-          headers: { "Content-Type": "application/json" },
-          body: JSON.stringify({ reason: code, by: who }),
-        });
+        const post = () => {
+          const headers = { "Content-Type": "application/json" };
+          const token = sessionStorage.getItem(API_TOKEN_KEY);
+          if (token) headers["Authorization"] = "Bearer " + token;
+          return fetch("/v1/stops/" + encodeURIComponent(item.stop.id) + "/reason", {
+            method: "POST",
+            headers: headers,
+            body: JSON.stringify({ reason: code, by: who }),
+          });
+        };
+        let response = await post();
+        for (let asked = 0; response.status === 401 && asked < 3; asked++) {
+          const refused = sessionStorage.getItem(API_TOKEN_KEY) !== null;
+          sessionStorage.removeItem(API_TOKEN_KEY);
+          item.msg.textContent = "token needed";
+          const token = await askApiToken(
+            refused ? "The KPI API refused the token; enter it again." : null);
+          if (!token) throw new Error("coding a stop needs the KPI API token");
+          sessionStorage.setItem(API_TOKEN_KEY, token);
+          item.msg.textContent = "saving…";
+          response = await post();
+        }
+        if (response.status === 401) sessionStorage.removeItem(API_TOKEN_KEY);
         if (!response.ok) throw new Error(await problemText(response));
         let stop = null;
         try { stop = await response.json(); } catch (error) { /* no body */ }
@@ -638,6 +660,32 @@
       problem.textContent = "ack failed: HTTP " + response.status;
     }
     await refreshAlerts();
+  }
+
+  // Resolves with the token entered, or null if the operator cancels.
+  function askApiToken(message) {
+    const dialog = document.getElementById("api-auth");
+    const form = document.getElementById("api-auth-form");
+    const input = document.getElementById("api-auth-token");
+    const err = document.getElementById("api-auth-error");
+    const cancel = document.getElementById("api-auth-cancel");
+    err.hidden = !message;
+    err.textContent = message || "";
+    input.value = "";
+    dialog.hidden = false;
+    input.focus();
+    return new Promise((resolve) => {
+      const done = (value) => {
+        form.removeEventListener("submit", onSubmit);
+        cancel.removeEventListener("click", onCancel);
+        dialog.hidden = true;
+        resolve(value);
+      };
+      const onSubmit = (event) => { event.preventDefault(); done(input.value.trim() || null); };
+      const onCancel = () => done(null);
+      form.addEventListener("submit", onSubmit);
+      cancel.addEventListener("click", onCancel);
+    });
   }
 
   function wireAuthForm() {

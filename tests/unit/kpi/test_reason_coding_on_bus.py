@@ -15,9 +15,11 @@ from typing import Any
 import httpx
 import orjson
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from linepulse.bus import InProcessBroker, InProcessClients
 from linepulse.config import PlantConfig, parse_config
+from linepulse.http_security import ApiAccess
 from linepulse.runtime import free_loopback_ports, serve_http
 from services.kpi.api import create_app
 from services.kpi.checkpoint import DirectoryStore
@@ -30,6 +32,8 @@ from tests.unit.kpi.test_worker_on_bus import NO_BROKER, produce, run_until
 
 T0 = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
 DOWN_AT, UP_AT, END_AT = 10, 15, 65  # minutes after T0
+TOKEN = "reason-coding-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def ms(minutes: float) -> int:
@@ -150,6 +154,7 @@ async def kpi_service(
         ready=lambda: materializer.ready,
         bootstrap=NO_BROKER,
         clients=clients,
+        access=ApiAccess(tokens=(SecretStr(TOKEN),)),  # corrections are writes
     )
     (port,) = free_loopback_ports(1)
     stop = asyncio.Event()
@@ -161,7 +166,7 @@ async def kpi_service(
             app.state.board.stop_when(lambda: server.should_exit)
             try:
                 async with httpx.AsyncClient(
-                    base_url=f"http://127.0.0.1:{port}", timeout=10
+                    base_url=f"http://127.0.0.1:{port}", timeout=10, headers=AUTH
                 ) as http:
                     yield clients, http, store
             finally:

@@ -15,14 +15,19 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from linepulse.bus import InProcessBroker, InProcessClients
 from linepulse.config import PlantConfig, parse_config
+from linepulse.http_security import ApiAccess
 from services.kpi.api import create_app
 from services.kpi.store import KpiStore
 from services.kpi.topics import ensure_topics, home_partition
 
 BUS = "in-process"
+# Corrections are writes: the API takes them with a token only (linepulse/http_security.py).
+WRITER = ApiAccess(tokens=(SecretStr("stops-test-token"),))
+AUTH = {"Authorization": "Bearer stops-test-token"}
 TELEMETRY_SCHEMA = orjson.loads(
     (Path(__file__).parents[3] / "schemas" / "telemetry-event.schema.json").read_bytes()
 )
@@ -266,9 +271,14 @@ def broker(plant: PlantConfig) -> InProcessBroker:
 @pytest.fixture
 def client(plant: PlantConfig, store: KpiStore, broker: InProcessBroker) -> Iterator[TestClient]:
     app = create_app(
-        plant, store, CollectorRegistry(), bootstrap=BUS, clients=InProcessClients(broker)
+        plant,
+        store,
+        CollectorRegistry(),
+        bootstrap=BUS,
+        clients=InProcessClients(broker),
+        access=WRITER,
     )
-    with TestClient(app) as client:
+    with TestClient(app, headers=AUTH) as client:
         yield client
 
 
@@ -456,7 +466,8 @@ def test_without_a_producer_a_correction_is_503_and_nothing_recorded(
     plant: PlantConfig, store: KpiStore
 ) -> None:
     store.upsert_status(M1_DAY)
-    with TestClient(create_app(plant, store, CollectorRegistry())) as client:
+    app = create_app(plant, store, CollectorRegistry(), access=WRITER)
+    with TestClient(app, headers=AUTH) as client:
         body = {"reason": "jam", "by": "ann"}
         detail = call(client, "POST", f"/v1/stops/m1@{ms(10)}/reason", 503, json=body)["detail"]
         assert "without a producer" in detail
@@ -468,9 +479,14 @@ def test_a_correction_that_cannot_be_sent_is_withdrawn(plant: PlantConfig, store
     store.upsert_status(M1_DAY)
     empty = InProcessBroker(auto_create_partitions=None)  # no telemetry topic to send to
     app = create_app(
-        plant, store, CollectorRegistry(), bootstrap=BUS, clients=InProcessClients(empty)
+        plant,
+        store,
+        CollectorRegistry(),
+        bootstrap=BUS,
+        clients=InProcessClients(empty),
+        access=WRITER,
     )
-    with TestClient(app) as client:
+    with TestClient(app, headers=AUTH) as client:
         body = {"reason": "jam", "by": "ann"}
         detail = call(client, "POST", f"/v1/stops/m1@{ms(10)}/reason", 503, json=body)["detail"]
         assert "could not be sent to Kafka" in detail

@@ -1,0 +1,197 @@
+"""The pieces of linepulse/http_security.py that are pure logic: where tokens come from,
+how a request presents one, the token buckets (on a hand-driven clock), the TLS options
+uvicorn gets, and the config sections of both APIs. The guard itself, on real apps, is
+in tests/unit/kpi/test_api_security.py and tests/integration/test_api_tls.py."""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from linepulse.alerting import AlertSettings
+from linepulse.config import parse_config
+from linepulse.http_security import (
+    ApiSecurity,
+    HttpLimits,
+    TlsSettings,
+    TokenBuckets,
+    _presented,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def secrets_of(security: ApiSecurity, environ: dict[str, str]) -> list[str]:
+    return [t.get_secret_value() for t in security.resolve("api", environ).tokens]
+
+
+def test_tokens_come_from_a_file_one_per_line_and_from_the_variable(tmp_path: Path) -> None:
+    file = tmp_path / "tokens"
+    file.write_text("# board\nt-board\n\n  t-grafana  \n#t-revoked\nt-board\n", "utf-8")
+    security = ApiSecurity(token_env="LP_TOKENS", token_file=file)
+    environ = {"LP_TOKENS": "t-env1, t-env2\tt-grafana"}
+    assert secrets_of(security, environ) == ["t-board", "t-grafana", "t-env1", "t-env2"]
+    assert secrets_of(ApiSecurity(token_env="LP_TOKENS"), {}) == []
+    assert secrets_of(ApiSecurity(token_env="LP_TOKENS"), {"LP_TOKENS": " , "}) == []
+    assert secrets_of(ApiSecurity(token_env=None), {"LINEPULSE_API_TOKEN": "x"}) == []
+    assert secrets_of(ApiSecurity(), {"LINEPULSE_API_TOKEN": "x"}) == ["x"]
+
+
+def test_an_unreadable_token_file_names_its_key(tmp_path: Path) -> None:
+    missing = tmp_path / "nope"
+    with pytest.raises(ValueError, match=r"^api\.token_file: cannot read .*nope"):
+        ApiSecurity(token_file=missing).resolve("api", {})
+    alerts = AlertSettings(api_token_file=missing)
+    with pytest.raises(ValueError, match=r"^alerts\.api_token_file: cannot read"):
+        alerts.api_access({})
+
+
+def test_resolved_tokens_do_not_show_in_reprs(tmp_path: Path) -> None:
+    access = ApiSecurity(token_env="T").resolve("api", {"T": "very-secret-value"})
+    assert "very-secret-value" not in repr(access)
+    assert "very-secret-value" not in str(access)
+
+
+def test_the_hint_says_which_keys_set_a_token() -> None:
+    hint = ApiSecurity().resolve("api", {}).configure_hint
+    assert "LINEPULSE_API_TOKEN (api.token_env)" in hint
+    assert "api.token_file" in hint
+    alerts = AlertSettings().api_access({}).configure_hint
+    assert "LINEPULSE_ALERTS_TOKEN (alerts.api_token_env)" in alerts
+    assert "alerts.api_token_file" in alerts
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({b"authorization": b"Bearer abc"}, b"abc"),
+        ({b"authorization": b"bearer   abc  "}, b"abc"),
+        ({b"authorization": b"Basic YTpi"}, None),
+        ({b"authorization": b"Bearer "}, None),
+        ({b"x-api-key": b" k1 "}, b"k1"),
+        ({b"authorization": b"Basic YTpi", b"x-api-key": b"k1"}, b"k1"),
+        ({b"authorization": b"Bearer abc", b"x-api-key": b"k1"}, b"abc"),
+        ({}, None),
+    ],
+)
+def test_a_token_is_presented_as_bearer_or_api_key(
+    headers: dict[bytes, bytes], expected: bytes | None
+) -> None:
+    assert _presented(headers) == expected
+
+
+def test_a_bucket_lets_its_burst_through_then_says_how_long_to_wait() -> None:
+    clock = Clock()
+    buckets = TokenBuckets(rate=0.5, burst=3, clock=clock)
+    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a") == pytest.approx(2.0)  # one token every 2 s
+    assert buckets.take("b") == 0.0  # another client has its own bucket
+    clock.now += 1.0
+    assert buckets.take("a") == pytest.approx(1.0)  # half a token back, refusal not counted
+    clock.now += 1.0
+    assert buckets.take("a") == 0.0
+    clock.now += 3600.0
+    assert [buckets.take("a") for _ in range(4)][-1] > 0  # refills to the burst, no further
+
+
+def test_a_zero_rate_turns_the_limit_off_and_buckets_stay_bounded() -> None:
+    clock = Clock()
+    assert all(TokenBuckets(0, 1, clock).take("a") == 0 for _ in range(100))
+    buckets = TokenBuckets(rate=1.0, burst=1, clock=clock, max_keys=3)
+    for client in ("a", "b", "c", "d"):
+        buckets.take(client)
+    assert len(buckets) == 3
+    assert buckets.take("a") == 0.0  # "a" was the oldest: dropped, so a full bucket again
+    assert buckets.take("d") > 0
+
+
+def test_tls_settings_become_uvicorn_options(tmp_path: Path) -> None:
+    plain = TlsSettings(certfile=tmp_path / "c.pem", keyfile=tmp_path / "k.pem")
+    assert plain.uvicorn_options() == {
+        "ssl_certfile": str(tmp_path / "c.pem"),
+        "ssl_keyfile": str(tmp_path / "k.pem"),
+        "ssl_ca_certs": None,
+        "ssl_cert_reqs": ssl.CERT_NONE,
+    }
+    mutual = plain.model_copy(update={"client_ca": tmp_path / "ca.pem", "client_certs": "required"})
+    assert mutual.uvicorn_options()["ssl_cert_reqs"] == ssl.CERT_REQUIRED
+    assert mutual.uvicorn_options()["ssl_ca_certs"] == str(tmp_path / "ca.pem")
+
+
+def test_the_plant_config_has_an_api_section_and_the_alerts_keep_their_keys(
+    tmp_path: Path,
+) -> None:
+    base = {"site": "s", "lines": [{"id": "l", "machines": [{"id": "m"}]}]}
+    default = parse_config(base)
+    assert default.api.auth_reads is False
+    assert default.api.token_env == "LINEPULSE_API_TOKEN"
+    assert default.api.cors_origins == ()
+    assert default.api.limits == HttpLimits()
+    assert default.api.limits.max_body_bytes == 64 * 1024
+    assert default.api.tls is None
+    plant = parse_config(
+        {
+            **base,
+            "api": {
+                "token_env": None,
+                "token_file": str(tmp_path / "tokens"),
+                "auth_reads": True,
+                "cors_origins": ["https://grafana.plant.example"],
+                "limits": {"max_body_bytes": 1024, "write_rate_per_s": 0.2, "write_burst": 5},
+                "tls": {"certfile": "/etc/lp/api.pem", "keyfile": "/etc/lp/api.key"},
+            },
+            "alerts": {
+                "api_token_env": "ALERTS_TOKEN",
+                "cors_origins": ["https://board.plant.example"],
+                "api_limits": {"read_rate_per_s": 5},
+            },
+        }
+    )
+    assert plant.api.auth_reads is True
+    assert plant.api.limits.write_burst == 5
+    assert plant.api.tls is not None
+    assert plant.api.tls.client_certs == "none"
+    access = plant.alerts.api_access({"ALERTS_TOKEN": "a1,a2"})
+    assert [t.get_secret_value() for t in access.tokens] == ["a1", "a2"]
+    assert access.cors_origins == ("https://board.plant.example",)
+    assert access.limits.read_rate_per_s == 5
+    with pytest.raises(ValidationError):
+        ApiSecurity.model_validate({"token": "inline secrets are not a key"})
+    with pytest.raises(ValidationError):
+        HttpLimits(max_body_bytes=0)
+
+
+@pytest.mark.parametrize(
+    ("command", "flags", "message"),
+    [
+        ("api", ["--tls-cert", "{cert}"], "needs both --tls-cert and --tls-key"),
+        ("alerts", ["--tls-key", "{cert}"], "needs both --tls-cert and --tls-key"),
+        ("ingest", ["--tls-client-ca", "{cert}"], "--tls-client-ca needs --tls-cert"),
+        ("kpi", ["--tls-cert", "{cert}", "--tls-key", "{missing}"], "--tls-key: cannot read"),
+    ],
+)
+def test_the_tls_flags_are_checked_before_anything_starts(
+    tmp_path: Path, command: str, flags: list[str], message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from linepulse.cli import app
+
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not used: the flags are refused first", "utf-8")
+    args = [f.format(cert=cert, missing=tmp_path / "missing.key") for f in flags]
+    plant = tmp_path / "plant.yaml"
+    plant.write_text("site: s\nlines: [{id: l, machines: [{id: m}]}]\n", "utf-8")
+    common = ["--config", str(plant), "--kafka", "127.0.0.1:1"]  # never reached
+    result = CliRunner().invoke(app, [command, *common, *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
