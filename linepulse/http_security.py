@@ -87,12 +87,14 @@ class HttpLimits(_Model):
     """Request size and rate limits of one API; a rate of 0 turns that limit off."""
 
     max_body_bytes: int = Field(default=64 * 1024, ge=1)
-    # Reads: a dashboard refreshing a dozen panels every few seconds stays far below this.
-    read_rate_per_s: float = Field(default=20.0, ge=0)
-    read_burst: int = Field(default=200, ge=1)
-    # Writes are people coding stops or acking alerts: a few a minute.
-    write_rate_per_s: float = Field(default=1.0, ge=0)
-    write_burst: int = Field(default=20, ge=1)
+    # Reads: a dashboard refreshing a dozen panels every few seconds stays far below this;
+    # the burst lets a script page through history without pacing itself.
+    read_rate_per_s: float = Field(default=50.0, ge=0)
+    read_burst: int = Field(default=500, ge=1)
+    # Writes are people coding stops or acking alerts, or a MES re-coding a shift's stops
+    # in one go: a burst of 50, then 5 a second.
+    write_rate_per_s: float = Field(default=5.0, ge=0)
+    write_burst: int = Field(default=50, ge=1)
     exempt_paths: tuple[str, ...] = ("/metrics", "/healthz", "/readyz")
 
 
