@@ -214,6 +214,39 @@ class Decoded:
     rejected: list[tuple[str, str, str]] = field(default_factory=list)  # (where, reason, raw)
 
 
+# The band of event time the KPI core is given. The core works through every window
+# between its oldest and newest event (a state holds until the next sample), so one event
+# from a PLC clock reset to 1970, or a sentinel date like 9999-12-31, beside today's would
+# have it produce decades of windows. Before 2000 no plant data is real; the worker also
+# caps the band at a day ahead of its own clock, and a replay (a file of the past, or of a
+# simulated future) at 2100.
+EARLIEST_MS: Final = 946_684_800_000  # 2000-01-01T00:00:00Z
+REPLAY_LATEST_MS: Final = 4_102_444_800_000  # 2100-01-01T00:00:00Z
+
+
+def within_band(events: pl.DataFrame, band: tuple[int, int], where: str) -> Decoded:
+    """The events inside `band` (epoch ms, inclusive); the others rejected with the reason."""
+    inside = pl.col("ts").is_between(*band)
+    rejected = [
+        (
+            where,
+            f"ts outside the accepted range: {_iso_ms(ts)} is not within {_iso_ms(band[0])}"
+            f"..{_iso_ms(band[1])} (is the producer's clock set?)",
+            f"machine={machine} signal={signal} ts={ts}",
+        )
+        for ts, machine, signal in events.filter(~inside).select("ts", "machine", "signal").rows()
+    ]
+    return Decoded(events.filter(inside) if rejected else events, rejected)
+
+
+def _iso_ms(ms: int) -> str:
+    try:
+        moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms"
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def decode_json_lines(lines: Iterable[bytes | str], first_line: int = 1) -> Decoded:
     """Decode JSON-lines telemetry; blank lines are skipped, bad ones are reported by number."""
     rows: list[Row] = []

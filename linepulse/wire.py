@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import msgpack
@@ -25,6 +24,7 @@ from linepulse.events import (
     decode_event,
     decode_json,
     normalize_frame,
+    within_band,
 )
 
 JSON: Final = "application/json"
@@ -107,20 +107,10 @@ def decode_records(
     frames.append(pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row"))
     events = pl.concat(frames)
     if accept is not None:
-        inside = pl.col("ts").is_between(*accept)
-        for ts, machine, signal in events.filter(~inside).select(EVENT_SCHEMA.names()[:3]).rows():
-            reason = (
-                f"ts outside the accepted range: {_iso(ts)} is not within {_iso(accept[0])}"
-                f"..{_iso(accept[1])} (is the producer's clock set?)"
-            )
-            rejected.append((source, reason, f"machine={machine} signal={signal} ts={ts}"))
-        events = events.filter(inside)
+        banded = within_band(events, accept, source)
+        events = banded.events
+        rejected.extend(banded.rejected)
     return Decoded(events, rejected)
-
-
-def _iso(ms: int) -> str:
-    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=ms)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _normalize_one(frame: pl.DataFrame, where: str) -> Decoded:

@@ -18,11 +18,14 @@ import orjson
 import polars as pl
 
 from linepulse.events import (
+    EARLIEST_MS,
+    REPLAY_LATEST_MS,
     Decoded,
     decode_json_lines,
     empty_events,
     normalize_frame,
     reason_kind,
+    within_band,
 )
 from services.kpi.core.engine import Core, CoreStats, initial_state, step
 
@@ -46,7 +49,14 @@ class ReplaySummary:
 
 
 def read_batches(path: Path, batch_events: int = BATCH_EVENTS) -> Iterator[tuple[Decoded, int]]:
-    """Decoded batches and the bytes read so far (for progress)."""
+    """Decoded batches and the bytes read so far (for progress); events outside
+    `EARLIEST_MS`..`REPLAY_LATEST_MS` are rejected with their reason."""
+    for decoded, read in _read_batches(path, batch_events):
+        banded = within_band(decoded.events, (EARLIEST_MS, REPLAY_LATEST_MS), "event")
+        yield Decoded(banded.events, decoded.rejected + banded.rejected), read
+
+
+def _read_batches(path: Path, batch_events: int) -> Iterator[tuple[Decoded, int]]:
     suffix = "".join(path.suffixes[-1:]).lower()
     if suffix in {".parquet", ".pq"}:
         parquet = pl.scan_parquet(path)

@@ -31,7 +31,7 @@ from aiokafka.structs import ConsumerRecord
 
 from linepulse.bus import AIOKAFKA, Consumer, KafkaClients, Producer
 from linepulse.config import KafkaSettings
-from linepulse.events import Decoded, reason_kind
+from linepulse.events import EARLIEST_MS, Decoded, reason_kind
 from linepulse.wire import ARROW, decode_records, encode_arrow
 from services.kpi.checkpoint import CheckpointError, DirectoryStore, dump_state, load_state
 from services.kpi.core.engine import Core, CoreState, StepOutput, initial_state, step
@@ -43,10 +43,8 @@ log = logging.getLogger(__name__)
 MAX_BATCH_RECORDS = 50_000
 LAST_SEEN_STEP_MS = 5_000
 # Events from a clock a day ahead of the worker's, or from before 2000 (a PLC reset to
-# 1970), go to the DLQ: the core works through every minute between its oldest and newest
-# event, so one of them would have it walk decades (or fail past year 9999).
+# 1970), go to the DLQ: see linepulse.events.EARLIEST_MS.
 MAX_AHEAD_MS = 86_400_000
-EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z
 
 
 SHUTDOWN_STEP_S = 30.0

@@ -101,6 +101,27 @@ def test_malformed_lines_are_reported_by_number_and_never_stop_the_run(tmp_path:
     assert round(machine["oee"], 6) == 0.747937  # the good events around them all count
 
 
+def test_events_from_a_reset_clock_or_a_sentinel_date_are_refused_not_walked(
+    tmp_path: Path,
+) -> None:
+    """One event at the epoch or at 9999-12-31 beside the shift's would have the core
+    produce every window in between (it ran out of memory); both are refused with why."""
+    lines = (CLASSIC / "events.jsonl").read_text().splitlines()
+    lines.insert(5, '{"ts": 0, "machine": "filler-1", "signal": "state", "value": "down"}')
+    lines.append(
+        '{"ts": "9999-12-31T23:59:00Z", "machine": "filler-1", "signal": "total_count", '
+        '"value": 99999999}'
+    )
+    path = tmp_path / "events.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    done = linepulse("replay", "-c", CLASSIC / "plant.yaml", path, "-w", "shift")
+    assert done.returncode == 0, done.stderr
+    assert "ts outside the accepted range: 1970-01-01T00:00:00Z is not within" in done.stderr
+    assert "ts outside the accepted range: 9999-12-31T23:59:00Z is not within" in done.stderr
+    (machine,) = [r for r in records(done.stdout) if r["machine"] == "filler-1"]
+    assert round(machine["oee"], 6) == 0.747937
+
+
 def test_a_bad_config_names_the_key_and_exits_2(tmp_path: Path) -> None:
     config = tmp_path / "plant.yaml"
     config.write_text(

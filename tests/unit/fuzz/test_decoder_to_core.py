@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from linepulse.config import PlantConfig, parse_config
-from linepulse.events import parse_ts
+from linepulse.events import EARLIEST_MS, parse_ts
 from linepulse.wire import MSGPACK, decode_records
 from services.kpi.core.engine import Core, initial_state, step
-from services.kpi.worker import EARLIEST_MS, MAX_AHEAD_MS
+from services.kpi.worker import MAX_AHEAD_MS
 
 BASE = parse_ts("2026-11-02T05:30:00Z")
 MAX_TS = 253_402_300_799_999
