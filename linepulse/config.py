@@ -504,6 +504,8 @@ def format_validation_error(error: ValidationError) -> str:
         # pydantic also reports a list as too short when its only items failed: noise.
         if item["type"] == "too_short" and any(o[: len(loc)] == loc and o != loc for o in locs):
             continue
+        if item["type"] == "invalid_key":  # a key that is not text (YAML's `?` or `null:`)
+            loc = loc[:-1]  # is no name to show: name the mapping that holds it
         path = ""
         for part in loc:
             if part == "[key]":  # pydantic's marker for "the key itself", already named
