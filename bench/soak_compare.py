@@ -21,28 +21,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from services.kpi.core.engine import VALUE_COLUMNS
+
 # The KPI record fields of DESIGN.md, compared one by one (`revision` is not: a window
 # restated by late data has a higher revision in the stream than in a replay).
-FIELDS: tuple[str, ...] = (
-    "window_end",
-    "shift",
-    "planned_s",
-    "run_s",
-    "downtime_s",
-    "unknown_s",
-    "stops",
-    "total_count",
-    "good_count",
-    "reject_count",
-    "availability",
-    "performance",
-    "quality",
-    "oee",
-    "mtbf_s",
-    "mttr_s",
-    "downtime_by_reason",
-    "final",
-)
+FIELDS: tuple[str, ...] = ("window_end", "shift", *VALUE_COLUMNS, "downtime_by_reason", "final")
 TOLERANCE = 1e-9
 
 RecordKey = tuple[str, str | None, str, int]  # line, machine (None: line), window, start ms

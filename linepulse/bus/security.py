@@ -13,7 +13,6 @@ talks to Kafka exactly as before.
 
 from __future__ import annotations
 
-import logging
 import os
 import ssl
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any, Final, Literal
 
 from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel, ConfigDict, model_validator
+
+from linepulse.log_redaction import redact_log_arguments
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -126,28 +127,14 @@ class KafkaSecurity(BaseModel):
         return context
 
 
-class _SaslRedaction(logging.Filter):
-    """aiokafka logs every request at DEBUG, the SASL PLAIN one included, whose bytes
-    are the username and password in clear; this blanks that request in the log line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and any(_is_sasl_request(a) for a in args):
-            record.args = tuple(
-                "SaslAuthenticateRequest(<redacted>)" if _is_sasl_request(a) else a for a in args
-            )
-        return True
-
-
 def _is_sasl_request(value: object) -> bool:
     return type(value).__name__.startswith("SaslAuthenticateRequest")
 
 
 def redact_sasl_in_aiokafka_logs() -> None:
-    """Install the redaction on aiokafka's connection logger, once per process."""
-    logger = logging.getLogger("aiokafka.conn")
-    if not any(isinstance(f, _SaslRedaction) for f in logger.filters):
-        logger.addFilter(_SaslRedaction())
+    """aiokafka logs every request at DEBUG, the SASL PLAIN one included, whose bytes are
+    the username and password in clear: blank that request in aiokafka's connection log."""
+    redact_log_arguments("aiokafka.conn", "SaslAuthenticateRequest", _is_sasl_request)
 
 
 def client_kwargs(security: KafkaSecurity) -> dict[str, Any]:

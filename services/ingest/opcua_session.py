@@ -13,7 +13,6 @@ each PublishResponse whole and appends its values to a column batch synchronousl
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from asyncua.ua.object_ids import ObjectIds
 from cryptography import x509
 
 from linepulse.config import COUNTER_SIGNALS
+from linepulse.log_redaction import redact_log_arguments
 from linepulse.sources import OpcuaNode, OpcuaSource
 from services.ingest.opcua_values import parse_browse_path, parse_node_id, relative_path
 
@@ -144,28 +144,16 @@ def application_uri(certificate: x509.Certificate) -> str | None:
     return uris[0] if uris else None
 
 
-class _ActivateSessionRedaction(logging.Filter):
-    """asyncua logs every request it sends at DEBUG, ActivateSession's user token with it,
-    whose password is in clear when the token policy does not encrypt it; this blanks
-    that request in the log line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and any(_is_activate(a) for a in args):
-            record.args = tuple(
-                "ActivateSessionRequest(<redacted>)" if _is_activate(a) else a for a in args
-            )
-        return True
-
-
 def _is_activate(value: object) -> bool:
     return isinstance(value, ua.ActivateSessionRequest)
 
 
 def _redact_passwords_in_asyncua_logs() -> None:
-    logger = logging.getLogger("asyncua.client.ua_client.UASocketProtocol")
-    if not any(isinstance(f, _ActivateSessionRedaction) for f in logger.filters):
-        logger.addFilter(_ActivateSessionRedaction())
+    """asyncua logs every request it sends at DEBUG, ActivateSession's user token with it,
+    whose password is in clear when the token policy does not encrypt it."""
+    redact_log_arguments(
+        "asyncua.client.ua_client.UASocketProtocol", "ActivateSessionRequest", _is_activate
+    )
 
 
 async def new_client(source: OpcuaSource) -> Client:
