@@ -72,7 +72,7 @@ from aiokafka.partitioner import murmur2
 from bench.generate import DEFAULT_OUT, MACHINES_PER_LINE, event_frame, json_lines, plant_yaml
 from bench.replay import busy_note, machine_lines
 from linepulse.config import PlantConfig, load_config
-from linepulse.events import EVENT_SCHEMA
+from linepulse.events import EVENT_SCHEMA, Row
 from linepulse.runtime import free_loopback_ports
 from linepulse.wire import ARROW, encode_arrow
 from services.kpi.topics import ensure_topics, machine_homes
@@ -300,11 +300,13 @@ def workload(machines: int, rows: int, seed: int) -> pl.DataFrame:
 def as_events(frame: pl.DataFrame, homes: dict[str, int]) -> pl.DataFrame:
     """The generated events as `EVENT_SCHEMA` rows, plus `_home`: the line's home partition."""
     is_state = pl.col("signal") == "state"
+    is_count = pl.col("signal").is_in(("total_count", "reject_count"))
     events = frame.select(
         ts=pl.col("ts").dt.epoch("ms"),
         machine=pl.col("machine"),
         signal=pl.col("signal"),
-        value_num=pl.when(is_state).then(None).otherwise(pl.col("value").cast(pl.Float64)),
+        value_num=pl.when(~is_state & ~is_count).then(pl.col("value").cast(pl.Float64)),
+        value_int=pl.when(is_count).then(pl.col("value").cast(pl.Int64)),
         value_str=pl.when(is_state).then(pl.col("value")),
         reason=pl.col("reason"),
         quality=pl.lit("good"),
@@ -319,11 +321,11 @@ def json_values(frame: pl.DataFrame) -> pl.Series:
 
 def probe_rows(tick: int, ts: int) -> pl.DataFrame:
     """The probe's sample for one latency batch: total_count = PROBE_BASE + tick."""
-    rows: list[tuple[int, str, str, float | None, str | None, str | None, str]] = [
-        (ts, PROBE_MACHINE, "total_count", float(PROBE_BASE + tick), None, None, "good")
+    rows: list[Row] = [
+        (ts, PROBE_MACHINE, "total_count", None, PROBE_BASE + tick, None, None, "good")
     ]
     if tick == 0:
-        rows.insert(0, (ts, PROBE_MACHINE, "state", None, "running", None, "good"))
+        rows.insert(0, (ts, PROBE_MACHINE, "state", None, None, "running", None, "good"))
     return pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row")
 
 

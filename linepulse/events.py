@@ -21,20 +21,30 @@ Quality = Literal["good", "uncertain", "bad"]
 QUALITIES: Final = frozenset(get_args(Quality))
 
 # Everything the core needs, one row per event. `ts` is event time in epoch milliseconds
-# (UTC); the reading is split so that numbers stay numbers and states stay text.
+# (UTC). The reading keeps the type it had at the source, in one of three columns: a float
+# in `value_num`, an integer in `value_int` (exact to 64 bits, which a float is not past
+# 2**53), text in `value_str` (never parsed: "0042" is a material number, not 42). A
+# boolean sets two, `value_str` "true"/"false" (states map from text) and `value_int` 1/0.
 EVENT_SCHEMA: Final = pl.Schema(
     {
         "ts": pl.Int64,
         "machine": pl.String,
         "signal": pl.String,
         "value_num": pl.Float64,
+        "value_int": pl.Int64,
         "value_str": pl.String,
         "reason": pl.String,
         "quality": pl.String,
     }
 )
+VALUE_COLUMNS: Final = ("value_num", "value_int", "value_str")
+INT_MIN: Final = -(2**63)
+INT_MAX: Final = 2**63 - 1
 
-Row = tuple[int, str, str, float | None, str | None, str | None, str]  # one EVENT_SCHEMA row
+# One EVENT_SCHEMA row: ts, machine, signal, value_num, value_int, value_str, reason, quality.
+Row = tuple[int, str, str, float | None, int | None, str | None, str | None, str]
+# A reading in the three value columns: (value_num, value_int, value_str).
+Typed = tuple[float | None, int | None, str | None]
 
 REJECT_SCHEMA: Final = pl.Schema({"where": pl.String, "reason": pl.String, "raw": pl.String})
 
@@ -104,15 +114,53 @@ def _text(obj: dict[str, Any], key: str, *, required: bool) -> str | None:
     return value
 
 
-def _finite(value: int | float) -> float:
-    """A number as the float the event keeps; an int beyond float range is refused too."""
-    try:
-        number = float(value)
-    except OverflowError:
-        number = math.inf
-    if not math.isfinite(number):
-        raise EventError(f"value must be finite, got {str(value)[:64]}")
-    return number
+def typed_value(value: object, what: str = "value") -> Typed:
+    """A source value in the column its type says: (value_num, value_int, value_str).
+
+    The one place where a reading's type is decided, for every decoder and ingester, so a
+    value means the same whichever way it came in. A float stays a float (3.0 too), an int
+    stays an exact int, text stays text, a bool is "true"/"false" with 1/0. Refused, with
+    `what` naming the value in the message: None, other types, text over `MAX_TEXT`
+    characters, NaN and infinities, and an int outside the signed 64-bit range
+    (-2**63..2**63-1): a float could not hold it exactly, and a counter rounded to a
+    multiple of 2048 (or a PLC's all-ones "no value" UInt64) would be counted wrong, so
+    it goes to the dead letters with its reason instead."""
+    if value is None:
+        raise EventError(f"{what} is missing")
+    if isinstance(value, bool):
+        return None, int(value), "true" if value else "false"
+    if isinstance(value, int):
+        if not INT_MIN <= value <= INT_MAX:
+            raise EventError(
+                f"{what} is outside the 64-bit integer range -2**63..2**63-1: "
+                f"{str(value)[:64]} (send it as a float or as text)"
+            )
+        return None, value, None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise EventError(f"{what} must be finite, got {value}")
+        return value, None, None
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            raise EventError(f"{what} is longer than {MAX_TEXT} characters")
+        return None, None, value
+    raise EventError(f"{what} must be a string, number or boolean, got {type(value).__name__}")
+
+
+def source_value(
+    value_num: float | None, value_int: int | None, value_str: str | None
+) -> str | int | float | bool | None:
+    """The source value back from its three columns: the inverse of `typed_value` (None
+    when all three are null)."""
+    if value_str is not None:
+        return value_str == "true" if value_int is not None else value_str
+    return value_int if value_int is not None else value_num
+
+
+def reading_as_float() -> pl.Expr:
+    """An event's numeric reading as Float64 (`value_num`, else `value_int`; null for text),
+    for consumers that only compare magnitudes, such as alert thresholds."""
+    return pl.coalesce(pl.col("value_num"), pl.col("value_int").cast(pl.Float64))
 
 
 def decode_event(obj: object) -> Row:
@@ -127,22 +175,7 @@ def decode_event(obj: object) -> Row:
     ts = parse_ts(obj["ts"])
     machine = _text(obj, "machine", required=True) or ""
     signal = _text(obj, "signal", required=True) or ""
-    if "value" not in obj or obj["value"] is None:
-        raise EventError("value is missing")
-    value = obj["value"]
-    value_num: float | None
-    value_str: str | None
-    if isinstance(value, bool):
-        value_num, value_str = float(value), "true" if value else "false"
-    elif isinstance(value, int | float):
-        value_num = _finite(value)
-        value_str = None
-    elif isinstance(value, str):
-        if len(value) > MAX_TEXT:
-            raise EventError(f"value is longer than {MAX_TEXT} characters")
-        value_num, value_str = None, value
-    else:
-        raise EventError(f"value must be a string, number or boolean, got {type(value).__name__}")
+    value_num, value_int, value_str = typed_value(obj.get("value"))
     reason = _text(obj, "reason", required=False)
     for key in ("line", "site", "source"):
         _text(obj, key, required=False)
@@ -152,7 +185,7 @@ def decode_event(obj: object) -> Row:
     quality = obj.get("quality", "good")
     if quality not in QUALITIES:
         raise EventError(f"quality must be one of good, uncertain, bad; got {quality!r}")
-    return ts, machine, signal, value_num, value_str, reason, quality
+    return ts, machine, signal, value_num, value_int, value_str, reason, quality
 
 
 _Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
@@ -188,18 +221,15 @@ def decode_json(raw: bytes | str) -> Row:
         except orjson.JSONDecodeError as error:
             raise EventError(f"malformed JSON: {error}") from None
         return decode_event(obj)
-    value = event.value
-    if isinstance(value, bool):
-        value_num, value_str = float(value), "true" if value else "false"
-    elif isinstance(value, str):
-        value_num, value_str = None, value
-    else:
-        value_num, value_str = _finite(value), None  # e.g. 1e400 or 10**400 in the JSON text
+    # msgspec keeps the JSON type: 3.0 is a float, 9007199254740993 an exact int (10**400
+    # too, which `typed_value` refuses as outside 64 bits).
+    value_num, value_int, value_str = typed_value(event.value)
     return (
         parse_ts(event.ts),
         event.machine,
         event.signal,
         value_num,
+        value_int,
         value_str,
         event.reason,
         event.quality,
@@ -270,17 +300,34 @@ def _raw(line: bytes | str, limit: int = 1024) -> str:
 def normalize_frame(frame: pl.DataFrame, where: str = "row") -> Decoded:
     """Bring a columnar batch (Parquet, Arrow IPC) to `EVENT_SCHEMA`, rejecting bad rows.
 
-    Accepts `ts` as a datetime, epoch milliseconds or RFC 3339 text, and `value` as
-    text, number or boolean, the same contract as the JSON form.
+    Accepts `ts` as a datetime, epoch milliseconds or RFC 3339 text. The reading comes
+    either in the typed columns `value_num` (float), `value_int` (integer) and `value_str`
+    (text), any of them present, one set per row (two for a boolean, as in
+    `EVENT_SCHEMA`), which is what LinePulse writes; or in one `value` column typed by its
+    dtype: integers, floats, booleans, or text. A text `value` column is the one way a
+    single column holds states and counts alike (and what LinePulse wrote before the
+    typed columns), so text in it that reads as a number is a number ("0042" becomes 42):
+    keep such text with the typed columns.
     """
-    missing = [c for c in _REQUIRED if c not in frame.columns]
+    has_value = "value" in frame.columns
+    typed = [c for c in VALUE_COLUMNS if c in frame.columns]
+    missing = [c for c in _REQUIRED if c not in frame.columns and (c != "value" or not typed)]
     if missing:
         reason = f"missing column(s): {', '.join(missing)}"
         return Decoded(empty_events(), [(where, reason, f"{frame.height} rows")])
-    unknown = sorted(set(frame.columns) - _ALLOWED)
+    unknown = sorted(set(frame.columns) - _ALLOWED - set(VALUE_COLUMNS))
+    if has_value and typed:
+        unknown = [*typed, *unknown]
     if unknown:
         reason = f"unknown column(s): {', '.join(unknown)}"
+        if has_value and typed:
+            reason += " (the reading goes in `value` or in value_num/value_int/value_str)"
         return Decoded(empty_events(), [(where, reason, f"{frame.height} rows")])
+    try:
+        values = _typed_columns(frame) if typed else _value_column(frame)
+    except EventError as error:
+        return Decoded(empty_events(), [(where, str(error), f"{frame.height} rows")])
+    value_num, value_int, value_str, value_problem = values
 
     ts = pl.col("ts")
     dtype = frame.schema["ts"]
@@ -294,19 +341,6 @@ def normalize_frame(frame: pl.DataFrame, where: str = "row") -> Decoded:
     else:
         ts_ms = pl.lit(None, pl.Int64)
 
-    value = pl.col("value")
-    vtype = frame.schema["value"]
-    if vtype == pl.Boolean:
-        value_num = value.cast(pl.Float64)
-        value_str = pl.when(value).then(pl.lit("true")).otherwise(pl.lit("false"))
-    elif vtype.is_numeric():
-        value_num, value_str = value.cast(pl.Float64), pl.lit(None, pl.String)
-    else:
-        # One text column carries states and readings alike; readings become numbers.
-        text = value.cast(pl.String)
-        value_num = text.cast(pl.Float64, strict=False)
-        value_str = pl.when(value_num.is_null()).then(text)
-
     def optional(name: str, default: str | None = None) -> pl.Expr:
         if name in frame.columns:
             return pl.col(name).cast(pl.String)
@@ -318,7 +352,9 @@ def normalize_frame(frame: pl.DataFrame, where: str = "row") -> Decoded:
         pl.col("machine").cast(pl.String),
         pl.col("signal").cast(pl.String),
         value_num.alias("value_num"),
+        value_int.alias("value_int"),
         value_str.alias("value_str"),
+        value_problem.alias("_value_problem"),
         optional("reason").alias("reason"),
         optional("quality", "good").fill_null("good").alias("quality"),
     )
@@ -331,10 +367,14 @@ def normalize_frame(frame: pl.DataFrame, where: str = "row") -> Decoded:
         .then(pl.lit("machine is missing"))
         .when(pl.col("signal").is_null() | (pl.col("signal") == ""))
         .then(pl.lit("signal is missing"))
-        .when(pl.col("value_num").is_null() & pl.col("value_str").is_null())
+        .when(pl.col("_value_problem").is_not_null())
+        .then(pl.col("_value_problem"))
+        .when(pl.all_horizontal(pl.col(*VALUE_COLUMNS).is_null()))
         .then(pl.lit("value is missing"))
         .when(pl.col("value_num").is_nan() | pl.col("value_num").is_infinite())
         .then(pl.lit("value must be finite"))
+        .when(pl.col("value_str").str.len_chars() > MAX_TEXT)
+        .then(pl.lit(f"value is longer than {MAX_TEXT} characters"))
         .when(~pl.col("quality").is_in(sorted(QUALITIES)))
         .then(pl.lit("quality must be one of good, uncertain, bad"))
         .otherwise(pl.lit(None, pl.String))
@@ -348,17 +388,98 @@ def normalize_frame(frame: pl.DataFrame, where: str = "row") -> Decoded:
     return Decoded(good.cast(EVENT_SCHEMA), rejected)
 
 
+# value_num, value_int, value_str, and why a row's reading is unusable (null when it is not)
+_ValueExprs = tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]
+_OUT_OF_RANGE: Final = "value is outside the 64-bit integer range -2**63..2**63-1"
+
+
+def _as_int64(column: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """An integer column as Int64, and the problem of rows it cannot hold (UInt64 > 2**63-1)."""
+    exact = column.cast(pl.Int64, strict=False)
+    lost = column.is_not_null() & exact.is_null()
+    return exact, pl.when(lost).then(pl.lit(_OUT_OF_RANGE))
+
+
+_KIND_OF: Final = {"value_num": "floats", "value_int": "integers", "value_str": "text"}
+
+
+def _fits(name: str, dtype: pl.DataType) -> bool:
+    if dtype == pl.Null:  # a column with no value in this batch
+        return True
+    if name == "value_num":
+        return dtype.is_float()
+    if name == "value_int":
+        return dtype.is_integer()
+    return dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)
+
+
+def _typed_columns(frame: pl.DataFrame) -> _ValueExprs:
+    """The typed value columns, checked: each of its kind, and one set per row (a boolean's
+    value_int 1/0 with value_str "true"/"false" the only pair)."""
+
+    def column(name: str) -> pl.Expr:
+        if name not in frame.schema:
+            return pl.lit(None, EVENT_SCHEMA[name])
+        if not _fits(name, frame.schema[name]):
+            raise EventError(
+                f"{name} must be a column of {_KIND_OF[name]}, got {frame.schema[name]}"
+            )
+        return pl.col(name)
+
+    num = column("value_num").cast(pl.Float64)
+    raw_int = column("value_int")
+    text = column("value_str").cast(pl.String)
+    integer, out_of_range = _as_int64(raw_int)
+    is_set = [num.is_not_null(), integer.is_not_null(), text.is_not_null()]
+    boolean = num.is_null() & (
+        ((integer == 1) & (text == "true")) | ((integer == 0) & (text == "false"))
+    )
+    conflict = pl.when((pl.sum_horizontal(is_set) > 1) & ~boolean.fill_null(False)).then(
+        pl.lit(
+            "more than one of value_num, value_int, value_str is set (only a boolean has "
+            "two: value_int 1/0 with value_str true/false)"
+        )
+    )
+    return num, integer, text, pl.coalesce(out_of_range, conflict)
+
+
+def _value_column(frame: pl.DataFrame) -> _ValueExprs:
+    """One `value` column, typed by its dtype; text is parsed as numbers where it reads as
+    one (an integer literal exactly, else a finite float)."""
+    value = pl.col("value")
+    vtype = frame.schema["value"]
+    no_num, no_int, no_text = (
+        pl.lit(None, pl.Float64),
+        pl.lit(None, pl.Int64),
+        pl.lit(None, pl.String),
+    )
+    no_problem = pl.lit(None, pl.String)
+    if vtype == pl.Boolean:
+        word = pl.when(value).then(pl.lit("true")).when(value.not_()).then(pl.lit("false"))
+        return no_num, value.cast(pl.Int64), word, no_problem
+    if vtype.is_integer():
+        integer, out_of_range = _as_int64(value)
+        return no_num, integer, no_text, out_of_range
+    if vtype.is_numeric():
+        return value.cast(pl.Float64), no_int, no_text, no_problem
+    text = value.cast(pl.String)
+    as_int = text.cast(pl.Int64, strict=False)
+    as_float = text.cast(pl.Float64, strict=False)
+    num = pl.when(as_int.is_null() & as_float.is_finite()).then(as_float)
+    return num, as_int, pl.when(as_int.is_null() & num.is_null()).then(text), no_problem
+
+
 def to_json_events(frame: pl.DataFrame) -> list[dict[str, Any]]:
     """The inverse of the decoders, for producers and tests: rows back to wire dicts."""
     out = []
-    for ts, machine, signal, num, text, reason, quality in frame.select(
+    for ts, machine, signal, num, integer, text, reason, quality in frame.select(
         EVENT_SCHEMA.names()
     ).iter_rows():
         event: dict[str, Any] = {
             "ts": ts,
             "machine": machine,
             "signal": signal,
-            "value": text if text is not None else num,
+            "value": source_value(num, integer, text),
         }
         if reason is not None:
             event["reason"] = reason

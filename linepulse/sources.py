@@ -76,14 +76,69 @@ class OpcuaSecurity(_Model):
         return self
 
 
+# A NodeId in its string form (OPC UA Part 6 §5.3.1.10): an optional namespace, by index
+# (`ns=2;`) or by URI (`nsu=urn:plant:press;`, which survives a server that renumbers its
+# namespaces on restart), then the identifier: numeric, string, GUID or opaque (base64).
+_NODE_ID = re.compile(
+    r"^(?:(?:ns=\d+|nsu=[^;]+);)?"
+    r"(?:i=\d+|s=.+|g=[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}|b=[A-Za-z0-9+/=]+)$",
+    re.DOTALL,
+)
+_BROWSE_STEP = re.compile(r"^(\d+):(.+)$", re.DOTALL)
+
+
+def browse_path_steps(text: str) -> list[tuple[int, str]]:
+    """The (namespace index, browse name) steps of a browse path `2:Plant/2:press-1/2:State`,
+    from the Objects folder.
+
+    Each step is `<namespace index>:<browse name>`: a browse name is qualified by its
+    namespace, and a step without one (`Objects/Press1/State`) would silently look in
+    namespace 0, where no plant tag lives. A name may hold any character but `/` (dots and
+    dashes are common in PLC tag names, which is why this is not the Part 4 §A.2
+    RelativePath text syntax, where `.` and `-` would need escaping).
+
+    Raises `ValueError` naming the step at fault."""
+    steps = text.strip().strip("/").split("/")
+    if not steps or any(not step for step in steps):
+        raise ValueError(f"browse path {text!r} has an empty step")
+    names = []
+    for step in steps:
+        match = _BROWSE_STEP.match(step)
+        if match is None:
+            raise ValueError(
+                f"browse path {text!r}: step {step!r} must be <namespace index>:<name>, "
+                "e.g. 2:Plant/2:press-1/2:State"
+            )
+        names.append((int(match.group(1)), match.group(2)))
+    return names
+
+
 class OpcuaNode(_Model):
-    """One signal's node: a NodeId (`ns=2;s=Press1.State`) or a browse path from the
-    Objects folder (`2:Line1/2:Press1/2:State`, namespace index before each name)."""
+    """One signal's node: a NodeId (`ns=2;s=Press1.State`, or `nsu=<namespace URI>;s=...`,
+    resolved against the server's NamespaceArray at each connect) or a browse path from
+    the Objects folder (`2:Line1/2:Press1/2:State`, namespace index before each name)."""
 
     node_id: str | None = None
     browse_path: str | None = None
     # Absolute deadband for an analog value (the source's units); none for counters.
     deadband: float | None = Field(default=None, ge=0)
+
+    @field_validator("node_id")
+    @classmethod
+    def _node_id_syntax(cls, value: str | None) -> str | None:
+        if value is not None and not _NODE_ID.match(value.strip()):
+            raise ValueError(
+                f"{value!r} is not a NodeId: give ns=<index>;s=<name> (or i=, g=, b=), "
+                "or nsu=<namespace URI>;s=<name>, e.g. nsu=urn:plant:press;s=Press1.State"
+            )
+        return None if value is None else value.strip()
+
+    @field_validator("browse_path")
+    @classmethod
+    def _browse_path_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            browse_path_steps(value)
+        return value
 
     @model_validator(mode="after")
     def _one_address(self) -> OpcuaNode:
@@ -117,7 +172,13 @@ class OpcuaSource(_Model):
     id: str = Field(min_length=1)
     endpoint: str = Field(pattern=r"^opc\.tcp://[^/:]+(:\d+)?(/.*)?$")
     publishing_interval_ms: int = Field(default=500, ge=10)
+    # How often the server samples a node (OPC UA Part 4 §5.12.1.2). Unset: 0, the fastest
+    # the server offers, for state, counters, product and reason, whose every change the
+    # KPIs need (a 200 ms stop must not fall between two samples), and the publishing
+    # interval for analog tags. Set: this interval for every node of the source.
     sampling_interval_ms: int | None = Field(default=None, ge=0)
+    # Changes one monitored item holds between two publishes; raised to the publishing
+    # interval / the server's (revised) sampling interval where that is more.
     queue_size: int = Field(default=100, ge=1)
     security: OpcuaSecurity = OpcuaSecurity()
     credentials: Credentials | None = None

@@ -93,17 +93,19 @@ def decode_records(
             pl.exceptions.PanicException,  # a BaseException: Polars panicked on the bytes
         ) as error:
             rejected.append((where, f"malformed {kind} batch: {error}", _raw(value)))
-    if arrow:
-        # One normalisation for all batches of a poll: its cost is per call, not per row.
-        # If the batches do not fit together, each is normalised (or refused) on its own.
-        try:
-            combined = pl.concat(arrow, how="diagonal_relaxed")
-            results = [normalize_frame(combined, where=f"{arrow_where[0]}+")]
-        except pl.exceptions.PolarsError:
-            results = [_normalize_one(f, w) for f, w in zip(arrow, arrow_where, strict=True)]
-        for decoded in results:
+    # Records written before the typed value columns (one text `value` column) may share a
+    # poll with new ones; a frame holds one layout or the other, so each run of records of
+    # one layout is normalised together, in record order.
+    start = 0
+    while start < len(arrow):
+        layout = "value" in arrow[start].columns
+        end = start + 1
+        while end < len(arrow) and ("value" in arrow[end].columns) is layout:
+            end += 1
+        for decoded in _normalize_all(arrow[start:end], arrow_where[start:end]):
             frames.append(decoded.events)
             rejected.extend(decoded.rejected)
+        start = end
     frames.append(pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row"))
     events = pl.concat(frames)
     if accept is not None:
@@ -111,6 +113,16 @@ def decode_records(
         events = banded.events
         rejected.extend(banded.rejected)
     return Decoded(events, rejected)
+
+
+def _normalize_all(arrow: list[pl.DataFrame], arrow_where: list[str]) -> list[Decoded]:
+    """One normalisation for all batches of a poll: its cost is per call, not per row. If
+    the batches do not fit together, each is normalised (or refused) on its own."""
+    try:
+        combined = pl.concat(arrow, how="diagonal_relaxed")
+        return [normalize_frame(combined, where=f"{arrow_where[0]}+")]
+    except pl.exceptions.PolarsError:
+        return [_normalize_one(f, w) for f, w in zip(arrow, arrow_where, strict=True)]
 
 
 def _normalize_one(frame: pl.DataFrame, where: str) -> Decoded:
@@ -139,20 +151,19 @@ def _raw(value: bytes, limit: int = 1024) -> str:
 
 
 def encode_arrow(events: pl.DataFrame) -> bytes:
-    """A batch of `EVENT_SCHEMA` events as one Arrow IPC stream record (the wire columns)."""
-    wire = events.select(
-        "ts",
-        "machine",
-        "signal",
-        pl.coalesce(pl.col("value_str"), pl.col("value_num").cast(pl.String)).alias("value"),
-        "reason",
-        "quality",
-    )
+    """A batch of `EVENT_SCHEMA` events as one Arrow IPC stream record, in its columns: the
+    reading stays in value_num / value_int / value_str, so text stays text ("0042") and
+    integers stay exact (2**53 + 1). Before, one text `value` column carried it and numbers
+    were parsed back on decode; `decode_records` still reads such records."""
+    wire = events.select(EVENT_SCHEMA.names())
     buffer = io.BytesIO()
     wire.write_ipc_stream(buffer, compression="lz4")
     return buffer.getvalue()
 
 
 def encode_msgpack(events: Iterable[dict[str, object]]) -> bytes:
+    """Telemetry events (as `to_json_events` gives them) as one msgpack batch record: an
+    array of event maps. msgpack has its own int, float, string and bool types, so each
+    `value` arrives with the type it was sent with (ints up to 64 bits exactly)."""
     packed: bytes = msgpack.packb(list(events), use_bin_type=True)
     return packed

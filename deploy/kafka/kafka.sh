@@ -143,7 +143,9 @@ group.initial.rebalance.delay.ms=0
 broker.session.timeout.ms=4000
 broker.heartbeat.interval.ms=1000
 
-# The services create their own topics; compacted topics need the log cleaner.
+# No topic comes into being by being named: the services create theirs with the plant
+# config's layout (partitions, compaction) and refuse one laid out otherwise. Compacted
+# topics need the log cleaner.
 auto.create.topics.enable=false
 log.cleaner.enable=true
 num.network.threads=2

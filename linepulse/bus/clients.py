@@ -9,6 +9,16 @@ choice from its configuration; the service code is the same.
 The protocols below are exactly the subset of aiokafka's API the services call, with
 aiokafka's return shapes (`TopicPartition`, `ConsumerRecord`, `RecordMetadata` are
 aiokafka's own structs), so mypy checks a service against what the in-process bus offers.
+
+No client LinePulse makes ever creates a topic. Kafka creates a topic that a metadata
+request names when the request allows it and the broker's `auto.create.topics.enable` is
+true (its default), with the broker's defaults: one partition, `cleanup.policy=delete`.
+That is how the compose stack's alerts consumers made `telemetry` and `kpi` 200 ms before
+`linepulse kpi` could create them properly (issue 14). The Java client has
+`allow.auto.create.topics` (KIP-361) for this; aiokafka 0.14 has no such option and allows
+creation in every metadata request its clients send, so `forbid_topic_auto_creation` makes
+that request's default "do not create". Topics are created only by `ensure_topics`
+(linepulse/bus/topics.py), with the layout the plant config asks for.
 """
 
 from __future__ import annotations
@@ -17,6 +27,9 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
+import aiokafka
+import aiokafka.admin.client
+import aiokafka.client
 from aiokafka import (
     AIOKafkaConsumer,
     AIOKafkaProducer,
@@ -24,6 +37,9 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource
+from aiokafka.protocol.api import Response
+from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from linepulse.bus.security import KafkaSecurity, client_kwargs
@@ -135,7 +151,19 @@ class Admin(Protocol):
 
     async def list_topics(self) -> list[str]: ...
 
-    async def create_topics(self, new_topics: list[NewTopic]) -> object: ...
+    async def create_topics(self, new_topics: list[NewTopic]) -> Response:
+        """A `CreateTopicsResponse`: errors are per topic in it, never raised."""
+        ...
+
+    async def describe_topics(self, topics: list[str] | None = None) -> list[Any]:
+        """Per topic a dict with `topic`, `error_code` and `partitions` (a list)."""
+        ...
+
+    async def describe_configs(
+        self, config_resources: list[ConfigResource], include_synonyms: bool = False
+    ) -> list[Response]:
+        """`DescribeConfigsResponse`s: per resource an `error_code` and `config_entries`."""
+        ...
 
 
 class KafkaClients(Protocol):
@@ -148,6 +176,44 @@ class KafkaClients(Protocol):
     def admin(self, **config: Any) -> Admin: ...
 
 
+class _NoAutoCreateMetadataRequest(MetadataRequest):  # type: ignore[misc]
+    """aiokafka's metadata request, with `allow_auto_topic_creation` false unless given
+    (aiokafka's clients never give it)."""
+
+    def __init__(
+        self, topics: list[str] | None = None, allow_auto_topic_creation: bool = False
+    ) -> None:
+        super().__init__(topics, allow_auto_topic_creation)
+
+
+# The aiokafka modules that build metadata requests (its client, for consumers and
+# producers, and its admin client); each looks `MetadataRequest` up when it sends one.
+_METADATA_SENDERS: Final = (aiokafka.client, aiokafka.admin.client)
+
+
+def forbid_topic_auto_creation() -> None:
+    """Make every metadata request aiokafka's clients send in this process say "do not
+    create the topics named here" (field `allow_auto_topic_creation` of Metadata v4+, the
+    versions aiokafka uses with any broker since Kafka 0.11). Idempotent.
+
+    It is process-wide because aiokafka builds the request inside its client without a
+    hook; LinePulse wants no topic auto-created anywhere, tests and benches included.
+    Raises RuntimeError, at the first client, if aiokafka no longer builds the request the
+    way this relies on (a version other than the >= 0.14 LinePulse is tested with).
+    """
+    for module in _METADATA_SENDERS:
+        current = getattr(module, "MetadataRequest", None)
+        if current is _NoAutoCreateMetadataRequest:
+            continue
+        if current is not MetadataRequest:
+            raise RuntimeError(
+                f"aiokafka {aiokafka.__version__}: {module.__name__} does not build "
+                "aiokafka.protocol.metadata.MetadataRequest; LinePulse cannot keep its "
+                "clients from auto-creating topics (it needs aiokafka >= 0.14)"
+            )
+        module.MetadataRequest = _NoAutoCreateMetadataRequest
+
+
 class AioKafkaClients:
     """aiokafka's own clients, talking to the broker named by `bootstrap_servers`.
 
@@ -155,6 +221,9 @@ class AioKafkaClients:
     arguments, which win over the caller's: a service cannot open a plaintext client by
     accident. The password and TLS files are read here, once, so a bad setting fails the
     service at start with a message naming the key, not later in a consume loop.
+
+    No client made here auto-creates a topic (nor does any other aiokafka client in the
+    process once one has been made here): see `forbid_topic_auto_creation`.
     """
 
     def __init__(self, security: KafkaSecurity | None = None) -> None:
@@ -165,20 +234,27 @@ class AioKafkaClients:
         return f"AioKafkaClients(protocol={self.protocol})"
 
     def producer(self, **config: Any) -> Producer:
-        producer: Producer = AIOKafkaProducer(**config | self._security)
+        producer: Producer = self.aiokafka_producer(**config)
         return producer
 
+    def aiokafka_producer(self, **config: Any) -> AIOKafkaProducer:
+        """aiokafka's producer class itself, for code that reaches into its internals (the
+        ingest sink fails its pending batches on a broker outage)."""
+        forbid_topic_auto_creation()
+        return AIOKafkaProducer(**config | self._security)
+
     def consumer(self, *topics: str, **config: Any) -> Consumer:
+        forbid_topic_auto_creation()
         consumer: Consumer = AIOKafkaConsumer(*topics, **config | self._security)
         return consumer
 
     def admin(self, **config: Any) -> Admin:
+        forbid_topic_auto_creation()
         admin: Admin = AIOKafkaAdminClient(**config | self._security)
         return admin
 
     def options(self) -> dict[str, Any]:
-        """The security arguments alone, for code that must build an aiokafka client
-        itself (the ingest sink reaches into the producer's internals)."""
+        """The security arguments alone (what every client made here is given)."""
         return dict(self._security)
 
 

@@ -5,7 +5,12 @@ rely on, and nothing more:
 
 - A topic has N partitions; each is an append-only list of records with offsets from 0.
   There is no retention and no compaction: a compacted topic keeps every record, which a
-  reader that keeps the latest per key cannot tell apart.
+  reader that keeps the latest per key cannot tell apart. Its `cleanup.policy` is kept as
+  it was created (Kafka's default `delete` if not given) and described as Kafka does, so
+  the services' start-up check of topic layouts (linepulse/bus/topics.py) sees the same.
+- Topics exist only once created (the admin's `create_topics`, or `create_topic`):
+  producing to a missing topic is an `UnknownTopicOrPartitionError`, and a consumer of one
+  gets nothing until it exists, like a broker with `auto.create.topics.enable=false`.
 - Keyed records go to aiokafka's default partition (murmur2 of the key, positive, modulo
   the partition count); unkeyed ones round-robin (aiokafka picks at random).
 - A sent record is in the log when `send` returns; its future is already resolved.
@@ -33,17 +38,21 @@ from typing import Any, Final
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     CommitFailedError,
     ConsumerStoppedError,
     IllegalOperation,
     IllegalStateError,
+    InvalidReplicationFactorError,
     MessageSizeTooLargeError,
     ProducerClosed,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
 from aiokafka.partitioner import murmur2
+from aiokafka.protocol.admin import CreateTopicsResponse_v3, DescribeConfigsResponse_v0
+from aiokafka.protocol.api import Response
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from linepulse.bus.clients import (
@@ -123,30 +132,42 @@ class _Group:
 class InProcessBroker:
     """Topics and consumer groups; clients come from `InProcessClients(broker)`.
 
-    `auto_create_partitions`: producing to (or asking the partitions of) a topic that does
-    not exist creates it with this many partitions, as Kafka's `auto.create.topics.enable`
-    with `num.partitions`; None makes it an `UnknownTopicOrPartitionError`.
+    `auto_create_partitions`: None (the default, and what LinePulse runs with) makes
+    producing to a topic that does not exist an `UnknownTopicOrPartitionError`; a number
+    makes it create the topic with that many partitions, as Kafka's
+    `auto.create.topics.enable` with `num.partitions`, for tests of what that does.
     """
 
-    def __init__(self, *, auto_create_partitions: int | None = 1) -> None:
+    def __init__(self, *, auto_create_partitions: int | None = None) -> None:
         self.auto_create_partitions = auto_create_partitions
         self._logs: dict[str, list[list[StoredRecord]]] = {}
+        self._configs: dict[str, dict[str, str]] = {}
         self._groups: dict[str, _Group] = {}
         self._changed = asyncio.Event()
         self._ids = itertools.count(1)
 
     # -- topics -------------------------------------------------------------------------
 
-    def create_topic(self, name: str, partitions: int) -> None:
+    def create_topic(
+        self, name: str, partitions: int, configs: Mapping[str, str] | None = None
+    ) -> None:
+        """A new topic; `configs` are its topic configs (`cleanup.policy`: `delete` if not
+        given, Kafka's default), kept and described, not acted on."""
         if name in self._logs:
             raise TopicAlreadyExistsError(f"topic {name} exists")
         if partitions < 1:
             raise ValueError(f"topic {name}: partitions must be >= 1, got {partitions}")
         self._logs[name] = [[] for _ in range(partitions)]
+        self._configs[name] = {"cleanup.policy": "delete", **(configs or {})}
         self._notify()
 
     def topics(self) -> list[str]:
         return sorted(self._logs)
+
+    def topic_config(self, topic: str) -> dict[str, str] | None:
+        """The topic's configs (`cleanup.policy` always among them); None if no topic."""
+        configs = self._configs.get(topic)
+        return None if configs is None else dict(configs)
 
     def partitions(self, topic: str) -> int | None:
         """How many partitions `topic` has; None if it does not exist."""
@@ -686,15 +707,69 @@ class InProcessAdmin:
     async def list_topics(self) -> list[str]:
         return self.broker.topics()
 
-    async def create_topics(self, new_topics: list[NewTopic]) -> object:
-        """Creates the missing ones; then `TopicAlreadyExistsError` if any existed."""
-        existing = [t.name for t in new_topics if self.broker.partitions(t.name) is not None]
+    async def create_topics(self, new_topics: list[NewTopic]) -> Response:
+        """Creates the missing ones with their partitions and topic configs; per topic an
+        error code in the response, as Kafka's (an existing topic is left as it is). One
+        in-process broker: a replication factor above 1 is refused, as a one-node Kafka's."""
+        results: list[tuple[str, int, str | None]] = []
         for topic in new_topics:
-            if topic.name not in existing:
-                self.broker.create_topic(topic.name, topic.num_partitions)
-        if existing:
-            raise TopicAlreadyExistsError(f"topics exist: {', '.join(existing)}")
-        return None
+            if self.broker.partitions(topic.name) is not None:
+                code, message = (
+                    TopicAlreadyExistsError.errno,
+                    f"Topic '{topic.name}' already exists.",
+                )
+            elif topic.replication_factor > 1:
+                code = InvalidReplicationFactorError.errno
+                message = (
+                    f"Unable to replicate the partition {topic.replication_factor} time(s): "
+                    "the in-process bus is one broker"
+                )
+            else:
+                self.broker.create_topic(topic.name, topic.num_partitions, topic.topic_configs)
+                code, message = 0, None
+            results.append((topic.name, code, message))
+        return CreateTopicsResponse_v3(throttle_time_ms=0, topic_errors=results)
+
+    async def describe_topics(self, topics: list[str] | None = None) -> list[Any]:
+        """Kafka's metadata per topic (all of them for None); a missing one has error 3."""
+        names = self.broker.topics() if topics is None else topics
+        described: list[Any] = []
+        for name in names:
+            count = self.broker.partitions(name)
+            described.append(
+                {
+                    "error_code": UnknownTopicOrPartitionError.errno if count is None else 0,
+                    "topic": name,
+                    "is_internal": False,
+                    "partitions": [
+                        {"error_code": 0, "partition": n, "leader": 0, "replicas": [0], "isr": [0]}
+                        for n in range(count or 0)
+                    ],
+                }
+            )
+        return described
+
+    async def describe_configs(
+        self, config_resources: list[ConfigResource], include_synonyms: bool = False
+    ) -> list[Response]:
+        """Topic configs as Kafka's `DescribeConfigsResponse` (v0 shape), filtered to the
+        names a resource asks for; a missing topic has error 3."""
+        resources: list[tuple[int, str, int, str, list[tuple[str, str, bool, bool, bool]]]] = []
+        for resource in config_resources:
+            if resource.resource_type is not ConfigResourceType.TOPIC:
+                raise ValueError("the in-process bus has topic configs only")
+            configs = self.broker.topic_config(resource.name)
+            if configs is None:
+                resources.append((UnknownTopicOrPartitionError.errno, "", 2, resource.name, []))
+                continue
+            asked = resource.configs
+            entries = [
+                (name, value, False, False, False)
+                for name, value in sorted(configs.items())
+                if not asked or name in asked
+            ]
+            resources.append((0, "", int(resource.resource_type), resource.name, entries))
+        return [DescribeConfigsResponse_v0(throttle_time_ms=0, resources=resources)]
 
 
 class InProcessClients:

@@ -5,6 +5,11 @@ are about now; what was firing before a restart is in the engine's store, and op
 windows are republished every second). Every `EVALUATE_EVERY_S`, and at once after an
 ack or a silence change, the engine evaluates its rules and the resulting notifications
 go to the durable outbox, which delivers them through the channels with retries.
+
+The service never creates a topic (its clients cannot: linepulse/bus/clients.py): at start
+it waits up to `TOPIC_WAIT_S` for `kpi` and `telemetry`, which `linepulse kpi` creates,
+and refuses to start if they do not come or are laid out differently from the plant
+config (linepulse/bus/topics.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.bus.clients import AioKafkaClients
+from linepulse.bus.topics import TopicRole, check_topics
 from linepulse.config import PlantConfig
+from linepulse.events import reading_as_float
 from linepulse.runtime import HttpSettings, install_stop_signals, serve_http
 from linepulse.wire import decode_records
 from services.alerts.api import create_app
@@ -32,9 +39,14 @@ from services.alerts.store import AlertStore
 log = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S = 1.0
+# How long a starting alerts service waits for its topics (the KPI service creating them
+# may start at the same moment, as in the compose stack).
+TOPIC_WAIT_S = 60.0
 
 
 class AlertService:
+    TOPICS: tuple[TopicRole, ...] = ("telemetry", "kpi")  # what the followers read
+
     def __init__(
         self,
         plant: PlantConfig,
@@ -58,6 +70,22 @@ class AlertService:
         recovered = self.outbox.enqueue(self.store.notifications(since))
         if recovered:
             log.info("%d notification(s) recovered from the engine's log", recovered)
+
+    async def wait_for_topics(self, stop: asyncio.Event, wait_s: float = TOPIC_WAIT_S) -> bool:
+        """Wait for the topics the followers read, never creating them; False if `stop`
+        came first. Raises `TopicLayoutError` (missing after `wait_s`, or laid out
+        otherwise): a consumer of a missing topic fails only after aiokafka's 40 s request
+        timeout, with no word of which topic or why."""
+        layout = await check_topics(
+            self.bootstrap,
+            self.plant.kafka,
+            self.clients,
+            roles=self.TOPICS,
+            service="linepulse alerts",
+            wait_s=wait_s,
+            stop=stop,
+        )
+        return bool(layout)
 
     def poke(self) -> None:
         """Evaluate now (after an ack or a silence change)."""
@@ -118,7 +146,7 @@ class AlertService:
                     events.sort("ts")
                     .group_by("machine", "signal", maintain_order=True)
                     .last()
-                    .select("ts", "machine", "signal", "value_num", "value_str")
+                    .select("ts", "machine", "signal", reading_as_float(), "value_str")
                 )
                 self.engine.observe_samples(latest.iter_rows(), int(time.time() * 1000))
         finally:
@@ -165,6 +193,8 @@ async def run_alerts(
         log.warning(
             "no alerts API token: ack and silences are refused with 403; %s", access.configure_hint
         )
+    if not await service.wait_for_topics(stop):
+        return 0
     async with asyncio.TaskGroup() as group:
         group.create_task(service.follow_kpi(stop), name="alerts-kpi")
         group.create_task(service.follow_telemetry(stop), name="alerts-telemetry")

@@ -33,6 +33,11 @@ How data moves:
 - **Dead letters** share the path as their own unit kind (a kind marker in the spool),
   so they get the same ordering, durability and limits: a JSON value per letter on the
   dead-letter topic, keyed by source. Memory holds at most `MEMORY_LETTERS` of them.
+- **Topics** (telemetry and dead letters) are created if missing, with the plant config's
+  layout, at each connect, and never used laid out otherwise (linepulse/bus/topics.py):
+  at `start()` with the broker reachable that is a `TopicLayoutError` (the service
+  refuses to start); found on a later connect, it is logged and everything stays
+  buffered, checked again with the connect backoff, until the topic is fixed.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerClosed
 
 from linepulse.bus.clients import AioKafkaClients
+from linepulse.bus.topics import TopicLayoutError, TopicRole, ensure_topics
 from linepulse.config import PlantConfig
 from linepulse.events import EVENT_SCHEMA, reason_kind
 from linepulse.sources import IngestSettings
@@ -66,7 +72,7 @@ from services.ingest.spool import (
     encode_letters,
     encode_samples,
 )
-from services.kpi.topics import HomePartitions, ensure_topics
+from services.kpi.topics import HomePartitions
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +101,7 @@ SPOOL_ENTRY_SAMPLES: Final = 50_000
 SPOOL_LOG_STEP: Final = 0.1  # log the spool's growth at each 10 % of its limit
 FULL_LOG_S: Final = 60.0  # "spool full" at most once a minute (it flaps while draining)
 HEADERS: Final = [("content-type", ARROW.encode())]
+TOPICS: Final[tuple[TopicRole, ...]] = ("telemetry", "dlq")
 
 
 class SinkClosedError(RuntimeError):
@@ -251,7 +258,12 @@ class KafkaSink:
         self._spool_logged = self._spool_step()
         if not self._spool.is_empty:
             self._spooled_since = time.monotonic()
-        await self._connect()
+        try:
+            await self._connect()
+        except TopicLayoutError:
+            self._spool.close()
+            self._spool = None
+            raise
         self._gauges()
         self._runner = asyncio.create_task(self._run(), name="kafka-sink")
 
@@ -459,7 +471,7 @@ class KafkaSink:
                 if self._unit is None:
                     return  # closing, and nothing is left
             if self._producer is None:
-                if await self._connect():
+                if await self._reconnect():
                     backoff = BACKOFF_START_S
                 else:
                     await self._pause(backoff)
@@ -705,8 +717,20 @@ class KafkaSink:
 
     # -- the broker ------------------------------------------------------------------------
 
+    async def _reconnect(self) -> bool:
+        """`_connect`, with a topic laid out otherwise logged (it is fixed by hand while
+        this keeps buffering) instead of raised."""
+        try:
+            return await self._connect()
+        except TopicLayoutError as error:
+            self._down_since = self._down_since or time.monotonic()
+            self._connect_failures += 1
+            log.error("%s Buffering meanwhile; checking again.", error)
+            return False
+
     async def _connect(self) -> bool:
-        """A started producer and the topic's partition count, or False (logged)."""
+        """A started producer and the topic's partition count, or False (logged); raises
+        `TopicLayoutError` for a topic laid out differently from the plant config."""
         if self._stopping:
             return False
         if not await self._reachable():
@@ -715,7 +739,7 @@ class KafkaSink:
             level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
             log.log(level, "Kafka at %s not reachable; buffering, retrying", self.bootstrap)
             return False
-        producer = AIOKafkaProducer(
+        producer = self._clients.aiokafka_producer(
             bootstrap_servers=self.bootstrap,
             client_id="linepulse-ingest",
             enable_idempotence=True,  # forces acks="all"
@@ -724,13 +748,15 @@ class KafkaSink:
             max_batch_size=MAX_BATCH_BYTES,
             max_request_size=MAX_REQUEST_BYTES,
             retry_backoff_ms=RETRY_BACKOFF_MS,
-            **self._clients.options(),
         )
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                await ensure_topics(self.bootstrap, self.plant.kafka, self._clients)
+                await ensure_topics(self.bootstrap, self.plant.kafka, self._clients, roles=TOPICS)
                 await producer.start()
                 partitions = await producer.partitions_for(self.topic)
+        except TopicLayoutError:
+            await self._stop_quietly(producer)
+            raise
         except (KafkaError, OSError, TimeoutError) as error:
             self._down_since = self._down_since or time.monotonic()
             self._connect_failures += 1

@@ -9,6 +9,7 @@ a microsecond). `source` is a configured source id; `reason` a bounded rejection
 | `linepulse_ingest_events_total{source}` | samples accepted from a source |
 | `linepulse_ingest_messages_total{source}` | MQTT publishes, OPC-UA notifications |
 | `linepulse_ingest_rejected_total{source,reason}` | inputs sent to the DLQ |
+| `linepulse_ingest_withheld_total{source,reason}` | OPC-UA values with no reading to emit |
 | `linepulse_ingest_reconnects_total{source}` | connections re-established after a loss |
 | `linepulse_ingest_connected{source}` | 1 while the source's session is up |
 | `linepulse_ingest_buffer_samples` | samples waiting in memory for Kafka |
@@ -31,6 +32,7 @@ class IngestMetrics:
     events_in: Counter
     messages_in: Counter
     rejected: Counter
+    withheld: Counter
     reconnects: Counter
     connected: Gauge
     buffer_samples: Gauge
@@ -60,6 +62,12 @@ class IngestMetrics:
             rejected=counter(
                 "linepulse_ingest_rejected",
                 "Inputs sent to the dead-letter topic, by reason category",
+                ("source", "reason"),
+            ),
+            withheld=counter(
+                "linepulse_ingest_withheld",
+                "Values received but not emitted: the server had no reading yet "
+                "(waiting_for_initial_data) or gave no source timestamp (no_source_timestamp)",
                 ("source", "reason"),
             ),
             reconnects=counter(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
 from collections import Counter
@@ -26,10 +27,10 @@ from dataclasses import dataclass
 from typing import Final
 
 import aiomqtt
-import orjson
+import msgspec
 
 from linepulse.config import PlantConfig
-from linepulse.events import reason_kind
+from linepulse.events import MAX_TEXT, reason_kind
 from linepulse.sources import MqttSource, MqttTopic
 from services.ingest import sparkplug
 from services.ingest.metrics import IngestMetrics
@@ -38,6 +39,12 @@ from services.ingest.samples import RAW_KEEP_BYTES, SampleBatch, Sink
 log = logging.getLogger(__name__)
 
 _JSON_KEYS: Final = frozenset({"value", "ts", "reason", "quality"})
+# RFC 8259 §6: what a JSON number looks like. A plain payload is a number exactly when it
+# would be one in JSON; "0042", "NaN", "1_000" or "+5" are text, as a material number is.
+_JSON_NUMBER: Final = re.compile(
+    r"-?(?:0|[1-9][0-9]*)"  # an int: no leading zero, no sign but minus
+    r"(?P<float>(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"  # a fraction or an exponent: a float
+)
 _SPARKPLUG_PREFIX: Final = f"{sparkplug.NAMESPACE}/"
 _REBIRTH_QOS: Final = 0  # Sparkplug 3.0: NCMD is published at QoS 0
 
@@ -101,8 +108,10 @@ def parse_json(payload: bytes, *, signal_in_payload: bool = False) -> Reading:
     """A JSON payload: an object `{"value", "ts"?, "reason"?, "quality"?}` (and `"signal"`
     when the topic has no `{signal}` level), or a bare JSON scalar as the value."""
     try:
-        doc = orjson.loads(payload)
-    except orjson.JSONDecodeError as error:
+        # msgspec keeps JSON's types: an int stays an exact int at any size (orjson would
+        # turn one beyond 64 bits into a float), 3.0 stays a float, "0042" text.
+        doc = msgspec.json.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as error:
         raise PayloadError(f"malformed JSON: {error}") from None
     if not isinstance(doc, dict):
         if signal_in_payload:
@@ -124,19 +133,18 @@ def parse_json(payload: bytes, *, signal_in_payload: bool = False) -> Reading:
 
 
 def parse_plain(payload: bytes) -> Reading:
-    """A text payload: a number if it reads as one (int first, then float), else the text."""
+    """A text payload: a number when it is a JSON number (an int without fraction or
+    exponent, else a float), otherwise the text, kept as it is ("0042" stays text)."""
     try:
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise PayloadError("plain payload is not UTF-8 text") from None
     if not text:
         raise PayloadError("empty payload")
-    for number in (int, float):
-        try:
-            return Reading(number(text))
-        except ValueError:
-            pass
-    return Reading(text)
+    number = _JSON_NUMBER.fullmatch(text)
+    if number is None or len(text) > MAX_TEXT:  # a longer one is refused as text is
+        return Reading(text)
+    return Reading(float(text) if number.group("float") else int(text))
 
 
 # -- the ingester ---------------------------------------------------------------------------

@@ -22,6 +22,19 @@ start), its backoff and logging are not ours to configure, and a PLC reboot lose
 server's subscriptions anyway. On each (re)connect the nodes are resolved again, their
 current values READ once (a fresh baseline after `unknown`; a re-read counter is
 harmless by the core's definition) and the subscription re-created.
+
+What the ingester asks of a server, and what it does not pass on (docs/foreign-servers.md):
+
+* Sampling: 0 (the fastest the server offers) for state, counters, product and reason
+  unless `sampling_interval_ms` is set, with a queue for one publishing interval of changes
+  (`opcua_session.sampling_ms`, `queue_size_for`); a WARNING once per node where the server
+  grants a slower sampling interval or a smaller queue.
+* Nodes: `nsu=` NodeIds resolved against the server's NamespaceArray at each connect; a node
+  the server does not have is a WARNING once per connect naming endpoint, machine, signal
+  and node, never a connection failure.
+* Values that are no reading (BadWaitingForInitialData, UncertainInitialValue, no
+  SourceTimestamp) are not emitted: counted in `linepulse_ingest_withheld_total{reason}`,
+  logged once per node. Event time is the SourceTimestamp in ms, floored.
 """
 
 from __future__ import annotations
@@ -46,6 +59,7 @@ from services.ingest.opcua_session import (
     KEEPALIVE_MS,
     Monitored,
     Route,
+    Subscribed,
     failure_reason,
     new_client,
     read_current,
@@ -53,8 +67,17 @@ from services.ingest.opcua_session import (
     routes_of,
     subscribe,
 )
-from services.ingest.opcua_values import UnsupportedValue, plain_value, quality_of, status_name
-from services.ingest.samples import SampleBatch, Sink, ts_ms
+from services.ingest.opcua_values import (
+    UnsupportedValue,
+    Withheld,
+    epoch_ms,
+    event_time,
+    plain_value,
+    quality_of,
+    status_name,
+    withheld,
+)
+from services.ingest.samples import SampleBatch, Sink
 
 FLUSH_S: Final = 0.05  # a partial batch waits at most this long for the sink
 PENDING_BATCHES: Final = 4  # batches the callback may collect while the sink is busy
@@ -139,6 +162,13 @@ class OpcuaIngester:
         self._marked_unknown = False
         self._was_connected = False
         self._connected = False
+        # Values not emitted since the last flush, by reason (counted per flush), and the
+        # (handle, reason) pairs already logged: once per node, not once per value.
+        self._withheld: Counter[Withheld] = Counter()
+        self._withheld_logged: set[tuple[int, Withheld]] = set()
+        # (handle, "sampling" or "queue") -> what the server granted short of what was
+        # asked, as last warned about: once per item, again only if it changes.
+        self._short_grants: dict[tuple[int, str], float] = {}
 
     @property
     def connected(self) -> bool:
@@ -209,9 +239,19 @@ class OpcuaIngester:
                 client.connection_lost_callback = self._loss_callback(session)
                 await client.connect()
                 connected = True
-                items, problems = await resolve(client, self._routes)
-                for problem in problems:
-                    _log.warning("opcua %s: node not monitored: %s", source.id, problem)
+                items, unresolved = await resolve(client, self._routes)
+                for missing in unresolved:
+                    # Once per connect, and not a connection failure: the other nodes work,
+                    # and a reconnect would not make this one appear.
+                    _log.warning(
+                        "opcua %s: %s: %s/%s: node %s not monitored: %s",
+                        source.id,
+                        source.endpoint,
+                        missing.route.machine,
+                        missing.route.signal,
+                        missing.route.address,
+                        missing.why,
+                    )
                 # Read before subscribing: the values come in time order, and the
                 # subscription's first notification of an unchanged node is a duplicate.
                 self._by_handle = {item.handle: item.route for item in items}
@@ -219,12 +259,12 @@ class OpcuaIngester:
                     item.handle for item in items if item.route.signal == "reason"
                 )
                 self._last.clear()
-                received = datetime.now(UTC)
+                received = epoch_ms(datetime.now(UTC))
                 if self._floor_ms is None:
                     # A first start: a value unchanged for hours carries an old timestamp,
                     # which the KPI core would refuse as too late. It is the current value
                     # now, so a reading older than the lateness is stamped on receipt.
-                    self._floor_ms = ts_ms(received) - self._lateness_ms
+                    self._floor_ms = received - self._lateness_ms
                 self._restamp = set(self._by_handle)
                 current = list(zip(items, await read_current(client, items), strict=True))
                 # Reasons first, as in `_on_publish`: a machine already stopped when we
@@ -233,10 +273,17 @@ class OpcuaIngester:
                 for item, value in current:
                     self._take(item.handle, value, received)
                 self._full.set()
-                sid, accepted, refused = await subscribe(client, source, items, self._on_publish)
-                for problem in refused:
-                    _log.warning("opcua %s: server refused monitored item %s", source.id, problem)
-                session.subscription_id, session.items = sid, accepted
+                subscribed = await subscribe(client, source, items, self._on_publish)
+                for problem in subscribed.refused:
+                    _log.warning(
+                        "opcua %s: %s: server refused monitored item %s",
+                        source.id,
+                        source.endpoint,
+                        problem,
+                    )
+                self._warn_granted(subscribed)
+                session.subscription_id = subscribed.subscription_id
+                session.items = subscribed.items
         except Exception as error:
             _log.warning(
                 "opcua %s: cannot connect to %s (security %s, user %s): %s",
@@ -272,6 +319,51 @@ class OpcuaIngester:
         )
         self._was_connected = True
         return session
+
+    def _warn_granted(self, subscribed: Subscribed) -> None:
+        """A WARNING, once per item, where the server samples a node more slowly than asked
+        (changes closer together than its interval are merged into one: a stop shorter
+        than it can vanish) or keeps a smaller queue than one publishing interval needs."""
+        for created in subscribed.created:
+            where = created.item.route.where
+            handle = created.item.handle
+            if self._short_grant(
+                handle, "sampling", created.sampling_ms, created.asked_sampling_ms
+            ):
+                _log.warning(
+                    "opcua %s: %s: %s: the server says it samples every %g ms (asked %g ms): "
+                    "changes less than %g ms apart may reach us as one",
+                    self.source.id,
+                    self.source.endpoint,
+                    where,
+                    created.sampling_ms,
+                    created.asked_sampling_ms,
+                    created.sampling_ms,
+                )
+            granted, needed = created.granted_queue_size, created.queue_size
+            if self._short_grant(handle, "queue", -granted, -needed):  # smaller is worse
+                _log.warning(
+                    "opcua %s: %s: %s: the server keeps %d changes per item (asked %d for a "
+                    "%g ms publishing interval): more changes than that between two "
+                    "publishes lose the oldest",
+                    self.source.id,
+                    self.source.endpoint,
+                    where,
+                    granted,
+                    needed,
+                    subscribed.publishing_ms,
+                )
+
+    def _short_grant(self, handle: int, what: str, granted: float, asked: float) -> bool:
+        """True when `granted` is worse (greater) than `asked` and not yet warned about."""
+        key = (handle, what)
+        if granted <= asked:
+            self._short_grants.pop(key, None)
+            return False
+        if self._short_grants.get(key) == granted:
+            return False
+        self._short_grants[key] = granted
+        return True
 
     async def _hold(self, session: _Session, stop: asyncio.Event) -> bool:
         """Wait until stop (True) or the session is lost (False)."""
@@ -313,8 +405,8 @@ class OpcuaIngester:
         if self._marked_unknown:
             return
         self._marked_unknown = True
-        now = datetime.now(UTC)
-        self._floor_ms = ts_ms(now)
+        now = epoch_ms(datetime.now(UTC))
+        self._floor_ms = now
         for machine in self._machines:
             self._batch.add(now, machine, "state", "unknown", where="connection")
         self._full.set()
@@ -358,7 +450,7 @@ class OpcuaIngester:
         data = result.NotificationMessage.NotificationData
         if not data:
             return
-        received = datetime.now(UTC)
+        received = epoch_ms(datetime.now(UTC))
         take = self._take
         for notification in data:
             if isinstance(notification, ua.DataChangeNotification):
@@ -393,24 +485,31 @@ class OpcuaIngester:
                 self._waiting_room = False
             self._last_publish = time.monotonic()
 
-    def _take(self, handle: int, value: ua.DataValue, received: datetime) -> None:
-        """One DataValue into the batch (or a dead letter), mapped by its ClientHandle."""
+    def _take(self, handle: int, value: ua.DataValue, received_ms: int) -> None:
+        """One DataValue into the batch (or a dead letter, or withheld), by its ClientHandle.
+
+        `received_ms` (epoch ms) stamps the first reading of a node after a (re)connect when
+        its own time is before the `unknown` marker (see `_floor_ms`)."""
         route = self._by_handle.get(handle)
         if route is None:
             return
         status = value.StatusCode
         code = status.value if status is not None else 0
-        stamp = value.SourceTimestamp or value.ServerTimestamp or received
         variant = value.Value
         raw = variant.Value if variant is not None else None
-        key = (stamp, raw, code)
+        key = (value.SourceTimestamp, raw, code)
         if self._last.get(handle) == key:
             return
         self._last[handle] = key
+        why_not = withheld(value)
+        stamp = event_time(value)
+        if why_not is not None or stamp is None:
+            self._withhold(handle, route, why_not or "no_source_timestamp", status)
+            return
         if self._restamp and handle in self._restamp:
             self._restamp.discard(handle)
-            if self._floor_ms is not None and ts_ms(stamp) < self._floor_ms:
-                stamp = received
+            if self._floor_ms is not None and stamp < self._floor_ms:
+                stamp = received_ms
         try:
             plain = plain_value(variant)
         except UnsupportedValue as error:
@@ -423,16 +522,41 @@ class OpcuaIngester:
             return
         if route.signal == "reason":
             text = None if plain in (None, "") else str(plain)
-            self._reasons[route.machine] = (ts_ms(stamp), text)
+            self._reasons[route.machine] = (stamp, text)
             return
         why: str | None = None
         if route.signal == "state":
             known = self._reasons.get(route.machine)
-            if known is not None and known[0] == ts_ms(stamp):
+            if known is not None and known[0] == stamp:
                 why = known[1]
         self._batch.add(
             stamp, route.machine, route.signal, plain, reason=why, quality=quality_of(code)
         )
+
+    def _withhold(
+        self, handle: int, route: Route, why: Withheld, status: ua.StatusCode | None
+    ) -> None:
+        """Count a value that is no reading (see `opcua_values.withheld`); log once per node."""
+        self._withheld[why] += 1
+        if (handle, why) in self._withheld_logged:
+            return
+        self._withheld_logged.add((handle, why))
+        if why == "waiting_for_initial_data":
+            _log.info(
+                "opcua %s: %s: the server has no value yet (%s); nothing emitted until it has",
+                self.source.id,
+                route.where,
+                status_name(status),
+            )
+        else:
+            _log.warning(
+                "opcua %s: %s: the server sends values without a SourceTimestamp; they are "
+                "not emitted (the time of a reading at the source is what the KPIs count "
+                "by); counted as linepulse_ingest_withheld_total{reason=%s}",
+                self.source.id,
+                route.where,
+                why,
+            )
 
     # -- to the sink -------------------------------------------------------------------
 
@@ -448,6 +572,10 @@ class OpcuaIngester:
     async def _flush(self) -> None:
         batch = self._batch
         notifications, self._notifications = self._notifications, 0
+        withheld_now, self._withheld = self._withheld, Counter()
+        if self.metrics is not None:
+            for why, count in withheld_now.items():
+                self.metrics.withheld.labels(self.source.id, why).inc(count)
         if not len(batch) and not batch.letters:
             if notifications and self.metrics is not None:
                 self.metrics.messages_in.labels(self.source.id).inc(notifications)

@@ -2,8 +2,10 @@
 
 Everything here is per connection attempt: the ingester builds a new asyncua `Client` for
 each one (a client reused after a connection loss can hang, asyncua #1660), resolves the
-configured nodes again (a rebooted PLC may have rebuilt its address space) and creates
-the subscription with all monitored items in one CreateMonitoredItems call.
+configured nodes again (a rebooted PLC may have rebuilt its address space, or renumbered
+its namespaces: `nsu=` NodeIds are looked up in its NamespaceArray each time) and creates
+the subscription with all monitored items in one CreateMonitoredItems call, then widens
+the queues the server granted too small for its sampling interval (ModifyMonitoredItems).
 
 The subscription goes through asyncua's raw session service (`UaClient`), not its
 `Subscription` class: that class turns every notification into an object and either a
@@ -28,7 +30,13 @@ from cryptography import x509
 from linepulse.config import COUNTER_SIGNALS
 from linepulse.log_redaction import redact_log_arguments
 from linepulse.sources import OpcuaNode, OpcuaSource
-from services.ingest.opcua_values import parse_browse_path, parse_node_id, relative_path
+from services.ingest.opcua_values import (
+    local_node_id,
+    parse_browse_path,
+    parse_node_id,
+    relative_path,
+    status_name,
+)
 
 PublishCallback = Callable[[ua.PublishResult], Awaitable[None]]
 
@@ -49,6 +57,14 @@ _POLICIES = {"Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256}
 # Signals that must report every change: a deadband would hide state changes, counter
 # steps and product changes (the core counts and times them).
 NO_DEADBAND: Final = frozenset({"state", "product", *COUNTER_SIGNALS})
+# Signals sampled as fast as the server can (sampling interval 0) unless the source sets
+# an interval: a state held for less than one sampling interval is never seen, and a
+# counter step within one is merged into the next. The reason goes with the state.
+FASTEST: Final = NO_DEADBAND | {"reason"}
+# Part 4 §5.12.1.2: 0 asks for the fastest practical rate, a negative interval for the
+# subscription's publishing interval.
+SAMPLE_FASTEST: Final = 0.0
+SAMPLE_AT_PUBLISHING: Final = -1.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,44 @@ class Monitored:
     node_id: ua.NodeId
 
 
+@dataclass(frozen=True)
+class Unresolved:
+    """A route whose node this server does not have (or not as a Variable), and why."""
+
+    route: Route
+    why: str
+
+
+@dataclass(frozen=True)
+class Created:
+    """A monitored item as the server set it up: what was asked and what it granted (ms).
+
+    `asked_sampling_ms` is the interval asked for, the publishing interval for a request
+    of "the publishing interval" (-1); `queue_size` is the queue one publishing interval
+    of changes needs at the granted sampling interval (`queue_size_for`)."""
+
+    item: Monitored
+    asked_sampling_ms: float
+    sampling_ms: float
+    queue_size: int
+    granted_queue_size: int
+
+
+@dataclass(frozen=True)
+class Subscribed:
+    """The subscription as created: its id, the publishing interval the server granted
+    (ms), the items it accepted and the refusals as readable text."""
+
+    subscription_id: int
+    publishing_ms: float
+    created: list[Created]
+    refused: list[str]
+
+    @property
+    def items(self) -> list[Monitored]:
+        return [c.item for c in self.created]
+
+
 def routes_of(source: OpcuaSource) -> list[Route]:
     """Every configured (machine, signal, node) of a source, in config order."""
     return [
@@ -108,15 +162,38 @@ def subscription_parameters(source: OpcuaSource) -> ua.CreateSubscriptionParamet
     )
 
 
-def item_request(source: OpcuaSource, item: Monitored) -> ua.MonitoredItemCreateRequest:
-    """A monitored item for the node's Value: sampling interval and queue size from the
-    source, an absolute deadband (Part 4 §7.22.2) where the node has one."""
-    sampling = source.sampling_interval_ms
+def sampling_ms(source: OpcuaSource, route: Route) -> float:
+    """The sampling interval to ask for (ms): the source's when set; else the fastest
+    (0) for the signals the KPIs time and count (`FASTEST`), the publishing interval (-1)
+    for analog tags, which a faster sampling would only make noisier."""
+    if source.sampling_interval_ms is not None:
+        return float(source.sampling_interval_ms)
+    return SAMPLE_FASTEST if route.signal in FASTEST else SAMPLE_AT_PUBLISHING
+
+
+def queue_size_for(configured: int, publishing_ms: float, sampling_ms: float) -> int:
+    """A monitored-item queue that holds every change of one publishing interval: the
+    server samples up to publishing/sampling times between two publishes (Part 4
+    §5.12.1.5), and a full queue drops a change. At least `configured`. A sampling
+    interval of 0 (the server reports each change as it happens) gives no bound: the
+    configured size."""
+    if sampling_ms <= 0:
+        return configured
+    return max(configured, math.ceil(publishing_ms / sampling_ms))
+
+
+def item_request(
+    source: OpcuaSource, item: Monitored, publishing_ms: float
+) -> ua.MonitoredItemCreateRequest:
+    """A monitored item for the node's Value: the sampling interval of `sampling_ms`, a
+    queue for one publishing interval of changes (`queue_size_for`) that discards the
+    oldest when it overflows all the same (the latest value is the one that must not be
+    lost), an absolute deadband (Part 4 §7.22.2) where the node has one."""
+    sampling = sampling_ms(source, item.route)
     params = ua.MonitoringParameters(
         ClientHandle=item.handle,
-        # A negative interval asks for the publishing interval (Part 4 §7.21).
-        SamplingInterval=float(sampling) if sampling is not None else -1.0,
-        QueueSize=source.queue_size,
+        SamplingInterval=sampling,
+        QueueSize=queue_size_for(source.queue_size, publishing_ms, sampling),
         DiscardOldest=True,
     )
     deadband = item.route.deadband
@@ -198,70 +275,164 @@ async def new_client(source: OpcuaSource) -> Client:
     return client
 
 
-async def resolve(client: Client, routes: list[Route]) -> tuple[list[Monitored], list[str]]:
-    """NodeIds for all routes (browse paths in one TranslateBrowsePaths call); the routes
-    that failed come back as readable problems, the others numbered as ClientHandles."""
-    problems: list[str] = []
-    node_ids: dict[int, ua.NodeId] = {}
+async def resolve(client: Client, routes: list[Route]) -> tuple[list[Monitored], list[Unresolved]]:
+    """This server's NodeIds for all routes, numbered by route as ClientHandles, and the
+    routes whose node it does not have, each with the reason.
+
+    `nsu=` NodeIds are looked up in the server's NamespaceArray (read once, when one is
+    configured), browse paths translated in one TranslateBrowsePaths call, and every node
+    then checked in one Read of its NodeClass: a subscription to a node that does not
+    exist is refused or, by some servers, accepted and never served."""
+    unresolved: list[Unresolved] = []
+    parsed: dict[int, ua.NodeId] = {}
     paths: list[tuple[int, ua.BrowsePath]] = []
     objects = ua.NodeId(ua.Int32(ObjectIds.ObjectsFolder))
     for index, route in enumerate(routes):
         try:
             if route.node.node_id is not None:
-                node_ids[index] = parse_node_id(route.node.node_id)
+                parsed[index] = parse_node_id(route.node.node_id)
             else:
                 names = parse_browse_path(route.node.browse_path or "")
                 paths.append(
                     (index, ua.BrowsePath(StartingNode=objects, RelativePath=relative_path(names)))
                 )
         except ValueError as error:
-            problems.append(f"{route.machine}/{route.signal}: {error}")
+            unresolved.append(Unresolved(route, str(error)))
+    namespaces: list[str] = []
+    if any(getattr(node_id, "NamespaceUri", None) for node_id in parsed.values()):
+        namespaces = list(await client.get_namespace_array())
+    node_ids: dict[int, ua.NodeId] = {}
+    for index, node_id in parsed.items():
+        try:
+            node_ids[index] = local_node_id(node_id, namespaces)
+        except ValueError as error:
+            unresolved.append(Unresolved(routes[index], str(error)))
     if paths:
         results = await client.uaclient.translate_browsepaths_to_nodeids([p for _, p in paths])
         for (index, _), result in zip(paths, results, strict=True):
             route = routes[index]
             if not result.StatusCode.is_good() or not result.Targets:
-                problems.append(
-                    f"{route.machine}/{route.signal}: browse path {route.node.browse_path} not "
-                    f"found ({result.StatusCode.name})"
-                )
+                why = f"browse path not found ({status_name(result.StatusCode)})"
+                unresolved.append(Unresolved(route, why))
                 continue
             target = result.Targets[0].TargetId  # an ExpandedNodeId; a local one is a NodeId
             node_ids[index] = ua.NodeId(target.Identifier, target.NamespaceIndex, target.NodeIdType)
+    unresolved.extend(await _not_variables(client, routes, node_ids))
     monitored = [
         Monitored(handle, routes[handle], node_ids[handle])
         for handle in range(len(routes))
         if handle in node_ids
     ]
-    return monitored, problems
+    order = {id(route): index for index, route in enumerate(routes)}
+    unresolved.sort(key=lambda u: order[id(u.route)])
+    return monitored, unresolved
+
+
+async def _not_variables(
+    client: Client, routes: list[Route], node_ids: dict[int, ua.NodeId]
+) -> list[Unresolved]:
+    """Read every node's NodeClass; drop (from `node_ids`) and return those the server does
+    not have, or has as something other than a Variable (an Object has no Value)."""
+    if not node_ids:
+        return []
+    order = sorted(node_ids)
+    params = ua.ReadParameters(
+        MaxAge=0,
+        TimestampsToReturn=ua.TimestampsToReturn.Neither,
+        NodesToRead=[
+            ua.ReadValueId(NodeId=node_ids[index], AttributeId=AttributeIds.NodeClass)
+            for index in order
+        ],
+    )
+    results: list[ua.DataValue] = await client.uaclient.read(params)
+    unresolved: list[Unresolved] = []
+    for index, result in zip(order, results, strict=True):
+        status = result.StatusCode
+        if status is not None and not status.is_good():
+            why = f"no such node on the server ({status_name(status)})"
+        else:
+            node_class = result.Value.Value if result.Value is not None else None
+            if node_class == ua.NodeClass.Variable:
+                continue
+            known = {c.value: c.name for c in ua.NodeClass}
+            name = known.get(node_class, repr(node_class)) if isinstance(node_class, int) else "?"
+            why = f"the node's class is {name}, not Variable: it has no value to monitor"
+        unresolved.append(Unresolved(routes[index], why))
+        del node_ids[index]
+    return unresolved
 
 
 async def subscribe(
     client: Client, source: OpcuaSource, items: list[Monitored], callback: PublishCallback
-) -> tuple[int, list[Monitored], list[str]]:
-    """Create the subscription and all its monitored items in one call. Returns the
-    subscription id, the items the server accepted and the refusals as readable text."""
+) -> Subscribed:
+    """Create the subscription and all its monitored items in one call; then, for items
+    whose queue the server granted smaller than one publishing interval of changes at the
+    sampling interval it granted, ask for that queue (ModifyMonitoredItems, one call)."""
     result = await client.uaclient.create_subscription(subscription_parameters(source), callback)
     subscription_id = int(result.SubscriptionId)
+    publishing = float(result.RevisedPublishingInterval) or float(source.publishing_interval_ms)
     if not items:
-        return subscription_id, [], []
+        return Subscribed(subscription_id, publishing, [], [])
+    requests = [item_request(source, item, publishing) for item in items]
     params = ua.CreateMonitoredItemsParameters(
         SubscriptionId=subscription_id,
-        ItemsToCreate=[item_request(source, item) for item in items],
+        ItemsToCreate=requests,
         TimestampsToReturn=ua.TimestampsToReturn.Both,
     )
     results = await client.uaclient.create_monitored_items(params)
-    accepted: list[Monitored] = []
+    created: list[Created] = []
     refused: list[str] = []
-    for item, created in zip(items, results, strict=True):
-        if created.StatusCode.is_good():
-            accepted.append(item)
-        else:
+    short: list[tuple[int, ua.MonitoredItemModifyRequest]] = []
+    for item, request, made in zip(items, requests, results, strict=True):
+        if not made.StatusCode.is_good():
             route = item.route
             refused.append(
-                f"{route.machine}/{route.signal} ({route.address}): {created.StatusCode.name}"
+                f"{route.machine}/{route.signal} ({route.address}): {made.StatusCode.name}"
             )
-    return subscription_id, accepted, refused
+            continue
+        asked = request.RequestedParameters.SamplingInterval
+        granted = float(made.RevisedSamplingInterval)
+        needed = queue_size_for(source.queue_size, publishing, granted)
+        if int(made.RevisedQueueSize) < needed:
+            wider = request.RequestedParameters
+            wider.QueueSize = needed
+            wider.SamplingInterval = granted
+            short.append(
+                (
+                    len(created),
+                    ua.MonitoredItemModifyRequest(
+                        MonitoredItemId=made.MonitoredItemId, RequestedParameters=wider
+                    ),
+                )
+            )
+        created.append(
+            Created(
+                item,
+                publishing if asked < 0 else asked,
+                granted,
+                needed,
+                int(made.RevisedQueueSize),
+            )
+        )
+    if short:
+        modified = await client.uaclient.modify_monitored_items(
+            ua.ModifyMonitoredItemsParameters(
+                SubscriptionId=subscription_id,
+                TimestampsToReturn=ua.TimestampsToReturn.Both,
+                ItemsToModify=[request for _, request in short],
+            )
+        )
+        for (position, _), change in zip(short, modified, strict=True):
+            if change.StatusCode.is_good():
+                before = created[position]
+                created[position] = Created(
+                    before.item,
+                    before.asked_sampling_ms,
+                    float(change.RevisedSamplingInterval),
+                    before.queue_size,
+                    int(change.RevisedQueueSize),
+                )
+    return Subscribed(subscription_id, publishing, created, refused)
 
 
 async def read_current(client: Client, items: list[Monitored]) -> list[ua.DataValue]:

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
-from aiokafka import AIOKafkaProducer
 
 from linepulse.bus.clients import AioKafkaClients
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig
 from linepulse.wire import ARROW, encode_arrow
 from services.kpi.replay import read_batches
-from services.kpi.topics import HomePartitions, ensure_topics
+from services.kpi.topics import HomePartitions
 
 RECORD_SAMPLES = 5_000
 
@@ -27,13 +27,12 @@ class TelemetryProducer:
         self.plant = plant
         self.topic = plant.kafka.telemetry.name
         self._homes = HomePartitions(plant, 1)  # replaced once the topic is known
-        self._producer = AIOKafkaProducer(
+        self._producer = AioKafkaClients(plant.kafka.security).producer(
             bootstrap_servers=bootstrap,
             enable_idempotence=True,
             linger_ms=20,
             max_request_size=8 * 1024 * 1024,
             client_id="linepulse-producer",
-            **AioKafkaClients(plant.kafka.security).options(),
         )
         self.sent = 0
 
@@ -75,8 +74,10 @@ async def produce_file(
     path: Path,
     on_reject: Callable[[str, str], None],
 ) -> int:
-    """Send a telemetry file (.jsonl or .parquet) to the telemetry topic; events sent."""
-    await ensure_topics(bootstrap, plant.kafka, AioKafkaClients(plant.kafka.security))
+    """Send a telemetry file (.jsonl or .parquet) to the telemetry topic; events sent.
+    Creates the topic if missing; `TopicLayoutError` if it is laid out otherwise."""
+    clients = AioKafkaClients(plant.kafka.security)
+    await ensure_topics(bootstrap, plant.kafka, clients, roles=("telemetry",))
     async with TelemetryProducer(plant, bootstrap) as producer:
         for decoded, _ in read_batches(path, batch_events=200_000):
             for where, reason, _raw in decoded.rejected:

@@ -10,7 +10,6 @@ payload, so the producer of bad data can be found and nothing is silently droppe
 from __future__ import annotations
 
 import base64
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +19,15 @@ from typing import Any, Protocol
 import polars as pl
 
 from linepulse.config import COUNTER_SIGNALS, PlantConfig
-from linepulse.events import EVENT_SCHEMA, MAX_TEXT, QUALITIES, EventError, parse_ts
+from linepulse.events import (
+    EVENT_SCHEMA,
+    MAX_TEXT,
+    QUALITIES,
+    EventError,
+    Typed,
+    parse_ts,
+    typed_value,
+)
 
 RAW_KEEP_BYTES = 4096  # of a dead letter's raw payload; the size says how much there was
 _NUMERIC = frozenset(COUNTER_SIGNALS) | {"ideal_cycle_time_s"}
@@ -92,6 +99,7 @@ class SampleBatch:
         self._machine: list[str] = []
         self._signal: list[str] = []
         self._num: list[float | None] = []
+        self._int: list[int | None] = []
         self._str: list[str | None] = []
         self._reason: list[str | None] = []
         self._quality: list[str] = []
@@ -121,8 +129,10 @@ class SampleBatch:
         self._ts.append(row[0])
         self._machine.append(machine)
         self._signal.append(signal)
-        self._num.append(row[1])
-        self._str.append(row[2])
+        num, integer, text = row[1]
+        self._num.append(num)
+        self._int.append(integer)
+        self._str.append(text)
         self._reason.append(reason)
         self._quality.append(quality)
         return True
@@ -139,7 +149,7 @@ class SampleBatch:
         value: object,
         reason: str | None,
         quality: str,
-    ) -> tuple[int, float | None, str | None]:
+    ) -> tuple[int, Typed]:
         if machine not in self._machines:
             raise EventError(f"unknown machine {machine!r}")
         if not signal or len(signal) > MAX_TEXT:
@@ -149,30 +159,12 @@ class SampleBatch:
         if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_TEXT):
             raise EventError(f"reason must be a string of at most {MAX_TEXT} characters")
         ms = ts_ms(ts)
-        num: float | None
-        text: str | None
-        if value is None:
-            raise EventError(f"{signal}: value is missing")
-        if isinstance(value, bool):
-            num, text = float(value), "true" if value else "false"
-        elif isinstance(value, int | float):
-            try:
-                num, text = float(value), None
-            except OverflowError:  # an int beyond float range, e.g. 400 digits of plain text
-                num, text = math.inf, None
-            if not math.isfinite(num):
-                raise EventError(f"{signal}: value must be finite, got {str(value)[:64]}")
-        elif isinstance(value, str):
-            if len(value) > MAX_TEXT:
-                raise EventError(f"{signal}: value is longer than {MAX_TEXT} characters")
-            num, text = None, value
-        else:
-            raise EventError(
-                f"{signal}: value must be a string, number or boolean, got {type(value).__name__}"
-            )
-        if signal in _NUMERIC and num is None:
+        # The source's type decides the column (events.typed_value): a String node or metric
+        # "0042" stays text, an Int64/UInt64 stays an exact int, a Float/Double a float.
+        typed = typed_value(value, f"{signal}: value")
+        if signal in _NUMERIC and typed[0] is None and typed[1] is None:
             raise EventError(f"{signal} must be a number, got {value!r}")
-        return ms, num, text
+        return ms, typed
 
     def take(self) -> tuple[pl.DataFrame, list[DeadLetter]]:
         """The collected events as one frame, and the dead letters; both are cleared."""
@@ -182,6 +174,7 @@ class SampleBatch:
                 "machine": self._machine,
                 "signal": self._signal,
                 "value_num": self._num,
+                "value_int": self._int,
                 "value_str": self._str,
                 "reason": self._reason,
                 "quality": self._quality,

@@ -234,11 +234,18 @@ def encode_payload(metrics: list[Metric], *, seq: int | None, timestamp_ms: int)
 
 def convert(raw: Value, datatype: int) -> Value:
     """A wire value read as `datatype`: signed integers from their two's complement, Float
-    to the shortest decimal that is the same float32; other values unchanged."""
+    to the shortest decimal that is the same float32; other values unchanged.
+
+    The datatype decides the value's type, and so its column in the telemetry event
+    (events.typed_value): integer types (UInt64 and DateTime too) stay exact ints, Float
+    and Double floats even when a stack sent a whole number in an integer field, String
+    and Text stay text ("0815" is a material number, not 815)."""
     if datatype in _SIGNED_BITS and isinstance(raw, int) and not isinstance(raw, bool):
         bits = _SIGNED_BITS[datatype]
         raw &= (1 << bits) - 1
         return raw - (1 << bits) if raw >> (bits - 1) else raw
+    if datatype in (FLOAT, DOUBLE) and isinstance(raw, int) and not isinstance(raw, bool):
+        raw = float(raw)
     if datatype == FLOAT and isinstance(raw, float):
         return _float32(raw)
     return raw
@@ -425,6 +432,10 @@ class SparkplugHost:
         self.nodes: dict[str, EdgeNode] = {}
         self.seq_gaps = 0
         self.unknown_aliases = 0
+        # Aliased metrics of a node whose birth this host has not seen (it started after
+        # the node, the compose stack's order): expected, not bad input; the rebirth it
+        # asks for brings their current values.
+        self.before_birth = 0
         # machine -> receipt time (ms) of its latest `unknown` mark not yet followed by a state
         self._unknown_at: dict[str, int] = {}
         self.rebirths_asked = 0
@@ -483,7 +494,16 @@ class SparkplugHost:
             self._unknown([machine], received_ms, batch, where)
         else:  # NDATA, DDATA
             known = node.node if kind == NDATA else node.devices.get(where.device or "")
-            missing = self._samples(where, known, payload, received_ms, batch, raw, birth=False)
+            missing = self._samples(
+                where,
+                known,
+                payload,
+                received_ms,
+                batch,
+                raw,
+                birth=False,
+                late_join=not node.birth_seen,
+            )
             if missing:
                 wants = wants or missing
         return self._ask(where, node, wants, received_ms)
@@ -572,9 +592,14 @@ class SparkplugHost:
         raw: bytes,
         *,
         birth: bool,
+        late_join: bool = False,
     ) -> str | None:
         """Add a message's metrics as samples; returns a rebirth reason if aliases or the
-        birth were missing. Node-level metrics are samples only if the node is a machine."""
+        birth were missing. Node-level metrics are samples only if the node is a machine.
+
+        `late_join`: no NBIRTH of this node's session has been seen here, so its aliases
+        cannot be known yet; they are counted in `before_birth`, not dead letters. After a
+        birth, an alias it did not declare is a broken message: a dead letter."""
         machine = table.machine if table else self.machine_for(where.edge, where.device)
         if where.device is None and machine not in self._machines:
             return None if birth or table else "NDATA before NBIRTH"
@@ -642,6 +667,9 @@ class SparkplugHost:
             batch.add(ts, machine, signal, value, reason=reason, where=place)
         if not unknown:
             return None if table is not None or birth else f"{where.message_type} before birth"
+        if late_join:
+            self.before_birth += len(unknown)
+            return f"unknown alias {unknown[0]}"
         self.unknown_aliases += len(unknown)
         batch.reject(
             f"unknown alias(es) {sorted(unknown)[:10]} without a birth "

@@ -3,7 +3,8 @@
 The spool is a folder of append-only segment files named by the sequence number of their
 first entry (`00000000000000000042.spool`), so `ls` shows the send order. Each entry is a
 small header (magic, kind, sequence number, count, length, CRC-32) and a payload: an Arrow
-IPC stream of `EVENT_SCHEMA` samples (zstd, ~6 bytes a sample on plant data) or the JSON
+IPC stream of `EVENT_SCHEMA` samples (zstd, ~6 bytes a sample on plant data; each value in
+its typed column, so "0042" stays text and 2**63 - 1 exact across a restart) or the JSON
 records of dead letters. The kind marker lets dead letters share the spool, and so its
 ordering, durability and size limit, instead of needing a second mechanism.
 
@@ -107,7 +108,15 @@ def encode_samples(frame: pl.DataFrame) -> bytes:
 
 
 def decode_samples(payload: bytes) -> pl.DataFrame:
-    return pl.read_ipc_stream(io.BytesIO(payload)).cast(EVENT_SCHEMA)
+    """The `EVENT_SCHEMA` rows of a samples entry, with the types they were spooled with.
+
+    An entry spooled before `value_int` existed (an ingester upgraded with a full spool)
+    has its integers as floats in `value_num`, which is how they were then: it reads with
+    an empty `value_int`, rather than failing the spool."""
+    frame = pl.read_ipc_stream(io.BytesIO(payload))
+    if "value_int" not in frame.columns:
+        frame = frame.with_columns(pl.lit(None, pl.Int64).alias("value_int"))
+    return frame.select(EVENT_SCHEMA.names()).cast(EVENT_SCHEMA)
 
 
 def encode_letters(records: Sequence[dict[str, Any]]) -> bytes:

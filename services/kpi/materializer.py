@@ -2,7 +2,9 @@
 
 The API reads every partition from the beginning (both topics are compacted, so this is
 the latest record per key plus what has not been compacted yet) and then follows them.
-It is ready once it has caught up with the end offsets it saw at start.
+It is ready once it has caught up with the end offsets it saw at start. It starts only on
+topics laid out as configured (both compacted, the configured partition counts), and
+creates none: its service does (linepulse/bus/topics.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import orjson
 from aiokafka import TopicPartition
 
 from linepulse.bus import AIOKAFKA, Consumer, KafkaClients
+from linepulse.bus.topics import TopicRole, check_topics
 from linepulse.config import KafkaSettings
 from services.kpi.errors import LinePulseError
 
@@ -31,6 +34,8 @@ class RecordObserver(Protocol):
 
 
 class Materializer:
+    TOPICS: tuple[TopicRole, ...] = ("kpi", "status")
+
     def __init__(
         self,
         kafka: KafkaSettings,
@@ -49,6 +54,9 @@ class Materializer:
         self.bad = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        layout = await check_topics(
+            self.bootstrap, self.kafka, self.clients, roles=self.TOPICS, service="the KPI API"
+        )
         consumer = self.clients.consumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
@@ -57,7 +65,7 @@ class Materializer:
         )
         await consumer.start()
         try:
-            partitions = await self._assign(consumer)
+            partitions = await self._assign(consumer, layout)
             ends = await consumer.end_offsets(partitions)
             pending = {tp: end for tp, end in ends.items() if end > 0}
             self.ready = not pending
@@ -126,19 +134,15 @@ class Materializer:
                 log.warning("record skipped: %s: %s", error, str(record)[:300])
         return kept
 
-    async def _assign(self, consumer: Consumer) -> list[TopicPartition]:
-        topics = [self.kafka.kpi.name, self.kafka.status.name]
-        partitions: list[TopicPartition] = []
-        for _ in range(50):  # the topics may be created by a worker starting alongside
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in topics
-                for p in sorted(consumer.partitions_for_topic(topic) or ())
-            ]
-            if {tp.topic for tp in partitions} == set(topics):
-                break
-            await consumer._client.force_metadata_update()
-            await asyncio.sleep(0.2)
+    async def _assign(
+        self, consumer: Consumer, layout: dict[TopicRole, int]
+    ) -> list[TopicPartition]:
+        """Every partition of both topics, as checked at start."""
+        partitions = [
+            TopicPartition(getattr(self.kafka, role).name, number)
+            for role in self.TOPICS
+            for number in range(layout[role])
+        ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         return partitions

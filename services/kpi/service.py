@@ -2,6 +2,10 @@
 
 SIGTERM or SIGINT stops taking input: the worker finishes its batch, checkpoints, commits
 and leaves the group; the API stops serving; the process exits 0 (linepulse/runtime.py).
+
+At start it creates the topics it uses that are missing, with the plant config's layout,
+and refuses to start (`TopicLayoutError`, exit 2 from the CLI) if one exists laid out
+otherwise (linepulse/bus/topics.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from linepulse.bus.clients import AioKafkaClients
+from linepulse.bus.topics import TOPIC_ROLES, TopicRole, ensure_topics
 from linepulse.config import PlantConfig
 from linepulse.http_security import TlsSettings
 from linepulse.runtime import install_stop_signals, serve_http
@@ -24,10 +29,13 @@ from services.kpi.core.engine import Core
 from services.kpi.materializer import Materializer
 from services.kpi.metrics import KpiMetrics
 from services.kpi.store import KpiStore
-from services.kpi.topics import ensure_topics
 from services.kpi.worker import KpiWorker
 
 log = logging.getLogger(__name__)
+
+# The API's topics: the materializer reads kpi and status, reason corrections go to
+# telemetry. The worker uses every topic (it writes dead letters too).
+API_TOPICS: tuple[TopicRole, ...] = ("telemetry", "kpi", "status")
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,8 @@ async def run_service(
     stop = asyncio.Event()
     install_stop_signals(stop, "stopping (finish the batch, checkpoint, commit, leave)")
     clients = AioKafkaClients(plant.kafka.security)  # TLS/SASL for every client below
-    await ensure_topics(bootstrap, plant.kafka, clients)
+    roles = TOPIC_ROLES if state_dir is not None else API_TOPICS
+    await ensure_topics(bootstrap, plant.kafka, clients, roles=roles)
     registry = CollectorRegistry()
     metrics = KpiMetrics.create(registry, plant)
     worker = None

@@ -464,7 +464,8 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
     alerts_served = alerts
     now = datetime.now(UTC).replace(microsecond=0)
     shift_start = fill(kpi_store, now)
-    broker = InProcessBroker()  # where reason corrections go (the telemetry topic)
+    # Where reason corrections go: a one-partition telemetry topic, made by the first send.
+    broker = InProcessBroker(auto_create_partitions=1)
     app = create_app(
         plant,
         kpi_store,

@@ -78,8 +78,9 @@ async def read_telemetry(bootstrap: str, topic: str) -> list[Key]:
                     ((m.value, m.headers, m.offset) for m in messages), f"{tp.topic}"
                 )
                 assert decoded.rejected == []
-                for ts, machine, sig, num, text, reason, _quality in decoded.events.iter_rows():
-                    keys.append((ts, machine, sig, text if text is not None else num, reason))
+                for ts, machine, sig, num, whole, text, reason, _ in decoded.events.iter_rows():
+                    value = text if text is not None else num if whole is None else float(whole)
+                    keys.append((ts, machine, sig, value, reason))
     finally:
         await consumer.stop()
     return keys

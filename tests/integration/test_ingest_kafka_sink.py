@@ -76,6 +76,7 @@ def samples(first: int, count: int, names: list[str]) -> pl.DataFrame:
             "machine": [names[i % len(names)] for i in ids],
             "signal": ["total_count"] * count,
             "value_num": [float(i) for i in ids],
+            "value_int": [None] * count,
             "value_str": [None] * count,
             "reason": [None] * count,
             "quality": ["good"] * count,

@@ -65,7 +65,10 @@ class CollectingSink:
         if not self.frames:
             return []
         frame = pl.concat(self.frames)
-        return [(r[0], r[1], r[2], r[4] if r[4] is not None else r[3]) for r in frame.rows()]
+        return [
+            (r[0], r[1], r[2], next((v for v in (r[5], r[4], r[3]) if v is not None), None))
+            for r in frame.rows()
+        ]
 
     def reasons(self) -> list[str]:
         return [letter.reason for letter in self.letters]
@@ -235,7 +238,8 @@ async def test_bad_input_goes_to_the_dlq_and_the_good_around_it_arrives(
     bad: list[tuple[str, bytes | str, str]] = [
         (f"{pre}/L1/press1/state", '{"value": "down", ', "malformed JSON"),
         (f"{pre}/L1/press1/total_count", '{"value": "many"}', "total_count must be a number"),
-        (f"{pre}-raw/press1/temperature", "nan", "temperature: value must be finite"),
+        # "nan" is text on a plain topic (not a JSON number); 1e400 is one, and infinite.
+        (f"{pre}-raw/press1/temperature", "1e400", "temperature: value must be finite"),
         (f"{pre}/L1/ghost/state", '{"value": "running"}', "unknown machine 'ghost'"),
         (f"{pre}/L1/press1/speed", '{"value": 1, "ts": "yesterday"}', "ts is not an RFC 3339"),
         (f"{pre}/L1/press1/blob", b"x" * (10 * 1024 * 1024), "payload too large: 10485760"),

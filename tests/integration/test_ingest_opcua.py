@@ -26,9 +26,11 @@ from asyncua.ua.status_codes import StatusCodes
 from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig, parse_config
+from linepulse.events import source_value
 from linepulse.runtime import free_loopback_ports
 from services.ingest.metrics import IngestMetrics
 from services.ingest.opcua import OpcuaIngester
+from services.ingest.opcua_values import epoch_ms
 from services.ingest.samples import DeadLetter
 from tests.integration.opcua_server import (
     CLIENT_URI,
@@ -62,7 +64,7 @@ class CollectingSink:
         out: list[Row] = []
         for frame in self.frames:
             for row in frame.iter_rows(named=True):
-                value = row["value_str"] if row["value_str"] is not None else row["value_num"]
+                value = source_value(row["value_num"], row["value_int"], row["value_str"])
                 out.append((row["machine"], row["signal"], value, row["ts"], row["quality"]))
         return out
 
@@ -124,7 +126,8 @@ def by_node_id(machine: str, **signals: str) -> dict[str, Any]:
 
 
 def ms(moment: datetime) -> int:
-    return round(moment.timestamp() * 1000)
+    """Epoch ms of a SourceTimestamp as the ingester stamps it: floored, never rounded."""
+    return epoch_ms(moment)
 
 
 EXTRA = [
@@ -526,3 +529,40 @@ async def test_stop_while_the_server_is_away_returns_and_marks_unknown_once(
     ]
     assert "connection refused" in caplog.text
     assert metrics.connected.labels("plc-1")._value.get() == 0
+
+
+async def test_values_with_no_reading_or_no_source_time_are_withheld_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not emitted, not dead letters either (they are not bad input): BadWaitingForInitialData
+    and values without a SourceTimestamp are counted by reason and logged once per node."""
+    caplog.set_level(logging.INFO, logger="services.ingest.opcua")
+    (port,) = free_loopback_ports(1)
+    plc = PlcServer(port)
+    await plc.start({"press-1": machine_variables()})
+    machine = by_node_id("press-1", state="State", total_count="TotalCount")
+    config = plant([source("plc-1", plc.endpoint, [machine])], machines=("press-1",))
+    sink = CollectingSink()
+    metrics = IngestMetrics.create(CollectorRegistry())
+    ingester = OpcuaIngester(config.sources.opcua[0], config, sink, metrics)
+    t0 = datetime(2025, 3, 1, 6, 0, tzinfo=UTC)
+    try:
+        async with running(ingester):
+            await until(lambda: ingester.connected and len(sink.rows()) >= 2, "the baseline")
+            before = len(sink.rows())
+            waiting = StatusCodes.BadWaitingForInitialData
+            await plc.write("press-1.TotalCount", None, ua.VariantType.Null, t0, waiting)
+            await plc.write("press-1.State", 6, ua.VariantType.Int32, None)  # no source time
+            await plc.write("press-1.State", 5, ua.VariantType.Int32, None)
+            stamped = t0 + timedelta(milliseconds=10)
+            await plc.write("press-1.State", 4, ua.VariantType.Int32, stamped)
+            await until(lambda: len(sink.rows()) > before, "the stamped value")
+        assert sink.rows()[before:] == [("press-1", "state", 4, ms(stamped), "good")]
+        assert sink.letters == []
+        withheld = metrics.withheld.labels
+        assert withheld("plc-1", "no_source_timestamp")._value.get() == 2
+        assert withheld("plc-1", "waiting_for_initial_data")._value.get() == 1
+        assert sum(1 for r in caplog.records if "without a SourceTimestamp" in r.getMessage()) == 1
+        assert sum(1 for r in caplog.records if "has no value yet" in r.getMessage()) == 1
+    finally:
+        await plc.stop()

@@ -424,6 +424,7 @@ async def test_the_ingest_sink_over_mutual_tls(secure_kafka: SecureBroker, tmp_p
             "machine": ["press-1"] * 10,
             "signal": ["total_count"] * 10,
             "value_num": [float(i) for i in range(10)],
+            "value_int": [None] * 10,
             "value_str": [None] * 10,
             "reason": [None] * 10,
             "quality": ["good"] * 10,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from linepulse.config import PlantConfig
-from linepulse.events import EVENT_SCHEMA
+from linepulse.events import EVENT_SCHEMA, typed_value
 from services.ingest.simulator.layout import mqtt_signals, plan
 from services.ingest.simulator.model import (
     Behaviour,
@@ -73,15 +73,15 @@ def simulate_events(
 
 def events_frame(events: Sequence[Event]) -> pl.DataFrame:
     """The events as an `EVENT_SCHEMA` frame (quality good), as the KPI core takes them."""
-    numbers = [None if isinstance(e.value, str) else float(e.value) for e in events]
-    texts = [e.value if isinstance(e.value, str) else None for e in events]
+    typed = [typed_value(e.value) for e in events]  # each value in its type's column
     return pl.DataFrame(
         {
             "ts": [e.ts for e in events],
             "machine": [e.machine for e in events],
             "signal": [e.signal for e in events],
-            "value_num": numbers,
-            "value_str": texts,
+            "value_num": [t[0] for t in typed],
+            "value_int": [t[1] for t in typed],
+            "value_str": [t[2] for t in typed],
             "reason": [e.reason for e in events],
             "quality": ["good"] * len(events),
         },

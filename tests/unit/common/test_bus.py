@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     IllegalOperation,
     IllegalStateError,
+    InvalidReplicationFactorError,
     MessageSizeTooLargeError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
@@ -238,10 +240,46 @@ async def test_admin_topics_and_errors_as_aiokafkas() -> None:
     broker, clients = bus({"old": 1})
     admin = clients.admin(bootstrap_servers="unused", client_id="x")
     await admin.start()
-    with pytest.raises(TopicAlreadyExistsError):
-        await admin.create_topics([NewTopic("old", 1, 1), NewTopic("new", 3, 1)])
+    # As aiokafka's (seen on Kafka 4.3): errors per topic in the response, nothing raised.
+    response = await admin.create_topics(
+        [
+            NewTopic("old", 1, 1),
+            NewTopic("new", 3, 1, topic_configs={"cleanup.policy": "compact"}),
+            NewTopic("replicated", 1, 3),
+        ]
+    )
+    codes = {t["topic"]: t["error_code"] for t in response.to_object()["topic_errors"]}
+    assert codes == {
+        "old": TopicAlreadyExistsError.errno,
+        "new": 0,
+        "replicated": InvalidReplicationFactorError.errno,
+    }
     assert await admin.list_topics() == ["new", "old"]
     assert broker.partitions("new") == 3
+    described = await admin.describe_topics(["new", "missing"])
+    assert [(t["topic"], t["error_code"], len(t["partitions"])) for t in described] == [
+        ("new", 0, 3),
+        ("missing", UnknownTopicOrPartitionError.errno, 0),
+    ]
+    configs = await admin.describe_configs(
+        [
+            ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None})
+            for name in ("new", "old", "missing")
+        ]
+    )
+    resources = [r for response in configs for r in response.to_object()["resources"]]
+    assert [
+        (
+            r["resource_name"],
+            r["error_code"],
+            [(e["config_names"], e["config_value"]) for e in r["config_entries"]],
+        )
+        for r in resources
+    ] == [
+        ("new", 0, [("cleanup.policy", "compact")]),
+        ("old", 0, [("cleanup.policy", "delete")]),  # Kafka's default
+        ("missing", UnknownTopicOrPartitionError.errno, []),
+    ]
     await admin.close()
 
     producer = clients.producer(max_request_size=100)
@@ -258,3 +296,20 @@ async def test_admin_topics_and_errors_as_aiokafkas() -> None:
 
     auto = InProcessClients(InProcessBroker(auto_create_partitions=2)).producer()
     assert await auto.partitions_for("fresh") == {0, 1}
+
+
+async def test_no_topic_is_created_by_using_it() -> None:
+    """As a broker with auto.create.topics.enable=false, which is what LinePulse runs."""
+    broker = InProcessBroker()
+    clients = InProcessClients(broker)
+    producer = clients.producer()
+    with pytest.raises(UnknownTopicOrPartitionError):
+        await producer.send("nowhere", value=b"x")
+    with pytest.raises(UnknownTopicOrPartitionError):
+        await producer.partitions_for("nowhere")
+    consumer = clients.consumer("elsewhere", auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    assert await consumer.getmany(timeout_ms=0) == {}
+    assert consumer.partitions_for_topic("elsewhere") is None
+    await consumer.stop()
+    assert broker.topics() == []

@@ -199,7 +199,7 @@ def test_the_decoder_refuses_what_the_core_cannot_take() -> None:
     decoded = decode_records([(raw, None, i) for i, raw in enumerate(hostile)], accept=ACCEPT)
     assert decoded.events.is_empty()
     assert [where for where, _, _ in decoded.rejected] == [f"record@{i}" for i in range(5)]
-    assert "value must be finite" in decoded.rejected[0][1]
+    assert "outside the 64-bit integer range" in decoded.rejected[0][1]
     assert "malformed JSON" in decoded.rejected[1][1]
     _, output = step(CORE, initial_state(CORE), decoded.events, flush=True)
     assert output.records == []

@@ -22,16 +22,21 @@ from services.ingest.opcua_session import (
     application_uri,
     failure_reason,
     item_request,
+    queue_size_for,
     routes_of,
+    sampling_ms,
     subscription_parameters,
 )
 from services.ingest.opcua_values import (
     UnsupportedValue,
+    epoch_ms,
     event_time,
+    local_node_id,
     parse_browse_path,
     parse_node_id,
     plain_value,
     quality_of,
+    withheld,
 )
 
 # -- status code -> quality (OPC UA Part 4 §7.34.1: severity in the top two bits) ---------
@@ -113,22 +118,75 @@ def test_other_values_are_refused_with_a_reason(variant: ua.Variant | None, reas
         plain_value(variant)
 
 
-# -- event time ---------------------------------------------------------------------------
+# -- event time and what is no reading ---------------------------------------------------
 
 SOURCE = datetime(2025, 3, 1, 6, 0, 0, 123000, tzinfo=UTC)
 SERVER = datetime(2025, 3, 1, 6, 0, 1, tzinfo=UTC)
-RECEIVED = datetime(2025, 3, 1, 6, 0, 2, tzinfo=UTC)
+SOURCE_MS = 1_740_808_800_123
+
+
+def _value(
+    source_ts: datetime | None, status: int = StatusCodes.Good, server_ts: datetime | None = SERVER
+) -> ua.DataValue:
+    return ua.DataValue(
+        ua.Variant(1.0),
+        StatusCode=ua.StatusCode(ua.UInt32(status)),
+        SourceTimestamp=source_ts,  # type: ignore[arg-type]
+        ServerTimestamp=server_ts,  # type: ignore[arg-type]
+    )
+
+
+def test_event_time_is_the_source_timestamp_in_ms() -> None:
+    assert event_time(_value(SOURCE)) == SOURCE_MS
+    # The ServerTimestamp is when the server last saw the value, not when it was taken.
+    assert event_time(_value(None)) is None
 
 
 @pytest.mark.parametrize(
-    ("source_ts", "server_ts", "expected"),
-    [(SOURCE, SERVER, SOURCE), (None, SERVER, SERVER), (None, None, RECEIVED)],
+    ("moment", "expected"),
+    [
+        # …850.95 ms is in millisecond …850: floored, as every LinePulse timestamp is.
+        (datetime(2025, 3, 1, 6, 0, 0, 850950, tzinfo=UTC), SOURCE_MS - 123 + 850),
+        (datetime(2025, 3, 1, 6, 0, 0, 999999, tzinfo=UTC), SOURCE_MS - 123 + 999),
+        (datetime(2025, 3, 1, 6, 0, 0, 1000, tzinfo=UTC), SOURCE_MS - 123 + 1),
+        (datetime(2025, 3, 1, 6, 0, 0, 999, tzinfo=UTC), SOURCE_MS - 123),
+        # OPC-UA times are UTC; some stacks leave the zone off.
+        (datetime(2025, 3, 1, 6, 0, 0, 850950), SOURCE_MS - 123 + 850),  # noqa: DTZ001
+        (datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=UTC), -1),
+    ],
 )
-def test_event_time_prefers_source_then_server_then_receipt(
-    source_ts: datetime | None, server_ts: datetime | None, expected: datetime
+def test_epoch_ms_floors_sub_millisecond_times(moment: datetime, expected: int) -> None:
+    assert epoch_ms(moment) == expected
+
+
+def test_a_sub_millisecond_source_timestamp_is_floored() -> None:
+    stamp = datetime(2025, 3, 1, 6, 0, 0, 850950, tzinfo=UTC)
+    assert event_time(_value(stamp)) == SOURCE_MS - 123 + 850
+
+
+@pytest.mark.parametrize(
+    ("status", "source_ts", "expected"),
+    [
+        (StatusCodes.Good, SOURCE, None),
+        (StatusCodes.UncertainLastUsableValue, SOURCE, None),
+        (StatusCodes.BadSensorFailure, SOURCE, None),  # a reading: emitted as `bad`
+        (StatusCodes.BadWaitingForInitialData, SOURCE, "waiting_for_initial_data"),
+        (StatusCodes.BadWaitingForInitialData, None, "waiting_for_initial_data"),
+        # info bits (here: overflow) do not change what the code means
+        (StatusCodes.BadWaitingForInitialData | 0x0480, SOURCE, "waiting_for_initial_data"),
+        (StatusCodes.UncertainInitialValue, SOURCE, "waiting_for_initial_data"),
+        (StatusCodes.Good, None, "no_source_timestamp"),
+        (StatusCodes.BadSensorFailure, None, "no_source_timestamp"),
+    ],
+)
+def test_no_reading_yet_and_no_source_timestamp_are_withheld(
+    status: int, source_ts: datetime | None, expected: str | None
 ) -> None:
-    value = ua.DataValue(ua.Variant(1.0), SourceTimestamp=source_ts, ServerTimestamp=server_ts)  # type: ignore[arg-type]
-    assert event_time(value, RECEIVED) == expected
+    assert withheld(_value(source_ts, status)) == expected
+
+
+def test_a_value_without_any_timestamp_is_withheld() -> None:
+    assert withheld(_value(None, server_ts=None)) == "no_source_timestamp"
 
 
 # -- node addresses -----------------------------------------------------------------------
@@ -141,6 +199,30 @@ def test_node_ids_parse_from_their_string_form() -> None:
     assert parse_node_id("ns=3;i=1001") == ua.NodeId(ua.Int32(1001), ua.Int16(3))
     with pytest.raises(ValueError, match=r"'press-1\.State' is not a NodeId"):
         parse_node_id("press-1.State")
+
+
+NAMESPACES = ["http://opcfoundation.org/UA/", "urn:vendor:server", "urn:plant:press"]
+
+
+def test_nsu_node_ids_resolve_against_the_servers_namespace_array() -> None:
+    node_id = parse_node_id("nsu=urn:plant:press;s=Press1.State")
+    local = local_node_id(node_id, NAMESPACES)
+    assert local == ua.NodeId(ua.String("Press1.State"), ua.Int16(2))
+    assert type(local) is ua.NodeId  # no NamespaceUri left to put on the wire
+    # The same config against a server that registered its namespaces in another order.
+    assert local_node_id(node_id, [*NAMESPACES[:2], "urn:other", "urn:plant:press"]) == (
+        ua.NodeId(ua.String("Press1.State"), ua.Int16(3))
+    )
+    numeric = local_node_id(parse_node_id("nsu=urn:plant:press;i=1001"), NAMESPACES)
+    assert numeric == ua.NodeId(ua.Int32(1001), ua.Int16(2))
+    # NodeIds by index pass as they are.
+    plain = parse_node_id("ns=5;s=x")
+    assert local_node_id(plain, NAMESPACES) == plain
+
+
+def test_an_unknown_namespace_uri_is_named() -> None:
+    with pytest.raises(ValueError, match=r"namespace 'urn:nowhere' is not on the server"):
+        local_node_id(parse_node_id("nsu=urn:nowhere;s=Press1.State"), NAMESPACES)
 
 
 def test_browse_paths_keep_dots_and_dashes_in_names() -> None:
@@ -204,7 +286,7 @@ def test_monitored_items_carry_sampling_queue_and_absolute_deadband() -> None:
     source = _source(sampling_interval_ms=20)
     routes = routes_of(source)
     node = ua.NodeId(ua.Int32(9), ua.Int16(2))
-    analog = item_request(source, Monitored(7, routes[2], node))
+    analog = item_request(source, Monitored(7, routes[2], node), 100.0)
     params = analog.RequestedParameters
     assert (params.ClientHandle, params.SamplingInterval, params.QueueSize) == (7, 20.0, 50)
     assert params.DiscardOldest
@@ -212,13 +294,58 @@ def test_monitored_items_carry_sampling_queue_and_absolute_deadband() -> None:
     assert isinstance(params.Filter, ua.DataChangeFilter)
     assert params.Filter.DeadbandType == ua.DeadbandType.Absolute
     assert params.Filter.DeadbandValue == 0.5
-    counter = item_request(source, Monitored(8, routes[1], node)).RequestedParameters
+    counter = item_request(source, Monitored(8, routes[1], node), 100.0).RequestedParameters
     assert not isinstance(counter.Filter, ua.DataChangeFilter)
-    # Without a sampling interval the server samples at the publishing interval (-1).
-    assert (
-        item_request(_source(), Monitored(1, routes[0], node)).RequestedParameters.SamplingInterval
-        == -1.0
-    )
+    # A set sampling interval applies to every node; the queue holds one publishing
+    # interval of samples when that is more than the configured size.
+    assert counter.SamplingInterval == 20.0
+    wide = item_request(source, Monitored(8, routes[1], node), 2000.0).RequestedParameters
+    assert wide.QueueSize == 100  # 2000 ms / 20 ms
+
+
+def test_by_default_the_kpi_signals_are_sampled_as_fast_as_the_server_can() -> None:
+    source = _source()
+    spec = {
+        "machine": "press-1",
+        "nodes": {
+            s: f"ns=2;s={s}"
+            for s in ("state", "total_count", "good_count", "reject_count", "product", "reason")
+        }
+        | {"speed": "ns=2;s=speed"},
+    }
+    routes = routes_of(_source(machines=[spec]))
+    asked = {route.signal: sampling_ms(source, route) for route in routes}
+    # 0: the fastest the server offers (Part 4 §5.12.1.2); -1: the publishing interval.
+    assert asked == {
+        "state": 0.0,
+        "total_count": 0.0,
+        "good_count": 0.0,
+        "reject_count": 0.0,
+        "product": 0.0,
+        "reason": 0.0,
+        "speed": -1.0,
+    }
+    node = ua.NodeId(ua.Int32(1))
+    state = item_request(source, Monitored(0, routes[0], node), 100.0).RequestedParameters
+    assert (state.SamplingInterval, state.QueueSize, state.DiscardOldest) == (0.0, 50, True)
+
+
+@pytest.mark.parametrize(
+    ("configured", "publishing", "sampling", "expected"),
+    [
+        (100, 500.0, 50.0, 100),  # node-opcua's 50 ms: 10 samples fit the default 100
+        (5, 500.0, 50.0, 10),
+        (5, 500.0, 30.0, 17),  # ceil(16.7)
+        (5, 1000.0, 1.0, 1000),
+        (5, 500.0, 0.0, 5),  # every change reported as it happens: no bound to size for
+        (5, 500.0, -1.0, 5),
+        (5, 100.0, 500.0, 5),
+    ],
+)
+def test_the_queue_holds_a_publishing_interval_of_samples(
+    configured: int, publishing: float, sampling: float, expected: int
+) -> None:
+    assert queue_size_for(configured, publishing, sampling) == expected
 
 
 def test_subscription_keepalive_and_lifetime() -> None:

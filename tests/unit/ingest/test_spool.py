@@ -8,7 +8,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from linepulse.events import EVENT_SCHEMA
+from linepulse.events import EVENT_SCHEMA, to_json_events
+from services.ingest.samples import SampleBatch
 from services.ingest.spool import (
     HEADER,
     SUFFIX,
@@ -32,6 +33,7 @@ def samples(first: int, count: int) -> pl.DataFrame:
             "machine": [f"m{i % 7}" for i in range(first, first + count)],
             "signal": ["total_count"] * count,
             "value_num": [float(i) for i in range(first, first + count)],
+            "value_int": [None] * count,
             "value_str": [None] * count,
             "reason": [None] * count,
             "quality": ["good"] * count,
@@ -256,3 +258,45 @@ def test_sequence_numbers_must_grow(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must grow"):
         spool.append(Kind.SAMPLES, 1, 1, b"")
     spool.close()
+
+
+# -- value types (issue 14, item 3) ----------------------------------------------------------
+
+
+def test_values_keep_their_type_across_a_restart(tmp_path: Path) -> None:
+    values = ["0042", "1e3", "NaN", 2**53 + 1, 2**63 - 1, 0.1, 3.0, True]
+    batch = SampleBatch(["m1"], "src")
+    for i, value in enumerate(values):
+        assert batch.add(1_793_599_200_000 + i, "m1", "reading", value)
+    frame, _ = batch.take()
+    spool = Spool(tmp_path, max_bytes=MIB)
+    spool.append(Kind.SAMPLES, 0, frame.height, encode_samples(frame))
+    spool.close()
+
+    again = Spool(tmp_path, max_bytes=MIB)  # a restart: recovered from disk
+    entry = again.next_unread()
+    assert entry is not None
+    back = [e["value"] for e in to_json_events(decode_samples(entry.payload))]
+    assert [(type(v), v) for v in back] == [(type(v), v) for v in values]
+
+
+def test_an_entry_spooled_before_value_int_existed_still_reads(tmp_path: Path) -> None:
+    """An ingester upgraded with samples in its spool: they were written without
+    `value_int`, numbers as floats, and are sent as they were."""
+    old = pl.DataFrame(
+        {
+            "ts": [1, 2],
+            "machine": ["m1", "m1"],
+            "signal": ["state", "total_count"],
+            "value_num": [None, 12.0],
+            "value_str": ["running", None],
+            "reason": [None, None],
+            "quality": ["good", "good"],
+        }
+    )
+    frame = decode_samples(encode_samples(old))
+    assert frame.schema == EVENT_SCHEMA
+    assert frame.select("value_num", "value_int", "value_str").rows() == [
+        (None, None, "running"),
+        (12.0, None, None),
+    ]
