@@ -2,7 +2,8 @@
 
 Settings are built here, in `main`, and passed down; nothing is configured at import.
 Exit codes: 0 done, 1 the input could not be read, 2 the command line or the plant
-config is wrong (the message says which key).
+config is wrong (the message says which key), or a Kafka topic is laid out differently
+from it (the message says how to fix the topic).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, BinaryIO, get_args
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, TypeVar, get_args
 
 import typer
 from tqdm import tqdm
@@ -49,6 +51,23 @@ def _setup_logging(level: str) -> None:
 def _fail(message: str, code: int) -> typer.Exit:
     typer.echo(f"linepulse: {message}", err=True)
     return typer.Exit(code)
+
+
+T = TypeVar("T")
+
+
+def _run_on_kafka(service: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run` for a command on Kafka topics: a topic laid out differently from the
+    plant config (raised at start, or from a task of the service) is a config error."""
+    from linepulse.bus.topics import TopicLayoutError
+
+    try:
+        return asyncio.run(service)
+    except* TopicLayoutError as group:
+        refused: BaseException = group
+        while isinstance(refused, BaseExceptionGroup):  # task groups nest
+            refused = refused.exceptions[0]
+    raise _fail(str(refused), 2)
 
 
 @app.callback()
@@ -138,7 +157,8 @@ def replay_command(
         f"replay: {stats.events + summary.malformed} events read, {stats.used} used, "
         f"{summary.malformed} malformed, {stats.rejected} rejected, "
         f"{stats.bad_quality} bad-quality ignored, {stats.other_signals} non-KPI signals, "
-        f"{stats.late} late, {stats.too_late} too late; {summary.records} records written"
+        f"{stats.late} late, {stats.too_late} too late, "
+        f"{stats.implausible} implausible counter jumps; {summary.records} records written"
         + (f"\nreplay: rejected by reason: {reasons}" if reasons else ""),
         err=True,
     )
@@ -226,7 +246,9 @@ def _serve(
 
     bootstrap = _bootstrap(plant, kafka)
     settings = ApiSettings(*api) if api else None
-    raise typer.Exit(asyncio.run(run_service(plant, bootstrap, state_dir=state_dir, api=settings)))
+    raise typer.Exit(
+        _run_on_kafka(run_service(plant, bootstrap, state_dir=state_dir, api=settings))
+    )
 
 
 @app.command("kpi")
@@ -291,7 +313,7 @@ def produce_command(
     def on_reject(where: str, reason: str) -> None:
         typer.echo(f"{events}: {where}: {reason}", err=True)
 
-    sent = asyncio.run(produce_file(plant, bootstrap, events, on_reject))
+    sent = _run_on_kafka(produce_file(plant, bootstrap, events, on_reject))
     typer.echo(f"produce: {sent} events sent to {plant.kafka.telemetry.name}", err=True)
 
 
@@ -313,7 +335,7 @@ def ingest_command(
     bootstrap = _bootstrap(plant, kafka)
     tls = _tls(tls_cert, tls_key, tls_client_ca)
     http = HttpSettings(host, port, tls) if port else None
-    raise typer.Exit(asyncio.run(run_ingest(plant, bootstrap, http)))
+    raise typer.Exit(_run_on_kafka(run_ingest(plant, bootstrap, http)))
 
 
 @app.command("alerts")
@@ -337,7 +359,7 @@ def alerts_command(
     bootstrap = _bootstrap(plant, kafka)
     tls = _tls(tls_cert, tls_key, tls_client_ca)
     http = HttpSettings(host, port, tls) if port else None
-    raise typer.Exit(asyncio.run(run_alerts(plant, bootstrap, http, state_dir)))
+    raise typer.Exit(_run_on_kafka(run_alerts(plant, bootstrap, http, state_dir)))
 
 
 @app.command("demo")
@@ -364,7 +386,7 @@ def demo_command(
     if fast < 1:
         raise _fail("--fast must be at least 1", 2)
     settings = DemoSettings(host, port, alerts_port, seed, fast, kafka, webhook)
-    raise typer.Exit(asyncio.run(run_demo(settings, typer.echo)))
+    raise typer.Exit(_run_on_kafka(run_demo(settings, typer.echo)))
 
 
 @app.command("simulate")

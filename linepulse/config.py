@@ -10,9 +10,10 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, time
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Final, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -52,6 +53,18 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 # A key shown bare in an error path; any other is quoted (an empty key, one with a dot).
 _PLAIN_KEY = re.compile(r"[^\s.\[\]'\"]+")
+
+
+# Counters are exact 64-bit integers in the core.
+MAX_COUNTER: Final = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class CounterLimit:
+    """A plausible counter increment: at most `per_s` x seconds + `burst` parts."""
+
+    per_s: float
+    burst: int
 
 
 class ConfigError(Exception):
@@ -163,6 +176,10 @@ class Machine(_Model):
     small_stop_s: float | None = Field(default=None, ge=0)
     # Rejects within this long after a changeover or a shift start are start-up rejects.
     startup_s: float | None = Field(default=None, ge=0)
+    # Counter plausibility (README "Counters"); None: the site's `kpi` value.
+    max_rate_factor: float | None = Field(default=None, gt=0)
+    max_burst: int | None = Field(default=None, ge=0)
+    max_rate_per_s: float | None = Field(default=None, gt=0)
     # This machine's reason tree; None: the site's `reasons`.
     reasons: tuple[ReasonCategory, ...] | None = None
 
@@ -192,9 +209,16 @@ class Machine(_Model):
     @classmethod
     def _positive_max(cls, value: dict[str, int]) -> dict[str, int]:
         for signal, maximum in value.items():
-            if maximum <= 0:
-                raise ValueError(f"{signal}: must be > 0, got {maximum}")
+            if not 0 < maximum <= MAX_COUNTER:
+                raise ValueError(f"{signal}: must be > 0 and <= 2^63 - 1, got {maximum}")
         return value
+
+    def min_ideal_cycle_time_s(self) -> float | None:
+        """The fastest ideal cycle time configured (its own and its products'), or None."""
+        times = [p.ideal_cycle_time_s for p in self.products.values()]
+        if self.ideal_cycle_time_s is not None:
+            times.append(self.ideal_cycle_time_s)
+        return min(times, default=None)
 
     @field_validator("products", mode="before")
     @classmethod
@@ -263,6 +287,12 @@ class KpiSettings(_Model):
     # Defaults for machines that set none (0: no small stops, no start-up period).
     small_stop_s: float = Field(default=0.0, ge=0)
     startup_s: float = Field(default=0.0, ge=0)
+    # Counter plausibility: an increment above max_rate_factor x seconds since the last
+    # sample / the fastest ideal cycle time + max_burst (or max_rate_per_s x seconds +
+    # max_burst for a machine without an ideal cycle time) is a glitch, not production.
+    max_rate_factor: float = Field(default=3.0, gt=0)
+    max_burst: int = Field(default=100, ge=0)
+    max_rate_per_s: float | None = Field(default=None, gt=0)
     windows: tuple[WindowKind, ...] = WINDOW_KINDS  # type: ignore[assignment]
 
 
@@ -389,6 +419,24 @@ class PlantConfig(_Model):
     def startup_ms(self, machine: Machine) -> int:
         value = machine.startup_s if machine.startup_s is not None else self.kpi.startup_s
         return round(value * 1000)
+
+    def counter_limit(self, machine: Machine) -> CounterLimit | None:
+        """How many parts a counter of this machine may plausibly add in a time span.
+
+        A machine's own `max_rate_per_s` wins; else its fastest ideal cycle time with
+        `max_rate_factor`; else the site's `max_rate_per_s`; else it is not checked.
+        """
+        kpi = self.kpi
+        burst = machine.max_burst if machine.max_burst is not None else kpi.max_burst
+        factor = machine.max_rate_factor or kpi.max_rate_factor
+        ict = machine.min_ideal_cycle_time_s()
+        if machine.max_rate_per_s is not None:
+            return CounterLimit(machine.max_rate_per_s, burst)
+        if ict is not None:
+            return CounterLimit(factor / ict, burst)
+        if kpi.max_rate_per_s is not None:
+            return CounterLimit(kpi.max_rate_per_s, burst)
+        return None
 
 
 def _check_alerts(plant: PlantConfig, machines: dict[str, str]) -> None:

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # A stop whose state sample came without a reason, until an operator codes it.
 UNASSIGNED = "unassigned"
-# The six big losses of a window, in the order of the waterfall (seconds).
+# The six big losses of a window, in the order of the waterfall (seconds), and the time
+# with no usable data (`unknown_s`): not knowing is not an equipment failure.
 LOSS_KEYS: tuple[str, ...] = (
     "equipment_failure_s",
     "setup_s",
@@ -21,6 +22,7 @@ LOSS_KEYS: tuple[str, ...] = (
     "slow_cycles_s",
     "startup_rejects_s",
     "production_rejects_s",
+    "no_data_s",
 )
 _CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/ ]{0,63}$")
 

@@ -65,6 +65,12 @@ class KpiRecord(BaseModel):
     # the line's constraint, bottleneck and shift target. Ratios are None on a zero
     # denominator, like the fields above.
     product: str | None = Field(description="the product run longest in the window")
+    coverage: float | None = Field(
+        ge=0,
+        le=1,
+        description="(planned_s - unknown_s) / planned_s: the share of planned time the "
+        "numbers rest on; None if planned_s = 0",
+    )
     calendar_s: float = Field(ge=0, description="window length (to the latest event while open)")
     down_s: float = Field(ge=0, description="time in `down` (ADET), small stops excluded")
     idle_s: float = Field(ge=0, description="time in `idle`, small stops excluded")
@@ -85,8 +91,8 @@ class KpiRecord(BaseModel):
     mttf_s: float | None = Field(description="run_s / failures")
     fully_productive_s: float | None = Field(description="ideal time of the good parts")
     losses: dict[str, float] | None = Field(
-        description="the six big losses in seconds; with fully_productive_s they sum to "
-        "planned_s. None when a part has no ideal cycle time"
+        description="the six big losses and no_data_s (unknown time) in seconds; with "
+        "fully_productive_s they sum to planned_s. None when a part has no ideal cycle time"
     )
     by_product: dict[str, ProductRun] = Field(
         description="the window split at product changes, per product"

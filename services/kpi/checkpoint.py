@@ -23,7 +23,7 @@ import polars as pl
 from services.kpi.core.engine import Core, CoreState, CoreStats, Emitted
 
 # 2: product frames, and the beyond-OEE atoms and record values.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _FRAMES = ("recent", "older", "older_last", "atoms", "reasons", "acc", "racc", "patoms", "pacc")
 _FRAME_SCHEMAS = {
     "recent": "samples",
@@ -52,7 +52,7 @@ def dump_state(state: CoreState, offset: int, extra: dict[str, Any] | None = Non
         frame.write_ipc(buffer, compression="lz4")
         frames[name] = buffer.getvalue()
     emitted = [
-        [key[0], key[1], key[2], key[3], e.revision, e.final, e.end, list(e.values)]
+        [key[0], key[1], key[2], key[3], e.revision, e.final, e.end, list(e.values), e.tick]
         for key, e in state.emitted.items()
     ]
     document = {
@@ -60,6 +60,9 @@ def dump_state(state: CoreState, offset: int, extra: dict[str, Any] | None = Non
         "offset": offset,
         "frames": frames,
         "first_seen": state.first_seen,
+        "lines": None if state.lines is None else sorted(state.lines),
+        "first": state.first,
+        "epoch": state.epoch,
         "counters_seen": {m: sorted(c) for m, c in state.counters_seen.items()},
         "emitted": emitted,
         "high": state.high,
@@ -90,12 +93,17 @@ def load_state(core: Core, data: bytes) -> tuple[CoreState, int, dict[str, Any]]
                 pl.col(c).cast(pl.String) for c in ("machine", "signal") if c in frame.columns
             ).cast(schema)
         emitted = {
-            (line, machine, window, start): Emitted(revision, final, end, _values(values))
-            for line, machine, window, start, revision, final, end, values in document["emitted"]
+            (line, machine, window, start): Emitted(revision, final, end, _values(values), tick)
+            for line, machine, window, start, revision, final, end, values, tick in document[
+                "emitted"
+            ]
         }
         state = CoreState(
             **frames,
             first_seen=dict(document["first_seen"]),
+            lines=None if document["lines"] is None else frozenset(document["lines"]),
+            first=document["first"],
+            epoch=int(document["epoch"]),
             counters_seen={m: frozenset(c) for m, c in document["counters_seen"].items()},
             emitted=emitted,
             high=document["high"],

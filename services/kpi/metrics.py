@@ -85,6 +85,7 @@ class KpiMetrics:
     events_rejected: Counter
     events_late: Counter
     events_too_late: Counter
+    counter_jumps: Counter
     dlq: Counter
     consumer_lag: Gauge
     batch_seconds: Histogram
@@ -175,6 +176,12 @@ class KpiMetrics:
             events_too_late=counter(
                 "linepulse_events_too_late",
                 "Events behind the restatement horizon, rejected and reported",
+            ),
+            counter_jumps=counter(
+                "linepulse_counter_jumps",
+                "Implausible counter increments not counted (PLC restarts, uninitialised "
+                "zeros, spikes), by machine; each also goes to the DLQ",
+                ("machine",),
             ),
             dlq=counter("linepulse_dlq", "Records written to the dead-letter topic"),
             consumer_lag=gauge(

@@ -115,6 +115,8 @@ def replay(
         for ts, machine, signal, reason in output.rejected.iter_rows():
             summary.count_reason(reason)
             on_reject(f"event {machine}/{signal} at {_iso(ts)}", reason)
+        for machine, ts, signal, _count, reason in output.jumps.iter_rows():
+            on_reject(f"event {machine}/{signal} at {_iso(ts)}", reason)
         take(output.records, _iso(output.sealed_before) if output.sealed_before else None)
         if on_progress:
             on_progress(read)

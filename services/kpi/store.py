@@ -103,6 +103,7 @@ _SQL_TYPES: Final[Mapping[str, str]] = {
     "revision": "INTEGER NOT NULL",
     # -- beyond OEE
     "product": "VARCHAR",
+    "coverage": "DOUBLE",
     "calendar_s": "DOUBLE NOT NULL",
     "down_s": "DOUBLE NOT NULL",
     "idle_s": "DOUBLE NOT NULL",

@@ -30,6 +30,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 
 from linepulse.bus import AIOKAFKA, Consumer, KafkaClients, Producer
+from linepulse.bus.topics import TOPIC_ROLES, check_topics
 from linepulse.config import KafkaSettings
 from linepulse.events import EARLIEST_MS, Decoded, reason_kind
 from linepulse.wire import ARROW, decode_records, encode_arrow
@@ -184,7 +185,14 @@ class KpiWorker:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set; then finish the batch, checkpoint, commit, leave."""
+        """Consume until `stop` is set; then finish the batch, checkpoint, commit, leave.
+
+        Starts only on topics laid out as configured (`TopicLayoutError` otherwise): the
+        line homes follow the telemetry topic's partition count, and records are only
+        restated in place on a compacted kpi topic. It creates none: its service does."""
+        layout = await check_topics(
+            self.bootstrap, self.kafka, self.clients, roles=TOPIC_ROLES, service="the KPI worker"
+        )
         producer = self.clients.producer(
             bootstrap_servers=self.bootstrap,
             enable_idempotence=True,  # forces acks=all
@@ -209,11 +217,7 @@ class KpiWorker:
             self._producer, self._consumer = producer, consumer
             self._kpi_count = len(await producer.partitions_for(self.kafka.kpi.name))
             try:
-                partitions = consumer.partitions_for_topic(self.kafka.telemetry.name)
-                if not partitions:
-                    await consumer._client.force_metadata_update()
-                    partitions = consumer.partitions_for_topic(self.kafka.telemetry.name)
-                self._homes = HomePartitions(self.core.plant, len(partitions or {0}))
+                self._homes = HomePartitions(self.core.plant, layout["telemetry"])
                 consumer.subscribe([self.kafka.telemetry.name], listener=_Rebalance(self))
                 clock = LoopClock()
                 while not stop.is_set():
@@ -263,7 +267,11 @@ class KpiWorker:
                 except CheckpointError as error:
                     log.error("partition %d: %s; starting from the beginning", tp.partition, error)
             if state is None:
-                state, offset = initial_state(self.core), 0
+                # A partition's core makes the records of the lines whose home it is,
+                # every machine of them included, sending or not.
+                homes = self._homes
+                lines = None if homes is None else homes.lines_of(tp.partition)
+                state, offset = initial_state(self.core, lines), 0
                 # A plain seek: awaiting seek_to_beginning while the consumer is already
                 # fetching lets some records through twice (aiokafka).
                 consumer.seek(tp, 0)
@@ -324,6 +332,9 @@ class KpiWorker:
             part.offset = offset
             part.dirty = True
             sends += self._dead_letters_core(output.rejected, tp)
+            sends += self._dead_letters_core(
+                output.jumps.select("ts", "machine", "signal", "reason"), tp
+            )
             sends += await self._records(output.records)
             sends += await self._status(part, local, output)
             self.stats.events += decoded.events.height + len(decoded.rejected)
@@ -521,6 +532,10 @@ class KpiWorker:
             metrics.events_late.inc(output.late)
         if output.too_late:
             metrics.events_too_late.inc(output.too_late)
+        if output.jumps.height:
+            for machine, jumps in output.jumps.group_by("machine").len().iter_rows():
+                metrics.counter_jumps.labels(machine=machine).inc(jumps)
+            metrics.dlq.inc(output.jumps.height)
         finals = sum(1 for r in output.records if r["final"])
         if finals:
             metrics.records_published.labels(final="true").inc(finals)

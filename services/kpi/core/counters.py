@@ -1,10 +1,15 @@
 """Parts from cumulative counters, per minute, with the ideal time they stand for.
 
-DESIGN.md: the count in a window is the sum of the positive steps between consecutive
-good samples; a step down is a reset (the new value counts from zero) or, where the
-config gives the counter's maximum, a rollover (max - prev + 1 + new). The first sample
-of a machine only sets the baseline, so a duplicated or replayed sample adds nothing.
-A count belongs to the minute of the sample that shows it.
+DESIGN.md: the count in a window is the sum of the increments between consecutive good
+samples (prev at t_prev, cur at t_cur): `cur - prev` when cur >= prev; when cur < prev the
+rollover `max - prev + 1 + cur` where the config gives the counter's maximum and that is
+plausible, else a reset counting `cur`. An increment is implausible when it exceeds
+`rate_per_s x (t_cur - t_prev) + burst` (from the machine's fastest ideal cycle time and
+`max_rate_factor`, or `max_rate_per_s`; `max_burst`): PLC restarts, uninitialised zeros and
+one-sample spikes are not production. It is not counted, `cur` becomes the baseline, and
+the jump is reported. The first sample of a machine only sets the baseline, so a
+duplicated or replayed sample adds nothing. A count belongs to the minute of the sample
+that shows it. Readings are exact 64-bit integers.
 
 Each part also carries its ideal cycle time, in integer microseconds so that sums stay
 exact under any batching: from the latest `ideal_cycle_time_s` sample or product change
@@ -44,18 +49,69 @@ def _ideal_times(samples: pl.DataFrame, index: PlantIndex) -> pl.DataFrame:
     )
 
 
-def increments() -> pl.Expr:
-    """Parts shown by each sample of a (machine, signal)-sorted counter sequence."""
-    prev = pl.col("num").shift(1).over("machine", "signal")
-    return (
+# The parts a limit allows after a time span: per_s x seconds + burst (null: no limit).
+_ALLOWED = pl.col("rate_per_s") * (pl.col("ts") - pl.col("ts").shift(1).over("machine", "signal"))
+_ALLOWED = _ALLOWED / 1000 + pl.col("burst")
+
+
+def increments() -> list[pl.Expr]:
+    """Parts shown by each sample of a (machine, signal)-sorted counter sequence (`inc`),
+    and the implausible increment it replaced (`jump`, null where plausible).
+
+    Needs `count`, `cmax` (the counter's maximum or null), `rate_per_s` and `burst`.
+    """
+    prev = pl.col("count").shift(1).over("machine", "signal")
+    cur = pl.col("count")
+    allowed = _ALLOWED
+
+    def plausible(step: pl.Expr) -> pl.Expr:
+        return allowed.is_null() | (step.cast(pl.Float64) <= allowed)
+
+    rollover = pl.col("cmax") - prev + 1 + cur
+    raw = (
         pl.when(prev.is_null())
-        .then(0.0)
-        .when(pl.col("num") >= prev)
-        .then(pl.col("num") - prev)
-        .when(pl.col("cmax").is_not_null())
-        .then(pl.col("cmax") - prev + 1 + pl.col("num"))
-        .otherwise(pl.col("num"))
-        .cast(pl.Int64)
+        .then(0)
+        .when(cur >= prev)
+        .then(cur - prev)
+        .when(pl.col("cmax").is_not_null() & plausible(rollover))
+        .then(rollover)
+        .otherwise(cur)
+    )
+    ok = plausible(raw)
+    return [
+        pl.when(ok).then(raw).otherwise(0).cast(pl.Int64).alias("inc"),
+        pl.when(ok).then(None).otherwise(raw).cast(pl.Int64).alias("jump"),
+        prev.alias("prev"),
+    ]
+
+
+JUMP_SCHEMA = pl.Schema(
+    {
+        "machine": pl.String,
+        "ts": pl.Int64,
+        "signal": pl.String,
+        "count": pl.Int64,
+        "reason": pl.String,
+    }
+)
+
+
+def _jumps(seq: pl.DataFrame) -> pl.DataFrame:
+    """The implausible increments of a recomputed sequence, as reasons to report."""
+    found = seq.filter(pl.col("jump").is_not_null())
+    return found.select(
+        pl.col("machine").cast(pl.String),
+        "ts",
+        pl.col("signal").cast(pl.String),
+        "count",
+        pl.format(
+            "implausible counter jump: {} from {} to {} would count {} parts; not counted, "
+            "taken as the new baseline",
+            pl.col("signal").cast(pl.String),
+            "prev",
+            "count",
+            "jump",
+        ).alias("reason"),
     )
 
 
@@ -84,17 +140,26 @@ def _startup_anchors(
 
 def counter_minutes(
     samples: pl.DataFrame, dirty: pl.DataFrame, index: PlantIndex, calendar: Calendar
-) -> tuple[pl.DataFrame, pl.DataFrame]:
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """Per (machine, minute) from each machine's dirty `from`: parts and ideal µs per counter.
 
-    Returns (atoms, products): products are the T/G/R columns per (machine, minute,
-    product), the product being the latest `product` sample before the part.
+    Returns (atoms, products, jumps): products are the T/G/R columns per (machine, minute,
+    product), the product being the latest `product` sample before the part; jumps the
+    implausible increments of the recomputed samples (`JUMP_SCHEMA`).
     """
     counters = samples.filter(pl.col("signal").is_in(CUMULATIVE_SIGNALS))
-    seq = _from_dirty(counters, dirty, ["machine", "signal", "ts", "num"]).join(
-        index.counter_max, on=["machine", "signal"], how="left"
+    seq = (
+        _from_dirty(counters, dirty, ["machine", "signal", "ts", "count"])
+        .join(index.counter_max, on=["machine", "signal"], how="left", maintain_order="left")
+        .join(
+            index.machines.select("machine", "rate_per_s", "burst"),
+            on="machine",
+            how="left",
+            maintain_order="left",
+        )
     )
-    seq = seq.with_columns(increments().alias("inc")).filter(pl.col("ts") >= pl.col("from"))
+    seq = seq.with_columns(increments()).filter(pl.col("ts") >= pl.col("from"))
+    jumps = _jumps(seq)
     machines = seq.get_column("machine").unique()
     mine = samples.filter(pl.col("machine").is_in(machines.implode()))
     changes = _ideal_times(mine, index)
@@ -133,7 +198,7 @@ def counter_minutes(
     atoms = seq.group_by("machine", minute).agg(_sums(with_startup=True))
     made = seq.filter(pl.col("product").is_not_null() & (pl.col("signal") != REWORK))
     product_atoms = made.group_by("machine", minute, "product").agg(_sums(with_startup=False))
-    return atoms, product_atoms
+    return atoms, product_atoms, jumps
 
 
 def _sums(*, with_startup: bool) -> list[pl.Expr]:

@@ -29,11 +29,17 @@ import polars as pl
 
 from linepulse.config import PlantConfig, WindowKind
 from linepulse.production import LOSS_KEYS
-from services.kpi.core.calendar import Calendar
-from services.kpi.core.counters import COUNT_COLUMNS, PRODUCT_COUNT_COLUMNS, counter_minutes
+from services.kpi.core.calendar import MINUTE_MS, Calendar
+from services.kpi.core.counters import (
+    COUNT_COLUMNS,
+    JUMP_SCHEMA,
+    PRODUCT_COUNT_COLUMNS,
+    counter_minutes,
+)
 from services.kpi.core.lines import LINE_FIELDS, MachineWindow, line_fields
 from services.kpi.core.oee import SUM_COLUMNS, kpi_fields, machine_counts
 from services.kpi.core.samples import (
+    ARRIVAL,
     CUMULATIVE_SIGNALS,
     REJECTED_SCHEMA,
     REWORK,
@@ -102,10 +108,14 @@ RecordKey = tuple[str, str | None, str, int]  # (line, machine or None, window, 
 
 @dataclass(frozen=True)
 class Emitted:
+    """What was last said of a record; `tick` is the epoch (`CoreState.epoch`) of the
+    late data that last restated it."""
+
     revision: int
     final: bool
     end: int
     values: tuple[Any, ...]
+    tick: int | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +161,7 @@ class CoreStats:
     rejected: int = 0
     late: int = 0
     too_late: int = 0
+    implausible: int = 0  # counter increments not counted (README "Counters")
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,14 @@ class CoreState:
     first_seen: dict[str, int] = field(default_factory=dict)
     counters_seen: dict[str, frozenset[str]] = field(default_factory=dict)
     emitted: dict[RecordKey, Emitted] = field(default_factory=dict)
+    # The lines whose records this state makes (None: every configured line); each of
+    # their machines has a record for every window from `first`, the earliest event time
+    # accepted, so a silent machine shows as unknown time instead of vanishing.
+    lines: frozenset[str] | None = None
+    first: int | None = None
+    # Restating epochs so far: one opens with each event that raises `high` and with each
+    # reason correction; late events restate a window once per epoch they arrive in.
+    epoch: int = 0
     high: int | None = None
     cut: int | None = None
     older_min: int | None = None
@@ -194,11 +213,15 @@ class StepOutput:
     too_late: int  # events behind the restatement horizon, rejected
     sealed_before: int | None  # windows ending at or before this can no longer change
     states: pl.DataFrame  # the batch's usable state samples: machine, ts, state (mapped)
+    jumps: pl.DataFrame = field(default_factory=JUMP_SCHEMA.to_frame)  # implausible counts
 
 
-def initial_state(core: Core) -> CoreState:
+def initial_state(core: Core, lines: frozenset[str] | None = None) -> CoreState:
+    """A state that has seen nothing; `lines` limits its records to those lines (a
+    worker's partition computes the lines whose home it is)."""
     schemas = core.schemas
     return CoreState(
+        lines=lines,
         recent=schemas.samples.to_frame(),
         older=schemas.samples.to_frame(),
         older_last=schemas.samples.to_frame(),
@@ -231,18 +254,25 @@ def step(
     (unless `open_records` is False, as for a replay that writes final records only),
     windows that became final, and restatements of final windows (revision + 1).
     """
-    prep = prepare(events, core.index)
-    new = prep.samples
+    prep = prepare(events.with_row_index(ARRIVAL), core.index)
     high0 = state.high
     water0 = None if high0 is None else high0 - core.lateness_ms
     floor0 = _horizon_floor(core, high0)
-    too_late_rows = core.schemas.samples.to_frame()
-    late = 0
-    if floor0 is not None and water0 is not None:
-        too_late_rows = new.filter(pl.col("ts") < floor0)
-        new = new.filter(pl.col("ts") >= floor0)
-        late = int(new.select((pl.col("ts") < water0).sum()).item() or 0)
-    rejected = pl.concat([prep.rejected, _too_late(too_late_rows, floor0)])
+    judged = _judge(core, prep.samples, high0, state.first, state.epoch)
+    too_late_rows = judged.filter(pl.col("_too_late"))
+    accepted = judged.filter(~pl.col("_too_late"))
+    late_rows = accepted.filter(pl.col("_late"))
+    late = late_rows.height
+    new = accepted.select(core.schemas.samples.names())
+    epoch1 = int(accepted.get_column("_epoch").max() or state.epoch)  # type: ignore[arg-type]
+    rejected = pl.concat([prep.rejected, _too_late(too_late_rows)])
+    high1 = high0
+    first1 = state.first
+    if new.height:
+        batch_high = int(new.get_column("ts").max())  # type: ignore[arg-type]
+        high1 = batch_high if high0 is None else max(high0, batch_high)
+        batch_first = int(new.get_column("ts").min())  # type: ignore[arg-type]
+        first1 = batch_first if first1 is None else min(first1, batch_first)
     stats = CoreStats(
         events=state.stats.events + events.height,
         used=state.stats.used + new.height,
@@ -251,37 +281,29 @@ def step(
         rejected=state.stats.rejected + rejected.height,
         late=state.stats.late + late,
         too_late=state.stats.too_late + too_late_rows.height,
+        implausible=state.stats.implausible,
     )
-    high1 = high0
-    if new.height:
-        batch_high = int(new.get_column("ts").max())  # type: ignore[arg-type]
-        high1 = batch_high if high0 is None else max(high0, batch_high)
     if high1 is None or (new.is_empty() and high1 == high0 and not flush and not open_records):
         output = StepOutput([], rejected, late, too_late_rows.height, floor0, _states(new))
         return replace(state, stats=stats), output
 
     first_seen = dict(state.first_seen)
     counters_seen = dict(state.counters_seen)
-    newly_seen: set[str] = set()
-    extended: set[str] = set()  # first seen now, or earlier than it had been
-    regrouped: set[str] = set()  # machines whose learned counter set grew
+    # Machines whose learned counter set grew (a machine's first counters too: its windows
+    # closed while it was silent read differently now).
+    regrouped: dict[str, frozenset[str]] = {}
     declared = core.index.declared_counters
     for machine, ts_min, signals in (
         new.group_by("machine").agg(pl.col("ts").min(), pl.col("signal").unique()).iter_rows()
     ):
-        if machine not in first_seen:
-            newly_seen.add(machine)
-        if machine not in first_seen or ts_min < first_seen[machine]:
-            # Its windows now start earlier: ones before the watermark may be new too.
-            extended.add(machine)
         first_seen[machine] = min(first_seen.get(machine, ts_min), ts_min)
         before = counters_seen.get(machine, frozenset())
         if machine in declared:
             counters_seen[machine] = declared[machine]
             continue
         grown = before | frozenset(s for s in signals if s in CUMULATIVE_SIGNALS)
-        if grown != before and machine not in newly_seen:
-            regrouped.add(machine)
+        if grown != before:
+            regrouped[machine] = before
         counters_seen[machine] = grown
 
     dirty = _dirty(core, new, state.first_seen, high0, high1)
@@ -291,17 +313,43 @@ def step(
     reaches_older = state.cut is not None and reach is not None and reach < state.cut
     # Only data older than the last cut needs the older samples; otherwise baselines do.
     work = pl.concat([state.older if reaches_older else state.older_last, state.recent, new])
-    atoms, reasons, patoms, delta, rdelta, pdelta = _recompute(core, state, work, dirty, high1)
+    atoms, reasons, patoms, delta, rdelta, pdelta, jumps = _recompute(
+        core, state, work, dirty, high1
+    )
+    # A jump is reported once: by the batch that brings the sample showing it.
+    jumps = jumps.join(
+        new.select(pl.col("machine").cast(pl.String), "ts", pl.col("signal").cast(pl.String)),
+        on=["machine", "ts", "signal"],
+        how="semi",
+    ).unique(maintain_order=True)
+    stats = replace(stats, implausible=stats.implausible + jumps.height)
     acc, racc, pacc, touched = _apply_deltas(core, state, delta, rdelta, pdelta)
+    influencers = late_rows.select("machine", "_arr", "_epoch", "_lo")
     if regrouped:
-        # Counts combine differently now: every window of theirs may read differently.
+        # Counts combine differently now: every window of theirs may read differently,
+        # from the event that brought the new counter on.
         again = acc.filter(pl.col("machine").is_in(sorted(regrouped))).select(WINDOW_KEY)
         touched = pl.concat([touched, again]).unique()
+        influencers = pl.concat([influencers, _regrouping(accepted, regrouped)])
 
     water1 = high1 - core.lateness_ms
-    candidates = _candidates(core, first_seen, extended, water0, floor0, high1, touched)
+    restated = _restated(core, influencers)
+    candidates = _candidates(
+        core, state, first1, water0, floor0, high1, touched, restated.select(WINDOW_KEY[1:])
+    )
     records, emitted = _emit(
-        core, state, acc, racc, pacc, candidates, counters_seen, high1, water1, flush, open_records
+        core,
+        state,
+        acc,
+        racc,
+        pacc,
+        candidates,
+        counters_seen,
+        high1,
+        water1,
+        flush,
+        open_records,
+        _ticks(restated),
     )
 
     floor1 = _horizon_floor(core, high1)
@@ -334,12 +382,15 @@ def step(
         first_seen=first_seen,
         counters_seen=counters_seen,
         emitted={k: v for k, v in emitted.items() if v.end > floor1},
+        lines=state.lines,
+        first=first1,
+        epoch=epoch1,
         high=high1,
         cut=cut1,
         older_min=older_min,
         stats=stats,
     )
-    output = StepOutput(records, rejected, late, too_late_rows.height, floor1, _states(new))
+    output = StepOutput(records, rejected, late, too_late_rows.height, floor1, _states(new), jumps)
     return new_state, output
 
 
@@ -351,10 +402,48 @@ def _states(samples: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _too_late(rows: pl.DataFrame, floor: int | None) -> pl.DataFrame:
-    if rows.is_empty() or floor is None:
+def _judge(
+    core: Core, samples: pl.DataFrame, high0: int | None, first0: int | None, epoch0: int
+) -> pl.DataFrame:
+    """Each sample judged against the watermark at its arrival (DESIGN.md).
+
+    `_arr` is the highest event time of all samples before it in arrival order (this
+    batch and earlier ones) or its own; it is `_late` behind `_arr` less the lateness, and
+    `_too_late` before the restatement horizon's minute then (`_floor`). `_lo` bounds the
+    windows it can restate: those ending after it (less the small-stop and start-up
+    lookback), after the earliest event before it, and after the horizon; `_epoch` is the
+    restating epoch it arrives in (see `CoreState.epoch`). The judgement depends on the
+    arrival order only, never on how the stream was cut into batches.
+    """
+    ts = pl.col("ts")
+    arr = ts.cum_max() if high0 is None else pl.max_horizontal(ts.cum_max(), pl.lit(high0))
+    previous = arr.shift(1) if high0 is None else arr.shift(1, fill_value=high0)
+    opens = (ts > previous).fill_null(True) | (pl.col("signal") == "reason")
+    floor = pl.col("_arr") - core.lateness_ms - core.horizon_ms
+    before = ts.cum_min().shift(1)
+    first = before if first0 is None else pl.min_horizontal(before, pl.lit(first0))
+    return (
+        samples.sort(ARRIVAL)
+        .with_columns(
+            arr.alias("_arr"),
+            first.alias("_first"),
+            (opens.cum_sum() + epoch0).alias("_epoch"),
+        )
+        .with_columns((floor - floor % MINUTE_MS).alias("_floor"))
+        .with_columns(
+            (ts < pl.col("_floor")).alias("_too_late"),
+            (ts < pl.col("_arr") - core.lateness_ms).alias("_late"),
+            pl.max_horizontal(
+                ts - core.index.lookback_ms, pl.col("_first"), pl.col("_floor")
+            ).alias("_lo"),
+        )
+    )
+
+
+def _too_late(rows: pl.DataFrame) -> pl.DataFrame:
+    if rows.is_empty():
         return REJECTED_SCHEMA.to_frame()
-    horizon = pl.lit(floor).cast(pl.Datetime("ms", "UTC")).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    horizon = pl.col("_floor").cast(pl.Datetime("ms", "UTC")).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     return rows.select(
         "ts",
         pl.col("machine").cast(pl.String),
@@ -363,6 +452,69 @@ def _too_late(rows: pl.DataFrame, floor: int | None) -> pl.DataFrame:
             "reason"
         ),
     )
+
+
+def _regrouping(accepted: pl.DataFrame, regrouped: dict[str, frozenset[str]]) -> pl.DataFrame:
+    """The first event of each machine that brought a counter it had not had before."""
+    had = pl.DataFrame(
+        [(m, signal) for m, before in regrouped.items() for signal in before],
+        schema={"machine": accepted.schema["machine"], "signal": accepted.schema["signal"]},
+        orient="row",
+    )
+    return (
+        accepted.filter(
+            pl.col("machine").is_in(sorted(regrouped)) & pl.col("signal").is_in(CUMULATIVE_SIGNALS)
+        )
+        .join(had, on=["machine", "signal"], how="anti", maintain_order="left")
+        .group_by("machine", maintain_order=True)
+        .first()
+        .select("machine", "_arr", "_epoch", pl.col("_floor").alias("_lo"))
+    )
+
+
+def _restated(core: Core, influencers: pl.DataFrame) -> pl.DataFrame:
+    """Windows that late data restates, with the epoch (`_epoch`) of each restating.
+
+    An event restates every window of its machine and its line that was final at its
+    arrival (the watermark then had passed its end) and ends after its `_lo`. Returns
+    WINDOW_KEY (`machine` null for the line record) and `_epoch`, one row per restating.
+    """
+    acc = core.schemas.acc
+    schema = pl.Schema({**{k: acc[k] for k in WINDOW_KEY}, "_epoch": pl.Int64()})
+    if influencers.is_empty():
+        return pl.DataFrame(schema=schema)
+    lines = core.index.machines.select("machine", "line")
+    final_by = pl.col("_arr") - core.lateness_ms  # windows ending by then were final
+    by_machine = (
+        influencers.join(lines, on="machine")
+        .group_by("machine", "line", "_epoch")
+        .agg(pl.col("_arr").max(), pl.col("_lo").min())
+        .filter(pl.col("_lo") < final_by)
+    )
+    if by_machine.is_empty():
+        return pl.DataFrame(schema=schema)
+    span = by_machine.group_by("line").agg(pl.col("_lo").min().alias("lo"))
+    keys = window_keys(
+        minute_grid(
+            core.calendar,
+            minutes_between(span, int(by_machine.select(final_by.max()).item())),
+            core.windows,
+        ),
+        core.windows,
+    )
+    inside = (pl.col("end") > pl.col("_lo")) & (pl.col("end") <= final_by)
+    machine_rows = keys.join(by_machine, on="line").filter(inside)
+    line_rows = machine_rows.with_columns(pl.lit(None, core.index.machine_type).alias("machine"))
+    return pl.concat([machine_rows, line_rows]).select(*WINDOW_KEY, "_epoch").cast(schema).unique()
+
+
+def _ticks(restated: pl.DataFrame) -> dict[RecordKey, list[int]]:
+    """Per record, the distinct epochs of the late data restating it, ascending."""
+    ticks: dict[RecordKey, list[int]] = {}
+    rows = restated.select("line", "machine", "window", "start", "_epoch").sort("_epoch")
+    for line, machine, kind, start, epoch in rows.iter_rows():
+        ticks.setdefault((line, machine, kind, start), []).append(epoch)
+    return ticks
 
 
 def _dirty(
@@ -385,11 +537,14 @@ def _dirty(
 
 def _recompute(
     core: Core, state: CoreState, samples: pl.DataFrame, dirty: pl.DataFrame, high: int
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """New atoms for the dirty minutes, and the deltas (new - old) they make."""
+) -> tuple[
+    pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame
+]:
+    """New atoms for the dirty minutes, the deltas (new - old) they make, and the
+    implausible counter jumps among the dirty samples."""
     schemas = core.schemas
     state_atoms, new_reasons, state_products = state_minutes(samples, dirty, high, core.index)
-    count_atoms, count_products = counter_minutes(samples, dirty, core.index, core.calendar)
+    count_atoms, count_products, jumps = counter_minutes(samples, dirty, core.index, core.calendar)
     new_atoms = (
         state_atoms.join(count_atoms, on=["machine", "minute"], how="full", coalesce=True)
         .with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in ATOM_COLUMNS)
@@ -425,6 +580,7 @@ def _recompute(
         delta,
         rdelta,
         pdelta,
+        jumps,
     )
 
 
@@ -507,26 +663,27 @@ def _apply_deltas(
 
 def _candidates(
     core: Core,
-    first_seen: dict[str, int],
-    extended: set[str],
+    state: CoreState,
+    first: int | None,
     water0: int | None,
     floor0: int | None,
     high1: int,
     touched: pl.DataFrame,
+    restated: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Windows whose record may have changed: touched by deltas, or open before this step."""
-    lows = []
-    for machine, seen_at in first_seen.items():
-        fresh = water0 is None or machine in extended
-        lows.append((machine, seen_at if fresh or water0 is None else max(seen_at, water0)))
-    machine_type = core.index.machine_type
-    seen = pl.DataFrame(lows, schema={"machine": machine_type, "lo": pl.Int64}, orient="row").join(
-        core.index.machines.select("machine", "line"), on="machine"
+    """Windows whose record may have changed: touched by deltas, restated by late data,
+    or open before this step; for every machine of their line from the plant's first
+    event on, so a silent machine counts as unknown time and line sums are whole."""
+    assert first is not None  # noqa: S101 - set once any event was accepted
+    # Windows before the watermark are new too where the first event moved earlier.
+    fresh = water0 is None or state.first is None or first < state.first
+    lo = first if fresh or water0 is None else max(first, water0)
+    owned = state.lines if state.lines is not None else core.index.line_machines.keys()
+    line_lo = pl.DataFrame(
+        {"line": sorted(owned), "lo": [lo] * len(owned)}, schema={"line": pl.String, "lo": pl.Int64}
     )
-    line_lo = seen.group_by("line").agg(pl.col("lo").min())
     # The live windows change only when a bound crosses a minute: memoise them.
-    bounds = tuple(sorted((line, floor_minute(lo)) for line, lo in line_lo.iter_rows()))
-    memo_key = ("live", core.windows, bounds, floor_minute(high1))
+    memo_key = ("live", core.windows, tuple(sorted(owned)), floor_minute(lo), floor_minute(high1))
     live: pl.DataFrame | None = core.calendar.memo.get(memo_key)
     if live is None:
         grid = minute_grid(core.calendar, minutes_between(line_lo, high1), core.windows)
@@ -535,17 +692,12 @@ def _candidates(
         for old in [k for k in list(memo) if isinstance(k, tuple) and k[0] == "live"]:
             memo.pop(old, None)  # workers step partitions in threads: tolerate a race
         core.calendar.memo[memo_key] = live
-    first = pl.DataFrame(
-        {"machine": list(first_seen), "first": list(first_seen.values())},
-        schema={"machine": machine_type, "first": pl.Int64},
-    ).join(core.index.machines.select("machine", "line"), on="machine")
-    line_windows = pl.concat([live, touched.drop("machine").unique()]).unique()
+    line_windows = pl.concat([live, touched.drop("machine"), restated]).unique()
     if floor0 is not None:
         line_windows = line_windows.filter(pl.col("end") > floor0)
-    # Every machine of the line that exists by then gets the window, so line sums are whole.
     return (
-        line_windows.join(first, on="line")
-        .filter(pl.col("end") > pl.col("first"))
+        line_windows.filter(pl.col("end") > first)
+        .join(core.index.machines.select("machine", "line"), on="line")
         .select(WINDOW_KEY)
     )
 
@@ -562,6 +714,7 @@ def _emit(
     water1: int,
     flush: bool,
     open_records: bool,
+    ticks: dict[RecordKey, list[int]],
 ) -> tuple[list[dict[str, Any]], dict[RecordKey, Emitted]]:
     if candidates.is_empty():
         return [], dict(state.emitted)
@@ -584,7 +737,8 @@ def _emit(
     flags = pl.DataFrame(
         [
             (m, "total_count" in c, "good_count" in c, "reject_count" in c, REWORK in c)
-            for m, c in counters_seen.items()
+            # A machine that sent nothing yet has the counters its config declares.
+            for m, c in {**core.index.declared_counters, **counters_seen}.items()
         ],
         schema={
             "machine": core.index.machine_type,
@@ -686,15 +840,20 @@ def _emit(
             *line_values.values(),
         )
         previous = emitted.get(key)
+        # A closed window gets a new revision per epoch of the late data that restates
+        # it (however the stream was cut into batches), said even if unchanged.
+        restatings = ticks.get(key, [])
+        tick = restatings[-1] if restatings else None if previous is None else previous.tick
+        bumps = len(restatings)
+        if previous is not None and restatings and restatings[0] == previous.tick:
+            bumps -= 1  # more late data of the restating already said
         if previous is None:
-            revision = 0
-        elif previous.values == compared and (previous.final or not final):
+            revision = bumps
+        elif not bumps and previous.values == compared and (previous.final or not final):
             continue  # nothing new to say
-        elif previous.final:
-            revision = previous.revision + 1  # a closed window restated by late data
         else:
-            revision = previous.revision
-        emitted[key] = Emitted(revision, final, end, compared)
+            revision = previous.revision + bumps
+        emitted[key] = Emitted(revision, final, end, compared, tick)
         record: dict[str, Any] = {
             "site": site,
             "line": line,
@@ -784,6 +943,7 @@ VALUE_COLUMNS = (
 )
 # Beyond OEE, in linepulse.records order (kpi_fields computes them after VALUE_COLUMNS).
 EXTRA_COLUMNS = (
+    "coverage",
     "calendar_s",
     "down_s",
     "idle_s",
@@ -810,7 +970,7 @@ def _rfc3339(column: str) -> pl.Expr:
     return pl.col(column).cast(pl.Datetime("ms", "UTC")).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-SAMPLE_ORDER = ["machine", "signal", "ts", "num", "text", "reason"]
+SAMPLE_ORDER = ["machine", "signal", "ts", "count", "num", "text", "reason"]
 EVICT_EVERY_MS = 5 * 60_000
 
 

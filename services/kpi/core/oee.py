@@ -12,9 +12,13 @@ is zero is null, never 0.
                  part has no ideal cycle time
 - mtbf = run / stops, mttr = downtime / stops
 
+- coverage     = (planned - unknown) / planned: how much of the planned time the numbers
+                 rest on (null when planned time is 0)
+
 Beyond OEE (README "KPI definitions"): run time includes small stops (stops shorter than
 the machine's threshold), so A x P x Q still multiply to good x ideal / planned; the six
-big losses and the fully productive time (ideal time of the good parts) sum to planned
+big losses, the time with no data (`no_data_s`, its own loss: a machine that sent nothing
+did not fail) and the fully productive time (ideal time of the good parts) sum to planned
 time exactly, by construction from the same integer sums.
 """
 
@@ -123,13 +127,14 @@ def kpi_fields() -> list[pl.Expr]:
     unknown_ms = planned_ms - run_ms - down_ms
     fully_productive_us = pl.col("ideal_us") - pl.col("reject_ideal_us")
     losses = {
-        "equipment_failure_s": (pl.col("down_ms") + pl.col("idle_ms") + unknown_ms) / 1000,
+        "equipment_failure_s": (pl.col("down_ms") + pl.col("idle_ms")) / 1000,
         "setup_s": setup_s,
         "small_stops_s": pl.col("small_ms") / 1000,
         "slow_cycles_s": pl.col("run_ms") / 1000 - ideal_s,  # small stops apart
         "startup_rejects_s": pl.col("startup_reject_ideal_us") / 1e6,
         "production_rejects_s": (pl.col("reject_ideal_us") - pl.col("startup_reject_ideal_us"))
         / 1e6,
+        "no_data_s": unknown_ms / 1000,
     }
     return [
         planned_s.alias("planned_s"),
@@ -147,6 +152,7 @@ def kpi_fields() -> list[pl.Expr]:
         _ratio(run_s, stops).alias("mtbf_s"),
         _ratio(downtime_s, stops).alias("mttr_s"),
         # -- beyond OEE, in linepulse.records order
+        _ratio(planned_ms - unknown_ms, planned_ms).alias("coverage"),
         calendar_s.alias("calendar_s"),
         down_s.alias("down_s"),
         (pl.col("idle_ms") / 1000).alias("idle_s"),

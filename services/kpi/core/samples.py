@@ -13,26 +13,31 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from linepulse.config import COUNTER_SIGNALS, STATES, PlantConfig
+from linepulse.config import COUNTER_SIGNALS, MAX_COUNTER, STATES, PlantConfig
 
 # `rework_count` is a cumulative counter outside the total/good/reject combination;
 # `reason` re-codes the state sample at its exact time (an operator's correction).
 REWORK = "rework_count"
 CUMULATIVE_SIGNALS = (*COUNTER_SIGNALS, REWORK)
 KPI_SIGNALS = ("state", *COUNTER_SIGNALS, "product", "ideal_cycle_time_s", REWORK, "reason")
+# The position of an event in its batch (arrival order), kept beside a batch's samples
+# while the core judges each event against the watermark at its arrival.
+ARRIVAL = "_arrival"
 # Machines and signals are Enums inside the core: sorts, joins and group-bys on them run
 # on small integers, while values still read as names.
 SIGNAL_TYPE = pl.Enum(KPI_SIGNALS)
 
 
 def sample_schema(machine_type: pl.DataType) -> pl.Schema:
-    """One row per usable sample. `num` holds counter readings, ideal cycle times and a
-    correction's number; `text` the LinePulse state, the product or a correction's code."""
+    """One row per usable sample. `count` holds counter readings (exact integers), `num`
+    ideal cycle times and a correction's number; `text` the LinePulse state, the product
+    or a correction's code."""
     return pl.Schema(
         {
             "machine": machine_type,
             "ts": pl.Int64(),
             "signal": SIGNAL_TYPE,
+            "count": pl.Int64(),
             "num": pl.Float64(),
             "text": pl.String(),
             "reason": pl.String(),
@@ -50,7 +55,9 @@ class PlantIndex:
     """The config, flattened into lookup frames once, for vectorised joins."""
 
     machine_type: pl.Enum
-    machines: pl.DataFrame  # machine, line, ict_us, small_ms, startup_ms
+    # machine, line, ict_us, small_ms, startup_ms, and the counter plausibility limit:
+    # rate_per_s (null: unchecked) and burst (README "Counters")
+    machines: pl.DataFrame
     state_map: pl.DataFrame  # machine, source, mapped
     products: pl.DataFrame  # machine, product, p_ict_us
     counter_max: pl.DataFrame  # machine, signal, cmax
@@ -61,22 +68,33 @@ class PlantIndex:
 
     @classmethod
     def build(cls, plant: PlantConfig) -> PlantIndex:
-        machines: list[tuple[str, str, int | None, int, int]] = []
+        machines: list[tuple[str, str, int | None, int, int, float | None, int]] = []
         planned_rows: list[tuple[str, str]] = []
         state_rows: list[tuple[str, str, str]] = []
         product_rows: list[tuple[str, str, int]] = []
-        max_rows: list[tuple[str, str, float]] = []
+        max_rows: list[tuple[str, str, int]] = []
         for line in plant.lines:
             for m in line.machines:
                 ict = None if m.ideal_cycle_time_s is None else round(m.ideal_cycle_time_s * 1e6)
-                machines.append((m.id, line.id, ict, plant.small_stop_ms(m), plant.startup_ms(m)))
+                limit = plant.counter_limit(m)
+                machines.append(
+                    (
+                        m.id,
+                        line.id,
+                        ict,
+                        plant.small_stop_ms(m),
+                        plant.startup_ms(m),
+                        None if limit is None else limit.per_s,
+                        0 if limit is None else limit.burst,
+                    )
+                )
                 planned_rows.extend((m.id, code) for code in sorted(plant.planned_reasons(m)))
                 state_rows.extend((m.id, k, v) for k, v in plant.state_map_for(m).items())
                 product_rows.extend(
                     (m.id, name, round(p.ideal_cycle_time_s * 1e6))
                     for name, p in m.products.items()
                 )
-                max_rows.extend((m.id, sig, float(mx)) for sig, mx in m.counter_max.items())
+                max_rows.extend((m.id, sig, mx) for sig, mx in m.counter_max.items())
         machine_type = pl.Enum([m[0] for m in machines])
         return cls(
             machine_type=machine_type,
@@ -88,6 +106,8 @@ class PlantIndex:
                     "ict_us": pl.Int64,
                     "small_ms": pl.Int64,
                     "startup_ms": pl.Int64,
+                    "rate_per_s": pl.Float64,
+                    "burst": pl.Int64,
                 },
                 orient="row",
             ),
@@ -103,7 +123,7 @@ class PlantIndex:
             ),
             counter_max=pl.DataFrame(
                 max_rows,
-                schema={"machine": machine_type, "signal": SIGNAL_TYPE, "cmax": pl.Float64},
+                schema={"machine": machine_type, "signal": SIGNAL_TYPE, "cmax": pl.Int64},
                 orient="row",
             ),
             line_machines={li.id: tuple(m.id for m in li.machines) for li in plant.lines},
@@ -152,17 +172,26 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
         pl.col("machine").cast(index.machine_type), pl.col("signal").cast(SIGNAL_TYPE)
     )
 
-    source = pl.coalesce(pl.col("value_str"), _num_as_text(pl.col("value_num")))
+    # Values keep their source type (README "Telemetry events"): text is never read as a
+    # number; integers stay exact (`value_int`), floats are `value_num`.
+    whole = pl.col("value_int") if "value_int" in events.columns else pl.lit(None, pl.Int64)
+    real = pl.col("value_num")
+    source = pl.coalesce(pl.col("value_str"), whole.cast(pl.String), _num_as_text(real))
     events = events.with_columns(source.alias("source"))
     if index.state_map.height:
-        events = events.join(index.state_map, on=["machine", "source"], how="left")
+        events = events.join(
+            index.state_map, on=["machine", "source"], how="left", maintain_order="left"
+        )
     else:
         events = events.with_columns(pl.lit(None, pl.String).alias("mapped"))
     state = pl.coalesce(
         pl.col("mapped"),
         pl.when(pl.col("source").is_in(sorted(STATES))).then(pl.col("source")),
     )
-    num = pl.col("value_num")
+    num = pl.coalesce(real, whole.cast(pl.Float64))
+    # A counter reading is an integer; a float counter (OPC-UA Double) must be whole.
+    integral = (real == real.round()) & (real.abs() <= MAX_COUNTER)
+    count = pl.coalesce(whole, pl.when(integral).then(real.cast(pl.Int64, strict=False)))
     is_counter = pl.col("signal").is_in(CUMULATIVE_SIGNALS)
     is_reason = pl.col("signal") == "reason"
     # A correction: the code in `reason` (or in the value), its number in the value.
@@ -176,10 +205,12 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
                 "{} must be a number, got '{}'", pl.col("signal").cast(pl.String), "value_str"
             )
         )
-        .when(is_counter & ((num < 0) | (num != num.round())))
+        .when(is_counter & (count.is_null() | (count < 0)))
         .then(
             pl.format(
-                "{} must be a non-negative integer, got {}", pl.col("signal").cast(pl.String), num
+                "{} must be a non-negative integer, got {}",
+                pl.col("signal").cast(pl.String),
+                pl.col("source"),
             )
         )
         .when((pl.col("signal") == "ideal_cycle_time_s") & (num.is_null() | (num <= 0)))
@@ -209,7 +240,8 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
         "machine",
         "ts",
         "signal",
-        pl.when(pl.col("signal") == "product")
+        pl.when(is_counter).then(count).alias("count"),
+        pl.when((pl.col("signal") == "product") | is_counter)
         .then(None)
         .when(is_reason)
         .then(pl.when(pl.col("value_str").is_null()).then(num).otherwise(0.0))
@@ -223,6 +255,7 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
         .then(code)
         .alias("text"),
         pl.when(pl.col("signal") == "state").then(pl.col("reason")).alias("reason"),
+        *([pl.col(ARRIVAL)] if ARRIVAL in events.columns else []),
     )
     return Prepared(
         samples=good.cast(sample_schema(index.machine_type)),

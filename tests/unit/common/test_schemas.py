@@ -649,6 +649,7 @@ def full_record() -> dict[str, Any]:
             "slow_cycles_s": 3109.0,
             "startup_rejects_s": 0.0,
             "production_rejects_s": 423.0,
+            "no_data_s": 0.0,
         },
         "by_product": {},
         "constraint": None,
@@ -778,6 +779,7 @@ def line_shift_record() -> dict[str, Any]:
             "slow_cycles_s": 505.0,
             "startup_rejects_s": 40.0,
             "production_rejects_s": 60.0,
+            "no_data_s": 0.0,
         },
         "by_product": {
             "sku-a": {

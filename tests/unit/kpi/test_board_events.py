@@ -46,6 +46,7 @@ LOSSES = {
     "slow_cycles_s": 480.0,
     "startup_rejects_s": 40.0,
     "production_rejects_s": 60.0,
+    "no_data_s": 0.0,
 }
 
 

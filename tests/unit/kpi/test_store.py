@@ -206,6 +206,7 @@ def test_the_fields_beyond_oee_come_back_as_written(store: KpiStore) -> None:
         "slow_cycles_s": 150.0,
         "startup_rejects_s": 0.0,
         "production_rejects_s": 56.0,
+        "no_data_s": 0.0,
     }
     products = {
         "cola-05": {

@@ -26,6 +26,14 @@ def in_planned(intervals: list[tuple[int, int]], t: int) -> bool:
     return any(a <= t < b for a, b in intervals)
 
 
+def increment(prev: int, cur: int, dt_ms: int, ideal_s: float) -> int:
+    """DESIGN.md's counter rule without a configured maximum: a step up counts, a step
+    down is a reset counting `cur`, and either counts nothing when it is implausible
+    (more than 3 x seconds / ideal cycle time + 100 parts, the defaults)."""
+    step = cur - prev if cur >= prev else cur
+    return step if step <= 3 * (dt_ms / 1000) / ideal_s + 100 else 0
+
+
 def oracle(
     events: Iterable[tuple[int, str, str, Any, str | None, str]],
     windows: list[tuple[str, int, int, str | None]],
@@ -35,17 +43,19 @@ def oracle(
     """Records per (machine, window kind, start) for final windows after the whole input.
 
     `events` are (ts_ms, machine, signal, value, reason, quality); `windows` are
-    (kind, start, end, shift) candidates; a machine has a window when it overlaps
-    [first event, last event of the plant].
+    (kind, start, end, shift) candidates; every machine of `ideal_s` has a window when it
+    overlaps [first event, last event of the plant], whether it sent anything or not.
     """
     usable = [e for e in events if e[5] != "bad"]
     high = max(e[0] for e in usable)
-    by_machine: dict[str, list[tuple[int, str, str, Any, str | None, str]]] = defaultdict(list)
+    first = min(e[0] for e in usable)
+    by_machine: dict[str, list[tuple[int, str, str, Any, str | None, str]]] = {
+        m: [] for m in ideal_s
+    }
     for e in usable:
         by_machine[e[1]].append(e)
     out: dict[tuple[str, str, int], dict[str, Any]] = {}
     for machine, evs in by_machine.items():
-        first = min(e[0] for e in evs)
         states = sorted(
             ((e[0], e[3], e[4]) for e in evs if e[2] == "state"),
             key=lambda s: (s[0], s[1], s[2] is None, s[2] or ""),
@@ -66,8 +76,8 @@ def oracle(
             for i, (ts, value) in enumerate(samples):
                 if i == 0:
                     continue
-                prev = samples[i - 1][1]
-                incs.append((ts, value - prev if value >= prev else value))
+                prev_ts, prev = samples[i - 1]
+                incs.append((ts, increment(prev, value, ts - prev_ts, ideal_s[machine])))
             parts[signal] = incs
         for kind, start, end, shift in windows:
             if not (end > first and start <= high):

@@ -62,6 +62,7 @@ def test_small_stops_count_as_run_time_and_a_performance_loss() -> None:
             "slow_cycles_s": 3250 - 3000,
             "startup_rejects_s": 0,
             "production_rejects_s": 30,
+            "no_data_s": 0.0,
         }
     )
     assert r["fully_productive_s"] == 2970
@@ -226,7 +227,7 @@ def test_a_correction_restates_the_closed_window_with_a_new_revision() -> None:
     after_first = next(r for r in hours if r["downtime_by_reason"] == {"jam": 600})
     assert after_first["revision"] == 1
     last = hour_record(finals)
-    assert last["revision"] == 2
+    assert last["revision"] == 3  # each correction restates the window: 1, then 2 and 3
     assert last["downtime_by_reason"] == {}  # cleaning is planned: no downtime left
     assert last["planned_s"] == 3000
     assert last["availability"] == 1.0
@@ -329,8 +330,16 @@ def test_fixed_parts_target_per_shift_name() -> None:
     assert finals[(None, "shift", H06)]["target_count"] == 9000
 
 
-def test_loss_keys_are_the_six_big_losses() -> None:
-    assert len(LOSS_KEYS) == 6
+def test_loss_keys_are_the_six_big_losses_and_no_data() -> None:
+    assert LOSS_KEYS == (
+        "equipment_failure_s",
+        "setup_s",
+        "small_stops_s",
+        "slow_cycles_s",
+        "startup_rejects_s",
+        "production_rejects_s",
+        "no_data_s",
+    )
 
 
 def test_a_correction_holds_over_the_stops_repeated_samples_in_any_batching() -> None:

@@ -451,7 +451,7 @@ def test_unknown_machine_and_invalid_counter_are_rejected_with_reasons() -> None
     _, outputs, state = run(config, [events], windows=("1h",))
     reasons = sorted(outputs[0].rejected.get_column("reason").to_list())
     assert reasons == [
-        "total_count must be a non-negative integer, got -5.0",
+        "total_count must be a non-negative integer, got -5",
         "total_count must be a number, got 'many'",
         "unknown machine 'ghost'",
     ]
