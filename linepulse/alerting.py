@@ -76,6 +76,7 @@ KpiField = Literal[
     "first_pass_yield",
     "mttf_s",
     "fully_productive_s",
+    "coverage",
     # line records
     "oee_constraint",
     "bottleneck_s",
@@ -84,6 +85,10 @@ KpiField = Literal[
     "projected_count",
 ]
 Forecast = Literal["target_miss"]
+# KPI fields that measure the data itself rather than rest on it: `min_coverage` never
+# holds a rule on them (it would hold it exactly when it should fire).
+DATA_FIELDS: frozenset[str] = frozenset({"coverage", "unknown_s"})
+DEFAULT_MIN_COVERAGE = 0.8
 DEFAULT_SUMMARY = "{rule} on {machine}: {value}"
 FORECAST_SUMMARY = (
     "{line}: shift {shift} projected {projected} of target {target} ({shortfall} short)"
@@ -127,6 +132,15 @@ class Rule(_Model):
 
     `clear` is the hysteresis level: a firing alert resolves only once the value is on the
     good side of `clear` (e.g. trigger below 0.60, clear above 0.65).
+
+    `min_coverage` (KPI and forecast rules, 0..1, default 0.8): a record whose `coverage`
+    (the share of planned time with data) is below it, or null, changes nothing: it
+    neither starts nor resolves an alert, so a pending one stays pending and a firing one
+    stays firing (a forecast alert still ends with its shift). An OEE computed over ten
+    minutes of data in an hour, or a projection from them, says little, and lost data is
+    paged by `no_data` rules, not by every KPI rule at once. `0` judges every record, as
+    before coverage existed; so are records that carry no `coverage` field at all (from a
+    KPI service older than the field). Rules on `coverage` or `unknown_s` are never held.
     """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -136,6 +150,7 @@ class Rule(_Model):
     no_data: Duration | None = None
     forecast: Forecast | None = None
     margin: float = Field(default=0.05, ge=0, lt=1)  # forecast: the shortfall tolerated
+    min_coverage: float = Field(default=DEFAULT_MIN_COVERAGE, ge=0, le=1)  # kpi, forecast
     op: Op | None = None
     threshold: float | None = None
     value: str | None = None  # for text comparisons, e.g. state == down
@@ -169,6 +184,14 @@ class Rule(_Model):
             )
         if self.forecast is None and "margin" in self.model_fields_set:
             raise ValueError("margin is for forecast rules")
+        if "min_coverage" in self.model_fields_set:
+            if self.kpi is None and self.forecast is None:
+                raise ValueError("min_coverage is for kpi and forecast rules")
+            if self.kpi in DATA_FIELDS:
+                raise ValueError(
+                    f"a rule on {self.kpi} watches the data itself and is never held by "
+                    "min_coverage: drop it"
+                )
         if self.forecast is not None:
             given = [
                 k for k in ("op", "threshold", "value", "clear") if getattr(self, k) is not None

@@ -12,6 +12,10 @@ Lifecycle, per rule and target (fingerprint = rule + labels):
   nobody hears of it; pending for the rule's `for` -> `firing`;
 - firing and the value back on the good side of `clear` for `keep_firing_for`
   -> `resolved`; an unknown value (no record, a null ratio) changes nothing;
+- a KPI record whose `coverage` is below the rule's `min_coverage` (default 0.8) counts
+  as an unknown value for KPI and forecast rules: it neither starts, promotes, cancels
+  nor resolves anything (the figures of a window mostly without data are not evidence
+  either way; `no_data` rules page on the lost data itself);
 - KPI rules are suppressed while the machine is in `planned_stop` or its line is outside
   its shifts or in a break: no new pending, no firing, no re-page of a firing one;
 - forecast rules (`forecast: target_miss`) make one alert per line and shift (labels

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from linepulse.alerting import Rule, forecast_lines
+from linepulse.alerting import DATA_FIELDS, Rule, forecast_lines
 from linepulse.config import PlantConfig
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
@@ -42,7 +42,8 @@ class Reading:
     """A rule read over one target at one instant.
 
     `breach` and `recovered` are None when the value is unknown (no record yet, a ratio
-    whose denominator is zero, no sample): an unknown value changes no alert's state.
+    whose denominator is zero, no sample, a KPI record below the rule's `min_coverage`):
+    an unknown value changes no alert's state.
     `over`: what the rule watched is gone (a forecast's shift has ended): an open alert
     resolves at once. `fields`: more summary template fields (a forecast's target, ...).
     """
@@ -186,7 +187,9 @@ def read(rule: Rule, obs: Observations, target: Target, now: int) -> Reading:
         return read_forecast(rule, obs.records.get((target.line, None, "shift")), now)
     if rule.kpi is not None:
         record = obs.records.get((target.line, target.machine, rule.window))
-        value = None if record is None else record.get(rule.kpi)
+        if record is None or not covered(rule, record):
+            return UNKNOWN
+        value = record.get(rule.kpi)
         if not isinstance(value, int | float) or isinstance(value, bool):
             return UNKNOWN
         return compare(rule, float(value))
@@ -202,10 +205,26 @@ def read(rule: Rule, obs: Observations, target: Target, now: int) -> Reading:
     return UNKNOWN if sample.num is None else compare(rule, sample.num)
 
 
+def covered(rule: Rule, record: Mapping[str, Any]) -> bool:
+    """Whether a KPI record rests on enough data for `rule` (a KPI or forecast rule) to
+    judge it: its `coverage`
+    at or above the rule's `min_coverage`. A null coverage (no planned time) is not
+    enough unless `min_coverage` is 0; a record without the field (from a KPI service
+    older than it) is judged as before. Rules on the data itself (`coverage`,
+    `unknown_s`) are never held."""
+    if rule.min_coverage <= 0 or rule.kpi in DATA_FIELDS or "coverage" not in record:
+        return True
+    coverage = record["coverage"]
+    if not isinstance(coverage, int | float) or isinstance(coverage, bool):
+        return False
+    return coverage >= rule.min_coverage
+
+
 def read_forecast(rule: Rule, record: Mapping[str, Any] | None, now: int) -> Reading:
     """`forecast: target_miss` over a line's latest shift record: breached while the
     projection is short of the target by more than the margin; over once the record is
-    final or the clock has passed the shift's end."""
+    final or the clock has passed the shift's end (whatever its coverage: that is a fact
+    of time). Below the rule's `min_coverage` the projection is unknown."""
     if record is None:
         return UNKNOWN
     projected, target = _number(record.get("projected_count")), _number(record.get("target_count"))
@@ -222,8 +241,8 @@ def read_forecast(rule: Rule, record: Mapping[str, Any] | None, now: int) -> Rea
         fields["shortfall"] = max(0, round(target) - round(projected))
     if record.get("final") is True or now >= _ms(record.get("window_end")):
         return Reading(projected, False, True, over=True, fields=fields)
-    if projected is None or target is None:
-        return UNKNOWN
+    if projected is None or target is None or not covered(rule, record):
+        return UNKNOWN  # a projection from a shift mostly without data says nothing yet
     breach = projected < target * (1 - rule.margin)
     return Reading(projected, breach, not breach, fields=fields)
 

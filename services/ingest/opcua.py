@@ -74,6 +74,7 @@ from services.ingest.opcua_values import (
     event_time,
     plain_value,
     quality_of,
+    server_time,
     status_name,
     withheld,
 )
@@ -155,8 +156,12 @@ class OpcuaIngester:
         # Time (epoch ms) of the last `unknown` marker. The first reading of each node after
         # a reconnect (the baseline Read) is the machine's current value: stamped before
         # the marker, it would leave the machine `unknown` in event time, so it is stamped
-        # on receipt instead. `_restamp` holds the handles still to check.
+        # on receipt instead. `_restamp` holds the handles still to check. On a first start
+        # (`_marker` False) the floor is receipt less the lateness, and an older reading is
+        # stamped at the floor itself: it held since before then, and a source clock up to
+        # the lateness behind ours cannot sort its next readings before it.
         self._floor_ms: int | None = None
+        self._marker = False
         self._lateness_ms = round(plant.kpi.lateness_s * 1000)
         self._restamp: set[int] = set()
         self._marked_unknown = False
@@ -407,6 +412,7 @@ class OpcuaIngester:
         self._marked_unknown = True
         now = epoch_ms(datetime.now(UTC))
         self._floor_ms = now
+        self._marker = True
         for machine in self._machines:
             self._batch.add(now, machine, "state", "unknown", where="connection")
         self._full.set()
@@ -488,8 +494,10 @@ class OpcuaIngester:
     def _take(self, handle: int, value: ua.DataValue, received_ms: int) -> None:
         """One DataValue into the batch (or a dead letter, or withheld), by its ClientHandle.
 
-        `received_ms` (epoch ms) stamps the first reading of a node after a (re)connect when
-        its own time is before the `unknown` marker (see `_floor_ms`)."""
+        The first reading of a node after a (re)connect whose own time is before the floor
+        (see `_floor_ms`) is stamped anew: after an outage with the read's ServerTimestamp,
+        else `received_ms` (epoch ms), never before the marker; on a first start at the
+        floor."""
         route = self._by_handle.get(handle)
         if route is None:
             return
@@ -509,7 +517,13 @@ class OpcuaIngester:
         if self._restamp and handle in self._restamp:
             self._restamp.discard(handle)
             if self._floor_ms is not None and stamp < self._floor_ms:
-                stamp = received_ms
+                # After an outage: now, in the server's clock where it says (the read's
+                # ServerTimestamp; a PLC's next readings carry its own clock, and a receipt
+                # time ahead of it would sort this value after them), never before the
+                # marker. On a first start: the floor (see `_floor_ms`).
+                now = server_time(value)
+                now_ms = received_ms if now is None else now
+                stamp = max(self._floor_ms, now_ms) if self._marker else self._floor_ms
         try:
             plain = plain_value(variant)
         except UnsupportedValue as error:

@@ -145,6 +145,13 @@ def event_time(value: ua.DataValue) -> int | None:
     return None if source is None else epoch_ms(source)
 
 
+def server_time(value: ua.DataValue) -> int | None:
+    """When the server read the value, in epoch ms (floored), by the server's clock: its
+    ServerTimestamp; None when the server gave none."""
+    server = value.ServerTimestamp
+    return None if server is None else epoch_ms(server)
+
+
 def parse_node_id(text: str) -> ua.NodeId:
     """A NodeId from its string form (`ns=2;s=press-1.State`, `ns=3;i=1001`, `i=2258`,
     `nsu=urn:plant:press;s=Press1.State`). A `nsu=` one comes back as an ExpandedNodeId

@@ -13,6 +13,7 @@ as `observe_records` last set them (once per batch, never per event):
 | `linepulse_availability_ratio` | 0..1 | `availability` |
 | `linepulse_performance_ratio` | 0..1, not capped | `performance` |
 | `linepulse_quality_ratio` | 0..1 | `quality` |
+| `linepulse_coverage_ratio` | 0..1 | `coverage`: share of planned time with data |
 | `linepulse_planned_seconds` | s | `planned_s` |
 | `linepulse_run_seconds` | s | `run_s` |
 | `linepulse_downtime_seconds` | s | `downtime_s` |
@@ -31,6 +32,12 @@ Decisions:
 - A ratio that is null in the record (zero denominator) is set to NaN, not removed: the
   series keeps existing, Grafana draws NaN as no value, and an `oee < 0.6` rule is simply
   not true, while `absent(...)` still means "no record at all".
+- `linepulse_coverage_ratio` sits beside the ratios it qualifies: an OEE of the current
+  window that rests on 20 % of its planned time is no evidence of a failure, so the
+  Prometheus OEE rule (deploy/prometheus/rules) only judges it at a coverage of 0.8 or
+  more, like the alerts service's `min_coverage`. Unknown time itself stays
+  `linepulse_unknown_seconds`; there are no per-loss gauges (the losses waterfall is on
+  the live board and in the records).
 - The current window of a key is the one with the latest `window_start`; within it, the
   record with the highest (revision, final), ties to the later arrival (the store's
   rule). So a final record of the previous window, which arrives after the next window
@@ -74,6 +81,7 @@ class KpiMetrics:
     availability: Gauge
     performance: Gauge
     quality: Gauge
+    coverage: Gauge
     planned: Gauge
     run: Gauge
     downtime: Gauge
@@ -133,6 +141,11 @@ class KpiMetrics:
             quality=gauge(
                 "linepulse_quality_ratio",
                 "Good parts / total parts of the current window (NaN without parts)",
+            ),
+            coverage=gauge(
+                "linepulse_coverage_ratio",
+                "Share of the current window's planned time with usable data: "
+                "(planned - unknown) / planned (NaN without planned time)",
             ),
             planned=gauge(
                 "linepulse_planned_seconds",
@@ -227,6 +240,7 @@ class KpiMetrics:
             self.availability.labels(*key).set(_value(record["availability"]))
             self.performance.labels(*key).set(_value(record["performance"]))
             self.quality.labels(*key).set(_value(record["quality"]))
+            self.coverage.labels(*key).set(_value(record["coverage"]))
             self.planned.labels(*key).set(record["planned_s"])
             self.run.labels(*key).set(record["run_s"])
             self.downtime.labels(*key).set(record["downtime_s"])

@@ -107,8 +107,12 @@ HISTORY: dict[str, list[tuple[int, str, str | None]]] = {
     ],
     "press-3": [(70, "down", "jam"), (64, "running", None)],
 }
-# How the time lost (planned - fully productive) splits into the six big losses.
-LOSS_SPLIT = dict(zip(LOSS_KEYS, (0.35, 0.15, 0.1, 0.25, 0.05, 0.1), strict=True))
+# How the time lost (planned - fully productive) splits into the six big losses and the
+# time without data (the record's unknown_s).
+LOSS_SPLIT = dict(zip(LOSS_KEYS, (0.35, 0.15, 0.1, 0.2, 0.05, 0.1, 0.05), strict=True))
+# A machine silent for 38 % of its shift so far: its card says how much has data.
+SILENT = "press-3"
+SILENT_SHARE = 0.38
 
 
 def plant_config() -> PlantConfig:
@@ -167,8 +171,9 @@ def kpi_record(
     **beyond: Any,
 ) -> dict[str, Any]:
     """A KPI record whose A, P, Q multiply to `oee` (Q 0.98, P 0.95, A the rest); with
-    `losses`, the six big losses and the fully productive time (oee x planned) that sum
-    to planned time; `beyond`: other fields of the contract (all others null or empty)."""
+    `losses`, the six big losses, the time without data (also its unknown_s) and the fully
+    productive time (oee x planned) that sum to planned time; `beyond`: other fields of
+    the contract (all others null or empty). Coverage follows from unknown_s."""
     quality, performance = 0.98, 0.95
     availability = min(1.0, oee / (quality * performance))
     planned = length.total_seconds()
@@ -211,7 +216,9 @@ def kpi_record(
         productive = oee * planned
         out["fully_productive_s"] = productive
         out["losses"] = {k: share * (planned - productive) for k, share in LOSS_SPLIT.items()}
+        out["unknown_s"] = out["losses"]["no_data_s"]
     out.update(beyond)
+    out.setdefault("coverage", (planned - out["unknown_s"]) / planned if planned else None)
     for field in RECORD_FIELDS:  # the rest of the contract, whatever it holds by now
         out.setdefault(field, None)
     return out
@@ -257,7 +264,12 @@ def fill(store: KpiStore, now: datetime) -> datetime:
                 kpi_record(line, None, "15m", start + i * quarter, quarter, OEE[line] + wave)
             )
         for k, machine in enumerate(machines):
-            records.append(kpi_record(line, machine, "shift", start, shift, OEE[line] - 0.03 * k))
+            silent_s = SILENT_SHARE * shift.total_seconds() if machine == SILENT else 0.0
+            records.append(
+                kpi_record(
+                    line, machine, "shift", start, shift, OEE[line] - 0.03 * k, unknown_s=silent_s
+                )
+            )
             for i in range(quarters - 1):
                 lost = {reasons[(i + k + n) % 5]: 60.0 * ((i + k) % 4 + 1)}
                 records.append(
@@ -506,15 +518,33 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
                 assert page.locator('[data-trend="press"] polyline').count() == 1
 
                 # Beyond OEE: the losses waterfall from planned to fully productive time
-                # (8 h planned, OEE 50 %: 4 h lost, 35 % of it to equipment failure).
+                # (8 h planned, OEE 50 %: 4 h lost, 35 % of it to equipment failure, 5 %
+                # without data: a grey step of its own, not inside equipment failure).
                 fall = page.locator('[data-waterfall="press"]')
-                expect(fall.locator(".step")).to_have_count(8)
+                expect(fall.locator(".step")).to_have_count(9)
                 steps = fall.locator(".step").evaluate_all("(s) => s.map((e) => e.dataset.step)")
                 assert steps == ["planned_s", *LOSS_KEYS, "fully_productive_s"]
                 expect(fall.locator('[data-step="planned_s"] .secs')).to_have_text("8 h 0 min")
                 expect(fall.locator('[data-step="equipment_failure_s"] .secs')).to_have_text(
                     "−1 h 24 min"
                 )
+                no_data = fall.locator('[data-step="no_data_s"]')
+                expect(no_data.locator(".what")).to_have_text("No data")
+                expect(no_data.locator(".secs")).to_have_text("−12 min")
+                expect(no_data).to_have_attribute("data-kind", "nodata")
+                grey = no_data.locator(".fill").evaluate(
+                    "(e) => getComputedStyle(e).backgroundImage"
+                )
+                assert "rgb(108, 118, 134)" in grey, grey  # var(--grey)
+                # Coverage below 100 %: on the silent machine's card (62 % of its shift has
+                # data, amber below 80 %) and on the line headers; not where all is known.
+                silent = page.locator(f'[data-coverage="{SILENT}"]')
+                expect(silent).to_have_text("data 62 %")
+                expect(silent).to_have_attribute("title", "share of planned time with data")
+                expect(silent).to_have_class("coverage low")
+                expect(page.locator("[data-coverage]")).to_have_count(1)
+                expect(page.locator('[data-coverage-line="press"]')).to_have_text("data 97 %")
+                expect(page.locator('[data-coverage-line="pack"]')).to_have_count(0)
                 productive = fall.locator('[data-step="fully_productive_s"] .secs')
                 expect(productive).to_have_text("4 h 0 min")
                 expect(page.locator('[data-waterfall="pack"]')).to_have_count(0)  # no losses

@@ -566,3 +566,35 @@ async def test_values_with_no_reading_or_no_source_time_are_withheld_and_counted
         assert sum(1 for r in caplog.records if "has no value yet" in r.getMessage()) == 1
     finally:
         await plc.stop()
+
+
+def _last_is(sink: CollectingSink, value: int) -> bool:
+    return sink.rows()[-1][2] == value
+
+
+async def test_a_value_read_at_first_start_sorts_before_a_slow_clocks_next_readings() -> None:
+    """A PLC whose clock is 5 s behind ours: the counter value read at the first connect
+    (unchanged for a minute, so stamped anew) must not be stamped ahead of the PLC's next
+    readings, or the counter steps back in event time (found with `linepulse simulate`
+    started before the ingester)."""
+    (port,) = free_loopback_ports(1)
+    plc = PlcServer(port)
+    await plc.start({"press-1": machine_variables()})
+    now = datetime.now(UTC)
+    await plc.write("press-1.TotalCount", 1000, ua.VariantType.UInt32, now - timedelta(seconds=60))
+    machine = by_node_id("press-1", total_count="TotalCount")
+    config = plant([source("plc-1", plc.endpoint, [machine])], machines=("press-1",))
+    sink = CollectingSink()
+    metrics = IngestMetrics.create(CollectorRegistry())
+    ingester = OpcuaIngester(config.sources.opcua[0], config, sink, metrics)
+    try:
+        async with running(ingester):
+            await until(lambda: ingester.connected and len(sink.rows()) >= 1, "the baseline")
+            for value, behind_s in ((1001, 5.0), (1002, 4.0)):
+                stamped = datetime.now(UTC) - timedelta(seconds=behind_s)
+                await plc.write("press-1.TotalCount", value, ua.VariantType.UInt32, stamped)
+                await until(partial(_last_is, sink, value), f"reading {value}")
+    finally:
+        await plc.stop()
+    readings = sorted((ts, value) for _, _, value, ts, _ in sink.of("press-1", "total_count"))
+    assert [value for _, value in readings] == [1000, 1001, 1002]

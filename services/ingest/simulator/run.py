@@ -111,21 +111,27 @@ async def run_simulator(
     tick_ms = round(tick_s * 1000)
     if tick_ms < 1:
         raise ValueError(f"tick_s must be at least 0.001, got {tick_s}")
+    # Plant time "now" is taken when the first tick is due, not before the servers start:
+    # a plant running seconds behind the wall clock looks like a PLC with a slow clock.
+    now_at_ready = start_ms is None
     if start_ms is None:
-        now_ms = int(time.time() * 1000)
-        start_ms = now_ms - now_ms % tick_ms
+        start_ms = _tick_floor(tick_ms)
     layout = plan(plant)
     if not layout.specs:
         log.warning("simulate: no machine is in any source of the config; nothing to serve")
-    model = PlantModel(
-        plant,
-        list(layout.specs.values()),
-        seed=seed,
-        start_ms=start_ms,
-        tick_ms=tick_ms,
-        behaviour=behaviour,
-        scenario=scenario,
-    )
+
+    def build(start: int) -> PlantModel:
+        return PlantModel(
+            plant,
+            list(layout.specs.values()),
+            seed=seed,
+            start_ms=start,
+            tick_ms=tick_ms,
+            behaviour=behaviour,
+            scenario=scenario,
+        )
+
+    model = build(start_ms)
     stats = SimulatorStats(seed=seed, start_ms=start_ms, tick_ms=tick_ms)
     stats.events = dict.fromkeys(plant.sources.ids(), 0)
 
@@ -155,6 +161,11 @@ async def run_simulator(
             tasks = [group.create_task(o.run(), name=f"simulate mqtt {o.name}") for o in mqtt]
             try:
                 if await _connected(mqtt, tasks, stop):
+                    if now_at_ready:
+                        start_ms = stats.start_ms = _tick_floor(tick_ms)
+                        model = build(start_ms)
+                        for outlet in mqtt:
+                            outlet.now_ms = start_ms
                     log.info(
                         "simulate: %d machines on %d sources, seed %d, plant time from %d ms, "
                         "tick %d ms, speed %g",
@@ -187,6 +198,12 @@ async def run_simulator(
         stats.truth_lines = truth_log.written if truth_log is not None else 0
     log.info("simulate: stopped after %d ticks; events on the wire %s", stats.ticks, stats.events)
     return stats
+
+
+def _tick_floor(tick_ms: int) -> int:
+    """The wall clock now, in epoch ms, on a tick boundary."""
+    now_ms = int(time.time() * 1000)
+    return now_ms - now_ms % tick_ms
 
 
 async def _connected(

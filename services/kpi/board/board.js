@@ -74,6 +74,18 @@
     if (!iso) return "";
     return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
   }
+  // The share of the shift's planned time with data, shown only below 100 %: rounded down,
+  // so that a share short of all never reads "100 %".
+  const COVERAGE_TITLE = "share of planned time with data";
+  const COVERAGE_LOW = 0.8; // below this, KPI alert rules hold still (min_coverage default)
+  function coverageBadge(coverage, attrs) {
+    if (coverage === null || coverage === undefined || coverage >= 1) return null;
+    return el("span", Object.assign({
+      class: "coverage" + (coverage < COVERAGE_LOW ? " low" : ""),
+      title: COVERAGE_TITLE,
+      text: "data " + Math.floor(coverage * 100) + " %",
+    }, attrs));
+  }
   function since(iso) {
     if (!iso) return "since –";
     const secs = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
@@ -133,7 +145,9 @@
           el("span", { class: "name", text: m.machine }),
           el("span", { class: "state", text: state.replace("_", " ") }),
           el("span", { class: "moee", title: "OEE this shift", text: pct(m.oee) }),
-          el("span", { class: "since", title: m.since || "", text: since(m.since) }),
+          el("span", { class: "foot" },
+            el("span", { class: "since", title: m.since || "", text: since(m.since) }),
+            coverageBadge(m.coverage, { "data-coverage": m.machine })),
         ),
       );
     }
@@ -156,7 +170,9 @@
     return box;
   }
 
-  // The six big losses, in the order of linepulse.production.LOSS_KEYS.
+  // The six big losses and the time without data, in the order of
+  // linepulse.production.LOSS_KEYS. No data is its own grey bar: not knowing what a machine
+  // did is not an equipment failure.
   const LOSSES = {
     equipment_failure_s: { label: "Equipment failure", kind: "availability" },
     setup_s: { label: "Setup", kind: "availability" },
@@ -164,6 +180,7 @@
     slow_cycles_s: { label: "Slow cycles", kind: "performance" },
     startup_rejects_s: { label: "Start-up rejects", kind: "quality" },
     production_rejects_s: { label: "Production rejects", kind: "quality" },
+    no_data_s: { label: "No data", kind: "nodata" },
   };
 
   function waterfallRow(key, label, kind, from, width, text, title) {
@@ -273,7 +290,9 @@
     return [
       el("div", { class: "card-head" },
         el("h2", { text: line.line }),
-        el("span", { class: "muted", text: shift })),
+        el("span", { class: "head-right" },
+          coverageBadge(k.coverage, { "data-coverage-line": line.line }),
+          el("span", { class: "muted", text: shift }))),
       el("div", { class: "kpis" },
         oeeTile(line, k),
         tile(line.line, "availability", "Availability", k.availability),

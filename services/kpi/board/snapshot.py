@@ -15,23 +15,27 @@ UTC as the store serves them)::
                 "kpis": {"oee", "availability", "performance", "quality", "planned_s",
                          "run_s", "downtime_s", "stops", "total_count", "good_count",
                          "reject_count", "fully_productive_s", "nee", "teep", "product",
-                         "constraint", "oee_constraint"} | None,  # None: no shift record yet
+                         "constraint", "oee_constraint", "coverage"} | None,  # None: no
+                                                                  # shift record yet
                 "waterfall": {"planned_s": float,
                               "losses": [{"loss": key, "seconds": float}],  # LOSS_KEYS order
                               "fully_productive_s": float} | None,   # None: no losses known
                 "bottleneck": {"machine": str, "stop_s": float | None} | None,
                 "forecast": {"output_count": int | None, "projected_count": float | None,
                              "target_count": int, "on_track": bool | None} | None,
-                "machines": [{"machine", "state", "since", "last_seen", "oee"}],
+                "machines": [{"machine", "state", "since", "last_seen", "oee", "coverage"}],
                 "pareto": [{"reason", "seconds", "share"}],   # downtime of this shift
                 "trend": [{"t": window_start, "oee": float | None}]}]}
 
-`waterfall`: planned time, less each of the six big losses, is the fully productive time
-(the record's `fully_productive_s`, or planned time less the losses where the record has
-none): planned_s = fully_productive_s + sum of the losses. `forecast` is there only when
-the shift has a target (`target_count`); `on_track`: projected output >= target (None
-while nothing is projected yet). The line's stops, for reason coding, are not in the
-snapshot: the page reads them from `/v1/stops` itself.
+`waterfall`: planned time, less each of the six big losses and the time without data
+(`no_data_s`, its own step: not knowing is not an equipment failure), is the fully
+productive time (the record's `fully_productive_s`, or planned time less the losses where
+the record has none): planned_s = fully_productive_s + sum of the losses.
+`coverage` (line `kpis` and each machine): the share of the shift's planned time so far
+with data, from the shift record; None without planned time or without a record.
+`forecast` is there only when the shift has a target (`target_count`); `on_track`:
+projected output >= target (None while nothing is projected yet). The line's stops, for
+reason coding, are not in the snapshot: the page reads them from `/v1/stops` itself.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ EXTRA_KPI_FIELDS: Final = (
     "product",
     "constraint",
     "oee_constraint",
+    "coverage",
 )
 # Finest first: a finer trend has more points over a shift, and a finer Pareto kind closes
 # (and so counts) sooner. Every kind covers the same downtime, so one kind counts each
@@ -83,16 +88,18 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
 
     shift_records = store.current(window="shift", scope="all") if has_shift else []
     line_records = {r["line"]: r for r in shift_records if r["machine"] is None}
-    machine_oee = {r["machine"]: r["oee"] for r in shift_records if r["machine"] is not None}
+    machine_records = {r["machine"]: r for r in shift_records if r["machine"] is not None}
     statuses: dict[str, list[dict[str, Any]]] = {}
     for status in store.machines():
+        shift_record = machine_records.get(status["machine"], {})
         statuses.setdefault(status["line"], []).append(
             {
                 "machine": status["machine"],
                 "state": status["state"],
                 "since": status["since"],
                 "last_seen": status["last_seen"],
-                "oee": machine_oee.get(status["machine"]),
+                "oee": shift_record.get("oee"),
+                "coverage": shift_record.get("coverage"),
             }
         )
 
@@ -137,7 +144,9 @@ def _kpis(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _waterfall(record: dict[str, Any]) -> dict[str, Any] | None:
-    """Planned time, the six big losses (LOSS_KEYS order), fully productive time."""
+    """Planned time, the six big losses and no data (LOSS_KEYS order), fully productive
+    time. A store written before `no_data_s` existed shows 0 for it (its unknown time is
+    then inside equipment failure, as that version counted it)."""
     losses = record.get("losses")
     if not losses:
         return None

@@ -270,6 +270,7 @@ def test_plant_schema_defaults_match_the_model() -> None:
     assert kpi["startup_s"]["default"] == defaults.startup_s
     rule = schema["$defs"]["Rule"]["properties"]
     assert rule["margin"]["default"] == Rule.model_fields["margin"].default
+    assert rule["min_coverage"]["default"] == Rule.model_fields["min_coverage"].default
     assert rule["summary"]["default"] == Rule.model_fields["summary"].default
     forecast = Rule.model_validate({"name": "r", "forecast": "target_miss"})
     assert json.dumps(forecast.summary) in rule["summary"]["description"]
@@ -623,6 +624,7 @@ def full_record() -> dict[str, Any]:
         "revision": 0,
         # -- beyond OEE: no product, small stop, changeover, rework counter or start-up
         "product": None,
+        "coverage": 1.0,
         "calendar_s": 28800.0,
         "down_s": 2820.0,
         "idle_s": 0.0,
@@ -693,6 +695,7 @@ def line_record() -> dict[str, Any]:
         "final": False,
         "revision": 0,
         "product": None,
+        "coverage": None,  # no planned time
         "calendar_s": 60.0,
         "down_s": 0.0,
         "idle_s": 0.0,
@@ -753,6 +756,7 @@ def line_shift_record() -> dict[str, Any]:
         "final": False,
         "revision": 0,
         "product": "sku-a",
+        "coverage": 1.0,
         "calendar_s": 7200.0,
         "down_s": 420.0,
         "idle_s": 0.0,

@@ -265,3 +265,27 @@ def test_infinity_panels_call_real_endpoints(openapi: dict[str, dict[str, Any]])
                 assert given <= params, f"{panel['title']}: {given - params} not in {params}"
                 called += 1
     assert called >= 4
+
+
+@pytest.mark.parametrize("stem", ["plant-overview", "line-detail", "machine-detail"])
+def test_coverage_stands_beside_oee(stem: str) -> None:
+    """What the OEE rests on is read in the same glance: a coverage stat in the OEE's row,
+    of the same scope (line figures beside line OEE, the machine's beside the machine's)."""
+    board = json.loads((DEPLOY / "grafana" / "dashboards" / f"{stem}.json").read_text())
+    panels = list(_panels(board["panels"]))
+
+    def expr(panel: dict[str, Any]) -> str:
+        return " ".join(t.get("expr", "") for t in panel.get("targets", []))
+
+    [oee] = [p for p in panels if p["title"] == "OEE this shift"]
+    [coverage] = [p for p in panels if "coverage_ratio" in expr(p)]
+    assert coverage["type"] == "stat"
+    assert coverage["gridPos"]["y"] == oee["gridPos"]["y"]
+    assert expr(oee).replace("oee_ratio", "coverage_ratio") == expr(coverage)
+    assert coverage["fieldConfig"]["defaults"]["unit"] == "percentunit"
+
+
+def test_the_oee_rule_is_guarded_by_coverage() -> None:
+    [rule] = [r for r in _rules() if r.get("alert") == "LinePulseLineOeeLow"]
+    assert "line:linepulse_coverage_ratio:shift >= 0.8" in rule["expr"]
+    assert "line:linepulse_coverage_ratio:shift" in recorded()

@@ -273,7 +273,8 @@ def test_metrics_show_the_current_window_after_observe_records(
         batch = [
             record("m1", start=current, oee=0.70),
             record("m1", start=current, oee=0.75),  # later in the batch: wins
-            record(None, start=current, oee=0.6, quality=None, total_count=0),
+            record(None, start=current, oee=0.6, quality=None, total_count=0, coverage=None),
+            record("m2", start=current, unknown_s=2700.0),  # data for a quarter of the time
             record("ghost", start=current, oee=0.1),  # not in the config: ignored
         ]
         metrics.observe_records(batch)
@@ -302,6 +303,9 @@ def test_metrics_show_the_current_window_after_observe_records(
     assert values["linepulse_stops", key(m1)] == 2
     assert values["linepulse_availability_ratio", key(m1)] == 3000 / 3600
     assert values["linepulse_performance_ratio", key(m1)] == 2800 / 3000
+    assert values["linepulse_coverage_ratio", key(m1)] == 1.0
+    assert values["linepulse_coverage_ratio", key(m1 | {"machine": "m2"})] == 0.25
+    assert math.isnan(values["linepulse_coverage_ratio", key(line)])
     assert "ghost" not in text
     # The service metrics are there for the worker to update.
     for name in (
@@ -364,6 +368,21 @@ def test_lifespan_extra_runs_for_the_life_of_the_app(
         assert events == ["start LinePulse KPI API"]
         get(client, "/healthz")
     assert events == ["start LinePulse KPI API", "stop"]
+
+
+def test_coverage_is_served_as_stored_and_documented(client: TestClient, store: KpiStore) -> None:
+    thin = record("m1", window="1h", start="2026-11-02T06:00:00Z", unknown_s=1368.0)
+    idle = record("m2", window="1h", start="2026-11-02T06:00:00Z", planned_s=0.0, run_s=0.0)
+    store.upsert([thin, idle])
+    body = get(client, "/v1/kpis/history?window=1h&from=2026-11-02T06:00:00Z")
+    assert [(r["machine"], r["coverage"]) for r in body] == [("m1", 0.62), ("m2", None)]
+    current = get(client, "/v1/kpis/current?window=1h&machine=m1")
+    assert current[0]["coverage"] == 0.62
+    spec = get(client, "/openapi.json")
+    field = spec["components"]["schemas"]["KpiRecord"]["properties"]["coverage"]
+    assert "planned" in field["description"]
+    assert {"type": "number", "maximum": 1.0, "minimum": 0.0} in field["anyOf"]
+    assert "coverage" in spec["components"]["schemas"]["KpiRecord"]["required"]
 
 
 def test_openapi_documents_the_endpoints(client: TestClient) -> None:

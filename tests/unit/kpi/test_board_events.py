@@ -38,15 +38,17 @@ _BEYOND_OEE: dict[str, Any] = {
     "failures": 0,
     "by_product": {},
 }
-# The six big losses of the l1 shift below: with 2,000 s fully productive, 3,600 s planned.
+# The six big losses and the time without data of the l1 shift below: with 2,000 s fully
+# productive, 3,600 s planned. 200 s without data (unknown_s) are not an equipment failure.
+NO_DATA_S = 200.0
 LOSSES = {
-    "equipment_failure_s": 600.0,
+    "equipment_failure_s": 400.0,
     "setup_s": 300.0,
     "small_stops_s": 120.0,
     "slow_cycles_s": 480.0,
     "startup_rejects_s": 40.0,
     "production_rejects_s": 60.0,
-    "no_data_s": 0.0,
+    "no_data_s": NO_DATA_S,
 }
 
 
@@ -79,7 +81,14 @@ def test_an_empty_store_gives_every_line_with_nothing_known(store: KpiStore) -> 
     assert l1["pareto"] == []
     assert l1["trend"] == []
     assert l1["machines"] == [
-        {"machine": m, "state": None, "since": None, "last_seen": None, "oee": None}
+        {
+            "machine": m,
+            "state": None,
+            "since": None,
+            "last_seen": None,
+            "oee": None,
+            "coverage": None,
+        }
         for m in ("m1", "m2")
     ]
 
@@ -165,6 +174,7 @@ def test_current_shift_kpis_machines_pareto_and_trend(store: KpiStore) -> None:
         "product": None,
         "constraint": None,
         "oee_constraint": None,
+        "coverage": 1.0,
     }
     # Nothing beyond OEE in these records: no waterfall, bottleneck or forecast.
     assert (l1["waterfall"], l1["bottleneck"], l1["forecast"]) == (None, None, None)
@@ -175,8 +185,16 @@ def test_current_shift_kpis_machines_pareto_and_trend(store: KpiStore) -> None:
             "since": "2026-11-02T05:30:00Z",
             "last_seen": "2026-11-02T05:31:00Z",
             "oee": 0.7,
+            "coverage": 1.0,
         },
-        {"machine": "m2", "state": None, "since": None, "last_seen": None, "oee": None},
+        {
+            "machine": "m2",
+            "state": None,
+            "since": None,
+            "last_seen": None,
+            "oee": None,
+            "coverage": None,
+        },
     ]
     assert l1["trend"] == [
         {"t": SHIFT, "oee": 0.4},
@@ -212,7 +230,7 @@ def beyond_oee_line(**values: Any) -> dict[str, Any]:
         "projected_count": 21952.0,
     }
     fields.update(values)
-    return record(None, start=SHIFT, oee=0.5, **fields)
+    return record(None, start=SHIFT, oee=0.5, unknown_s=NO_DATA_S, **fields)
 
 
 def test_losses_waterfall_bottleneck_and_forecast_of_the_shift(store: KpiStore) -> None:
@@ -224,9 +242,13 @@ def test_losses_waterfall_bottleneck_and_forecast_of_the_shift(store: KpiStore) 
         "losses": [{"loss": key, "seconds": LOSSES[key]} for key in LOSS_KEYS],
         "fully_productive_s": 2000.0,
     }
-    # Planned time, less the six losses, is the fully productive time.
+    # Planned time, less the six losses and the time without data, is the fully productive
+    # time; no data is a step of its own, the last, and equipment failure leaves it out.
     steps = [step["seconds"] for step in waterfall["losses"]]
     assert waterfall["fully_productive_s"] + sum(steps) == pytest.approx(waterfall["planned_s"])
+    assert waterfall["losses"][-1] == {"loss": "no_data_s", "seconds": NO_DATA_S}
+    assert waterfall["losses"][0] == {"loss": "equipment_failure_s", "seconds": 400.0}
+    assert l1["kpis"]["coverage"] == (3600 - NO_DATA_S) / 3600
     assert waterfall["planned_s"] == l1["kpis"]["planned_s"]
     assert l1["bottleneck"] == {"machine": "m1", "stop_s": 540.0}
     assert l1["forecast"] == {
@@ -284,11 +306,36 @@ def test_waterfall_without_fully_productive_time_ends_at_what_the_losses_leave(
     store.upsert([beyond_oee_line(losses=partial, fully_productive_s=None, bottleneck=None)])
     l1 = line_of(build_snapshot(store.plant, store), "l1")
     assert l1["waterfall"] is not None
-    assert [s["seconds"] for s in l1["waterfall"]["losses"]] == [600.0, 300.0, 0, 0, 0, 0]
+    assert [s["seconds"] for s in l1["waterfall"]["losses"]] == [600.0, 300.0, 0, 0, 0, 0, 0]
     assert l1["waterfall"]["fully_productive_s"] == 2700.0
     assert l1["bottleneck"] is None
     store.upsert([beyond_oee_line(losses=None, fully_productive_s=None, revision=1)])
     assert line_of(build_snapshot(store.plant, store), "l1")["waterfall"] is None
+
+
+def test_coverage_of_each_machine_and_the_line(store: KpiStore) -> None:
+    """A machine silent for part of the shift shows how much of it has data; so does its
+    line (the sums of its machines, as the KPI core writes the line record)."""
+    store.upsert(
+        [
+            record("m1", start=SHIFT),  # data all along
+            record("m2", start=SHIFT, unknown_s=1368.0, run_s=1632.0),  # silent 38 %
+            record(None, start=SHIFT, planned_s=7200.0, unknown_s=1368.0),
+            record("m3", line="l2", start=SHIFT, planned_s=0.0, unknown_s=0.0),  # no plan
+        ]
+    )
+    store.upsert_status(
+        [
+            {"machine": m, "state": "running", "since": SHIFT, "last_seen": SHIFT}
+            for m in ("m1", "m2", "m3")
+        ]
+    )
+    snapshot = build_snapshot(store.plant, store)
+    l1 = line_of(snapshot, "l1")
+    assert [(m["machine"], m["coverage"]) for m in l1["machines"]] == [("m1", 1.0), ("m2", 0.62)]
+    assert l1["kpis"]["coverage"] == 0.81
+    l2 = line_of(snapshot, "l2")
+    assert [(m["machine"], m["coverage"]) for m in l2["machines"]] == [("m3", None)]
 
 
 def test_between_shifts_the_last_shift_is_shown_closed(store: KpiStore) -> None:

@@ -115,6 +115,9 @@ def record(
         **BEYOND_OEE,
     }
     out.update(values)
+    if "coverage" not in values:  # (planned - unknown) / planned, null without planned time
+        planned, unknown = out["planned_s"], out["unknown_s"]
+        out["coverage"] = (planned - unknown) / planned if planned else None
     return out
 
 
