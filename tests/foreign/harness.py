@@ -57,6 +57,21 @@ def require_node() -> str:
     return node
 
 
+async def terminate(proc: asyncio.subprocess.Process | None, timeout_s: float) -> int | None:
+    """SIGTERM a child we started, and its exit code; killed after `timeout_s`: None."""
+    if proc is None:
+        return None
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return None
+    return proc.returncode
+
+
 @dataclass
 class NodeProgram:
     """One of the Node.js programs as a child process, its stdout lines collected."""
@@ -127,20 +142,10 @@ class NodeProgram:
 
     async def stop(self) -> int | None:
         """SIGTERM, and the exit code (killed after STOP_TIMEOUT_S: None)."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                return None
-        if self._reader is not None:
+        code = await terminate(self._proc, STOP_TIMEOUT_S)
+        if self._proc is not None and self._reader is not None:
             await self._reader
-        return proc.returncode
+        return code
 
 
 @contextlib.asynccontextmanager
@@ -205,18 +210,8 @@ class Ingest:
         pytest.fail(f"source {source} not connected within {timeout_s:.0f} s:\n{self.tail()}")
 
     async def stop(self) -> int | None:
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 60)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                return None
-        return proc.returncode
+        """SIGTERM, and the exit code (killed after a minute: None)."""
+        return await terminate(self._proc, 60)
 
     def tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""

@@ -76,9 +76,10 @@ Records = dict[RecordKey, dict[str, Any]]  # the latest record per key
 
 def stack_config(tmp: Path, mqtt_port: int, bootstrap: str) -> Path:
     """The example plant (what `deploy/linepulse/plant.yaml` serves in compose) on free
-    loopback ports with topics of its own; a consumer group of its own whose open records
-    go out with every batch and whose offsets are committed often (so "committed up to the
-    end" means "every record published"); reconnects within a second (the restart)."""
+    loopback ports with topics of its own, without breaks; a consumer group of its own
+    whose open records go out with every batch and whose offsets are committed often (so
+    "committed up to the end" means "every record published"); reconnects within a second
+    (the restart)."""
     config = example_on(tmp, mqtt_port, bootstrap)
     data = yaml.safe_load(config.read_text())
     data["kafka"].update(
@@ -88,6 +89,10 @@ def stack_config(tmp: Path, mqtt_port: int, bootstrap: str) -> Path:
     )
     for source in [*data["sources"]["opcua"], *data["sources"]["mqtt"]]:
         source.update(reconnect_min_s=0.2, reconnect_max_s=1.0)
+    # No breaks: the plant makes parts whenever the test runs (in a break no counter moves,
+    # and a restart would look like nothing at all).
+    for shift in data["shifts"]:
+        shift.pop("breaks", None)
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     return config
 
