@@ -49,20 +49,24 @@ def _ideal_times(samples: pl.DataFrame, index: PlantIndex) -> pl.DataFrame:
     )
 
 
-# The parts a limit allows after a time span: per_s x seconds + burst (null: no limit).
-_ALLOWED = pl.col("rate_per_s") * (pl.col("ts") - pl.col("ts").shift(1).over("machine", "signal"))
-_ALLOWED = _ALLOWED / 1000 + pl.col("burst")
+def increments(seq: pl.DataFrame) -> pl.DataFrame:
+    """Parts shown by each sample of a (machine, signal, ts)-sorted counter sequence
+    (`inc`), and the implausible increment it replaced (`jump`, null where plausible).
 
-
-def increments() -> list[pl.Expr]:
-    """Parts shown by each sample of a (machine, signal)-sorted counter sequence (`inc`),
-    and the implausible increment it replaced (`jump`, null where plausible).
-
-    Needs `count`, `cmax` (the counter's maximum or null), `rate_per_s` and `burst`.
+    Needs `count`, `cmax` (the counter's maximum or null), `rate_per_s` and `burst`. The
+    rows are sorted, so the previous sample of a sequence is the previous row where the
+    (machine, signal) is the same: a plain shift, cheaper than a window over groups.
     """
-    prev = pl.col("count").shift(1).over("machine", "signal")
-    cur = pl.col("count")
-    allowed = _ALLOWED
+    same = (pl.col("machine") == pl.col("machine").shift(1)) & (
+        pl.col("signal") == pl.col("signal").shift(1)
+    )
+    seq = seq.with_columns(
+        pl.when(same).then(pl.col("count").shift(1)).alias("prev"),
+        pl.when(same).then(pl.col("ts") - pl.col("ts").shift(1)).alias("since_ms"),
+    )
+    prev, cur = pl.col("prev"), pl.col("count")
+    # What a limit allows after the time since the previous sample (null: no limit).
+    allowed = pl.col("rate_per_s") * pl.col("since_ms") / 1000 + pl.col("burst")
 
     def plausible(step: pl.Expr) -> pl.Expr:
         return allowed.is_null() | (step.cast(pl.Float64) <= allowed)
@@ -77,12 +81,12 @@ def increments() -> list[pl.Expr]:
         .then(rollover)
         .otherwise(cur)
     )
-    ok = plausible(raw)
-    return [
-        pl.when(ok).then(raw).otherwise(0).cast(pl.Int64).alias("inc"),
-        pl.when(ok).then(None).otherwise(raw).cast(pl.Int64).alias("jump"),
-        prev.alias("prev"),
-    ]
+    seq = seq.with_columns(raw.alias("raw"))
+    ok = prev.is_null() | plausible(pl.col("raw"))  # a first sample only sets the baseline
+    return seq.with_columns(
+        pl.when(ok).then(pl.col("raw")).otherwise(0).cast(pl.Int64).alias("inc"),
+        pl.when(ok).then(None).otherwise(pl.col("raw")).cast(pl.Int64).alias("jump"),
+    )
 
 
 JUMP_SCHEMA = pl.Schema(
@@ -97,22 +101,23 @@ JUMP_SCHEMA = pl.Schema(
 
 
 def _jumps(seq: pl.DataFrame) -> pl.DataFrame:
-    """The implausible increments of a recomputed sequence, as reasons to report."""
+    """The implausible increments of a recomputed sequence, as reasons to report (rare:
+    the reasons are written in Python, one per jump)."""
     found = seq.filter(pl.col("jump").is_not_null())
-    return found.select(
-        pl.col("machine").cast(pl.String),
-        "ts",
-        pl.col("signal").cast(pl.String),
-        "count",
-        pl.format(
-            "implausible counter jump: {} from {} to {} would count {} parts; not counted, "
-            "taken as the new baseline",
-            pl.col("signal").cast(pl.String),
-            "prev",
-            "count",
-            "jump",
-        ).alias("reason"),
-    )
+    rows = [
+        (
+            str(machine),
+            ts,
+            str(signal),
+            count,
+            f"implausible counter jump: {signal} from {prev} to {count} would count {jump} "
+            "parts; not counted, taken as the new baseline",
+        )
+        for machine, ts, signal, count, prev, jump in found.select(
+            "machine", "ts", "signal", "count", "prev", "jump"
+        ).iter_rows()
+    ]
+    return pl.DataFrame(rows, schema=JUMP_SCHEMA, orient="row")
 
 
 def _startup_anchors(
@@ -148,17 +153,10 @@ def counter_minutes(
     implausible increments of the recomputed samples (`JUMP_SCHEMA`).
     """
     counters = samples.filter(pl.col("signal").is_in(CUMULATIVE_SIGNALS))
-    seq = (
-        _from_dirty(counters, dirty, ["machine", "signal", "ts", "count"])
-        .join(index.counter_max, on=["machine", "signal"], how="left", maintain_order="left")
-        .join(
-            index.machines.select("machine", "rate_per_s", "burst"),
-            on="machine",
-            how="left",
-            maintain_order="left",
-        )
+    seq = _from_dirty(counters, dirty, ["machine", "signal", "ts", "count"]).join(
+        index.counters, on=["machine", "signal"], how="left", maintain_order="left"
     )
-    seq = seq.with_columns(increments()).filter(pl.col("ts") >= pl.col("from"))
+    seq = increments(seq).filter(pl.col("ts") >= pl.col("from"))
     jumps = _jumps(seq)
     machines = seq.get_column("machine").unique()
     mine = samples.filter(pl.col("machine").is_in(machines.implode()))

@@ -39,7 +39,6 @@ from services.kpi.core.counters import (
 from services.kpi.core.lines import LINE_FIELDS, MachineWindow, line_fields
 from services.kpi.core.oee import SUM_COLUMNS, kpi_fields, machine_counts
 from services.kpi.core.samples import (
-    ARRIVAL,
     CUMULATIVE_SIGNALS,
     REJECTED_SCHEMA,
     REWORK,
@@ -254,7 +253,7 @@ def step(
     (unless `open_records` is False, as for a replay that writes final records only),
     windows that became final, and restatements of final windows (revision + 1).
     """
-    prep = prepare(events.with_row_index(ARRIVAL), core.index)
+    prep = prepare(events, core.index)  # samples in arrival order
     high0 = state.high
     water0 = None if high0 is None else high0 - core.lateness_ms
     floor0 = _horizon_floor(core, high0)
@@ -316,15 +315,15 @@ def step(
     atoms, reasons, patoms, delta, rdelta, pdelta, jumps = _recompute(
         core, state, work, dirty, high1
     )
-    # A jump is reported once: by the batch that brings the sample showing it.
-    jumps = jumps.join(
-        new.select(pl.col("machine").cast(pl.String), "ts", pl.col("signal").cast(pl.String)),
-        on=["machine", "ts", "signal"],
-        how="semi",
-    ).unique(maintain_order=True)
+    if jumps.height:  # reported once: by the batch that brings the sample showing it
+        jumps = jumps.join(
+            new.select(pl.col("machine").cast(pl.String), "ts", pl.col("signal").cast(pl.String)),
+            on=["machine", "ts", "signal"],
+            how="semi",
+        ).unique(maintain_order=True)
     stats = replace(stats, implausible=stats.implausible + jumps.height)
     acc, racc, pacc, touched = _apply_deltas(core, state, delta, rdelta, pdelta)
-    influencers = late_rows.select("machine", "_arr", "_epoch", "_lo")
+    influencers = late_rows.select("machine", "_arr", "_epoch", _reach(core))
     if regrouped:
         # Counts combine differently now: every window of theirs may read differently,
         # from the event that brought the new counter on.
@@ -418,26 +417,27 @@ def _judge(
     ts = pl.col("ts")
     arr = ts.cum_max() if high0 is None else pl.max_horizontal(ts.cum_max(), pl.lit(high0))
     previous = arr.shift(1) if high0 is None else arr.shift(1, fill_value=high0)
-    opens = (ts > previous).fill_null(True) | (pl.col("signal") == "reason")
     floor = pl.col("_arr") - core.lateness_ms - core.horizon_ms
-    before = ts.cum_min().shift(1)
-    first = before if first0 is None else pl.min_horizontal(before, pl.lit(first0))
-    return (
-        samples.sort(ARRIVAL)
-        .with_columns(
-            arr.alias("_arr"),
-            first.alias("_first"),
-            (opens.cum_sum() + epoch0).alias("_epoch"),
-        )
-        .with_columns((floor - floor % MINUTE_MS).alias("_floor"))
-        .with_columns(
-            (ts < pl.col("_floor")).alias("_too_late"),
-            (ts < pl.col("_arr") - core.lateness_ms).alias("_late"),
-            pl.max_horizontal(
-                ts - core.index.lookback_ms, pl.col("_first"), pl.col("_floor")
-            ).alias("_lo"),
-        )
+    # `prepare` keeps the batch's order (its filters and its left join do).
+    judged = samples.with_columns(arr.alias("_arr"), (ts > previous).alias("_raises"))
+    judged = judged.with_columns((floor - floor % MINUTE_MS).alias("_floor")).with_columns(
+        (ts < pl.col("_floor")).alias("_too_late"),
+        (ts < pl.col("_arr") - core.lateness_ms).alias("_late"),
     )
+    # A rejected event neither moves the first event time nor opens an epoch.
+    used = ~pl.col("_too_late")
+    before = pl.when(used).then(ts).cum_min().forward_fill().shift(1)
+    first = before if first0 is None else pl.min_horizontal(before, pl.lit(first0))
+    opens = used & (pl.col("_raises").fill_null(True) | (pl.col("signal") == "reason"))
+    return judged.with_columns(
+        first.alias("_first"), (opens.cum_sum() + epoch0).alias("_epoch")
+    ).drop("_raises")
+
+
+def _reach(core: Core) -> pl.Expr:
+    """`_lo` of judged samples: the windows ending after it are the ones they can restate."""
+    lookback = pl.col("ts") - core.index.lookback_ms
+    return pl.max_horizontal(lookback, pl.col("_first"), pl.col("_floor")).alias("_lo")
 
 
 def _too_late(rows: pl.DataFrame) -> pl.DataFrame:

@@ -20,9 +20,6 @@ from linepulse.config import COUNTER_SIGNALS, MAX_COUNTER, STATES, PlantConfig
 REWORK = "rework_count"
 CUMULATIVE_SIGNALS = (*COUNTER_SIGNALS, REWORK)
 KPI_SIGNALS = ("state", *COUNTER_SIGNALS, "product", "ideal_cycle_time_s", REWORK, "reason")
-# The position of an event in its batch (arrival order), kept beside a batch's samples
-# while the core judges each event against the watermark at its arrival.
-ARRIVAL = "_arrival"
 # Machines and signals are Enums inside the core: sorts, joins and group-bys on them run
 # on small integers, while values still read as names.
 SIGNAL_TYPE = pl.Enum(KPI_SIGNALS)
@@ -60,7 +57,9 @@ class PlantIndex:
     machines: pl.DataFrame
     state_map: pl.DataFrame  # machine, source, mapped
     products: pl.DataFrame  # machine, product, p_ict_us
-    counter_max: pl.DataFrame  # machine, signal, cmax
+    # machine, signal (every cumulative counter), cmax (its maximum, or null), and the
+    # machine's plausibility limit: rate_per_s (null: unchecked) and burst
+    counters: pl.DataFrame
     line_machines: dict[str, tuple[str, ...]]
     declared_counters: dict[str, frozenset[str]]  # machines whose counters the config names
     planned_reasons: pl.DataFrame  # machine, reason: codes that make a stop planned time
@@ -72,7 +71,7 @@ class PlantIndex:
         planned_rows: list[tuple[str, str]] = []
         state_rows: list[tuple[str, str, str]] = []
         product_rows: list[tuple[str, str, int]] = []
-        max_rows: list[tuple[str, str, int]] = []
+        max_rows: dict[tuple[str, str], int] = {}
         for line in plant.lines:
             for m in line.machines:
                 ict = None if m.ideal_cycle_time_s is None else round(m.ideal_cycle_time_s * 1e6)
@@ -94,7 +93,7 @@ class PlantIndex:
                     (m.id, name, round(p.ideal_cycle_time_s * 1e6))
                     for name, p in m.products.items()
                 )
-                max_rows.extend((m.id, sig, mx) for sig, mx in m.counter_max.items())
+                max_rows.update(((m.id, sig), mx) for sig, mx in m.counter_max.items())
         machine_type = pl.Enum([m[0] for m in machines])
         return cls(
             machine_type=machine_type,
@@ -121,9 +120,19 @@ class PlantIndex:
                 schema={"machine": machine_type, "product": pl.String, "p_ict_us": pl.Int64},
                 orient="row",
             ),
-            counter_max=pl.DataFrame(
-                max_rows,
-                schema={"machine": machine_type, "signal": SIGNAL_TYPE, "cmax": pl.Int64},
+            counters=pl.DataFrame(
+                [
+                    (m[0], signal, max_rows.get((m[0], signal)), m[5], m[6])
+                    for m in machines
+                    for signal in CUMULATIVE_SIGNALS
+                ],
+                schema={
+                    "machine": machine_type,
+                    "signal": SIGNAL_TYPE,
+                    "cmax": pl.Int64,
+                    "rate_per_s": pl.Float64,
+                    "burst": pl.Int64,
+                },
                 orient="row",
             ),
             line_machines={li.id: tuple(m.id for m in li.machines) for li in plant.lines},
@@ -158,7 +167,8 @@ def _num_as_text(num: pl.Expr) -> pl.Expr:
 
 
 def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
-    """Validate and normalise a batch of `EVENT_SCHEMA` events for the core."""
+    """Validate and normalise a batch of `EVENT_SCHEMA` events for the core; the samples
+    keep the events' order (the core judges each against the watermark at its arrival)."""
     quality_bad = pl.col("quality") == "bad"
     kpi = pl.col("signal").is_in(KPI_SIGNALS)
     known = pl.col("machine").is_in(index.machine_type.categories.implode())
@@ -255,7 +265,6 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
         .then(code)
         .alias("text"),
         pl.when(pl.col("signal") == "state").then(pl.col("reason")).alias("reason"),
-        *([pl.col(ARRIVAL)] if ARRIVAL in events.columns else []),
     )
     return Prepared(
         samples=good.cast(sample_schema(index.machine_type)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -209,7 +210,9 @@ def test_any_split_of_any_arrival_order_equals_one_event_at_a_time(
     for batches in (split(arrival, rng), [arrival]):
         cut, cut_out, cut_state = run(cfg, batches, windows=WINDOWS)
         assert cut == single  # every field, revision included
-        assert cut_state.stats == single_state.stats
+        # Jump reports are not compared: a jump is reported when the sample showing it
+        # arrives, and a late sample may later split that pair (the records stay exact).
+        assert replace(cut_state.stats, implausible=0) == replace(single_state.stats, implausible=0)
         assert sorted(r for o in cut_out for r in o.rejected.iter_rows()) == sorted(
             r for o in single_out for r in o.rejected.iter_rows()
         )
