@@ -324,7 +324,10 @@ def normalize_frame(frame: pl.DataFrame, where: str = "row") -> Decoded:
             reason += " (the reading goes in `value` or in value_num/value_int/value_str)"
         return Decoded(empty_events(), [(where, reason, f"{frame.height} rows")])
     try:
-        values = _typed_columns(frame) if typed else _value_column(frame)
+        if typed:
+            values = _typed_columns(frame)
+        else:
+            frame, values = _value_column(frame)
     except EventError as error:
         return Decoded(empty_events(), [(where, str(error), f"{frame.height} rows")])
     value_num, value_int, value_str, value_problem = values
@@ -443,9 +446,10 @@ def _typed_columns(frame: pl.DataFrame) -> _ValueExprs:
     return num, integer, text, pl.coalesce(out_of_range, conflict)
 
 
-def _value_column(frame: pl.DataFrame) -> _ValueExprs:
+def _value_column(frame: pl.DataFrame) -> tuple[pl.DataFrame, _ValueExprs]:
     """One `value` column, typed by its dtype; text is parsed as numbers where it reads as
-    one (an integer literal exactly, else a finite float)."""
+    one (an integer literal exactly, else a finite float). Text is parsed once, into two
+    helper columns of the returned frame, which the expressions read."""
     value = pl.col("value")
     vtype = frame.schema["value"]
     no_num, no_int, no_text = (
@@ -456,17 +460,22 @@ def _value_column(frame: pl.DataFrame) -> _ValueExprs:
     no_problem = pl.lit(None, pl.String)
     if vtype == pl.Boolean:
         word = pl.when(value).then(pl.lit("true")).when(value.not_()).then(pl.lit("false"))
-        return no_num, value.cast(pl.Int64), word, no_problem
+        return frame, (no_num, value.cast(pl.Int64), word, no_problem)
     if vtype.is_integer():
         integer, out_of_range = _as_int64(value)
-        return no_num, integer, no_text, out_of_range
+        return frame, (no_num, integer, no_text, out_of_range)
     if vtype.is_numeric():
-        return value.cast(pl.Float64), no_int, no_text, no_problem
+        return frame, (value.cast(pl.Float64), no_int, no_text, no_problem)
     text = value.cast(pl.String)
-    as_int = text.cast(pl.Int64, strict=False)
-    as_float = text.cast(pl.Float64, strict=False)
-    num = pl.when(as_int.is_null() & as_float.is_finite()).then(as_float)
-    return num, as_int, pl.when(as_int.is_null() & num.is_null()).then(text), no_problem
+    frame = frame.with_columns(
+        text.cast(pl.Int64, strict=False).alias("_as_int"),
+        text.cast(pl.Float64, strict=False).alias("_as_float"),
+    )
+    as_int, as_float = pl.col("_as_int"), pl.col("_as_float")
+    is_num = as_int.is_null() & as_float.is_finite()
+    num = pl.when(is_num).then(as_float)
+    text_only = pl.when(as_int.is_null() & ~is_num.fill_null(False)).then(text)
+    return frame, (num, as_int, text_only, no_problem)
 
 
 def to_json_events(frame: pl.DataFrame) -> list[dict[str, Any]]:
