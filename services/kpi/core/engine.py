@@ -408,11 +408,10 @@ def _judge(
 
     `_arr` is the highest event time of all samples before it in arrival order (this
     batch and earlier ones) or its own; it is `_late` behind `_arr` less the lateness, and
-    `_too_late` before the restatement horizon's minute then (`_floor`). `_lo` bounds the
-    windows it can restate: those ending after it (less the small-stop and start-up
-    lookback), after the earliest event before it, and after the horizon; `_epoch` is the
-    restating epoch it arrives in (see `CoreState.epoch`). The judgement depends on the
-    arrival order only, never on how the stream was cut into batches.
+    `_too_late` before the restatement horizon's minute then (`_floor`); `_first` is the
+    earliest event time accepted before it (for `_reach`), `_epoch` the restating epoch
+    it arrives in (see `CoreState.epoch`). The judgement depends on the arrival order
+    only, never on how the stream was cut into batches.
     """
     ts = pl.col("ts")
     arr = ts.cum_max() if high0 is None else pl.max_horizontal(ts.cum_max(), pl.lit(high0))
@@ -435,7 +434,9 @@ def _judge(
 
 
 def _reach(core: Core) -> pl.Expr:
-    """`_lo` of judged samples: the windows ending after it are the ones they can restate."""
+    """`_lo` of judged samples: the windows ending after it are the ones they can restate
+    (less the small-stop and start-up lookback, after the earliest event before it, after
+    the horizon)."""
     lookback = pl.col("ts") - core.index.lookback_ms
     return pl.max_horizontal(lookback, pl.col("_first"), pl.col("_floor")).alias("_lo")
 

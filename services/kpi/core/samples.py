@@ -52,9 +52,7 @@ class PlantIndex:
     """The config, flattened into lookup frames once, for vectorised joins."""
 
     machine_type: pl.Enum
-    # machine, line, ict_us, small_ms, startup_ms, and the counter plausibility limit:
-    # rate_per_s (null: unchecked) and burst (README "Counters")
-    machines: pl.DataFrame
+    machines: pl.DataFrame  # machine, line, ict_us, small_ms, startup_ms
     state_map: pl.DataFrame  # machine, source, mapped
     products: pl.DataFrame  # machine, product, p_ict_us
     # machine, signal (every cumulative counter), cmax (its maximum, or null), and the
@@ -67,25 +65,25 @@ class PlantIndex:
 
     @classmethod
     def build(cls, plant: PlantConfig) -> PlantIndex:
-        machines: list[tuple[str, str, int | None, int, int, float | None, int]] = []
+        machines: list[tuple[str, str, int | None, int, int]] = []
+        counter_rows: list[tuple[str, str, int | None, float | None, int]] = []
         planned_rows: list[tuple[str, str]] = []
         state_rows: list[tuple[str, str, str]] = []
         product_rows: list[tuple[str, str, int]] = []
-        max_rows: dict[tuple[str, str], int] = {}
         for line in plant.lines:
             for m in line.machines:
                 ict = None if m.ideal_cycle_time_s is None else round(m.ideal_cycle_time_s * 1e6)
+                machines.append((m.id, line.id, ict, plant.small_stop_ms(m), plant.startup_ms(m)))
                 limit = plant.counter_limit(m)
-                machines.append(
+                counter_rows.extend(
                     (
                         m.id,
-                        line.id,
-                        ict,
-                        plant.small_stop_ms(m),
-                        plant.startup_ms(m),
+                        signal,
+                        m.counter_max.get(signal),  # type: ignore[call-overload]
                         None if limit is None else limit.per_s,
                         0 if limit is None else limit.burst,
                     )
+                    for signal in CUMULATIVE_SIGNALS
                 )
                 planned_rows.extend((m.id, code) for code in sorted(plant.planned_reasons(m)))
                 state_rows.extend((m.id, k, v) for k, v in plant.state_map_for(m).items())
@@ -93,7 +91,6 @@ class PlantIndex:
                     (m.id, name, round(p.ideal_cycle_time_s * 1e6))
                     for name, p in m.products.items()
                 )
-                max_rows.update(((m.id, sig), mx) for sig, mx in m.counter_max.items())
         machine_type = pl.Enum([m[0] for m in machines])
         return cls(
             machine_type=machine_type,
@@ -105,8 +102,6 @@ class PlantIndex:
                     "ict_us": pl.Int64,
                     "small_ms": pl.Int64,
                     "startup_ms": pl.Int64,
-                    "rate_per_s": pl.Float64,
-                    "burst": pl.Int64,
                 },
                 orient="row",
             ),
@@ -121,11 +116,7 @@ class PlantIndex:
                 orient="row",
             ),
             counters=pl.DataFrame(
-                [
-                    (m[0], signal, max_rows.get((m[0], signal)), m[5], m[6])
-                    for m in machines
-                    for signal in CUMULATIVE_SIGNALS
-                ],
+                counter_rows,
                 schema={
                     "machine": machine_type,
                     "signal": SIGNAL_TYPE,
