@@ -109,6 +109,25 @@ class Scope(_Model):
     line_records: bool = False
 
 
+# Window lengths a rule's default `min_elapsed` is a third of (capped at MAX_MIN_ELAPSED_S).
+RULE_WINDOW_S: dict[str, float] = {
+    "1m": 60,
+    "15m": 900,
+    "1h": 3600,
+    "shift": 8 * 3600,  # a typical shift
+    "day": 86400,
+}
+MAX_MIN_ELAPSED_S = 900.0
+
+
+def elapsed_needed_s(rule: Rule) -> float:
+    """How long a window must have run before `rule` judges its record (`min_elapsed`)."""
+    if rule.min_elapsed is not None:
+        return rule.min_elapsed
+    window = "shift" if rule.forecast is not None else rule.window
+    return min(RULE_WINDOW_S[window] / 3, MAX_MIN_ELAPSED_S)
+
+
 class Rule(_Model):
     """One alert rule; exactly one of `kpi`, `signal`, `no_data` or `forecast` says what it
     watches.
@@ -141,6 +160,12 @@ class Rule(_Model):
     paged by `no_data` rules, not by every KPI rule at once. `0` judges every record, as
     before coverage existed; so are records that carry no `coverage` field at all (from a
     KPI service older than the field). Rules on `coverage` or `unknown_s` are never held.
+
+    `min_elapsed` (KPI and forecast rules): a record of a window that has run for less
+    than this (its `calendar_s`) changes nothing either: an hour's OEE one minute into the
+    hour is one minute's OEE, and a slow press that has not finished its first part in it
+    reads 0 %. Default a third of the window, at most 15 min (1m: 20 s, 15m: 5 min, 1h,
+    shift and day: 15 min); `0` judges every record.
     """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -151,6 +176,7 @@ class Rule(_Model):
     forecast: Forecast | None = None
     margin: float = Field(default=0.05, ge=0, lt=1)  # forecast: the shortfall tolerated
     min_coverage: float = Field(default=DEFAULT_MIN_COVERAGE, ge=0, le=1)  # kpi, forecast
+    min_elapsed: Duration | None = None  # kpi, forecast; default: see `elapsed_needed_s`
     op: Op | None = None
     threshold: float | None = None
     value: str | None = None  # for text comparisons, e.g. state == down
@@ -184,6 +210,8 @@ class Rule(_Model):
             )
         if self.forecast is None and "margin" in self.model_fields_set:
             raise ValueError("margin is for forecast rules")
+        if "min_elapsed" in self.model_fields_set and self.kpi is None and self.forecast is None:
+            raise ValueError("min_elapsed is for kpi and forecast rules")
         if "min_coverage" in self.model_fields_set:
             if self.kpi is None and self.forecast is None:
                 raise ValueError("min_coverage is for kpi and forecast rules")
@@ -275,7 +303,7 @@ class AlertSettings(_Model):
     broadcast: tuple[str, ...] = ()
     group_wait: Duration = 5.0  # machines of one line breaching together make one page
     repeat_interval: Duration = 4 * 3600.0
-    state_dir: Path = Path("alerts-state")
+    state_dir: Path = Path("alerts")  # relative: under the data dir (linepulse/data_dir.py)
     api_token_env: str | None = "LINEPULSE_ALERTS_TOKEN"  # noqa: S105 - a variable's name
     api_token_file: Path | None = None
     # Origins of pages allowed to call the alerts API from a browser (the live board's, e.g.

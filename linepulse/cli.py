@@ -9,6 +9,7 @@ from it (the message says how to fix the topic).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Coroutine
@@ -31,6 +32,10 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's own help layout: typer's rich one prints every flag as `--api <bool>`, as if
+    # it took a value (`--help <bool>` too); click's prints `--api` and `--x / --no-x`.
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 100},  # the summaries of commands in full
 )
 log = logging.getLogger("linepulse")
 
@@ -70,9 +75,30 @@ def _run_on_kafka(service: Coroutine[Any, Any, T]) -> T:
     raise _fail(str(refused), 2)
 
 
+def _print_version(asked: bool) -> None:
+    if not asked:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"linepulse {version('linepulse')}")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        typer.echo("linepulse (version unknown: the package is not installed)")
+    raise typer.Exit(0)
+
+
 @app.callback()
 def _main(
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "warning",
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
 ) -> None:
     _setup_logging(log_level)
 
@@ -201,7 +227,22 @@ AlertsUrlOption = Annotated[
     typer.Option(help="The alerts API the live board at / shows and acks through."),
 ]
 DbOption = Annotated[
-    Path, typer.Option(help="DuckDB file of the KPI history (':memory:' for none).")
+    Path | None,
+    typer.Option(
+        help="DuckDB file of the KPI history (':memory:' for none).",
+        show_default="kpi/history.duckdb under --data-dir",
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Where the service keeps its state, in a subdirectory of its own (kpi/, "
+        "alerts/, ingest/); relative state paths of the config are under it. By default "
+        "the user's state directory, $XDG_STATE_HOME/linepulse.",
+        envvar="LINEPULSE_DATA_DIR",
+        show_default="~/.local/state/linepulse",
+    ),
 ]
 TlsCertOption = Annotated[
     Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this PEM certificate chain.")
@@ -236,19 +277,75 @@ def _tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> TlsSett
     )
 
 
+def _data_dir(plant: PlantConfig, data_dir: Path | None) -> tuple[PlantConfig, Path]:
+    """The data directory (the option, else the user's state directory) and the plant
+    config with its relative state paths resolved against it; nothing is created yet."""
+    from linepulse.data_dir import default_data_dir, with_data_dir
+
+    root = (data_dir or default_data_dir()).expanduser().absolute()
+    return with_data_dir(plant, root), root
+
+
+def _prepare(directory: Path, what: str, root: Path) -> Path:
+    """`directory`, created and writable, or exit 2 with one line naming it."""
+    from linepulse.data_dir import DataDirError, prepare
+
+    try:
+        return prepare(directory.expanduser().absolute(), what)
+    except DataDirError as error:
+        hint = "; choose another with --data-dir or LINEPULSE_DATA_DIR"
+        raise _fail(f"{error}{hint if directory.is_relative_to(root) else ''}", 2) from None
+
+
+def _claim(held: contextlib.ExitStack, state: Path, holder: str) -> None:
+    """Hold `state` for this process until `held` closes, or exit 2 if another has it."""
+    from linepulse.data_dir import DataDirError, claim
+
+    try:
+        held.enter_context(claim(state, holder))
+    except DataDirError as error:
+        raise _fail(str(error), 2) from None
+
+
+def _history(db: Path | None, root: Path, held: contextlib.ExitStack) -> Path:
+    """The KPI API's DuckDB file (--db, else under the data dir), its folder created and
+    the file claimed: DuckDB would refuse a second process only with a traceback."""
+    from linepulse.data_dir import KPI_HISTORY
+
+    if db is not None and str(db) == ":memory:":
+        return db
+    path = (db if db is not None else root / KPI_HISTORY).expanduser().absolute()
+    _prepare(path.parent, "--db folder" if db is not None else "the KPI history folder", root)
+    _claim(held, path, "linepulse KPI API")
+    return path
+
+
 def _serve(
     plant: PlantConfig,
     kafka: str | None,
-    state_dir: Path | None,
-    api: tuple[str, int, Path, str | None, TlsSettings | None] | None,
+    data_dir: Path | None,
+    worker: tuple[Path | None] | None,
+    api: tuple[str, int, Path | None, str | None, TlsSettings | None] | None,
 ) -> None:
+    """The KPI worker (given `worker`: its --state-dir, else the config's
+    kafka.state_dir), the query API (given `api`), or both."""
     from services.kpi.service import ApiSettings, run_service
 
     bootstrap = _bootstrap(plant, kafka)
-    settings = ApiSettings(*api) if api else None
-    raise typer.Exit(
-        _run_on_kafka(run_service(plant, bootstrap, state_dir=state_dir, api=settings))
-    )
+    plant, root = _data_dir(plant, data_dir)
+    state_dir = None
+    if worker is not None:
+        (checkpoints,) = worker
+        what = "--state-dir" if checkpoints is not None else "kafka.state_dir"
+        state_dir = _prepare(checkpoints or plant.kafka.state_dir, what, root)
+    with contextlib.ExitStack() as held:
+        settings = None
+        if api is not None:
+            host, port, db, alerts_url, tls = api
+            settings = ApiSettings(host, port, _history(db, root, held), alerts_url, tls)
+        raise typer.Exit(
+            _run_on_kafka(run_service(plant, bootstrap, state_dir=state_dir, api=settings))
+        )
 
 
 @app.command("kpi")
@@ -263,8 +360,9 @@ def kpi_command(
     ] = False,
     host: HostOption = "127.0.0.1",
     port: PortOption = 8080,
-    db: DbOption = Path("linepulse-kpi.duckdb"),
+    db: DbOption = None,
     alerts_url: AlertsUrlOption = None,
+    data_dir: DataDirOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     tls_client_ca: TlsClientCaOption = None,
@@ -273,7 +371,7 @@ def kpi_command(
     plant = _load(config)
     tls = _tls(tls_cert, tls_key, tls_client_ca)
     served = (host, port, db, alerts_url, tls) if api else None
-    _serve(plant, kafka, state_dir or plant.kafka.state_dir, served)
+    _serve(plant, kafka, data_dir, (state_dir,), served)
 
 
 @app.command("api")
@@ -282,8 +380,9 @@ def api_command(
     kafka: KafkaOption = None,
     host: HostOption = "127.0.0.1",
     port: PortOption = 8080,
-    db: DbOption = Path("linepulse-kpi.duckdb"),
+    db: DbOption = None,
     alerts_url: AlertsUrlOption = None,
+    data_dir: DataDirOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     tls_client_ca: TlsClientCaOption = None,
@@ -293,7 +392,7 @@ def api_command(
     Reason corrections need a token (api.token_env, LINEPULSE_API_TOKEN by default, or
     api.token_file); HTTPS with --tls-cert/--tls-key or api.tls."""
     tls = _tls(tls_cert, tls_key, tls_client_ca)
-    _serve(_load(config), kafka, None, (host, port, db, alerts_url, tls))
+    _serve(_load(config), kafka, data_dir, None, (host, port, db, alerts_url, tls))
 
 
 @app.command("produce")
@@ -323,6 +422,7 @@ def ingest_command(
     kafka: KafkaOption = None,
     host: Annotated[str, typer.Option(help="Address of /metrics and /healthz.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of /metrics and /healthz (0: none).")] = 9101,
+    data_dir: DataDirOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     tls_client_ca: TlsClientCaOption = None,
@@ -335,7 +435,11 @@ def ingest_command(
     bootstrap = _bootstrap(plant, kafka)
     tls = _tls(tls_cert, tls_key, tls_client_ca)
     http = HttpSettings(host, port, tls) if port else None
-    raise typer.Exit(_run_on_kafka(run_ingest(plant, bootstrap, http)))
+    plant, root = _data_dir(plant, data_dir)
+    spool = _prepare(plant.ingest.spool_dir, "ingest.spool_dir", root)
+    with contextlib.ExitStack() as held:
+        _claim(held, spool, "linepulse ingest")
+        raise typer.Exit(_run_on_kafka(run_ingest(plant, bootstrap, http)))
 
 
 @app.command("alerts")
@@ -347,6 +451,7 @@ def alerts_command(
     state_dir: Annotated[
         Path | None, typer.Option(help="Alert state and outbox directory (else alerts.state_dir).")
     ] = None,
+    data_dir: DataDirOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     tls_client_ca: TlsClientCaOption = None,
@@ -359,14 +464,25 @@ def alerts_command(
     bootstrap = _bootstrap(plant, kafka)
     tls = _tls(tls_cert, tls_key, tls_client_ca)
     http = HttpSettings(host, port, tls) if port else None
-    raise typer.Exit(_run_on_kafka(run_alerts(plant, bootstrap, http, state_dir)))
+    plant, root = _data_dir(plant, data_dir)
+    what = "--state-dir" if state_dir is not None else "alerts.state_dir"
+    state = _prepare(state_dir or plant.alerts.state_dir, what, root)
+    with contextlib.ExitStack() as held:
+        _claim(held, state, "linepulse alerts")
+        raise typer.Exit(_run_on_kafka(run_alerts(plant, bootstrap, http, state)))
 
 
 @app.command("demo")
 def demo_command(
     host: HostOption = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the KPI API and the live board.")] = 8080,
-    alerts_port: Annotated[int, typer.Option(help="Port of the alerts API.")] = 8081,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port of the KPI API and the live board [default: 8080, or a free one]."),
+    ] = None,
+    alerts_port: Annotated[
+        int | None,
+        typer.Option(help="Port of the alerts API [default: 8081, or a free one]."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulated plant.")] = 1,
     fast: Annotated[
         float, typer.Option(help="Make stops and changeovers this many times more frequent.")
@@ -379,13 +495,36 @@ def demo_command(
         str | None,
         typer.Option(help="Also POST every alert notification here (Alertmanager webhook JSON)."),
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Simulate this plant file instead of the packaged 20-machine plant "
+            "(its sources are moved to loopback, its alert channels to the console).",
+        ),
+    ] = None,
 ) -> None:
     """The whole flow in one process on a simulated 20-machine plant: no broker needed."""
+    from linepulse.runtime import PortInUseError, PortWish, choose_ports
     from services.demo import DemoSettings, run_demo
 
     if fast < 1:
         raise _fail("--fast must be at least 1", 2)
-    settings = DemoSettings(host, port, alerts_port, seed, fast, kafka, webhook)
+    if config is not None:
+        plant = _load(config)
+        if not plant.sources.opcua and not plant.sources.mqtt:
+            raise _fail(f"{config}: no sources to simulate (sources.opcua, sources.mqtt)", 2)
+    wishes = [PortWish("--port", port, 8080), PortWish("--alerts-port", alerts_port, 8081)]
+    try:
+        (board_port, alerts_at), notes = choose_ports(host, wishes)
+    except PortInUseError as error:
+        raise _fail(str(error), 2) from None
+    except OSError as error:  # the host itself cannot be bound (not an address of ours)
+        raise _fail(f"cannot listen on {host}: {error.strerror} (--host)", 2) from None
+    settings = DemoSettings(
+        host, board_port, alerts_at, seed, fast, kafka, webhook, config, tuple(notes)
+    )
     raise typer.Exit(_run_on_kafka(run_demo(settings, typer.echo)))
 
 
@@ -458,6 +597,55 @@ async def _simulate(
     stats = await run_simulator(plant, seed=seed, truth=truth, stop=stop, scenario=scenario)
     log.info("simulator stopped: %s", stats)
     return 0
+
+
+@app.command("check")
+def check_command(
+    config: ConfigOption,
+    connect: Annotated[
+        bool,
+        typer.Option("--connect", help="Also connect to each source and look for every signal."),
+    ] = False,
+    listen_s: Annotated[
+        float, typer.Option("--listen-s", help="With --connect: seconds to listen to MQTT.")
+    ] = 5.0,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout-s", help="With --connect: timeout of each connection.")
+    ] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Validate the plant config and print what it means; with --connect, check the sources.
+
+    Exit codes: 0 all good, 1 a source unreachable or a signal not found, 2 config error."""
+    import json
+    from datetime import UTC, datetime
+
+    from linepulse.config_report import build_report, render_text
+    from services.alerts.routing import Duty
+
+    plant = _load(config)
+    if listen_s <= 0 or timeout_s <= 0:
+        raise _fail("--listen-s and --timeout-s must be > 0", 2)
+    report = build_report(plant, Duty(plant), datetime.now(UTC))
+    document: dict[str, Any] = {"config": report.as_json()}
+    text = render_text(report)
+    code = 0
+    if connect:
+        from dataclasses import asdict
+
+        from services.ingest.probe import probe, render_results
+
+        if not plant.sources.opcua and not plant.sources.mqtt:
+            raise _fail("--connect: the plant config has no sources (sources.opcua, .mqtt)", 1)
+        results = asyncio.run(probe(plant, listen_s=listen_s, timeout_s=timeout_s))
+        code = 0 if all(r.ok for r in results) else 1
+        document["sources"] = [asdict(r) | {"ok": r.ok} for r in results]
+        text += "\n\nSources\n" + render_results(results, listen_s)
+        text += "\n\n" + (
+            "all signals found" if code == 0 else "some signals NOT FOUND or sources UNREACHABLE"
+        )
+    typer.echo(json.dumps(document, indent=1) if as_json else text)
+    raise typer.Exit(code)
 
 
 def _window_kinds(values: list[str] | None) -> tuple[WindowKind, ...] | None:

@@ -8,6 +8,7 @@ dotted form users see in their YAML (`lines[0].machines[3].ideal_cycle_time_s`).
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from linepulse.bus.security import KafkaSecurity
 from linepulse.http_security import ApiSecurity
 from linepulse.production import LineTarget, ReasonCategory, check_tree
 from linepulse.sources import IngestSettings, Sources
+
+log = logging.getLogger(__name__)
 
 State = Literal["running", "idle", "down", "changeover", "planned_stop", "unknown"]
 STATES: frozenset[str] = frozenset(get_args(State))
@@ -312,8 +315,9 @@ class KafkaSettings(_Model):
     dlq: Topic = Topic(name="telemetry.dlq", partitions=1)
     status: Topic = Topic(name="machine.status", partitions=1)
     group: str = Field(default="linepulse-kpi", min_length=1)
-    # Where workers keep partition checkpoints: shared by the workers of one group.
-    state_dir: Path = Path("state")
+    # Where workers keep partition checkpoints: shared by the workers of one group. A
+    # relative path is under the data directory (linepulse/data_dir.py).
+    state_dir: Path = Path("kpi/checkpoints")
     # Open-window records are published at most this often per key; finals at once.
     open_interval_s: float = Field(default=1.0, ge=0)
     # A restarted worker re-reads at most this much; shorter costs more state writes.
@@ -583,9 +587,33 @@ def parse_config(data: Any, source: str = "config") -> PlantConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys, got {data!r}")
     try:
-        return PlantConfig.model_validate(data)
+        plant = PlantConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(f"{source} is invalid:\n{format_validation_error(error)}") from None
+    for warning in config_warnings(plant):
+        log.warning("%s: %s", source, warning)
+    return plant
+
+
+def config_warnings(plant: PlantConfig) -> list[str]:
+    """What a valid config leaves the KPIs without, one sentence each, by key.
+
+    A machine with no ideal cycle time (its own or a product's) can still send one as the
+    `ideal_cycle_time_s` signal; until it does, every part it makes has none, so its
+    performance and OEE (and NEE, TEEP and the losses built on them) are null
+    (services/kpi/core/oee.py), and so are its line's, whose figures sum its machines."""
+    warnings = []
+    for i, line in enumerate(plant.lines):
+        for j, machine in enumerate(line.machines):
+            if machine.min_ideal_cycle_time_s() is None:
+                warnings.append(
+                    f"lines[{i}].machines[{j}] ({machine.id}) has no ideal_cycle_time_s "
+                    "(nor products with one): in a window where it counts parts, its "
+                    "performance, OEE, NEE, TEEP and loss breakdown, and those of line "
+                    f"{line.id!r}, are null unless it sends an ideal_cycle_time_s signal; "
+                    "availability and quality are computed"
+                )
+    return warnings
 
 
 def load_config(path: str | Path) -> PlantConfig:

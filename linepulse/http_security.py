@@ -66,16 +66,34 @@ MAX_BUCKETS: Final = 10_000
 DRAIN_BYTES: Final = 1024 * 1024
 
 
+class ErrorDetail(BaseModel):
+    """The body of every error answer of a LinePulse API, the guard's and the routes':
+    what went wrong and what to do next (linepulse/http_api.py gives FastAPI's validation
+    errors the same shape)."""
+
+    detail: str
+
+
 # What the guard may answer on any route, for the OpenAPI documents of the guarded apps
 # (`FastAPI(responses=GUARD_RESPONSES)`), so clients and schema-driven tests expect them.
 GUARD_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     401: {
+        "model": ErrorDetail,
         "description": "a token is needed (writes, and reads with auth_reads) or the one "
-        "sent is not valid; see WWW-Authenticate"
+        "sent is not valid; see WWW-Authenticate",
     },
-    403: {"description": "no token is configured: writes (and guarded reads) are disabled"},
-    413: {"description": "the request body is larger than limits.max_body_bytes"},
-    429: {"description": "rate limit: retry after the Retry-After header's seconds"},
+    403: {
+        "model": ErrorDetail,
+        "description": "no token is configured: writes (and guarded reads) are disabled",
+    },
+    413: {
+        "model": ErrorDetail,
+        "description": "the request body is larger than limits.max_body_bytes",
+    },
+    429: {
+        "model": ErrorDetail,
+        "description": "rate limit: retry after the Retry-After header's seconds",
+    },
 }
 
 

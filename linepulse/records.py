@@ -83,7 +83,9 @@ class KpiRecord(BaseModel):
     technical_efficiency: float | None = Field(description="run_s / (run_s + down_s)")
     setup_rate: float | None = Field(description="setup_s / (run_s + setup_s)")
     nee: float | None = Field(description="fully_productive_s / (planned_s - setup_s)")
-    teep: float | None = Field(description="oee x planned_s / calendar_s")
+    teep: float | None = Field(
+        description="oee x planned_s / calendar_s (a line: over its machines' calendar time)"
+    )
     throughput_per_h: float | None = Field(description="total_count per planned hour")
     scrap_ratio: float | None = Field(description="reject_count / total_count")
     rework_ratio: float | None = Field(description="rework_count / total_count")

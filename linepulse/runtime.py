@@ -94,6 +94,68 @@ async def exit_on(stop: asyncio.Event, server: uvicorn.Server) -> None:
     server.should_exit = True
 
 
+class PortInUseError(Exception):
+    """A port the user asked for (`option`) cannot be listened on."""
+
+    def __init__(self, port: int, option: str) -> None:
+        super().__init__(
+            f"port {port} is in use ({option}); pick another with {option}, "
+            "or leave it out to take a free one"
+        )
+        self.port, self.option = port, option
+
+
+@dataclass(frozen=True)
+class PortWish:
+    """One port a command listens on: `asked` by the user (None: not given) for `option`,
+    else `default` when it is free."""
+
+    option: str
+    asked: int | None
+    default: int
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on `host`:`port` now. Bound as uvicorn binds
+    (SO_REUSEADDR: a port in TIME_WAIT is free) and let go at once."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def choose_ports(host: str, wishes: list[PortWish]) -> tuple[list[int], list[str]]:
+    """A port per wish, all different: an asked port as asked (`PortInUseError` if it is
+    busy), a default one when free, else one the kernel picks on `host`. Also a note per
+    default that was busy, naming the port taken instead, for the user to see."""
+    import socket
+
+    chosen: list[int] = []
+    notes: list[str] = []
+    for wish in wishes:
+        if wish.asked is not None:
+            if wish.asked in chosen or not port_free(host, wish.asked):
+                raise PortInUseError(wish.asked, wish.option)
+            chosen.append(wish.asked)
+            continue
+        if wish.default not in chosen and port_free(host, wish.default):
+            chosen.append(wish.default)
+            continue
+        port = 0
+        while port == 0 or port in chosen:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+        chosen.append(port)
+        notes.append(f"port {wish.default} is in use: {wish.option} {port} taken instead")
+    return chosen, notes
+
+
 def free_loopback_ports(count: int) -> list[int]:
     """Ports the kernel says are free on 127.0.0.1 (held open together, so they differ)."""
     import socket

@@ -279,7 +279,7 @@ class IngestSettings(_Model):
     linger_ms: int = Field(default=100, ge=0)
     # While the broker is away: this many samples in memory, then spill to disk.
     memory_samples: int = Field(default=100_000, ge=1)
-    spool_dir: Path = Path("spool")
+    spool_dir: Path = Path("ingest/spool")  # relative: under the data dir (linepulse/data_dir.py)
     spool_max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
     # A payload larger than this goes to the DLQ unread.
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)

@@ -1,4 +1,5 @@
-"""`linepulse demo`: the whole flow in one process, on the packaged example plant.
+"""`linepulse demo`: the whole flow in one process, on the packaged example plant (or on
+the user's own plant file, `--config`).
 
 The equipment simulator serves two OPC-UA servers and publishes line 3 on MQTT (JSON
 topics and Sparkplug B) through an embedded broker (amqtt); the OPC-UA and MQTT ingesters
@@ -7,6 +8,17 @@ alerts service read the topics as they would on Kafka. Without `--kafka` the top
 in an in-process broker with the same client interface (linepulse/bus), so nothing else
 has to run; with `--kafka HOST:PORT` the same services use that broker. Everything runs
 in one event loop and stops on one event (Ctrl-C or SIGTERM).
+
+The plant has been running before the demo starts: the simulator first generates its
+history from the start of the previous shift up to now at full speed (history.py in the
+simulator) onto the telemetry topic through the ingesters' sink, and only then serves live
+values from the same model, so the board opens on a shift with its OEE, losses, stops and
+trend. The KPI worker works that history off like any backlog; the alerts service judges
+only current windows (services/alerts/rules.py `PAST_AFTER_MS`), so none of it pages.
+
+A user's plant file is simulated the way the packaged one is: its OPC-UA endpoints and
+MQTT brokers are moved to free loopback ports (an embedded broker when it has MQTT
+sources), and every alert channel becomes the console: a simulated plant pages nobody.
 """
 
 from __future__ import annotations
@@ -14,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -38,6 +52,7 @@ from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.mqtt import MqttIngester
 from services.ingest.opcua import OpcuaIngester
+from services.ingest.simulator.history import History, onto_sink, previous_shift_start
 from services.ingest.simulator.model import Behaviour
 from services.ingest.simulator.run import run_simulator
 from services.kpi.api import create_app as create_kpi_app
@@ -61,24 +76,69 @@ class DemoSettings:
     fast: float = 1.0  # plant behaviour sped up: stops and changeovers this much more often
     kafka: str | None = None  # a real broker instead of the in-process one
     webhook: str | None = None  # a URL every notification is also POSTed to (Alertmanager shape)
+    # The user's plant file (already validated by the caller); None: the packaged plant.
+    config: Path | None = None
+    port_notes: tuple[str, ...] = ()  # what the caller chose instead of a busy default port
+
+
+PACKAGED = "linepulse/demo/plant.yaml"
+# opc.tcp://host[:port][/path]: the path is kept, host and port are replaced.
+_ENDPOINT = re.compile(r"^opc\.tcp://[^/]+(?P<path>/.*)?$")
+
+
+def plant_data(config: Path | None) -> tuple[dict[str, Any], str]:
+    """The raw plant mapping and its name: the user's file, or the packaged demo plant."""
+    if config is None:
+        text = resources.files("linepulse.demo").joinpath("plant.yaml").read_text("utf-8")
+        return yaml.safe_load(text), PACKAGED
+    return yaml.safe_load(config.read_text("utf-8")), str(config)
+
+
+def opcua_count(data: dict[str, Any]) -> int:
+    return len((data.get("sources") or {}).get("opcua") or [])
+
+
+def simulated_plant(
+    data: dict[str, Any],
+    name: str,
+    opcua_ports: list[int],
+    mqtt_port: int,
+    webhook: str | None = None,
+) -> PlantConfig:
+    """A plant mapping made to run on this host: each OPC-UA endpoint on its loopback port
+    (in order, without security: the simulator's servers have none), every MQTT source on
+    the embedded broker at `mqtt_port` (no TLS, no credentials), every alert channel of
+    the user's own file the console, and `webhook` (if given) a channel every notification
+    also goes to."""
+    sources = data.get("sources") or {}
+    for source, port in zip(sources.get("opcua") or [], opcua_ports, strict=True):
+        found = _ENDPOINT.match(str(source.get("endpoint", "")))
+        path = (found.group("path") or "") if found else ""
+        source["endpoint"] = f"opc.tcp://127.0.0.1:{port}{path}"
+        source.pop("security", None)
+        source.pop("credentials", None)
+    for mqtt in sources.get("mqtt") or []:
+        mqtt["host"], mqtt["port"] = "127.0.0.1", mqtt_port
+        mqtt.pop("tls", None)
+        mqtt.pop("credentials", None)
+    alerts = data.get("alerts")
+    if isinstance(alerts, dict):
+        if name != PACKAGED:
+            channels = alerts.get("channels") or []
+            alerts["channels"] = [{"id": c["id"], "type": "console"} for c in channels]
+        if webhook is not None:
+            alerts.setdefault("channels", []).append(
+                {"id": "webhook", "type": "webhook", "url": webhook}
+            )
+            alerts["broadcast"] = [*alerts.get("broadcast", []), "webhook"]
+    return parse_config(data, name)
 
 
 def demo_plant(opcua_ports: list[int], mqtt_port: int, webhook: str | None = None) -> PlantConfig:
     """The packaged demo plant with its OPC-UA servers and MQTT broker on the given
     loopback ports, and with `webhook` (if given) as a channel every notification goes to."""
-    text = resources.files("linepulse.demo").joinpath("plant.yaml").read_text("utf-8")
-    data: dict[str, Any] = yaml.safe_load(text)
-    sources = data["sources"]["opcua"]
-    for source, port in zip(sources, opcua_ports, strict=True):
-        path = source["endpoint"].split("/", 3)[3]
-        source["endpoint"] = f"opc.tcp://127.0.0.1:{port}/{path}"
-    for mqtt in data["sources"].get("mqtt", []):
-        mqtt["host"], mqtt["port"] = "127.0.0.1", mqtt_port
-    if webhook is not None:
-        alerts = data["alerts"]
-        alerts["channels"].append({"id": "webhook", "type": "webhook", "url": webhook})
-        alerts["broadcast"] = [*alerts.get("broadcast", []), "webhook"]
-    return parse_config(data, "linepulse/demo/plant.yaml")
+    data, name = plant_data(None)
+    return simulated_plant(data, name, opcua_ports, mqtt_port, webhook)
 
 
 async def run_demo(settings: DemoSettings, announce: Callable[[str], None]) -> int:
@@ -93,8 +153,11 @@ async def run_demo(settings: DemoSettings, announce: Callable[[str], None]) -> i
 async def _run(
     settings: DemoSettings, state: Path, stop: asyncio.Event, announce: Callable[[str], None]
 ) -> None:
-    *opcua_ports, mqtt_port = free_loopback_ports(3)
-    plant = demo_plant(opcua_ports, mqtt_port, settings.webhook)
+    data, name = plant_data(settings.config)
+    taken = {settings.port, settings.alerts_port}
+    ports = [p for p in free_loopback_ports(opcua_count(data) + 1 + len(taken)) if p not in taken]
+    *opcua_ports, mqtt_port = ports[: opcua_count(data) + 1]
+    plant = simulated_plant(data, name, opcua_ports, mqtt_port, settings.webhook)
     clients: KafkaClients
     if settings.kafka is None:
         clients, bootstrap = (
@@ -127,17 +190,24 @@ async def _run(
     board = f"http://{settings.host}:{settings.port}"
     behaviour = Behaviour().faster(settings.fast) if settings.fast > 1 else None
     ready = asyncio.Event()
-    mqtt_broker = await _start_mqtt_broker(mqtt_port)
+    mqtt_broker = await _start_mqtt_broker(mqtt_port) if plant.sources.mqtt else None
+    history = History(
+        start_ms=previous_shift_start(plant, int(time.time() * 1000)),
+        deliver=onto_sink(plant, sink),
+        progress=announce,
+    )
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(
                 run_simulator(
                     plant, seed=settings.seed, truth=None, stop=stop, ready=ready,
-                    behaviour=behaviour,
+                    behaviour=behaviour, history=history,
                 ),
                 name="simulator",
             )  # fmt: skip
             await _first(ready, stop)
+            if stop.is_set():
+                return
             for source in plant.sources.opcua:
                 ingester = OpcuaIngester(source, plant, sink, ingest_metrics)
                 group.create_task(ingester.run(stop), name=f"opcua:{source.id}")
@@ -155,6 +225,14 @@ async def _run(
             group.create_task(worker.run(stop), name="kpi-worker")
             materializer = Materializer(plant.kafka, bootstrap, store, kpi_metrics, clients=clients)
             group.create_task(materializer.run(stop), name="kpi-materializer")
+            group.create_task(alerts.follow_kpi(stop), name="alerts-kpi")
+            group.create_task(alerts.follow_telemetry(stop), name="alerts-telemetry")
+            group.create_task(alerts.evaluate_loop(stop), name="alerts-evaluate")
+            group.create_task(alerts.outbox.run(stop), name="alerts-outbox")
+            # The board opens once it has the history: on a running plant, not an empty one.
+            await _caught_up(store, time.time(), stop, announce)
+            if stop.is_set():
+                return
             kpi_app = create_kpi_app(
                 plant,
                 store,
@@ -167,18 +245,15 @@ async def _run(
             )
             serve_http(group, stop, kpi_app, settings.host, settings.port, "kpi-api", lifespan="on")
             kpi_app.state.board.stop_when(lambda: stop.is_set())
-            group.create_task(alerts.follow_kpi(stop), name="alerts-kpi")
-            group.create_task(alerts.follow_telemetry(stop), name="alerts-telemetry")
-            group.create_task(alerts.evaluate_loop(stop), name="alerts-evaluate")
-            group.create_task(alerts.outbox.run(stop), name="alerts-outbox")
             alerts_app = create_alerts_app(
                 alerts.engine, alerts.registry, token, on_change=alerts.poke, cors_origins=[board]
             )
             serve_http(group, stop, alerts_app, settings.host, settings.alerts_port, "alerts-api")
             bus = "an in-process bus" if settings.kafka is None else f"Kafka at {settings.kafka}"
+            notes = "".join(f"  {note}\n" for note in settings.port_notes)
             announce(
-                f"LinePulse demo: {len(plant.machines())} machines on {len(plant.lines)} lines, "
-                f"on {bus}\n"
+                f"LinePulse demo: {len(plant.machines())} machines on {len(plant.lines)} lines "
+                f"of {name}, on {bus}\n{notes}"
                 f"  live board   {board}/\n"
                 f"  KPI API      {board}/docs   (token for coding stops: {api_token})\n"
                 f"  alerts API   {alerts_url}/docs   (token for ack and silences: {token})\n"
@@ -188,8 +263,9 @@ async def _run(
     finally:
         with contextlib.suppress(Exception):
             await sink.close()
-        with contextlib.suppress(Exception):
-            await mqtt_broker.shutdown()
+        if mqtt_broker is not None:
+            with contextlib.suppress(Exception):
+                await mqtt_broker.shutdown()
         store.close()
     log.info("demo stopped")
 
@@ -208,6 +284,31 @@ async def _start_mqtt_broker(port: int) -> Broker:
     )
     await broker.start()
     return broker
+
+
+# How often the demo looks whether the KPIs have caught up with the history, and how long
+# it waits at most before opening the board anyway (saying so).
+CATCH_UP_POLL_S = 0.5
+CATCH_UP_MAX_S = 60.0
+
+
+async def _caught_up(
+    store: KpiStore, history_end_s: float, stop: asyncio.Event, announce: Callable[[str], None]
+) -> None:
+    """Wait until the KPI store has the history's KPIs (its latest event time has reached
+    the end of the history), so that the board the demo then announces shows the shift
+    from its first second; or until `stop`, or at most `CATCH_UP_MAX_S`."""
+    began = time.monotonic()
+    while not stop.is_set():
+        latest = store.latest_event_time()
+        if latest is not None and latest.timestamp() >= history_end_s - 1.0:
+            announce(f"KPIs over the history: done in {time.monotonic() - began:.1f} s")
+            return
+        if time.monotonic() - began > CATCH_UP_MAX_S:
+            announce(f"KPIs over the history: not done after {CATCH_UP_MAX_S:.0f} s; going on")
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), CATCH_UP_POLL_S)
 
 
 async def _first(ready: asyncio.Event, stop: asyncio.Event) -> None:

@@ -7,83 +7,151 @@ a configured token every write is refused with 403: an unset secret must never m
 (linepulse/http_security.py), so both APIs answer alike.
 The engine is not thread-safe, so every endpoint is `async` and runs on the event loop
 with the service's evaluation, one at a time.
+
+The API answers like the KPI API (linepulse/http_api.py): times are RFC 3339 in UTC with
+a `Z` (the engine keeps epoch milliseconds; they are converted here, at the wire), errors
+are `{"detail": "..."}` (validation errors too), a line or machine the plant does not
+have is a 404, and `/docs` works offline.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal
 
-from fastapi import FastAPI, HTTPException, Query, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field, SecretStr
+from fastapi import FastAPI, HTTPException, Path, Query, Response
+from prometheus_client import CollectorRegistry
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
-from linepulse.http_security import GUARD_RESPONSES, ApiAccess, install
+from linepulse.config import PlantConfig
+from linepulse.http_api import create_api, metrics_response
+from linepulse.http_security import GUARD_RESPONSES, ApiAccess, ErrorDetail, install
+from services.alerts.channels import rfc3339
 from services.alerts.engine import AlertEngine
-from services.alerts.model import Matcher, Silence
+from services.alerts.model import Alert, Matcher, Silence
 
-StateParam = Annotated[
-    Literal["pending", "firing", "acknowledged", "resolved"] | None,
-    Query(description="only alerts in this state"),
+AlertStateName = Literal["pending", "firing", "acknowledged", "resolved"]
+StateParam = Annotated[AlertStateName | None, Query(description="only alerts in this state")]
+LineParam = Annotated[
+    str | None, Query(description="only alerts of this line (`lines[].id`); 404 if unknown")
 ]
-LineParam = Annotated[str | None, Query(description="only alerts of this line")]
+MachineParam = Annotated[
+    str | None, Query(description="only alerts of this machine; 404 if unknown")
+]
 SeverityParam = Annotated[
     Literal["info", "warning", "critical"] | None, Query(description="only this severity")
 ]
+FingerprintParam = Annotated[str, Path(description="the alert's `fingerprint`")]
+# The alert times the engine keeps in epoch ms, served as RFC 3339.
+_ALERT_TIMES: Final = (
+    "pending_since",
+    "fired_at",
+    "resolved_at",
+    "acked_at",
+    "last_notified_at",
+    "updated_at",
+)
+_TIME = "RFC 3339 in UTC, e.g. 2026-11-02T06:00:00.000Z"
 
 
-class Invalid(BaseModel):
-    """A 422: FastAPI's list of problems for a malformed request, or one sentence for a
-    well-formed one the engine cannot take (a silence that ends before it starts)."""
-
-    detail: str | list[dict[str, Any]]
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorDetail, "description": description}
 
 
-INVALID_RESPONSE: dict[str, Any] = {"model": Invalid, "description": "the request cannot be used"}
+# -- wire shapes ---------------------------------------------------------------------------
+
+
+class AlertView(BaseModel):
+    """An alert as the API shows it."""
+
+    fingerprint: str = Field(description="stable id of the rule and its labels")
+    rule: str
+    labels: dict[str, str] = Field(description="alertname, severity, site, line, machine, ...")
+    state: AlertStateName
+    severity: str
+    summary: str
+    runbook: str | None
+    value: float | str | None = Field(description="the value that made it pending/firing")
+    pending_since: str = Field(description=f"when the condition began to hold, {_TIME}")
+    fired_at: str | None = Field(description=f"when it fired; null while pending, {_TIME}")
+    resolved_at: str | None = Field(description=f"when it resolved, {_TIME}")
+    acked_by: str | None = Field(description="who acknowledged it")
+    acked_at: str | None = Field(description=f"when it was acknowledged, {_TIME}")
+    ack_comment: str | None
+    escalation: int = Field(ge=0, description="0 the lead on duty, 1 the backup, 2 the manager")
+    last_notified_at: str | None = Field(description=f"when it last paged someone, {_TIME}")
+    updated_at: str = Field(description=f"when its state last changed, {_TIME}")
 
 
 class AckBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     who: str = Field(min_length=1, max_length=128, description="who takes the alert")
     comment: str | None = Field(default=None, max_length=2000)
 
 
 class MatcherBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     name: str = Field(min_length=1, max_length=128, description="label name, e.g. machine")
-    value: str = Field(max_length=512)
-    regex: bool = False
+    value: str = Field(max_length=512, description="the label's value (a regex with `regex`)")
+    regex: bool = Field(default=False, description="`value` is a regular expression")
 
 
 class SilenceBody(BaseModel):
-    matchers: list[MatcherBody] = Field(min_length=1, max_length=32)
-    starts_at: datetime | None = Field(default=None, description="default: now")
-    ends_at: datetime
-    created_by: str = Field(min_length=1, max_length=128)
+    """A maintenance window: matching alerts change state as usual but page nobody."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    matchers: list[MatcherBody] = Field(
+        min_length=1, max_length=32, description="alerts whose labels match every matcher"
+    )
+    starts_at: AwareDatetime | None = Field(
+        default=None, description="start, RFC 3339 with an offset; default: now"
+    )
+    ends_at: AwareDatetime = Field(description="end, RFC 3339 with an offset, in the future")
+    created_by: str = Field(min_length=1, max_length=128, description="who sets the silence")
     comment: str = Field(min_length=1, max_length=2000, description="why (e.g. maintenance)")
 
 
-def _ms(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        raise HTTPException(422, "times need a UTC offset (e.g. 2026-11-02T06:00:00Z)")
-    return int(moment.timestamp() * 1000)
+class SilenceView(BaseModel):
+    """A silence as the API shows it: the body it was created with, times in UTC."""
+
+    id: str
+    matchers: list[MatcherBody]
+    starts_at: str = Field(description=_TIME)
+    ends_at: str = Field(description=_TIME)
+    created_by: str
+    comment: str
 
 
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+def _alert(alert: Alert) -> dict[str, Any]:
+    wire = alert.as_dict()
+    for key in _ALERT_TIMES:
+        if wire[key] is not None:
+            wire[key] = rfc3339(wire[key])
+    return wire
 
 
 def _silence(silence: Silence) -> dict[str, Any]:
     return {
         "id": silence.id,
         "matchers": [vars(m) for m in silence.matchers],
-        "starts_at": _iso(silence.starts_at),
-        "ends_at": _iso(silence.ends_at),
+        "starts_at": rfc3339(silence.starts_at),
+        "ends_at": rfc3339(silence.ends_at),
         "created_by": silence.created_by,
         "comment": silence.comment,
     }
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 def create_app(
@@ -111,11 +179,11 @@ def create_app(
                 "(LINEPULSE_ALERTS_TOKEN by default) or alerts.api_token_file"
             ),
         )
-    app = FastAPI(
-        title="LinePulse alerts",
-        version="0.1.0",
-        description="Alerts raised by the plant's rules; acknowledgements and silences.",
-        responses={**GUARD_RESPONSES, 422: INVALID_RESPONSE},
+    plant = engine.plant
+    app = create_api(
+        title="LinePulse alerts API",
+        description=DESCRIPTION,
+        responses=GUARD_RESPONSES,
     )
     # The live board (another origin) reads alerts and acks them with the bearer token;
     # no cookies are involved, so CORS credentials stay off.
@@ -128,37 +196,62 @@ def create_app(
         if on_change is not None:
             on_change()
 
-    @app.get("/v1/alerts", summary="Alerts, newest first")
+    @app.get(
+        "/v1/alerts",
+        response_model=list[AlertView],
+        summary="Alerts, newest first",
+        description="Open alerts and those resolved in the last 24 h, newest first.",
+        responses={404: _error("a line or machine the plant does not have")},
+    )
     async def list_alerts(
-        state: StateParam = None, line: LineParam = None, severity: SeverityParam = None
+        state: StateParam = None,
+        line: LineParam = None,
+        machine: MachineParam = None,
+        severity: SeverityParam = None,
     ) -> list[dict[str, Any]]:
+        check_scope(plant, line, machine)
         alerts = engine.alerts(state=state, line=line, severity=severity)
-        return [a.as_dict() for a in sorted(alerts, key=lambda a: -a.pending_since)]
+        if machine is not None:
+            alerts = [a for a in alerts if a.machine == machine]
+        return [_alert(a) for a in sorted(alerts, key=lambda a: -a.pending_since)]
 
     @app.post(
         "/v1/alerts/{fingerprint}/ack",
+        response_model=AlertView,
         summary="Acknowledge: stops escalation",
+        responses={
+            404: _error("no alert with this fingerprint"),
+            409: _error("the alert is pending or resolved: nothing to acknowledge"),
+        },
     )
-    async def ack(fingerprint: str, body: AckBody) -> dict[str, Any]:
+    async def ack(fingerprint: FingerprintParam, body: AckBody) -> dict[str, Any]:
         try:
             alert = engine.ack(fingerprint, body.who, body.comment, now_ms())
         except KeyError:
-            raise HTTPException(404, f"no alert with fingerprint {fingerprint!r}") from None
+            raise HTTPException(
+                404, f"no alert with fingerprint {fingerprint!r}; GET /v1/alerts lists them"
+            ) from None
         except ValueError as error:
             raise HTTPException(409, str(error)) from None
         changed()
-        return alert.as_dict()
+        return _alert(alert)
 
-    @app.get("/v1/silences", summary="Silences that have not ended")
+    @app.get(
+        "/v1/silences",
+        response_model=list[SilenceView],
+        summary="Silences that have not ended, by start",
+    )
     async def list_silences() -> list[dict[str, Any]]:
         return [_silence(s) for s in engine.silences(now_ms())]
 
     @app.post(
         "/v1/silences",
+        response_model=SilenceView,
         status_code=201,
         summary="Silence matching alerts for a while",
     )
     async def add_silence(body: SilenceBody) -> dict[str, Any]:
+        check_matchers(plant, body.matchers)
         now = now_ms()
         starts = now if body.starts_at is None else _ms(body.starts_at)
         ends = _ms(body.ends_at)
@@ -176,19 +269,65 @@ def create_app(
         "/v1/silences/{silence_id}",
         status_code=204,
         summary="End a silence now",
+        responses={404: _error("no such silence")},
     )
-    async def delete_silence(silence_id: str) -> Response:
+    async def delete_silence(
+        silence_id: Annotated[str, Path(description="the silence's `id`")],
+    ) -> Response:
         if not engine.delete_silence(silence_id):
-            raise HTTPException(404, f"no silence {silence_id!r}")
+            raise HTTPException(404, f"no silence {silence_id!r}; GET /v1/silences lists them")
         changed()
         return Response(status_code=204)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return metrics_response(registry)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health, summary="Liveness: 200 while the process runs")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     return app
+
+
+DESCRIPTION: Final = """\
+Alerts raised by the plant's rules; acknowledgements and silences.
+
+- Times are RFC 3339 in UTC with a `Z` in responses; request times need an offset.
+- Errors are `{"detail": "..."}`, as in the KPI API: 404 for a line, machine, alert or
+  silence that does not exist, 409 for an ack the alert's state forbids, 422 for a
+  parameter or body that cannot be used; the message says what to do next.
+- Writes (acks, silences) need a token: `Authorization: Bearer <token>` or `X-API-Key`.
+- This page works offline: Swagger UI is served by the API itself.
+"""
+
+
+def check_scope(plant: PlantConfig, line: str | None, machine: str | None) -> None:
+    """404 for a line or machine the plant does not have, or a machine not on `line`."""
+    lines = {li.id: li for li in plant.lines}
+    if line is not None and line not in lines:
+        raise HTTPException(404, f"unknown line {line!r}; the plant's lines: {', '.join(lines)}")
+    if machine is None:
+        return
+    machines = {m: li.id for m, (li, _) in plant.machines().items()}
+    if machine not in machines:
+        raise HTTPException(
+            404, f"unknown machine {machine!r}; the plant's machines: {', '.join(machines)}"
+        )
+    if line is not None and machines[machine] != line:
+        raise HTTPException(
+            404, f"machine {machine!r} is on line {machines[machine]!r}, not {line!r}"
+        )
+
+
+def check_matchers(plant: PlantConfig, matchers: Sequence[MatcherBody]) -> None:
+    """A silence on a line or machine the plant does not have would silence nothing: 422."""
+    known = {"line": [li.id for li in plant.lines], "machine": list(plant.machines())}
+    for index, matcher in enumerate(matchers):
+        ids = known.get(matcher.name)
+        if ids is not None and not matcher.regex and matcher.value not in ids:
+            raise HTTPException(
+                422,
+                f"matchers[{index}]: the plant has no {matcher.name} {matcher.value!r} "
+                f"(its {matcher.name}s: {', '.join(ids)}); the silence would match nothing",
+            )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -24,7 +25,6 @@ from services.alerts import channels
 from services.alerts.model import Notification
 
 log = logging.getLogger(__name__)
-console_log = logging.getLogger("linepulse.alerts.console")
 
 # A Retry-After beyond this is taken as this: a bogus header must not park a channel.
 MAX_RETRY_AFTER_S = 3600.0
@@ -161,7 +161,9 @@ async def send(
     person = settings.people.get(notification.recipient or "")
     try:
         if channel.type == "console":
-            console_log.info("%s", channels.console_line(notification))
+            # A page is output, not a log record: shown whatever the log level.
+            sys.stdout.write(channels.console_line(notification) + "\n")
+            sys.stdout.flush()
             return DELIVERED
         if channel.type == "webhook":
             receiver = notification.recipient or channel.id

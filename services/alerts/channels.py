@@ -292,9 +292,34 @@ def alertmanager_url(base: str) -> str:
 
 
 def console_line(notification: Notification) -> str:
-    """One log line per notification."""
-    who = f" to {notification.recipient}" if notification.recipient else ""
-    where = ", ".join(
-        f"{a['fingerprint']} {alert_status(a)} {_where(a)}" for a in notification.alerts
-    )
-    return f"{_title(notification)}{who} [{where}] key={notification.key}"
+    """One line per page, for a person at a terminal: when (UTC), the worst severity, what
+    happened, where, and whom it pages.
+
+    `2026-05-01T06:00:00Z CRITICAL [FIRING] line-1/filler-1: filler-1 on line-1 is down
+    (to shift-lead)`; a group of alerts names its rule and its machines."""
+    alerts = notification.alerts
+    severity = max((str(a.get("severity") or "") for a in alerts), key=_severity_rank)
+    who = f" (to {notification.recipient})" if notification.recipient else ""
+    moment = datetime.fromtimestamp(notification.created_at / 1000, tz=UTC)
+    when = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    tag = notification.kind.upper()
+    if len(alerts) == 1:
+        only = alerts[0]
+        what = f"[{tag}] {_place(only)}: {only['summary']}"
+    else:
+        places = ", ".join(dict.fromkeys(_place(a) for a in alerts))
+        what = f"[{tag}:{len(alerts)}] {alerts[0]['rule']}: {places}"
+    return f"{when} {severity.upper() or 'ALERT'} {what}{who}".replace("\n", " ")
+
+
+_SEVERITY_ORDER = ("info", "warning", "error", "critical")
+
+
+def _severity_rank(severity: str) -> int:
+    return _SEVERITY_ORDER.index(severity) if severity in _SEVERITY_ORDER else -1
+
+
+def _place(alert: dict[str, Any]) -> str:
+    """`line/machine` (or the line alone, or `site`): where an alert is on the floor."""
+    labels = alert["labels"]
+    return "/".join(labels[k] for k in ("line", "machine") if labels.get(k)) or "site"

@@ -16,6 +16,8 @@ Lifecycle, per rule and target (fingerprint = rule + labels):
   as an unknown value for KPI and forecast rules: it neither starts, promotes, cancels
   nor resolves anything (the figures of a window mostly without data are not evidence
   either way; `no_data` rules page on the lost data itself);
+- so does a KPI record of a window that ended more than `rules.PAST_AFTER_MS` ago (a
+  backlog being worked off, a late restatement): past windows never page as if fresh;
 - KPI rules are suppressed while the machine is in `planned_stop` or its line is outside
   its shifts or in a break: no new pending, no firing, no re-page of a firing one;
 - forecast rules (`forecast: target_miss`) make one alert per line and shift (labels

@@ -16,8 +16,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from linepulse.alerting import DATA_FIELDS, Rule, forecast_lines
+from linepulse.alerting import DATA_FIELDS, Rule, elapsed_needed_s, forecast_lines
 from linepulse.config import PlantConfig
+
+# A KPI record of a window that ended longer ago than this is history, not now: one the
+# KPI worker publishes while it works off a backlog (a simulated plant's past, a spool
+# drained after an outage) or restates late. Its figures neither start, promote, cancel
+# nor resolve an alert, or a morning's closed hour would page at noon as if fresh. A
+# window's final record comes once the watermark passes its end plus the KPI lateness
+# (seconds), and the next window's records supersede it at once; 5 min is ample.
+PAST_AFTER_MS = 5 * 60_000
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
@@ -43,7 +51,7 @@ class Reading:
 
     `breach` and `recovered` are None when the value is unknown (no record yet, a ratio
     whose denominator is zero, no sample, a KPI record below the rule's `min_coverage`):
-    an unknown value changes no alert's state.
+    an unknown value changes no alert's state; so is a KPI record of a window long past.
     `over`: what the rule watched is gone (a forecast's shift has ended): an open alert
     resolves at once. `fields`: more summary template fields (a forecast's target, ...).
     """
@@ -187,7 +195,7 @@ def read(rule: Rule, obs: Observations, target: Target, now: int) -> Reading:
         return read_forecast(rule, obs.records.get((target.line, None, "shift")), now)
     if rule.kpi is not None:
         record = obs.records.get((target.line, target.machine, rule.window))
-        if record is None or not covered(rule, record):
+        if record is None or not covered(rule, record) or is_past(record, now):
             return UNKNOWN
         value = record.get(rule.kpi)
         if not isinstance(value, int | float) or isinstance(value, bool):
@@ -207,17 +215,28 @@ def read(rule: Rule, obs: Observations, target: Target, now: int) -> Reading:
 
 def covered(rule: Rule, record: Mapping[str, Any]) -> bool:
     """Whether a KPI record rests on enough data for `rule` (a KPI or forecast rule) to
-    judge it: its `coverage`
+    judge it: its window has run for the rule's `min_elapsed` and its `coverage` is
     at or above the rule's `min_coverage`. A null coverage (no planned time) is not
     enough unless `min_coverage` is 0; a record without the field (from a KPI service
     older than it) is judged as before. Rules on the data itself (`coverage`,
     `unknown_s`) are never held."""
-    if rule.min_coverage <= 0 or rule.kpi in DATA_FIELDS or "coverage" not in record:
+    if rule.kpi in DATA_FIELDS:
+        return True
+    elapsed = record.get("calendar_s")
+    if isinstance(elapsed, int | float) and elapsed < elapsed_needed_s(rule):
+        return False  # too little of the window yet (`min_elapsed`)
+    if rule.min_coverage <= 0 or "coverage" not in record:
         return True
     coverage = record["coverage"]
     if not isinstance(coverage, int | float) or isinstance(coverage, bool):
         return False
     return coverage >= rule.min_coverage
+
+
+def is_past(record: Mapping[str, Any], now: int) -> bool:
+    """Whether `record`'s window ended more than `PAST_AFTER_MS` before `now` (see there);
+    a record without a readable `window_end` is taken as current."""
+    return now - _ms(record.get("window_end")) > PAST_AFTER_MS
 
 
 def read_forecast(rule: Rule, record: Mapping[str, Any] | None, now: int) -> Reading:

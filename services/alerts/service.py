@@ -171,19 +171,19 @@ class AlertService:
 
 
 async def run_alerts(
-    plant: PlantConfig, bootstrap: str, http: HttpSettings | None, state_dir: Path | None
+    plant: PlantConfig, bootstrap: str, http: HttpSettings | None, state_dir: Path
 ) -> int:
+    """Run the alerts service until SIGTERM/SIGINT, keeping its state in `state_dir`
+    (resolved by the caller: linepulse/data_dir.py); 0 on a clean stop."""
     if not plant.alerts.rules:
         log.error("the plant config has no alert rules (alerts.rules): nothing to evaluate")
         return 2
     stop = asyncio.Event()
     install_stop_signals(stop, "stopping (the outbox keeps what is undelivered)")
     service = AlertService(
-        plant,
-        bootstrap,
-        state_dir or plant.alerts.state_dir,
-        clients=AioKafkaClients(plant.kafka.security),
+        plant, bootstrap, state_dir, clients=AioKafkaClients(plant.kafka.security)
     )
+    log.info("alerts: state, notification log and outbox in %s", state_dir)
     try:
         access = plant.alerts.api_access()
     except ValueError as error:

@@ -326,37 +326,50 @@ class OpcuaIngester:
         return session
 
     def _warn_granted(self, subscribed: Subscribed) -> None:
-        """A WARNING, once per item, where the server samples a node more slowly than asked
-        (changes closer together than its interval are merged into one: a stop shorter
-        than it can vanish) or keeps a smaller queue than one publishing interval needs."""
+        """Say, once per source and grant, where the server samples nodes more slowly than
+        asked (changes closer together than its interval are merged into one: a stop
+        shorter than it can vanish) or keeps a smaller queue than one publishing interval
+        needs: one line for all the nodes it concerns, naming a few.
+
+        Asked 0 ms is OPC-UA's "as fast as you can", so the server's fastest rate is what
+        was asked for: that is said at INFO. A slower rate than a positive one asked, or a
+        short queue, loses changes the configuration expects: WARNING."""
+        grants: dict[tuple[str, float, float], list[str]] = {}
         for created in subscribed.created:
-            where = created.item.route.where
-            handle = created.item.handle
-            if self._short_grant(
-                handle, "sampling", created.sampling_ms, created.asked_sampling_ms
-            ):
-                _log.warning(
-                    "opcua %s: %s: %s: the server says it samples every %g ms (asked %g ms): "
-                    "changes less than %g ms apart may reach us as one",
-                    self.source.id,
-                    self.source.endpoint,
-                    where,
-                    created.sampling_ms,
-                    created.asked_sampling_ms,
-                    created.sampling_ms,
-                )
+            where, handle = created.item.route.where, created.item.handle
+            sampling, asked_sampling = created.sampling_ms, created.asked_sampling_ms
+            if self._short_grant(handle, "sampling", sampling, asked_sampling):
+                grants.setdefault(("sampling", sampling, asked_sampling), []).append(where)
             granted, needed = created.granted_queue_size, created.queue_size
             if self._short_grant(handle, "queue", -granted, -needed):  # smaller is worse
-                _log.warning(
-                    "opcua %s: %s: %s: the server keeps %d changes per item (asked %d for a "
-                    "%g ms publishing interval): more changes than that between two "
-                    "publishes lose the oldest",
+                grants.setdefault(("queue", granted, needed), []).append(where)
+        for (what, granted_value, asked_value), nodes in grants.items():
+            named = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+            if what == "sampling":
+                _log.log(
+                    logging.INFO if asked_value == 0 else logging.WARNING,
+                    "opcua %s: %s: the server samples %d node(s) every %g ms (asked %g ms): "
+                    "changes less than %g ms apart may reach us as one: %s",
                     self.source.id,
                     self.source.endpoint,
-                    where,
-                    granted,
-                    needed,
+                    len(nodes),
+                    granted_value,
+                    asked_value,
+                    granted_value,
+                    named,
+                )
+            else:
+                _log.warning(
+                    "opcua %s: %s: the server keeps %d changes per item for %d node(s) (asked "
+                    "%d for a %g ms publishing interval): more changes than that between two "
+                    "publishes lose the oldest: %s",
+                    self.source.id,
+                    self.source.endpoint,
+                    granted_value,
+                    len(nodes),
+                    asked_value,
                     subscribed.publishing_ms,
+                    named,
                 )
 
     def _short_grant(self, handle: int, what: str, granted: float, asked: float) -> bool:

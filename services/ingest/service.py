@@ -14,9 +14,10 @@ from typing import Any
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig
+from linepulse.http_api import metrics_response
 from linepulse.runtime import HttpSettings, install_stop_signals, serve_http
 from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
@@ -33,7 +34,7 @@ def create_app(plant: PlantConfig, sink: KafkaSink, registry: CollectorRegistry)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+        return metrics_response(metrics_registry)
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:
@@ -63,6 +64,7 @@ async def run_ingest(plant: PlantConfig, bootstrap: str, http: HttpSettings | No
     metrics = IngestMetrics.create(registry)
     sink = KafkaSink(plant, bootstrap, plant.ingest, metrics)
     await sink.start()
+    log.info("ingest: spool in %s (used while Kafka is away)", plant.ingest.spool_dir)
     try:
         async with asyncio.TaskGroup() as group:
             for opcua in plant.sources.opcua:

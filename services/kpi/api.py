@@ -20,17 +20,17 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, Final, Literal
 
 import orjson
 from fastapi import FastAPI, Query, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.config import PlantConfig, State, WindowKind
+from linepulse.http_api import create_api, errors_of_a_text_route, metrics_response
 from linepulse.http_security import GUARD_RESPONSES, ApiAccess, install
 from linepulse.records import KpiRecord
 from services.kpi.board.board import mount_board  # live board (issue 6)
@@ -60,8 +60,10 @@ definitions") and `schemas/kpi-record.schema.json`.
   (send `+` as `%2B`) or epoch milliseconds.
 - Ratios are fractions (0.75 = 75 %) and `null` when their denominator is zero.
 - A line record aggregates its machines and has `machine: null`.
-- Errors are `{"detail": "..."}`: 404 for a line or machine the plant does not have,
-  422 for a parameter that cannot be used; the message says what to do next.
+- Errors are `{"detail": "..."}` (the alerts API's too): 404 for a line or machine the
+  plant does not have, 422 for a parameter that cannot be used; the message says what
+  to do next.
+- This page works offline: Swagger UI is served by the API itself (`/docs`, `/redoc`).
 - Writes (`POST /v1/stops/{id}/reason`) need a token, sent as `Authorization: Bearer
   <token>` or `X-API-Key: <token>` (`api.token_env` / `api.token_file` in the plant
   config); reads need one only with `api.auth_reads`. 401: missing or wrong token; 403:
@@ -102,6 +104,27 @@ class ParetoEntry(BaseModel):
     reason: str = Field(description="downtime reason code (`unassigned` without one)")
     seconds: float = Field(ge=0, description="downtime in seconds, to the millisecond")
     share: float = Field(ge=0, le=1, description="fraction of all downtime in the result")
+
+
+class Pareto(BaseModel):
+    """Downtime by reason over a range that the answer states, so that an empty list
+    says "no downtime from .. to .." rather than nothing."""
+
+    line: str | None = Field(description="the line asked for; null: every line")
+    from_: str | None = Field(
+        alias="from", description="start of the range, inclusive, RFC 3339 UTC; null: open"
+    )
+    to: str | None = Field(description="end of the range, exclusive, RFC 3339 UTC; null: open")
+    shift: str | None = Field(
+        description="the current shift the range defaulted to (no `from` and `to` given); "
+        "null for a range given, or lines on different shifts"
+    )
+    window: WindowKind = Field(description="the window kind summed (windows count whole)")
+    includes_open_window: bool = Field(
+        description="a window of the range is still open and counted with its figures so "
+        "far: the answer will still grow"
+    )
+    reasons: list[ParetoEntry] = Field(description="largest first")
 
 
 class Health(BaseModel):
@@ -148,9 +171,8 @@ def create_app(
                 await stack.enter_async_context(lifespan_extra(app))
             yield
 
-    app = FastAPI(
+    app = create_api(
         title="LinePulse KPI API",
-        version=_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
         responses=GUARD_RESPONSES,
@@ -251,14 +273,16 @@ def create_app(
 
     @app.get(
         "/v1/downtime/pareto",
-        response_model=list[ParetoEntry],
+        response_model=Pareto,
         tags=["plant"],
-        summary="Downtime by reason, largest first",
+        summary="Downtime by reason, largest first, over the current shift by default",
         description=(
-            "Downtime seconds per reason, summed over the final records of machines "
-            f"(not lines) of `{pareto_kind}` windows whose start lies in [from, to); "
-            "one window kind, so each second counts once. Open windows count once they "
-            "close."
+            "Downtime seconds per reason, summed over the machine records (not lines) of "
+            f"`{pareto_kind}` windows whose start lies in [from, to); one window kind, so "
+            "each second counts once. Without `from` and `to`: the current shift (of "
+            "`line`, or the span of every line's current shift). Open windows count with "
+            "their figures so far unless `closed_only=true`. The answer states its range "
+            "(`from`, `to`, `shift`) and whether an open window is in it."
         ),
     )
     def pareto(
@@ -267,23 +291,42 @@ def create_app(
             str | None, Query(alias="from", description=f"start, inclusive: {_TIME_HELP}")
         ] = None,
         to: Annotated[str | None, Query(description=f"end, exclusive: {_TIME_HELP}")] = None,
+        closed_only: Annotated[
+            bool, Query(description="only windows that have closed (final figures)")
+        ] = False,
     ) -> Response:
         start = None if from_ is None else _time(from_, "from")
         end = None if to is None else _time(to, "to")
         if start is not None and end is not None:
             _ordered(start, end)
         check_scope(line, None)
-        return _json(store.pareto(line, start, end, window=pareto_kind))
+        shift = None
+        if from_ is None and to is None:
+            start, end, shift = _current_shift(store, line, windows)
+        include_open = not closed_only
+        reasons = store.pareto(line, start, end, window=pareto_kind, include_open=include_open)
+        still_open = include_open and store.open_windows(line, start, end, window=pareto_kind) > 0
+        body = {
+            "line": line,
+            "from": _utc(start),
+            "to": _utc(end),
+            "shift": shift,
+            "window": pareto_kind,
+            "includes_open_window": still_open,
+            "reasons": reasons,
+        }
+        return _json(body)
 
     @app.get(
         "/metrics",
         tags=["operations"],
         summary="Prometheus metrics",
         response_class=PlainTextResponse,
+        responses=errors_of_a_text_route(),
         description="Prometheus text exposition format (KPI gauges and service health).",
     )
     def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return metrics_response(registry)
 
     @app.get(
         "/healthz",
@@ -331,6 +374,33 @@ def _not_ready(ready: Callable[[], bool], store: KpiStore) -> str | None:
     return None
 
 
+def _current_shift(
+    store: KpiStore, line: str | None, windows: tuple[WindowKind, ...]
+) -> tuple[datetime | None, datetime | None, str | None]:
+    """[start, end) of the current shift of `line` (of every line: from the earliest
+    start to the latest end) and its name (None if the lines are on different shifts),
+    from the newest `shift` line records; (None, None, None), everything, where there
+    is none (nothing stored yet, or `shift` windows not computed)."""
+    if "shift" not in windows:
+        return None, None, None
+    records = store.current(line, None, "shift", scope="line")
+    if not records:
+        return None, None, None
+    start = min(datetime.fromisoformat(r["window_start"]) for r in records)
+    end = max(datetime.fromisoformat(r["window_end"]) for r in records)
+    names = {r["shift"] for r in records}
+    return start, end, names.pop() if len(names) == 1 else None
+
+
+def _utc(moment: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a `Z`, whole seconds where there is no fraction."""
+    if moment is None:
+        return None
+    moment = moment.astimezone(UTC)
+    spec = "seconds" if moment.microsecond == 0 else "milliseconds"
+    return moment.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+
+
 def _json(body: Any) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
@@ -363,10 +433,3 @@ def _ordered(start: datetime, end: datetime) -> None:
             f"'from' ({start:%Y-%m-%dT%H:%M:%SZ}) must be before 'to' "
             f"({end:%Y-%m-%dT%H:%M:%SZ}); the range is [from, to)"
         )
-
-
-def _version() -> str:
-    try:
-        return version("linepulse")
-    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "0.0.0"

@@ -6,8 +6,9 @@ Messages say what to do next ("GET /v1/machines lists them"), because the person
 reads them is usually a dashboard author with a query string in front of them.
 
 FastAPI's own validation errors (a query parameter outside its enum, a missing `from`)
-are reported in the same `{"detail": "..."}` shape by `handle_validation_error`, so a
-client parses one error format whatever caught the mistake.
+are reported in the same `{"detail": "..."}` shape by the shared handler of every
+LinePulse API (linepulse/http_api.py), so a client parses one error format whatever
+caught the mistake.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 
 class LinePulseError(Exception):
@@ -74,36 +73,7 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
 
-async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """Report FastAPI's parameter validation as 422 `{"detail": "..."}`, one line per problem."""
-    if not isinstance(exc, RequestValidationError):  # pragma: no cover
-        raise exc
-    problems = []
-    for error in exc.errors():
-        loc = [str(part) for part in error.get("loc", ())]
-        where = f"{loc[0]} parameter '{loc[-1]}'" if len(loc) >= 2 else ".".join(loc)
-        if error.get("type") == "missing":
-            problems.append(f"{where} is required; see /docs for its format")
-            continue
-        message = f"{where}: {error.get('msg', 'invalid')}"
-        if "input" in error:
-            message += f", got {error['input']!r}"
-        problems.append(message)
-    return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
-
-
-class ErrorDetail(BaseModel):
-    """The body of every error answer: what went wrong and what to do next."""
-
-    detail: str
-
-
 def install_error_handlers(app: FastAPI) -> None:
-    """Call before the routes are added: they take the 422 documented here, so the OpenAPI
-    document shows `{"detail": "..."}` rather than FastAPI's list of validation errors."""
+    """Map the service's errors to their status codes; FastAPI's validation errors are
+    already reported in the same shape by the app (linepulse.http_api.create_api)."""
     app.add_exception_handler(LinePulseError, handle_error)
-    app.add_exception_handler(RequestValidationError, handle_validation_error)
-    app.router.responses = {
-        **app.router.responses,
-        422: {"model": ErrorDetail, "description": "a parameter or body that cannot be used"},
-    }

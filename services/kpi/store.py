@@ -416,29 +416,25 @@ class KpiStore:
         end: datetime | None = None,
         *,
         window: WindowKind = "1h",
+        include_open: bool = False,
     ) -> list[dict[str, Any]]:
         """Downtime by reason, largest first: `[{reason, seconds, share}]`.
 
         Sums `downtime_by_reason` over the FINAL machine records (not line records, which
         repeat their machines) of one window kind, `1h` by default: every kind covers the
         same downtime, so summing one kind counts each second once; open windows are left
-        out until they close. Windows count whole when their start lies in [start, end).
-        `seconds` is rounded to the millisecond; `share` is the fraction of the total
-        (0..1). Reasons with no time are left out.
+        out until they close, unless `include_open` (their figures so far). Windows count
+        whole when their start lies in [start, end). `seconds` is rounded to the
+        millisecond; `share` is the fraction of the total (0..1). Reasons with no time
+        are left out.
         """
-        where, params = _filters(line, None, "machine")
+        where, params = _window_range(line, start, end, window)
+        final = "" if include_open else " AND k.final"
         sql = (
             "SELECT e.key AS reason, sum(CAST(e.value AS DOUBLE)) AS seconds "  # noqa: S608
             "FROM kpi_records AS k, json_each(k.downtime_by_reason) AS e "
-            f'WHERE k.final AND k."window" = ?{where}'
+            f"WHERE true{final}{where}"
         )
-        params = [window, *params]
-        if start is not None:
-            sql += " AND k.window_start >= ?"
-            params.append(_naive_utc(start))
-        if end is not None:
-            sql += " AND k.window_start < ?"
-            params.append(_naive_utc(end))
         sql += " GROUP BY e.key HAVING sum(CAST(e.value AS DOUBLE)) > 0"
         with self._cursor() as cur:
             rows = cur.execute(sql, params).fetchall()
@@ -449,6 +445,22 @@ class KpiStore:
         ]
         entries.sort(key=lambda e: (-e["seconds"], e["reason"]))
         return entries
+
+    def open_windows(
+        self,
+        line: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        window: WindowKind = "1h",
+    ) -> int:
+        """How many machine windows of kind `window` that start in [start, end) are still
+        open (`final` false): their figures, and so a Pareto over them, will still grow."""
+        where, params = _window_range(line, start, end, window)
+        sql = f"SELECT count(*) FROM kpi_records AS k WHERE NOT k.final{where}"  # noqa: S608
+        with self._cursor() as cur:
+            row = cur.execute(sql, params).fetchone()
+        return 0 if row is None else int(row[0])
 
     def _records(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         with self._cursor() as cur:
@@ -529,6 +541,23 @@ class KpiStore:
 
 
 # -- helpers -----------------------------------------------------------------------------
+
+
+def _window_range(
+    line: str | None, start: datetime | None, end: datetime | None, window: WindowKind
+) -> tuple[str, list[Any]]:
+    """The conditions (on `kpi_records AS k`) of the machine records of one window kind
+    whose window starts in [start, end), with their parameters."""
+    where, params = _filters(line, None, "machine")
+    where = f' AND k."window" = ?{where}'
+    params = [window, *params]
+    if start is not None:
+        where += " AND k.window_start >= ?"
+        params.append(_naive_utc(start))
+    if end is not None:
+        where += " AND k.window_start < ?"
+        params.append(_naive_utc(end))
+    return where, params
 
 
 def _filters(line: str | None, machine: str | None, scope: Scope) -> tuple[str, list[Any]]:

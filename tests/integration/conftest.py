@@ -53,6 +53,16 @@ def require_java() -> None:
         )
 
 
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The --data-dir of every service a test starts (children inherit the variable): the
+    test's own folder, never the user's state directory, where a spool one test left
+    behind would be sent into the next test's topics."""
+    folder = tmp_path / "linepulse-data"
+    monkeypatch.setenv("LINEPULSE_DATA_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A running single-node KRaft broker; yields its bootstrap address "127.0.0.1:PORT"."""

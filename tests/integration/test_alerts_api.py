@@ -1,5 +1,6 @@
 """The alerts HTTP API over real HTTP (uvicorn on loopback): reads open, writes behind the
-bearer token, 401 without it, 404 for unknown ids, 422 for bad bodies."""
+bearer token, 401 without it, 404 for unknown ids, lines and machines, 422 for bad bodies,
+all as `{"detail": "..."}`; times in RFC 3339 UTC, as the KPI API has them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -93,6 +95,96 @@ async def test_reads_are_open_and_writes_need_the_token(engine: AlertEngine) -> 
         assert (await client.get("/v1/alerts", params={"state": "nonsense"})).status_code == 422
 
 
+async def test_times_are_rfc3339_in_utc(engine: AlertEngine) -> None:
+    before = datetime.now(UTC)
+    async with serve(engine, TOKEN) as client:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        (alert,) = (await client.get("/v1/alerts")).json()
+        acked = await client.post(
+            f"/v1/alerts/{alert['fingerprint']}/ack", json={"who": "ann"}, headers=auth
+        )
+    for body in (alert, acked.json()):
+        for key in ("pending_since", "fired_at", "updated_at"):
+            assert isinstance(body[key], str), (key, body[key])
+            assert body[key].endswith("Z"), body[key]
+            moment = datetime.fromisoformat(body[key])
+            assert moment.utcoffset() is not None
+            assert abs((moment - before).total_seconds()) < 3600
+    assert acked.json()["acked_at"].endswith("Z")
+    assert alert["resolved_at"] is None
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        ({"line": "line-9"}, "unknown line 'line-9'; the plant's lines: L1"),
+        ({"machine": "M9"}, "unknown machine 'M9'; the plant's machines: M1, M2"),
+        ({"line": "L1", "machine": "M9"}, "unknown machine 'M9'"),
+    ],
+)
+async def test_unknown_lines_and_machines_are_404(
+    engine: AlertEngine, query: dict[str, str], detail: str
+) -> None:
+    async with serve(engine, TOKEN) as client:
+        response = await client.get("/v1/alerts", params=query)
+        assert response.status_code == 404
+        assert set(response.json()) == {"detail"}
+        assert detail in response.json()["detail"]
+        assert len((await client.get("/v1/alerts", params={"line": "L1"})).json()) == 1
+        assert len((await client.get("/v1/alerts", params={"machine": "M1"})).json()) == 1
+        assert (await client.get("/v1/alerts", params={"machine": "M2"})).json() == []
+
+
+async def test_errors_are_one_sentence_as_in_the_kpi_api(engine: AlertEngine) -> None:
+    """Validation errors too: `{"detail": "..."}`, never pydantic's list."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    silence = {
+        "matchers": [{"name": "machine", "value": "M2"}],
+        "ends_at": "2099-01-01T00:00:00",
+        "created_by": "ann",
+        "comment": "maintenance",
+    }
+    async with serve(engine, TOKEN) as client:
+        fingerprint = (await client.get("/v1/alerts")).json()[0]["fingerprint"]
+        cases = [
+            (
+                await client.post(f"/v1/alerts/{fingerprint}/ack", json={}, headers=auth),
+                "body field 'who' is required",
+            ),
+            (
+                await client.post("/v1/silences", json=silence, headers=auth),
+                "body field 'ends_at': Input should have timezone info",
+            ),
+            (
+                await client.post(
+                    "/v1/silences",
+                    json={**silence, "ends_at": "2099-01-01T00:00:00Z", "matchers": [{}]},
+                    headers=auth,
+                ),
+                "body field 'matchers[0].name' is required",
+            ),
+            (
+                await client.post(
+                    "/v1/silences",
+                    json={
+                        **silence,
+                        "ends_at": "2099-01-01T00:00:00Z",
+                        "matchers": [{"name": "machine", "value": "M9"}],
+                    },
+                    headers=auth,
+                ),
+                "matchers[0]: the plant has no machine 'M9'",
+            ),
+            (await client.get("/v1/alerts", params={"state": "x"}), "query parameter 'state'"),
+        ]
+    for response, detail in cases:
+        assert response.status_code == 422, response.text
+        body = response.json()
+        assert set(body) == {"detail"}
+        assert isinstance(body["detail"], str)
+        assert detail in body["detail"], body
+
+
 async def test_silences_are_created_listed_and_deleted(engine: AlertEngine) -> None:
     async with serve(engine, TOKEN) as client:
         auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -106,6 +198,15 @@ async def test_silences_are_created_listed_and_deleted(engine: AlertEngine) -> N
         created = await client.post("/v1/silences", json=body, headers=auth)
         assert created.status_code == 201, created.text
         silence = created.json()["id"]
+        assert created.json()["ends_at"] == "2099-01-01T00:00:00.000Z"
+        assert set(created.json()) == {
+            "id",
+            "matchers",
+            "starts_at",
+            "ends_at",
+            "created_by",
+            "comment",
+        }
         assert [s["id"] for s in (await client.get("/v1/silences")).json()] == [silence]
         past = {**body, "ends_at": "2000-01-01T00:00:00Z"}
         assert (await client.post("/v1/silences", json=past, headers=auth)).status_code == 422

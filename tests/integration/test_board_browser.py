@@ -450,6 +450,9 @@ def code_reasons(page: Any, now: datetime) -> None:
 
     weld = page.locator('[data-stops="weld"]')
     expect(weld.locator("input.who")).to_have_value("Anna")
+    # weld-2's ongoing changeover is downtime, but not a stop to code; weld-3's idle is.
+    expect(weld.locator(f'[data-stop-machine="{FREE_TEXT}"]')).to_have_count(1)
+    expect(weld.locator('[data-stop-machine="weld-2"]')).to_have_count(0)
     free = weld.locator(f'[data-stop-machine="{FREE_TEXT}"]')
     free.locator("input.code").fill("sensor fault")
     free.locator("button.set").click()
@@ -519,18 +522,23 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
 
                 # Beyond OEE: the losses waterfall from planned to fully productive time
                 # (8 h planned, OEE 50 %: 4 h lost, 35 % of it to equipment failure, 5 %
-                # without data: a grey step of its own, not inside equipment failure).
+                # without data: a grey step of its own, not inside equipment failure). A
+                # line record sums its 3 machines' time: shares of planned time, and the
+                # planned time per machine, never 8 h shown as if it were the shift's.
                 fall = page.locator('[data-waterfall="press"]')
                 expect(fall.locator(".step")).to_have_count(9)
                 steps = fall.locator(".step").evaluate_all("(s) => s.map((e) => e.dataset.step)")
                 assert steps == ["planned_s", *LOSS_KEYS, "fully_productive_s"]
-                expect(fall.locator('[data-step="planned_s"] .secs')).to_have_text("8 h 0 min")
+                expect(fall.locator('[data-step="planned_s"] .secs')).to_have_text("2 h 40 min × 3")
                 expect(fall.locator('[data-step="equipment_failure_s"] .secs')).to_have_text(
-                    "−1 h 24 min"
+                    "−17.5 %"
+                )
+                expect(fall.locator('[data-step="equipment_failure_s"]')).to_have_attribute(
+                    "title", "lost 1 h 24 min of machine time"
                 )
                 no_data = fall.locator('[data-step="no_data_s"]')
                 expect(no_data.locator(".what")).to_have_text("No data")
-                expect(no_data.locator(".secs")).to_have_text("−12 min")
+                expect(no_data.locator(".secs")).to_have_text("−2.5 %")
                 expect(no_data).to_have_attribute("data-kind", "nodata")
                 grey = no_data.locator(".fill").evaluate(
                     "(e) => getComputedStyle(e).backgroundImage"
@@ -546,7 +554,7 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
                 expect(page.locator('[data-coverage-line="press"]')).to_have_text("data 97 %")
                 expect(page.locator('[data-coverage-line="pack"]')).to_have_count(0)
                 productive = fall.locator('[data-step="fully_productive_s"] .secs')
-                expect(productive).to_have_text("4 h 0 min")
+                expect(productive).to_have_text("50.0 %")
                 expect(page.locator('[data-waterfall="pack"]')).to_have_count(0)  # no losses
                 # The bottleneck and the constraint's OEE beside the line's.
                 expect(page.locator('[data-bottleneck="press"]')).to_contain_text("press-2")
@@ -570,7 +578,7 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
                 # Newer records in the store: the tile follows without a reload.
                 kpi_store.upsert([line_shift("press", shift_start, OEE_LATER, revision=1)])
                 expect(oee).to_have_text("62.5 %", timeout=WAIT_MS)
-                expect(productive).to_have_text("5 h 0 min")
+                expect(productive).to_have_text("62.5 %")
 
                 code_reasons(page, now)
                 # The two corrections went to the KPI core (the one refused did not).

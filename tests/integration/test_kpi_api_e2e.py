@@ -66,8 +66,13 @@ async def test_classic_shift_record_from_the_api(kafka: str, tmp_path: Path) -> 
             machines = await poll(client, "/v1/machines", lambda ms: ms[0]["state"] is not None)
             assert machines[0]["machine"] == "filler-1"
             assert machines[0]["state"] == "planned_stop"
-            pareto = await poll(client, "/v1/downtime/pareto?line=line-1", lambda ps: len(ps) >= 2)
-            assert [p["reason"] for p in pareto][:2] == ["jam", "material_shortage"]
+            # By default the line's current shift: the day's shift, closed.
+            pareto = await poll(
+                client, "/v1/downtime/pareto?line=line-1", lambda p: len(p["reasons"]) >= 2
+            )
+            assert [p["reason"] for p in pareto["reasons"]][:2] == ["jam", "material_shortage"]
+            assert (pareto["from"], pareto["shift"]) == ("2026-11-02T06:00:00Z", shift["shift"])
+            assert pareto["to"] == shift["window_end"]
             metrics = (await client.get("/metrics")).text
             assert "linepulse_events_in_total" in metrics
             assert (await client.get("/v1/kpis/current?machine=nobody")).status_code == 404

@@ -22,6 +22,7 @@ from tests.unit.kpi.test_reason_coding_on_bus import (
     ms,
     plant_config,
     poll,
+    poll_pareto,
     telemetry,
     window,
 )
@@ -77,9 +78,7 @@ async def test_a_reason_correction_through_the_api_on_kafka(kafka: str, tmp_path
 
             after = quarter(await poll(http, history, lambda rs: quarter(rs)["revision"] >= 1))
             assert (after["revision"], after["downtime_by_reason"]) == (1, {"jam": 300.0})
-            pareto = await poll(
-                http, "/v1/downtime/pareto?line=l1", lambda p: bool(p) and p[0]["reason"] == "jam"
-            )
+            pareto = await poll_pareto(http, lambda p: bool(p) and p[0]["reason"] == "jam")
             assert pareto == [{"reason": "jam", "seconds": 300.0, "share": 1.0}]
             detail = (await http.get(f"/v1/stops/{stop['id']}")).json()
             assert (detail["reason"], detail["original_reason"]) == ("jam", "unassigned")

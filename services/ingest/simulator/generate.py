@@ -66,8 +66,8 @@ def simulate_events(
         scenario=scenario,
     )
     out: list[Event] = []
-    while model.now_ms < end_ms:
-        out.extend(model.step())
+    for events in model.steps_until(end_ms):
+        out.extend(events)
     return out
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
 
@@ -450,6 +450,7 @@ class PlantModel:
         scenario.check(plant)
         self.scenario = scenario
         self.start_ms, self.tick_ms, self.ticks = start_ms, tick_ms, 0
+        self._now_ms = start_ms
         self.planned = PlannedTime(plant)
         self.machines = [self._machine(s, behaviour, seed, start_ms) for s in specs]
         by_id = {m.spec.machine: m for m in self.machines}
@@ -482,11 +483,32 @@ class PlantModel:
     @property
     def now_ms(self) -> int:
         """Plant time of the next step."""
-        return self.start_ms + self.ticks * self.tick_ms
+        return self._now_ms
 
-    def step(self) -> list[Event]:
-        """Events of the next tick (the first tick publishes every signal's value)."""
-        ts = self.now_ms
+    def steps_until(self, end_ms: int, tick_ms: int | None = None) -> Iterator[list[Event]]:
+        """Each step's events until plant time reaches `end_ms`, as fast as they are taken:
+        a plant's history before it goes live, or a span of it offline. The model stays
+        where it stopped, so stepping on (live) continues the same plant.
+
+        `tick_ms` (default: the model's tick) is the plant time per step, the last one cut
+        to end at `end_ms`: a long history may take longer steps (states then change, and
+        analog tags are published, on that coarser grid) to be generated in seconds."""
+        while self._now_ms < end_ms:
+            yield self.step(min(tick_ms or self.tick_ms, end_ms - self._now_ms))
+
+    def republish(self) -> None:
+        """Make the next tick publish every signal's value, as the first one does: what a
+        source that starts serving (an OPC-UA server's nodes, a Sparkplug birth) must carry
+        after a history that went elsewhere. Counters and states go on unchanged."""
+        for machine in self.machines:
+            machine.last.clear()
+            machine.last_state = None
+
+    def step(self, tick_ms: int | None = None) -> list[Event]:
+        """Events at the next step's plant time, then plant time moves on by `tick_ms`
+        (default: the model's tick). The first step publishes every signal's value."""
+        ts = self._now_ms
+        self._now_ms += tick_ms or self.tick_ms
         self.ticks += 1
         for machine in self.machines:
             machine.advance(ts, planned=self.planned(machine.spec.line, ts))

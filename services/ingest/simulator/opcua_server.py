@@ -94,6 +94,10 @@ class OpcuaOutlet:
         server.set_endpoint(self.source.endpoint)
         server.set_server_name(f"LinePulse simulator ({self.source.id})")
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        # asyncua warns, on every start, that a server without signing or encryption
+        # sends passwords in clear: true, and the point of a loopback simulator serving
+        # security None; said once per start it reads as a fault on a first run.
+        logging.getLogger("asyncua.server.server").setLevel(logging.ERROR)
         if self.source.security.mode != "None":
             log.warning(
                 "opcua %s: configured for %s, but the simulator serves security None only",

@@ -5,6 +5,11 @@ says: written to the OPC-UA servers' nodes at once (a local write that cannot fa
 queued for each MQTT publisher, which sends them while connected. Every event reaches the
 truth log when it is on the wire, with the time the wire carries.
 
+With a `History` (history.py), the model is first stepped at full speed from the history's
+start up to now, its events handed to the history's `deliver` rather than to the sources;
+then the next tick publishes every signal (the sources start from the plant's current
+state) and ticking goes on live from the same model.
+
 Plant time starts at `start_ms` (default: now, on a tick boundary) and runs `speed` times
 as fast as wall time; every timestamp the simulator puts anywhere is plant time, so with
 `speed` > 1 the timestamps run ahead of the clock but stay consistent with one another,
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from linepulse.config import PlantConfig
+from services.ingest.simulator.history import CHUNK_MS, History, describe_span
 from services.ingest.simulator.layout import Layout, SparkplugDevice, plan
 from services.ingest.simulator.model import Behaviour, Event, PlantModel
 from services.ingest.simulator.mqtt_publisher import MqttJsonOutlet, MqttOutlet
@@ -51,6 +57,10 @@ class SimulatorStats:
     start_ms: int  # plant time of the first tick
     tick_ms: int
     ticks: int = 0
+    end_ms: int = 0  # plant time just after the last tick
+    history_ticks: int = 0  # of `ticks`, generated at full speed before going live
+    history_events: int = 0
+    history_s: float = 0.0  # wall time the history took
     events: dict[str, int] = field(default_factory=dict)
     truth_lines: int = 0
     counter_resets: int = 0
@@ -58,11 +68,6 @@ class SimulatorStats:
     reconnects: int = 0  # MQTT reconnections
     max_lag_s: float = 0.0  # how far the tick loop fell behind wall time, at worst
     wall_s: float = 0.0  # wall time from ready to stop
-
-    @property
-    def end_ms(self) -> int:
-        """Plant time just after the last tick."""
-        return self.start_ms + self.ticks * self.tick_ms
 
     @property
     def changes_per_s(self) -> float:
@@ -102,10 +107,12 @@ async def run_simulator(
     start_ms: int | None = None,
     behaviour: Behaviour | None = None,
     scenario: Scenario | None = None,
+    history: History | None = None,
 ) -> SimulatorStats:
     """Serve the plant's sources until `stop` is set; `ready` is set once every OPC-UA
-    server listens and every MQTT publisher has connected, just before the first tick.
-    `scenario` (coupled lines, speeds, own stops) defaults to none: the plain model."""
+    server listens and every MQTT publisher has connected (and the `history`, if any, is
+    delivered), just before the first live tick. `scenario` (coupled lines, speeds, own
+    stops) defaults to none: the plain model."""
     if speed <= 0:
         raise ValueError(f"speed must be > 0, got {speed}")
     tick_ms = round(tick_s * 1000)
@@ -113,8 +120,14 @@ async def run_simulator(
         raise ValueError(f"tick_s must be at least 0.001, got {tick_s}")
     # Plant time "now" is taken when the first tick is due, not before the servers start:
     # a plant running seconds behind the wall clock looks like a PLC with a slow clock.
-    now_at_ready = start_ms is None
-    if start_ms is None:
+    now_at_ready = start_ms is None and history is None
+    if history is not None:
+        if speed != 1.0:
+            raise ValueError("a history ends at the wall clock: it needs speed 1")
+        if history.tick_ms % tick_ms:
+            raise ValueError(f"history tick {history.tick_ms} ms is no multiple of {tick_ms} ms")
+        start_ms = history.start_ms - history.start_ms % tick_ms
+    elif start_ms is None:
         start_ms = _tick_floor(tick_ms)
     layout = plan(plant)
     if not layout.specs:
@@ -176,6 +189,8 @@ async def run_simulator(
                         tick_ms,
                         speed,
                     )
+                    if history is not None:
+                        await _history(plant, model, history, stats)
                     if ready is not None:
                         ready.set()
                     began = time.monotonic()
@@ -191,13 +206,37 @@ async def run_simulator(
                 for task in late:
                     log.warning("simulate: %s did not finish draining; cancelled", task.get_name())
                     task.cancel()
-        stats.ticks = model.ticks
+        stats.ticks, stats.end_ms = model.ticks, model.now_ms
         stats.counter_resets = sum(len(m.resets) for m in model.machines)
         stats.dropped = sum(o.dropped for o in mqtt)
         stats.reconnects = sum(o.reconnects for o in mqtt)
         stats.truth_lines = truth_log.written if truth_log is not None else 0
     log.info("simulate: stopped after %d ticks; events on the wire %s", stats.ticks, stats.events)
     return stats
+
+
+async def _history(
+    plant: PlantConfig, model: PlantModel, history: History, stats: SimulatorStats
+) -> None:
+    """Step `model` at full speed up to the wall clock, delivering chunk by chunk; the
+    clock is read again after each chunk, so the history ends where live ticks begin."""
+    began = time.monotonic()
+    if history.progress is not None:
+        span = describe_span(plant, model.now_ms, _tick_floor(model.tick_ms))
+        history.progress(f"plant history: {span} of {len(model.machines)} machines ...")
+    while (now := _tick_floor(model.tick_ms)) > model.now_ms:
+        chunk: list[Event] = []
+        for events in model.steps_until(min(now, model.now_ms + CHUNK_MS), history.tick_ms):
+            chunk.extend(events)
+        await history.deliver(chunk)
+        stats.history_events += len(chunk)
+    model.republish()
+    stats.history_ticks = model.ticks
+    stats.history_s = time.monotonic() - began
+    if history.progress is not None:
+        history.progress(
+            f"plant history: {stats.history_events:,} events done in {stats.history_s:.1f} s"
+        )
 
 
 def _tick_floor(tick_ms: int) -> int:
@@ -236,10 +275,10 @@ async def _ticks(
     truth_log: TruthLog | None,
 ) -> None:
     loop = asyncio.get_running_loop()
-    wall0 = loop.time()
+    wall0, ticks0 = loop.time(), model.ticks  # live from here (after any history)
     tick_wall_s = model.tick_ms / 1000.0 / speed
     while not stop.is_set():
-        delay = wall0 + model.ticks * tick_wall_s - loop.time()
+        delay = wall0 + (model.ticks - ticks0) * tick_wall_s - loop.time()
         if delay > 0:
             try:
                 await asyncio.wait_for(stop.wait(), delay)

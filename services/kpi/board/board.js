@@ -10,6 +10,10 @@
 // stop is a write, which the KPI API accepts only with a token: on the first 401 the
 // page asks for it once, keeps it in sessionStorage (this tab only) and sends it as a
 // bearer token from then on; a token the API refuses is forgotten and asked again.
+// Times are the plant's (the snapshot's `timezone`), never the browser's: a wall screen
+// in another zone, or a laptop abroad, shows the shift as the plant lives it. A wall TV
+// cannot scroll: open alerts are summarised one row per line, worst first, so the line
+// cards stay on screen however many alerts are open.
 "use strict";
 
 (() => {
@@ -23,7 +27,11 @@
   const CODED_KEEP_MS = 60000; // a stop just coded stays in the "to code" list this long
   const UNASSIGNED = "unassigned";
   const API_TOKEN_KEY = "linepulse.api.token";
+  const SEVERITY_RANK = { critical: 0, warning: 1, info: 2 };
   let config = { alerts_url: null, interval_s: 2 };
+  let plantZone; // IANA zone of the plant, from the snapshot (undefined: the browser's)
+  let codeStates = ["down", "idle"]; // stop states offered for reason coding (snapshot)
+  const expandedAlerts = new Set(); // lines whose alerts are all listed, not just the worst
   let lastMessage = 0;
   let polling = null;
   let pendingAck = null;
@@ -56,6 +64,10 @@
     if (ratio === null || ratio === undefined) return "–";
     return (Math.round(ratio * 1000) / 10).toFixed(1) + " %";
   }
+  // A value that may be missing, with the reason it is (a "–" always says why).
+  function maybe(text, why) {
+    return text === "–" ? { text: text, title: why || "no value", class: "na" } : { text: text };
+  }
   function grade(ratio) {
     if (ratio === null || ratio === undefined) return "";
     return ratio >= 0.85 ? "good" : ratio >= 0.6 ? "warn" : "bad";
@@ -70,9 +82,57 @@
     if (n === null || n === undefined) return "–";
     return Math.round(n).toLocaleString("en-US");
   }
+  // -- plant time ---------------------------------------------------------------------------
+  const formats = new Map();
+  function format(options) {
+    const key = plantZone + JSON.stringify(options);
+    if (!formats.has(key)) {
+      let made;
+      try {
+        made = new Intl.DateTimeFormat("en-GB", Object.assign({ timeZone: plantZone }, options));
+      } catch (error) { // a zone this browser does not know: its own, rather than nothing
+        made = new Intl.DateTimeFormat("en-GB", options);
+      }
+      formats.set(key, made);
+    }
+    return formats.get(key);
+  }
+  function parts(ms, options) {
+    const out = {};
+    for (const part of format(options).formatToParts(ms)) out[part.type] = part.value;
+    return out;
+  }
   function clock(iso) {
     if (!iso) return "";
-    return new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+    const p = parts(Date.parse(iso), { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+    return p.hour + ":" + p.minute;
+  }
+  function dayOf(ms) {
+    const p = parts(ms, { year: "numeric", month: "2-digit", day: "2-digit" });
+    return p.year + "-" + p.month + "-" + p.day;
+  }
+  function isToday(iso) { return dayOf(Date.parse(iso)) === dayOf(Date.now()); }
+  // "Sun 6 Dec": the plant's date of a moment.
+  function dateLabel(iso) {
+    const p = parts(Date.parse(iso), { weekday: "short", day: "numeric", month: "short" });
+    return p.weekday + " " + p.day + " " + p.month;
+  }
+  // A plant time, with its date unless it is today.
+  function when(iso) {
+    if (!iso) return "";
+    return (isToday(iso) ? "" : dateLabel(iso) + " ") + clock(iso);
+  }
+  // Alert times: RFC 3339 text, or epoch milliseconds as the alerts API first sent them.
+  function toIso(value) {
+    if (value === null || value === undefined || value === "") return null;
+    const ms = typeof value === "number" ? value : Date.parse(value);
+    return Number.isFinite(ms) ? new Date(ms).toISOString() : null;
+  }
+  // Whether the shift `line` shows is under way now (its record says when it runs).
+  function isLive(line) {
+    const now = Date.now();
+    return Boolean(line.shift_start && line.shift_end) &&
+      Date.parse(line.shift_start) <= now && now < Date.parse(line.shift_end);
   }
   // The share of the shift's planned time with data, shown only below 100 %: rounded down,
   // so that a share short of all never reads "100 %".
@@ -86,25 +146,31 @@
       text: "data " + Math.floor(coverage * 100) + " %",
     }, attrs));
   }
-  function since(iso) {
-    if (!iso) return "since –";
+  // Since when a state holds; how long only while its shift is live and the state began
+  // today (an old store's "since 14:00 (822 h 37 min)" says nothing to a shift lead).
+  function since(iso, live) {
+    if (!iso) return "no state received";
+    if (!live || !isToday(iso)) return "since " + when(iso);
     const secs = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
     return "since " + clock(iso) + " (" + duration(secs) + ")";
   }
 
   // -- lines ------------------------------------------------------------------------------
 
-  function tile(line, key, label, ratio) {
+  function tile(line, key, label, ratio, why) {
+    const shown = maybe(pct(ratio), why);
     return el(
       "div",
       { class: "tile " + key },
       el("div", { class: "label", text: label }),
       el("div", {
-        class: "value " + grade(ratio),
+        class: "value " + grade(ratio) + (shown.class ? " " + shown.class : ""),
         "data-kpi": key,
         "data-line": line,
-        text: pct(ratio),
+        title: shown.title,
+        text: shown.text,
       }),
+      shown.title ? el("div", { class: "hint", "data-why": key, text: shown.title }) : null,
     );
   }
 
@@ -136,17 +202,24 @@
 
   function machineList(line) {
     const list = el("ul", { class: "machines" });
+    const live = isLive(line);
     for (const m of line.machines) {
       const state = m.state || "unknown";
+      const oee = maybe(pct(m.oee), (m.why || {}).oee);
+      const stopped = state === "down" || state === "idle";
+      const reason = m.reason && m.reason !== UNASSIGNED ? m.reason : null;
       list.append(
         el(
           "li",
           { class: "machine", "data-state": state, "data-machine": m.machine },
-          el("span", { class: "name", text: m.machine }),
+          el("span", { class: "name", title: m.machine, text: m.machine }),
           el("span", { class: "state", text: state.replace("_", " ") }),
-          el("span", { class: "moee", title: "OEE this shift", text: pct(m.oee) }),
+          el("span", { class: "moee" + (oee.class ? " na" : ""), "data-moee": m.machine,
+            title: oee.title || "OEE this shift", text: oee.text }),
+          stopped ? el("span", { class: "why-stopped" + (reason ? "" : " unknown"),
+            "data-reason": m.machine, text: reason || "no reason given yet" }) : null,
           el("span", { class: "foot" },
-            el("span", { class: "since", title: m.since || "", text: since(m.since) }),
+            el("span", { class: "since", title: m.since || "", text: since(m.since, live) }),
             coverageBadge(m.coverage, { "data-coverage": m.machine })),
         ),
       );
@@ -197,25 +270,32 @@
     const w = line.waterfall;
     const box = el("div", { class: "waterfall", "data-waterfall": line.line },
       el("div", { class: "section-title", text: "Losses this shift" }));
+    // A line record sums its machines' times (DESIGN.md): 7 machines over 4 h plan 28 h.
+    // So the steps are shares of planned time, and planned time is shown per machine.
     const planned = w.planned_s;
+    const machines = w.machines || 1;
     const scale = planned > 0 ? planned : 1;
+    const machineTime = (s) => duration(Math.abs(s)) + (machines > 1 ? " of machine time" : "");
     box.append(waterfallRow("planned_s", "Planned time", "planned", 0, planned / scale,
-      duration(planned), planned.toFixed(0) + " s planned production time"));
+      duration(planned / machines) + (machines > 1 ? " × " + machines : ""),
+      machines > 1
+        ? duration(planned / machines) + " per machine on average; " + duration(planned) +
+          " of machine time over the line's " + machines + " machines"
+        : duration(planned) + " planned production time"));
     let left = planned;
     for (const step of w.losses) {
       const info = LOSSES[step.loss] || { label: step.loss, kind: "other" };
       const lost = step.seconds;
       left -= lost;
-      const pctOf = planned > 0 ? " (" + pct(lost / planned) + " of planned)" : "";
       // A negative loss (parts faster than their ideal cycle) is a gain: drawn the other way.
       box.append(waterfallRow(step.loss, info.label, info.kind, Math.min(left, left + lost) / scale,
-        Math.abs(lost) / scale, (lost > 0 ? "−" : lost < 0 ? "+" : "") + duration(Math.abs(lost)),
-        lost.toFixed(0) + " s" + pctOf));
+        Math.abs(lost) / scale, (lost > 0 ? "−" : lost < 0 ? "+" : "") + pct(Math.abs(lost) / scale),
+        (lost < 0 ? "gained " : "lost ") + machineTime(lost)));
     }
     const productive = w.fully_productive_s;
     box.append(waterfallRow("fully_productive_s", "Fully productive", "productive", 0,
-      productive / scale, duration(Math.max(0, productive)),
-      productive.toFixed(0) + " s: ideal cycle time of the good parts"));
+      productive / scale, pct(Math.max(0, productive) / scale),
+      machineTime(Math.max(0, productive)) + ": ideal cycle time of the good parts"));
     return box;
   }
 
@@ -253,55 +333,79 @@
     box.append(el("div", { class: "gauge", role: "img",
       "aria-label": `made ${count(made)}, projected ${count(projected)}, target ${count(target)}` },
       proj, sofar, marker));
+    const projText = projected === null || projected === undefined
+      ? { text: "projected –", title: "nothing projected yet: the output machine has no planned time so far" }
+      : { text: "projected " + count(projected) };
     box.append(el("div", { class: "figures" },
-      el("span", { text: count(made) + " made" }),
+      el("span", maybe(count(made), "no count from the output machine yet")),
       el("span", { class: "proj-text" + (behind ? " behind" : " ahead"), "data-projected": line.line,
-        text: "projected " + count(projected) }),
+        title: projText.title, text: projText.text }),
       el("span", { class: "muted", text: "target " + count(target) })));
     return box;
   }
 
-  function oeeTile(line, k) {
-    const box = tile(line.line, "oee", "OEE", k.oee);
+  function oeeTile(line, k, why) {
+    const box = tile(line.line, "oee", "OEE", k.oee, why.oee);
     if (k.constraint || (k.oee_constraint !== null && k.oee_constraint !== undefined)) {
+      const constraint = line.machines.find((m) => m.machine === k.constraint);
+      const shown = maybe(pct(k.oee_constraint), constraint && (constraint.why || {}).oee
+        ? k.constraint + ": " + constraint.why.oee : null);
       box.append(el("div", { class: "sub" },
         el("span", { class: "muted", text: "constraint " + (k.constraint || "") + " " }),
         el("span", {
-          class: grade(k.oee_constraint), "data-kpi": "oee_constraint", "data-line": line.line,
-          text: pct(k.oee_constraint),
+          class: grade(k.oee_constraint) + (shown.class ? " na" : ""), "data-kpi": "oee_constraint",
+          "data-line": line.line, title: shown.title, text: shown.text,
         })));
     }
     return box;
   }
 
-  function summary(k) {
-    let text = `${k.good_count} good of ${k.total_count} · ${k.stops} stops · down ${duration(k.downtime_s)}`;
+  // The line's output is what leaves its output machine (config `output`, else the last
+  // machine): a sum over machines would add bottles, packs and pallets.
+  function summary(line, k) {
+    const out = line.output || {};
+    const made = out.count === null || out.count === undefined ? "–" : count(out.count);
+    const box = el("div", { class: "muted summary", "data-summary": line.line });
+    box.append(el("span", Object.assign({ "data-output": line.line }, maybe(made,
+      "no count from the output machine " + (out.machine || "") + " yet"))));
+    let text = " good out of " + (out.machine || "the line") + ` · ${k.stops} stops`;
     if (k.product) text += " · " + k.product;
     if (k.nee !== null && k.nee !== undefined) text += " · NEE " + pct(k.nee);
     if (k.teep !== null && k.teep !== undefined) text += " · TEEP " + pct(k.teep);
-    return el("div", { class: "muted", text: text });
+    box.append(document.createTextNode(text));
+    return box;
+  }
+
+  // The shift's name and plant-local times, with its date unless it is today's live shift.
+  function shiftText(line) {
+    if (!line.shift) return "no shift data yet";
+    const live = isLive(line);
+    const date = live && isToday(line.shift_start) ? "" : dateLabel(line.shift_start) + " ";
+    const state = line.final ? " (closed)" : !live && Date.parse(line.shift_end) <= Date.now() ? " (ended)" : "";
+    return line.shift + " " + date + clock(line.shift_start) + "–" + clock(line.shift_end) + state;
   }
 
   function lineContent(line) {
     const k = line.kpis || {};
-    const shift = line.shift
-      ? line.shift + " " + clock(line.shift_start) + "–" + clock(line.shift_end) + (line.final ? " (closed)" : "")
-      : "no shift data yet";
+    const why = line.why || {};
+    const shift = shiftText(line);
     return [
       el("div", { class: "card-head" },
         el("h2", { text: line.line }),
         el("span", { class: "head-right" },
           coverageBadge(k.coverage, { "data-coverage-line": line.line }),
-          el("span", { class: "muted", text: shift }))),
+          el("span", { class: "muted shift", "data-shift": line.line, text: shift }))),
       el("div", { class: "kpis" },
-        oeeTile(line, k),
-        tile(line.line, "availability", "Availability", k.availability),
-        tile(line.line, "performance", "Performance", k.performance),
-        tile(line.line, "quality", "Quality", k.quality)),
-      line.kpis ? summary(k) : null,
+        oeeTile(line, k, why),
+        tile(line.line, "availability", "Availability", k.availability, why.availability),
+        tile(line.line, "performance", "Performance", k.performance, why.performance),
+        tile(line.line, "quality", "Quality", k.quality, why.quality)),
+      line.kpis ? summary(line, k) : null,
       line.kpis ? bottleneck(line) : null,
       line.forecast ? forecast(line) : null,
-      line.waterfall ? waterfall(line) : null,
+      line.waterfall ? waterfall(line)
+        : line.kpis ? el("div", { class: "empty", "data-no-waterfall": line.line,
+          text: "losses: " + (why.oee || "not known yet") }) : null,
       trendChart(line),
       machineList(line),
       paretoBars(line),
@@ -314,6 +418,12 @@
 
   function render(snapshot) {
     document.getElementById("site").textContent = snapshot.site;
+    if (snapshot.timezone && snapshot.timezone !== plantZone) {
+      plantZone = snapshot.timezone;
+      formats.clear();
+      refreshAlerts(); // drawn in the old zone
+    }
+    if (Array.isArray(snapshot.code_states)) codeStates = snapshot.code_states;
     const lines = document.getElementById("lines");
     const order = snapshot.lines.map((line) => {
       let card = cards.get(line.line);
@@ -328,8 +438,10 @@
     });
     const same = order.length === lines.children.length && order.every((node, i) => lines.children[i] === node);
     if (!same) lines.replaceChildren(...order);
-    const stamp = new Date().toLocaleTimeString([], { hourCycle: "h23" });
-    document.getElementById("updated").textContent = "updated " + stamp;
+    const p = parts(Date.now(), { hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23" });
+    const updated = document.getElementById("updated");
+    updated.textContent = "updated " + p.hour + ":" + p.minute + ":" + p.second;
+    updated.title = "plant time (" + (plantZone || "browser's zone") + ")";
   }
 
   // -- reason coding ------------------------------------------------------------------------
@@ -357,11 +469,18 @@
     }
   }
 
+  // The message of an error answer, whatever its shape: FastAPI's `detail` (text or a
+  // validation list), an `error` text or object, or a problem document's `title`.
   async function problemText(response) {
     try {
       const body = await response.json();
       if (typeof body.detail === "string") return body.detail;
       if (Array.isArray(body.detail) && body.detail.length) return body.detail.map((d) => d.msg).join("; ");
+      const error = body.error;
+      if (typeof error === "string") return error;
+      if (error && typeof error.message === "string") return error.message;
+      if (typeof body.message === "string") return body.message;
+      if (typeof body.title === "string") return body.title;
     } catch (error) { /* not JSON */ }
     return "HTTP " + response.status;
   }
@@ -412,8 +531,10 @@
       showStops(stops);
     }
 
-    function showStops(stops) {
+    function showStops(all) {
       const now = Date.now();
+      // Only stops (down, idle) are offered: an ongoing changeover is not one to code.
+      const stops = all.filter((s) => !s.state || codeStates.includes(s.state));
       const ids = new Set(stops.map((s) => String(s.id)));
       let merged = false;
       for (const [id, kept] of panel.coded) {
@@ -469,7 +590,7 @@
       item.node.dataset.reason = stop.reason;
       item.node.dataset.planned = String(Boolean(stop.planned));
       const length = stop.duration_s === null || stop.duration_s === undefined ? null : stop.duration_s;
-      item.when.textContent = clock(stop.start) + (stop.end ? "–" + clock(stop.end) : " ongoing") +
+      item.when.textContent = when(stop.start) + (stop.end ? "–" + clock(stop.end) : " ongoing") +
         (length === null ? "" : " · " + duration(length)) + (stop.state ? " · " + stop.state.replace("_", " ") : "");
       const fixes = Array.isArray(stop.corrections) ? stop.corrections.length : stop.corrections || 0;
       item.reason.textContent = stop.reason === UNASSIGNED ? "no reason" : stop.reason;
@@ -601,17 +722,21 @@
 
   // -- alerts ---------------------------------------------------------------------------------
 
-  function alertItem(alert) {
-    const where = [alert.labels.line, alert.labels.machine].filter(Boolean).join(" / ");
+  function alertItem(alert, hidden) {
+    const labels = alert.labels || {};
+    const where = [labels.line, labels.machine].filter(Boolean).join(" / ");
     const acked = alert.state === "acknowledged";
+    const fired = toIso(alert.fired_at);
     const item = el(
       "li",
-      { class: "alert", "data-state": alert.state, "data-fingerprint": alert.fingerprint },
+      { class: "alert", "data-state": alert.state, "data-fingerprint": alert.fingerprint,
+        hidden: hidden ? "" : null },
       el("span", { class: "sev", "data-severity": alert.severity, text: alert.severity }),
-      el("span", { class: "summary", text: alert.summary + (where ? " · " + where : "") }),
+      el("span", { class: "summary", title: alert.summary + (where ? " · " + where : ""),
+        text: alert.summary + (where ? " · " + where : "") }),
       el("span", { class: "who", text: acked
         ? "acknowledged by " + alert.acked_by
-        : "firing " + since(alert.fired_at ? new Date(alert.fired_at).toISOString() : null) }),
+        : fired ? "firing " + since(fired, true) : "firing" }),
     );
     if (!acked) {
       item.append(el("button", {
@@ -622,16 +747,68 @@
     return item;
   }
 
+  // Worst first: severity, then firing before acknowledged, then the newest.
+  function severityOrder(a, b) {
+    const rank = (x) => (x.severity in SEVERITY_RANK ? SEVERITY_RANK[x.severity] : 3);
+    return rank(a) - rank(b) || (a.state === "acknowledged") - (b.state === "acknowledged");
+  }
+  function alertOrder(a, b) {
+    const fired = (x) => Date.parse(toIso(x.fired_at) || 0) || 0;
+    return severityOrder(a, b) || fired(b) - fired(a);
+  }
+
+  // One row per line (or "plant" for alerts of no line), the line with the worst alert
+  // first (then the one with the most open alerts): its worst alert with its Ack
+  // button, and how many more are open, listed on demand. A wall screen shows at most one
+  // row per line, so the alerts never push the line cards off it.
+  function alertGroups(open) {
+    const byLine = new Map();
+    for (const alert of [...open].sort(alertOrder)) {
+      const line = (alert.labels || {}).line || "plant";
+      if (!byLine.has(line)) byLine.set(line, []);
+      byLine.get(line).push(alert);
+    }
+    const groups = [...byLine.entries()].sort(
+      ([, a], [, b]) => severityOrder(a[0], b[0]) || b.length - a.length || alertOrder(a[0], b[0]));
+    return groups.map(([line, alerts]) => {
+      const expanded = expandedAlerts.has(line);
+      const list = el("ul", { class: "group-alerts" },
+        ...alerts.map((alert, i) => alertItem(alert, i > 0 && !expanded)));
+      const more = alerts.length > 1 ? el("button", {
+        type: "button", class: "small more", "data-alerts-more": line,
+        "aria-expanded": String(expanded),
+        text: expanded ? "fewer" : "+" + (alerts.length - 1) + " more",
+        onclick: () => {
+          if (expandedAlerts.has(line)) expandedAlerts.delete(line); else expandedAlerts.add(line);
+          refreshAlerts();
+        },
+      }) : null;
+      return el("li", { class: "alert-group", "data-alert-line": line,
+        "data-worst": alerts[0].severity, "data-open": String(alerts.length) },
+        el("span", { class: "group-line", text: line }),
+        el("span", { class: "group-count", text: String(alerts.length) }),
+        list, more);
+    });
+  }
+
+  // The alerts API answers a list; a wrapped one ({"items"|"alerts": [...]}) is read too.
+  function alertList(body) {
+    if (Array.isArray(body)) return body;
+    if (body && Array.isArray(body.items)) return body.items;
+    if (body && Array.isArray(body.alerts)) return body.alerts;
+    throw new Error("unexpected answer from the alerts API");
+  }
+
   async function refreshAlerts() {
     if (!config.alerts_url) return;
     const section = document.getElementById("alerts");
     const problem = document.getElementById("alerts-error");
     try {
       const response = await fetch(config.alerts_url + "/v1/alerts", { cache: "no-store" });
-      if (!response.ok) throw new Error("HTTP " + response.status);
-      const open = (await response.json()).filter(
+      if (!response.ok) throw new Error(await problemText(response));
+      const open = alertList(await response.json()).filter(
         (a) => a.state === "firing" || a.state === "acknowledged");
-      document.getElementById("alerts-list").replaceChildren(...open.map(alertItem));
+      document.getElementById("alerts-list").replaceChildren(...alertGroups(open));
       document.getElementById("alerts-count").textContent = "(" + open.length + ")";
       section.hidden = open.length === 0;
       problem.hidden = true;
@@ -676,7 +853,7 @@
     if (!response.ok) {
       const problem = document.getElementById("alerts-error");
       problem.hidden = false;
-      problem.textContent = "ack failed: HTTP " + response.status;
+      problem.textContent = "ack failed: " + await problemText(response);
     }
     await refreshAlerts();
   }
@@ -731,6 +908,7 @@
     try {
       const response = await fetch("/v1/board/config", { cache: "no-store" });
       if (response.ok) config = await response.json();
+      if (config.timezone) plantZone = config.timezone;
     } catch (error) {
       // keep the defaults: no alerts panel, 2 s polling
     }

@@ -3,7 +3,8 @@
 - `GET /` serves `index.html`; `GET /board/board.js` and `/board/board.css` its script and
   style. Plain files shipped as package data (no build step, no CDN: a plant network
   often has no internet).
-- `GET /v1/board/config`: where the alerts API is (`alerts_url`, None: no alerts panel).
+- `GET /v1/board/config`: where the alerts API is (`alerts_url`, None: no alerts panel)
+  and the plant's time zone (`timezone`): the page shows plant time, not the browser's.
 - Reason coding on the page calls `/v1/stops` and `/v1/reasons` of this same app (the
   CSP's `connect-src 'self'` covers them); the board adds no endpoint for it.
 - `GET /v1/board/snapshot`: the snapshot (`snapshot.build_snapshot`) as JSON; the page
@@ -148,10 +149,17 @@ def mount_board(app: FastAPI, plant: PlantConfig, store: KpiStore, alerts_url: s
         "/v1/board/config",
         tags=["board"],
         summary="Where the board finds the alerts API",
-        description="`alerts_url`: base URL of the alerts API, or null (no alerts panel).",
+        description=(
+            "`alerts_url`: base URL of the alerts API, or null (no alerts panel); "
+            "`timezone`: the plant's IANA zone, in which the board shows every time."
+        ),
     )
     def config() -> dict[str, str | float | None]:
-        return {"alerts_url": board.alerts_url, "interval_s": board.interval_s}
+        return {
+            "alerts_url": board.alerts_url,
+            "interval_s": board.interval_s,
+            "timezone": plant.timezone,
+        }
 
     @app.get(
         "/v1/board/snapshot",

@@ -8,6 +8,8 @@ Shape (ratios are fractions 0..1, `None` when their denominator is zero; times R
 UTC as the store serves them)::
 
     {"site": str,
+     "timezone": str,                 # the plant's IANA zone: the page shows times in it
+     "code_states": [str],            # machine states whose stops are offered for coding
      "trend_window": "15m" | "1h" | ... | None,
      "lines": [{"line": str,
                 "shift": str | None, "shift_start": str | None, "shift_end": str | None,
@@ -17,13 +19,16 @@ UTC as the store serves them)::
                          "reject_count", "fully_productive_s", "nee", "teep", "product",
                          "constraint", "oee_constraint", "coverage"} | None,  # None: no
                                                                   # shift record yet
-                "waterfall": {"planned_s": float,
+                "why": {kpi: str},             # why a ratio of `kpis` is None (shown as "–")
+                "output": {"machine": str, "count": int | None},  # the line's output
+                "waterfall": {"planned_s": float, "machines": int,
                               "losses": [{"loss": key, "seconds": float}],  # LOSS_KEYS order
                               "fully_productive_s": float} | None,   # None: no losses known
                 "bottleneck": {"machine": str, "stop_s": float | None} | None,
                 "forecast": {"output_count": int | None, "projected_count": float | None,
                              "target_count": int, "on_track": bool | None} | None,
-                "machines": [{"machine", "state", "since", "last_seen", "oee", "coverage"}],
+                "machines": [{"machine", "state", "reason", "since", "last_seen", "oee",
+                              "coverage", "why"}],    # why: {kpi: str}, as for the line
                 "pareto": [{"reason", "seconds", "share"}],   # downtime of this shift
                 "trend": [{"t": window_start, "oee": float | None}]}]}
 
@@ -33,6 +38,15 @@ productive time (the record's `fully_productive_s`, or planned time less the los
 the record has none): planned_s = fully_productive_s + sum of the losses.
 `coverage` (line `kpis` and each machine): the share of the shift's planned time so far
 with data, from the shift record; None without planned time or without a record.
+A line record sums its machines (DESIGN.md), so its `planned_s` and losses are machine
+time: 7 machines over a 4 h shift plan 28 h. `waterfall.machines` says how many machines
+the sums span, so the page can show shares of planned time and the planned time per
+machine instead of a 28 h "planned time" for a 4 h shift.
+`output`: the line's output is the good parts of its output machine (the config's `output`,
+else its last machine; the record's `output_count`), not a sum of bottles, packs and
+pallets. `why`: the reason each ratio that cannot be computed is None (no planned time
+yet, no run time, no parts, no ideal cycle time for a machine), for the page to show
+beside its "–".
 `forecast` is there only when the shift has a target (`target_count`); `on_track`:
 projected output >= target (None while nothing is projected yet). The line's stops, for
 reason coding, are not in the snapshot: the page reads them from `/v1/stops` itself.
@@ -44,7 +58,7 @@ import math
 from datetime import datetime
 from typing import Any, Final
 
-from linepulse.config import PlantConfig, WindowKind
+from linepulse.config import Line, Machine, PlantConfig, WindowKind
 from linepulse.production import LOSS_KEYS
 from services.kpi.store import KpiStore
 
@@ -77,6 +91,12 @@ EXTRA_KPI_FIELDS: Final = (
 # second once (see KpiStore.pareto).
 _TREND_KINDS: Final[tuple[WindowKind, ...]] = ("15m", "1h")
 _PARETO_KINDS: Final[tuple[WindowKind, ...]] = ("15m", "1h", "1m", "day", "shift")
+# The stops an operator is asked to code: unplanned stops. A changeover is downtime (the
+# setup loss) but its reason is the changeover itself; the plant config has no setting to
+# ask for its code (see the report of issue 15), so it is not offered.
+CODE_STATES: Final = ("down", "idle")
+# The ratios whose None the page explains.
+_EXPLAINED: Final = ("oee", "availability", "performance", "quality", "nee", "teep")
 
 
 def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
@@ -89,17 +109,21 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
     shift_records = store.current(window="shift", scope="all") if has_shift else []
     line_records = {r["line"]: r for r in shift_records if r["machine"] is None}
     machine_records = {r["machine"]: r for r in shift_records if r["machine"] is not None}
+    configured = plant.machines()
     statuses: dict[str, list[dict[str, Any]]] = {}
     for status in store.machines():
-        shift_record = machine_records.get(status["machine"], {})
+        shift_record = machine_records.get(status["machine"])
+        machine = configured[status["machine"]][1]
         statuses.setdefault(status["line"], []).append(
             {
                 "machine": status["machine"],
                 "state": status["state"],
+                "reason": status["reason"],
                 "since": status["since"],
                 "last_seen": status["last_seen"],
-                "oee": shift_record.get("oee"),
-                "coverage": shift_record.get("coverage"),
+                "oee": None if shift_record is None else shift_record.get("oee"),
+                "coverage": None if shift_record is None else shift_record.get("coverage"),
+                "why": why_none(shift_record, machine_why(machine, shift_record)),
             }
         )
 
@@ -126,7 +150,12 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
                 "shift_end": None if record is None else record["window_end"],
                 "final": None if record is None else record["final"],
                 "kpis": None if record is None else _kpis(record),
-                "waterfall": None if record is None else _waterfall(record),
+                "why": why_none(record, line_why(line, machine_records)),
+                "output": {
+                    "machine": line.output_machine.id,
+                    "count": None if record is None else record.get("output_count"),
+                },
+                "waterfall": None if record is None else _waterfall(record, len(line.machines)),
                 "bottleneck": None if record is None else _bottleneck(record),
                 "forecast": None if record is None else _forecast(record),
                 "machines": statuses.get(line.id, []),
@@ -134,7 +163,64 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
                 "trend": trend,
             }
         )
-    return {"site": plant.site, "trend_window": trend_kind, "lines": lines}
+    return {
+        "site": plant.site,
+        "timezone": plant.timezone,
+        "code_states": list(CODE_STATES),
+        "trend_window": trend_kind,
+        "lines": lines,
+    }
+
+
+def machine_why(machine: Machine, record: dict[str, Any] | None) -> str | None:
+    """Why `machine` has no ideal cycle time for its shift `record`, or None if it has one.
+    A machine with per-product times has one only once it reports a configured product."""
+    if machine.ideal_cycle_time_s is not None:
+        return None
+    if not machine.products:
+        return "no ideal cycle time: none configured for this machine"
+    product = None if record is None else record.get("product")
+    if product is None:
+        return "no ideal cycle time: the machine never reported a product"
+    if product not in machine.products:
+        return f"no ideal cycle time: product {product!r} is not in its config"
+    return None
+
+
+def line_why(line: Line, machine_records: dict[str, dict[str, Any]]) -> str | None:
+    """Why the line has no ideal time for its parts: the line's performance needs every
+    machine's (DESIGN.md: Σ(ideal cycle time x total) / Σ run), so one without it is enough."""
+    for machine in line.machines:
+        why = machine_why(machine, machine_records.get(machine.id))
+        if why is not None:
+            return f"{machine.id}: {why}"
+    return None
+
+
+def why_none(record: dict[str, Any] | None, no_ideal: str | None) -> dict[str, str]:
+    """For each ratio of `record` that is None, why (DESIGN.md: a ratio is None when its
+    denominator is zero): no planned time, no run time, no parts or, with all of those
+    there, `no_ideal` (the reason there is no ideal cycle time)."""
+    if record is None:
+        return dict.fromkeys(_EXPLAINED, "no shift record yet: no data from this shift")
+    no_plan = (
+        None
+        if record.get("planned_s")
+        else "no planned production time in this shift so far (break, day off or no data)"
+    )
+    no_run = None if record.get("run_s") else "not running at any time in this shift yet"
+    no_parts = None if record.get("total_count") else "no parts counted in this shift yet"
+    oee = no_plan or no_parts or no_run or no_ideal
+    causes = {
+        "availability": no_plan,
+        "performance": no_plan or no_run or no_parts or no_ideal,
+        "quality": no_parts or no_plan,
+        "oee": oee,
+        "nee": oee,
+        "teep": oee,
+    }
+    fallback = "not computable from this shift's data"
+    return {key: causes[key] or fallback for key in _EXPLAINED if record.get(key) is None}
 
 
 def _kpis(record: dict[str, Any]) -> dict[str, Any]:
@@ -143,10 +229,11 @@ def _kpis(record: dict[str, Any]) -> dict[str, Any]:
     return kpis
 
 
-def _waterfall(record: dict[str, Any]) -> dict[str, Any] | None:
+def _waterfall(record: dict[str, Any], machines: int) -> dict[str, Any] | None:
     """Planned time, the six big losses and no data (LOSS_KEYS order), fully productive
-    time. A store written before `no_data_s` existed shows 0 for it (its unknown time is
-    then inside equipment failure, as that version counted it)."""
+    time, summed over `machines` machines for a line record. A store written before
+    `no_data_s` existed shows 0 for it (its unknown time is then inside equipment failure,
+    as that version counted it)."""
     losses = record.get("losses")
     if not losses:
         return None
@@ -157,6 +244,7 @@ def _waterfall(record: dict[str, Any]) -> dict[str, Any] | None:
         productive = planned - math.fsum(seconds)
     return {
         "planned_s": planned,
+        "machines": machines if record["machine"] is None else 1,
         "losses": [{"loss": k, "seconds": s} for k, s in zip(LOSS_KEYS, seconds, strict=True)],
         "fully_productive_s": float(productive),
     }

@@ -759,11 +759,15 @@ def _emit(
         .with_columns(pl.col("has_t", "has_g", "has_r", "has_w").fill_null(False))
         .with_columns(machine_counts(*has, pl.col("has_w")))
         .with_columns(pl.col("ideal_us").fill_null(0), pl.col("noideal").fill_null(0))
+        # A line's times are its machines' summed, so its TEEP divides by their summed
+        # calendar time, not by the window's length once.
+        .with_columns(pl.col("calendar_ms").alias("machine_calendar_ms"))
     )
     line_key = ["line", "window", "start", "end", "shift", "final", "calendar_ms"]
     line_key += ["whole_cal_ms", "remaining_ms"]
-    line_rows = rows.group_by(line_key).agg(pl.col(SUM_COLUMNS).sum())
-    machine_rows = rows.select([*WINDOW_KEY, *line_key[5:], *SUM_COLUMNS])
+    summed = [*SUM_COLUMNS, "machine_calendar_ms"]
+    line_rows = rows.group_by(line_key).agg(pl.col(summed).sum())
+    machine_rows = rows.select([*WINDOW_KEY, *line_key[5:], *summed])
     line_rows = line_rows.with_columns(
         pl.lit(None, core.index.machine_type).alias("machine")
     ).select(machine_rows.columns)

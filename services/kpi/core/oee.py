@@ -97,7 +97,8 @@ def _ratio(num: pl.Expr, den: pl.Expr) -> pl.Expr:
 
 
 def kpi_fields() -> list[pl.Expr]:
-    """The record's time, count and ratio fields from `SUM_COLUMNS` (and `calendar_ms`)."""
+    """The record's time, count and ratio fields from `SUM_COLUMNS`, `calendar_ms` (the
+    window's length) and `machine_calendar_ms` (that length summed over the machines)."""
     down_ms = pl.col("idle_ms") + pl.col("down_ms") + pl.col("changeover_ms")
     planned_ms = pl.col("cal_ms") - pl.col("pstop_ms")
     run_ms = pl.col("run_ms") + pl.col("small_ms")  # operating time: small stops included
@@ -165,7 +166,8 @@ def kpi_fields() -> list[pl.Expr]:
         _ratio(run_s, run_s + down_s).alias("technical_efficiency"),
         _ratio(setup_s, run_s + setup_s).alias("setup_rate"),
         (oee * _ratio(planned_s, planned_s - setup_s)).alias("nee"),
-        (oee * _ratio(planned_s, calendar_s)).alias("teep"),
+        # Σ planned over Σ calendar time of the same machines (one machine: its window).
+        (oee * _ratio(planned_s, pl.col("machine_calendar_ms") / 1000)).alias("teep"),
         _ratio(totalf * 3600, planned_s).alias("throughput_per_h"),
         _ratio(pl.col("reject_count").cast(pl.Float64), totalf).alias("scrap_ratio"),
         _ratio(rework.cast(pl.Float64), totalf).alias("rework_ratio"),

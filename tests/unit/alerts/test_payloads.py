@@ -229,10 +229,20 @@ def test_alertmanager_url(base: str, url: str) -> None:
 
 
 def test_console_line_is_one_line() -> None:
-    line = channels.console_line(note(alert(), alert("b")))
+    line = channels.console_line(note(alert(), alert("b", machine="press-2", severity="warning")))
     assert "\n" not in line
-    assert line.startswith("[FIRING:2] oee_low on L1 to ana [")
-    assert line.endswith("key=k-firing")
+    assert (
+        line == "2024-05-01T06:00:01Z CRITICAL [FIRING:2] oee_low: L1/press-1, L1/press-2 (to ana)"
+    )
+
+
+def test_console_line_of_one_alert_says_when_what_and_where() -> None:
+    down = {**alert(), "summary": "press-1 on L1 is down\nsince 06:00"}
+    line = channels.console_line(note(down, recipient=None))
+    assert (
+        line
+        == "2024-05-01T06:00:01Z CRITICAL [FIRING] L1/press-1: press-1 on L1 is down since 06:00"
+    )
 
 
 NOW = datetime(2024, 5, 1, 6, 0, 0, tzinfo=UTC)

@@ -20,7 +20,13 @@ from linepulse.config import PlantConfig
 from services.kpi.api import create_app
 from services.kpi.metrics import KpiMetrics
 from services.kpi.store import KpiStore
-from tests.unit.kpi.test_store import plant_config, record, seed_current, seed_pareto
+from tests.unit.kpi.test_store import (
+    hour_record,
+    plant_config,
+    record,
+    seed_current,
+    seed_pareto,
+)
 
 SCHEMA = json.loads((Path(__file__).parents[3] / "schemas" / "kpi-record.schema.json").read_text())
 
@@ -156,15 +162,68 @@ def test_machines_lists_configured_machines_with_their_state(
 
 def test_pareto(client: TestClient, store: KpiStore) -> None:
     seed_pareto(store)
-    assert get(client, "/v1/downtime/pareto?line=l1&to=2026-11-02T07:00:00Z") == [
-        {"reason": "jam", "seconds": 150.0, "share": 150 / 210},
-        {"reason": "electrical", "seconds": 60.0, "share": 60 / 210},
-    ]
-    assert [e["reason"] for e in get(client, "/v1/downtime/pareto")] == [
-        "material_shortage",
+    assert get(client, "/v1/downtime/pareto?line=l1&to=2026-11-02T07:00:00Z") == {
+        "line": "l1",
+        "from": None,
+        "to": "2026-11-02T07:00:00Z",
+        "shift": None,
+        "window": "1h",
+        "includes_open_window": False,
+        "reasons": [
+            {"reason": "jam", "seconds": 150.0, "share": 150 / 210},
+            {"reason": "electrical", "seconds": 60.0, "share": 60 / 210},
+        ],
+    }
+    # No shift record stored: everything, the open hour (jam 999 s on m2) included ...
+    everything = get(client, "/v1/downtime/pareto")
+    assert (everything["from"], everything["to"], everything["shift"]) == (None, None, None)
+    assert everything["includes_open_window"] is True
+    assert [e["reason"] for e in everything["reasons"]] == [
         "jam",
+        "material_shortage",
         "electrical",
     ]
+    # ... unless only closed windows are asked for.
+    closed = get(client, "/v1/downtime/pareto?closed_only=true")
+    assert closed["includes_open_window"] is False
+    assert [e["reason"] for e in closed["reasons"]] == ["material_shortage", "jam", "electrical"]
+
+
+def test_pareto_answers_the_current_shift_with_its_open_hour_by_default(
+    client: TestClient, store: KpiStore
+) -> None:
+    """The board showed 58 s of jam while the Pareto answered []: only closed hours
+    counted, over all time, and nothing said so."""
+    shift = "2026-11-02T13:00:00Z"
+    store.upsert(
+        [
+            record(None, start="2026-11-02T05:00:00Z", final=True),  # the previous shift
+            record(None, start=shift),  # the current one, open
+            record(None, line="l2", start=shift),
+            hour_record("m1", "2026-11-02T12:00:00Z", {"electrical": 100.0}),  # before it
+            hour_record("m1", shift, {"electrical": 30.0}),
+            hour_record("m2", "2026-11-02T14:00:00Z", {"jam": 58.0}, final=False),
+            hour_record("m3", "2026-11-02T14:00:00Z", {"jam": 7.0}, line="l2", final=False),
+        ]
+    )
+    assert get(client, "/v1/downtime/pareto?line=l1") == {
+        "line": "l1",
+        "from": shift,
+        "to": "2026-11-02T21:00:00Z",
+        "shift": "early",
+        "window": "1h",
+        "includes_open_window": True,
+        "reasons": [
+            {"reason": "jam", "seconds": 58.0, "share": 58 / 88},
+            {"reason": "electrical", "seconds": 30.0, "share": 30 / 88},
+        ],
+    }
+    plant_wide = get(client, "/v1/downtime/pareto")
+    assert (plant_wide["line"], plant_wide["from"], plant_wide["shift"]) == (None, shift, "early")
+    assert plant_wide["reasons"][0] == {"reason": "jam", "seconds": 65.0, "share": 65 / 95}
+    closed = get(client, "/v1/downtime/pareto?line=l1&closed_only=true")
+    assert (closed["from"], closed["includes_open_window"]) == (shift, False)
+    assert closed["reasons"] == [{"reason": "electrical", "seconds": 30.0, "share": 1.0}]
 
 
 def test_pareto_uses_the_finest_window_computed_when_1h_is_not(
@@ -190,9 +249,10 @@ def test_pareto_uses_the_finest_window_computed_when_1h_is_not(
         ]
     )
     with TestClient(create_app(plant, store, registry)) as client:
-        assert get(client, "/v1/downtime/pareto") == [
-            {"reason": "jam", "seconds": 10.0, "share": 1.0}
-        ]
+        body = get(client, "/v1/downtime/pareto")
+    # The shift record is a machine's, not a line's: no current shift, so everything.
+    assert (body["window"], body["from"]) == ("15m", None)
+    assert body["reasons"] == [{"reason": "jam", "seconds": 10.0, "share": 1.0}]
 
 
 # -- errors --------------------------------------------------------------------------------

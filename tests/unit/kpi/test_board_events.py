@@ -84,10 +84,16 @@ def test_an_empty_store_gives_every_line_with_nothing_known(store: KpiStore) -> 
         {
             "machine": m,
             "state": None,
+            "reason": None,
             "since": None,
             "last_seen": None,
             "oee": None,
             "coverage": None,
+            # Every missing figure says why.
+            "why": dict.fromkeys(
+                ("oee", "availability", "performance", "quality", "nee", "teep"),
+                "no shift record yet: no data from this shift",
+            ),
         }
         for m in ("m1", "m2")
     ]
@@ -182,18 +188,28 @@ def test_current_shift_kpis_machines_pareto_and_trend(store: KpiStore) -> None:
         {
             "machine": "m1",
             "state": "down",
+            "reason": None,  # a down machine's card says why it stopped, once coded
             "since": "2026-11-02T05:30:00Z",
             "last_seen": "2026-11-02T05:31:00Z",
             "oee": 0.7,
             "coverage": 1.0,
+            # The fixture's machines have no ideal cycle time: its missing figures say so.
+            "why": dict.fromkeys(
+                ("nee", "teep"), "no ideal cycle time: none configured for this machine"
+            ),
         },
         {
             "machine": "m2",
             "state": None,
+            "reason": None,
             "since": None,
             "last_seen": None,
             "oee": None,
             "coverage": None,
+            "why": dict.fromkeys(
+                ("oee", "availability", "performance", "quality", "nee", "teep"),
+                "no shift record yet: no data from this shift",
+            ),
         },
     ]
     assert l1["trend"] == [
@@ -239,6 +255,7 @@ def test_losses_waterfall_bottleneck_and_forecast_of_the_shift(store: KpiStore) 
     waterfall = l1["waterfall"]
     assert waterfall == {
         "planned_s": 3600.0,
+        "machines": 2,  # the line's planned time is its two machines' summed
         "losses": [{"loss": key, "seconds": LOSSES[key]} for key in LOSS_KEYS],
         "fully_productive_s": 2000.0,
     }

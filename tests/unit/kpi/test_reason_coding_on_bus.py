@@ -196,6 +196,17 @@ async def poll(
         raise AssertionError(f"GET {path}: still {str(body)[:2000]}") from None
 
 
+# Every closed window of all time: what the Pareto answered before it defaulted to the
+# current shift (with its open windows).
+PARETO = "/v1/downtime/pareto?line=l1&from=0&closed_only=true"
+
+
+async def poll_pareto(http: httpx.AsyncClient, until: Callable[[Any], bool]) -> Any:
+    """The Pareto's reasons, polled until `until(reasons)` holds."""
+    body = await poll(http, PARETO, lambda body: until(body["reasons"]))
+    return body["reasons"]
+
+
 def window(records: list[dict[str, Any]], kind: str, start: str) -> dict[str, Any] | None:
     return next((r for r in records if r["window"] == kind and r["window_start"] == start), None)
 
@@ -218,7 +229,7 @@ async def test_a_reason_correction_restates_the_windows_and_moves_the_pareto(
         assert quarter is not None
         assert (quarter["final"], quarter["revision"]) == (True, 0)
         assert quarter["downtime_by_reason"] == {"unassigned": 300.0}
-        assert await poll(http, "/v1/downtime/pareto?line=l1", bool) == [
+        assert await poll_pareto(http, bool) == [
             {"reason": "unassigned", "seconds": 300.0, "share": 1.0}
         ]
         (stop,) = await poll(
@@ -253,9 +264,9 @@ async def test_a_reason_correction_restates_the_windows_and_moves_the_pareto(
         before = window(records, "1m", iso(DOWN_AT - 1))
         assert before is not None
         assert (before["revision"], before["downtime_by_reason"]) == (0, {})
-        assert await poll(
-            http, "/v1/downtime/pareto?line=l1", lambda p: p and p[0]["reason"] == "jam"
-        ) == [{"reason": "jam", "seconds": 300.0, "share": 1.0}]
+        assert await poll_pareto(http, lambda p: p and p[0]["reason"] == "jam") == [
+            {"reason": "jam", "seconds": 300.0, "share": 1.0}
+        ]
 
         detail = (await http.get(f"/v1/stops/{stop['id']}")).json()
         assert (detail["reason"], detail["original_reason"], detail["corrections"]) == (
@@ -286,7 +297,7 @@ async def test_a_reason_correction_restates_the_windows_and_moves_the_pareto(
         assert quarter is not None
         assert (quarter["downtime_s"], quarter["downtime_by_reason"]) == (0.0, {})
         assert quarter["planned_s"] == 600.0
-        assert await poll(http, "/v1/downtime/pareto?line=l1", lambda p: p == []) == []
+        assert await poll_pareto(http, lambda p: p == []) == []
         detail = (await http.get(f"/v1/stops/{stop['id']}")).json()
         assert [e["new_reason"] for e in detail["audit"]] == ["jam", "cleaning"]
         assert detail["original_reason"] == "unassigned"

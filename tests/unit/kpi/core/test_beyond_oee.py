@@ -82,6 +82,22 @@ def test_small_stops_count_as_run_time_and_a_performance_loss() -> None:
     assert r["first_pass_yield"] == pytest.approx(2970 / 3000)
 
 
+def test_a_lines_teep_divides_its_machines_planned_time_by_their_calendar_time() -> None:
+    """A line record sums its machines' times, so its TEEP is Σ planned over Σ calendar
+    time: with the hour all planned it equals the line's OEE, never above 100 %."""
+    config = plant(SHIFT, ["m1", "m2", "m3"])
+    events = [ev("06:00:00", "state", "running", machine=m) for m in ("m1", "m2", "m3")]
+    events += [ev("06:00:00", "total_count", 0, machine=m) for m in ("m1", "m2", "m3")]
+    events += [ev("06:59:59", "total_count", 1800, machine=m) for m in ("m1", "m2", "m3")]
+    events += [ev("07:00:00", "state", "running", machine=m) for m in ("m1", "m2", "m3")]
+    finals, _, _ = run(config, [events], windows=("1h",))
+    line = hour_record(finals, machine=None)
+    assert line["planned_s"] == 3 * 3600  # machine time, summed
+    assert line["calendar_s"] == 3600  # the window's length
+    assert line["oee"] == pytest.approx(0.5)
+    assert line["teep"] == pytest.approx(line["oee"])
+
+
 def test_an_open_stop_is_small_until_it_passes_the_threshold_whatever_the_batching() -> None:
     config = plant(SHIFT, [{"id": "m1", "ideal_cycle_time_s": 1.0, "small_stop_s": 120}])
     events = [
