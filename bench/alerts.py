@@ -23,12 +23,8 @@ import math
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +35,10 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI, Request
 
-from bench.stream import Broker
+from bench.harness import LINEPULSE, broker_session
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import load_config
 from linepulse.runtime import QuietServer, free_loopback_ports
-from services.kpi.topics import ensure_topics
 
 FOR_S = 5.0
 STAGGER_S = 0.2
@@ -154,7 +150,7 @@ async def _wait(receiver: Receiver, status: str, want: dict[str, int], timeout_s
 
 
 def _start_alerts(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "linepulse.cli", "--log-level", "info", "alerts"]
+    command = [*LINEPULSE, "--log-level", "info", "alerts"]
     with log.open("ab") as out:
         return subprocess.Popen(
             [*command, "--config", str(config), "--port", "0"],
@@ -238,16 +234,6 @@ def _line(name: str, values: list[float]) -> str:
     return f"  {name:<34} {text}  ({len(values)} alerts)"
 
 
-@contextmanager
-def _broker(tmp: Path) -> Iterator[Broker]:
-    broker = Broker(tmp / "kafka")
-    try:
-        print(broker.start(), flush=True)
-        yield broker
-    finally:
-        print(broker.stop(), flush=True)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.alerts", description=__doc__)
     parser.add_argument("--machines", type=int, default=40, help="default: 40")
@@ -258,16 +244,14 @@ def main(argv: list[str] | None = None) -> None:
         args.machines, args.rounds = 10, 1
     if args.machines < 1 or args.rounds < 1:
         parser.error("--machines and --rounds must be positive")
-    tmp = Path(tempfile.mkdtemp(prefix="linepulse-alerts-"))
-    try:
-        with _broker(tmp) as broker:
+    out = Path(__file__).parent / "out" / "alerts"
+    with broker_session("bench.alerts", "linepulse-alerts-") as (broker, tmp):
+        try:
             drill = asyncio.run(run_drill(broker.bootstrap, tmp, args.machines, args.rounds))
-    finally:
-        out = Path(__file__).parent / "out" / "alerts"
-        out.mkdir(parents=True, exist_ok=True)
-        if (tmp / "alerts.log").exists():
-            shutil.copy(tmp / "alerts.log", out / "alerts.log")
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            out.mkdir(parents=True, exist_ok=True)
+            if (tmp / "alerts.log").exists():
+                shutil.copy(tmp / "alerts.log", out / "alerts.log")
     print(
         f"\n{args.machines} machines x {args.rounds} rounds; rule `state == down for "
         f"{FOR_S:g}s`; evaluation every 1 s; webhook receiver on loopback"

@@ -3,7 +3,7 @@
     python -m bench.ingest             # 300,000 JSON messages, 10,000 DDATA, OPC-UA 20 s
     python -m bench.ingest --quick     # 100,000 JSON messages, 3,000 DDATA, OPC-UA 8 s
 
-It starts its own Kafka broker (bench/stream.py's `Broker`: deploy/kafka/kafka.sh on free
+It starts its own Kafka broker (bench/harness.py's `Broker`: deploy/kafka/kafka.sh on free
 loopback ports, data in a temporary folder) and its own Mosquitto (/usr/sbin/mosquitto,
 a temporary config on a free loopback port, queues unlimited so a persistent session can
 hold everything pre-published), and always stops both, also on Ctrl-C or SIGTERM. The
@@ -49,13 +49,11 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 import aiomqtt
@@ -64,9 +62,21 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench import harness
 from bench.generate import DEFAULT_OUT
-from bench.replay import busy_note, machine_lines
-from bench.stream import OUR_PIDS, Broker, CpuMeter, _version, kafka_version
+from bench.harness import (
+    CHILDREN,
+    OUR_PIDS,
+    CpuMeter,
+    busy_note,
+    kill_children,
+    machine_lines,
+    mark,
+    peak_rss_mib,
+    reset_peak_rss,
+    version,
+)
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, parse_config
 from linepulse.runtime import free_loopback_ports
 from linepulse.wire import decode_records
@@ -74,9 +84,7 @@ from services.ingest import sparkplug
 from services.ingest.kafka_sink import KafkaSink
 from services.ingest.mqtt import MqttIngester
 from services.ingest.opcua import OpcuaIngester
-from services.kpi.topics import ensure_topics
 
-ROOT: Final = Path(__file__).resolve().parents[1]
 MOSQUITTO: Final = "/usr/sbin/mosquitto"
 
 DEFAULT_MESSAGES: Final = 300_000
@@ -99,8 +107,6 @@ GOAL_OPCUA_RATE: Final = 20_000  # changes/s the server must write
 POLL_S: Final = 0.005
 STALL_S: Final = 30.0  # no progress for this long: give up on the run
 OPCUA_STALL_S: Final = 3.0  # after the writer stopped: nothing new for this long means done
-
-CHILDREN: list[subprocess.Popen[bytes]] = []
 
 
 # -- Mosquitto ------------------------------------------------------------------------------
@@ -170,25 +176,6 @@ class Mosquitto:
 
 
 # -- measuring ------------------------------------------------------------------------------
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_mib(pid: int | str = "self") -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 @dataclass
@@ -589,7 +576,7 @@ async def opcua(args: argparse.Namespace, bootstrap: str, tmp: Path, run: Run) -
         "no-copies",
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
-        cwd=ROOT,
+        cwd=harness.ROOT,
     )
     if writer.stdout is None or writer.stdin is None:
         raise RuntimeError("the OPC-UA writer has no pipes")
@@ -727,7 +714,7 @@ async def kafka_baseline(n: int, bootstrap: str) -> Row:
     row = Row(what, "records", n, n, took, peak_mib=peak_rss_mib())
     row.cpu_s, row.others_cores = time.process_time() - cpu0, meter.others_cores(None)
     row.notes.append(
-        f"  {what}: aiokafka {_version('aiokafka')}, acks=1, linger 5 ms, no compression"
+        f"  {what}: aiokafka {version('aiokafka')}, acks=1, linger 5 ms, no compression"
     )
     return row
 
@@ -747,7 +734,7 @@ def table(rows: list[Row]) -> list[str]:
         cpu = f"{r.cpu_s:.1f}" if r.cpu_s is not None else "n/a"
         goal = ""
         if r.goal:
-            goal = f"{r.goal} {'PASS' if r.passed else 'MISS'}"
+            goal = f"{r.goal} {mark(bool(r.passed))}"
         lines.append(
             f"{r.what:<40} {items:>17} {r.unit:<8} {r.seconds:>7.2f} {r.rate:>9,.0f} {rss:>9} "
             f"{cpu:>6}  {goal}"
@@ -772,15 +759,7 @@ def report(args: argparse.Namespace, run: Run, out: Path) -> None:
             print(line)
     for line in run.notes:
         print(line)
-    results = {
-        "args": {
-            k: str(v) if isinstance(v, Path) else sorted(v) if isinstance(v, set) else v
-            for k, v in vars(args).items()
-        },
-        "rows": [{**asdict(r), "rate": r.rate} for r in run.rows],
-    }
-    (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print(f"artefacts: {out}")
+    harness.write_results(out, args, rows=[{**asdict(r), "rate": r.rate} for r in run.rows])
 
 
 async def measure(args: argparse.Namespace, port: int, bootstrap: str, tmp: Path, run: Run) -> None:
@@ -837,10 +816,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -849,8 +824,9 @@ def main(argv: list[str] | None = None) -> None:
     for line in machine_lines():
         print(line)
     print(
-        f"kafka {kafka_version()} (deploy/kafka, one broker); aiokafka {_version('aiokafka')}; "
-        f"aiomqtt {_version('aiomqtt')}; asyncua {_version('asyncua')}"
+        f"kafka {harness.kafka_version()} (deploy/kafka, one broker); "
+        f"aiokafka {version('aiokafka')}; aiomqtt {version('aiomqtt')}; "
+        f"asyncua {version('asyncua')}"
     )
     print(
         f"runs: {args.messages:,} JSON messages ({args.publishers} publishers); {args.ddata:,} "
@@ -858,49 +834,21 @@ def main(argv: list[str] | None = None) -> None:
         f"nodes for {args.opcua_seconds:g} s; only {','.join(sorted(args.only))}",
         flush=True,
     )
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    tmp = Path(tempfile.mkdtemp(prefix="linepulse-ingest-"))
-    broker = Broker(tmp / "kafka")
-    mosquitto = Mosquitto(tmp / "mosquitto")
     run = Run()
-    interrupted = False
-    try:
-        print(broker.start(), flush=True)
-        pid = broker.pid()
-        if pid is not None:
-            OUR_PIDS.append(pid)
-        print(mosquitto.start(), flush=True)
-        if mosquitto.proc is not None:
-            OUR_PIDS.append(mosquitto.proc.pid)
-        asyncio.run(measure(args, mosquitto.port, broker.bootstrap, tmp, run))
-        report(args, run, out)
-    except KeyboardInterrupt:
-        print("bench.ingest: interrupted; stopping what it started", file=sys.stderr, flush=True)
-        interrupted = True
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for proc in list(CHILDREN):
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            CHILDREN.remove(proc)
-        for name in ("mosquitto.conf", "mosquitto.log"):
-            if (tmp / "mosquitto" / name).exists():
-                shutil.copy(tmp / "mosquitto" / name, out / name)
-        print(mosquitto.stop(), flush=True)
-        server_log = tmp / "kafka" / "logs" / "server.log"
-        if server_log.exists():
-            shutil.copy(server_log, out / "kafka-server.log")
-        print(broker.stop(), flush=True)
-        if not broker.started:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"the broker did not stop; its data is in {tmp}", file=sys.stderr)
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if interrupted:
-        sys.exit(130)
+    with harness.broker_session("bench.ingest", "linepulse-ingest-", out) as (broker, tmp):
+        mosquitto = Mosquitto(tmp / "mosquitto")
+        try:
+            print(mosquitto.start(), flush=True)
+            if mosquitto.proc is not None:
+                OUR_PIDS.append(mosquitto.proc.pid)
+            asyncio.run(measure(args, mosquitto.port, broker.bootstrap, tmp, run))
+            report(args, run, out)
+        finally:
+            kill_children()  # the MQTT clients, before their broker
+            for name in ("mosquitto.conf", "mosquitto.log"):
+                if (tmp / "mosquitto" / name).exists():
+                    shutil.copy(tmp / "mosquitto" / name, out / name)
+            print(mosquitto.stop(), flush=True)
 
 
 if __name__ == "__main__":

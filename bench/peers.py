@@ -5,7 +5,7 @@
 
 One workload: bench/generate.py's Parquet file (10 signals per machine per second). Then:
 
-1. **Stream**, through one real Kafka broker (bench/stream.py's `Broker`, free loopback
+1. **Stream**, through one real Kafka broker (bench/harness.py's `Broker`, free loopback
    ports): the first `--stream-events` events of that file as one JSON event per record,
    keyed by machine, then, each in its own process and one after the other, on that same
    topic: the Quix Streams peer (bench/stream_peer_quix.py), the Bytewax peer
@@ -16,7 +16,7 @@ One workload: bench/generate.py's Parquet file (10 signals per machine per secon
    checked against LinePulse's for the same (machine, window).
 
 Events/s: for LinePulse and Quix, from their consumer group turning Stable to its
-committed offsets reaching the end of every partition (bench/stream.py's measure; both
+committed offsets reaching the end of every partition (bench/throughput.py's measure; both
 commit every second, so the end is known to within about a second). Bytewax commits
 nothing to Kafka: it reports from its first event read to the end of its dataflow (end
 of input reached, every window closed and written). For the replay, from spawn to exit.
@@ -31,10 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import shutil
-import signal
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,12 +42,13 @@ import orjson
 import polars as pl
 from aiokafka.admin import NewTopic
 
+from bench import harness, throughput
 from bench import replay as file_bench
-from bench import stream
-from bench.generate import DEFAULT_OUT, SIGNALS_PER_MACHINE, file_names, generate
+from bench.generate import SIGNALS_PER_MACHINE, file_names, generate
 from bench.peer_duckdb_sql import COLUMNS, WINDOW_MS
+from bench.throughput import Rows
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, load_config
-from services.kpi.topics import ensure_topics
 
 DEFAULT_MACHINES: Final = 100  # few enough that 1-minute windows close within the data
 DEFAULT_EVENTS: Final = 1_000_000
@@ -86,32 +84,32 @@ SUMMARY: Final = [
 
 
 async def run_bytewax(
-    args: argparse.Namespace, kafka: stream.Kafka, plant: PlantConfig, out: Path
-) -> stream.Throughput:
+    args: argparse.Namespace, kafka: throughput.Kafka, plant: PlantConfig, out: Path
+) -> throughput.Throughput:
     """Run the Bytewax peer to the end of its input; time it from its own report."""
     output = f"bytewax-out-{plant.kafka.group}"
     partitions = plant.kafka.telemetry.partitions
     await kafka.admin.create_topics([NewTopic(output, partitions, 1)])
-    what = f"Bytewax {stream._version('bytewax')}, JSON per record"
+    what = f"Bytewax {harness.version('bytewax')}, JSON per record"
     cmd = [sys.executable, "-m", "bench.peer_bytewax", "--broker", kafka.bootstrap]
     cmd += ["--input", plant.kafka.telemetry.name, "--output", output]
     print(f"measuring: {what} ...", flush=True)
-    meter = stream.CpuMeter()
+    meter = harness.CpuMeter()
     spawned = time.time()
-    child = stream.Child("bytewax", cmd, out / "peer-bytewax.log")
-    limit = stream.timeout_for(args, args.json_events)
+    child = harness.Child("bytewax", cmd, out / "peer-bytewax.log")
+    limit = throughput.timeout_for(args, args.json_events)
     code: int | None = None
     try:
         while child.alive() and time.perf_counter() - child.started < limit:
             child.sample()
-            await asyncio.sleep(stream.POLL_S)
+            await asyncio.sleep(throughput.POLL_S)
     finally:
         code = child.stop()
     report = _bytewax_report(child)
     others = meter.others_cores(child.cpu_s)
     if report is None or code != 0:
         reason = f"exited with code {code}" if code is not None else "did not finish"
-        caught = stream.Caught(
+        caught = throughput.Caught(
             False,
             time.perf_counter() - child.started,
             None,
@@ -121,9 +119,9 @@ async def run_bytewax(
             others,
             f"{reason} within {limit:.0f} s; no report (see {child.log})",
         )
-        row = stream.Throughput(what, args.json_events, caught)
+        row = throughput.Throughput(what, args.json_events, caught)
     else:
-        caught = stream.Caught(
+        caught = throughput.Caught(
             True,
             report["done"] - spawned,
             report["first_event"] - spawned,
@@ -132,19 +130,19 @@ async def run_bytewax(
             0.0,
             others,
         )
-        row = stream.Throughput(what, args.json_events, caught)
+        row = throughput.Throughput(what, args.json_events, caught)
         row.notes.append(
             f"  it read {report['events']:,} records ({args.json_events:,} produced); "
             f"{report['late']:,} late; last record read "
             f"{report['done'] - report['last_event']:.2f} s before the end of its dataflow"
         )
-    row.notes = stream.log_notes(what, child, code) + row.notes
+    row.notes = throughput.log_notes(what, child, code) + row.notes
     windows = await kafka.count(output)
     row.notes.append(f"  {windows:,} window results on its output topic")
     return row
 
 
-def _bytewax_report(child: stream.Child) -> dict[str, Any] | None:
+def _bytewax_report(child: harness.Child) -> dict[str, Any] | None:
     for line in reversed(child.log_lines()):
         if line.startswith("bytewax peer: "):
             report: dict[str, Any] = orjson.loads(line.removeprefix("bytewax peer: "))
@@ -155,29 +153,29 @@ def _bytewax_report(child: stream.Child) -> dict[str, Any] | None:
 
 async def measure_stream(
     args: argparse.Namespace, frame: pl.DataFrame, bootstrap: str, tmp: Path, out: Path
-) -> stream.Run:
-    run = stream.Run()
+) -> Rows:
+    run = Rows()
     config = out / "plant-peers.yaml"
     tag = uuid.uuid4().hex[:8]
     config.write_text(
-        stream.plant_text(args.machines, stream.kafka_block(tag, "peers", args.partitions))
+        throughput.plant_text(args.machines, throughput.kafka_block(tag, "peers", args.partitions))
     )
     plant = load_config(config)
-    kafka = stream.Kafka(bootstrap)
+    kafka = throughput.Kafka(bootstrap)
     await kafka.start()
     try:
         await ensure_topics(bootstrap, plant.kafka)
         started = time.perf_counter()
-        await stream.produce_json(bootstrap, plant.kafka.telemetry.name, frame, args.partitions)
+        await throughput.produce_json(bootstrap, plant.kafka.telemetry.name, frame, args.partitions)
         print(
             f"produced: {frame.height:,} events as JSON records in "
             f"{time.perf_counter() - started:.1f} s",
             flush=True,
         )
-        print(file_bench.busy_note(), flush=True)
-        await stream.run_peer(args, kafka, plant, tmp, out, run)
+        print(harness.busy_note(), flush=True)
+        await throughput.run_peer(args, kafka, plant, tmp, out, run)
         run.rows.append(await run_bytewax(args, kafka, plant, out))
-        row, minutes = await stream.run_worker(
+        row, minutes = await throughput.run_worker(
             "LinePulse kpi worker, JSON per record",
             args.json_events,
             kafka,
@@ -185,14 +183,14 @@ async def measure_stream(
             config,
             tmp / "state-linepulse",
             out / "worker-json",
-            stream.timeout_for(args, args.json_events),
+            throughput.timeout_for(args, args.json_events),
         )
         run.rows.append(row)
         run.json = row
         for peer, topic in (("Quix", "quix-out-"), ("Bytewax", "bytewax-out-")):
             for r in run.rows:
                 if r.what.startswith(peer):
-                    r.notes += await stream.peer_check(
+                    r.notes += await throughput.peer_check(
                         kafka, f"{topic}{plant.kafka.group}", minutes
                     )
     finally:
@@ -200,28 +198,11 @@ async def measure_stream(
     return run
 
 
-def run_stream(args: argparse.Namespace, frame: pl.DataFrame, out: Path) -> stream.Run | None:
+def run_stream(args: argparse.Namespace, frame: pl.DataFrame, out: Path) -> Rows:
     """Start a broker, measure, always stop it (Ctrl-C and SIGTERM included)."""
-    tmp = Path(tempfile.mkdtemp(prefix="linepulse-peers-"))
-    broker = stream.Broker(tmp / "kafka")
-    previous = signal.signal(signal.SIGTERM, stream._stop_on_sigterm)
-    try:
-        print(broker.start(), flush=True)
-        pid = broker.pid()
-        if pid is not None:
-            stream.OUR_PIDS.append(pid)
-        return asyncio.run(measure_stream(args, frame, broker.bootstrap, tmp, out))
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stream.kill_children()
-        print(broker.stop(), flush=True)
-        if not broker.started:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"the broker did not stop; its data is in {tmp}", file=sys.stderr)
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    with harness.broker_session("bench.peers", "linepulse-peers-") as (broker, tmp):
+        run = asyncio.run(measure_stream(args, frame, broker.bootstrap, tmp, out))
+    return run
 
 
 # -- the replay ----------------------------------------------------------------------------
@@ -318,7 +299,7 @@ def run_replay(
     args: argparse.Namespace, config: Path, events: Path, out: Path
 ) -> tuple[list[FileRow], list[str]]:
     file_bench.warm(events)
-    print(file_bench.busy_note(), flush=True)
+    print(harness.busy_note(), flush=True)
     print("measuring: linepulse replay ...", flush=True)
     replay_run, records = file_bench.replay(config, events, [args.window], out, args.timeout)
     rows = [
@@ -333,7 +314,7 @@ def run_replay(
     cmd = [sys.executable, "-m", "bench.peer_duckdb_sql", str(events), "--config", str(config)]
     cmd += ["--window", args.window, "--output", str(sql_out)]
     sql_run = file_bench.measure(cmd, out, f"duckdb-sql-{events.stem}", args.timeout)
-    what = f"DuckDB {stream._version('duckdb')} SQL"
+    what = f"DuckDB {harness.version('duckdb')} SQL"
     rows.append(FileRow(what, "duckdb", sql_run, args.events))
     notes.append(f"DuckDB SQL peer: {sql_out}; stdout {sql_run.stdout.strip()!r}")
     if sql_run.stderr.strip():
@@ -372,7 +353,7 @@ def _line(
     )
 
 
-def stream_lines(run: stream.Run) -> list[str]:
+def stream_lines(run: Rows) -> list[str]:
     out = ["stream (Kafka, one JSON event per record, same topic and events for all):"]
     base_row = run.json
     base = (0.0, 0.0)
@@ -441,20 +422,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--window", choices=sorted(WINDOW_MS), default="1m", help="replay window (default: 1m)"
     )
-    parser.add_argument("--partitions", type=int, default=stream.PARTITIONS, help="default: 6")
+    parser.add_argument("--partitions", type=int, default=throughput.PARTITIONS, help="default: 6")
     parser.add_argument("--skip-stream", action="store_true", help="no Kafka runs")
     parser.add_argument("--skip-replay", action="store_true", help="no file runs")
     parser.add_argument(
         "--tolerance", type=float, default=TOLERANCE, help=f"default: {TOLERANCE:g}"
     )
-    parser.add_argument("--seed", type=int, default=42, help="default: 42")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="S",
-        help="give up on a run after S s (default: stream events / 1,000, at least 300)",
+    harness.add_common_arguments(
+        parser, "give up on a run after S s (default: stream events / 1,000, at least 300)"
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -466,7 +441,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--machines, --events and --partitions must be positive")
     if not 0 < args.stream_events <= args.events:
         parser.error("--stream-events must be between 1 and --events")
-    args.json_events = args.stream_events  # the name bench/stream.py's helpers read
+    args.json_events = args.stream_events  # the name bench/throughput.py's helpers read
     if args.timeout is None:  # the peers can be slow, and the machine busy: don't cut them
         args.timeout = max(300.0, args.stream_events / 1_000)
     return args
@@ -476,12 +451,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out: Path = args.out / f"peers-m{args.machines}-e{args.events}-s{args.stream_events}"
     out.mkdir(parents=True, exist_ok=True)
-    for line in file_bench.machine_lines():
+    for line in harness.machine_lines():
         print(line)
     print(
-        f"kafka {stream.kafka_version()}; quixstreams {stream._version('quixstreams')}; "
-        f"bytewax {stream._version('bytewax')}; confluent-kafka "
-        f"{stream._version('confluent-kafka')}; duckdb {stream._version('duckdb')}"
+        f"kafka {harness.kafka_version()}; quixstreams {harness.version('quixstreams')}; "
+        f"bytewax {harness.version('bytewax')}; confluent-kafka "
+        f"{harness.version('confluent-kafka')}; duckdb {harness.version('duckdb')}"
     )
     per_second = SIGNALS_PER_MACHINE * args.machines
     print(
@@ -497,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     took = "cached" if cached else f"generated in {time.perf_counter() - started:.1f} s"
     print(f"input: {events} ({took})", flush=True)
 
-    stream_run: stream.Run | None = None
+    stream_run: Rows | None = None
     replay_rows: list[FileRow] = []
     notes: list[str] = []
     try:
@@ -533,7 +508,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{r.what.split(',')[0]}: {r.caught.others_cores:.2f}" for r in stream_run.rows
         )
         print(
-            f"(cores used by other processes during each stream run, of {stream._cores()}: {noise})"
+            f"(cores used by other processes during each stream run, of {harness.cores()}: {noise})"
         )
     print()
     for line in SUMMARY:
@@ -546,15 +521,12 @@ def main(argv: list[str] | None = None) -> None:
             if row.caught.ok and row.caught.assigned_s is not None:
                 print(
                     f"  incl. start (spawn to done): {row.caught.seconds:.2f} s = "
-                    f"{_rate(row.spawn_rate)} events/s; CPU {stream._cpu(row.caught)}"
+                    f"{throughput.rate_text(row.spawn_rate)} events/s; "
+                    f"CPU {throughput.cpu_text(row.caught)}"
                 )
     for line in notes:
         print(line)
     print(f"artefacts: {out}")
-
-
-def _rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
 
 
 if __name__ == "__main__":

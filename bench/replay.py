@@ -15,8 +15,6 @@ the figures are, unless the benchmark itself cannot run.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import polars as pl
-import psutil
-
-from bench.generate import DEFAULT_OUT, file_names, generate
+from bench import harness
+from bench.generate import file_names, generate
+from bench.harness import LINEPULSE, busy_note, machine_lines, mark
 
 GOAL_EVENTS_PER_S: Final = 1_000_000
 GOAL_X_FLOOR: Final = 3.0
@@ -37,7 +34,6 @@ QUICK_EVENTS: Final = 1_000_000
 DEFAULT_WINDOWS: Final = "shift,day,1h,15m"
 WINDOW_KINDS: Final = ("1m", "15m", "1h", "shift", "day")
 SHOWN_REJECTS: Final = 5
-BUSY_PERCENT: Final = 20.0
 
 # The measuring helper, run as `python -c _MEASURE TIMEOUT STDOUT STDERR CMD...`: it runs
 # CMD once, with its output to the two files, and prints wall seconds from spawn to exit,
@@ -177,7 +173,7 @@ def replay(
 ) -> tuple[Run, Path]:
     records = out_dir / f"records-{_tag(events)}.jsonl"
     records.unlink(missing_ok=True)  # never count the records of an earlier run
-    cmd = [sys.executable, "-m", "linepulse.cli", "replay", "--config", str(config)]
+    cmd = [*LINEPULSE, "replay", "--config", str(config)]
     cmd += [str(events), "--no-progress", "--output", str(records)]
     for kind in windows:
         cmd += ["--window", kind]
@@ -200,57 +196,6 @@ def count_lines(path: Path) -> int:
 
 
 # -- report ------------------------------------------------------------------------------
-
-
-def machine_lines() -> list[str]:
-    cpus = os.cpu_count() or 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
-    memory = psutil.virtual_memory()
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    lines = [
-        f"machine: {platform.machine()}, {_cpu_model()}; nproc {usable} (of {cpus}); "
-        f"RAM {memory.total / 2**30:.1f} GiB ({memory.available / 2**30:.1f} GiB free); "
-        f"load average {load}",
-        f"python {platform.python_version()} ({sys.executable}); polars {pl.__version__}; "
-        f"POLARS_MAX_THREADS={os.environ.get('POLARS_MAX_THREADS', '(unset)')}; "
-        f"linepulse {_git_revision()}",
-    ]
-    return lines
-
-
-def busy_note() -> str:
-    """How busy the CPUs are just before measuring: other work makes the timings noisy."""
-    busy = psutil.cpu_percent(interval=1.0)
-    note = f"CPU use by other processes just before measuring: {busy:.0f}%"
-    if busy > BUSY_PERCENT:
-        note += " -- the machine is busy: expect noisy timings, run again when it is idle"
-    return note
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _git_revision() -> str:
-    here = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=here, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.CalledProcessError):
-        return "(not a git checkout)"
-    return f"{head}{' + uncommitted changes' if dirty else ''}"
 
 
 def table(rows: list[Row]) -> list[str]:
@@ -286,9 +231,6 @@ def goal_lines(row: Row) -> list[str]:
     ]
     if not run.ok:
         return [*lines, "  MISS  the replay did not finish (see above)"]
-
-    def mark(passed: bool) -> str:
-        return "PASS" if passed else "MISS"
 
     rate, ratio = row.events_per_s, row.x_floor
     lines.append(
@@ -372,14 +314,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="also replay N events from JSON lines (default: 0, none)",
     )
-    parser.add_argument("--seed", type=int, default=42, help="default: 42")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="S",
-        help="kill a measured child after S seconds (default: no limit)",
+    harness.add_common_arguments(
+        parser, "kill a measured child after S seconds (default: no limit)"
     )
     args = parser.parse_args(argv)
     if args.quick:

@@ -4,7 +4,7 @@
     python -m bench.scale --quick      # 1,500,000 events: 1-3 minutes
     python -m bench.scale --workers 1,2 --events 2000000
 
-It starts its own broker (bench/stream.py's `Broker`), generates one workload (the stream
+It starts its own broker (bench/harness.py's `Broker`), generates one workload (the stream
 benchmark's plant of 1,000 machines, 6 signals a machine a second) and encodes it once as
 Arrow records of 5,000 samples on each line's home partition, as LinePulse's own ingesters
 write them. Then, for each N: a fresh telemetry topic of `--partitions` partitions, a
@@ -36,7 +36,6 @@ import math
 import re
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import uuid
@@ -49,28 +48,24 @@ import orjson
 import yaml
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from bench import stream
-from bench.generate import DEFAULT_OUT
-from bench.replay import busy_note, machine_lines
-from bench.stream import (
+from bench import harness, throughput
+from bench.harness import Child, CpuMeter, busy_note
+from bench.throughput import (
     SIGNALS,
     ArrowRecord,
-    Broker,
-    Child,
-    CpuMeter,
     Kafka,
     arrow_records,
     as_events,
     kafka_block,
-    kill_children,
     plant_text,
     read_all,
     send_arrow,
     worker_cmd,
     workload,
 )
+from linepulse.bus.partitions import machine_homes
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, load_config
-from services.kpi.topics import ensure_topics, machine_homes
 
 DEFAULT_EVENTS: Final = 4_000_000
 QUICK_EVENTS: Final = 1_500_000
@@ -93,7 +88,10 @@ def regroup(text: str, per_line: int) -> str:
     """
     plant: dict[str, Any] = yaml.safe_load(text)
     machines = [
-        m for line in plant["lines"] if line["id"] != stream.PROBE_LINE for m in line["machines"]
+        m
+        for line in plant["lines"]
+        if line["id"] != throughput.PROBE_LINE
+        for m in line["machines"]
     ]
     plant["lines"] = [
         {"id": f"line-{i // per_line + 1:03d}", "machines": machines[i : i + per_line]}
@@ -515,14 +513,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(map(str, DEFAULT_WORKERS)),
         help="worker counts to run, in order (default: 1,2,3,4)",
     )
-    parser.add_argument("--seed", type=int, default=42, help="default: 42")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="S",
-        help="give up on a run after S s (default: events / 10,000, at least 120)",
+    harness.add_common_arguments(
+        parser, "give up on a run after S s (default: events / 10,000, at least 120)"
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -596,7 +588,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, out: Path) -> list[R
 
 
 def report(args: argparse.Namespace, results: list[Result], out: Path) -> None:
-    cores = stream._cores()
+    cores = harness.cores()
     print()
     for line in table(results):
         print(line)
@@ -626,64 +618,32 @@ def report(args: argparse.Namespace, results: list[Result], out: Path) -> None:
         )
         for line in plan_lines(plans):
             print(line)
-    data = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "results": [
+    harness.write_results(
+        out,
+        args,
+        results=[
             {**asdict(r), "events_per_s": r.rate, "cores_used": r.cores, "per_cpu_s": r.per_cpu_s}
             for r in results
         ],
-        "plan": [asdict(p) for p in plans],
-    }
-    (out / "results.json").write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
-    print(f"artefacts: {out}")
-
-
-def _stop_on_sigterm(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+        plan=[asdict(p) for p in plans],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out: Path = args.out / f"scale-m{args.machines}-e{args.events}-p{args.partitions}"
     out.mkdir(parents=True, exist_ok=True)
-    for line in machine_lines():
+    for line in harness.machine_lines():
         print(line)
     print(
-        f"kafka {stream.kafka_version()}; workers {args.workers}; {args.events:,} events "
-        f"as Arrow batches of {stream.ARROW_BATCH:,}; windows {','.join(stream.WINDOWS)}; "
+        f"kafka {harness.kafka_version()}; workers {args.workers}; {args.events:,} events "
+        f"as Arrow batches of {throughput.ARROW_BATCH:,}; windows {','.join(throughput.WINDOWS)}; "
         f"checkpoint every 1 s; seed {args.seed}",
         flush=True,
     )
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    tmp = Path(tempfile.mkdtemp(prefix="linepulse-scale-"))
-    broker = Broker(tmp / "kafka")
-    interrupted = False
-    try:
-        print(broker.start(), flush=True)
-        pid = broker.pid()
-        if pid is not None:
-            stream.OUR_PIDS.append(pid)
+    with harness.broker_session("bench.scale", "linepulse-scale-", out) as (broker, _):
         results = asyncio.run(measure(args, broker.bootstrap, out))
         report(args, results, out)
-    except KeyboardInterrupt:
-        print("bench.scale: interrupted; stopping what it started", file=sys.stderr, flush=True)
-        interrupted = True
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        kill_children()
-        server_log = tmp / "kafka" / "logs" / "server.log"
-        if server_log.exists():
-            shutil.copy(server_log, out / "kafka-server.log")
-        print(broker.stop(), flush=True)
-        if not broker.started:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"the broker did not stop; its data is in {tmp}", file=sys.stderr)
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if interrupted:
-        sys.exit(130)
 
 
 if __name__ == "__main__":

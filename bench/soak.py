@@ -43,7 +43,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -56,6 +55,7 @@ import httpx
 import psutil
 import yaml
 
+from bench.harness import LINEPULSE, Broker
 from bench.soak_compare import (
     EventCheck,
     Outage,
@@ -70,10 +70,9 @@ from bench.soak_compare import (
     rss_ratio,
     unpaged,
 )
-from bench.stream import Broker
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, load_config
 from linepulse.runtime import free_loopback_ports
-from services.kpi.topics import ensure_topics
 from tests.integration.conftest import MosquittoBroker
 from tests.integration.receivers import HttpReceiver
 from tests.integration.test_ingest_e2e import EXACT, read_telemetry, read_truth
@@ -533,7 +532,7 @@ def _last_ts(path: Path) -> int:
 
 
 def replay(configs: Configs, truth: Path, out: Path, log: Path) -> list[dict[str, Any]]:
-    command = [sys.executable, "-m", "linepulse.cli", "replay", str(truth)]
+    command = [*LINEPULSE, "replay", str(truth)]
     with log.open("ab") as err:
         done = subprocess.run(
             [*command, "-c", str(configs.plant), "-o", str(out), "--no-progress"],

@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.kpi.core.engine import VALUE_COLUMNS
+from linepulse.records import RECORD_FIELDS
 
-# The KPI record fields of DESIGN.md, compared one by one (`revision` is not: a window
-# restated by late data has a higher revision in the stream than in a replay).
-FIELDS: tuple[str, ...] = ("window_end", "shift", *VALUE_COLUMNS, "downtime_by_reason", "final")
+# The KPI record fields of DESIGN.md (the record's own, from window_end to final; the
+# fields beyond OEE come after `revision`), compared one by one. `revision` is not: a
+# window restated by late data has a higher revision in the stream than in a replay.
+FIELDS: tuple[str, ...] = RECORD_FIELDS[
+    RECORD_FIELDS.index("window_end") : RECORD_FIELDS.index("final") + 1
+]
 TOLERANCE = 1e-9
 
 RecordKey = tuple[str, str | None, str, int]  # line, machine (None: line), window, start ms

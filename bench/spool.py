@@ -31,12 +31,8 @@ import asyncio
 import logging
 import resource
 import shutil
-import signal
-import sys
-import tempfile
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Final
 
 import polars as pl
@@ -44,14 +40,15 @@ import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.generate import event_frame, plant_yaml
-from bench.stream import Broker
+from bench.harness import Broker, broker_session
+from linepulse.bus.partitions import HomePartitions
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, parse_config
 from linepulse.events import normalize_frame
 from linepulse.sources import IngestSettings
 from linepulse.wire import ARROW, decode_records, encode_arrow
 from services.ingest.kafka_sink import COMPRESSION, KafkaSink
 from services.ingest.spool import Kind, Spool, decode_samples, encode_samples
-from services.kpi.topics import HomePartitions, ensure_topics
 
 MACHINES: Final = 1_000
 RECORD_SAMPLES: Final = 5_000
@@ -317,37 +314,13 @@ async def measure(args: argparse.Namespace, broker: Broker, tmp: Path) -> None:
     await bench_outage(parse_config(data), broker, work, args, tmp / "spool-outage")
 
 
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # a connect error a second
     logging.getLogger("services.ingest").setLevel(logging.INFO)
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    tmp = Path(tempfile.mkdtemp(prefix="linepulse-spool-"))
-    broker = Broker(tmp / "kafka")
-    interrupted = False
-    try:
-        print(broker.start(), flush=True)
+    with broker_session("bench.spool", "linepulse-spool-") as (broker, tmp):
         asyncio.run(measure(args, broker, tmp))
-    except KeyboardInterrupt:
-        print("bench.spool: interrupted; stopping what it started", file=sys.stderr, flush=True)
-        interrupted = True
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print(broker.stop(), flush=True)
-        if not broker.started:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"the broker did not stop; its data is in {tmp}", file=sys.stderr)
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if interrupted:
-        sys.exit(130)
 
 
 if __name__ == "__main__":

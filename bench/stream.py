@@ -40,45 +40,62 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import importlib.metadata
 import math
 import os
-import re
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 import httpx
 import orjson
 import polars as pl
-import psutil
-import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 
-from bench.generate import DEFAULT_OUT, MACHINES_PER_LINE, event_frame, json_lines, plant_yaml
-from bench.replay import busy_note, machine_lines
+from bench import harness
+from bench.generate import MACHINES_PER_LINE
+from bench.harness import LINEPULSE, Child, CpuMeter, busy_note, cores, mark, version, write_lines
+from bench.throughput import (
+    ARROW_BATCH,
+    LATENESS_S,
+    PARTITIONS,
+    POLL_S,
+    PROBE_LINE,
+    PROBE_MACHINE,
+    SIGNALS,
+    WINDOWS,
+    WORKER_LOG_LEVEL,
+    Kafka,
+    Rows,
+    Throughput,
+    as_events,
+    count_note,
+    cpu_text,
+    kafka_block,
+    kpi_topic_notes,
+    log_notes,
+    peer_check,
+    plant_text,
+    produce_arrow,
+    produce_json,
+    rate_text,
+    run_peer,
+    run_worker,
+    timeout_for,
+    wait_caught_up,
+    window_ms,
+    worker_cmd,
+    workload,
+)
+from linepulse.bus.partitions import machine_homes
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, load_config
 from linepulse.events import EVENT_SCHEMA, Row
 from linepulse.runtime import free_loopback_ports
 from linepulse.wire import ARROW, encode_arrow
-from services.kpi.topics import ensure_topics, machine_homes
-
-ROOT: Final = Path(__file__).resolve().parents[1]
-KAFKA_SH: Final = ROOT / "deploy" / "kafka" / "kafka.sh"
 
 DEFAULT_EVENTS: Final = 5_000_000
 QUICK_EVENTS: Final = 1_000_000
@@ -88,235 +105,19 @@ LATENCY_RATE: Final = 20_000  # events/s
 LATENCY_SECONDS: Final = 30.0
 QUICK_LATENCY_SECONDS: Final = 10.0
 TICK_S: Final = 0.1  # one Arrow batch per home partition every 100 ms
-ARROW_BATCH: Final = 5_000  # samples per Arrow record in the throughput run
-PARTITIONS: Final = 6  # telemetry and kpi partitions (--partitions)
-WINDOWS: Final = ("1m", "15m", "1h", "shift", "day")
-LATENESS_S: Final = 10
-SIGNALS: Final = ("state", "total_count", "reject_count", "temperature", "speed", "pressure")
-PROBE_LINE: Final = "line-probe"
-PROBE_MACHINE: Final = "probe-1"
 PROBE_BASE: Final = 1_000_000
+
 
 GOAL_ARROW: Final = 200_000
 GOAL_JSON: Final = 50_000
 GOAL_P99_S: Final = 1.0
 
-POLL_S: Final = 0.05
 SEEN_GRACE_S: Final = 15.0  # after the last batch, how long to wait for it to be visible
 API_POLL_S: Final = 0.01
 API_READY_TIMEOUT_S: Final = 300.0
-START_TIMEOUT_S: Final = 300.0  # a fresh checkout fetches the broker's jars first
-STOP_TIMEOUT_S: Final = 60.0
-
-CHILDREN: list[Child] = []
-WORKER_LOG_LEVEL = ["info"]  # --worker-log-level: debug logs each poll's phases
-OUR_PIDS: list[int] = []  # the broker: its CPU is part of the benchmark, not noise
-
-
-# -- the broker ----------------------------------------------------------------------------
-
-
-class Broker:
-    """A single-node KRaft broker from deploy/kafka/kafka.sh, data in `data`."""
-
-    def __init__(self, data: Path) -> None:
-        port, controller = free_loopback_ports(2)
-        self.data = data
-        self.bootstrap = f"127.0.0.1:{port}"
-        self.env = {
-            **os.environ,
-            "KAFKA_PORT": str(port),
-            "KAFKA_CONTROLLER_PORT": str(controller),
-            "KAFKA_DATA": str(data),
-        }
-        self.started = False
-
-    def _run(self, command: str, timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", str(KAFKA_SH), command],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            start_new_session=True,  # a Ctrl-C at the terminal must not cut a stop short
-        )
-
-    def start(self) -> str:
-        self.started = True  # a failed start may still leave a process: stop() checks
-        done = self._run("start", START_TIMEOUT_S)
-        if done.returncode != 0:
-            raise RuntimeError(f"kafka.sh start failed:\n{done.stdout}{done.stderr}")
-        return done.stdout.strip()
-
-    def pid(self) -> int | None:
-        try:
-            return int((self.data / "kafka.pid").read_text().strip())
-        except (OSError, ValueError):
-            return None
-
-    def stop(self) -> str:
-        if not self.started:
-            return "kafka.sh: never started"
-        done = self._run("stop", STOP_TIMEOUT_S + 10)
-        self.started = done.returncode != 0
-        return (done.stdout + done.stderr).strip()
-
-
-# -- subprocesses --------------------------------------------------------------------------
-
-
-class Child:
-    """A measured subprocess: output to a log file, peak RSS from the kernel's VmHWM."""
-
-    def __init__(self, name: str, cmd: list[str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        with log.open("wb") as out:  # the child keeps its own descriptor
-            self.started = time.perf_counter()
-            self.proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        self.peak_kib = 0
-        self.cpu_s: float | None = None
-        CHILDREN.append(self)
-
-    def sample(self) -> None:
-        """Read the high-water mark of the resident set and the CPU time used so far."""
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    self.peak_kib = max(self.peak_kib, int(line.split()[1]))
-        except (OSError, ValueError, IndexError):  # not Linux, or gone: psutil's current RSS
-            with _quiet_psutil():
-                rss = psutil.Process(self.proc.pid).memory_info().rss // 1024
-                self.peak_kib = max(self.peak_kib, rss)
-        with _quiet_psutil():
-            process = psutil.Process(self.proc.pid)
-            times = process.cpu_times()
-            self.cpu_s = times.user + times.system
-            # A program that runs helpers (none of those measured here does, so far) is
-            # charged for them too: the sampled resident sets of the whole process tree.
-            if kids := process.children(recursive=True):
-                tree = process.memory_info().rss
-                for kid in kids:
-                    with _quiet_psutil():
-                        tree += kid.memory_info().rss
-                self.peak_kib = max(self.peak_kib, tree // 1024)
-
-    @property
-    def peak_mib(self) -> float:
-        return self.peak_kib / 1024
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> int:
-        """SIGTERM (a clean stop: checkpoint, commit, leave), SIGKILL after a minute."""
-        if self.alive():
-            self.sample()
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        if self in CHILDREN:
-            CHILDREN.remove(self)
-        return code
-
-    def log_lines(self) -> list[str]:
-        return self.log.read_text("utf-8", "replace").splitlines()
-
-
-@contextmanager
-def _quiet_psutil() -> Iterator[None]:
-    try:
-        yield
-    except (psutil.Error, OSError):
-        pass
-
-
-def kill_children() -> None:
-    for child in list(CHILDREN):
-        if child.alive():
-            child.proc.kill()
-            child.proc.wait()
-        CHILDREN.remove(child)
-
-
-def _busy_s() -> float:
-    """CPU seconds all CPUs have spent busy since boot (steal included: another VM's use)."""
-    t = psutil.cpu_times()
-    fields = ("user", "nice", "system", "irq", "softirq", "steal")
-    return float(sum(getattr(t, name, 0.0) for name in fields))
-
-
-def _process_cpu_s(pid: int) -> float:
-    try:
-        t = psutil.Process(pid).cpu_times()
-    except psutil.Error:
-        return 0.0
-    return float(t.user + t.system)
-
-
-class CpuMeter:
-    """CPU used by other processes: not this one, not the broker, not the measured child."""
-
-    def __init__(self) -> None:
-        self.wall, self.busy, self.ours = time.perf_counter(), _busy_s(), self._ours()
-
-    @staticmethod
-    def _ours() -> float:
-        return _process_cpu_s(os.getpid()) + sum(_process_cpu_s(p) for p in OUR_PIDS)
-
-    def others_cores(self, child_cpu_s: float | None) -> float:
-        wall = time.perf_counter() - self.wall
-        if wall <= 0:
-            return 0.0
-        others = _busy_s() - self.busy - (self._ours() - self.ours) - (child_cpu_s or 0.0)
-        return max(others, 0.0) / wall
 
 
 # -- the workload --------------------------------------------------------------------------
-
-
-def workload(machines: int, rows: int, seed: int) -> pl.DataFrame:
-    """`rows` events of bench/generate.py's plant, 6 signals a machine a second.
-
-    Columns: ts (Datetime ms UTC), machine, signal, value (text), reason.
-    """
-    per_second = len(SIGNALS) * machines
-    seconds = -(-rows // per_second) + 1
-    generated = event_frame(machines, seconds * 10 * machines, seed)
-    return generated.filter(pl.col("signal").is_in(SIGNALS)).head(rows)
-
-
-def as_events(frame: pl.DataFrame, homes: dict[str, int]) -> pl.DataFrame:
-    """The generated events as `EVENT_SCHEMA` rows, plus `_home`: the line's home partition."""
-    is_state = pl.col("signal") == "state"
-    is_count = pl.col("signal").is_in(("total_count", "reject_count"))
-    events = frame.select(
-        ts=pl.col("ts").dt.epoch("ms"),
-        machine=pl.col("machine"),
-        signal=pl.col("signal"),
-        value_num=pl.when(~is_state & ~is_count).then(pl.col("value").cast(pl.Float64)),
-        value_int=pl.when(is_count).then(pl.col("value").cast(pl.Int64)),
-        value_str=pl.when(is_state).then(pl.col("value")),
-        reason=pl.col("reason"),
-        quality=pl.lit("good"),
-    ).cast(EVENT_SCHEMA)
-    return events.with_columns(_home=pl.col("machine").replace_strict(homes, return_dtype=pl.Int32))
-
-
-def json_values(frame: pl.DataFrame) -> pl.Series:
-    """One JSON event per row, as a third-party producer would write it (ts in RFC 3339)."""
-    return json_lines(frame)
 
 
 def probe_rows(tick: int, ts: int) -> pl.DataFrame:
@@ -327,415 +128,6 @@ def probe_rows(tick: int, ts: int) -> pl.DataFrame:
     if tick == 0:
         rows.insert(0, (ts, PROBE_MACHINE, "state", None, None, "running", None, "good"))
     return pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row")
-
-
-def plant_text(machines: int, kafka: dict[str, Any]) -> str:
-    """bench/generate.py's plant, a probe line, the KPI settings and this run's topics."""
-    text = plant_yaml(machines)
-    text += (
-        f"  - id: {PROBE_LINE}\n"
-        "    machines:\n"
-        f"      - {{id: {PROBE_MACHINE}, ideal_cycle_time_s: 0.5}}\n"
-    )
-    settings = {
-        "kpi": {"lateness_s": LATENESS_S, "restate_horizon_s": 3600, "windows": list(WINDOWS)},
-        "kafka": kafka,
-    }
-    return text + yaml.safe_dump(settings, sort_keys=False)
-
-
-def kafka_block(tag: str, name: str, partitions: int = PARTITIONS) -> dict[str, Any]:
-    """Topic and group names of this run's own. The run's clock stops when every offset
-    is committed, which happens at a checkpoint: checkpoint every second (the default is
-    5 s) so the figure measures processing, not the interval."""
-    return {
-        "checkpoint_interval_s": 1.0,
-        "telemetry": {"name": f"telemetry-{name}-{tag}", "partitions": partitions},
-        "kpi": {"name": f"kpi-{name}-{tag}", "partitions": partitions},
-        "dlq": {"name": f"dlq-{name}-{tag}", "partitions": 1},
-        "status": {"name": f"status-{name}-{tag}", "partitions": 1},
-        "group": f"kpi-{name}-{tag}",
-    }
-
-
-# -- Kafka helpers -------------------------------------------------------------------------
-
-
-class Kafka:
-    """An admin client and a group-less consumer for offsets, owned by the benchmark."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-admin")
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="bench-offsets"
-        )
-
-    async def start(self) -> None:
-        await self.admin.start()
-        await self.consumer.start()
-
-    async def close(self) -> None:
-        await self.consumer.stop()
-        await self.admin.close()
-
-    async def partitions(self, topic: str) -> list[TopicPartition]:
-        """The topic's partitions; none if it does not exist (yet)."""
-        try:
-            described = await self.admin.describe_topics([topic])
-        except KafkaError:
-            return []
-        numbers = sorted(
-            int(p["partition"])
-            for t in described
-            if t.get("topic") == topic and t.get("error_code") == 0
-            for p in t.get("partitions", [])
-        )
-        return [TopicPartition(topic, p) for p in numbers]
-
-    async def ends(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        ends: dict[TopicPartition, int] = await self.consumer.end_offsets(tps)
-        return ends
-
-    async def count(self, topic: str) -> int:
-        tps = await self.partitions(topic)
-        if not tps:
-            return 0
-        firsts = await self.consumer.beginning_offsets(tps)
-        ends = await self.ends(tps)
-        return sum(ends[tp] - firsts[tp] for tp in tps)
-
-    async def committed(self, group: str) -> dict[TopicPartition, int]:
-        """The group's committed offsets; none while its coordinator is not known yet."""
-        try:
-            offsets = await self.admin.list_consumer_group_offsets(group)
-        except KafkaError:  # e.g. the offsets topic is being created on first use
-            return {}
-        return {tp: meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
-
-    async def stable(self, group: str) -> bool:
-        """True once the group has members and has finished rebalancing."""
-        try:
-            responses = await self.admin.describe_consumer_groups([group])
-            for response in responses:
-                for described in response.groups:
-                    state, members = described[2], described[5]
-                    if state == "Stable" and members:
-                        return True
-        except Exception:  # not known yet is "not stable yet"
-            return False
-        return False
-
-
-ArrowRecord = tuple[int, bytes, bytes]  # home partition, key, Arrow IPC value
-
-
-def arrow_records(events: pl.DataFrame, size: int = ARROW_BATCH) -> Iterator[ArrowRecord]:
-    """LinePulse's own way: Arrow IPC records of `size` samples on each line's home.
-    Encoded apart from sending so that bench/scale.py can encode before its workers start."""
-    for (home,), rows in events.partition_by("_home", as_dict=True).items():
-        for start in range(0, rows.height, size):
-            chunk = rows.slice(start, size)
-            yield int(home), chunk.item(0, "machine").encode(), encode_arrow(chunk)
-
-
-async def send_arrow(
-    bootstrap: str, topic: str, records: Iterable[ArrowRecord], batch_bytes: int = 16384
-) -> int:
-    """Send Arrow records to their partitions; wait for every acknowledgement.
-    `batch_bytes` is the producer's batch size (aiokafka's default: 16 KiB, which holds
-    less than one record of 5,000 samples, so each record is a produce request)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
-        enable_idempotence=True,
-        max_request_size=8 * 1024 * 1024,
-        max_batch_size=batch_bytes,
-        linger_ms=5,
-    )
-    await producer.start()
-    count = 0
-    try:
-        sends = []
-        for home, key, value in records:
-            sends.append(
-                await producer.send(
-                    topic,
-                    value,
-                    key=key,
-                    partition=home,
-                    headers=[("content-type", ARROW.encode())],
-                )
-            )
-            count += 1
-        await asyncio.gather(*sends)
-        await producer.flush()
-    finally:
-        await producer.stop()
-    return count
-
-
-async def produce_arrow(
-    bootstrap: str, topic: str, events: pl.DataFrame, size: int = ARROW_BATCH
-) -> int:
-    """Encode and send `events` as Arrow records on each line's home partition."""
-    return await send_arrow(bootstrap, topic, arrow_records(events, size))
-
-
-async def produce_json(bootstrap: str, topic: str, frame: pl.DataFrame, partitions: int) -> int:
-    """Any producer's way: one JSON event per record, keyed by machine, placed by Kafka's
-    default partitioner (murmur2 of the key), sent in batches of records."""
-    homes = {m: (murmur2(m.encode()) & 0x7FFFFFFF) % partitions for m in frame["machine"].unique()}
-    rows = frame.select(
-        key=pl.col("machine"),
-        value=json_values(frame),
-        part=pl.col("machine").replace_strict(homes, return_dtype=pl.Int32),
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=512 * 1024)
-    await producer.start()
-    try:
-        sends = []
-        for (part,), chunk in rows.partition_by("part", as_dict=True).items():
-            batch = producer.create_batch()
-            for key, value in zip(chunk["key"], chunk["value"], strict=True):
-                record = (key.encode(), value.encode())
-                if batch.append(key=record[0], value=record[1], timestamp=None) is None:
-                    sends.append(await producer.send_batch(batch, topic, partition=int(part)))
-                    batch = producer.create_batch()
-                    batch.append(key=record[0], value=record[1], timestamp=None)
-            sends.append(await producer.send_batch(batch, topic, partition=int(part)))
-        await asyncio.gather(*sends)
-    finally:
-        await producer.stop()
-    return frame.height
-
-
-# -- throughput ----------------------------------------------------------------------------
-
-
-@dataclass
-class Caught:
-    """How one consumer group got through a topic."""
-
-    ok: bool
-    seconds: float  # from spawn to every offset committed (or to giving up)
-    assigned_s: float | None  # from spawn to the group being Stable
-    peak_mib: float
-    cpu_s: float | None
-    longest_gap_s: float  # longest time without the committed offsets moving, once assigned
-    others_cores: float  # CPU used meanwhile by processes that are not part of the benchmark
-    reason: str = ""
-
-
-@dataclass
-class Throughput:
-    what: str
-    events: int
-    caught: Caught
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def sustained_s(self) -> float | None:
-        c = self.caught
-        return None if not c.ok or c.assigned_s is None else c.seconds - c.assigned_s
-
-    @property
-    def sustained_rate(self) -> float | None:
-        s = self.sustained_s
-        return None if s is None or s <= 0 else self.events / s
-
-    @property
-    def spawn_rate(self) -> float | None:
-        c = self.caught
-        return None if not c.ok or c.seconds <= 0 else self.events / c.seconds
-
-
-async def wait_caught_up(
-    kafka: Kafka, child: Child, group: str, topic: str, limit_s: float, progress: Path
-) -> Caught:
-    """Poll the group's committed offsets until they reach the end of every partition.
-
-    The committed offsets are read before the end offsets: a worker flushes what it
-    forwards before it commits, so records forwarded by a batch already count in the end
-    offsets when that batch's commit is seen.
-    """
-    meter = CpuMeter()
-    tps = await kafka.partitions(topic)
-    assigned: float | None = None
-    last_total, last_move, longest = -1, 0.0, 0.0
-    lines = ["seconds_since_spawn,committed,end,peak_rss_mib"]
-    try:
-        while True:
-            now = time.perf_counter()
-            since = now - child.started
-            if not child.alive():
-                code = child.proc.returncode
-                return Caught(
-                    False,
-                    since,
-                    assigned,
-                    child.peak_mib,
-                    child.cpu_s,
-                    longest,
-                    meter.others_cores(child.cpu_s),
-                    f"exited with code {code}",
-                )
-            child.sample()
-            if assigned is None and await kafka.stable(group):
-                assigned, last_move = since, now
-            committed = await kafka.committed(group)
-            ends = await kafka.ends(tps)
-            total, end = sum(committed.get(tp, 0) for tp in tps), sum(ends.values())
-            lines.append(f"{since:.3f},{total},{end},{child.peak_mib:.1f}")
-            if assigned is not None:
-                longest = max(longest, now - last_move)
-                if total != last_total:
-                    last_total, last_move = total, now
-            if end > 0 and all(committed.get(tp, 0) >= ends[tp] for tp in tps):
-                others = meter.others_cores(child.cpu_s)
-                return Caught(True, since, assigned, child.peak_mib, child.cpu_s, longest, others)
-            if since > limit_s:
-                return Caught(
-                    False,
-                    since,
-                    assigned,
-                    child.peak_mib,
-                    child.cpu_s,
-                    longest,
-                    meter.others_cores(child.cpu_s),
-                    f"not caught up after {limit_s:.0f} s ({total:,} of {end:,})",
-                )
-            await asyncio.sleep(POLL_S)
-    finally:
-        write_lines(progress, lines)
-
-
-def write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("\n".join(lines) + "\n")
-
-
-def worker_cmd(config: Path, bootstrap: str, state_dir: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "linepulse.cli",
-        "--log-level",
-        WORKER_LOG_LEVEL[0],
-        "kpi",
-        "--config",
-        str(config),
-        "--kafka",
-        bootstrap,
-        "--state-dir",
-        str(state_dir),
-    ]
-
-
-def log_notes(name: str, child: Child, code: int | None) -> list[str]:
-    """The worker's summary line, and its warnings and errors (the first few)."""
-    lines = child.log_lines()
-    notes = [f"{name}: log {child.log}" + ("" if code is None else f"; exit code {code}")]
-    summary = [ln for ln in lines if "kpi worker stopped" in ln or "quix peer:" in ln]
-    notes += [f"  | {ln.split(': ', 1)[-1]}" for ln in summary]
-    bad = [
-        ln
-        for ln in lines
-        if any(w in ln for w in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback", "[ERROR]"))
-    ]
-    if bad:
-        notes.append(f"  {len(bad)} warning/error line(s) in the log, e.g.:")
-        notes += [f"  | {ln[:240]}" for ln in bad[:5]]
-    return notes
-
-
-def count_note(child: Child, produced: int) -> list[str]:
-    """Compare the events the worker says it read with those on the topic: a record
-    delivered twice (e.g. on a fresh start) is processed twice."""
-    text = "\n".join(child.log_lines())
-    found = re.search(r"kpi worker stopped: \d+ batches, (\d+) events, (\d+) forwarded", text)
-    if found is None:
-        return []
-    events, forwarded = int(found[1]), int(found[2])
-    want = produced + forwarded
-    if events == want:
-        return [f"  the worker read {events:,} events: those produced plus those it forwarded"]
-    return [
-        f"  the worker read {events:,} events, {events - want:+,} against the {want:,} produced "
-        "and forwarded: some records were delivered to it more than once"
-    ]
-
-
-async def read_all(kafka: Kafka, topic: str) -> list[tuple[bytes | None, Any]]:
-    """Every record of a topic (key, JSON value), from the beginning to its end offsets."""
-    tps = await kafka.partitions(topic)
-    if not tps:
-        return []
-    ends = await kafka.ends(tps)
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    out: list[tuple[bytes | None, Any]] = []
-    try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=50_000)
-            for tp, messages in batch.items():
-                out += [(m.key, orjson.loads(m.value)) for m in messages]
-                if messages and messages[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-            if not batch:
-                break
-    finally:
-        await consumer.stop()
-    return out
-
-
-MinuteKey = tuple[str, int]  # machine, window start (epoch ms)
-
-
-async def kpi_topic_notes(
-    kafka: Kafka, plant: PlantConfig
-) -> tuple[list[str], dict[MinuteKey, dict[str, Any]]]:
-    """How many KPI records, finals and restatements the worker wrote, and dead letters;
-    and its final 1-minute machine records, to compare with the peer's."""
-    records = [value for _, value in await read_all(kafka, plant.kafka.kpi.name)]
-    finals = sum(bool(r.get("final")) for r in records)
-    restated = sum((r.get("revision") or 0) > 0 for r in records)
-    dead = await kafka.count(plant.kafka.dlq.name)
-    minutes = {
-        (r["machine"], _window_ms(r["window_start"])): r
-        for r in records
-        if r.get("final") and r.get("window") == "1m" and r.get("machine")
-    }
-    notes = [
-        f"  kpi topic: {len(records):,} records ({finals:,} final, {restated:,} with revision "
-        f"> 0); {dead:,} dead letters"
-    ]
-    return notes, minutes
-
-
-async def peer_check(
-    kafka: Kafka, topic: str, linepulse: dict[MinuteKey, dict[str, Any]]
-) -> list[str]:
-    """Do the peer's closed 1-minute windows agree with LinePulse's final 1m records?"""
-    peer: dict[MinuteKey, dict[str, Any]] = {}
-    for key, value in await read_all(kafka, topic):
-        if key is not None and isinstance(value, dict):
-            peer[(key.decode(), int(value["start"]))] = value
-    both = sorted(peer.keys() & linepulse.keys())
-    if not both:
-        return [
-            f"  peer check: no machine-minute closed in both ({len(peer):,} peer windows, "
-            f"{len(linepulse):,} LinePulse final 1m records); more events close more windows"
-        ]
-    parts = sum(peer[k]["parts"] == linepulse[k]["total_count"] for k in both)
-    rejects = sum(peer[k]["rejects"] == linepulse[k]["reject_count"] for k in both)
-    run = sum(abs(peer[k]["run_ms"] / 1000 - (linepulse[k]["run_s"] or 0)) <= 1 for k in both)
-    return [
-        f"  peer check: {len(both):,} machine-minutes closed in both; parts = LinePulse "
-        f"total_count in {parts:,}, rejects = reject_count in {rejects:,}, run time within "
-        f"1 s of run_s in {run:,} (the peer does not split states at window boundaries)"
-    ]
 
 
 # -- latency -------------------------------------------------------------------------------
@@ -770,10 +162,6 @@ class Latency:
     notes: list[str] = field(default_factory=list)
 
 
-def _window_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).timestamp() * 1000)
-
-
 def _rfc3339(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -797,7 +185,7 @@ class Probe:
         to (the last batch before W, or 0) + c.
         """
         seen = self.seen.setdefault(where, {})
-        start = _window_ms(record["window_start"])
+        start = window_ms(record["window_start"])
         total = int(record.get("total_count") or 0)
         before = bisect.bisect_left(self.ts, start) - 1
         reflected = max(before, 0) + total
@@ -1030,11 +418,11 @@ class Api:
 def api_available() -> bool:
     """Whether the query API exists yet (`linepulse api`, being built beside this)."""
     done = subprocess.run(
-        [sys.executable, "-m", "linepulse.cli", "api", "--help"],
+        [*LINEPULSE, "api", "--help"],
         capture_output=True,
         text=True,
         check=False,
-        cwd=ROOT,
+        cwd=harness.ROOT,
         env={**os.environ, "COLUMNS": "200"},
     )
     return done.returncode == 0 and "--port" in done.stdout
@@ -1047,7 +435,7 @@ async def start_api(config: Path, bootstrap: str, tmp: Path, out: Path) -> Api |
         return "`linepulse api` does not exist in this checkout"
     port = free_loopback_ports(1)[0]
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "linepulse.cli", "--log-level", "info", "api"]
+    cmd = [*LINEPULSE, "--log-level", "info", "api"]
     cmd += ["--config", str(config), "--kafka", bootstrap, "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--db", str(tmp / "api.duckdb")]
     child = Child("api", cmd, out / "api.log")
@@ -1069,22 +457,6 @@ async def start_api(config: Path, bootstrap: str, tmp: Path, out: Path) -> Api |
 # -- report --------------------------------------------------------------------------------
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def kafka_version() -> str:
-    jars = sorted((KAFKA_SH.parent / "lib").glob("kafka_2.13-*.jar"))
-    return jars[0].stem.removeprefix("kafka_2.13-") if jars else "unknown"
-
-
-def _rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
-
-
 def table(rows: list[Throughput], latency: Latency | None) -> list[str]:
     header = f"{'what':<44} {'events':>10} {'seconds':>8} {'events/s':>10} {'peak RSS MiB':>13}"
     out = [header, "-" * len(header)]
@@ -1097,11 +469,11 @@ def table(rows: list[Throughput], latency: Latency | None) -> list[str]:
         out.append(
             f"{row.what:<44} {row.events:>10,} "
             f"{'n/a' if sustained is None else f'{sustained:.2f}':>8} "
-            f"{_rate(row.sustained_rate):>10} {c.peak_mib:>13,.0f}"
+            f"{rate_text(row.sustained_rate):>10} {c.peak_mib:>13,.0f}"
         )
         out.append(
             f"{'  incl. start (spawn -> caught up)':<44} {row.events:>10,} "
-            f"{c.seconds:>8.2f} {_rate(row.spawn_rate):>10}"
+            f"{c.seconds:>8.2f} {rate_text(row.spawn_rate):>10}"
         )
     if latency is not None:
         rate = latency.events / latency.seconds if latency.seconds > 0 else 0.0
@@ -1111,10 +483,6 @@ def table(rows: list[Throughput], latency: Latency | None) -> list[str]:
             f"{latency.peak_mib:>13,.0f}"
         )
     return out
-
-
-def mark(passed: bool) -> str:
-    return "PASS" if passed else "MISS"
 
 
 def goal_lines(
@@ -1229,14 +597,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["debug", "info", "warning"],
         help="the workers' (default: info; debug logs each poll's phases)",
     )
-    parser.add_argument("--seed", type=int, default=42, help="default: 42")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=None,
-        metavar="S",
-        help="give up on a throughput run after S s (default: events / 10,000, at least 120)",
+    harness.add_common_arguments(
+        parser, "give up on a throughput run after S s (default: events / 10,000, at least 120)"
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -1253,19 +615,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def timeout_for(args: argparse.Namespace, events: int) -> float:
-    return float(args.timeout) if args.timeout else max(120.0, events / 10_000)
-
-
 @dataclass
-class Run:
+class Run(Rows):
     """Everything the report needs."""
 
-    rows: list[Throughput] = field(default_factory=list)
     arrow: Throughput | None = None
-    json: Throughput | None = None
     latency: Latency | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 async def measure(args: argparse.Namespace, bootstrap: str, tmp: Path, out: Path, run: Run) -> None:
@@ -1361,106 +716,6 @@ def _topic_bytes(tmp: Path, topic: str) -> int:
     return sum(f.stat().st_size for f in logs.glob(f"{topic}-*/*.log"))
 
 
-async def run_peer(
-    args: argparse.Namespace,
-    kafka: Kafka,
-    plant: PlantConfig,
-    tmp: Path,
-    out: Path,
-    run: Run,
-) -> None:
-    version = _version("quixstreams")
-    what = f"Quix Streams {version}, JSON per record"
-    if version == "not installed":
-        run.notes.append("peer: quixstreams is not installed (pip install quixstreams); skipped")
-        return
-    topic = plant.kafka.telemetry.name
-    group = f"quix-{plant.kafka.group}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.stream_peer_quix",
-        "--broker",
-        kafka.bootstrap,
-        "--input",
-        topic,
-        "--output",
-        f"quix-out-{plant.kafka.group}",
-        "--group",
-        group,
-        "--state-dir",
-        str(tmp / "state-quix"),
-        "--commit-interval",
-        f"{plant.kafka.checkpoint_interval_s:g}",
-    ]
-    print(f"measuring: {what} ...", flush=True)
-    child = Child("quix", cmd, out / "peer-quix.log")
-    code: int | None = None
-    try:
-        caught = await wait_caught_up(
-            kafka,
-            child,
-            group,
-            topic,
-            timeout_for(args, args.json_events),
-            out / "progress-quix.csv",
-        )
-    finally:
-        code = child.stop()
-    row = Throughput(what, args.json_events, caught)
-    windows = await kafka.count(f"quix-out-{plant.kafka.group}")
-    row.notes = log_notes(what, child, code)
-    row.notes.append(
-        f"  {windows:,} window results on its output topic; commit interval "
-        f"{plant.kafka.checkpoint_interval_s:g} s; CPU {_cpu(caught)}"
-    )
-    run.rows.append(row)
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-
-
-def _cpu(caught: Caught) -> str:
-    if caught.cpu_s is None:
-        return "n/a"
-    cores = caught.cpu_s / caught.seconds if caught.seconds > 0 else 0.0
-    return f"{caught.cpu_s:.1f} s in {caught.seconds:.1f} s ({cores:.2f} cores)"
-
-
-async def run_worker(
-    what: str,
-    events: int,
-    kafka: Kafka,
-    plant: PlantConfig,
-    config: Path,
-    state_dir: Path,
-    name: Path,
-    limit_s: float,
-) -> tuple[Throughput, dict[MinuteKey, dict[str, Any]]]:
-    print(f"measuring: {what} ...", flush=True)
-    child = Child(name.name, worker_cmd(config, kafka.bootstrap, state_dir), Path(f"{name}.log"))
-    code: int | None = None
-    try:
-        caught = await wait_caught_up(
-            kafka,
-            child,
-            plant.kafka.group,
-            plant.kafka.telemetry.name,
-            limit_s,
-            Path(f"{name}-progress.csv"),
-        )
-    finally:
-        code = child.stop()
-    row = Throughput(what, events, caught)
-    topic_notes, minutes = await kpi_topic_notes(kafka, plant)
-    row.notes = log_notes(what, child, code) + count_note(child, events) + topic_notes
-    row.notes.append(
-        f"  CPU {_cpu(caught)}; longest time without commit progress {caught.longest_gap_s:.2f} s"
-    )
-    return row, minutes
-
-
 async def run_arrow(
     args: argparse.Namespace,
     kafka: Kafka,
@@ -1523,7 +778,7 @@ async def run_arrow(
     row.notes = log_notes(what, child, code) + count_note(child, produced)
     row.notes += (await kpi_topic_notes(kafka, plant))[0]
     row.notes.append(
-        f"  CPU until caught up {_cpu(caught)}; longest time without commit progress "
+        f"  CPU until caught up {cpu_text(caught)}; longest time without commit progress "
         f"{caught.longest_gap_s:.2f} s"
     )
     run.rows.append(row)
@@ -1542,7 +797,7 @@ def report(args: argparse.Namespace, run: Run, out: Path, open_s: float, ckpt_s:
     noise = ", ".join(f"{r.what}: {r.caught.others_cores:.2f}" for r in run.rows)
     if run.latency is not None:
         noise += f", latency run: {run.latency.others_cores:.2f}"
-    print(f"(cores used by other processes during each run, of {_cores()}: {noise})")
+    print(f"(cores used by other processes during each run, of {cores()}: {noise})")
     print()
     for line in goal_lines(run.arrow, run.json, run.latency):
         print(line)
@@ -1564,9 +819,10 @@ def report(args: argparse.Namespace, run: Run, out: Path, open_s: float, ckpt_s:
             print(line)
     for line in run.notes:
         print(line)
-    results = {
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "rows": [
+    harness.write_results(
+        out,
+        args,
+        rows=[
             {
                 **asdict(r),
                 "sustained_events_per_s": r.sustained_rate,
@@ -1574,26 +830,20 @@ def report(args: argparse.Namespace, run: Run, out: Path, open_s: float, ckpt_s:
             }
             for r in run.rows
         ],
-        "latency": None if run.latency is None else asdict(run.latency),
-    }
-    (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
-    print(f"artefacts: {out}")
-
-
-def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+        latency=None if run.latency is None else asdict(run.latency),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out: Path = args.out / f"stream-m{args.machines}-e{args.events}-j{args.json_events}"
     out.mkdir(parents=True, exist_ok=True)
-    for line in machine_lines():
+    for line in harness.machine_lines():
         print(line)
     print(
-        f"kafka {kafka_version()} (deploy/kafka, one broker, heap "
-        f"{os.environ.get('KAFKA_HEAP', '512m')}); aiokafka {_version('aiokafka')}; "
-        f"quixstreams {_version('quixstreams')} (confluent-kafka {_version('confluent-kafka')})"
+        f"kafka {harness.kafka_version()} (deploy/kafka, one broker, heap "
+        f"{os.environ.get('KAFKA_HEAP', '512m')}); aiokafka {version('aiokafka')}; "
+        f"quixstreams {version('quixstreams')} (confluent-kafka {version('confluent-kafka')})"
     )
     lines = -(-args.machines // MACHINES_PER_LINE)
     print(
@@ -1603,38 +853,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.latency_seconds:g} s at {LATENCY_RATE:,} events/s; seed {args.seed}",
         flush=True,
     )
-    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    tmp = Path(tempfile.mkdtemp(prefix="linepulse-stream-"))
-    broker = Broker(tmp / "kafka")
     run = Run()
-    interrupted = False
-    try:
-        print(broker.start(), flush=True)
-        pid = broker.pid()
-        if pid is not None:
-            OUR_PIDS.append(pid)
+    with harness.broker_session("bench.stream", "linepulse-stream-", out) as (broker, tmp):
         asyncio.run(measure(args, broker.bootstrap, tmp, out, run))
         ckpt = load_config(out / "plant-arrow.yaml").kafka
         report(args, run, out, ckpt.open_interval_s, ckpt.checkpoint_interval_s)
-    except KeyboardInterrupt:
-        print("bench.stream: interrupted; stopping what it started", file=sys.stderr, flush=True)
-        interrupted = True
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip this
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        kill_children()
-        server_log = tmp / "kafka" / "logs" / "server.log"
-        if server_log.exists():
-            shutil.copy(server_log, out / "kafka-server.log")
-        print(broker.stop(), flush=True)
-        if not broker.started:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"the broker did not stop; its data is in {tmp}", file=sys.stderr)
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if interrupted:
-        sys.exit(130)
 
 
 if __name__ == "__main__":

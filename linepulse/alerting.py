@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from linepulse.http_security import ApiAccess, ApiSecurity, HttpLimits, TlsSettings
+from linepulse.http.settings import ApiAccess, ApiSecurity, HttpLimits, TlsSettings
 from linepulse.sources import Credentials
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$")
@@ -39,8 +39,9 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 Op = Literal["<", "<=", ">", ">=", "==", "!="]
 Severity = Literal["info", "warning", "critical"]
-# Every numeric field of linepulse.records.KpiRecord but `revision` (a test keeps the two
-# in step). Line-only fields (oee_constraint, output_count, ...) need `line_records`.
+# linepulse.records.NUMERIC_FIELDS but `revision`: written out because mypy needs a
+# static Literal; tests/unit/common/test_records.py checks it against the record.
+# Line-only fields (oee_constraint, output_count, ...) need `line_records`.
 KpiField = Literal[
     "oee",
     "availability",
@@ -309,7 +310,7 @@ class AlertSettings(_Model):
     # Origins of pages allowed to call the alerts API from a browser (the live board's, e.g.
     # http://linepulse.plant.example:8080); none by default.
     cors_origins: tuple[str, ...] = ()
-    # Request size and rate limits and HTTPS of the alerts API (linepulse/http_security.py).
+    # Request size and rate limits and HTTPS of the alerts API (linepulse/http/settings.py).
     api_limits: HttpLimits = HttpLimits()
     api_tls: TlsSettings | None = None
 

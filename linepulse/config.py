@@ -30,7 +30,7 @@ from pydantic import (
 
 from linepulse.alerting import AlertSettings, check_forecast_rules
 from linepulse.bus.security import KafkaSecurity
-from linepulse.http_security import ApiSecurity
+from linepulse.http.settings import ApiSecurity
 from linepulse.production import LineTarget, ReasonCategory, check_tree
 from linepulse.sources import IngestSettings, Sources
 
@@ -341,7 +341,7 @@ class PlantConfig(_Model):
     sources: Sources = Sources()
     ingest: IngestSettings = IngestSettings()
     alerts: AlertSettings = AlertSettings()
-    # The KPI query API's tokens, limits, CORS and TLS (linepulse/http_security.py).
+    # The KPI query API's tokens, limits, CORS and TLS (linepulse/http/settings.py).
     api: ApiSecurity = ApiSecurity()
 
     _hhmm = field_validator("day_start", mode="before")(_parse_hhmm)

@@ -26,7 +26,7 @@ DST_HORIZON_DAYS = 365
 
 
 class SpanView(Protocol):
-    """One shift occurrence, as `services.kpi.core.calendar.ShiftSpan` has it (epoch ms)."""
+    """One shift occurrence, as `linepulse.calendar.ShiftSpan` has it (epoch ms)."""
 
     @property
     def name(self) -> str: ...

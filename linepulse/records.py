@@ -2,12 +2,22 @@
 
 Field names and meanings are the contract in DESIGN.md and
 schemas/kpi-record.schema.json. Ratios are `None` when their denominator is zero.
+
+`KpiRecord` is the one place the fields are written down. Everything else that names
+them is derived from it here (`RECORD_FIELDS`, `RECORD_TYPES`, `NUMERIC_FIELDS`) or
+checked against it: the core's output frame and the store's columns are built from
+these; a hand-picked selection (the board's KPIs) goes through `record_fields`, which
+fails at import when the record loses a field it names; the alert rules' `KpiField`
+literal and the JSON Schema are compared with the model by tests/unit/common/test_records.py.
 """
 
 from __future__ import annotations
 
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Final, Literal, Union, get_args, get_origin
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
@@ -121,3 +131,64 @@ class KpiRecord(BaseModel):
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(KpiRecord.model_fields)
+
+FieldKind = Literal["string", "integer", "number", "boolean", "datetime", "object"]
+"""What a field holds, in JSON Schema's words (`datetime`: a UTC time, RFC 3339 text on
+the wire; `object`: a JSON object, such as `downtime_by_reason`)."""
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """A record field's kind and whether it may be None: what its SQL column, its frame
+    column and its JSON Schema type are derived from."""
+
+    kind: FieldKind
+    nullable: bool
+
+
+_KINDS: Final[Mapping[object, FieldKind]] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    datetime: "datetime",
+    AwareDatetime: "datetime",
+}
+
+
+def field_type(annotation: object) -> FieldType:
+    """The `FieldType` of a model field's annotation; `TypeError` for a type this
+    contract has no column for, so a new kind of field is mapped on purpose."""
+    origin = get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        kinds = [a for a in get_args(annotation) if a is not type(None)]
+        if len(kinds) == 1:
+            return FieldType(field_type(kinds[0]).kind, nullable=True)
+    elif origin is Annotated:
+        return field_type(get_args(annotation)[0])
+    elif origin is Literal:
+        if all(isinstance(value, str) for value in get_args(annotation)):
+            return FieldType("string", nullable=False)
+    elif origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return FieldType("object", nullable=False)
+    elif annotation in _KINDS:
+        return FieldType(_KINDS[annotation], nullable=False)
+    raise TypeError(f"no record field type for {annotation!r}")
+
+
+RECORD_TYPES: Final[Mapping[str, FieldType]] = {
+    name: field_type(info.annotation) for name, info in KpiRecord.model_fields.items()
+}
+# The fields holding a number (bool is its own kind): what an alert rule may compare.
+NUMERIC_FIELDS: Final[tuple[str, ...]] = tuple(
+    name for name, kind in RECORD_TYPES.items() if kind.kind in ("integer", "number")
+)
+
+
+def record_fields(*names: str) -> tuple[str, ...]:
+    """`names`, each checked to be a field of `KpiRecord`: a module's selection of
+    fields fails at import, naming the field, instead of reading a missing key later."""
+    unknown = [name for name in names if name not in KpiRecord.model_fields]
+    if unknown:
+        raise KeyError(f"not fields of the KPI record: {unknown}")
+    return names

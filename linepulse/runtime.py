@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import uvicorn
 
-from linepulse.http_security import TlsSettings
+from linepulse.http.settings import TlsSettings
 
 log = logging.getLogger(__name__)
 

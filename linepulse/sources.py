@@ -250,6 +250,10 @@ class MqttSource(_Model):
     tls: MqttTls | None = None
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    # Messages waiting between the socket and the decoder. QoS 1/2 ones are bounded by the
+    # broker's in-flight window (acknowledged only when taken); QoS 0 ones past this are
+    # dropped and counted. See services/ingest/mqtt.py.
+    max_inbox_messages: int = Field(default=10_000, ge=1)
     topics: tuple[MqttTopic, ...] = ()
     sparkplug: Sparkplug | None = None
     # Machines this source carries (the simulator publishes these; the ingester accepts any

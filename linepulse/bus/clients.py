@@ -9,6 +9,8 @@ choice from its configuration; the service code is the same.
 The protocols below are exactly the subset of aiokafka's API the services call, with
 aiokafka's return shapes (`TopicPartition`, `ConsumerRecord`, `RecordMetadata` are
 aiokafka's own structs), so mypy checks a service against what the in-process bus offers.
+They hold public methods only (tests/unit/common/test_bus_protocols.py): a service that
+reached into a client's internals would run on one of the two buses alone.
 
 No client LinePulse makes ever creates a topic. Kafka creates a topic that a metadata
 request names when the request allows it and the broker's `auto.create.topics.enable` is
@@ -99,14 +101,7 @@ class Producer(Protocol):
     async def partitions_for(self, topic: str) -> set[int]: ...
 
 
-class MetadataClient(Protocol):
-    async def force_metadata_update(self) -> bool: ...
-
-
 class Consumer(Protocol):
-    # aiokafka has no public "refresh metadata now"; the services use its client's.
-    _client: MetadataClient
-
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...

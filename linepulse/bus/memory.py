@@ -60,7 +60,6 @@ from linepulse.bus.clients import (
     Consumer,
     Fetched,
     Headers,
-    MetadataClient,
     Producer,
     RecordBatch,
 )
@@ -429,13 +428,6 @@ def _metadata(topic: str, partition: int, offset: int, timestamp: int) -> Record
     )
 
 
-class _Metadata:
-    """The consumer's `_client`: the in-process metadata is always current."""
-
-    async def force_metadata_update(self) -> bool:
-        return True
-
-
 class InProcessConsumer:
     """aiokafka's `AIOKafkaConsumer` on an `InProcessBroker`.
 
@@ -454,7 +446,6 @@ class InProcessConsumer:
         if self.group_id is not None and config.get("enable_auto_commit", True):
             # Periodic background commits are not modelled: say so rather than differ.
             raise ValueError("the in-process bus needs enable_auto_commit=False with a group")
-        self._client: MetadataClient = _Metadata()
         self._member = broker._member_id()
         self._topics: frozenset[str] = frozenset()
         self._listener: ConsumerRebalanceListener | None = None

@@ -4,14 +4,15 @@ Reads are open; writes (ack, silences) need `Authorization: Bearer <token>` (or
 `X-API-Key`) with a token from `alerts.api_token_env` / `alerts.api_token_file`. Without
 a configured token every write is refused with 403: an unset secret must never mean
 "anyone may write". Tokens, size and rate limits and CORS are the KPI API's guard
-(linepulse/http_security.py), so both APIs answer alike.
+(linepulse/http/guard.py), so both APIs answer alike.
 The engine is not thread-safe, so every endpoint is `async` and runs on the event loop
 with the service's evaluation, one at a time.
 
-The API answers like the KPI API (linepulse/http_api.py): times are RFC 3339 in UTC with
+The API answers like the KPI API (linepulse/http/api.py): times are RFC 3339 in UTC with
 a `Z` (the engine keeps epoch milliseconds; they are converted here, at the wire), errors
-are `{"detail": "..."}` (validation errors too), a line or machine the plant does not
-have is a 404, and `/docs` works offline.
+are `{"detail": "..."}` (the named errors of services/alerts/errors.py, and validation
+errors too), a line or machine the plant does not have is a 404, and `/docs` works
+offline.
 """
 
 from __future__ import annotations
@@ -21,15 +22,25 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import FastAPI, HTTPException, Path, Query, Response
+from fastapi import FastAPI, Path, Query, Response
 from prometheus_client import CollectorRegistry
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
 from linepulse.config import PlantConfig
-from linepulse.http_api import create_api, metrics_response
-from linepulse.http_security import GUARD_RESPONSES, ApiAccess, ErrorDetail, install
+from linepulse.errors import ErrorDetail
+from linepulse.http.api import create_api, metrics_response
+from linepulse.http.guard import GUARD_RESPONSES, install
+from linepulse.http.settings import ApiAccess
 from services.alerts.channels import rfc3339
 from services.alerts.engine import AlertEngine
+from services.alerts.errors import (
+    AlertConflict,
+    InvalidSilence,
+    UnknownAlert,
+    UnknownLine,
+    UnknownMachine,
+    UnknownSilence,
+)
 from services.alerts.model import Alert, Matcher, Silence
 
 AlertStateName = Literal["pending", "firing", "acknowledged", "resolved"]
@@ -228,11 +239,9 @@ def create_app(
         try:
             alert = engine.ack(fingerprint, body.who, body.comment, now_ms())
         except KeyError:
-            raise HTTPException(
-                404, f"no alert with fingerprint {fingerprint!r}; GET /v1/alerts lists them"
-            ) from None
+            raise UnknownAlert(fingerprint) from None
         except ValueError as error:
-            raise HTTPException(409, str(error)) from None
+            raise AlertConflict(str(error)) from None
         changed()
         return _alert(alert)
 
@@ -256,12 +265,12 @@ def create_app(
         starts = now if body.starts_at is None else _ms(body.starts_at)
         ends = _ms(body.ends_at)
         if ends <= max(starts, now):
-            raise HTTPException(422, "ends_at must be after starts_at and in the future")
+            raise InvalidSilence("ends_at must be after starts_at and in the future")
         matchers = tuple(Matcher(m.name, m.value, m.regex) for m in body.matchers)
         try:
             silence = engine.add_silence(matchers, starts, ends, body.created_by, body.comment, now)
         except ValueError as error:
-            raise HTTPException(422, str(error)) from None
+            raise InvalidSilence(str(error)) from None
         changed()
         return _silence(silence)
 
@@ -275,7 +284,7 @@ def create_app(
         silence_id: Annotated[str, Path(description="the silence's `id`")],
     ) -> Response:
         if not engine.delete_silence(silence_id):
-            raise HTTPException(404, f"no silence {silence_id!r}; GET /v1/silences lists them")
+            raise UnknownSilence(silence_id)
         changed()
         return Response(status_code=204)
 
@@ -306,18 +315,14 @@ def check_scope(plant: PlantConfig, line: str | None, machine: str | None) -> No
     """404 for a line or machine the plant does not have, or a machine not on `line`."""
     lines = {li.id: li for li in plant.lines}
     if line is not None and line not in lines:
-        raise HTTPException(404, f"unknown line {line!r}; the plant's lines: {', '.join(lines)}")
+        raise UnknownLine(line, lines)
     if machine is None:
         return
     machines = {m: li.id for m, (li, _) in plant.machines().items()}
     if machine not in machines:
-        raise HTTPException(
-            404, f"unknown machine {machine!r}; the plant's machines: {', '.join(machines)}"
-        )
+        raise UnknownMachine.in_plant(machine, machines)
     if line is not None and machines[machine] != line:
-        raise HTTPException(
-            404, f"machine {machine!r} is on line {machines[machine]!r}, not {line!r}"
-        )
+        raise UnknownMachine.on_line(machine, machines[machine], line)
 
 
 def check_matchers(plant: PlantConfig, matchers: Sequence[MatcherBody]) -> None:
@@ -326,8 +331,7 @@ def check_matchers(plant: PlantConfig, matchers: Sequence[MatcherBody]) -> None:
     for index, matcher in enumerate(matchers):
         ids = known.get(matcher.name)
         if ids is not None and not matcher.regex and matcher.value not in ids:
-            raise HTTPException(
-                422,
+            raise InvalidSilence(
                 f"matchers[{index}]: the plant has no {matcher.name} {matcher.value!r} "
-                f"(its {matcher.name}s: {', '.join(ids)}); the silence would match nothing",
+                f"(its {matcher.name}s: {', '.join(ids)}); the silence would match nothing"
             )

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from linepulse.alerting import Rule
+from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig, Shift
 from services.alerts.model import Alert, AlertState, Notification, NotificationKind, Silence
-from services.kpi.core.calendar import Calendar
 
 Target = tuple[str | None, str]  # (person id or None for a broadcast channel, channel id)
 

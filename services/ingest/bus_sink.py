@@ -11,12 +11,12 @@ import orjson
 import polars as pl
 
 from linepulse.bus import KafkaClients, Producer
+from linepulse.bus.partitions import HomePartitions
 from linepulse.config import PlantConfig
 from linepulse.events import reason_kind
 from linepulse.wire import ARROW, encode_arrow
 from services.ingest.metrics import IngestMetrics
 from services.ingest.samples import DeadLetter
-from services.kpi.topics import HomePartitions
 
 
 class BusSink:

@@ -56,6 +56,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerClosed
 
 from linepulse.bus.clients import AioKafkaClients
+from linepulse.bus.partitions import HomePartitions
 from linepulse.bus.topics import TopicLayoutError, TopicRole, ensure_topics
 from linepulse.config import PlantConfig
 from linepulse.events import EVENT_SCHEMA, reason_kind
@@ -72,7 +73,6 @@ from services.ingest.spool import (
     encode_letters,
     encode_samples,
 )
-from services.kpi.topics import HomePartitions
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ a microsecond). `source` is a configured source id; `reason` a bounded rejection
 | `linepulse_ingest_withheld_total{source,reason}` | OPC-UA values with no reading to emit |
 | `linepulse_ingest_reconnects_total{source}` | connections re-established after a loss |
 | `linepulse_ingest_connected{source}` | 1 while the source's session is up |
+| `linepulse_ingest_mqtt_inbox_messages{source}` | MQTT messages received, not yet decoded |
+| `linepulse_ingest_mqtt_inbox_dropped_total{source}` | QoS 0 messages dropped: inbox full |
 | `linepulse_ingest_buffer_samples` | samples waiting in memory for Kafka |
 | `linepulse_ingest_spool_bytes` | bytes waiting in the disk spool for Kafka |
 | `linepulse_ingest_backpressure` | 1 while the spool is full and ingesters wait |
@@ -35,6 +37,8 @@ class IngestMetrics:
     withheld: Counter
     reconnects: Counter
     connected: Gauge
+    mqtt_inbox: Gauge
+    mqtt_inbox_dropped: Counter
     buffer_samples: Gauge
     spool_bytes: Gauge
     backpressure: Gauge
@@ -77,6 +81,17 @@ class IngestMetrics:
             ),
             connected=gauge(
                 "linepulse_ingest_connected", "1 while the source's session is up", ("source",)
+            ),
+            mqtt_inbox=gauge(
+                "linepulse_ingest_mqtt_inbox_messages",
+                "MQTT messages received and waiting to be decoded (read at scrape time)",
+                ("source",),
+            ),
+            mqtt_inbox_dropped=counter(
+                "linepulse_ingest_mqtt_inbox_dropped",
+                "QoS 0 MQTT messages dropped because max_inbox_messages were waiting "
+                "(QoS 1 and 2 wait at the broker instead)",
+                ("source",),
             ),
             buffer_samples=gauge(
                 "linepulse_ingest_buffer_samples", "Samples waiting in memory for Kafka"

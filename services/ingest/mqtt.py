@@ -1,16 +1,34 @@
-"""The MQTT ingester: plain topics (JSON or text payloads) and Sparkplug B, from one broker.
+"""The MQTT ingester's connection: plain topics and Sparkplug B, from one broker, to the sink.
 
-aiomqtt gives one `Message` per publish and does not reconnect by itself, so `run` loops:
-connect (persistent session, so QoS 1 messages published while we are away wait for us at
-the broker), subscribe, read until the connection drops, back off (doubling from
-`reconnect_min_s` to `reconnect_max_s`), again. A Python MQTT client handles about 14k
-messages/s, so the per-message path is kept short: no task and no Prometheus call per
-message; samples gather in a `SampleBatch` and go to the sink every `ingest.batch_samples`
+Decoding is elsewhere (`mqtt_payload` for plain topics, `sparkplug` for Sparkplug B); this
+module connects, subscribes, reconnects and hands each message to its decoder and the
+samples to the sink. aiomqtt gives one `Message` per publish and does not reconnect by
+itself, so `run` loops: connect (persistent session, so QoS 1 messages published while we
+are away wait for us at the broker), subscribe, read until the connection drops, back off
+(doubling from `reconnect_min_s` to `reconnect_max_s`), again. A Python MQTT client handles
+about 14k messages/s, so the per-message path is kept short: no task and no Prometheus call
+per message; samples gather in a `SampleBatch` and go to the sink every `ingest.batch_samples`
 samples or every `ingest.linger_ms`, whichever comes first, with the metrics.
 
 Bad input never leaves the loop as an exception: an oversized payload, malformed JSON, a
 value of the wrong type, an unknown machine or a garbled Sparkplug payload becomes a
 `DeadLetter` with the topic, the reason and the raw payload.
+
+The inbox (aiomqtt's queue between the socket and `_read`) is bounded, and what happens past
+the bound depends on the QoS, because only QoS 1 and 2 have flow control in MQTT:
+
+- QoS 1 and 2: never dropped here. Messages are acknowledged (PUBACK, PUBCOMP) when `_read`
+  takes them out of the inbox, not when they arrive (paho's `manual_ack`), so what is not
+  yet taken stays the broker's to send again. The broker's in-flight window was meant to
+  bound the inbox, but Mosquitto 2.0 was measured sending 470 messages past
+  `max_inflight_messages 20` to a subscriber that acknowledged while publishes went on
+  (tests/integration/test_ingest_mqtt_inbox.py checks that none is lost, not that bound);
+  MQTT v5's Receive Maximum would be the stricter means.
+- QoS 0: no flow control exists, so past `max_inbox_messages` waiting a message is dropped
+  and counted (`linepulse_ingest_mqtt_inbox_dropped_total{source}`).
+
+Messages still in the inbox when the connection drops (or at stop) were never acknowledged:
+the broker sends QoS 1 and 2 ones again on the next connect (persistent session).
 """
 
 from __future__ import annotations
@@ -18,133 +36,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import ssl
 import time
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Final
 
 import aiomqtt
-import msgspec
 
 from linepulse.config import PlantConfig
-from linepulse.events import MAX_TEXT, reason_kind
-from linepulse.sources import MqttSource, MqttTopic
+from linepulse.events import reason_kind
+from linepulse.sources import MqttSource
 from services.ingest import sparkplug
 from services.ingest.metrics import IngestMetrics
+from services.ingest.mqtt_payload import PayloadError, PlainDecoder
 from services.ingest.samples import RAW_KEEP_BYTES, SampleBatch, Sink
 
 log = logging.getLogger(__name__)
 
-_JSON_KEYS: Final = frozenset({"value", "ts", "reason", "quality"})
-# RFC 8259 §6: what a JSON number looks like. A plain payload is a number exactly when it
-# would be one in JSON; "0042", "NaN", "1_000" or "+5" are text, as a material number is.
-_JSON_NUMBER: Final = re.compile(
-    r"-?(?:0|[1-9][0-9]*)"  # an int: no leading zero, no sign but minus
-    r"(?P<float>(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"  # a fraction or an exponent: a float
-)
 _SPARKPLUG_PREFIX: Final = f"{sparkplug.NAMESPACE}/"
 _REBIRTH_QOS: Final = 0  # Sparkplug 3.0: NCMD is published at QoS 0
-
-
-# -- plain topics: pure parsing -------------------------------------------------------------
-
-
-class PayloadError(ValueError):
-    """A plain-topic payload that cannot be read; the message says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class TopicMatch:
-    """What a topic's levels say: the machine, the signal (None when the pattern has no
-    `{signal}`: the JSON payload names it) and the line (None without `{line}`)."""
-
-    machine: str
-    signal: str | None
-    line: str | None
-    format: str
-
-
-class TopicPatterns:
-    """Matches topic names against the configured patterns, first match wins."""
-
-    def __init__(self, topics: tuple[MqttTopic, ...]) -> None:
-        self._patterns = [(t.split(), t.format) for t in topics]
-
-    def match(self, name: str) -> TopicMatch | None:
-        levels = name.split("/")
-        for pattern, fmt in self._patterns:
-            if len(pattern) != len(levels):
-                continue
-            found: dict[str, str] = {}
-            for want, got in zip(pattern, levels, strict=True):
-                if want[0:1] == "{":
-                    if not got:
-                        break
-                    found[want] = got
-                elif want != got:
-                    break
-            else:
-                return TopicMatch(
-                    found["{machine}"], found.get("{signal}"), found.get("{line}"), fmt
-                )
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One value from a plain-topic payload; `ts` None means "use the receive time"."""
-
-    value: object
-    ts: object = None
-    reason: str | None = None
-    quality: str = "good"
-    signal: str | None = None
-
-
-def parse_json(payload: bytes, *, signal_in_payload: bool = False) -> Reading:
-    """A JSON payload: an object `{"value", "ts"?, "reason"?, "quality"?}` (and `"signal"`
-    when the topic has no `{signal}` level), or a bare JSON scalar as the value."""
-    try:
-        # msgspec keeps JSON's types: an int stays an exact int at any size (orjson would
-        # turn one beyond 64 bits into a float), 3.0 stays a float, "0042" text.
-        doc = msgspec.json.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
-        raise PayloadError(f"malformed JSON: {error}") from None
-    if not isinstance(doc, dict):
-        if signal_in_payload:
-            raise PayloadError("the topic has no {signal}: the payload must be an object")
-        return Reading(doc)
-    allowed = _JSON_KEYS | {"signal"} if signal_in_payload else _JSON_KEYS
-    unknown = doc.keys() - allowed
-    if unknown:
-        raise PayloadError(f"unknown field(s) in payload: {', '.join(sorted(unknown))}")
-    if "value" not in doc:
-        raise PayloadError("payload object has no value")
-    quality = doc.get("quality", "good")
-    if not isinstance(quality, str):
-        raise PayloadError(f"quality must be a string, got {quality!r}")
-    signal = doc.get("signal")
-    if signal_in_payload and not isinstance(signal, str):
-        raise PayloadError(f"signal must be a string, got {signal!r}")
-    return Reading(doc["value"], doc.get("ts"), doc.get("reason"), quality, signal)
-
-
-def parse_plain(payload: bytes) -> Reading:
-    """A text payload: a number when it is a JSON number (an int without fraction or
-    exponent, else a float), otherwise the text, kept as it is ("0042" stays text)."""
-    try:
-        text = payload.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise PayloadError("plain payload is not UTF-8 text") from None
-    if not text:
-        raise PayloadError("empty payload")
-    number = _JSON_NUMBER.fullmatch(text)
-    if number is None or len(text) > MAX_TEXT:  # a longer one is refused as text is
-        return Reading(text)
-    return Reading(float(text) if number.group("float") else int(text))
 
 
 # -- the ingester ---------------------------------------------------------------------------
@@ -192,16 +102,20 @@ class MqttIngester:
         self.sink = sink
         self.metrics = metrics
         machines = plant.machines()
-        self._line_of: Mapping[str, str] = {m: line.id for m, (line, _) in machines.items()}
         self._batch = SampleBatch(machines, source.id)
-        self._patterns = TopicPatterns(source.topics)
+        self._decoder = PlainDecoder(
+            source.topics, {m: line.id for m, (line, _) in machines.items()}
+        )
         self._max_bytes = plant.ingest.max_payload_bytes
         self._flush_at = plant.ingest.batch_samples
         self._linger_s = max(plant.ingest.linger_ms, 10) / 1000
         self._flush_lock = asyncio.Lock()
         self._messages = 0  # since the last flush; a plain int, the counter is per batch
         self._connects = 0
-        self._inbox: asyncio.Queue[aiomqtt.Message] | None = None
+        self._inbox: asyncio.Queue[aiomqtt.Message] | None = None  # the connection's
+        self._dropped = 0  # QoS 0 messages dropped at the inbox bound since the last flush
+        if metrics is not None:  # read at scrape time: no Prometheus call per message
+            metrics.mqtt_inbox.labels(source.id).set_function(self.inbox_size)
         self.host: sparkplug.SparkplugHost | None = None
         if source.sparkplug is not None:
             self.host = sparkplug.SparkplugHost(
@@ -224,15 +138,26 @@ class MqttIngester:
         credentials = source.credentials
         ingester = self
 
+        bound = source.max_inbox_messages
+
         class Inbox(asyncio.Queue[aiomqtt.Message]):
             """aiomqtt's incoming queue (its `queue_type` hook), kept so `_read` can take
-            the messages already waiting without a task and a wakeup for each."""
+            the messages already waiting without a task and a wakeup for each, and bounded
+            here rather than by aiomqtt's `max_queued_incoming_messages`, which discards
+            any message past it: a discarded QoS 1 message, never acknowledged, would hold
+            one of the broker's in-flight slots until the next connect."""
 
             def __init__(self, maxsize: int = 0) -> None:
-                super().__init__(maxsize)
+                super().__init__(maxsize)  # aiomqtt passes 0: unbounded, see put_nowait
                 ingester._inbox = self
 
-        return aiomqtt.Client(
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                if item.qos == 0 and self.qsize() >= bound:
+                    ingester._dropped += 1  # counted and logged per batch, in `flush`
+                    return
+                super().put_nowait(item)
+
+        client = aiomqtt.Client(
             source.host,
             source.port,
             identifier=source.client_id or f"linepulse-{source.id}",
@@ -247,6 +172,15 @@ class MqttIngester:
             logger=log,
             queue_type=Inbox,
         )
+        # Acknowledge on taking from the inbox (`_read`): what is not taken stays the
+        # broker's to resend. aiomqtt has no public switch for paho's manual_ack.
+        client._client.manual_ack_set(True)
+        return client
+
+    def inbox_size(self) -> int:
+        """Messages waiting in the current connection's inbox (0 between connections)."""
+        inbox = self._inbox
+        return 0 if inbox is None else inbox.qsize()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Ingest until `stop` is set; then flush what is collected and return."""
@@ -272,6 +206,7 @@ class MqttIngester:
                     delay = source.reconnect_min_s
                     await self._read_until_stopped(client, stop)
             except aiomqtt.MqttError as error:
+                self._inbox = None  # what it holds is unacknowledged: the broker resends it
                 self._set_connected(False)
                 log.warning(
                     "mqtt %s: connection to %s failed or lost (%s); retrying in %.1f s",
@@ -318,13 +253,19 @@ class MqttIngester:
                 raise error
 
     async def _read(self, client: aiomqtt.Client) -> None:
+        paho = client._client  # for the acknowledgement: see `_new_client`
         async for message in client.messages:
             await self._message(client, message)
+            if message.qos:
+                paho.ack(message.mid, message.qos)
             # aiomqtt's iterator costs a task and a loop wakeup per message, about a third
             # of the per-message time: take what is already waiting directly.
             inbox = self._inbox
             while inbox is not None and not inbox.empty():
-                await self._message(client, inbox.get_nowait())
+                message = inbox.get_nowait()
+                await self._message(client, message)
+                if message.qos:
+                    paho.ack(message.mid, message.qos)
 
     async def _message(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         name = message.topic.value
@@ -348,40 +289,18 @@ class MqttIngester:
     # -- messages ------------------------------------------------------------------------
 
     def _plain(self, name: str, payload: bytes) -> None:
-        batch = self._batch
-        found = self._patterns.match(name)
-        if found is None:
-            batch.reject("topic matches no configured pattern", payload, name)
-            return
-        machine = found.machine
-        line = self._line_of.get(machine)
-        if found.line is not None and line is not None and found.line != line:
-            batch.reject(
-                f"line mismatch: topic says line {found.line!r}, machine {machine!r} is on "
-                f"{line!r}",
-                payload,
-                name,
-            )
-            return
         try:
-            if found.format == "json":
-                reading = parse_json(payload, signal_in_payload=found.signal is None)
-            else:
-                if found.signal is None:
-                    raise PayloadError("plain payloads need a {signal} level in the pattern")
-                reading = parse_plain(payload)
+            sample = self._decoder.decode(name, payload, int(time.time() * 1000))
         except PayloadError as error:
-            batch.reject(str(error), payload, name)
+            self._batch.reject(str(error), payload, name)
             return
-        ts = reading.ts if reading.ts is not None else int(time.time() * 1000)
-        signal = found.signal or reading.signal or ""
-        batch.add(
-            ts,
-            machine,
-            signal,
-            reading.value,
-            reason=reading.reason,
-            quality=reading.quality,
+        self._batch.add(
+            sample.ts,
+            sample.machine,
+            sample.signal,
+            sample.value,
+            reason=sample.reason,
+            quality=sample.quality,
             raw=payload,
             where=name,
         )
@@ -422,6 +341,7 @@ class MqttIngester:
         """Hand the collected samples and dead letters to the sink, and count them."""
         async with self._flush_lock:
             messages, self._messages = self._messages, 0
+            self._count_dropped()
             if not len(self._batch) and not self._batch.letters:
                 self._count(messages, 0, [])
                 return
@@ -433,6 +353,19 @@ class MqttIngester:
                 for letter in letters[:3]:  # a sample: the DLQ has them all
                     log.warning("mqtt: rejected %s: %s", letter.source, letter.reason)
             self._count(messages, frame.height, [letter.reason for letter in letters])
+
+    def _count_dropped(self) -> None:
+        dropped, self._dropped = self._dropped, 0
+        if not dropped:
+            return
+        log.warning(
+            "mqtt %s: inbox full (max_inbox_messages %d): dropped %d QoS 0 message(s)",
+            self.source.id,
+            self.source.max_inbox_messages,
+            dropped,
+        )
+        if self.metrics is not None:
+            self.metrics.mqtt_inbox_dropped.labels(self.source.id).inc(dropped)
 
     def _count(self, messages: int, events: int, reasons: list[str]) -> None:
         metrics = self.metrics

@@ -10,7 +10,7 @@ own connection code, so what is found here is what `linepulse ingest` will find:
 - MQTT: the broker is listened to for `listen_s` (every topic, `#`, besides the configured
   filters) under a client id of its own and a clean session, so the ingester's persistent
   session is never taken over. Each topic seen is matched as the ingester matches it
-  (`mqtt.TopicPatterns`, `sparkplug.parse_topic`); Sparkplug births are listed, and an
+  (`mqtt_payload.TopicPatterns`, `sparkplug.parse_topic`); Sparkplug births are listed, and an
   edge node seen without its birth is asked for one (NCMD Rebirth) when the source allows
   rebirths, as the ingester would ask.
 
@@ -37,7 +37,8 @@ from asyncua.ua.object_ids import ObjectIds
 from linepulse.config import PlantConfig
 from linepulse.sources import MqttSource, OpcuaSource
 from services.ingest import sparkplug
-from services.ingest.mqtt import PayloadError, TopicPatterns, parse_json, parse_plain, tls_context
+from services.ingest.mqtt import tls_context
+from services.ingest.mqtt_payload import PayloadError, TopicPatterns, parse_json, parse_plain
 from services.ingest.opcua_session import (
     Route,
     failure_reason,

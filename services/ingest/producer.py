@@ -13,11 +13,11 @@ from pathlib import Path
 import polars as pl
 
 from linepulse.bus.clients import AioKafkaClients
+from linepulse.bus.partitions import HomePartitions
 from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig
+from linepulse.event_files import read_batches
 from linepulse.wire import ARROW, encode_arrow
-from services.kpi.replay import read_batches
-from services.kpi.topics import HomePartitions
 
 RECORD_SAMPLES = 5_000
 

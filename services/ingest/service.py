@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig
-from linepulse.http_api import metrics_response
+from linepulse.http.api import metrics_response
 from linepulse.runtime import HttpSettings, install_stop_signals, serve_http
 from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics

@@ -30,11 +30,12 @@ from pydantic import BaseModel, Field
 
 from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.config import PlantConfig, State, WindowKind
-from linepulse.http_api import create_api, errors_of_a_text_route, metrics_response
-from linepulse.http_security import GUARD_RESPONSES, ApiAccess, install
+from linepulse.http.api import create_api, errors_of_a_text_route, metrics_response
+from linepulse.http.guard import GUARD_RESPONSES, install
+from linepulse.http.settings import ApiAccess
 from linepulse.records import KpiRecord
 from services.kpi.board.board import mount_board  # live board (issue 6)
-from services.kpi.errors import BadRequest, NotFound, install_error_handlers
+from services.kpi.errors import BadRequest, NotFound
 from services.kpi.stops_api import CorrectionProducer, stops_router
 from services.kpi.store import KpiStore, Scope
 
@@ -183,7 +184,6 @@ def create_app(
             {"name": "operations", "description": "metrics and health checks"},
         ],
     )
-    install_error_handlers(app)
     install(app, access or ApiAccess())
 
     def check_scope(line: str | None, machine: str | None, scope: Scope = "all") -> None:

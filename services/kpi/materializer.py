@@ -19,7 +19,7 @@ from aiokafka import TopicPartition
 from linepulse.bus import AIOKAFKA, Consumer, KafkaClients
 from linepulse.bus.topics import TopicRole, check_topics
 from linepulse.config import KafkaSettings
-from services.kpi.errors import LinePulseError
+from linepulse.errors import LinePulseError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Materializer:
         kafka: KafkaSettings,
         bootstrap: str,
         store: Store,
-        metrics: RecordObserver | None = None,
+        metrics: RecordObserver,
         clients: KafkaClients = AIOKAFKA,
     ) -> None:
         self.kafka = kafka
@@ -83,8 +83,7 @@ class Materializer:
                             log.warning("%s@%d: not JSON; skipped", tp, message.offset)
                 if records:
                     records = await asyncio.to_thread(self._upsert, records)
-                    if self.metrics is not None:
-                        self.metrics.observe_records(records)
+                    self.metrics.observe_records(records)
                     self.records += len(records)
                 if statuses:
                     await asyncio.to_thread(self._upsert_status, statuses)

@@ -1,6 +1,6 @@
 """`linepulse replay`: telemetry from a file, through the core, to final KPI records.
 
-The file is read in batches (JSON lines or Parquet, chosen by extension) and fed to the
+The file is read in batches (linepulse/event_files.py: JSON lines or Parquet) and fed to the
 same `step` the streaming worker uses. A final record is written once its window can no
 longer be restated (its end is behind the restatement horizon) or at the end of the
 input, so each key is written once, with its last revision, and memory stays bounded.
@@ -8,25 +8,16 @@ input, so each key is written once, with its last revision, and memory stays bou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
-import polars as pl
 
-from linepulse.events import (
-    EARLIEST_MS,
-    REPLAY_LATEST_MS,
-    Decoded,
-    decode_json_lines,
-    empty_events,
-    normalize_frame,
-    reason_kind,
-    within_band,
-)
+from linepulse.event_files import read_batches
+from linepulse.events import empty_events, reason_kind
 from services.kpi.core.engine import Core, CoreStats, initial_state, step
 
 # Per-step costs are fixed, so large batches are fast: 10 M events peak at ~0.7 GiB.
@@ -46,36 +37,6 @@ class ReplaySummary:
     def count_reason(self, reason: str) -> None:
         kind = reason_kind(reason)
         self.rejected_by_reason[kind] = self.rejected_by_reason.get(kind, 0) + 1
-
-
-def read_batches(path: Path, batch_events: int = BATCH_EVENTS) -> Iterator[tuple[Decoded, int]]:
-    """Decoded batches and the bytes read so far (for progress); events outside
-    `EARLIEST_MS`..`REPLAY_LATEST_MS` are rejected with their reason."""
-    for decoded, read in _read_batches(path, batch_events):
-        banded = within_band(decoded.events, (EARLIEST_MS, REPLAY_LATEST_MS), "event")
-        yield Decoded(banded.events, decoded.rejected + banded.rejected), read
-
-
-def _read_batches(path: Path, batch_events: int) -> Iterator[tuple[Decoded, int]]:
-    suffix = "".join(path.suffixes[-1:]).lower()
-    if suffix in {".parquet", ".pq"}:
-        parquet = pl.scan_parquet(path)
-        total = path.stat().st_size
-        rows = parquet.select(pl.len()).collect().item()
-        for offset in range(0, rows, batch_events):
-            frame = parquet.slice(offset, batch_events).collect()
-            read = min(total, round(total * (offset + frame.height) / max(rows, 1)))
-            yield normalize_frame(frame, where=f"row {offset}+"), read
-        return
-    with path.open("rb") as handle:
-        number, done = 1, 0
-        while True:
-            lines = handle.readlines(batch_events * 100)
-            if not lines:
-                return
-            done += sum(len(line) for line in lines)
-            yield decode_json_lines(lines, first_line=number), done
-            number += len(lines)
 
 
 def replay(

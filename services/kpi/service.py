@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from linepulse.bus.clients import AioKafkaClients
 from linepulse.bus.topics import TOPIC_ROLES, TopicRole, ensure_topics
 from linepulse.config import PlantConfig
-from linepulse.http_security import TlsSettings
+from linepulse.http.settings import TlsSettings
 from linepulse.runtime import install_stop_signals, serve_http
 from services.kpi.api import create_app
 from services.kpi.checkpoint import DirectoryStore

@@ -29,12 +29,12 @@ from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from linepulse.bus import AIOKAFKA, KafkaClients, Producer
+from linepulse.bus.partitions import home_partition
 from linepulse.config import PlantConfig
 from linepulse.events import parse_ts
 from linepulse.production import UNASSIGNED, ReasonCategory
 from services.kpi.errors import BadRequest, Conflict, NotFound, Unavailable
 from services.kpi.store import KpiStore
-from services.kpi.topics import home_partition
 
 log = logging.getLogger(__name__)
 

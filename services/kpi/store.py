@@ -50,14 +50,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Self, get_args
+from typing import Any, Final, Literal, Self
 
 import duckdb
 import orjson
 import polars as pl
 
 from linepulse.config import STATES, WINDOW_KINDS, PlantConfig, WindowKind
-from linepulse.records import RECORD_FIELDS, KpiRecord
+from linepulse.records import RECORD_FIELDS, RECORD_TYPES, FieldKind
 from services.kpi.errors import InvalidRecord
 from services.kpi.stops import StatusRow, StopLog, create_stop_tables
 from services.kpi.stops import iso as _iso
@@ -69,69 +69,38 @@ line records only (`machine` None)."""
 KEY: Final = ("line", "machine", "window", "window_start")
 _FIELD_SET: Final = frozenset(RECORD_FIELDS)
 # Fields a record may leave null: those whose type admits None.
-_NULLABLE: Final = frozenset(
-    name for name, info in KpiRecord.model_fields.items() if type(None) in get_args(info.annotation)
-)
+_NULLABLE: Final = frozenset(name for name, kind in RECORD_TYPES.items() if kind.nullable)
 # Fields held as JSON text: objects in the record, VARCHAR in the table.
-_JSON_FIELDS: Final = frozenset({"downtime_by_reason", "losses", "by_product"})
-# SQL and staging-frame types of the record's fields. Looked up by RECORD_FIELDS, so a
-# field added to KpiRecord without a column here fails loudly at import.
+_JSON_FIELDS: Final = frozenset(
+    name for name, kind in RECORD_TYPES.items() if kind.kind == "object"
+)
+# SQL column and staging-frame type of each kind of record field (times are UTC).
+_SQL_OF_KIND: Final[Mapping[FieldKind, str]] = {
+    "string": "VARCHAR",
+    "integer": "BIGINT",
+    "number": "DOUBLE",
+    "boolean": "BOOLEAN",
+    "datetime": "TIMESTAMP",
+    "object": "VARCHAR",  # JSON text
+}
+_FRAME_OF_KIND: Final[Mapping[FieldKind, pl.DataType]] = {
+    "string": pl.String(),
+    "integer": pl.Int64(),
+    "number": pl.Float64(),
+    "boolean": pl.Boolean(),
+    "object": pl.String(),
+}
+# The key's columns are NOT NULL even where the record allows None: `machine` is '' on a
+# line record.
 _SQL_TYPES: Final[Mapping[str, str]] = {
-    "site": "VARCHAR NOT NULL",
-    "line": "VARCHAR NOT NULL",
-    "machine": "VARCHAR NOT NULL",  # '' on a line record
-    "window": "VARCHAR NOT NULL",
-    "window_start": "TIMESTAMP NOT NULL",  # UTC
-    "window_end": "TIMESTAMP NOT NULL",
-    "shift": "VARCHAR",
-    "planned_s": "DOUBLE NOT NULL",
-    "run_s": "DOUBLE NOT NULL",
-    "downtime_s": "DOUBLE NOT NULL",
-    "unknown_s": "DOUBLE NOT NULL",
-    "stops": "BIGINT NOT NULL",
-    "total_count": "BIGINT NOT NULL",
-    "good_count": "BIGINT NOT NULL",
-    "reject_count": "BIGINT NOT NULL",
-    "availability": "DOUBLE",
-    "performance": "DOUBLE",
-    "quality": "DOUBLE",
-    "oee": "DOUBLE",
-    "mtbf_s": "DOUBLE",
-    "mttr_s": "DOUBLE",
-    "downtime_by_reason": "VARCHAR NOT NULL",  # JSON object {reason: seconds}
-    "final": "BOOLEAN NOT NULL",
-    "revision": "INTEGER NOT NULL",
-    # -- beyond OEE
-    "product": "VARCHAR",
-    "coverage": "DOUBLE",
-    "calendar_s": "DOUBLE NOT NULL",
-    "down_s": "DOUBLE NOT NULL",
-    "idle_s": "DOUBLE NOT NULL",
-    "setup_s": "DOUBLE NOT NULL",
-    "small_stops": "BIGINT NOT NULL",
-    "small_stop_s": "DOUBLE NOT NULL",
-    "failures": "BIGINT NOT NULL",
-    "rework_count": "BIGINT",
-    "effectiveness": "DOUBLE",
-    "technical_efficiency": "DOUBLE",
-    "setup_rate": "DOUBLE",
-    "nee": "DOUBLE",
-    "teep": "DOUBLE",
-    "throughput_per_h": "DOUBLE",
-    "scrap_ratio": "DOUBLE",
-    "rework_ratio": "DOUBLE",
-    "first_pass_yield": "DOUBLE",
-    "mttf_s": "DOUBLE",
-    "fully_productive_s": "DOUBLE",
-    "losses": "VARCHAR",  # JSON object {loss: seconds}, or NULL
-    "by_product": "VARCHAR NOT NULL",  # JSON object {product: ProductRun}
-    "constraint": "VARCHAR",
-    "oee_constraint": "DOUBLE",
-    "bottleneck": "VARCHAR",
-    "bottleneck_s": "DOUBLE",
-    "output_count": "BIGINT",
-    "target_count": "BIGINT",
-    "projected_count": "DOUBLE",
+    name: _SQL_OF_KIND[kind.kind] + ("" if kind.nullable and name not in KEY else " NOT NULL")
+    for name, kind in RECORD_TYPES.items()
+}
+# Times are staged apart (parsed from RFC 3339 text).
+_FRAME_TYPES: Final[Mapping[str, pl.DataType]] = {
+    name: _FRAME_OF_KIND[kind.kind]
+    for name, kind in RECORD_TYPES.items()
+    if kind.kind != "datetime"
 }
 # A store file written before a field existed gets its column on open (ALTER TABLE ADD
 # COLUMN cannot add NOT NULL constraints; the staging checks enforce them for new rows).
@@ -145,19 +114,6 @@ _ADDED_DEFAULTS: Final[Mapping[str, str]] = {
     "small_stop_s": "0",
     "failures": "0",
     "by_product": "'{}'",
-}
-_FRAME_TYPES: Final[Mapping[str, pl.DataType]] = {
-    name: (
-        pl.String()
-        if sql.startswith("VARCHAR")
-        else pl.Float64()
-        if sql.startswith("DOUBLE")
-        else pl.Boolean()
-        if sql.startswith("BOOLEAN")
-        else pl.Int64()
-    )
-    for name, sql in _SQL_TYPES.items()
-    if not sql.startswith("TIMESTAMP")
 }
 
 

@@ -1,10 +1,13 @@
-"""The streaming KPI worker: telemetry from Kafka through the core, KPI records back out.
+"""The streaming KPI worker's consume loop: telemetry from Kafka through the core, KPI
+records back out.
 
 One core state per telemetry partition, so a partition's state moves with it on a
 rebalance. The loop: poll a micro-batch, decode it, forward events that belong to another
-line's home partition, step each partition's core, publish records (finals at once, open
-windows at most once per `open_interval_s` per key) and dead letters, flush, and every
-`checkpoint_interval_s` save each partition's state with the offset it covers, then commit.
+line's home partition, step each partition's core and its machine statuses, hand the
+results to the publisher (services/kpi/publisher.py), and every `checkpoint_interval_s`
+save each partition's state with the offset it covers, then commit. This module holds the
+loop, the partitions it owns and their checkpoints; what is sent, and when, is the
+publisher's; the status step is pure (services/kpi/machine_status.py).
 
 Exactly-once effect: a worker that takes a partition over (after a crash, a rebalance or a
 restart) loads the checkpoint and seeks to its offset, so every event is applied to the
@@ -15,120 +18,47 @@ the same keys (the `kpi` topic is compacted), and repeated samples are harmless.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-import orjson
 import polars as pl
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord
 
-from linepulse.bus import AIOKAFKA, Consumer, KafkaClients, Producer
+from linepulse.bus import AIOKAFKA, Consumer, KafkaClients
+from linepulse.bus.partitions import HomePartitions
 from linepulse.bus.topics import TOPIC_ROLES, check_topics
 from linepulse.config import KafkaSettings
 from linepulse.events import EARLIEST_MS, Decoded, reason_kind
-from linepulse.wire import ARROW, decode_records, encode_arrow
+from linepulse.wire import decode_records
+from services.kpi import machine_status
 from services.kpi.checkpoint import CheckpointError, DirectoryStore, dump_state, load_state
 from services.kpi.core.engine import Core, CoreState, StepOutput, initial_state, step
+from services.kpi.loop_clock import LoopClock
+from services.kpi.machine_status import MachineStatus
 from services.kpi.metrics import KpiMetrics
-from services.kpi.topics import HomePartitions
+from services.kpi.publisher import KpiPublisher, WorkerStats
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_RECORDS = 50_000
-LAST_SEEN_STEP_MS = 5_000
+MAX_BATCH_RECORDS: Final = 50_000
 # Events from a clock a day ahead of the worker's, or from before 2000 (a PLC reset to
 # 1970), go to the DLQ: see linepulse.events.EARLIEST_MS.
-MAX_AHEAD_MS = 86_400_000
+MAX_AHEAD_MS: Final = 86_400_000
+SHUTDOWN_STEP_S: Final = 30.0
 
 
-SHUTDOWN_STEP_S = 30.0
-
-
-async def _bounded(step: Any, what: str) -> None:
+async def _bounded(step: Awaitable[None], what: str) -> None:
     """A shutdown step that cannot hang the exit: logged and abandoned after a while."""
     try:
         async with asyncio.timeout(SHUTDOWN_STEP_S):
             await step
     except TimeoutError:
         log.error("%s took over %.0f s; exiting without it", what, SHUTDOWN_STEP_S)
-
-
-def record_key(record: dict[str, Any]) -> bytes:
-    """`kpi` topic key: scope (machine, or `*` for the line), window kind and start."""
-    scope = record["machine"] or "*"
-    return f"{record['line']}/{scope}/{record['window']}/{record['window_start']}".encode()
-
-
-class LoopClock:
-    """Where the consume loop spends its time, logged every LOG_EVERY_S: what an operator
-    looks at first when KPIs lag behind the events."""
-
-    LOG_EVERY_S = 10.0
-
-    def __init__(self) -> None:
-        self.spent: dict[str, float] = {}
-        self.loops = self.records = 0
-        self.started = time.monotonic()
-        self._last = ""
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        begin = time.perf_counter()
-        try:
-            yield
-        finally:
-            took = time.perf_counter() - begin
-            self.spent[name] = self.spent.get(name, 0.0) + took
-            self._last = f"{self._last} {name} {took * 1000:.0f} ms"
-
-    def tick(self, records: int) -> None:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("poll: %d records;%s", records, self._last)
-        self._last = ""
-        self.loops += 1
-        self.records += records
-        elapsed = time.monotonic() - self.started
-        if elapsed >= self.LOG_EVERY_S:
-            phases = ", ".join(f"{k} {v / elapsed:.0%}" for k, v in sorted(self.spent.items()))
-            log.info(
-                "loop: %d polls, %d records in %.0f s (%.2f s a poll); %s",
-                self.loops,
-                self.records,
-                elapsed,
-                elapsed / self.loops,
-                phases,
-            )
-            self.__init__()  # type: ignore[misc]
-
-
-@dataclass
-class MachineStatus:
-    """A machine's latest state, as the status topic carries it. Checkpoints hold these
-    as `vars()`; a field added later needs a default (older checkpoints lack it)."""
-
-    line: str
-    state: str | None = None
-    since: int | None = None  # epoch ms the current state began
-    last_seen: int | None = None  # epoch ms of the latest event of any signal
-    published_seen: int | None = None  # last_seen as last published
-    reason: str | None = None  # the current state sample's reason code
-
-    def as_dict(self, machine: str, last_seen: int | None = None) -> dict[str, Any]:
-        return {
-            "machine": machine,
-            "line": self.line,
-            "state": self.state,
-            "reason": self.reason,
-            "since": self.since,
-            "last_seen": self.last_seen if last_seen is None else last_seen,
-        }
 
 
 @dataclass
@@ -141,26 +71,17 @@ class Partition:
     dirty: bool = False
 
 
-@dataclass
-class WorkerStats:
-    """Cumulative counts of this worker process, for logs and tests."""
-
-    batches: int = 0
-    events: int = 0
-    forwarded: int = 0
-    dead_letters: int = 0
-    published: int = 0
-    checkpoints: int = 0
-
-
 class KpiWorker:
+    """One member of the KPI worker group: `run` consumes until stopped; `adopt` and
+    `release` are its rebalance callbacks (a partition's checkpoint in, then out)."""
+
     def __init__(
         self,
         core: Core,
         kafka: KafkaSettings,
         bootstrap: str,
         store: DirectoryStore,
-        metrics: KpiMetrics | None = None,
+        metrics: KpiMetrics,
         clients: KafkaClients = AIOKAFKA,
     ) -> None:
         self.core = core
@@ -173,14 +94,9 @@ class KpiWorker:
         self.stats = WorkerStats()
         self._homes: HomePartitions | None = None
         self._lines = {m: line.id for m, (line, _) in core.plant.machines().items()}
-        self._open: dict[bytes, bytes] = {}  # latest unsent open-window record per key
-        self._open_sent: dict[bytes, float] = {}
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+        self._publisher: KpiPublisher | None = None
         self._last_checkpoint = time.monotonic()
-        self._partitions: dict[bytes, int] = {}
-        self._kpi_count = 1
-        self._inflight: list[asyncio.Future[Any]] = []
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -214,8 +130,11 @@ class KpiWorker:
         await producer.start()
         try:
             await consumer.start()
-            self._producer, self._consumer = producer, consumer
-            self._kpi_count = len(await producer.partitions_for(self.kafka.kpi.name))
+            self._consumer = consumer
+            kpi_partitions = len(await producer.partitions_for(self.kafka.kpi.name))
+            self._publisher = KpiPublisher(
+                producer, self.kafka, kpi_partitions, self.metrics, self.stats
+            )
             try:
                 self._homes = HomePartitions(self.core.plant, layout["telemetry"])
                 consumer.subscribe([self.kafka.telemetry.name], listener=_Rebalance(self))
@@ -229,21 +148,22 @@ class KpiWorker:
                         with clock.phase("process"):
                             await self._process(batch)
                     with clock.phase("publish"):
-                        await self._publish_due_open()
+                        await self._publisher.publish_due_open()
                     if time.monotonic() - self._last_checkpoint >= self.kafka.checkpoint_interval_s:
                         with clock.phase("checkpoint"):
                             await self._checkpoint(list(self.parts))
                     clock.tick(sum(len(m) for m in batch.values()))
                 log.info("stopping: checkpointing %d partitions", len(self.parts))
                 async with asyncio.timeout(SHUTDOWN_STEP_S):
-                    await self._publish_due_open(force=True)
+                    await self._publisher.publish_due_open(force=True)
                     await self._checkpoint(list(self.parts))
                 log.info("stopping: checkpoints saved; leaving the group")
             finally:
                 await _bounded(consumer.stop(), "leaving the consumer group")
         finally:
             await _bounded(producer.stop(), "flushing and closing the producer")
-            self._producer = self._consumer = None
+            self._publisher = None
+            self._consumer = None
             log.info("stopped")
 
     # -- partitions come and go ---------------------------------------------------------
@@ -282,7 +202,8 @@ class KpiWorker:
 
     async def release(self, revoked: Iterable[TopicPartition]) -> None:
         numbers = [tp.partition for tp in revoked if tp.partition in self.parts]
-        await self._publish_due_open(force=True)
+        if self._publisher is not None:
+            await self._publisher.publish_due_open(force=True)
         await self._checkpoint(numbers)
         for number in numbers:
             self.parts.pop(number, None)
@@ -292,10 +213,9 @@ class KpiWorker:
     async def _process(
         self, batch: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> None:
-        producer = self._producer
-        assert producer is not None  # noqa: S101
+        publisher = self._publisher
+        assert publisher is not None  # noqa: S101 - only called while running
         started = time.perf_counter()
-        sends: list[asyncio.Future[Any]] = []
         work: list[tuple[TopicPartition, Partition, Decoded, pl.DataFrame, int]] = []
         for tp, messages in batch.items():
             part = self.parts.get(tp.partition)
@@ -307,23 +227,14 @@ class KpiWorker:
                 f"{tp.topic}[{tp.partition}]",
                 accept=(EARLIEST_MS, now_ms + MAX_AHEAD_MS),
             )
-            sends += self._dead_letters(decoded, tp)
+            publisher.dead_letters(decoded, tp.topic)
             local, forwards = self._split_home(decoded.events, tp.partition)
             for home, events in forwards.items():
-                sends.append(
-                    await producer.send(
-                        tp.topic,
-                        value=encode_arrow(events),
-                        key=events.item(0, "machine").encode(),
-                        partition=home,
-                        headers=[("content-type", ARROW.encode())],
-                    )
-                )
-                self.stats.forwarded += events.height
+                await publisher.forward(tp.topic, home, events)
             work.append((tp, part, decoded, local, messages[-1].offset + 1))
         # Partitions have independent states and Polars releases the GIL while it works:
         # their steps run side by side in threads. Every step asks for its open windows
-        # (a small part of a step's cost); _publish_due_open throttles them per key.
+        # (a small part of a step's cost); the publisher throttles them per key.
         outputs = await asyncio.gather(
             *(asyncio.to_thread(step, self.core, p.state, local) for _, p, _, local, _ in work)
         )
@@ -331,19 +242,21 @@ class KpiWorker:
             part.state = state
             part.offset = offset
             part.dirty = True
-            sends += self._dead_letters_core(output.rejected, tp)
-            sends += self._dead_letters_core(
-                output.jumps.select("ts", "machine", "signal", "reason"), tp
+            where = f"{tp.topic}[{tp.partition}]"
+            publisher.dead_letters_core(output.rejected, tp.topic, where)
+            publisher.dead_letters_core(
+                output.jumps.select("ts", "machine", "signal", "reason"), tp.topic, where
             )
-            sends += await self._records(output.records)
-            sends += await self._status(part, local, output)
+            await publisher.records(output.records)
+            part.statuses, changes = machine_status.step(
+                self._lines, part.statuses, local, output.states
+            )
+            await publisher.statuses(changes)
             self.stats.events += decoded.events.height + len(decoded.rejected)
-            if self.metrics is not None:
-                self._observe(decoded, output, tp.partition)
-        self._track(sends)
+            self._observe(decoded, output, tp.partition)
+        publisher.reap()
         self.stats.batches += 1
-        if self.metrics is not None:
-            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
     def _split_home(
         self, events: pl.DataFrame, partition: int
@@ -357,168 +270,10 @@ class KpiWorker:
         local = pl.concat(stay) if stay else events.clear()
         return local, {home: group for home, group in groups.items() if home is not None}
 
-    async def _records(self, records: list[dict[str, Any]]) -> list[asyncio.Future[Any]]:
-        """Finals go out now; open-window records wait for their key's turn."""
-        finals = []
-        for record in records:
-            key = record_key(record)
-            value = orjson.dumps(record)
-            if record["final"]:
-                self._open.pop(key, None)
-                self._open_sent.pop(key, None)
-                finals.append((key, value))
-            else:
-                self._open[key] = value
-        self.stats.published += len(finals)
-        return await self._send_kpi(finals)
-
-    async def _publish_due_open(self, *, force: bool = False) -> None:
-        if self._producer is None or not self._open:
-            return
-        now = time.monotonic()
-        interval = self.kafka.open_interval_s
-        due = [k for k in self._open if force or now - self._open_sent.get(k, 0.0) >= interval]
-        items = []
-        for key in due:
-            items.append((key, self._open.pop(key)))
-            self._open_sent[key] = now
-        self.stats.published += len(items)
-        if self.metrics is not None and items:
-            self.metrics.records_published.labels(final="false").inc(len(items))
-        self._track(await self._send_kpi(items))
-
-    def _track(self, sends: list[asyncio.Future[Any]]) -> None:
-        """Sends in flight: the loop does not wait for their acks (a round trip per batch
-        would pace it); the next checkpoint does, and a failed send stops the worker."""
-        pending = []
-        for sent in self._inflight:
-            if sent.done():
-                sent.result()  # raises the send's error
-            else:
-                pending.append(sent)
-        self._inflight = pending + sends
-
-    async def _settle(self) -> None:
-        """Every send acknowledged (or its error raised): before a checkpoint commits."""
-        inflight, self._inflight = self._inflight, []
-        if inflight:
-            await asyncio.gather(*inflight)
-
-    async def _send_kpi(self, items: list[tuple[bytes, bytes]]) -> list[asyncio.Future[Any]]:
-        """(key, value) records onto the kpi topic, in batches per partition.
-
-        A keyed record goes to Kafka's default partition for its key (murmur2, cached:
-        open-window keys repeat every second). aiokafka's batch API skips most of its
-        per-message cost, which matters at thousands of open windows a second.
-        """
-        producer = self._producer
-        assert producer is not None  # noqa: S101
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        for key, value in items:
-            partition = self._partitions.get(key)
-            if partition is None:
-                if len(self._partitions) > 1_000_000:
-                    self._partitions.clear()
-                partition = (murmur2(key) & 0x7FFFFFFF) % self._kpi_count
-                self._partitions[key] = partition
-            by_partition.setdefault(partition, []).append((key, value))
-        sends: list[asyncio.Future[Any]] = []
-        topic = self.kafka.kpi.name
-        for partition, records in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in records:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                    sends.append(await producer.send_batch(batch, topic, partition=partition))
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            sends.append(await producer.send_batch(batch, topic, partition=partition))
-        return sends
-
-    def _dead_letters(self, decoded: Decoded, tp: TopicPartition) -> list[asyncio.Future[Any]]:
-        return [
-            self._dead_letter({"where": where, "reason": reason, "raw": raw, "source": tp.topic})
-            for where, reason, raw in decoded.rejected
-        ]
-
-    def _dead_letters_core(
-        self, rejected: pl.DataFrame, tp: TopicPartition
-    ) -> list[asyncio.Future[Any]]:
-        return [
-            self._dead_letter(
-                {
-                    "where": f"{tp.topic}[{tp.partition}]",
-                    "reason": reason,
-                    "event": {"ts": ts, "machine": machine, "signal": signal},
-                    "source": tp.topic,
-                }
-            )
-            for ts, machine, signal, reason in rejected.iter_rows()
-        ]
-
-    def _dead_letter(self, letter: dict[str, Any]) -> asyncio.Future[Any]:
-        producer = self._producer
-        assert producer is not None  # noqa: S101
-        self.stats.dead_letters += 1
-        sent: asyncio.Future[Any] = asyncio.ensure_future(
-            producer.send_and_wait(self.kafka.dlq.name, value=orjson.dumps(letter))
-        )
-        return sent
-
-    async def _status(
-        self, part: Partition, events: pl.DataFrame, output: StepOutput
-    ) -> list[asyncio.Future[Any]]:
-        """Machine status (state, reason, since, last seen): one record per change of
-        (state, reason) in the batch, in event-time order, so that every stop reaches the
-        API's stop log; and the latest status when only `last_seen` moved on by a step.
-
-        A change that is not the machine's latest in the batch goes out with `last_seen`
-        at its own time; the latest one with the machine's `last_seen`.
-        """
-        producer = self._producer
-        assert producer is not None  # noqa: S101
-        if events.is_empty():
-            return []
-        seen_moved: set[str] = set()
-        seen = events.group_by("machine").agg(pl.col("ts").max())
-        lines = self._lines
-        for machine, ts in seen.iter_rows():
-            if machine not in lines:
-                continue
-            status = part.statuses.setdefault(machine, MachineStatus(lines[machine]))
-            if status.last_seen is None or ts > status.last_seen:
-                # "Last heard from" to the nearest few seconds is enough; a state change
-                # below is published at once.
-                status.last_seen = ts
-                if status.published_seen is None or ts - status.published_seen >= LAST_SEEN_STEP_MS:
-                    seen_moved.add(machine)
-        changes: dict[str, list[dict[str, Any]]] = {}
-        for machine, ts, state, reason in output.states.select(
-            "machine", "ts", "state", "reason"
-        ).iter_rows():
-            status = part.statuses.setdefault(machine, MachineStatus(lines[machine]))
-            if status.since is not None and ts < status.since:
-                continue
-            if (state, reason) != (status.state, status.reason):
-                status.state, status.reason, status.since = state, reason, ts
-                changes.setdefault(machine, []).append(status.as_dict(machine, last_seen=ts))
-        out: list[tuple[int, str, dict[str, Any]]] = []
-        for machine in seen_moved | changes.keys():
-            status = part.statuses[machine]
-            status.published_seen = status.last_seen
-            records = changes.get(machine) or [status.as_dict(machine)]
-            records[-1] = status.as_dict(machine)
-            out += [(r["since"] or r["last_seen"] or 0, machine, r) for r in records]
-        out.sort(key=lambda item: item[:2])
-        topic = self.kafka.status.name
-        return [
-            await producer.send(topic, value=orjson.dumps(r), key=machine.encode())
-            for _, machine, r in out
-        ]
-
     def _observe(self, decoded: Decoded, output: StepOutput, partition: int) -> None:
-        """Per batch, never per event: a labelled inc costs about a microsecond."""
+        """What a batch read, by kind: per batch, never per event (a labelled inc costs
+        about a microsecond). What it sent the publisher counts."""
         metrics = self.metrics
-        assert metrics is not None  # noqa: S101 - called only with metrics
         metrics.events_in.labels(source="kafka").inc(decoded.events.height + len(decoded.rejected))
         kinds: dict[str, int] = {}
         for reason in [r for _, r, _ in decoded.rejected] + output.rejected["reason"].to_list():
@@ -526,8 +281,6 @@ class KpiWorker:
             kinds[kind] = kinds.get(kind, 0) + 1
         for kind, count in kinds.items():
             metrics.events_rejected.labels(reason=kind).inc(count)
-        if kinds:
-            metrics.dlq.inc(sum(kinds.values()))
         if output.late:
             metrics.events_late.inc(output.late)
         if output.too_late:
@@ -535,10 +288,6 @@ class KpiWorker:
         if output.jumps.height:
             for machine, jumps in output.jumps.group_by("machine").len().iter_rows():
                 metrics.counter_jumps.labels(machine=machine).inc(jumps)
-            metrics.dlq.inc(output.jumps.height)
-        finals = sum(1 for r in output.records if r["final"])
-        if finals:
-            metrics.records_published.labels(final="true").inc(finals)
         consumer = self._consumer
         part = self.parts.get(partition)
         if consumer is not None and part is not None:
@@ -547,13 +296,14 @@ class KpiWorker:
             if highwater is not None:
                 metrics.consumer_lag.labels(partition=str(partition)).set(highwater - part.offset)
 
+    # -- checkpoints --------------------------------------------------------------------
+
     async def _checkpoint(self, numbers: list[int]) -> None:
         consumer = self._consumer
-        producer = self._producer
-        if consumer is None or producer is None:
+        publisher = self._publisher
+        if consumer is None or publisher is None:
             return
-        await producer.flush()  # records land before the state that produced them is saved
-        await self._settle()
+        await publisher.settle()  # records land before the state that produced them is saved
         started = time.perf_counter()
         offsets = {}
         for number in numbers:
@@ -574,7 +324,7 @@ class KpiWorker:
             except KafkaError as error:  # a commit lost in a rebalance is harmless
                 log.warning("offset commit failed (%s); the checkpoints hold the offsets", error)
         self._last_checkpoint = time.monotonic()
-        if self.metrics is not None and offsets:
+        if offsets:
             self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
 
     def _save(

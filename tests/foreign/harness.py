@@ -18,7 +18,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from aiokafka import AIOKafkaConsumer
 from prometheus_client.parser import text_string_to_metric_families
 
 from linepulse.wire import decode_records
+from tests.cli_command import LINEPULSE
 
 HERE = Path(__file__).parent
 NODE_MODULES = HERE / "node_modules"
@@ -169,9 +169,7 @@ class Ingest:
     async def start(self) -> None:
         with self.log.open("ab") as out:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "linepulse.cli",
+                *LINEPULSE,
                 "--log-level",
                 "info",
                 "ingest",

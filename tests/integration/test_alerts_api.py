@@ -85,6 +85,9 @@ async def test_reads_are_open_and_writes_need_the_token(engine: AlertEngine) -> 
         auth = {"Authorization": f"Bearer {TOKEN}"}
         missing = await client.post("/v1/alerts/0000/ack", json=body, headers=auth)
         assert missing.status_code == 404
+        assert missing.json() == {
+            "detail": "no alert with fingerprint '0000'; GET /v1/alerts lists them"
+        }
         assert (await client.post(ack, json={"comment": "x"}, headers=auth)).status_code == 422
         done = await client.post(ack, json=body, headers=auth)
         assert done.status_code == 200
@@ -214,7 +217,9 @@ async def test_silences_are_created_listed_and_deleted(engine: AlertEngine) -> N
         assert (await client.post("/v1/silences", json=naive, headers=auth)).status_code == 422
         assert (await client.delete(f"/v1/silences/{silence}")).status_code == 401
         assert (await client.delete(f"/v1/silences/{silence}", headers=auth)).status_code == 204
-        assert (await client.delete(f"/v1/silences/{silence}", headers=auth)).status_code == 404
+        gone = await client.delete(f"/v1/silences/{silence}", headers=auth)
+        assert gone.status_code == 404
+        assert gone.json() == {"detail": f"no silence {silence!r}; GET /v1/silences lists them"}
         assert (await client.get("/v1/silences")).json() == []
 
 

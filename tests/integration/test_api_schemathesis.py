@@ -36,7 +36,8 @@ from schemathesis.core.result import Err
 from schemathesis.schemas import BaseSchema
 
 from linepulse.bus import InProcessBroker, InProcessClients
-from linepulse.http_security import ApiAccess, HttpLimits
+from linepulse.bus.topics import ensure_topics
+from linepulse.http.settings import ApiAccess, HttpLimits
 from linepulse.runtime import QuietServer, free_loopback_ports
 from services.alerts.api import create_app as create_alerts_app
 from services.alerts.engine import AlertEngine
@@ -44,7 +45,6 @@ from services.alerts.metrics import AlertMetrics
 from services.alerts.store import AlertStore
 from services.kpi.api import create_app as create_kpi_app
 from services.kpi.store import KpiStore
-from services.kpi.topics import ensure_topics
 from tests.integration.test_alerts_api import PLANT as ALERTS_PLANT
 from tests.unit.kpi.test_stops import M1_DAY
 from tests.unit.kpi.test_stops import plant_config as stops_plant

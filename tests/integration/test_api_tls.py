@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from linepulse.config import PlantConfig
-from linepulse.http_security import ApiAccess, HttpLimits, TlsSettings
+from linepulse.http.settings import ApiAccess, HttpLimits, TlsSettings
 from linepulse.runtime import free_loopback_ports, serve_http
 from services.kpi.api import create_app
 from services.kpi.store import KpiStore

@@ -33,7 +33,7 @@ from pydantic import SecretStr
 
 from linepulse.bus.memory import InProcessBroker, InProcessClients
 from linepulse.config import PlantConfig, parse_config
-from linepulse.http_security import ApiAccess
+from linepulse.http.settings import ApiAccess
 from linepulse.production import LOSS_KEYS
 from linepulse.records import RECORD_FIELDS
 from linepulse.runtime import QuietServer, free_loopback_ports

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import httpx
 import pytest
 
 from linepulse.runtime import free_loopback_ports
+from tests.cli_command import LINEPULSE
 from tests.integration.test_board_browser import INSTALL_HINT, WAIT_MS, launch
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ MAX_OPEN_ALERTS = 5
 
 
 def start_demo(tmp_path: Path, port: int, alerts_port: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "linepulse.cli", "demo"]
+    command = [*LINEPULSE, "demo"]
     command += ["--port", str(port), "--alerts-port", str(alerts_port)]
     with (tmp_path / "demo.log").open("ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(  # noqa: S603 - our own CLI

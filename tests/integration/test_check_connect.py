@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import yaml
 from linepulse.config import parse_config
 from linepulse.runtime import free_loopback_ports
 from services.ingest.simulator import Behaviour, run_simulator
+from tests.cli_command import LINEPULSE
 from tests.foreign.harness import plant_config, running
 from tests.integration.conftest import MosquittoBroker
 from tests.integration.test_foreign_opcua import (
@@ -40,9 +40,7 @@ TIMEOUT_S = 120.0
 async def check(config: Path, *args: str) -> tuple[int, str, str]:
     """`linepulse check --config CONFIG --connect ARGS`: exit code, stdout, stderr."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "linepulse.cli",
+        *LINEPULSE,
         "check",
         "--config",
         str(config),

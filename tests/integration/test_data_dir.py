@@ -26,6 +26,7 @@ import yaml
 
 from bench.alerts import plant_yaml
 from linepulse.runtime import free_loopback_ports
+from tests.cli_command import LINEPULSE
 from tests.integration.conftest import MosquittoBroker
 
 pytestmark = pytest.mark.integration
@@ -74,7 +75,7 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
 def start(
     processes: list[subprocess.Popen[bytes]], args: list[str], cwd: Path, log: Path
 ) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "linepulse.cli", "--log-level", "info", *args]
+    command = [*LINEPULSE, "--log-level", "info", *args]
     with log.open("ab") as out:
         proc = subprocess.Popen(  # noqa: S603 - our own CLI
             command,

@@ -23,10 +23,10 @@ import pytest
 import uvicorn
 
 from bench.alerts import Receiver
+from linepulse.calendar import Calendar
 from linepulse.events import parse_ts
 from linepulse.runtime import QuietServer, free_loopback_ports
-from services.demo import demo_plant
-from services.kpi.core.calendar import Calendar
+from services.app.demo import demo_plant
 from tests.integration.test_kpi_worker import start_cli
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import httpx
 import pytest
 
 from linepulse.runtime import free_loopback_ports
+from tests.cli_command import LINEPULSE
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,7 @@ def run_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     """`linepulse ARGS` at the default log level, stdout and stderr into `log`."""
     with log.open("ab") as out:
         return subprocess.Popen(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "linepulse.cli", *args],
+            [*LINEPULSE, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -143,7 +143,7 @@ def test_a_busy_port_asked_for_is_one_line_and_exit_2(tmp_path: Path) -> None:
     (port,) = free_loopback_ports(1)
     with held([port]):
         result = subprocess.run(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "linepulse.cli", "demo", "--port", str(port)],
+            [*LINEPULSE, "demo", "--port", str(port)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -214,7 +214,7 @@ def test_a_bad_plant_file_is_a_config_error(tmp_path: Path) -> None:
     config = tmp_path / "plant.yaml"
     config.write_text(OWN_PLANT.replace("ideal_cycle_time_s: 0.5}", "ideal_cycle_time_s: -1}"))
     result = subprocess.run(  # noqa: S603 - our own CLI
-        [sys.executable, "-m", "linepulse.cli", "demo", "--config", str(config)],
+        [*LINEPULSE, "demo", "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=120,

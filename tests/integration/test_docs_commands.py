@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_command import LINEPULSE
+
 ROOT = Path(__file__).parents[2]
 PAGES = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 SHELL_FENCES = frozenset({"sh", "bash", "shell", "console"})
@@ -165,8 +167,8 @@ RUN_BY: dict[str, tuple[RunBy, ...]] = {
     "linepulse demo --config plant.yaml": (
         RunBy("tests/integration/test_demo_start.py", ('args = ["demo", "--config", str(config)',)),
     ),
-    "ruff check . && ruff format --check . && mypy": (
-        RunBy(CI, ("ruff check .", "ruff format --check .", "mypy")),
+    "ruff check . && ruff format --check . && mypy && lint-imports": (
+        RunBy(CI, ("ruff check .", "ruff format --check .", "mypy", "lint-imports")),
     ),
     ". .venv/bin/activate": (RunBy(CI, (". .venv/bin/activate",)),),
     "(cd tests/foreign && npm ci)": (RunBy(CI, ("(cd tests/foreign && npm ci",)),),
@@ -361,7 +363,7 @@ def test_a_cheap_command_runs_as_written(command: Command, scratch: dict[Path, P
 def test_readme_example_gives_the_classic_oee() -> None:
     """The README's replay shows OEE 0.747937, as it says (and as .ci/run asserts)."""
     done = subprocess.run(  # noqa: S603 - our own CLI on the packaged example
-        [sys.executable, "-m", "linepulse.cli", *shlex.split(f"replay {CLASSIC} --window shift")],
+        [*LINEPULSE, *shlex.split(f"replay {CLASSIC} --window shift")],
         cwd=ROOT,
         capture_output=True,
         text=True,

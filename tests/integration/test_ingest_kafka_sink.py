@@ -21,6 +21,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from linepulse.bus.partitions import machine_homes
 from linepulse.config import PlantConfig, parse_config
 from linepulse.events import EVENT_SCHEMA
 from linepulse.sources import IngestSettings
@@ -28,7 +29,6 @@ from linepulse.wire import ARROW, content_type, decode_records
 from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.samples import DeadLetter
-from services.kpi.topics import machine_homes
 from tests.integration.conftest import KafkaBroker
 
 pytestmark = pytest.mark.integration

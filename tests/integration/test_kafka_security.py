@@ -16,7 +16,6 @@ import os
 import signal
 import ssl
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -39,6 +38,7 @@ from linepulse.runtime import free_loopback_ports
 from linepulse.sources import IngestSettings
 from linepulse.wire import decode_records
 from services.ingest.kafka_sink import KafkaSink
+from tests.cli_command import LINEPULSE
 from tests.integration.conftest import START_TIMEOUT_S, STOP_TIMEOUT_S, kafka_sh, require_java
 from tests.integration.pki import Issued, TestCa
 
@@ -319,7 +319,7 @@ def cli_env(password: str | None) -> dict[str, str]:
 
 def linepulse(*args: str | Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - our own CLI with test arguments
-        [sys.executable, "-m", "linepulse.cli", *map(str, args)],
+        [*LINEPULSE, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=180,
@@ -351,7 +351,7 @@ async def test_produce_and_the_kpi_worker_over_sasl_ssl(
     log = tmp_path / "kpi.log"  # a file, not a pipe: a full pipe would block the worker
     written = log.open("w", encoding="utf-8")
     worker = subprocess.Popen(  # noqa: S603, ASYNC220 - our own CLI, stopped by its PID below
-        [sys.executable, "-m", "linepulse.cli", "--log-level", "info", "kpi", "-c", str(config),
+        [*LINEPULSE, "--log-level", "info", "kpi", "-c", str(config),
          "--kafka", kafka, "--state-dir", str(tmp_path / "state")],
         env=env, cwd=ROOT, stderr=written, text=True,
     )  # fmt: skip

@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
+from linepulse.bus.topics import ensure_topics
 from linepulse.runtime import free_loopback_ports
-from services.kpi.topics import ensure_topics
 from tests.integration.test_kpi_worker import classic_on_kafka, produce_json, start_cli
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -20,14 +19,19 @@ import polars as pl
 import pytest
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client import CollectorRegistry
 
+from linepulse.bus.partitions import machine_homes
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, load_config, parse_config
 from linepulse.events import empty_events
 from linepulse.wire import ARROW, encode_arrow
 from services.kpi.checkpoint import DirectoryStore
 from services.kpi.core.engine import Core, initial_state, step
-from services.kpi.topics import ensure_topics, machine_homes
-from services.kpi.worker import KpiWorker, record_key
+from services.kpi.metrics import KpiMetrics
+from services.kpi.publisher import record_key
+from services.kpi.worker import KpiWorker
+from tests.cli_command import LINEPULSE
 from tests.integration import plantday
 from tests.unit.kpi.core.support import frame
 
@@ -153,7 +157,7 @@ def classic_on_kafka(
 
 def start_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     """`linepulse ARGS` as a child process logging into `log`."""
-    command = [sys.executable, "-m", "linepulse.cli", "--log-level", "info", *args]
+    command = [*LINEPULSE, "--log-level", "info", *args]
     with log.open("ab") as out:  # the child keeps its own descriptor
         return subprocess.Popen(  # noqa: S603 - our own CLI
             command,
@@ -171,7 +175,13 @@ async def test_classic_example_through_kafka(kafka: str, tmp_path: Path) -> None
     await ensure_topics(kafka, config.kafka)
     await produce_json(kafka, config.kafka.telemetry.name, events)
 
-    worker = KpiWorker(Core.from_config(config), config.kafka, kafka, DirectoryStore(tmp_path))
+    worker = KpiWorker(
+        Core.from_config(config),
+        config.kafka,
+        kafka,
+        DirectoryStore(tmp_path),
+        KpiMetrics.create(CollectorRegistry()),
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     key = ("line-1", "filler-1", "shift", "2026-11-02T06:00:00Z")
@@ -301,8 +311,12 @@ async def test_two_workers_one_stopped_midstream_still_exact(kafka: str, tmp_pat
     half = len(events) // 2
     await produce_batches(kafka, config, events[:half])
     store = DirectoryStore(tmp_path)
-    first = KpiWorker(Core.from_config(config), config.kafka, kafka, store)
-    second = KpiWorker(Core.from_config(config), config.kafka, kafka, store)
+    first = KpiWorker(
+        Core.from_config(config), config.kafka, kafka, store, KpiMetrics.create(CollectorRegistry())
+    )
+    second = KpiWorker(
+        Core.from_config(config), config.kafka, kafka, store, KpiMetrics.create(CollectorRegistry())
+    )
     stop_first, stop_second = asyncio.Event(), asyncio.Event()
     tasks = [
         asyncio.create_task(first.run(stop_first)),
@@ -345,9 +359,7 @@ async def test_linepulse_produce_puts_a_file_on_home_partitions(kafka: str, tmp_
     done = await asyncio.to_thread(
         subprocess.run,
         [
-            sys.executable,
-            "-m",
-            "linepulse.cli",
+            *LINEPULSE,
             "produce",
             str(CLASSIC / "events.jsonl"),
             "--config",

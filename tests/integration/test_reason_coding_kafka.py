@@ -12,9 +12,9 @@ import httpx
 import pytest
 import yaml
 
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import parse_config
 from linepulse.runtime import free_loopback_ports
-from services.kpi.topics import ensure_topics
 from tests.integration.test_kpi_worker import kafka_block, produce_json, start_cli
 from tests.unit.kpi.test_reason_coding_on_bus import (
     DOWN_AT,

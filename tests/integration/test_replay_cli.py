@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+
+from tests.cli_command import LINEPULSE
 
 ROOT = Path(__file__).parents[2]
 CLASSIC = ROOT / "examples" / "classic-oee"
@@ -17,7 +18,7 @@ CLASSIC = ROOT / "examples" / "classic-oee"
 
 def linepulse(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - our own CLI with test arguments
-        [sys.executable, "-m", "linepulse.cli", *map(str, args)],
+        [*LINEPULSE, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from linepulse.config import PlantConfig, parse_config
 from linepulse.runtime import free_loopback_ports
 from services.ingest import sparkplug as spb
 from services.ingest.simulator import Behaviour, SimulatorStats, run_simulator
+from tests.cli_command import LINEPULSE
 from tests.integration.conftest import MosquittoBroker
 
 TIMEOUT_S = 60.0
@@ -328,7 +328,7 @@ async def test_mqtt_messages_equal_the_truth_log_and_it_replays(
     (tmp_path / "plant.yaml").write_text(yaml.safe_dump(plant_config(1, 1, "g")))
     config = str(tmp_path / "plant.yaml")
     done = subprocess.run(  # noqa: S603, ASYNC221 - our own CLI; the simulator has stopped
-        [sys.executable, "-m", "linepulse.cli", "replay", "-c", config, str(sim.truth), "-w", "1m"],
+        [*LINEPULSE, "replay", "-c", config, str(sim.truth), "-w", "1m"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from linepulse.config import PlantConfig, load_config
 from linepulse.runtime import free_loopback_ports
 from services.alerts.service import AlertService
 from services.ingest.kafka_sink import KafkaSink
+from tests.cli_command import LINEPULSE
 from tests.integration.conftest import KafkaBroker
 from tests.integration.test_kpi_worker import start_cli
 
@@ -50,7 +50,7 @@ def plant_file(tmp_path: Path, bootstrap: str) -> tuple[Path, PlantConfig]:
 
 def linepulse(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - our own CLI with test arguments
-        [sys.executable, "-m", "linepulse.cli", *map(str, args)],
+        [*LINEPULSE, *map(str, args)],
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT_S,

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig
 from services.ingest.samples import SampleBatch, Sink
 from services.ingest.simulator.model import Event
-from services.kpi.core.calendar import Calendar
 
 HOUR_MS: Final = 3_600_000
 # Plant time per step of the history: 5 s is 5 times fewer steps (and analog samples) than

@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final, NamedTuple
 
+from linepulse.calendar import Calendar
 from linepulse.config import COUNTER_SIGNALS, Machine, PlantConfig, State
 from services.ingest.simulator.scenario import Scenario, Stops
-from services.kpi.core.calendar import Calendar
 
 Value = str | int | float
 

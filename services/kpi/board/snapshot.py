@@ -60,9 +60,13 @@ from typing import Any, Final
 
 from linepulse.config import Line, Machine, PlantConfig, WindowKind
 from linepulse.production import LOSS_KEYS
+from linepulse.records import record_fields
 from services.kpi.store import KpiStore
 
-KPI_FIELDS: Final = (
+# The record fields a line shows as its KPIs (the page's tiles), checked against the
+# record on import. Every store record has them all: the store adds a newer field's
+# column to an older file on open.
+KPI_FIELDS: Final = record_fields(
     "oee",
     "availability",
     "performance",
@@ -74,10 +78,6 @@ KPI_FIELDS: Final = (
     "total_count",
     "good_count",
     "reject_count",
-)
-# Beyond OEE: in the record contract, but read with .get so that a store written before
-# they existed still gives a snapshot (with None for them).
-EXTRA_KPI_FIELDS: Final = (
     "fully_productive_s",
     "nee",
     "teep",
@@ -224,9 +224,7 @@ def why_none(record: dict[str, Any] | None, no_ideal: str | None) -> dict[str, s
 
 
 def _kpis(record: dict[str, Any]) -> dict[str, Any]:
-    kpis = {k: record[k] for k in KPI_FIELDS}
-    kpis.update({k: record.get(k) for k in EXTRA_KPI_FIELDS})
-    return kpis
+    return {k: record[k] for k in KPI_FIELDS}
 
 
 def _waterfall(record: dict[str, Any], machines: int) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from services.kpi.core.calendar import MINUTE_MS, Calendar
+from linepulse.calendar import MINUTE_MS, Calendar
 from services.kpi.core.samples import CUMULATIVE_SIGNALS, REWORK, PlantIndex
 from services.kpi.core.states import _from_dirty
 

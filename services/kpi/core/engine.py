@@ -23,13 +23,15 @@ baseline), atoms and window sums until their windows can no longer change.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from operator import itemgetter
+from typing import Any, Final
 
 import polars as pl
 
+from linepulse.calendar import MINUTE_MS, Calendar
 from linepulse.config import PlantConfig, WindowKind
 from linepulse.production import LOSS_KEYS
-from services.kpi.core.calendar import MINUTE_MS, Calendar
+from linepulse.records import RECORD_FIELDS, record_fields
 from services.kpi.core.counters import (
     COUNT_COLUMNS,
     JUMP_SCHEMA,
@@ -788,43 +790,45 @@ def _emit(
 
     emitted = dict(state.emitted)
     out: list[dict[str, Any]] = []
-    site = core.plant.site
     table = table.sort("start", "window", "line", "machine", nulls_last=True).with_columns(
+        pl.lit(core.plant.site).alias("site"),
         _rfc3339("start").alias("window_start"),
         _rfc3339("end").alias("window_end"),
+        _losses().alias("losses"),
         (pl.col("remaining_ms") / 1000).alias("remaining_s"),
         (pl.col("down_ms") + pl.col("changeover_ms") + pl.col("small_ms")).alias("own_ms"),
     )
-    head = ["line", "machine", "window", "start", "end", "window_start", "window_end", "shift"]
-    columns = [*head, "final", "remaining_s", "whole_cal_ms", "own_ms", *VALUE_COLUMNS]
-    columns += [*EXTRA_COLUMNS, *(f"loss_{k}" for k in LOSS_KEYS)]
-    width = len(head) + 4
-    n_values, n_extra = len(VALUE_COLUMNS), len(EXTRA_COLUMNS)
+    # Each row's record, field by field (those made per record below are null here), and
+    # beside it what the line fields and the revision need that is no field.
+    fields = table.select(
+        pl.lit(None).alias(name) if name in _PER_RECORD else pl.col(name) for name in RECORD_FIELDS
+    )
+    aside = table.select("start", "end", "remaining_s", "whole_cal_ms", "own_ms")
     seen: dict[tuple[str, str, int], dict[str, MachineWindow]] = {}
     lines = {line.id: line for line in core.plant.lines}
-    for row in table.select(columns).iter_rows():
-        line, machine, kind, start, end, w_start, w_end, shift, final = row[:9]
-        remaining_s, whole_cal_ms, own_ms = row[9:width]
-        values = row[width : width + n_values]
-        extra = row[width + n_values : width + n_values + n_extra]
-        loss_values = row[width + n_values + n_extra :]
-        fields = dict(zip(VALUE_COLUMNS, values, strict=True))
+    for row, (start, end, remaining_s, whole_cal_ms, own_ms) in zip(
+        fields.iter_rows(), aside.iter_rows(), strict=True
+    ):
+        record = dict(zip(RECORD_FIELDS, row, strict=True))
+        line, machine, kind = record["line"], record["machine"], record["window"]
+        final = record["final"]
         if machine is not None:
             seen.setdefault((line, kind, start), {})[machine] = MachineWindow(
-                oee=fields["oee"],
-                good_count=fields["good_count"],
+                oee=record["oee"],
+                good_count=record["good_count"],
                 own_stop_s=own_ms / 1000,
-                planned_s=fields["planned_s"],
+                planned_s=record["planned_s"],
             )
-            line_values: dict[str, Any] = dict.fromkeys(LINE_FIELDS)
         else:
-            line_values = line_fields(
-                lines[line],
-                seen.get((line, kind, start), {}),
-                shift=shift if kind == "shift" else None,
-                final=final,
-                full_planned_s=whole_cal_ms / 1000,
-                remaining_s=0.0 if final else remaining_s,
+            record.update(
+                line_fields(
+                    lines[line],
+                    seen.get((line, kind, start), {}),
+                    shift=record["shift"] if kind == "shift" else None,
+                    final=final,
+                    full_planned_s=whole_cal_ms / 1000,
+                    remaining_s=0.0 if final else remaining_s,
+                )
             )
         key: RecordKey = (line, machine, kind, start)
         by_reason_ms = reasons.get(key, {})
@@ -834,15 +838,14 @@ def _emit(
             if ms
         }
         by_product = products.get(key, {})
-        losses = None if loss_values[0] is None else dict(zip(LOSS_KEYS, loss_values, strict=True))
-        product = max(by_product, key=lambda p: (by_product[p]["run_s"], p)) if by_product else None
+        losses = record["losses"]
+        # What a revision compares, in the order checkpoints keep it (Emitted.values).
         compared = (
-            *values,
-            *extra,
-            *loss_values,
+            *_summed_values(record),
+            *(_NO_LOSSES if losses is None else losses.values()),
             tuple(by_reason.items()),
             tuple((p, tuple(v.values())) for p, v in by_product.items()),
-            *line_values.values(),
+            *_line_values(record),
         )
         previous = emitted.get(key)
         # A closed window gets a new revision per epoch of the late data that restates
@@ -859,24 +862,12 @@ def _emit(
         else:
             revision = previous.revision + bumps
         emitted[key] = Emitted(revision, final, end, compared, tick)
-        record: dict[str, Any] = {
-            "site": site,
-            "line": line,
-            "machine": machine,
-            "window": kind,
-            "window_start": w_start,
-            "window_end": w_end,
-            "shift": shift,
-        }
-        record.update(fields)
         record["downtime_by_reason"] = by_reason
-        record["final"] = final
         record["revision"] = revision
-        record["product"] = product
-        record.update(zip(EXTRA_COLUMNS, extra, strict=True))
-        record["losses"] = losses
+        record["product"] = (
+            max(by_product, key=lambda p: (by_product[p]["run_s"], p)) if by_product else None
+        )
         record["by_product"] = by_product
-        record.update(line_values)
         out.append(record)
     return out, emitted
 
@@ -929,46 +920,25 @@ def _products(
     return out
 
 
-# The record's measured fields, in DESIGN.md's order (downtime_by_reason comes apart).
-VALUE_COLUMNS = (
-    "planned_s",
-    "run_s",
-    "downtime_s",
-    "unknown_s",
-    "stops",
-    "total_count",
-    "good_count",
-    "reject_count",
-    "availability",
-    "performance",
-    "quality",
-    "oee",
-    "mtbf_s",
-    "mttr_s",
+# The record's fields `_emit` makes per record in Python; the frame gives the others, by
+# name (a field neither makes fails there, naming the column).
+_PER_RECORD: Final = frozenset(
+    record_fields("downtime_by_reason", "revision", "product", "by_product", *LINE_FIELDS)
 )
-# Beyond OEE, in linepulse.records order (kpi_fields computes them after VALUE_COLUMNS).
-EXTRA_COLUMNS = (
-    "coverage",
-    "calendar_s",
-    "down_s",
-    "idle_s",
-    "setup_s",
-    "small_stops",
-    "small_stop_s",
-    "failures",
-    "rework_count",
-    "effectiveness",
-    "technical_efficiency",
-    "setup_rate",
-    "nee",
-    "teep",
-    "throughput_per_h",
-    "scrap_ratio",
-    "rework_ratio",
-    "first_pass_yield",
-    "mttf_s",
-    "fully_productive_s",
+# The fields `kpi_fields` computes from window sums, in record order.
+SUMMED_FIELDS: Final = tuple(
+    name for name in RECORD_FIELDS if name in {e.meta.output_name() for e in kpi_fields()}
 )
+_summed_values: Final = itemgetter(*SUMMED_FIELDS)
+_line_values: Final = itemgetter(*LINE_FIELDS)
+_NO_LOSSES: Final = (None,) * len(LOSS_KEYS)
+
+
+def _losses() -> pl.Expr:
+    """The record's `losses` object from `kpi_fields`' loss columns: null with them
+    (where a part has no ideal cycle time)."""
+    columns = [pl.col(f"loss_{key}").alias(key) for key in LOSS_KEYS]
+    return pl.when(pl.col(f"loss_{LOSS_KEYS[0]}").is_not_null()).then(pl.struct(columns))
 
 
 def _rfc3339(column: str) -> pl.Expr:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import polars as pl
 
+from linepulse.calendar import MINUTE_MS
 from linepulse.config import DOWNTIME_STATES
 from linepulse.production import UNASSIGNED
-from services.kpi.core.calendar import MINUTE_MS
 from services.kpi.core.samples import PlantIndex
 
 # Milliseconds per state column in a minute atom. `unknown` has none: unknown time is

@@ -12,8 +12,8 @@ from datetime import date, timedelta
 
 import polars as pl
 
+from linepulse.calendar import DAY_MS, MINUTE_MS, Calendar
 from linepulse.config import WindowKind
-from services.kpi.core.calendar import DAY_MS, MINUTE_MS, Calendar
 
 CLOCK_WINDOWS_MS: dict[str, int] = {"1m": MINUTE_MS, "15m": 15 * MINUTE_MS, "1h": 60 * MINUTE_MS}
 

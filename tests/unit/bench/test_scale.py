@@ -17,7 +17,7 @@ from bench.scale import (
     table,
     verdict,
 )
-from bench.stream import kafka_block, plant_text
+from bench.throughput import kafka_block, plant_text
 from linepulse.config import load_config
 
 

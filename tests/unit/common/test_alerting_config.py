@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import Any
 
 import pytest
 
 from linepulse.alerting import (
     FORECAST_SUMMARY,
-    KpiField,
     Rule,
     check_forecast_rules,
     parse_duration,
 )
 from linepulse.config import ConfigError, PlantConfig, parse_config
-from linepulse.records import KpiRecord
 
 
 def plant(alerts: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -39,17 +37,6 @@ def test_durations_read_as_seconds() -> None:
     for bad in ("10 minutes", "-5s", -1, "m"):
         with pytest.raises(ValueError, match="duration"):
             parse_duration(bad)
-
-
-def numeric(annotation: Any) -> bool:
-    kinds = set(get_args(annotation) or (annotation,)) - {type(None)}
-    return bool(kinds) and kinds <= {int, float}
-
-
-def test_a_kpi_rule_can_watch_every_numeric_field_of_the_record() -> None:
-    fields = {k for k, f in KpiRecord.model_fields.items() if numeric(f.annotation)}
-    assert {"oee", "nee", "teep", "oee_constraint", "projected_count", "down_s"} <= fields
-    assert set(get_args(KpiField)) == fields - {"revision"}
 
 
 def test_rules_load_with_for_and_hysteresis() -> None:

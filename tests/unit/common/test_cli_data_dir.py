@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from linepulse.cli import app
 from linepulse.config import load_config
 from linepulse.data_dir import claim, default_data_dir, with_data_dir
+from services.app.cli import app
 
 ROOT = Path(__file__).parents[3]
 CLASSIC = ROOT / "examples" / "classic-oee" / "plant.yaml"

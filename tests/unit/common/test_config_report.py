@@ -11,10 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from linepulse.cli import app
 from linepulse.config import parse_config
 from linepulse.config_report import Report, build_report, render_text, zone_changes
 from services.alerts.routing import Duty
+from services.app.cli import app
 
 # Wednesday of the week whose Sunday is the spring-forward change in Berlin (2026-03-29).
 NOW = datetime(2026, 3, 25, 10, 0, tzinfo=UTC)

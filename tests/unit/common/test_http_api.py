@@ -1,9 +1,11 @@
-"""What the KPI API and the alerts API share (linepulse/http_api.py), checked on both real
+"""What the KPI API and the alerts API share (linepulse/http/api.py), checked on both real
 apps (TestClient, lifespan running): docs served from the package with no URL outside the
-server, one error shape in their OpenAPI documents, and /metrics without `*_created`."""
+server, one error shape in their OpenAPI documents and their answers (every service's
+named errors through the one handler), and /metrics without `*_created`."""
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +15,14 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from linepulse.errors import LinePulseError
+from linepulse.http.api import create_api
+from services.alerts import errors as alerts_errors
 from services.alerts.api import create_app as create_alerts_app
 from services.alerts.engine import AlertEngine
 from services.alerts.metrics import AlertMetrics
 from services.alerts.store import AlertStore
+from services.kpi import errors as kpi_errors
 from services.kpi.api import create_app as create_kpi_app
 from services.kpi.metrics import KpiMetrics
 from services.kpi.store import KpiStore
@@ -57,6 +63,14 @@ BAD_QUERY = {
     "kpi_client": "/v1/kpis/current?window=2m",
     "alerts_client": "/v1/alerts?state=nonsense",
 }
+
+
+# A line neither plant has, asked for in each API.
+UNKNOWN_LINE = {
+    "kpi_client": "/v1/kpis/current?line=nope",
+    "alerts_client": "/v1/alerts?line=nope",
+}
+SERVICES = Path(__file__).resolve().parents[3] / "services"
 
 
 @pytest.fixture(params=sorted(BAD_QUERY))
@@ -137,3 +151,61 @@ def test_metrics_have_no_created_series(client: TestClient) -> None:
     assert "# TYPE linepulse_" in text
     assert re.search(r"^linepulse_\w+_total(\{[^}]*\})? ", text, re.M)  # counters are there ...
     assert "_created" not in text  # ... without their creation-time twins
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (kpi_errors.NotFound("unknown line 'l9'; GET /v1/machines lists lines"), 404),
+        (kpi_errors.BadRequest("'from' must be RFC 3339"), 422),
+        (kpi_errors.InvalidRecord("records[3].oee: must be <= 1", index=3), 422),
+        (kpi_errors.Conflict("the stop is too old to restate"), 409),
+        (kpi_errors.Unavailable("Kafka is down; retry later"), 503),
+        (alerts_errors.UnknownLine("l9", ["L1", "L2"]), 404),
+        (alerts_errors.UnknownMachine.on_line("M1", "L1", "L2"), 404),
+        (alerts_errors.UnknownAlert("f00"), 404),
+        (alerts_errors.AlertConflict("alert f00 is resolved"), 409),
+        (alerts_errors.UnknownSilence("s1"), 404),
+        (alerts_errors.InvalidSilence("ends_at must be in the future"), 422),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, Exception) else str(value),
+)
+def test_a_named_error_of_each_service_is_its_status_and_one_sentence(
+    error: LinePulseError, status: int
+) -> None:
+    """The one handler that `create_api` installs, with no help from the service."""
+    app = create_api(title="errors")
+
+    @app.get("/fail")
+    def fail() -> None:
+        raise error
+
+    with TestClient(app) as client:
+        response = client.get("/fail")
+    assert response.status_code == status
+    assert response.json() == {"detail": error.detail}
+
+
+def test_an_unknown_line_is_the_same_answer_shape_in_both_apis(
+    api: tuple[TestClient, str],
+) -> None:
+    client, name = api
+    response = client.get(UNKNOWN_LINE[name])
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"detail"}
+    assert body["detail"].startswith("unknown line 'nope'; ")
+
+
+def test_no_service_raises_a_bare_http_exception() -> None:
+    """Services name their errors (services/*/errors.py); FastAPI's `HTTPException` would
+    bypass them and their one handler."""
+    offenders = [
+        f"{path.relative_to(SERVICES)}:{node.lineno}"
+        for path in sorted(SERVICES.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Name | ast.Attribute)
+        and (node.id if isinstance(node, ast.Name) else node.attr) == "HTTPException"
+    ]
+    assert offenders == []

@@ -11,6 +11,7 @@ import aiokafka.client
 import pytest
 from aiokafka.errors import UnknownTopicOrPartitionError
 from aiokafka.protocol.metadata import MetadataRequest_v5
+from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AioKafkaClients, InProcessBroker, InProcessClients
 from linepulse.bus.topics import (
@@ -30,6 +31,7 @@ from services.alerts.service import AlertService
 from services.kpi.checkpoint import DirectoryStore
 from services.kpi.core.engine import Core
 from services.kpi.materializer import Materializer
+from services.kpi.metrics import KpiMetrics
 from services.kpi.worker import KpiWorker
 from tests.unit.kpi.test_store import plant_config
 
@@ -241,11 +243,22 @@ async def test_each_service_refuses_a_wrong_topic_on_the_in_process_bus(tmp_path
     await ensure_topics(BUS, plant.kafka, clients, roles=("dlq", "status"))
     stop = asyncio.Event()
     worker = KpiWorker(
-        Core.from_config(plant), plant.kafka, BUS, DirectoryStore(tmp_path), clients=clients
+        Core.from_config(plant),
+        plant.kafka,
+        BUS,
+        DirectoryStore(tmp_path),
+        KpiMetrics.create(CollectorRegistry()),
+        clients=clients,
     )
     with pytest.raises(TopicLayoutError, match="topic 'telemetry' has 1 partition"):
         await worker.run(stop)
-    materializer = Materializer(plant.kafka, BUS, store=_NoStore(), clients=clients)
+    materializer = Materializer(
+        plant.kafka,
+        BUS,
+        store=_NoStore(),
+        metrics=KpiMetrics.create(CollectorRegistry()),
+        clients=clients,
+    )
     with pytest.raises(TopicLayoutError, match=r"expected 6 partitions .* cleanup.policy=compact"):
         await materializer.run(stop)
     alerts = AlertService(plant, BUS, tmp_path / "alerts", clients=clients)

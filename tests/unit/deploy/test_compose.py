@@ -16,8 +16,8 @@ import pytest
 import typer
 import yaml
 
-from linepulse.cli import app
 from linepulse.config import PlantConfig, load_config
+from services.app.cli import app
 
 REPO = Path(__file__).parents[3]
 DEPLOY = REPO / "deploy"
@@ -248,7 +248,7 @@ def test_dockerfile_copies_what_exists_and_runs_linepulse() -> None:
     entrypoint = next(args for op, args in INSTRUCTIONS if op == "ENTRYPOINT")
     assert entrypoint.strip() == '["linepulse"]'
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'linepulse = "linepulse.cli:main"' in pyproject
+    assert 'linepulse = "services.app.cli:main"' in pyproject
     install = next(args for op, args in INSTRUCTIONS if op == "RUN" and "pip install" in args)
     assert "pip install ." in install
     assert "[dev]" not in install

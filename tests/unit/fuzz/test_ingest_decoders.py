@@ -22,7 +22,7 @@ from linepulse.events import EventError, decode_event, decode_json, decode_json_
 from linepulse.wire import ARROW, decode_records, encode_arrow
 from services.ingest import sparkplug as sp
 from services.ingest import sparkplug_b_pb2 as pb
-from services.ingest.mqtt import PayloadError, parse_json, parse_plain
+from services.ingest.mqtt_payload import PayloadError, parse_json, parse_plain
 from services.ingest.samples import SampleBatch
 from tests.fuzz.mqtt_json import INGESTER, TOPICS
 

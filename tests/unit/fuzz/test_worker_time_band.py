@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import orjson
+from prometheus_client import CollectorRegistry
 
 from linepulse.bus import InProcessBroker, InProcessClients
+from linepulse.bus.topics import ensure_topics
 from services.kpi.checkpoint import DirectoryStore
 from services.kpi.core.engine import Core
-from services.kpi.topics import ensure_topics
+from services.kpi.metrics import KpiMetrics
 from services.kpi.worker import KpiWorker
 from tests.unit.kpi.test_worker_on_bus import NO_BROKER, classic, produce, run_until
 
@@ -34,7 +36,12 @@ async def test_events_from_a_broken_clock_go_to_the_dlq_and_the_rest_is_used(
     await produce(clients, config.kafka.telemetry.name, events)
 
     worker = KpiWorker(
-        Core.from_config(config), config.kafka, NO_BROKER, DirectoryStore(tmp_path), clients=clients
+        Core.from_config(config),
+        config.kafka,
+        NO_BROKER,
+        DirectoryStore(tmp_path),
+        KpiMetrics.create(CollectorRegistry()),
+        clients=clients,
     )
     await run_until(worker, lambda: worker.stats.events >= len(events), timeout_s=60)
 

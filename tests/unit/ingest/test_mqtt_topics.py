@@ -7,8 +7,10 @@ import re
 import pytest
 
 from linepulse.sources import MqttTopic
-from services.ingest.mqtt import (
+from services.ingest.mqtt_payload import (
     PayloadError,
+    PlainDecoder,
+    PlainSample,
     Reading,
     TopicMatch,
     TopicPatterns,
@@ -129,3 +131,38 @@ def test_plain_payloads_are_numbers_when_they_are_json_numbers(
 def test_bad_plain_payloads_say_why(payload: bytes, reason: str) -> None:
     with pytest.raises(PayloadError, match=reason):
         parse_plain(payload)
+
+
+def decoder() -> PlainDecoder:
+    topics = (
+        MqttTopic(pattern="plant/{line}/{machine}/{signal}", format="json"),
+        MqttTopic(pattern="raw/{machine}", format="plain"),
+    )
+    return PlainDecoder(topics, {"press1": "L1"})
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "reason"),
+    [
+        ("nowhere/press1", b"1", "topic matches no configured pattern"),
+        (
+            "plant/L2/press1/state",
+            b'{"value": "idle"}',
+            "line mismatch: topic says line 'L2', machine 'press1' is on 'L1'",
+        ),
+        ("raw/press1", b"1", "plain payloads need a {signal} level in the pattern"),
+        ("plant/L1/press1/state", b"{", "malformed JSON"),
+    ],
+)
+def test_decoder_gives_the_dead_letter_reason(name: str, payload: bytes, reason: str) -> None:
+    with pytest.raises(PayloadError, match=re.escape(reason)):
+        decoder().decode(name, payload, received_ms=5)
+
+
+def test_decoder_uses_the_receive_time_only_when_the_payload_has_none() -> None:
+    assert decoder().decode("plant/L1/press1/state", b'{"value": "down", "ts": 7}', 5) == (
+        PlainSample(7, "press1", "state", "down", None, "good")
+    )
+    assert decoder().decode("plant/L1/oven/temp", b"181.5", 5) == PlainSample(
+        5, "oven", "temp", 181.5, None, "good"
+    )

@@ -5,7 +5,7 @@ at the previous shift; and the alert rules do not judge a window long past."""
 from __future__ import annotations
 
 from services.alerts.rules import PAST_AFTER_MS, is_past
-from services.demo import demo_plant
+from services.app.demo import demo_plant
 from services.ingest.simulator.history import previous_shift_start
 from services.ingest.simulator.layout import plan
 from services.ingest.simulator.model import PlantModel

@@ -1,4 +1,4 @@
-"""Tokens on the KPI API and the alerts API (the same guard, linepulse/http_security.py):
+"""Tokens on the KPI API and the alerts API (the same guard, linepulse/http/guard.py):
 reads open by default, writes always behind a token, 403 when none is configured, 401
 with WWW-Authenticate for a missing or wrong one, both header forms, several tokens, the
 exempt paths, a bucket per token, and no token in any log record. The apps run whole
@@ -20,14 +20,14 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from linepulse.bus import InProcessBroker, InProcessClients
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig
-from linepulse.http_security import ApiAccess, ApiSecurity, HttpLimits
+from linepulse.http.settings import ApiAccess, ApiSecurity, HttpLimits
 from services.alerts.api import create_app as create_alerts_app
 from services.alerts.engine import AlertEngine
 from services.alerts.store import AlertStore
 from services.kpi.api import create_app
 from services.kpi.store import KpiStore
-from services.kpi.topics import ensure_topics
 from tests.unit.kpi.test_stops import M1_DAY, ms, plant_config
 
 BUS = "in-process"

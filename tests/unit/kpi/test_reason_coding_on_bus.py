@@ -18,16 +18,18 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from linepulse.bus import InProcessBroker, InProcessClients
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, parse_config
-from linepulse.http_security import ApiAccess
+from linepulse.http.settings import ApiAccess
 from linepulse.runtime import free_loopback_ports, serve_http
 from services.kpi.api import create_app
 from services.kpi.checkpoint import DirectoryStore
 from services.kpi.core.engine import Core
+from services.kpi.machine_status import MachineStatus
 from services.kpi.materializer import Materializer
+from services.kpi.metrics import KpiMetrics
 from services.kpi.store import KpiStore
-from services.kpi.topics import ensure_topics
-from services.kpi.worker import KpiWorker, MachineStatus
+from services.kpi.worker import KpiWorker
 from tests.unit.kpi.test_worker_on_bus import NO_BROKER, produce, run_until
 
 T0 = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
@@ -107,7 +109,12 @@ async def test_every_state_change_of_a_batch_is_a_status_with_its_reason(
     ]
     await produce(clients, config.kafka.telemetry.name, events)
     worker = KpiWorker(
-        Core.from_config(config), config.kafka, NO_BROKER, DirectoryStore(tmp_path), clients=clients
+        Core.from_config(config),
+        config.kafka,
+        NO_BROKER,
+        DirectoryStore(tmp_path),
+        KpiMetrics.create(CollectorRegistry()),
+        clients=clients,
     )
 
     def statuses() -> list[dict[str, Any]]:
@@ -144,9 +151,12 @@ async def kpi_service(
         config.kafka,
         NO_BROKER,
         DirectoryStore(state / "checkpoints"),
+        KpiMetrics.create(CollectorRegistry()),
         clients=clients,
     )
-    materializer = Materializer(config.kafka, NO_BROKER, store, clients=clients)
+    materializer = Materializer(
+        config.kafka, NO_BROKER, store, KpiMetrics.create(CollectorRegistry()), clients=clients
+    )
     app = create_app(
         config,
         store,

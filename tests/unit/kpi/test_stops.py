@@ -18,14 +18,15 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from linepulse.bus import InProcessBroker, InProcessClients
+from linepulse.bus.partitions import home_partition
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, parse_config
-from linepulse.http_security import ApiAccess
+from linepulse.http.settings import ApiAccess
 from services.kpi.api import create_app
 from services.kpi.store import KpiStore
-from services.kpi.topics import ensure_topics, home_partition
 
 BUS = "in-process"
-# Corrections are writes: the API takes them with a token only (linepulse/http_security.py).
+# Corrections are writes: the API takes them with a token only (linepulse/http/guard.py).
 WRITER = ApiAccess(tokens=(SecretStr("stops-test-token"),))
 AUTH = {"Authorization": "Bearer stops-test-token"}
 TELEMETRY_SCHEMA = orjson.loads(

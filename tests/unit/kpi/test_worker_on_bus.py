@@ -12,13 +12,15 @@ from typing import Any
 import orjson
 import yaml
 from aiokafka import TopicPartition
+from prometheus_client import CollectorRegistry
 
 from linepulse.bus import InProcessBroker, InProcessClients
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, parse_config
 from services.kpi.checkpoint import DirectoryStore
 from services.kpi.core.engine import Core
 from services.kpi.materializer import Materializer
-from services.kpi.topics import ensure_topics
+from services.kpi.metrics import KpiMetrics
 from services.kpi.worker import KpiWorker
 
 ROOT = Path(__file__).parents[3]
@@ -116,7 +118,12 @@ async def test_classic_example_on_the_in_process_bus(tmp_path: Path) -> None:
     await produce(clients, config.kafka.telemetry.name, events)
 
     worker = KpiWorker(
-        Core.from_config(config), config.kafka, NO_BROKER, DirectoryStore(tmp_path), clients=clients
+        Core.from_config(config),
+        config.kafka,
+        NO_BROKER,
+        DirectoryStore(tmp_path),
+        KpiMetrics.create(CollectorRegistry()),
+        clients=clients,
     )
     await run_until(
         worker, lambda: latest(kpi_records(broker, config)).get(SHIFT, {}).get("final", False)
@@ -134,7 +141,9 @@ async def test_classic_example_on_the_in_process_bus(tmp_path: Path) -> None:
 
     # The API's materializer follows the same topics on the same bus until caught up.
     store = ListStore()
-    materializer = Materializer(config.kafka, NO_BROKER, store, clients=clients)
+    materializer = Materializer(
+        config.kafka, NO_BROKER, store, KpiMetrics.create(CollectorRegistry()), clients=clients
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(materializer.run(stop), name="materializer")
     try:
@@ -167,14 +176,28 @@ async def test_restart_from_the_checkpoint_does_not_double_count(tmp_path: Path)
 
     # First run: half the shift, then a clean stop (checkpoint and commit).
     await produce(clients, telemetry, events[:half])
-    first = KpiWorker(Core.from_config(config), config.kafka, NO_BROKER, store, clients=clients)
+    first = KpiWorker(
+        Core.from_config(config),
+        config.kafka,
+        NO_BROKER,
+        store,
+        KpiMetrics.create(CollectorRegistry()),
+        clients=clients,
+    )
     await run_until(first, lambda: first.stats.events >= half and committed_to_end())
     assert first.stats.events == half
     assert SHIFT not in {k for k, r in latest(kpi_records(broker, config)).items() if r["final"]}
 
     # Second run, a new worker on the same broker and checkpoints: only the rest is read.
     await produce(clients, telemetry, events[half:])
-    second = KpiWorker(Core.from_config(config), config.kafka, NO_BROKER, store, clients=clients)
+    second = KpiWorker(
+        Core.from_config(config),
+        config.kafka,
+        NO_BROKER,
+        store,
+        KpiMetrics.create(CollectorRegistry()),
+        clients=clients,
+    )
     await run_until(
         second, lambda: latest(kpi_records(broker, config)).get(SHIFT, {}).get("final", False)
     )

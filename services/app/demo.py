@@ -42,8 +42,9 @@ from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from linepulse.bus import AIOKAFKA, InProcessBroker, InProcessClients, KafkaClients
+from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, parse_config
-from linepulse.http_security import ApiAccess
+from linepulse.http.settings import ApiAccess
 from linepulse.runtime import free_loopback_ports, install_stop_signals, serve_http
 from services.alerts.api import create_app as create_alerts_app
 from services.alerts.service import AlertService
@@ -61,7 +62,6 @@ from services.kpi.core.engine import Core
 from services.kpi.materializer import Materializer
 from services.kpi.metrics import KpiMetrics
 from services.kpi.store import KpiStore
-from services.kpi.topics import ensure_topics
 from services.kpi.worker import KpiWorker
 
 log = logging.getLogger(__name__)

@@ -10,10 +10,11 @@
   histogram and summary (a creation timestamp that Prometheus stores as one more
   series per label set and nothing of LinePulse reads). The library's switch is
   process-wide, so it is set here, where every LinePulse `/metrics` answer is made.
-- **One error shape.** Every error answer is `{"detail": "<one sentence>"}`: the services'
-  own errors, the guard's (linepulse/http_security.py), and FastAPI's request validation,
-  whose list of problems is turned into one line here, so a client parses one format
-  whatever caught the mistake.
+- **One error shape.** Every error answer is `{"detail": "<one sentence>"}`
+  (`linepulse.errors.ErrorDetail`): the services' named errors (any `LinePulseError`, by
+  one handler here, with the status the error carries), the guard's
+  (linepulse/http/guard.py), and FastAPI's request validation, whose list of problems is
+  turned into one line here, so a client parses one format whatever caught the mistake.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from linepulse.http_security import GUARD_RESPONSES, ErrorDetail
+from linepulse.errors import ErrorDetail, LinePulseError
+from linepulse.http.guard import GUARD_RESPONSES
 
 DOCS_STATIC_URL: Final = "/static-offline-docs"
 
@@ -56,15 +58,17 @@ def errors_of_a_text_route() -> dict[int | str, dict[str, Any]]:
 
 
 def create_api(**options: Any) -> FastAPI:
-    """A FastAPI app with offline docs and the one error shape; `options` are FastAPI's
-    (title, description, lifespan, responses, ...). Add the routes after this call: they
-    take the 422 documented here rather than FastAPI's list of validation errors."""
+    """A FastAPI app with offline docs and the one error shape (a service's named errors
+    and FastAPI's validation errors alike); `options` are FastAPI's (title, description,
+    lifespan, responses, ...). Add the routes after this call: they take the 422
+    documented here rather than FastAPI's list of validation errors."""
     options.setdefault("version", package_version())
     app = FastAPIOffline(
         static_url=DOCS_STATIC_URL,
         swagger_ui_parameters={"validatorUrl": None},
         **options,
     )
+    app.add_exception_handler(LinePulseError, handle_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.router.responses = {**app.router.responses, 422: VALIDATION_RESPONSE}
     return app
@@ -75,6 +79,14 @@ def metrics_response(registry: CollectorRegistry) -> Response:
     # Process-wide and idempotent (see the module docstring); the library leaves it untyped.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def handle_error(request: Request, exc: Exception) -> JSONResponse:
+    """Answer a service's named error (any `LinePulseError`) with the status it carries
+    and `{"detail": message}`: routes raise what went wrong, this says it."""
+    if not isinstance(exc, LinePulseError):  # pragma: no cover - registered for it only
+        raise exc
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> JSONResponse:

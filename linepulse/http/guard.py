@@ -1,32 +1,27 @@
-"""Who may call a LinePulse HTTP API, how much, and from which pages: tokens, limits, CORS, TLS.
-
-The KPI API and the alerts API share this module so that both answer alike:
+"""The guard of a LinePulse HTTP API: pure ASGI middleware that enforces the settings of
+linepulse/http/settings.py, so that the KPI API and the alerts API answer alike:
 
 - **Tokens.** `Authorization: Bearer <token>` or `X-API-Key: <token>`, compared in
-  constant time (`hmac.compare_digest`) against every configured token. Tokens come only
-  from an environment variable (several separated by commas or whitespace) or a file (one
-  per line; a line starting with `#` is a comment), one per client, so that one client's
-  token can be revoked alone.
+  constant time (`hmac.compare_digest`) against every configured token.
   Reads need a token only with `auth_reads: true`; writes (any method but GET, HEAD and
   OPTIONS) always do. With no token configured writes are refused with 403: an unset
   secret must never mean "anyone may write". A missing or wrong token is a 401 with
-  `WWW-Authenticate: Bearer`. Tokens are `SecretStr` and never logged: a client is named
-  in logs by its token's position (`token#2`) or its address.
+  `WWW-Authenticate: Bearer`. A client is named in logs by its token's position
+  (`token#2`) or its address, never by the token.
 - **Request size.** A body larger than `limits.max_body_bytes` is a 413, whether
   Content-Length says so up front or a streamed (chunked) body grows past it; the guard
   holds at most that many bytes of a body before the app sees it, and drops (up to
   `DRAIN_BYTES`) what follows so that the client reads the 413 rather than a reset.
 - **Rate.** A token bucket per client: per token when a valid one is sent, else per client
   address (so failed guesses are limited too). Reads and writes have their own buckets; an
-  empty bucket is a 429 with `Retry-After` in whole seconds. `limits.exempt_paths`
-  (default `/metrics`, `/healthz`, `/readyz`: Prometheus and the orchestrator poll them,
-  they are cheap and read nothing secret) skip the limits and the read token. Behind a
-  reverse proxy every client has the proxy's address: give clients tokens, or limit there.
-- **CORS.** Starlette's `CORSMiddleware` with an explicit allow-list of origins, none by
-  default (the live board is served by the KPI API itself, same origin); credentials
-  (cookies) stay off because the tokens travel in headers.
-- **TLS.** `TlsSettings` (certificate, key, optional CA for client certificates) goes to
-  uvicorn through `linepulse.runtime.HttpSettings`.
+  empty bucket is a 429 with `Retry-After` in whole seconds. `limits.exempt_paths` skip
+  the limits and the read token. Behind a reverse proxy every client has the proxy's
+  address: give clients tokens, or limit there.
+- **CORS.** Starlette's `CORSMiddleware` with the settings' allow-list, outside the guard;
+  credentials (cookies) stay off because the tokens travel in headers.
+
+Refusals are `{"detail": "..."}` (`linepulse.errors.ErrorDetail`), like every other error
+of the APIs; `GUARD_RESPONSES` documents them in the OpenAPI documents.
 """
 
 from __future__ import annotations
@@ -34,17 +29,15 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-import os
-import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from linepulse.errors import ErrorDetail
+from linepulse.http.settings import ApiAccess
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +48,6 @@ Send = Callable[[Message], Awaitable[None]]
 Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
-DEFAULT_TOKEN_ENV: Final = "LINEPULSE_API_TOKEN"  # noqa: S105 - a variable's name
 # Buckets kept at most; the least recently used client's is dropped first (memory stays
 # bounded whatever the number of client addresses).
 MAX_BUCKETS: Final = 10_000
@@ -64,15 +56,6 @@ MAX_BUCKETS: Final = 10_000
 # sees a reset instead of the 413. Past this the 413 goes out anyway and the connection
 # closes (a client sending more has been told by Content-Length or is misbehaving).
 DRAIN_BYTES: Final = 1024 * 1024
-
-
-class ErrorDetail(BaseModel):
-    """The body of every error answer of a LinePulse API, the guard's and the routes':
-    what went wrong and what to do next (linepulse/http_api.py gives FastAPI's validation
-    errors the same shape)."""
-
-    detail: str
-
 
 # What the guard may answer on any route, for the OpenAPI documents of the guarded apps
 # (`FastAPI(responses=GUARD_RESPONSES)`), so clients and schema-driven tests expect them.
@@ -95,119 +78,6 @@ GUARD_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
         "description": "rate limit: retry after the Retry-After header's seconds",
     },
 }
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HttpLimits(_Model):
-    """Request size and rate limits of one API; a rate of 0 turns that limit off."""
-
-    max_body_bytes: int = Field(default=64 * 1024, ge=1)
-    # Reads: a dashboard refreshing a dozen panels every few seconds stays far below this;
-    # the burst lets a script page through history without pacing itself.
-    read_rate_per_s: float = Field(default=50.0, ge=0)
-    read_burst: int = Field(default=500, ge=1)
-    # Writes are people coding stops or acking alerts, or a MES re-coding a shift's stops
-    # in one go: a burst of 50, then 5 a second.
-    write_rate_per_s: float = Field(default=5.0, ge=0)
-    write_burst: int = Field(default=50, ge=1)
-    exempt_paths: tuple[str, ...] = ("/metrics", "/healthz", "/readyz")
-
-
-ClientCerts = Literal["none", "optional", "required"]
-
-
-class TlsSettings(_Model):
-    """HTTPS for an API: PEM certificate chain and key; `client_ca` with
-    `client_certs: required` asks every client for a certificate signed by that CA."""
-
-    certfile: Path
-    keyfile: Path
-    client_ca: Path | None = None
-    client_certs: ClientCerts = "none"
-
-    def uvicorn_options(self) -> dict[str, Any]:
-        """The keyword arguments of `uvicorn.Config` that serve HTTPS."""
-        reqs = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
-        return {
-            "ssl_certfile": str(self.certfile),
-            "ssl_keyfile": str(self.keyfile),
-            "ssl_ca_certs": None if self.client_ca is None else str(self.client_ca),
-            "ssl_cert_reqs": reqs[self.client_certs],
-        }
-
-
-class ApiSecurity(_Model):
-    """An API's security settings as the plant config has them (secrets by reference)."""
-
-    token_env: str | None = DEFAULT_TOKEN_ENV
-    token_file: Path | None = None
-    auth_reads: bool = False
-    cors_origins: tuple[str, ...] = ()
-    limits: HttpLimits = HttpLimits()
-    tls: TlsSettings | None = None
-
-    def resolve(
-        self,
-        where: str = "api",
-        environ: Mapping[str, str] | None = None,
-        *,
-        keys: tuple[str, str] = ("token_env", "token_file"),
-    ) -> ApiAccess:
-        """The tokens read from the file or the variable now. `where` and `keys` name the
-        config keys of these settings (`api.token_env`, `alerts.api_token_file`) in
-        messages that say how to set a token."""
-        env = os.environ if environ is None else environ
-        env_key, file_key = (f"{where}.{key}" for key in keys)
-        tokens = read_tokens(self.token_env, self.token_file, env, file_key)
-        hint = (
-            f"set the environment variable {self.token_env} ({env_key}) or point "
-            f"{file_key} at a file with one token per line"
-            if self.token_env
-            else f"point {file_key} at a file with one token per line"
-        )
-        return ApiAccess(
-            tokens=tokens,
-            auth_reads=self.auth_reads,
-            limits=self.limits,
-            cors_origins=self.cors_origins,
-            configure_hint=hint,
-        )
-
-
-def read_tokens(
-    env_name: str | None, file: Path | None, environ: Mapping[str, str], file_key: str
-) -> tuple[SecretStr, ...]:
-    """Tokens from `file` (one per line) and from the variable `env_name` (comma or
-    whitespace separated), in that order; an unreadable file is an error naming its key."""
-    found: list[str] = []
-    if file is not None:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except OSError as error:
-            raise ValueError(f"{file_key}: cannot read {file}: {error.strerror}") from None
-        for line in text.splitlines():
-            token = line.strip()
-            if token and not token.startswith("#"):
-                found.append(token)
-    if env_name:
-        found.extend(part for part in environ.get(env_name, "").replace(",", " ").split())
-    return tuple(SecretStr(token) for token in dict.fromkeys(found))
-
-
-@dataclass(frozen=True)
-class ApiAccess:
-    """Resolved settings an app is guarded with: the tokens themselves, not where they are."""
-
-    tokens: tuple[SecretStr, ...] = ()
-    auth_reads: bool = False
-    limits: HttpLimits = field(default_factory=HttpLimits)
-    cors_origins: tuple[str, ...] = ()
-    configure_hint: str = (
-        f"set the environment variable {DEFAULT_TOKEN_ENV} or a token_file in the config"
-    )
 
 
 # -- rate ----------------------------------------------------------------------------------

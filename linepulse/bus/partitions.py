@@ -6,9 +6,10 @@ Records stay keyed by machine id; LinePulse's producers pick the home partition
 explicitly, and the KPI worker forwards an event that arrives elsewhere (a producer that
 partitions by machine key) to its line's home.
 
-The topics' layout (creation at start, and the check that refuses a topic laid out
-otherwise) is the common layer's: linepulse/bus/topics.py. `ensure_topics` is re-exported
-here for the callers that still import it from this module.
+The producers (the ingest sink, `linepulse produce`) and the KPI worker (which partitions
+it consumes, where it forwards) must agree on this map, so it lives in the bus, beside the
+topics' layout (linepulse/bus/topics.py: creation at start, and the check that refuses a
+topic laid out otherwise).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from __future__ import annotations
 import polars as pl
 from aiokafka.partitioner import murmur2
 
-from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig
 
-__all__ = ["HomePartitions", "ensure_topics", "home_partition", "machine_homes"]
+__all__ = ["HomePartitions", "home_partition", "machine_homes"]
 
 
 def home_partition(line_id: str, partitions: int) -> int:

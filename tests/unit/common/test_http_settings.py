@@ -1,7 +1,7 @@
-"""The pieces of linepulse/http_security.py that are pure logic: where tokens come from,
-how a request presents one, the token buckets (on a hand-driven clock), the TLS options
-uvicorn gets, and the config sections of both APIs. The guard itself, on real apps, is
-in tests/unit/kpi/test_api_security.py and tests/integration/test_api_tls.py."""
+"""The settings of the HTTP APIs (linepulse/http/settings.py), pure logic: where tokens
+come from, the TLS options uvicorn gets, and the config sections of both APIs. The guard
+that enforces them is tested in tests/unit/common/test_http_guard.py, on real apps in
+tests/unit/kpi/test_api_security.py and tests/integration/test_api_tls.py."""
 
 from __future__ import annotations
 
@@ -13,21 +13,7 @@ from pydantic import ValidationError
 
 from linepulse.alerting import AlertSettings
 from linepulse.config import parse_config
-from linepulse.http_security import (
-    ApiSecurity,
-    HttpLimits,
-    TlsSettings,
-    TokenBuckets,
-    _presented,
-)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from linepulse.http.settings import ApiSecurity, HttpLimits, TlsSettings
 
 
 def secrets_of(security: ApiSecurity, environ: dict[str, str]) -> list[str]:
@@ -68,50 +54,6 @@ def test_the_hint_says_which_keys_set_a_token() -> None:
     alerts = AlertSettings().api_access({}).configure_hint
     assert "LINEPULSE_ALERTS_TOKEN (alerts.api_token_env)" in alerts
     assert "alerts.api_token_file" in alerts
-
-
-@pytest.mark.parametrize(
-    ("headers", "expected"),
-    [
-        ({b"authorization": b"Bearer abc"}, b"abc"),
-        ({b"authorization": b"bearer   abc  "}, b"abc"),
-        ({b"authorization": b"Basic YTpi"}, None),
-        ({b"authorization": b"Bearer "}, None),
-        ({b"x-api-key": b" k1 "}, b"k1"),
-        ({b"authorization": b"Basic YTpi", b"x-api-key": b"k1"}, b"k1"),
-        ({b"authorization": b"Bearer abc", b"x-api-key": b"k1"}, b"abc"),
-        ({}, None),
-    ],
-)
-def test_a_token_is_presented_as_bearer_or_api_key(
-    headers: dict[bytes, bytes], expected: bytes | None
-) -> None:
-    assert _presented(headers) == expected
-
-
-def test_a_bucket_lets_its_burst_through_then_says_how_long_to_wait() -> None:
-    clock = Clock()
-    buckets = TokenBuckets(rate=0.5, burst=3, clock=clock)
-    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
-    assert buckets.take("a") == pytest.approx(2.0)  # one token every 2 s
-    assert buckets.take("b") == 0.0  # another client has its own bucket
-    clock.now += 1.0
-    assert buckets.take("a") == pytest.approx(1.0)  # half a token back, refusal not counted
-    clock.now += 1.0
-    assert buckets.take("a") == 0.0
-    clock.now += 3600.0
-    assert [buckets.take("a") for _ in range(4)][-1] > 0  # refills to the burst, no further
-
-
-def test_a_zero_rate_turns_the_limit_off_and_buckets_stay_bounded() -> None:
-    clock = Clock()
-    assert all(TokenBuckets(0, 1, clock).take("a") == 0 for _ in range(100))
-    buckets = TokenBuckets(rate=1.0, burst=1, clock=clock, max_keys=3)
-    for client in ("a", "b", "c", "d"):
-        buckets.take(client)
-    assert len(buckets) == 3
-    assert buckets.take("a") == 0.0  # "a" was the oldest: dropped, so a full bucket again
-    assert buckets.take("d") > 0
 
 
 def test_tls_settings_become_uvicorn_options(tmp_path: Path) -> None:
@@ -184,7 +126,7 @@ def test_the_tls_flags_are_checked_before_anything_starts(
 ) -> None:
     from typer.testing import CliRunner
 
-    from linepulse.cli import app
+    from services.app.cli import app
 
     cert = tmp_path / "cert.pem"
     cert.write_text("not used: the flags are refused first", "utf-8")

@@ -23,7 +23,7 @@ from linepulse.config import WINDOW_KINDS, ConfigError, PlantConfig, WindowKind,
 from linepulse.events import EventError, parse_ts
 
 if TYPE_CHECKING:
-    from linepulse.http_security import TlsSettings
+    from linepulse.http.settings import TlsSettings
     from services.ingest.simulator.scenario import Scenario
 
 app = typer.Typer(
@@ -258,7 +258,7 @@ TlsClientCaOption = Annotated[
 
 def _tls(cert: Path | None, key: Path | None, client_ca: Path | None) -> TlsSettings | None:
     """HTTPS settings from the command line (they override the config's); None if none."""
-    from linepulse.http_security import TlsSettings
+    from linepulse.http.settings import TlsSettings
 
     if cert is None and key is None:
         if client_ca is not None:
@@ -507,7 +507,7 @@ def demo_command(
 ) -> None:
     """The whole flow in one process on a simulated 20-machine plant: no broker needed."""
     from linepulse.runtime import PortInUseError, PortWish, choose_ports
-    from services.demo import DemoSettings, run_demo
+    from services.app.demo import DemoSettings, run_demo
 
     if fast < 1:
         raise _fail("--fast must be at least 1", 2)
@@ -659,7 +659,3 @@ def _window_kinds(values: list[str] | None) -> tuple[WindowKind, ...] | None:
 
 def main() -> None:
     app()
-
-
-if __name__ == "__main__":
-    main()

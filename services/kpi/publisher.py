@@ -1,0 +1,224 @@
+"""What the KPI worker writes to the bus: KPI records, machine statuses, dead letters and
+telemetry forwarded to its line's home partition, on one producer.
+
+Kept apart from the consume loop because it holds its own state and its own rules:
+final records go out at once, open-window records at most once per `open_interval_s` per
+key (the latest one wins); KPI records go out in keyed batches per partition; sends are
+not awaited one by one (a round trip per batch would pace the loop) but settled before a
+checkpoint, and a failed send stops the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+import polars as pl
+from aiokafka.partitioner import murmur2
+
+from linepulse.bus import Producer
+from linepulse.config import KafkaSettings
+from linepulse.events import Decoded
+from linepulse.wire import ARROW, encode_arrow
+from services.kpi.machine_status import StatusRecord
+from services.kpi.metrics import KpiMetrics
+
+# Keys whose kpi partition is remembered (murmur2 per record is a cost at thousands of open
+# windows a second); past this many the cache starts afresh rather than grow.
+MAX_CACHED_KEYS: Final = 1_000_000
+
+
+def record_key(record: dict[str, Any]) -> bytes:
+    """`kpi` topic key: scope (machine, or `*` for the line), window kind and start."""
+    scope = record["machine"] or "*"
+    return f"{record['line']}/{scope}/{record['window']}/{record['window_start']}".encode()
+
+
+@dataclass
+class WorkerStats:
+    """Cumulative counts of this worker process, for logs and tests."""
+
+    batches: int = 0
+    events: int = 0
+    forwarded: int = 0
+    dead_letters: int = 0
+    published: int = 0
+    checkpoints: int = 0
+
+
+class KpiPublisher:
+    """The worker's sends on a started producer, counted in `stats` and `metrics`.
+
+    `kpi_partitions` is the kpi topic's partition count: a keyed record goes to Kafka's
+    default partition for its key (murmur2), as any other producer would put it.
+    """
+
+    def __init__(
+        self,
+        producer: Producer,
+        kafka: KafkaSettings,
+        kpi_partitions: int,
+        metrics: KpiMetrics,
+        stats: WorkerStats,
+    ) -> None:
+        self.producer = producer
+        self.kafka = kafka
+        self.kpi_partitions = kpi_partitions
+        self.metrics = metrics
+        self.stats = stats
+        self._open: dict[bytes, bytes] = {}  # latest unsent open-window record per key
+        self._open_sent: dict[bytes, float] = {}  # monotonic s its key was last sent
+        self._partitions: dict[bytes, int] = {}  # kpi partition per key
+        self._inflight: list[asyncio.Future[Any]] = []
+
+    # -- KPI records --------------------------------------------------------------------
+
+    async def records(self, records: list[dict[str, Any]]) -> None:
+        """Finals go out now; open-window records wait for their key's turn."""
+        finals = []
+        for record in records:
+            key = record_key(record)
+            value = orjson.dumps(record)
+            if record["final"]:
+                self._open.pop(key, None)
+                self._open_sent.pop(key, None)
+                finals.append((key, value))
+            else:
+                self._open[key] = value
+        self.stats.published += len(finals)
+        if finals:
+            self.metrics.records_published.labels(final="true").inc(len(finals))
+        await self._send_kpi(finals)
+
+    async def publish_due_open(self, *, force: bool = False) -> None:
+        """Open-window records whose key has waited `open_interval_s` (all with `force`:
+        before a checkpoint that covers them, or on leaving)."""
+        if not self._open:
+            return
+        now = time.monotonic()
+        interval = self.kafka.open_interval_s
+        due = [k for k in self._open if force or now - self._open_sent.get(k, 0.0) >= interval]
+        items = []
+        for key in due:
+            items.append((key, self._open.pop(key)))
+            self._open_sent[key] = now
+        self.stats.published += len(items)
+        if items:
+            self.metrics.records_published.labels(final="false").inc(len(items))
+        await self._send_kpi(items)
+        self.reap()
+
+    async def _send_kpi(self, items: list[tuple[bytes, bytes]]) -> None:
+        """(key, value) records onto the kpi topic, in batches per partition.
+
+        The partition of a key is cached: open-window keys repeat every second. aiokafka's
+        batch API skips most of its per-message cost, which matters at thousands of open
+        windows a second.
+        """
+        producer = self.producer
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value in items:
+            partition = self._partitions.get(key)
+            if partition is None:
+                if len(self._partitions) > MAX_CACHED_KEYS:
+                    self._partitions.clear()
+                partition = (murmur2(key) & 0x7FFFFFFF) % self.kpi_partitions
+                self._partitions[key] = partition
+            by_partition.setdefault(partition, []).append((key, value))
+        topic = self.kafka.kpi.name
+        for partition, records in by_partition.items():
+            batch = producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    self._inflight.append(
+                        await producer.send_batch(batch, topic, partition=partition)
+                    )
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)
+            self._inflight.append(await producer.send_batch(batch, topic, partition=partition))
+
+    # -- statuses, forwarded telemetry, dead letters --------------------------------------
+
+    async def statuses(self, records: list[StatusRecord]) -> None:
+        """Machine status records, in the order given, keyed by machine."""
+        topic = self.kafka.status.name
+        for record in records:
+            self._inflight.append(
+                await self.producer.send(
+                    topic, value=orjson.dumps(record), key=record["machine"].encode()
+                )
+            )
+
+    async def forward(self, topic: str, home: int, events: pl.DataFrame) -> None:
+        """Events of one line's machines to that line's home partition of `topic`, as one
+        Arrow record keyed by the first machine (the home is given, not derived)."""
+        self._inflight.append(
+            await self.producer.send(
+                topic,
+                value=encode_arrow(events),
+                key=events.item(0, "machine").encode(),
+                partition=home,
+                headers=[("content-type", ARROW.encode())],
+            )
+        )
+        self.stats.forwarded += events.height
+
+    def dead_letters(self, decoded: Decoded, source: str) -> None:
+        """Records the decoder refused, each with where it was and why."""
+        self._dead_letters(
+            [
+                {"where": where, "reason": reason, "raw": raw, "source": source}
+                for where, reason, raw in decoded.rejected
+            ]
+        )
+
+    def dead_letters_core(self, rejected: pl.DataFrame, source: str, where: str) -> None:
+        """Events the core refused (`ts`, `machine`, `signal`, `reason` rows)."""
+        self._dead_letters(
+            [
+                {
+                    "where": where,
+                    "reason": reason,
+                    "event": {"ts": ts, "machine": machine, "signal": signal},
+                    "source": source,
+                }
+                for ts, machine, signal, reason in rejected.iter_rows()
+            ]
+        )
+
+    def _dead_letters(self, letters: list[dict[str, Any]]) -> None:
+        if not letters:
+            return
+        topic = self.kafka.dlq.name
+        for letter in letters:
+            self._inflight.append(
+                asyncio.ensure_future(
+                    self.producer.send_and_wait(topic, value=orjson.dumps(letter))
+                )
+            )
+        self.stats.dead_letters += len(letters)
+        self.metrics.dlq.inc(len(letters))
+
+    # -- sends in flight ----------------------------------------------------------------
+
+    def reap(self) -> None:
+        """Forget the sends that are done, raising the first one's error if any failed:
+        the loop does not wait for acks, but a failed send stops the worker."""
+        pending = []
+        for sent in self._inflight:
+            if sent.done():
+                sent.result()  # raises the send's error
+            else:
+                pending.append(sent)
+        self._inflight = pending
+
+    async def settle(self) -> None:
+        """Every send flushed and acknowledged (or its error raised): records land before
+        the checkpoint of the state that produced them is saved."""
+        await self.producer.flush()
+        inflight, self._inflight = self._inflight, []
+        if inflight:
+            await asyncio.gather(*inflight)
