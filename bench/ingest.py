@@ -61,6 +61,7 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client import CollectorRegistry
 
 from bench import harness
 from bench.generate import DEFAULT_OUT
@@ -82,6 +83,7 @@ from linepulse.runtime import free_loopback_ports
 from linepulse.wire import decode_records
 from services.ingest import sparkplug
 from services.ingest.kafka_sink import KafkaSink
+from services.ingest.metrics import IngestMetrics
 from services.ingest.mqtt import MqttIngester
 from services.ingest.opcua import OpcuaIngester
 
@@ -388,8 +390,9 @@ async def mqtt_json(
     }
     config = plant(tag, "json", tmp, machines, {"mqtt": [source]})
     await ensure_topics(bootstrap, config.kafka)
-    sink = KafkaSink(config, bootstrap, config.ingest)
-    ingester = MqttIngester(config.sources.mqtt[0], config, sink)
+    ingest_metrics = IngestMetrics.create(CollectorRegistry())  # shared, as in production
+    sink = KafkaSink(config, bootstrap, config.ingest, ingest_metrics)
+    ingester = MqttIngester(config.sources.mqtt[0], config, sink, ingest_metrics)
     await create_session(port, client_id, ingester.subscriptions())
     sub_id = f"bench-sub-json-{tag}"
     sub_session(port, sub_id, "plant/#")
@@ -500,8 +503,9 @@ async def mqtt_sparkplug(
     }
     config = plant(tag, "spb", tmp, devices, {"mqtt": [source]})
     await ensure_topics(bootstrap, config.kafka)
-    sink = KafkaSink(config, bootstrap, config.ingest)
-    ingester = MqttIngester(config.sources.mqtt[0], config, sink)
+    ingest_metrics = IngestMetrics.create(CollectorRegistry())  # shared, as in production
+    sink = KafkaSink(config, bootstrap, config.ingest, ingest_metrics)
+    ingester = MqttIngester(config.sources.mqtt[0], config, sink, ingest_metrics)
     await create_session(port, client_id, ingester.subscriptions())
     sub_id = f"bench-sub-spb-{tag}"
     sub_filter = f"{sparkplug.NAMESPACE}/{group}/#"
@@ -602,8 +606,9 @@ async def opcua(args: argparse.Namespace, bootstrap: str, tmp: Path, run: Run) -
         }
         config = plant(tag, "opcua", tmp, machines, {"opcua": [source]})
         await ensure_topics(bootstrap, config.kafka)
-        live = sink = KafkaSink(config, bootstrap, config.ingest)
-        ingester = OpcuaIngester(config.sources.opcua[0], config, live)
+        ingest_metrics = IngestMetrics.create(CollectorRegistry())  # shared, as in production
+        live = sink = KafkaSink(config, bootstrap, config.ingest, ingest_metrics)
+        ingester = OpcuaIngester(config.sources.opcua[0], config, live, ingest_metrics)
         what = "OPC-UA -> Kafka"
         print(
             f"measuring: {what} ({nodes} nodes, server writing for {seconds:g} s) ...", flush=True

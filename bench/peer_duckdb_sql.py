@@ -133,7 +133,7 @@ SELECT machine, ws AS window_start_ms, planned_s, run_s, downtime_s,
     planned_s - run_s - downtime_s AS unknown_s,
     total_count, reject_count, good_count, availability, performance, quality,
     -- = availability x performance x quality wherever all three are defined, and 0, not
-    -- null, when the machine did not run at all (DESIGN.md's KPI record)
+    -- null, when the machine did not run at all (docs/kpi.md's KPI record)
     good_count * ict / nullif(planned_s, 0) AS oee
 FROM ratios
 ORDER BY machine, window_start_ms

@@ -23,7 +23,7 @@ from typing import Any
 
 from linepulse.records import RECORD_FIELDS
 
-# The KPI record fields of DESIGN.md (the record's own, from window_end to final; the
+# The KPI record fields of docs/kpi.md (the record's own, from window_end to final; the
 # fields beyond OEE come after `revision`), compared one by one. `revision` is not: a
 # window restated by late data has a higher revision in the stream than in a replay.
 FIELDS: tuple[str, ...] = RECORD_FIELDS[

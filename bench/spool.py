@@ -38,6 +38,7 @@ from typing import Final
 import polars as pl
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from prometheus_client import CollectorRegistry
 
 from bench.generate import event_frame, plant_yaml
 from bench.harness import Broker, broker_session
@@ -48,6 +49,7 @@ from linepulse.events import normalize_frame
 from linepulse.sources import IngestSettings
 from linepulse.wire import ARROW, decode_records, encode_arrow
 from services.ingest.kafka_sink import COMPRESSION, KafkaSink
+from services.ingest.metrics import IngestMetrics
 from services.ingest.spool import Kind, Spool, decode_samples, encode_samples
 
 MACHINES: Final = 1_000
@@ -178,7 +180,8 @@ async def bench_baseline(plant: PlantConfig, bootstrap: str, work: Workload, sam
 async def bench_sink_up(
     plant: PlantConfig, bootstrap: str, work: Workload, samples: int, folder: Path
 ) -> None:
-    sink = KafkaSink(plant, bootstrap, IngestSettings(spool_dir=folder))
+    metrics = IngestMetrics.create(CollectorRegistry())
+    sink = KafkaSink(plant, bootstrap, IngestSettings(spool_dir=folder), metrics)
     await sink.start()
     started = time.perf_counter()
     for n in range(0, samples, 1_000):
@@ -198,7 +201,7 @@ async def bench_outage(
     plant: PlantConfig, broker: Broker, work: Workload, args: argparse.Namespace, folder: Path
 ) -> None:
     settings = IngestSettings(spool_dir=folder)
-    sink = KafkaSink(plant, broker.bootstrap, settings)
+    sink = KafkaSink(plant, broker.bootstrap, settings, IngestMetrics.create(CollectorRegistry()))
     await sink.start()
     first = work.next
     fed = 0

@@ -1,4 +1,4 @@
-"""KPI store benchmark: how many KPI records per second `KpiStore.upsert` writes.
+"""KPI store benchmark: how many KPI records per second `KpiHistory.upsert` writes.
 
     python -m bench.store                      # 100,000 records, batches of 10,000
     python -m bench.store --records 1000000 --batch 50000 --memory
@@ -142,7 +142,7 @@ def _beyond_oee(
 def timed(store: KpiStore, records: list[dict[str, Any]], batch: int) -> float:
     began = time.perf_counter()
     for i in range(0, len(records), batch):
-        store.upsert(records[i : i + batch])
+        store.history.upsert(records[i : i + batch])
     return time.perf_counter() - began
 
 
@@ -189,7 +189,7 @@ def main() -> None:
                     f"  {name:<7} {len(records):>10,} records {seconds:8.3f} s "
                     f"{rate:>12,.0f} records/s"
                 )
-            stored = store.history(START, None, "1m")
+            stored = store.history.history(START, None, "1m")
             finals = sum(1 for r in stored if r["final"])
             print(f"  check: {len(stored):,} keys stored, {finals:,} final (expect both = records)")
     verdict = "PASS" if slowest >= GOAL_PER_S else "MISS"

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 State = Literal["running", "idle", "down", "changeover", "planned_stop", "unknown"]
 STATES: frozenset[str] = frozenset(get_args(State))
-# States whose time counts as downtime (DESIGN.md: `down`, `idle`, `changeover`).
+# States whose time counts as downtime (docs/kpi.md: `down`, `idle`, `changeover`).
 DOWNTIME_STATES: frozenset[str] = frozenset({"down", "idle", "changeover"})
 
 CounterSignal = Literal["total_count", "good_count", "reject_count"]

@@ -1,6 +1,6 @@
 """The KPI record: what the core emits, the `kpi` topic carries and the API serves.
 
-Field names and meanings are the contract in DESIGN.md and
+Field names and meanings are the contract in docs/kpi.md and
 schemas/kpi-record.schema.json. Ratios are `None` when their denominator is zero.
 
 `KpiRecord` is the one place the fields are written down. Everything else that names

@@ -1,9 +1,17 @@
-"""What every LinePulse service process shares: stop signals, a task dump, an HTTP server.
+"""What every LinePulse service process shares: stop signals, a task dump, an HTTP server,
+and the one way a process runs its components until it is told to stop.
 
-SIGTERM or SIGINT sets the service's stop event (each service then finishes its work in
+SIGTERM or SIGINT sets the process's stop event (each service then finishes its work in
 hand and exits 0); SIGUSR1 logs what every task is waiting on, for a service that seems
 stuck. uvicorn runs without its own signal handling, so that teardown happens in the
 service's task group rather than after uvicorn re-raises a signal.
+
+A service is a component (`open_kpi`, `open_alerts`, `open_ingest`): an async context
+manager that opens what the service needs and closes it in reverse order, exposing its
+long-running `tasks` and the apps it `serves`. The composition root (services/app/: the
+CLI and the demo) opens components, then runs them under `run_until_stop`, one task
+group for the whole process, so every component stops on the same event and is closed
+after its tasks have returned.
 """
 
 from __future__ import annotations
@@ -13,9 +21,9 @@ import contextlib
 import io
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import uvicorn
 
@@ -34,6 +42,13 @@ def install_stop_signals(stop: asyncio.Event, what: str = "stopping") -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, sig)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+
+
+def stop_on_signals(what: str) -> asyncio.Event:
+    """The process's stop event, set by SIGTERM or SIGINT (logging `what` is being done)."""
+    stop = asyncio.Event()
+    install_stop_signals(stop, what)
+    return stop
 
 
 def dump_tasks() -> None:
@@ -73,6 +88,7 @@ def serve_http(
     *,
     lifespan: Literal["on", "off"] = "off",
     tls: TlsSettings | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> uvicorn.Server:
     """Serve `app` in `group` until `stop` is set; returns the server (still starting).
 
@@ -84,14 +100,104 @@ def serve_http(
     )
     server = QuietServer(config)
     group.create_task(server.serve(), name=name)
-    group.create_task(exit_on(stop, server), name=f"{name}-stopper")
+    group.create_task(exit_on(stop, server, on_stop), name=f"{name}-stopper")
     return server
 
 
-async def exit_on(stop: asyncio.Event, server: uvicorn.Server) -> None:
-    """Let `server` finish its requests and exit once `stop` is set."""
+async def exit_on(
+    stop: asyncio.Event, server: uvicorn.Server, on_stop: Callable[[], None] | None = None
+) -> None:
+    """Let `server` finish its requests and exit once `stop` is set (calling `on_stop`
+    first: uvicorn waits for open responses, so endless ones must be told to end)."""
     await stop.wait()
+    if on_stop is not None:
+        on_stop()
     server.should_exit = True
+
+
+Job = Callable[[asyncio.Event], Coroutine[Any, Any, object]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A long-running loop of a component: `run(stop)` returns once `stop` is set, having
+    finished its work in hand; an exception from it stops the whole process."""
+
+    name: str
+    run: Job
+
+
+@dataclass(frozen=True)
+class Served:
+    """An ASGI app a component serves, and where. `lifespan="on"` for an app that opens
+    its own clients in its lifespan; `on_stop` ends what would keep the server from
+    exiting (the live board's event streams)."""
+
+    name: str
+    app: Any
+    http: HttpSettings
+    lifespan: Literal["on", "off"] = "off"
+    on_stop: Callable[[], None] | None = None
+
+
+class Component(Protocol):
+    """What the composition root runs of an opened service."""
+
+    @property
+    def tasks(self) -> Sequence[Task]: ...
+
+    @property
+    def served(self) -> Sequence[Served]: ...
+
+
+class StartRefused(Exception):
+    """A service cannot start as configured (no sources, no rules, an unreadable token
+    file): the message says why, and the command exits 2 without starting anything."""
+
+
+class Running:
+    """The process's task group while it runs: start tasks and servers in it, in stages
+    if need be (the demo serves its APIs only once the history is worked off)."""
+
+    def __init__(self, group: asyncio.TaskGroup, stop: asyncio.Event) -> None:
+        self.group = group
+        self.stop = stop
+
+    def start(self, *tasks: Task) -> None:
+        for task in tasks:
+            self.group.create_task(task.run(self.stop), name=task.name)
+
+    def serve(self, served: Served) -> uvicorn.Server:
+        """Serve `served.app` until `stop`; returns the server (still starting)."""
+        http = served.http
+        return serve_http(
+            self.group,
+            self.stop,
+            served.app,
+            http.host,
+            http.port,
+            served.name,
+            lifespan=served.lifespan,
+            tls=http.tls,
+            on_stop=served.on_stop,
+        )
+
+    def add(self, component: Component) -> None:
+        """Every task of `component` and every app it serves."""
+        self.start(*component.tasks)
+        for served in component.served:
+            self.serve(served)
+
+
+@contextlib.asynccontextmanager
+async def run_until_stop(stop: asyncio.Event) -> AsyncIterator[Running]:
+    """One task group for the process: what the body starts in the `Running` it is given
+    runs until `stop` is set (every task then finishes its work in hand and returns);
+    leaving the block waits for all of them. A task that fails cancels the others and
+    its error leaves the block (in an `ExceptionGroup`), so the components around the
+    block are closed on error as on a clean stop."""
+    async with asyncio.TaskGroup() as group:
+        yield Running(group, stop)
 
 
 class PortInUseError(Exception):

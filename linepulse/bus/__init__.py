@@ -2,7 +2,7 @@
 
 Services take a `KafkaClients` (default `AIOKAFKA`) and never name a client class, so
 running on a real broker or in one process is the caller's configuration, not a code
-change (DESIGN.md, "Embedded default").
+change (docs/deploy.md).
 """
 
 from linepulse.bus.clients import (

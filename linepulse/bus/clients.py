@@ -26,6 +26,7 @@ that request's default "do not create". Topics are created only by `ensure_topic
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
@@ -40,11 +41,17 @@ from aiokafka import (
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource
+from aiokafka.errors import KafkaError, ProducerClosed
 from aiokafka.protocol.api import Response
 from aiokafka.protocol.metadata import MetadataRequest
 from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from linepulse.bus.security import KafkaSecurity, client_kwargs
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S: Final = 2.0  # a reachability probe per bootstrap address
+SENDER_STOP_TIMEOUT_S: Final = 10.0  # aiokafka's sender task, when pending sends are failed
 
 Headers = Sequence[tuple[str, bytes]]
 Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
@@ -170,6 +177,16 @@ class KafkaClients(Protocol):
 
     def admin(self, **config: Any) -> Admin: ...
 
+    async def reachable(self, bootstrap: str) -> bool:
+        """Whether the broker at `bootstrap` answers now, without a client's noise."""
+        ...
+
+    async def fail_pending(self, producer: Producer) -> None:
+        """Fail every send `producer` (one of these clients') still holds, so that each
+        record's fate is known and its `stop()` returns: giving up on a broker that is
+        away. The producer is not usable afterwards; stop it."""
+        ...
+
 
 class _NoAutoCreateMetadataRequest(MetadataRequest):  # type: ignore[misc]
     """aiokafka's metadata request, with `allow_auto_topic_creation` false unless given
@@ -229,14 +246,9 @@ class AioKafkaClients:
         return f"AioKafkaClients(protocol={self.protocol})"
 
     def producer(self, **config: Any) -> Producer:
-        producer: Producer = self.aiokafka_producer(**config)
-        return producer
-
-    def aiokafka_producer(self, **config: Any) -> AIOKafkaProducer:
-        """aiokafka's producer class itself, for code that reaches into its internals (the
-        ingest sink fails its pending batches on a broker outage)."""
         forbid_topic_auto_creation()
-        return AIOKafkaProducer(**config | self._security)
+        producer: Producer = AIOKafkaProducer(**config | self._security)
+        return producer
 
     def consumer(self, *topics: str, **config: Any) -> Consumer:
         forbid_topic_auto_creation()
@@ -247,6 +259,48 @@ class AioKafkaClients:
         forbid_topic_auto_creation()
         admin: Admin = AIOKafkaAdminClient(**config | self._security)
         return admin
+
+    async def reachable(self, bootstrap: str) -> bool:
+        """Whether some bootstrap address accepts a TCP connection (cheaper and quieter
+        than a Kafka client that fails: aiokafka logs each failed attempt)."""
+        for address in bootstrap.split(","):
+            host, _, port = address.strip().rpartition(":")
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT_S):
+                    _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            except (OSError, TimeoutError, ValueError):
+                continue
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+            return True
+        return False
+
+    async def fail_pending(self, producer: Producer) -> None:
+        """Fail every batch aiokafka still holds with `ProducerClosed`.
+
+        aiokafka's `stop()` waits for every pending batch, which with the broker away is
+        forever, and has no public call to give up. So: stop its sender task first (its
+        requests in flight end and put their batches back), then fail what is queued.
+        Failing batches under a running sender breaks its bookkeeping (a KeyError in
+        `reenqueue`, seen in the ingest sink's restart test). These are aiokafka's
+        internals, so they are touched here, beside the class that makes the producer.
+        """
+        if not isinstance(producer, AIOKafkaProducer):
+            raise TypeError(f"not a producer of these clients: {producer!r}")
+        try:
+            await asyncio.wait_for(producer._sender.close(), SENDER_STOP_TIMEOUT_S)
+        except (KafkaError, OSError, TimeoutError) as error:
+            log.warning("Kafka producer's sender did not stop cleanly: %r", error)
+        queued = producer._message_accumulator
+        batches = [b.future for q in queued._batches.values() for b in q]
+        batches += [b.future for b in queued._pending_batches]
+        queued.fail_all(ProducerClosed())
+        for future in batches:  # retrieved, so asyncio does not log them as unhandled
+            if future.done() and not future.cancelled():
+                future.exception()
 
     def options(self) -> dict[str, Any]:
         """The security arguments alone (what every client made here is given)."""

@@ -777,3 +777,10 @@ class InProcessClients:
 
     def admin(self, **config: Any) -> Admin:
         return InProcessAdmin(self.broker, **config)
+
+    async def reachable(self, bootstrap: str) -> bool:
+        """Always: the broker is in this process."""
+        return True
+
+    async def fail_pending(self, producer: Producer) -> None:
+        """Nothing to fail: an in-process send is in the log when `send` returns."""

@@ -127,7 +127,7 @@ class Outbox:
         self,
         path: Path,
         settings: AlertSettings,
-        metrics: AlertMetrics | None = None,
+        metrics: AlertMetrics,
         *,
         external_url: str = "",
         retry_base_s: float = RETRY_BASE_S,
@@ -212,8 +212,7 @@ class Outbox:
         self._db.close()
 
     def _update_depth(self) -> None:
-        if self._metrics is not None:
-            self._metrics.outbox_depth.set(self.depth())
+        self._metrics.outbox_depth.set(self.depth())
 
     def _pending(self) -> list[tuple[int, str, str, str, int, float]]:
         cursor = self._db.execute(
@@ -359,8 +358,7 @@ class Outbox:
             if channel.type == "alertmanager":
                 self._remember_firing(channel.id, notification)
             self._finish(row_id, "delivered", None)
-            if self._metrics is not None:
-                self._metrics.sent.labels(channel.id).inc()
+            self._metrics.sent.labels(channel.id).inc()
             return
         if outcome.status == "failed":
             self._give_up(row_id, channel.id, "rejected", outcome.reason)
@@ -377,8 +375,7 @@ class Outbox:
                 attempts, self._rng, base=self._retry_base_s, cap=self._retry_cap_s
             )
         self._reschedule(row_id, attempts, at, outcome.reason)
-        if self._metrics is not None:
-            self._metrics.retries.labels(channel.id).inc()
+        self._metrics.retries.labels(channel.id).inc()
         log.info(
             "notification %s to %s: %s; attempt %d, next in %.1f s",
             notification.key,
@@ -391,8 +388,7 @@ class Outbox:
     def _give_up(self, row_id: int, channel_id: str, reason: str, error: str) -> None:
         log.warning("notification %d to %s failed (%s): %s", row_id, channel_id, reason, error)
         self._finish(row_id, "failed", error)
-        if self._metrics is not None:
-            self._metrics.failed.labels(channel_id, reason).inc()
+        self._metrics.failed.labels(channel_id, reason).inc()
 
     def _am_lock(self, channel_id: str) -> asyncio.Lock:
         # One post at a time per Alertmanager channel: a re-post of a firing alert must not
@@ -429,6 +425,5 @@ class Outbox:
                     "re-posting firing alerts to %s: HTTP %d", channel.id, response.status_code
                 )
                 return False
-            if self._metrics is not None:
-                self._metrics.am_resends.labels(channel.id).inc(len(alerts))
+            self._metrics.am_resends.labels(channel.id).inc(len(alerts))
             return True

@@ -1,4 +1,9 @@
-"""`linepulse alerts` as a process: KPI records and telemetry in, pages out.
+"""The alerts service as a component: KPI records and telemetry in, pages out.
+
+`open_alerts` opens the engine's store and the outbox (two SQLite files in the state
+directory) and closes them on the way out; the composition root runs its `tasks` and
+serves its app (linepulse/runtime.py `run_until_stop`). On stop the outbox keeps what is
+undelivered for the next start.
 
 Two group-less consumers follow the `kpi` and `telemetry` topics from their ends (alerts
 are about now; what was firing before a restart is in the engine's store, and open
@@ -15,8 +20,11 @@ config (linepulse/bus/topics.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -24,11 +32,11 @@ import polars as pl
 from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AIOKAFKA, KafkaClients
-from linepulse.bus.clients import AioKafkaClients
 from linepulse.bus.topics import TopicRole, check_topics
 from linepulse.config import PlantConfig
 from linepulse.events import reading_as_float
-from linepulse.runtime import HttpSettings, install_stop_signals, serve_http
+from linepulse.http.settings import ApiAccess
+from linepulse.runtime import HttpSettings, Served, StartRefused, Task
 from linepulse.wire import decode_records
 from services.alerts.api import create_app
 from services.alerts.engine import AlertEngine
@@ -53,16 +61,23 @@ class AlertService:
         bootstrap: str,
         state_dir: Path,
         clients: KafkaClients = AIOKAFKA,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """Opens the engine's store and the outbox in `state_dir`: `close()` them (or use
+        `open_alerts`, which does). Metrics go to `registry` (a fresh one if None)."""
         state_dir.mkdir(parents=True, exist_ok=True)
         self.plant = plant
         self.clients = clients
         self.bootstrap = bootstrap
-        self.registry = CollectorRegistry()
+        self.registry = CollectorRegistry() if registry is None else registry
         self.metrics = AlertMetrics.create(self.registry)
         self.store = AlertStore.in_dir(state_dir)
-        self.engine = AlertEngine(plant, self.store)
-        self.outbox = Outbox(state_dir / "outbox.sqlite", plant.alerts, self.metrics)
+        try:
+            self.engine = AlertEngine(plant, self.store)
+            self.outbox = Outbox(state_dir / "outbox.sqlite", plant.alerts, self.metrics)
+        except BaseException:
+            self.store.close()
+            raise
         self._wake = asyncio.Event()
         # Notifications the engine committed just before a crash may not have reached the
         # outbox: hand it the last day's again (it ignores keys it already holds).
@@ -70,6 +85,22 @@ class AlertService:
         recovered = self.outbox.enqueue(self.store.notifications(since))
         if recovered:
             log.info("%d notification(s) recovered from the engine's log", recovered)
+
+    def close(self) -> None:
+        """Close the outbox and the engine's store (their SQLite files)."""
+        try:
+            self.outbox.close()
+        finally:
+            self.store.close()
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        return (
+            Task("alerts-kpi", self.follow_kpi),
+            Task("alerts-telemetry", self.follow_telemetry),
+            Task("alerts-evaluate", self.evaluate_loop),
+            Task("alerts-outbox", self.outbox.run),
+        )
 
     async def wait_for_topics(self, stop: asyncio.Event, wait_s: float = TOPIC_WAIT_S) -> bool:
         """Wait for the topics the followers read, never creating them; False if `stop`
@@ -170,43 +201,61 @@ class AlertService:
                 pass
 
 
-async def run_alerts(
-    plant: PlantConfig, bootstrap: str, http: HttpSettings | None, state_dir: Path
-) -> int:
-    """Run the alerts service until SIGTERM/SIGINT, keeping its state in `state_dir`
-    (resolved by the caller: linepulse/data_dir.py); 0 on a clean stop."""
-    if not plant.alerts.rules:
-        log.error("the plant config has no alert rules (alerts.rules): nothing to evaluate")
-        return 2
-    stop = asyncio.Event()
-    install_stop_signals(stop, "stopping (the outbox keeps what is undelivered)")
-    service = AlertService(
-        plant, bootstrap, state_dir, clients=AioKafkaClients(plant.kafka.security)
-    )
-    log.info("alerts: state, notification log and outbox in %s", state_dir)
-    try:
-        access = plant.alerts.api_access()
-    except ValueError as error:
-        log.error("%s", error)
-        return 2
-    if not access.tokens:
-        log.warning(
-            "no alerts API token: ack and silences are refused with 403; %s", access.configure_hint
-        )
-    if not await service.wait_for_topics(stop):
-        return 0
-    async with asyncio.TaskGroup() as group:
-        group.create_task(service.follow_kpi(stop), name="alerts-kpi")
-        group.create_task(service.follow_telemetry(stop), name="alerts-telemetry")
-        group.create_task(service.evaluate_loop(stop), name="alerts-evaluate")
-        group.create_task(service.outbox.run(stop), name="alerts-outbox")
-        if http is not None:
+@dataclass(frozen=True)
+class AlertsSettings:
+    plant: PlantConfig
+    bootstrap: str
+    state_dir: Path  # alert state, notification log and outbox (resolved by the caller)
+    http: HttpSettings | None  # where the API listens; None: no API
+    access: ApiAccess | None = None  # tokens, limits, CORS; None: from the config (`alerts:`)
+
+
+@dataclass(frozen=True)
+class Alerts:
+    """An opened alerts service: the loops to run and the API to serve."""
+
+    service: AlertService
+    served: tuple[Served, ...]
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        return self.service.tasks
+
+    async def wait_for_topics(self, stop: asyncio.Event) -> bool:
+        """See `AlertService.wait_for_topics`: False if `stop` came first."""
+        return await self.service.wait_for_topics(stop)
+
+
+@contextlib.asynccontextmanager
+async def open_alerts(
+    settings: AlertsSettings, clients: KafkaClients, registry: CollectorRegistry
+) -> AsyncIterator[Alerts]:
+    """The alerts service on `clients`, keeping its state in `settings.state_dir`, its
+    metrics in `registry`. Raises `StartRefused` for an unreadable token file. On the way
+    out it logs what the outbox still holds, then closes its files."""
+    plant = settings.plant
+    with contextlib.closing(
+        AlertService(plant, settings.bootstrap, settings.state_dir, clients, registry)
+    ) as service:
+        log.info("alerts: state, notification log and outbox in %s", settings.state_dir)
+        try:
+            access = settings.access or plant.alerts.api_access()
+        except ValueError as error:
+            raise StartRefused(str(error)) from None
+        if not access.tokens:
+            log.warning(
+                "no alerts API token: ack and silences are refused with 403; %s",
+                access.configure_hint,
+            )
+        served: tuple[Served, ...] = ()
+        if settings.http is not None:
             app = create_app(
                 service.engine, service.registry, None, on_change=service.poke, access=access
             )
-            tls = http.tls or plant.alerts.api_tls
-            serve_http(group, stop, app, http.host, http.port, "alerts-http", tls=tls)
-            scheme = "http" if tls is None else "https"
-            log.info("alerts: %s://%s:%d/docs", scheme, http.host, http.port)
-    log.info("alerts stopped; %d notification(s) undelivered in the outbox", service.outbox.depth())
-    return 0
+            served = (Served("alerts-http", app, settings.http),)
+            http = settings.http
+            log.info("alerts: %s://%s:%d/docs", http.scheme, http.host, http.port)
+        yield Alerts(service, served)
+        log.info(
+            "alerts stopped; %d notification(s) undelivered in the outbox", service.outbox.depth()
+        )

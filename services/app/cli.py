@@ -24,7 +24,10 @@ from linepulse.events import EventError, parse_ts
 
 if TYPE_CHECKING:
     from linepulse.http.settings import TlsSettings
+    from services.alerts.service import AlertsSettings
+    from services.ingest.service import IngestServiceSettings
     from services.ingest.simulator.scenario import Scenario
+    from services.kpi.service import KpiSettings
 
 app = typer.Typer(
     name="linepulse",
@@ -329,7 +332,8 @@ def _serve(
 ) -> None:
     """The KPI worker (given `worker`: its --state-dir, else the config's
     kafka.state_dir), the query API (given `api`), or both."""
-    from services.kpi.service import ApiSettings, run_service
+    from linepulse.runtime import HttpSettings
+    from services.kpi.service import ApiSettings, KpiSettings
 
     bootstrap = _bootstrap(plant, kafka)
     plant, root = _data_dir(plant, data_dir)
@@ -339,13 +343,34 @@ def _serve(
         what = "--state-dir" if checkpoints is not None else "kafka.state_dir"
         state_dir = _prepare(checkpoints or plant.kafka.state_dir, what, root)
     with contextlib.ExitStack() as held:
-        settings = None
+        served = None
         if api is not None:
             host, port, db, alerts_url, tls = api
-            settings = ApiSettings(host, port, _history(db, root, held), alerts_url, tls)
-        raise typer.Exit(
-            _run_on_kafka(run_service(plant, bootstrap, state_dir=state_dir, api=settings))
-        )
+            http = HttpSettings(host, port, tls or plant.api.tls)
+            served = ApiSettings(http, _history(db, root, held), alerts_url)
+        settings = KpiSettings(plant, bootstrap, state_dir, served)
+        raise typer.Exit(_run_on_kafka(_run_kpi(settings)))
+
+
+async def _run_kpi(settings: KpiSettings) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from linepulse.bus.clients import AioKafkaClients
+    from linepulse.runtime import StartRefused, run_until_stop, stop_on_signals
+    from services.kpi.service import open_kpi
+
+    stop = stop_on_signals("stopping (finish the batch, checkpoint, commit, leave)")
+    clients = AioKafkaClients(settings.plant.kafka.security)  # TLS/SASL for every client
+    try:
+        async with (
+            open_kpi(settings, clients, CollectorRegistry()) as kpi,
+            run_until_stop(stop) as running,
+        ):
+            running.add(kpi)
+    except StartRefused as refused:
+        log.error("%s", refused)
+        return 2
+    return 0
 
 
 @app.command("kpi")
@@ -429,7 +454,7 @@ def ingest_command(
 ) -> None:
     """Read the configured OPC-UA and MQTT sources into the telemetry topic."""
     from linepulse.runtime import HttpSettings
-    from services.ingest.service import run_ingest
+    from services.ingest.service import IngestServiceSettings
 
     plant = _load(config)
     bootstrap = _bootstrap(plant, kafka)
@@ -439,7 +464,29 @@ def ingest_command(
     spool = _prepare(plant.ingest.spool_dir, "ingest.spool_dir", root)
     with contextlib.ExitStack() as held:
         _claim(held, spool, "linepulse ingest")
-        raise typer.Exit(_run_on_kafka(run_ingest(plant, bootstrap, http)))
+        settings = IngestServiceSettings(plant, bootstrap, http)
+        raise typer.Exit(_run_on_kafka(_run_ingest(settings)))
+
+
+async def _run_ingest(settings: IngestServiceSettings) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from linepulse.bus.clients import AioKafkaClients
+    from linepulse.runtime import run_until_stop, stop_on_signals
+    from services.ingest.service import open_ingest
+
+    sources = settings.plant.sources
+    if not sources.opcua and not sources.mqtt:
+        log.error("the plant config has no sources (sources.opcua, sources.mqtt): nothing to read")
+        return 2
+    stop = stop_on_signals("stopping (flush the ingesters, send or spool what is held)")
+    clients = AioKafkaClients(settings.plant.kafka.security)
+    async with (
+        open_ingest(settings, clients, CollectorRegistry()) as ingest,
+        run_until_stop(stop) as running,
+    ):
+        running.add(ingest)
+    return 0
 
 
 @app.command("alerts")
@@ -458,18 +505,44 @@ def alerts_command(
 ) -> None:
     """Evaluate the alert rules on the kpi and telemetry topics; page the shift lead on duty."""
     from linepulse.runtime import HttpSettings
-    from services.alerts.service import run_alerts
+    from services.alerts.service import AlertsSettings
 
     plant = _load(config)
     bootstrap = _bootstrap(plant, kafka)
     tls = _tls(tls_cert, tls_key, tls_client_ca)
-    http = HttpSettings(host, port, tls) if port else None
     plant, root = _data_dir(plant, data_dir)
+    http = HttpSettings(host, port, tls or plant.alerts.api_tls) if port else None
     what = "--state-dir" if state_dir is not None else "alerts.state_dir"
     state = _prepare(state_dir or plant.alerts.state_dir, what, root)
     with contextlib.ExitStack() as held:
         _claim(held, state, "linepulse alerts")
-        raise typer.Exit(_run_on_kafka(run_alerts(plant, bootstrap, http, state)))
+        settings = AlertsSettings(plant, bootstrap, state, http)
+        raise typer.Exit(_run_on_kafka(_run_alerts(settings)))
+
+
+async def _run_alerts(settings: AlertsSettings) -> int:
+    """The alerts service once its topics exist (it never creates them), until stopped."""
+    from prometheus_client import CollectorRegistry
+
+    from linepulse.bus.clients import AioKafkaClients
+    from linepulse.runtime import StartRefused, run_until_stop, stop_on_signals
+    from services.alerts.service import open_alerts
+
+    if not settings.plant.alerts.rules:
+        log.error("the plant config has no alert rules (alerts.rules): nothing to evaluate")
+        return 2
+    stop = stop_on_signals("stopping (the outbox keeps what is undelivered)")
+    clients = AioKafkaClients(settings.plant.kafka.security)
+    try:
+        async with open_alerts(settings, clients, CollectorRegistry()) as alerts:
+            if not await alerts.wait_for_topics(stop):
+                return 0
+            async with run_until_stop(stop) as running:
+                running.add(alerts)
+    except StartRefused as refused:
+        log.error("%s", refused)
+        return 2
+    return 0
 
 
 @app.command("demo")
@@ -589,11 +662,10 @@ def _simulate_offline(
 async def _simulate(
     plant: PlantConfig, seed: int, truth: Path | None, scenario: Scenario | None
 ) -> int:
-    from linepulse.runtime import install_stop_signals
+    from linepulse.runtime import stop_on_signals
     from services.ingest.simulator.run import run_simulator
 
-    stop = asyncio.Event()
-    install_stop_signals(stop, "stopping the simulator")
+    stop = stop_on_signals("stopping the simulator")
     stats = await run_simulator(plant, seed=seed, truth=truth, stop=stop, scenario=scenario)
     log.info("simulator stopped: %s", stats)
     return 0

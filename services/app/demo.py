@@ -45,24 +45,22 @@ from linepulse.bus import AIOKAFKA, InProcessBroker, InProcessClients, KafkaClie
 from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig, parse_config
 from linepulse.http.settings import ApiAccess
-from linepulse.runtime import free_loopback_ports, install_stop_signals, serve_http
-from services.alerts.api import create_app as create_alerts_app
-from services.alerts.service import AlertService
-from services.ingest.bus_sink import BusSink
+from linepulse.runtime import (
+    HttpSettings,
+    Task,
+    free_loopback_ports,
+    run_until_stop,
+    stop_on_signals,
+)
+from services.alerts.service import AlertsSettings, open_alerts
 from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
-from services.ingest.mqtt import MqttIngester
-from services.ingest.opcua import OpcuaIngester
+from services.ingest.service import ingesters
 from services.ingest.simulator.history import History, onto_sink, previous_shift_start
 from services.ingest.simulator.model import Behaviour
 from services.ingest.simulator.run import run_simulator
-from services.kpi.api import create_app as create_kpi_app
-from services.kpi.checkpoint import DirectoryStore
-from services.kpi.core.engine import Core
-from services.kpi.materializer import Materializer
-from services.kpi.metrics import KpiMetrics
+from services.kpi.service import ApiSettings, KpiSettings, open_kpi
 from services.kpi.store import KpiStore
-from services.kpi.worker import KpiWorker
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +141,13 @@ def demo_plant(opcua_ports: list[int], mqtt_port: int, webhook: str | None = Non
 
 async def run_demo(settings: DemoSettings, announce: Callable[[str], None]) -> int:
     """Run until SIGINT/SIGTERM; `announce` prints the URLs once everything listens."""
-    stop = asyncio.Event()
-    install_stop_signals(stop, "stopping the demo")
+    stop = stop_on_signals("stopping the demo")
     with tempfile.TemporaryDirectory(prefix="linepulse-demo-") as folder:
         await _run(settings, Path(folder), stop, announce)
     return 0
+
+
+DEMO_MEMORY_SAMPLES = 1_000_000
 
 
 async def _run(
@@ -168,16 +168,15 @@ async def _run(
         clients, bootstrap = AIOKAFKA, settings.kafka
     await ensure_topics(bootstrap, plant.kafka, clients)
     registry = CollectorRegistry()
-    kpi_metrics = KpiMetrics.create(registry, plant)
     ingest_metrics = IngestMetrics.create(registry)
-    sink: BusSink | KafkaSink
-    if settings.kafka is None:
-        sink = BusSink(plant, clients, bootstrap, ingest_metrics)
-    else:
-        spool = plant.ingest.model_copy(update={"spool_dir": state / "spool"})
-        sink = KafkaSink(plant, bootstrap, spool, ingest_metrics)
+    # One sink for both buses. Its memory holds the whole history (~500,000 samples for the
+    # packaged plant), which is put faster than any bus acknowledges: a spill to the spool
+    # would be lossless but warn, on a first run, that Kafka is not acknowledging.
+    spool = plant.ingest.model_copy(
+        update={"spool_dir": state / "spool", "memory_samples": DEMO_MEMORY_SAMPLES}
+    )
+    sink = KafkaSink(plant, bootstrap, spool, ingest_metrics, clients=clients)
     await sink.start()
-    store = KpiStore(":memory:", plant)
     token = secrets.token_hex(12)
     # Reason coding on the board is a write: the KPI API takes it with this token only.
     api_token = secrets.token_hex(12)
@@ -185,9 +184,14 @@ async def _run(
         tokens=(SecretStr(api_token),),
         configure_hint="the demo prints its token when it starts",
     )
-    alerts = AlertService(plant, bootstrap, state / "alerts", clients=clients)
     alerts_url = f"http://{settings.host}:{settings.alerts_port}"
     board = f"http://{settings.host}:{settings.port}"
+    kpi_api = ApiSettings(
+        HttpSettings(settings.host, settings.port), Path(":memory:"), alerts_url, api_access
+    )
+    alerts_http = HttpSettings(settings.host, settings.alerts_port)
+    # The board (another origin) reads alerts and acks them with the printed token.
+    alerts_access = ApiAccess(tokens=(SecretStr(token),), cors_origins=(board,))
     behaviour = Behaviour().faster(settings.fast) if settings.fast > 1 else None
     ready = asyncio.Event()
     mqtt_broker = await _start_mqtt_broker(mqtt_port) if plant.sources.mqtt else None
@@ -196,59 +200,37 @@ async def _run(
         deliver=onto_sink(plant, sink),
         progress=announce,
     )
+
+    async def simulate(stop: asyncio.Event) -> object:
+        return await run_simulator(
+            plant, seed=settings.seed, truth=None, stop=stop, ready=ready,
+            behaviour=behaviour, history=history,
+        )  # fmt: skip
+
     try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(
-                run_simulator(
-                    plant, seed=settings.seed, truth=None, stop=stop, ready=ready,
-                    behaviour=behaviour, history=history,
-                ),
-                name="simulator",
-            )  # fmt: skip
+        async with (
+            open_kpi(
+                KpiSettings(plant, bootstrap, state / "checkpoints", kpi_api), clients, registry
+            ) as kpi,
+            open_alerts(
+                AlertsSettings(plant, bootstrap, state / "alerts", alerts_http, alerts_access),
+                clients,
+                CollectorRegistry(),  # the alerts API's /metrics: the alerts service's only
+            ) as alerts,
+            run_until_stop(stop) as running,
+        ):
+            running.start(Task("simulator", simulate))
             await _first(ready, stop)
             if stop.is_set():
                 return
-            for source in plant.sources.opcua:
-                ingester = OpcuaIngester(source, plant, sink, ingest_metrics)
-                group.create_task(ingester.run(stop), name=f"opcua:{source.id}")
-            for mqtt in plant.sources.mqtt:
-                mqtt_ingester = MqttIngester(mqtt, plant, sink, ingest_metrics)
-                group.create_task(mqtt_ingester.run(stop), name=f"mqtt:{mqtt.id}")
-            worker = KpiWorker(
-                Core.from_config(plant),
-                plant.kafka,
-                bootstrap,
-                DirectoryStore(state / "checkpoints"),
-                kpi_metrics,
-                clients=clients,
-            )
-            group.create_task(worker.run(stop), name="kpi-worker")
-            materializer = Materializer(plant.kafka, bootstrap, store, kpi_metrics, clients=clients)
-            group.create_task(materializer.run(stop), name="kpi-materializer")
-            group.create_task(alerts.follow_kpi(stop), name="alerts-kpi")
-            group.create_task(alerts.follow_telemetry(stop), name="alerts-telemetry")
-            group.create_task(alerts.evaluate_loop(stop), name="alerts-evaluate")
-            group.create_task(alerts.outbox.run(stop), name="alerts-outbox")
+            running.start(*ingesters(plant, sink, ingest_metrics), *kpi.tasks, *alerts.tasks)
             # The board opens once it has the history: on a running plant, not an empty one.
-            await _caught_up(store, time.time(), stop, announce)
+            if kpi.store is not None:  # always: the demo serves the API
+                await _caught_up(kpi.store, time.time(), stop, announce)
             if stop.is_set():
                 return
-            kpi_app = create_kpi_app(
-                plant,
-                store,
-                registry,
-                ready=lambda: materializer.ready,
-                alerts_url=alerts_url,
-                bootstrap=bootstrap,
-                clients=clients,
-                access=api_access,
-            )
-            serve_http(group, stop, kpi_app, settings.host, settings.port, "kpi-api", lifespan="on")
-            kpi_app.state.board.stop_when(lambda: stop.is_set())
-            alerts_app = create_alerts_app(
-                alerts.engine, alerts.registry, token, on_change=alerts.poke, cors_origins=[board]
-            )
-            serve_http(group, stop, alerts_app, settings.host, settings.alerts_port, "alerts-api")
+            for served in (*kpi.served, *alerts.served):
+                running.serve(served)
             bus = "an in-process bus" if settings.kafka is None else f"Kafka at {settings.kafka}"
             notes = "".join(f"  {note}\n" for note in settings.port_notes)
             announce(
@@ -266,7 +248,6 @@ async def _run(
         if mqtt_broker is not None:
             with contextlib.suppress(Exception):
                 await mqtt_broker.shutdown()
-        store.close()
     log.info("demo stopped")
 
 
@@ -300,7 +281,7 @@ async def _caught_up(
     from its first second; or until `stop`, or at most `CATCH_UP_MAX_S`."""
     began = time.monotonic()
     while not stop.is_set():
-        latest = store.latest_event_time()
+        latest = store.status.latest_event_time()
         if latest is not None and latest.timestamp() >= history_end_s - 1.0:
             announce(f"KPIs over the history: done in {time.monotonic() - began:.1f} s")
             return

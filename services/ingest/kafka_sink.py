@@ -1,5 +1,10 @@
-"""The Kafka side of `linepulse ingest`: samples and dead letters onto Kafka, in order, without
-loss through broker outages and restarts.
+"""The bus side of `linepulse ingest` (and of `linepulse demo`): samples and dead letters
+onto Kafka, in order, without loss through broker outages and restarts.
+
+The records are the telemetry writer's (linepulse/bus/telemetry_writer.py: Arrow records on
+each line's home partition); this module adds what keeps them through an outage. Its
+producer comes from the bus's clients factory, so the same sink runs on the in-process bus
+(`linepulse demo`), whose broker is never away and whose spool stays empty.
 
 How data moves:
 
@@ -46,22 +51,22 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 import polars as pl
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, ProducerClosed
 
-from linepulse.bus.clients import AioKafkaClients
-from linepulse.bus.partitions import HomePartitions
+from linepulse.bus.clients import AioKafkaClients, KafkaClients, Producer
+from linepulse.bus.telemetry_writer import TelemetryRecord, TelemetryWriter
 from linepulse.bus.topics import TopicLayoutError, TopicRole, ensure_topics
 from linepulse.config import PlantConfig
 from linepulse.events import EVENT_SCHEMA, reason_kind
 from linepulse.sources import IngestSettings
-from linepulse.wire import ARROW, encode_arrow
+from services.ingest.errors import (
+    SinkClosedError as SinkClosedError,  # raised here; defined with its kin
+)
 from services.ingest.metrics import IngestMetrics
 from services.ingest.samples import DeadLetter
 from services.ingest.spool import (
@@ -100,12 +105,7 @@ MEMORY_LETTERS: Final = 1_000  # dead letters carry up to 4 KiB of raw payload e
 SPOOL_ENTRY_SAMPLES: Final = 50_000
 SPOOL_LOG_STEP: Final = 0.1  # log the spool's growth at each 10 % of its limit
 FULL_LOG_S: Final = 60.0  # "spool full" at most once a minute (it flaps while draining)
-HEADERS: Final = [("content-type", ARROW.encode())]
 TOPICS: Final[tuple[TopicRole, ...]] = ("telemetry", "dlq")
-
-
-class SinkClosedError(RuntimeError):
-    """`put` or `dead_letter` after `close()`."""
 
 
 @dataclass
@@ -122,16 +122,12 @@ class _Item:
 
 @dataclass
 class _Chunk:
-    """One Kafka record of a unit; `done` once the broker acknowledged it."""
+    """One Kafka record of a unit, telemetry or a dead letter; `done` once the broker
+    acknowledged it. Each keeps what it encodes, to spool what is left at close."""
 
-    topic: str
-    partition: int | None
-    key: bytes
-    value: bytes
     count: int
-    rows: pl.DataFrame | None = None  # samples, kept to spool what is left at close
-    record: dict[str, Any] | None = None  # a dead letter
-    headers: list[tuple[str, bytes]] | None = None
+    telemetry: TelemetryRecord | None = None
+    letter: dict[str, Any] | None = None
     done: bool = False
     error: BaseException | None = None
 
@@ -165,25 +161,31 @@ class _Unit:
         if pending == []:
             return None
         if self.kind is Kind.LETTERS:
-            records = (self.records or []) if pending is None else [c.record for c in pending]
+            records = (self.records or []) if pending is None else [c.letter for c in pending]
             kept = [r for r in records if r is not None]
             return len(kept), encode_letters(kept)
         if pending is None:
             frame = self.frame if self.frame is not None else pl.DataFrame()
         else:
-            frame = pl.concat([c.rows for c in pending if c.rows is not None])
+            frame = pl.concat([c.telemetry.rows for c in pending if c.telemetry is not None])
         return frame.height, encode_samples(frame)
 
 
 class KafkaSink:
-    """Validated samples and dead letters onto Kafka through outages; see the module doc."""
+    """Validated samples and dead letters onto the bus through outages; see the module doc.
+
+    `clients` makes the producer (default: aiokafka's, with the plant's `kafka.security`);
+    on the in-process bus (`linepulse demo`) the same sink runs and its broker is never away.
+    """
 
     def __init__(
         self,
         plant: PlantConfig,
         bootstrap: str,
         settings: IngestSettings,
-        metrics: IngestMetrics | None = None,
+        metrics: IngestMetrics,
+        *,
+        clients: KafkaClients | None = None,
     ) -> None:
         self.plant = plant
         self.bootstrap = bootstrap
@@ -192,15 +194,14 @@ class KafkaSink:
         self.topic = plant.kafka.telemetry.name
         self.dlq_topic = plant.kafka.dlq.name
         # TLS/SASL from kafka.security; a bad setting fails here, at start, not in a retry.
-        self._clients = AioKafkaClients(plant.kafka.security)
+        self._clients = clients or AioKafkaClients(plant.kafka.security)
         self._spool: Spool | None = None
         self._memory: deque[_Item] = deque()
         self._memory_samples = 0
         self._memory_letters = 0
         self._seq = 0
         self._unit: _Unit | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._homes: HomePartitions | None = None
+        self._writer: TelemetryWriter | None = None  # its producer, while connected
         self._partitions = 1
         self._runner: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # something to send, or closing
@@ -345,14 +346,13 @@ class KafkaSink:
         records = [letter.as_record() for letter in letters]
         self._memory.append(_Item(Kind.LETTERS, self._next_seq(), len(records), records=records))
         self._memory_letters += len(records)
-        if self.metrics is not None:
-            counts: dict[tuple[str, str], int] = {}
-            for letter in letters:
-                # The source id without the topic or node after the colon: a bounded label.
-                label = (letter.source.split(":", 1)[0], reason_kind(letter.reason))
-                counts[label] = counts.get(label, 0) + 1
-            for (source, reason), n in counts.items():
-                self.metrics.rejected.labels(source=source, reason=reason).inc(n)
+        counts: dict[tuple[str, str], int] = {}
+        for letter in letters:
+            # The source id without the topic or node after the colon: a bounded label.
+            label = (letter.source.split(":", 1)[0], reason_kind(letter.reason))
+            counts[label] = counts.get(label, 0) + 1
+        for (source, reason), n in counts.items():
+            self.metrics.rejected.labels(source=source, reason=reason).inc(n)
         self._wake.set()
 
     def _running_spool(self) -> Spool:
@@ -394,8 +394,7 @@ class KafkaSink:
         finally:
             if waited_from is not None:
                 self._waiters -= 1
-                if self.metrics is not None:
-                    self.metrics.backpressure_seconds.inc(time.monotonic() - waited_from)
+                self.metrics.backpressure_seconds.inc(time.monotonic() - waited_from)
                 self._gauges()
 
     def _over(self, kind: Kind, count: int) -> bool:
@@ -470,7 +469,7 @@ class KafkaSink:
                 self._unit = await self._next_unit()
                 if self._unit is None:
                     return  # closing, and nothing is left
-            if self._producer is None:
+            if self._writer is None:
                 if await self._reconnect():
                     backoff = BACKOFF_START_S
                 else:
@@ -543,59 +542,21 @@ class KafkaSink:
         self._gauges()
         return _Unit(Kind.SAMPLES, first.seq, count, frame=pl.concat(frames))
 
-    def _chunks(self, unit: _Unit) -> list[_Chunk]:
+    def _chunks(self, unit: _Unit, writer: TelemetryWriter) -> list[_Chunk]:
         if unit.kind is Kind.LETTERS:
-            return [
-                _Chunk(
-                    self.dlq_topic,
-                    None,
-                    str(record.get("source", "")).encode(),
-                    orjson.dumps(record),
-                    1,
-                    record=record,
-                )
-                for record in unit.records or []
-            ]
-        chunks = []
-        size = self.settings.batch_samples
+            return [_Chunk(1, letter=record) for record in unit.records or []]
         frame = unit.frame if unit.frame is not None else pl.DataFrame(schema=EVENT_SCHEMA)
-        for partition, group in self._split(frame):
-            for offset in range(0, group.height, size):
-                rows = group.slice(offset, size)
-                chunks.append(
-                    _Chunk(
-                        self.topic,
-                        partition,
-                        rows.item(0, "machine").encode(),
-                        encode_arrow(rows),
-                        rows.height,
-                        rows=rows,
-                        headers=HEADERS,
-                    )
-                )
-        return chunks
-
-    def _split(self, frame: pl.DataFrame) -> Iterator[tuple[int, pl.DataFrame]]:
-        """Rows by home partition in their order; machines not in the plant go to partition
-        0 (the worker rejects them), interleaved in order with that partition's own."""
-        homes = self._homes or HomePartitions(self.plant, self._partitions)
-        groups = homes.split(frame.with_row_index("_row"))
-        unknown = groups.pop(None, None)
-        if unknown is not None:
-            zero = groups.get(0)
-            groups[0] = unknown if zero is None else pl.concat([zero, unknown]).sort("_row")
-        for partition, group in groups.items():
-            yield partition or 0, group.drop("_row")
+        return [_Chunk(r.rows.height, telemetry=r) for r in writer.records(frame)]
 
     async def _deliver(self, unit: _Unit) -> bool:
         """Send the unit's unacknowledged records and wait for them; False if the producer
         had to be dropped (the rest is resent by a new one)."""
-        producer = self._producer
-        if producer is None:
+        writer = self._writer
+        if writer is None:
             return False
         if not unit.chunks:
-            unit.chunks = self._chunks(unit)
-        task = asyncio.create_task(self._send(producer, unit), name="kafka-sink-send")
+            unit.chunks = self._chunks(unit, writer)
+        task = asyncio.create_task(self._send(writer, unit), name="kafka-sink-send")
         try:
             await self._watch(task)
         finally:
@@ -635,7 +596,7 @@ class KafkaSink:
             if self._up and now - started >= LOST_AFTER_S:
                 self._set_down(now)
             if not self._up and now >= next_probe:
-                reachable = await self._reachable()
+                reachable = await self._clients.reachable(self.bootstrap)
                 next_probe = time.monotonic() + backoff
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
                 if not reachable:
@@ -663,19 +624,13 @@ class KafkaSink:
                     await asyncio.wait({task}, timeout=CONNECT_TIMEOUT_S)
                     return
 
-    async def _send(self, producer: AIOKafkaProducer, unit: _Unit) -> None:
+    async def _send(self, writer: TelemetryWriter, unit: _Unit) -> None:
         """Hand the records to aiokafka in order and wait until each is settled."""
         futures: list[asyncio.Future[Any]] = []
         for chunk in unit.pending():
             while True:
                 try:
-                    future = await producer.send(
-                        chunk.topic,
-                        value=chunk.value,
-                        key=chunk.key,
-                        partition=chunk.partition,
-                        headers=chunk.headers,
-                    )
+                    future = await self._send_chunk(writer, chunk)
                     break
                 except KafkaTimeoutError:
                     continue  # the partition's batch is full while the broker is away
@@ -688,6 +643,14 @@ class KafkaSink:
             futures.append(future)
         if futures:
             await asyncio.wait(futures)  # never cancels aiokafka's futures
+
+    async def _send_chunk(self, writer: TelemetryWriter, chunk: _Chunk) -> asyncio.Future[Any]:
+        if chunk.telemetry is not None:
+            return await writer.send(chunk.telemetry)
+        letter = chunk.letter or {}
+        return await writer.producer.send(
+            self.dlq_topic, value=orjson.dumps(letter), key=str(letter.get("source", "")).encode()
+        )
 
     def _acknowledged(self, unit: _Unit) -> None:
         spool = self._running_spool()
@@ -709,8 +672,7 @@ class KafkaSink:
                 self._spool_logged = 0
         if unit.kind is Kind.SAMPLES:
             self.sent_samples += unit.count
-            if self.metrics is not None:
-                self.metrics.sent.inc(unit.count)
+            self.metrics.sent.inc(unit.count)
         else:
             self.sent_letters += unit.count
         self._gauges()
@@ -733,13 +695,13 @@ class KafkaSink:
         `TopicLayoutError` for a topic laid out differently from the plant config."""
         if self._stopping:
             return False
-        if not await self._reachable():
+        if not await self._clients.reachable(self.bootstrap):
             self._down_since = self._down_since or time.monotonic()
             self._connect_failures += 1
             level = logging.WARNING if self._connect_failures == 1 else logging.DEBUG
             log.log(level, "Kafka at %s not reachable; buffering, retrying", self.bootstrap)
             return False
-        producer = self._clients.aiokafka_producer(
+        producer = self._clients.producer(
             bootstrap_servers=self.bootstrap,
             client_id="linepulse-ingest",
             enable_idempotence=True,  # forces acks="all"
@@ -749,11 +711,11 @@ class KafkaSink:
             max_request_size=MAX_REQUEST_BYTES,
             retry_backoff_ms=RETRY_BACKOFF_MS,
         )
+        writer = TelemetryWriter(producer, self.plant, record_samples=self.settings.batch_samples)
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await ensure_topics(self.bootstrap, self.plant.kafka, self._clients, roles=TOPICS)
-                await producer.start()
-                partitions = await producer.partitions_for(self.topic)
+                await writer.start()
         except TopicLayoutError:
             await self._stop_quietly(producer)
             raise
@@ -767,63 +729,24 @@ class KafkaSink:
             await self._stop_quietly(producer)
             return False
         self._connect_failures = 0
-        self._producer = producer
-        self._partitions = len(partitions)
-        self._homes = HomePartitions(self.plant, self._partitions)
+        self._writer = writer
+        self._partitions = writer.partitions
         log.info(
             "producing to %s (%d partitions) on %s", self.topic, self._partitions, self.bootstrap
         )
         return True
 
-    async def _reachable(self) -> bool:
-        """Whether some bootstrap address accepts a TCP connection (cheaper and quieter
-        than a Kafka client that fails)."""
-        for address in self.bootstrap.split(","):
-            host, _, port = address.strip().rpartition(":")
-            try:
-                async with asyncio.timeout(2):
-                    _, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-            except (OSError, TimeoutError, ValueError):
-                continue
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
-            return True
-        return False
-
     async def _drop_producer(self, why: str | None) -> None:
-        producer, self._producer = self._producer, None
-        if producer is None:
+        writer, self._writer = self._writer, None
+        if writer is None:
             return
         if why is not None:
-            await self._abort(producer)
-        await self._stop_quietly(producer)
+            # Fail what it still holds, so that each record's fate is known.
+            await self._clients.fail_pending(writer.producer)
+        await self._stop_quietly(writer.producer)
         await asyncio.sleep(0)  # let the failed futures' callbacks mark their chunks
 
-    async def _abort(self, producer: AIOKafkaProducer) -> None:
-        """Fail every batch aiokafka still holds, so that each record's fate is known.
-
-        aiokafka's `stop()` waits for every pending batch, which with the broker away is
-        forever, and has no public call to give up. So: stop its sender task first (its
-        requests in flight end and put their batches back), then fail what is queued.
-        Failing batches under a running sender breaks its bookkeeping (a KeyError in
-        `reenqueue`, seen in the restart test).
-        """
-        try:
-            await asyncio.wait_for(producer._sender.close(), CONNECT_TIMEOUT_S)
-        except (KafkaError, OSError, TimeoutError) as error:
-            log.warning("Kafka producer's sender did not stop cleanly: %r", error)
-        queued = producer._message_accumulator
-        batches = [b.future for q in queued._batches.values() for b in q]
-        batches += [b.future for b in queued._pending_batches]
-        queued.fail_all(ProducerClosed())
-        for future in batches:  # retrieved, so asyncio does not log them as unhandled
-            if future.done() and not future.cancelled():
-                future.exception()
-
-    async def _stop_quietly(self, producer: AIOKafkaProducer) -> None:
+    async def _stop_quietly(self, producer: Producer) -> None:
         try:
             await asyncio.wait_for(producer.stop(), CONNECT_TIMEOUT_S)
         except (KafkaError, OSError, TimeoutError) as error:
@@ -862,8 +785,6 @@ class KafkaSink:
 
     def _gauges(self) -> None:
         metrics = self.metrics
-        if metrics is None:
-            return
         metrics.buffer_samples.set(self.buffered_samples)
         metrics.spool_bytes.set(self.spool_bytes)
         metrics.backpressure.set(1 if self._waiters else 0)

@@ -96,7 +96,7 @@ class MqttIngester:
         source: MqttSource,
         plant: PlantConfig,
         sink: Sink,
-        metrics: IngestMetrics | None = None,
+        metrics: IngestMetrics,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -114,8 +114,8 @@ class MqttIngester:
         self._connects = 0
         self._inbox: asyncio.Queue[aiomqtt.Message] | None = None  # the connection's
         self._dropped = 0  # QoS 0 messages dropped at the inbox bound since the last flush
-        if metrics is not None:  # read at scrape time: no Prometheus call per message
-            metrics.mqtt_inbox.labels(source.id).set_function(self.inbox_size)
+        # read at scrape time: no Prometheus call per message
+        metrics.mqtt_inbox.labels(source.id).set_function(self.inbox_size)
         self.host: sparkplug.SparkplugHost | None = None
         if source.sparkplug is not None:
             self.host = sparkplug.SparkplugHost(
@@ -223,7 +223,7 @@ class MqttIngester:
     def _on_connected(self, where: str) -> None:
         self._connects += 1
         self._set_connected(True)
-        if self._connects > 1 and self.metrics is not None:
+        if self._connects > 1:
             self.metrics.reconnects.labels(self.source.id).inc()
         log.info(
             "mqtt %s: connected to %s as %s (%s)",
@@ -234,8 +234,7 @@ class MqttIngester:
         )
 
     def _set_connected(self, up: bool) -> None:
-        if self.metrics is not None:
-            self.metrics.connected.labels(self.source.id).set(1 if up else 0)
+        self.metrics.connected.labels(self.source.id).set(1 if up else 0)
 
     async def _read_until_stopped(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
         """Read messages until the connection drops (MqttError) or `stop` is set."""
@@ -364,13 +363,10 @@ class MqttIngester:
             self.source.max_inbox_messages,
             dropped,
         )
-        if self.metrics is not None:
-            self.metrics.mqtt_inbox_dropped.labels(self.source.id).inc(dropped)
+        self.metrics.mqtt_inbox_dropped.labels(self.source.id).inc(dropped)
 
     def _count(self, messages: int, events: int, reasons: list[str]) -> None:
         metrics = self.metrics
-        if metrics is None:
-            return
         source = self.source.id
         if messages:
             metrics.messages_in.labels(source).inc(messages)

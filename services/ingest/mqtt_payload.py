@@ -18,6 +18,7 @@ import msgspec
 
 from linepulse.events import MAX_TEXT
 from linepulse.sources import MqttTopic
+from services.ingest.errors import PayloadError as PayloadError  # raised here; defined with its kin
 
 _JSON_KEYS: Final = frozenset({"value", "ts", "reason", "quality"})
 # RFC 8259 §6: what a JSON number looks like. A plain payload is a number exactly when it
@@ -26,10 +27,6 @@ _JSON_NUMBER: Final = re.compile(
     r"-?(?:0|[1-9][0-9]*)"  # an int: no leading zero, no sign but minus
     r"(?P<float>(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"  # a fraction or an exponent: a float
 )
-
-
-class PayloadError(ValueError):
-    """A plain-topic message that cannot be read; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +142,11 @@ class PlainDecoder:
         self._patterns = TopicPatterns(topics)
         self._line_of = line_of
 
+    def match(self, name: str) -> TopicMatch | None:
+        """What topic `name`'s levels say under the configured patterns; None when no
+        pattern matches it."""
+        return self._patterns.match(name)
+
     def decode(self, name: str, payload: bytes, received_ms: int) -> PlainSample:
         """The sample in the message on topic `name`, received at `received_ms` (epoch ms);
         raises `PayloadError` with the dead-letter reason when there is none. An unknown
@@ -152,6 +154,11 @@ class PlainDecoder:
         found = self._patterns.match(name)
         if found is None:
             raise PayloadError("topic matches no configured pattern")
+        return self.decode_match(found, payload, received_ms)
+
+    def decode_match(self, found: TopicMatch, payload: bytes, received_ms: int) -> PlainSample:
+        """`decode` for a topic already matched (`match`), as `linepulse probe` does to
+        tell an unconfigured topic from an unreadable message."""
         machine = found.machine
         line = self._line_of.get(machine)
         if found.line is not None and line is not None and found.line != line:

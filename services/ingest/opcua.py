@@ -118,7 +118,7 @@ class OpcuaIngester:
         source: OpcuaSource,
         plant: PlantConfig,
         sink: Sink,
-        metrics: IngestMetrics | None = None,
+        metrics: IngestMetrics,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -183,8 +183,7 @@ class OpcuaIngester:
     async def run(self, stop: asyncio.Event) -> None:
         """Ingest until `stop` is set; then delete the subscription, disconnect, flush."""
         done = asyncio.Event()
-        if self.metrics is not None:
-            self.metrics.connected.labels(self.source.id).set(0)
+        self.metrics.connected.labels(self.source.id).set(0)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._flush_loop(done), name=f"opcua-flush-{self.source.id}")
             try:
@@ -305,10 +304,9 @@ class OpcuaIngester:
         self._last_publish = time.monotonic()
         self._connected = True
         self._marked_unknown = False
-        if self.metrics is not None:
-            self.metrics.connected.labels(source.id).set(1)
-            if self._was_connected:
-                self.metrics.reconnects.labels(source.id).inc()
+        self.metrics.connected.labels(source.id).set(1)
+        if self._was_connected:
+            self.metrics.reconnects.labels(source.id).inc()
         _log.info(
             "opcua %s: %s to %s (security %s, user %s): %d of %d nodes monitored, "
             "subscription %d, %d ms publishing interval",
@@ -411,8 +409,7 @@ class OpcuaIngester:
         session.reason = reason
         session.lost.set()
         self._connected = False
-        if self.metrics is not None:
-            self.metrics.connected.labels(self.source.id).set(0)
+        self.metrics.connected.labels(self.source.id).set(0)
         _log.warning(
             "opcua %s: connection to %s lost: %s", self.source.id, self.source.endpoint, reason
         )
@@ -448,8 +445,7 @@ class OpcuaIngester:
         self._session = None
         if graceful:
             self._connected = False
-            if self.metrics is not None:
-                self.metrics.connected.labels(self.source.id).set(0)
+            self.metrics.connected.labels(self.source.id).set(0)
             _log.info("opcua %s: disconnected from %s", self.source.id, self.source.endpoint)
 
     async def _discard(self, client: Client) -> None:
@@ -600,11 +596,10 @@ class OpcuaIngester:
         batch = self._batch
         notifications, self._notifications = self._notifications, 0
         withheld_now, self._withheld = self._withheld, Counter()
-        if self.metrics is not None:
-            for why, count in withheld_now.items():
-                self.metrics.withheld.labels(self.source.id, why).inc(count)
+        for why, count in withheld_now.items():
+            self.metrics.withheld.labels(self.source.id, why).inc(count)
         if not len(batch) and not batch.letters:
-            if notifications and self.metrics is not None:
+            if notifications:
                 self.metrics.messages_in.labels(self.source.id).inc(notifications)
             return
         frame, letters = batch.take()
@@ -620,11 +615,10 @@ class OpcuaIngester:
                 letters[0].reason,
             )
             await self.sink.dead_letter(letters)
-        if self.metrics is not None:
-            source = self.source.id
-            if notifications:
-                self.metrics.messages_in.labels(source).inc(notifications)
-            if frame.height:
-                self.metrics.events_in.labels(source).inc(frame.height)
-            for kind, count in Counter(reason_kind(letter.reason) for letter in letters).items():
-                self.metrics.rejected.labels(source, kind).inc(count)
+        source = self.source.id
+        if notifications:
+            self.metrics.messages_in.labels(source).inc(notifications)
+        if frame.height:
+            self.metrics.events_in.labels(source).inc(frame.height)
+        for kind, count in Counter(reason_kind(letter.reason) for letter in letters).items():
+            self.metrics.rejected.labels(source, kind).inc(count)

@@ -15,6 +15,9 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 
 from linepulse.sources import browse_path_steps
+from services.ingest.errors import (
+    UnsupportedValue as UnsupportedValue,  # raised here; defined with its kin
+)
 
 Plain = str | int | float | bool
 
@@ -52,11 +55,6 @@ _PLAIN: Final[dict[ua.VariantType, type[Plain]]] = {
     ua.VariantType.Double: float,
     ua.VariantType.String: str,
 }
-
-
-class UnsupportedValue(ValueError):
-    """A notification's value has no telemetry form (array, structure, missing); the
-    message is the dead letter's reason."""
 
 
 def quality_of(status: ua.StatusCode | int | None) -> str:

@@ -37,8 +37,9 @@ from asyncua.ua.object_ids import ObjectIds
 from linepulse.config import PlantConfig
 from linepulse.sources import MqttSource, OpcuaSource
 from services.ingest import sparkplug
+from services.ingest.errors import PayloadError, SparkplugError, UnsupportedValue
 from services.ingest.mqtt import tls_context
-from services.ingest.mqtt_payload import PayloadError, TopicPatterns, parse_json, parse_plain
+from services.ingest.mqtt_payload import PlainDecoder
 from services.ingest.opcua_session import (
     Route,
     failure_reason,
@@ -48,7 +49,6 @@ from services.ingest.opcua_session import (
     routes_of,
 )
 from services.ingest.opcua_values import (
-    UnsupportedValue,
     plain_value,
     quality_of,
     status_name,
@@ -289,7 +289,8 @@ async def _mqtt(
     where = f"{source.host}:{source.port}"
     result = SourceResult("mqtt", source.id, where)
     machines = plant.machines()
-    patterns = TopicPatterns(source.topics)
+    # The ingester's own decoder: a message the probe reads is one ingest would send.
+    decoder = PlainDecoder(source.topics, {m: line.id for m, (line, _) in machines.items()})
     spb = source.sparkplug
     host = (
         sparkplug.SparkplugHost(spb.group, devices=spb.devices, metrics=spb.metrics, machines=())
@@ -305,7 +306,7 @@ async def _mqtt(
     asked: set[str] = set()
 
     def note_plain(name: str, payload: bytes) -> None:
-        match = patterns.match(name)
+        match = decoder.match(name)
         if match is None:
             return
         configured[name] = True
@@ -313,19 +314,14 @@ async def _mqtt(
             matched[name] = f"pattern matched, but {match.machine!r} is no configured machine"
             return
         try:
-            reading = (
-                parse_json(payload, signal_in_payload=match.signal is None)
-                if match.format == "json"
-                else parse_plain(payload)
-            )
+            sample = decoder.decode_match(match, payload, _now_ms())
         except PayloadError as error:
             matched[name] = f"{match.machine}: unreadable payload ({error})"
             return
-        signal = match.signal or reading.signal or "?"
         heard.add(match.machine)
-        matched[name] = f"{match.machine}/{signal}"
-        latest[match.machine, signal] = SignalResult(
-            match.machine, signal, name, "found", repr(reading.value), reading.quality
+        matched[name] = f"{match.machine}/{sample.signal}"
+        latest[match.machine, sample.signal] = SignalResult(
+            match.machine, sample.signal, name, "found", repr(sample.value), sample.quality
         )
 
     async def note_sparkplug(client: aiomqtt.Client, name: str, payload: bytes) -> None:
@@ -347,7 +343,7 @@ async def _mqtt(
         if kind in (sparkplug.NBIRTH, sparkplug.DBIRTH):
             try:
                 decoded = sparkplug.decode_payload(payload)
-            except sparkplug.SparkplugError as error:
+            except SparkplugError as error:
                 matched[name] = f"{kind}: unreadable payload ({error})"
                 return
             signals = [(host.signal_for(m.name), m) for m in decoded.metrics if m.name is not None]

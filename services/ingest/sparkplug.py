@@ -33,6 +33,9 @@ from typing import Final
 from google.protobuf.message import DecodeError
 
 from services.ingest import sparkplug_b_pb2 as pb
+from services.ingest.errors import (
+    SparkplugError as SparkplugError,  # raised here; defined with its kin
+)
 from services.ingest.samples import SampleBatch
 
 log = logging.getLogger(__name__)
@@ -120,10 +123,6 @@ _TEXT_TYPES: Final = frozenset({STRING, TEXT, UUID})
 SUPPORTED: Final = frozenset(_INT_FIELD) | _TEXT_TYPES | {FLOAT, DOUBLE, BOOLEAN}
 
 Value = int | float | bool | str | None
-
-
-class SparkplugError(ValueError):
-    """A payload or topic that is not usable Sparkplug B; the message says why."""
 
 
 # -- the payload codec ----------------------------------------------------------------------

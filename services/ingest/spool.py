@@ -43,6 +43,7 @@ import orjson
 import polars as pl
 
 from linepulse.events import EVENT_SCHEMA
+from services.ingest.errors import SpoolError as SpoolError  # raised here; defined with its kin
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +59,6 @@ MAX_ENTRY_BYTES: Final = 1024 * 1024 * 1024
 class Kind(enum.IntEnum):
     SAMPLES = 1  # payload: Arrow IPC stream of EVENT_SCHEMA rows
     LETTERS = 2  # payload: JSON array of DeadLetter.as_record() objects
-
-
-class SpoolError(Exception):
-    """The spool folder cannot be used (an entry read back does not match its checksum)."""
 
 
 @dataclass(frozen=True)

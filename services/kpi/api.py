@@ -36,10 +36,11 @@ from linepulse.http.settings import ApiAccess
 from linepulse.records import KpiRecord
 from services.kpi.board.board import mount_board  # live board (issue 6)
 from services.kpi.errors import BadRequest, NotFound
+from services.kpi.history import KpiHistory, Scope
 from services.kpi.stops_api import CorrectionProducer, stops_router
-from services.kpi.store import KpiStore, Scope
+from services.kpi.store import KpiStore
 
-# The window kind the Pareto sums: 1h if computed (see KpiStore.pareto), else the next.
+# The window kind the Pareto sums: 1h if computed (see KpiHistory.pareto), else the next.
 _PARETO_KINDS: Final[tuple[WindowKind, ...]] = ("1h", "15m", "1m", "day", "shift")
 _RFC3339: Final = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
@@ -231,7 +232,7 @@ def create_app(
     ) -> Response:
         check_scope(line, machine, scope)
         check_window(window)
-        return _json(store.current(line, machine, window, scope=scope))
+        return _json(store.history.current(line, machine, window, scope=scope))
 
     @app.get(
         "/v1/kpis/history",
@@ -259,7 +260,7 @@ def create_app(
         start, end = _range(from_, to)
         check_scope(line, machine, scope)
         check_window(window)
-        return _json(store.history(start, end, window, line, machine, scope=scope))
+        return _json(store.history.history(start, end, window, line, machine, scope=scope))
 
     @app.get(
         "/v1/machines",
@@ -269,7 +270,7 @@ def create_app(
         description="Every machine of the plant config, in config order.",
     )
     def list_machines() -> Response:
-        return _json(store.machines())
+        return _json(store.status.machines())
 
     @app.get(
         "/v1/downtime/pareto",
@@ -302,10 +303,14 @@ def create_app(
         check_scope(line, None)
         shift = None
         if from_ is None and to is None:
-            start, end, shift = _current_shift(store, line, windows)
+            start, end, shift = _current_shift(store.history, line, windows)
         include_open = not closed_only
-        reasons = store.pareto(line, start, end, window=pareto_kind, include_open=include_open)
-        still_open = include_open and store.open_windows(line, start, end, window=pareto_kind) > 0
+        reasons = store.history.pareto(
+            line, start, end, window=pareto_kind, include_open=include_open
+        )
+        still_open = (
+            include_open and store.history.open_windows(line, start, end, window=pareto_kind) > 0
+        )
         body = {
             "line": line,
             "from": _utc(start),
@@ -352,7 +357,9 @@ def create_app(
         return JSONResponse(Health(status="ready").model_dump())
 
     app.include_router(
-        stops_router(plant, store, producer, check_scope=check_scope, parse_time=_time)
+        stops_router(
+            plant, store.stops, store.status, producer, check_scope=check_scope, parse_time=_time
+        )
     )
     mount_board(app, plant, store, alerts_url)  # live board (issue 6): `/`, /v1/board/*
     return app
@@ -375,7 +382,7 @@ def _not_ready(ready: Callable[[], bool], store: KpiStore) -> str | None:
 
 
 def _current_shift(
-    store: KpiStore, line: str | None, windows: tuple[WindowKind, ...]
+    history: KpiHistory, line: str | None, windows: tuple[WindowKind, ...]
 ) -> tuple[datetime | None, datetime | None, str | None]:
     """[start, end) of the current shift of `line` (of every line: from the earliest
     start to the latest end) and its name (None if the lines are on different shifts),
@@ -383,7 +390,7 @@ def _current_shift(
     is none (nothing stored yet, or `shift` windows not computed)."""
     if "shift" not in windows:
         return None, None, None
-    records = store.current(line, None, "shift", scope="line")
+    records = history.current(line, None, "shift", scope="line")
     if not records:
         return None, None, None
     start = min(datetime.fromisoformat(r["window_start"]) for r in records)

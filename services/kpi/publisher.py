@@ -20,9 +20,9 @@ import polars as pl
 from aiokafka.partitioner import murmur2
 
 from linepulse.bus import Producer
+from linepulse.bus.telemetry_writer import send_telemetry, telemetry_record
 from linepulse.config import KafkaSettings
 from linepulse.events import Decoded
-from linepulse.wire import ARROW, encode_arrow
 from services.kpi.machine_status import StatusRecord
 from services.kpi.metrics import KpiMetrics
 
@@ -154,16 +154,9 @@ class KpiPublisher:
 
     async def forward(self, topic: str, home: int, events: pl.DataFrame) -> None:
         """Events of one line's machines to that line's home partition of `topic`, as one
-        Arrow record keyed by the first machine (the home is given, not derived)."""
-        self._inflight.append(
-            await self.producer.send(
-                topic,
-                value=encode_arrow(events),
-                key=events.item(0, "machine").encode(),
-                partition=home,
-                headers=[("content-type", ARROW.encode())],
-            )
-        )
+        telemetry record (the home is given, not derived)."""
+        record = telemetry_record(events, home)
+        self._inflight.append(await send_telemetry(self.producer, topic, record))
         self.stats.forwarded += events.height
 
     def dead_letters(self, decoded: Decoded, source: str) -> None:

@@ -24,22 +24,26 @@ Decisions worth knowing:
   code, who and when; the audit is never rewritten, except that a correction whose event
   could not be sent is withdrawn (`withdraw`), as if it had not been made.
 - The audit trail lives in this store: one API process owns the corrections of a plant.
+- The tables live in the KPI API's database (services/kpi/database.py), beside
+  `machine_status`: the status store (services/kpi/status_store.py) applies each batch
+  of statuses here inside its own transaction, and a new stop reads the statuses known
+  to follow it.
 
-Times are naive UTC `TIMESTAMP`s here and RFC 3339 with a `Z` outside.
+Times are naive UTC `TIMESTAMP`s here and RFC 3339 with a `Z` outside (arguments are
+aware datetimes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 import duckdb
 
 from linepulse.config import DOWNTIME_STATES, PlantConfig
 from linepulse.production import UNASSIGNED
-
-_EPOCH: Final = datetime(1970, 1, 1)  # noqa: DTZ001 - naive UTC, as stored
+from services.kpi.database import Database, epoch_ms, iso, naive_utc, optional_naive_utc
 
 STOPS_DDL: Final = (
     "CREATE TABLE IF NOT EXISTS stops ("
@@ -80,11 +84,6 @@ _OPEN: Final = (
 )
 
 
-def create_stop_tables(cur: duckdb.DuckDBPyConnection) -> None:
-    cur.execute(STOPS_DDL)
-    cur.execute(AUDIT_DDL)
-
-
 @dataclass(frozen=True, slots=True)
 class StatusRow:
     """One machine status as stored (times naive UTC)."""
@@ -101,16 +100,16 @@ def stop_id(machine: str, start: datetime) -> str:
     return f"{machine}@{epoch_ms(start)}"
 
 
-def epoch_ms(moment: datetime) -> int:
-    """A naive UTC time as epoch milliseconds."""
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
-
-
 class StopLog:
-    """The stops and reason_audit tables of one store; every call takes the caller's
-    cursor (and, for writes, runs under the store's write lock)."""
+    """The stops and reason_audit tables of `db` (created on construction). Statuses
+    come in through `apply`, inside the status store's transaction; corrections and
+    queries open their own cursors."""
 
-    def __init__(self, plant: PlantConfig) -> None:
+    def __init__(self, db: Database, plant: PlantConfig) -> None:
+        self._db = db
+        with db.writing() as cur:
+            cur.execute(STOPS_DDL)
+            cur.execute(AUDIT_DDL)
         machines = plant.machines()
         self._lines = {m: line.id for m, (line, _) in machines.items()}
         self._planned = {m: plant.planned_reasons(machine) for m, (_, machine) in machines.items()}
@@ -120,7 +119,8 @@ class StopLog:
 
     def apply(self, cur: duckdb.DuckDBPyConnection, rows: list[StatusRow]) -> None:
         """Open and close stops for statuses in arrival order, inside the caller's
-        transaction; `forget()` if that transaction is rolled back."""
+        transaction (under the database's write lock); `forget()` if that transaction is
+        rolled back."""
         for row in rows:
             if row.since is None or row.state is None:
                 continue  # no state yet: nothing starts or ends
@@ -143,11 +143,20 @@ class StopLog:
             self._applied[row.machine] = key
 
     def forget(self) -> None:
+        """Drop what `apply` remembers of the statuses applied (after a rollback)."""
         self._applied.clear()
 
     # -- corrections -------------------------------------------------------------------
 
     def correct(
+        self, stop: str, reason: str, by: str, note: str | None, at: datetime
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Code (or re-code) a stop at `at`: one audit entry, the stop's reason updated.
+        Returns the stop (with its audit) and the new entry; None for an unknown stop."""
+        with self._db.writing() as cur:
+            return self._correct(cur, stop, reason, by, note, naive_utc(at))
+
+    def _correct(
         self,
         cur: duckdb.DuckDBPyConnection,
         stop: str,
@@ -182,13 +191,17 @@ class StopLog:
             cur.execute("ROLLBACK")
             raise
         entry = _audit_entry((stop, machine, start, seq, old, reason, by, at, note))
-        found = self.get(cur, stop)
+        found = self._get(cur, stop)
         assert found is not None  # noqa: S101 - just written
         return found, entry
 
-    def withdraw(self, cur: duckdb.DuckDBPyConnection, stop: str, seq: int) -> None:
-        """Take correction `seq` back: the stop's reason is its latest remaining
-        correction's, or the machine's."""
+    def withdraw(self, stop: str, seq: int) -> None:
+        """Take correction `seq` back (its event could not be sent): the stop's reason is
+        its latest remaining correction's, or the machine's."""
+        with self._db.writing() as cur:
+            self._withdraw(cur, stop, seq)
+
+    def _withdraw(self, cur: duckdb.DuckDBPyConnection, stop: str, seq: int) -> None:
         cur.execute("BEGIN TRANSACTION")
         try:
             cur.execute("DELETE FROM reason_audit WHERE stop_id = ? AND seq = ?", [stop, seq])
@@ -218,24 +231,24 @@ class StopLog:
 
     def query(
         self,
-        cur: duckdb.DuckDBPyConnection,
         *,
-        line: str | None,
-        machine: str | None,
-        since: datetime | None,
-        until: datetime | None,
-        unassigned: bool | None,
-        limit: int,
+        line: str | None = None,
+        machine: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        unassigned: bool | None = None,
+        limit: int = 100,
     ) -> list[dict[str, Any]]:
-        """Stops newest first (by start), filtered; `unassigned` True: only stops still
-        coded `unassigned`, False: only coded ones, None: all."""
+        """Stops newest first (by start), filtered; `since`/`until` bound the stop's
+        start, [since, until); `unassigned` True: only stops still coded `unassigned`,
+        False: only coded ones, None: all."""
         where: list[str] = []
         params: list[Any] = []
         for column, value, op in (
             ("line", line, "="),
             ("machine", machine, "="),
-            ("start", since, ">="),
-            ("start", until, "<"),
+            ("start", optional_naive_utc(since), ">="),
+            ("start", optional_naive_utc(until), "<"),
         ):
             if value is not None:
                 where.append(f"{column} {op} ?")
@@ -247,10 +260,16 @@ class StopLog:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY start DESC, machine LIMIT ?"
-        rows = cur.execute(sql, [*params, limit]).fetchall()
+        with self._db.cursor() as cur:
+            rows = cur.execute(sql, [*params, limit]).fetchall()
         return [self._stop(row) for row in rows]
 
-    def get(self, cur: duckdb.DuckDBPyConnection, stop: str) -> dict[str, Any] | None:
+    def get(self, stop: str) -> dict[str, Any] | None:
+        """One stop with its `audit` entries (oldest first), or None."""
+        with self._db.cursor() as cur:
+            return self._get(cur, stop)
+
+    def _get(self, cur: duckdb.DuckDBPyConnection, stop: str) -> dict[str, Any] | None:
         row = cur.execute(
             f"SELECT {_STOP_COLUMNS} FROM stops WHERE id = ?",  # noqa: S608
             [stop],
@@ -264,12 +283,9 @@ class StopLog:
         return {**self._stop(row), "audit": [_audit_entry(e) for e in entries]}
 
     def audit(
-        self,
-        cur: duckdb.DuckDBPyConnection,
-        machine: str | None,
-        since: datetime | None,
-        limit: int,
+        self, machine: str | None = None, since: datetime | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:
+        """Reason corrections, newest first; `since` bounds when they were made."""
         sql = f"SELECT {_AUDIT_COLUMNS} FROM reason_audit WHERE true"  # noqa: S608
         params: list[Any] = []
         if machine is not None:
@@ -277,9 +293,10 @@ class StopLog:
             params.append(machine)
         if since is not None:
             sql += ' AND "at" >= ?'
-            params.append(since)
+            params.append(naive_utc(since))
         sql += ' ORDER BY "at" DESC, stop_id, seq DESC LIMIT ?'
-        rows = cur.execute(sql, [*params, limit]).fetchall()
+        with self._db.cursor() as cur:
+            rows = cur.execute(sql, [*params, limit]).fetchall()
         return [_audit_entry(row) for row in rows]
 
     def _stop(self, row: tuple[Any, ...]) -> dict[str, Any]:
@@ -314,14 +331,3 @@ def _audit_entry(row: tuple[Any, ...]) -> dict[str, Any]:
         "at": iso(at),
         "note": note,
     }
-
-
-def iso(value: datetime | None) -> str | None:
-    """A stored (naive UTC) time as RFC 3339 with a `Z`, with as many fraction digits as it
-    needs (none, milliseconds or microseconds)."""
-    if value is None:
-        return None
-    if value.microsecond == 0:
-        return value.isoformat() + "Z"
-    spec = "milliseconds" if value.microsecond % 1000 == 0 else "microseconds"
-    return value.isoformat(timespec=spec) + "Z"

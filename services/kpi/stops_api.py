@@ -34,7 +34,8 @@ from linepulse.config import PlantConfig
 from linepulse.events import parse_ts
 from linepulse.production import UNASSIGNED, ReasonCategory
 from services.kpi.errors import BadRequest, Conflict, NotFound, Unavailable
-from services.kpi.store import KpiStore
+from services.kpi.status_store import StatusStore
+from services.kpi.stops import StopLog
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,8 @@ class ReasonBody(BaseModel):
 
 def stops_router(
     plant: PlantConfig,
-    store: KpiStore,
+    stop_log: StopLog,
+    status: StatusStore,
     producer: CorrectionProducer | None,
     *,
     check_scope: Callable[[str | None, str | None], None],
@@ -196,7 +198,7 @@ def stops_router(
         check_scope(line, machine)
         start = None if since is None else parse_time(since, "since")
         end = None if until is None else parse_time(until, "until")
-        stops = store.stops(
+        stops = stop_log.query(
             line=line, machine=machine, since=start, until=end, unassigned=unassigned, limit=limit
         )
         return _json(stops)
@@ -207,7 +209,7 @@ def stops_router(
         summary="One stop with its reason corrections",
     )
     def get_stop(stop_id: Annotated[str, Path(description="the stop's id")]) -> Response:
-        stop = store.stop(stop_id)
+        stop = stop_log.get(stop_id)
         if stop is None:
             raise NotFound(_unknown(stop_id))
         return _json(stop)
@@ -240,7 +242,7 @@ def stops_router(
     ) -> Response:
         check_scope(None, machine)
         start = None if since is None else parse_time(since, "since")
-        return _json(store.reason_audit(machine, start, limit))
+        return _json(stop_log.audit(machine, start, limit))
 
     @router.post(
         "/v1/stops/{stop_id}/reason",
@@ -265,13 +267,13 @@ def stops_router(
     async def correct(
         stop_id: Annotated[str, Path(description="the stop's id")], body: ReasonBody
     ) -> Response:
-        stop = await asyncio.to_thread(store.stop, stop_id)
+        stop = await asyncio.to_thread(stop_log.get, stop_id)
         if stop is None:
             raise NotFound(_unknown(stop_id))
         machine = stop["machine"]
         _check_code(body.reason, machine, tree(machine) if machine in machines else ())
         start = datetime.fromisoformat(stop["start"])
-        latest = await asyncio.to_thread(store.latest_event_time)
+        latest = await asyncio.to_thread(status.latest_event_time)
         if latest is not None and start < latest - horizon:
             raise Conflict(
                 f"stop {stop_id} started at {stop['start']}, more than "
@@ -286,7 +288,7 @@ def stops_router(
             )
         at = datetime.now(UTC)
         done = await asyncio.to_thread(
-            store.correct_reason, stop_id, body.reason, body.by, body.note, at
+            stop_log.correct, stop_id, body.reason, body.by, body.note, at
         )
         if done is None:
             raise NotFound(_unknown(stop_id))
@@ -296,7 +298,7 @@ def stops_router(
             await producer.send(event)
         except Exception as error:
             log.warning("correction %s #%d not sent: %r", stop_id, entry["seq"], error)
-            await asyncio.to_thread(store.withdraw_correction, stop_id, entry["seq"])
+            await asyncio.to_thread(stop_log.withdraw, stop_id, entry["seq"])
             raise Unavailable(
                 f"the correction could not be sent to Kafka ({type(error).__name__}: {error}); "
                 "nothing was recorded, retry"

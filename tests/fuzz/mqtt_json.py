@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 import atheris
+from prometheus_client import CollectorRegistry
 
 with atheris.instrument_imports(include=["linepulse", "services"]):
     import orjson
@@ -20,6 +21,7 @@ with atheris.instrument_imports(include=["linepulse", "services"]):
 
     from linepulse.config import PlantConfig, parse_config
     from linepulse.wire import ARROW, decode_records, encode_arrow
+    from services.ingest.metrics import IngestMetrics
     from services.ingest.mqtt import MqttIngester
     from services.ingest.samples import DeadLetter
 
@@ -80,7 +82,9 @@ def plant() -> PlantConfig:
     )
 
 
-INGESTER = MqttIngester(plant().sources.mqtt[0], plant(), _NoSink())
+INGESTER = MqttIngester(
+    plant().sources.mqtt[0], plant(), _NoSink(), IngestMetrics.create(CollectorRegistry())
+)
 
 
 def split_topic(data: bytes) -> tuple[str, bytes]:

@@ -277,7 +277,10 @@ class _CountingSink:
 async def bench(
     nodes: int, seconds: float, publishing_ms: int, queue_size: int, copies: bool
 ) -> None:
+    from prometheus_client import CollectorRegistry
+
     from linepulse.config import parse_config
+    from services.ingest.metrics import IngestMetrics
     from services.ingest.opcua import OpcuaIngester
 
     sock = socket.socket()
@@ -326,7 +329,9 @@ async def bench(
         }
     )
     sink = _CountingSink()
-    ingester = OpcuaIngester(config.sources.opcua[0], config, sink)
+    ingester = OpcuaIngester(
+        config.sources.opcua[0], config, sink, IngestMetrics.create(CollectorRegistry())
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(ingester.run(stop), name="bench-ingester")
     while not ingester.connected:

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 def fast_outbox(
     path: Path,
     config: AlertSettings,
-    metrics: AlertMetrics | None = None,
+    metrics: AlertMetrics,
     *,
     external_url: str = "",
     am_resend_interval_s: float = 60.0,
@@ -197,7 +197,7 @@ async def test_webhook_slack_and_pagerduty_formats(
 
 
 def outbox_rows(tmp_path: Path, config: AlertSettings) -> list[Any]:
-    reopened = fast_outbox(tmp_path / "outbox.db", config)
+    reopened = fast_outbox(tmp_path / "outbox.db", config, AlertMetrics.create(CollectorRegistry()))
     try:
         return list(reopened.rows())
     finally:
@@ -223,7 +223,9 @@ async def test_email_with_login_after_a_temporary_smtp_failure(tmp_path: Path) -
                 sender="linepulse@plant.example",
             )
         )
-        outbox = fast_outbox(tmp_path / "outbox.db", config)
+        outbox = fast_outbox(
+            tmp_path / "outbox.db", config, AlertMetrics.create(CollectorRegistry())
+        )
         async with running(outbox):
             outbox.enqueue([note("mail-1", "mail")])
             await smtp.wait_for(1)
@@ -271,7 +273,9 @@ async def test_retry_after_holds_back_the_whole_channel(tmp_path: Path) -> None:
     limited = Reply(429, "rate limited", {"Retry-After": "1"})
     async with HttpReceiver(script=[limited]) as hook:
         config = settings(Channel(id="pd", type="webhook", url=hook.url))
-        outbox = fast_outbox(tmp_path / "outbox.db", config)
+        outbox = fast_outbox(
+            tmp_path / "outbox.db", config, AlertMetrics.create(CollectorRegistry())
+        )
         async with running(outbox):
             outbox.enqueue([note("first", "pd", group="g0")])
             await settled(lambda: outbox.rows()[0].attempts == 1)  # the 429 is recorded
@@ -306,7 +310,9 @@ async def test_a_400_is_not_retried_and_does_not_block_the_group(tmp_path: Path)
 async def test_restart_mid_outage_delivers_everything_once(tmp_path: Path) -> None:
     async with HttpReceiver(default=Reply(503, "down")) as hook:
         config = settings(Channel(id="hook", type="webhook", url=hook.url))
-        first = fast_outbox(tmp_path / "outbox.db", config)
+        first = fast_outbox(
+            tmp_path / "outbox.db", config, AlertMetrics.create(CollectorRegistry())
+        )
         first.enqueue([note(f"n{i}", "hook", group=f"g{i % 2}") for i in range(4)])
         async with running(first):
             await hook.wait_for(lambda rs: len(rs) >= 4)  # both groups failed at least once
@@ -314,7 +320,9 @@ async def test_restart_mid_outage_delivers_everything_once(tmp_path: Path) -> No
         assert not hook.accepted()
 
         hook.default = Reply(200)  # the receiver is back
-        second = fast_outbox(tmp_path / "outbox.db", config)
+        second = fast_outbox(
+            tmp_path / "outbox.db", config, AlertMetrics.create(CollectorRegistry())
+        )
         assert second.depth() == 4
         async with running(second):
             await hook.wait_for(lambda rs: len(keys(rs)) == 4)
@@ -323,7 +331,9 @@ async def test_restart_mid_outage_delivers_everything_once(tmp_path: Path) -> No
 
         # A third life sends a new notification, and none of the delivered ones again:
         # pending rows go in enqueue order, so a re-send would come before it.
-        third = fast_outbox(tmp_path / "outbox.db", config)
+        third = fast_outbox(
+            tmp_path / "outbox.db", config, AlertMetrics.create(CollectorRegistry())
+        )
         assert third.depth() == 0
         async with running(third):
             third.enqueue([note("n4", "hook", group="g0")])
@@ -438,7 +448,12 @@ async def until(check: Any, limit_s: float = 30) -> None:
 
 async def test_real_alertmanager_fires_then_resolves(tmp_path: Path, alertmanager: str) -> None:
     config = settings(Channel(id="am", type="alertmanager", url=alertmanager))
-    outbox = fast_outbox(tmp_path / "outbox.db", config, external_url="http://linepulse:8080")
+    outbox = fast_outbox(
+        tmp_path / "outbox.db",
+        config,
+        AlertMetrics.create(CollectorRegistry()),
+        external_url="http://linepulse:8080",
+    )
     fired = alert("fp-real", machine="press-7")
     async with httpx.AsyncClient() as client, running(outbox):
         outbox.enqueue([note("real-fire", "am", fired)])

@@ -119,7 +119,7 @@ def kpi_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with KpiStore(folder / "kpi.duckdb", plant) as store:
         seed_current(store)
         seed_pareto(store)
-        store.upsert_status(M1_DAY)
+        store.status.upsert(M1_DAY)
         clients = InProcessClients(InProcessBroker(auto_create_partitions=None))
 
         def make_app() -> Any:

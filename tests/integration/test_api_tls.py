@@ -151,7 +151,7 @@ def plant() -> PlantConfig:
 @pytest.fixture
 def store(tmp_path: Path, plant: PlantConfig) -> Iterator[KpiStore]:
     with KpiStore(tmp_path / "kpi.duckdb", plant) as opened:
-        opened.upsert_status(M1_DAY)
+        opened.status.upsert(M1_DAY)
         yield opened
 
 

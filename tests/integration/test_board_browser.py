@@ -284,8 +284,8 @@ def fill(store: KpiStore, now: datetime) -> datetime:
                         reasons=lost,
                     )
                 )
-    store.upsert(records)
-    store.upsert_status(
+    store.history.upsert(records)
+    store.status.upsert(
         [
             {
                 "machine": machine,
@@ -298,7 +298,7 @@ def fill(store: KpiStore, now: datetime) -> datetime:
             for ago, state, reason in history
         ]
     )
-    store.upsert_status(
+    store.status.upsert(
         [
             {
                 "machine": machine,
@@ -576,7 +576,7 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
                 expect(page.locator('[data-forecast="pack"]')).to_have_count(0)
 
                 # Newer records in the store: the tile follows without a reload.
-                kpi_store.upsert([line_shift("press", shift_start, OEE_LATER, revision=1)])
+                kpi_store.history.upsert([line_shift("press", shift_start, OEE_LATER, revision=1)])
                 expect(oee).to_have_text("62.5 %", timeout=WAIT_MS)
                 expect(productive).to_have_text("62.5 %")
 
@@ -593,7 +593,9 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
                     ("press-2", "reason", "jam", 1, "operator:Anna", stop_ts(now, 18)),
                     ("weld-3", "reason", "sensor fault", 1, "operator:Anna", stop_ts(now, 62)),
                 ]
-                stored = {s["machine"]: s for s in kpi_store.stops(unassigned=False, limit=10)}
+                stored = {
+                    s["machine"]: s for s in kpi_store.stops.query(unassigned=False, limit=10)
+                }
                 assert stored["press-2"]["corrected_by"] == "Anna"
 
                 # Ack: the board asks for name and token once, then calls the alerts API.

@@ -144,7 +144,7 @@ def fill(store: KpiStore, start: datetime, length: timedelta, now: datetime) -> 
             if machine == NO_PRODUCT:
                 mrecord.update(oee=None, performance=None, product=None)
             records.append(mrecord)
-    store.upsert(records)
+    store.history.upsert(records)
     statuses = []
     for machines in LINES.values():
         for machine in machines:
@@ -158,7 +158,7 @@ def fill(store: KpiStore, start: datetime, length: timedelta, now: datetime) -> 
                     "last_seen": iso(now),
                 }
             )
-    store.upsert_status(statuses)
+    store.status.upsert(statuses)
 
 
 @pytest.fixture

@@ -23,13 +23,13 @@ from prometheus_client import CollectorRegistry
 
 from linepulse.bus.partitions import machine_homes
 from linepulse.config import PlantConfig, parse_config
-from linepulse.events import EVENT_SCHEMA
 from linepulse.sources import IngestSettings
 from linepulse.wire import ARROW, content_type, decode_records
 from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.samples import DeadLetter
 from tests.integration.conftest import KafkaBroker
+from tests.telemetry_samples import numbered_samples as samples
 
 pytestmark = pytest.mark.integration
 
@@ -65,24 +65,6 @@ def machines(plant: PlantConfig) -> list[str]:
 def make_settings(tmp_path: Path, **overrides: Any) -> IngestSettings:
     base: dict[str, Any] = {"spool_dir": tmp_path / "spool", "batch_samples": 500}
     return IngestSettings(**{**base, **overrides})
-
-
-def samples(first: int, count: int, names: list[str]) -> pl.DataFrame:
-    """Samples numbered by `ts` from `first`, machines round robin (the ghost included)."""
-    ids = range(first, first + count)
-    return pl.DataFrame(
-        {
-            "ts": list(ids),
-            "machine": [names[i % len(names)] for i in ids],
-            "signal": ["total_count"] * count,
-            "value_num": [float(i) for i in ids],
-            "value_int": [None] * count,
-            "value_str": [None] * count,
-            "reason": [None] * count,
-            "quality": ["good"] * count,
-        },
-        schema=EVENT_SCHEMA,
-    )
 
 
 async def read_topic(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, Any]]:
@@ -278,7 +260,7 @@ async def test_a_restart_sends_the_spool_left_by_a_close_during_an_outage(
     plant = make_plant("restart")
     names = [*machines(plant), GHOST]
     settings = make_settings(tmp_path, memory_samples=2_000, batch_samples=400)
-    first = KafkaSink(plant, broker.bootstrap, settings)
+    first = KafkaSink(plant, broker.bootstrap, settings, IngestMetrics.create(CollectorRegistry()))
     await first.start()
     await first.put(samples(0, 1_000, names))
     await wait_for(lambda: first.sent_samples == 1_000, "the first samples to be acknowledged")
@@ -291,7 +273,7 @@ async def test_a_restart_sends_the_spool_left_by_a_close_during_an_outage(
     assert spooled, "a close during an outage must leave the rest on disk"
 
     await asyncio.to_thread(broker.start)
-    second = KafkaSink(plant, broker.bootstrap, settings)
+    second = KafkaSink(plant, broker.bootstrap, settings, IngestMetrics.create(CollectorRegistry()))
     await second.start()
     assert second.spooled_samples == 9_000
     await second.put(samples(10_000, 500, names))

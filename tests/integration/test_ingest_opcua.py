@@ -260,7 +260,9 @@ async def test_deadband_suppresses_small_analog_changes() -> None:
     }
     config = plant([source("plc-1", plc.endpoint, [machine])], machines=("press-1",))
     sink = CollectingSink()
-    ingester = OpcuaIngester(config.sources.opcua[0], config, sink)
+    ingester = OpcuaIngester(
+        config.sources.opcua[0], config, sink, IngestMetrics.create(CollectorRegistry())
+    )
     try:
         async with running(ingester):
             await until(lambda: ingester.connected and len(sink.rows()) >= 2, "the baseline")
@@ -442,7 +444,12 @@ async def test_security_rejects_wrong_settings_and_accepts_cert_and_user(
     ingesters = {}
     for spec in sources:
         config = plant([spec], machines=("press-1",))
-        ingesters[spec["id"]] = OpcuaIngester(config.sources.opcua[0], config, CollectingSink())
+        ingesters[spec["id"]] = OpcuaIngester(
+            config.sources.opcua[0],
+            config,
+            CollectingSink(),
+            IngestMetrics.create(CollectorRegistry()),
+        )
 
     def sink_of(sid: str) -> CollectingSink:
         sink = ingesters[sid].sink

@@ -29,6 +29,7 @@ import yaml
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry
 
 from linepulse.bus.clients import AioKafkaClients
 from linepulse.bus.security import KafkaSecurity
@@ -38,6 +39,7 @@ from linepulse.runtime import free_loopback_ports
 from linepulse.sources import IngestSettings
 from linepulse.wire import decode_records
 from services.ingest.kafka_sink import KafkaSink
+from services.ingest.metrics import IngestMetrics
 from tests.cli_command import LINEPULSE
 from tests.integration.conftest import START_TIMEOUT_S, STOP_TIMEOUT_S, kafka_sh, require_java
 from tests.integration.pki import Issued, TestCa
@@ -416,7 +418,12 @@ async def test_the_ingest_sink_over_mutual_tls(secure_kafka: SecureBroker, tmp_p
             },
         }
     )
-    sink = KafkaSink(plant, secure_kafka.ssl, IngestSettings(spool_dir=tmp_path / "spool"))
+    sink = KafkaSink(
+        plant,
+        secure_kafka.ssl,
+        IngestSettings(spool_dir=tmp_path / "spool"),
+        IngestMetrics.create(CollectorRegistry()),
+    )
     await sink.start()
     samples = pl.DataFrame(
         {

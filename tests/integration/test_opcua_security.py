@@ -14,8 +14,10 @@ import pytest
 from asyncua import ua
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from prometheus_client import CollectorRegistry
 
 from linepulse.runtime import free_loopback_ports
+from services.ingest.metrics import IngestMetrics
 from services.ingest.opcua import OpcuaIngester
 from tests.integration.opcua_server import (
     CLIENT_URI,
@@ -83,7 +85,12 @@ async def test_the_plc_trusts_only_listed_certificates(
     }.items():
         spec = source(sid, plc.endpoint, machine, security=secure(cert, key), credentials=user)
         config = plant([spec], machines=("press-1",))
-        ingesters[sid] = OpcuaIngester(config.sources.opcua[0], config, CollectingSink())
+        ingesters[sid] = OpcuaIngester(
+            config.sources.opcua[0],
+            config,
+            CollectingSink(),
+            IngestMetrics.create(CollectorRegistry()),
+        )
 
     def refusals() -> list[str]:
         prefix = f"opcua untrusted: cannot connect to {plc.endpoint}"

@@ -23,6 +23,7 @@ import orjson
 import pytest
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry
 
 from bench.alerts import plant_yaml
 from linepulse.bus import AioKafkaClients
@@ -31,6 +32,7 @@ from linepulse.config import PlantConfig, load_config
 from linepulse.runtime import free_loopback_ports
 from services.alerts.service import AlertService
 from services.ingest.kafka_sink import KafkaSink
+from services.ingest.metrics import IngestMetrics
 from tests.cli_command import LINEPULSE
 from tests.integration.conftest import KafkaBroker
 from tests.integration.test_kpi_worker import start_cli
@@ -144,7 +146,10 @@ async def test_every_service_refuses_auto_created_topics(kafka: str, tmp_path: P
 
     # The ingester's Kafka side (what `linepulse ingest` starts first) refuses too.
     sink = KafkaSink(
-        plant, kafka, plant.ingest.model_copy(update={"spool_dir": tmp_path / "spool"})
+        plant,
+        kafka,
+        plant.ingest.model_copy(update={"spool_dir": tmp_path / "spool"}),
+        IngestMetrics.create(CollectorRegistry()),
     )
     with pytest.raises(TopicLayoutError, match=re.escape(wrong_telemetry)):
         await sink.start()

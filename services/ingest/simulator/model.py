@@ -274,7 +274,7 @@ class MachineModel:
         if spontaneous or self._reset_next:
             self._reset_next = False
             # A counter with a configured maximum rolls over: the core reads any step down
-            # on it as a rollover (DESIGN.md), so such a PLC never resets it.
+            # on it as a rollover (docs/kpi.md), so such a PLC never resets it.
             if not self.spec.counter_max:
                 self._reset(ts)
         if self.speed is not None:

@@ -270,7 +270,7 @@
     const w = line.waterfall;
     const box = el("div", { class: "waterfall", "data-waterfall": line.line },
       el("div", { class: "section-title", text: "Losses this shift" }));
-    // A line record sums its machines' times (DESIGN.md): 7 machines over 4 h plan 28 h.
+    // A line record sums its machines' times (docs/kpi.md): 7 machines over 4 h plan 28 h.
     // So the steps are shares of planned time, and planned time is shown per machine.
     const planned = w.planned_s;
     const machines = w.machines || 1;

@@ -38,7 +38,7 @@ productive time (the record's `fully_productive_s`, or planned time less the los
 the record has none): planned_s = fully_productive_s + sum of the losses.
 `coverage` (line `kpis` and each machine): the share of the shift's planned time so far
 with data, from the shift record; None without planned time or without a record.
-A line record sums its machines (DESIGN.md), so its `planned_s` and losses are machine
+A line record sums its machines (docs/kpi.md), so its `planned_s` and losses are machine
 time: 7 machines over a 4 h shift plan 28 h. `waterfall.machines` says how many machines
 the sums span, so the page can show shares of planned time and the planned time per
 machine instead of a 28 h "planned time" for a 4 h shift.
@@ -88,7 +88,7 @@ KPI_FIELDS: Final = record_fields(
 )
 # Finest first: a finer trend has more points over a shift, and a finer Pareto kind closes
 # (and so counts) sooner. Every kind covers the same downtime, so one kind counts each
-# second once (see KpiStore.pareto).
+# second once (see KpiHistory.pareto).
 _TREND_KINDS: Final[tuple[WindowKind, ...]] = ("15m", "1h")
 _PARETO_KINDS: Final[tuple[WindowKind, ...]] = ("15m", "1h", "1m", "day", "shift")
 # The stops an operator is asked to code: unplanned stops. A changeover is downtime (the
@@ -106,12 +106,12 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
     pareto_kind = next((k for k in _PARETO_KINDS if k in windows), None)
     has_shift = "shift" in windows
 
-    shift_records = store.current(window="shift", scope="all") if has_shift else []
+    shift_records = store.history.current(window="shift", scope="all") if has_shift else []
     line_records = {r["line"]: r for r in shift_records if r["machine"] is None}
     machine_records = {r["machine"]: r for r in shift_records if r["machine"] is not None}
     configured = plant.machines()
     statuses: dict[str, list[dict[str, Any]]] = {}
-    for status in store.machines():
+    for status in store.status.machines():
         shift_record = machine_records.get(status["machine"])
         machine = configured[status["machine"]][1]
         statuses.setdefault(status["line"], []).append(
@@ -136,11 +136,11 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
         trend: list[dict[str, Any]] = []
         if start is not None and end is not None:
             if pareto_kind is not None:
-                pareto = store.pareto(line.id, start, end, window=pareto_kind)
+                pareto = store.history.pareto(line.id, start, end, window=pareto_kind)
             if trend_kind is not None:
                 trend = [
                     {"t": r["window_start"], "oee": r["oee"]}
-                    for r in store.history(start, end, trend_kind, line.id, scope="line")
+                    for r in store.history.history(start, end, trend_kind, line.id, scope="line")
                 ]
         lines.append(
             {
@@ -189,7 +189,7 @@ def machine_why(machine: Machine, record: dict[str, Any] | None) -> str | None:
 
 def line_why(line: Line, machine_records: dict[str, dict[str, Any]]) -> str | None:
     """Why the line has no ideal time for its parts: the line's performance needs every
-    machine's (DESIGN.md: Σ(ideal cycle time x total) / Σ run), so one without it is enough."""
+    machine's (docs/kpi.md: Σ(ideal cycle time x total) / Σ run), so one without it is enough."""
     for machine in line.machines:
         why = machine_why(machine, machine_records.get(machine.id))
         if why is not None:
@@ -198,7 +198,7 @@ def line_why(line: Line, machine_records: dict[str, dict[str, Any]]) -> str | No
 
 
 def why_none(record: dict[str, Any] | None, no_ideal: str | None) -> dict[str, str]:
-    """For each ratio of `record` that is None, why (DESIGN.md: a ratio is None when its
+    """For each ratio of `record` that is None, why (docs/kpi.md: a ratio is None when its
     denominator is zero): no planned time, no run time, no parts or, with all of those
     there, `no_ideal` (the reason there is no ideal cycle time)."""
     if record is None:

@@ -1,6 +1,6 @@
 """Parts from cumulative counters, per minute, with the ideal time they stand for.
 
-DESIGN.md: the count in a window is the sum of the increments between consecutive good
+docs/kpi.md: the count in a window is the sum of the increments between consecutive good
 samples (prev at t_prev, cur at t_cur): `cur - prev` when cur >= prev; when cur < prev the
 rollover `max - prev + 1 + cur` where the config gives the counter's maximum and that is
 plausible, else a reset counting `cur`. An increment is implausible when it exceeds

@@ -406,7 +406,7 @@ def _states(samples: pl.DataFrame) -> pl.DataFrame:
 def _judge(
     core: Core, samples: pl.DataFrame, high0: int | None, first0: int | None, epoch0: int
 ) -> pl.DataFrame:
-    """Each sample judged against the watermark at its arrival (DESIGN.md).
+    """Each sample judged against the watermark at its arrival (docs/kpi.md).
 
     `_arr` is the highest event time of all samples before it in arrival order (this
     batch and earlier ones) or its own; it is `_late` behind `_arr` less the lateness, and

@@ -1,6 +1,6 @@
 """Line-level fields no sum gives: the constraint, the bottleneck, output against target.
 
-A line's machines run in sequence (config order). Its summed record (DESIGN.md) says how
+A line's machines run in sequence (config order). Its summed record (docs/kpi.md) says how
 much was lost; these fields say where: the constraint machine's OEE (the line can go no
 faster than it), the machine whose own stops (down, setup, small stops) cost the most in
 the window while the others waited on it, and, for a shift, the output machine's good

@@ -1,4 +1,4 @@
-"""KPI fields from window sums: the definitions of DESIGN.md, as Polars expressions.
+"""KPI fields from window sums: the definitions of docs/kpi.md, as Polars expressions.
 
 Every field of a KPI record is a function of sums, so one set of expressions serves a
 machine and a line (whose sums are the sums of its machines). A ratio whose denominator
@@ -53,7 +53,7 @@ SUM_COLUMNS = [
 def machine_counts(
     has_t: pl.Expr, has_g: pl.Expr, has_r: pl.Expr, has_w: pl.Expr | None = None
 ) -> list[pl.Expr]:
-    """Counts from whichever counters a machine has (DESIGN.md: good = total - reject, ...)."""
+    """Counts from whichever counters a machine has (docs/kpi.md: good = total - reject, ...)."""
     total = pl.when(has_t).then(pl.col("T")).otherwise(pl.col("G") + pl.col("R"))
     reject = (
         pl.when(has_r)

@@ -3,7 +3,7 @@
 The core keeps four kinds of signal: `state` (mapped to a LinePulse state through the
 config's state maps), the cumulative counters, `product` and `ideal_cycle_time_s`.
 Other tags (temperature, speed) are valid telemetry but carry no KPI. `bad`-quality
-samples are ignored (DESIGN.md); events for machines not in the config, or with values
+samples are ignored (docs/kpi.md); events for machines not in the config, or with values
 the config cannot interpret, are rejected with a reason.
 """
 

@@ -4,7 +4,9 @@ check on the in-process bus (which keeps topic configs as Kafka does)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiokafka.admin.client
 import aiokafka.client
@@ -277,12 +279,14 @@ async def test_alerts_wait_for_their_topics_and_never_create_them(tmp_path: Path
         await InProcessClients(broker).producer().send(plant.kafka.kpi.name, value=b"{}")
 
 
-class _NoStore:
-    def upsert(self, records: list[dict[str, object]]) -> None:
+class _NoTable:
+    def upsert(self, rows: Sequence[Mapping[str, Any]]) -> None:
         raise AssertionError("nothing is read from a refused topic")
 
-    def upsert_status(self, statuses: list[dict[str, object]]) -> None:
-        raise AssertionError("nothing is read from a refused topic")
+
+class _NoStore:
+    history = _NoTable()
+    status = _NoTable()
 
 
 # -- aiokafka's clients -----------------------------------------------------------------

@@ -14,11 +14,13 @@ from typing import Any
 import polars as pl
 import pytest
 from asyncua import ua
+from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig, parse_config
 from linepulse.events import to_json_events
 from linepulse.wire import ARROW, decode_records, encode_arrow
 from services.ingest import sparkplug as sp
+from services.ingest.metrics import IngestMetrics
 from services.ingest.mqtt import MqttIngester
 from services.ingest.opcua_values import plain_value
 from services.ingest.samples import DeadLetter, SampleBatch
@@ -76,7 +78,9 @@ def plant() -> PlantConfig:
 
 def ingester() -> MqttIngester:
     config = plant()
-    return MqttIngester(config.sources.mqtt[0], config, _NoSink())
+    return MqttIngester(
+        config.sources.mqtt[0], config, _NoSink(), IngestMetrics.create(CollectorRegistry())
+    )
 
 
 def test_mqtt_json_payloads_keep_the_json_type() -> None:

@@ -109,7 +109,7 @@ def test_current_filters(client: TestClient, store: KpiStore, query: str, stops:
 def test_history_takes_rfc3339_with_any_offset_or_epoch_ms(
     client: TestClient, store: KpiStore
 ) -> None:
-    store.upsert(
+    store.history.upsert(
         [
             record("m1", window="1h", start="2026-11-02T05:00:00Z", stops=1),
             record("m1", window="1h", start="2026-11-02T06:00:00Z", stops=2),
@@ -133,7 +133,7 @@ def test_history_takes_rfc3339_with_any_offset_or_epoch_ms(
 def test_machines_lists_configured_machines_with_their_state(
     client: TestClient, store: KpiStore
 ) -> None:
-    store.upsert_status(
+    store.status.upsert(
         [
             {
                 "machine": "m2",
@@ -195,7 +195,7 @@ def test_pareto_answers_the_current_shift_with_its_open_hour_by_default(
     """The board showed 58 s of jam while the Pareto answered []: only closed hours
     counted, over all time, and nothing said so."""
     shift = "2026-11-02T13:00:00Z"
-    store.upsert(
+    store.history.upsert(
         [
             record(None, start="2026-11-02T05:00:00Z", final=True),  # the previous shift
             record(None, start=shift),  # the current one, open
@@ -230,7 +230,7 @@ def test_pareto_uses_the_finest_window_computed_when_1h_is_not(
     store: KpiStore, registry: CollectorRegistry
 ) -> None:
     plant = plant_config(windows=["15m", "shift"])
-    store.upsert(
+    store.history.upsert(
         [
             record(
                 "m1",
@@ -433,7 +433,7 @@ def test_lifespan_extra_runs_for_the_life_of_the_app(
 def test_coverage_is_served_as_stored_and_documented(client: TestClient, store: KpiStore) -> None:
     thin = record("m1", window="1h", start="2026-11-02T06:00:00Z", unknown_s=1368.0)
     idle = record("m2", window="1h", start="2026-11-02T06:00:00Z", planned_s=0.0, run_s=0.0)
-    store.upsert([thin, idle])
+    store.history.upsert([thin, idle])
     body = get(client, "/v1/kpis/history?window=1h&from=2026-11-02T06:00:00Z")
     assert [(r["machine"], r["coverage"]) for r in body] == [("m1", 0.62), ("m2", None)]
     current = get(client, "/v1/kpis/current?window=1h&machine=m1")

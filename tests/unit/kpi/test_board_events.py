@@ -100,7 +100,7 @@ def test_an_empty_store_gives_every_line_with_nothing_known(store: KpiStore) -> 
 
 
 def test_current_shift_kpis_machines_pareto_and_trend(store: KpiStore) -> None:
-    store.upsert(
+    store.history.upsert(
         [
             # The current shift: line l1 and its machine m1 (m2 has no record yet).
             record(None, start=SHIFT, oee=0.5, availability=0.8, performance=0.9, quality=0.7),
@@ -143,7 +143,7 @@ def test_current_shift_kpis_machines_pareto_and_trend(store: KpiStore) -> None:
             ),
         ]
     )
-    store.upsert_status(
+    store.status.upsert(
         [
             {
                 "machine": "m1",
@@ -250,7 +250,7 @@ def beyond_oee_line(**values: Any) -> dict[str, Any]:
 
 
 def test_losses_waterfall_bottleneck_and_forecast_of_the_shift(store: KpiStore) -> None:
-    store.upsert([beyond_oee_line(), record("m1", start=SHIFT, losses={"setup_s": 1.0})])
+    store.history.upsert([beyond_oee_line(), record("m1", start=SHIFT, losses={"setup_s": 1.0})])
     l1 = line_of(build_snapshot(store.plant, store), "l1")
     waterfall = l1["waterfall"]
     assert waterfall == {
@@ -279,7 +279,7 @@ def test_losses_waterfall_bottleneck_and_forecast_of_the_shift(store: KpiStore) 
     assert (kpis["fully_productive_s"], kpis["nee"], kpis["teep"]) == (2000.0, 0.8, 0.5)
     assert kpis["product"] == "cola-0.5"
     # l2 has a shift record without any of it.
-    store.upsert([record(None, line="l2", start=SHIFT)])
+    store.history.upsert([record(None, line="l2", start=SHIFT)])
     l2 = line_of(build_snapshot(store.plant, store), "l2")
     assert (l2["waterfall"], l2["bottleneck"], l2["forecast"]) == (None, None, None)
     orjson.dumps(l1)
@@ -312,7 +312,7 @@ def test_losses_waterfall_bottleneck_and_forecast_of_the_shift(store: KpiStore) 
 def test_forecast_only_with_a_target(
     store: KpiStore, values: dict[str, Any], forecast: dict[str, Any] | None
 ) -> None:
-    store.upsert([beyond_oee_line(**values)])
+    store.history.upsert([beyond_oee_line(**values)])
     assert line_of(build_snapshot(store.plant, store), "l1")["forecast"] == forecast
 
 
@@ -320,20 +320,22 @@ def test_waterfall_without_fully_productive_time_ends_at_what_the_losses_leave(
     store: KpiStore,
 ) -> None:
     partial = {"equipment_failure_s": 600.0, "setup_s": 300.0}  # the rest are missing: 0
-    store.upsert([beyond_oee_line(losses=partial, fully_productive_s=None, bottleneck=None)])
+    store.history.upsert(
+        [beyond_oee_line(losses=partial, fully_productive_s=None, bottleneck=None)]
+    )
     l1 = line_of(build_snapshot(store.plant, store), "l1")
     assert l1["waterfall"] is not None
     assert [s["seconds"] for s in l1["waterfall"]["losses"]] == [600.0, 300.0, 0, 0, 0, 0, 0]
     assert l1["waterfall"]["fully_productive_s"] == 2700.0
     assert l1["bottleneck"] is None
-    store.upsert([beyond_oee_line(losses=None, fully_productive_s=None, revision=1)])
+    store.history.upsert([beyond_oee_line(losses=None, fully_productive_s=None, revision=1)])
     assert line_of(build_snapshot(store.plant, store), "l1")["waterfall"] is None
 
 
 def test_coverage_of_each_machine_and_the_line(store: KpiStore) -> None:
     """A machine silent for part of the shift shows how much of it has data; so does its
     line (the sums of its machines, as the KPI core writes the line record)."""
-    store.upsert(
+    store.history.upsert(
         [
             record("m1", start=SHIFT),  # data all along
             record("m2", start=SHIFT, unknown_s=1368.0, run_s=1632.0),  # silent 38 %
@@ -341,7 +343,7 @@ def test_coverage_of_each_machine_and_the_line(store: KpiStore) -> None:
             record("m3", line="l2", start=SHIFT, planned_s=0.0, unknown_s=0.0),  # no plan
         ]
     )
-    store.upsert_status(
+    store.status.upsert(
         [
             {"machine": m, "state": "running", "since": SHIFT, "last_seen": SHIFT}
             for m in ("m1", "m2", "m3")
@@ -356,7 +358,7 @@ def test_coverage_of_each_machine_and_the_line(store: KpiStore) -> None:
 
 
 def test_between_shifts_the_last_shift_is_shown_closed(store: KpiStore) -> None:
-    store.upsert(
+    store.history.upsert(
         [
             record(None, start="2026-11-01T05:00:00Z", oee=0.3, final=True),
             record(None, start=SHIFT, oee=0.6, final=True),
@@ -384,7 +386,7 @@ def test_window_kinds_of_the_plant(
 ) -> None:
     plant: PlantConfig = plant_config(windows=windows)
     with KpiStore(tmp_path / "kpi.duckdb", plant) as store:
-        store.upsert(
+        store.history.upsert(
             [
                 record(None, start=SHIFT, oee=0.5),
                 record(None, window="1h", start=SHIFT, oee=0.8),
@@ -418,7 +420,7 @@ async def first_events(board: Board, client: Request) -> tuple[list[bytes], Any]
 
 
 async def test_stream_sends_the_snapshot_then_ends_on_stop(store: KpiStore) -> None:
-    store.upsert([record(None, start=SHIFT, oee=0.5)])
+    store.history.upsert([record(None, start=SHIFT, oee=0.5)])
     board = Board(store.plant, store, None)
     chunks, stream = await first_events(board, request(asyncio.Event()))
     assert chunks[0] == b"retry: 2000\n\n"

@@ -24,7 +24,7 @@ def test_a_refused_record_is_skipped_and_the_rest_of_the_batch_kept(tmp_path: Pa
         kept = materializer._upsert([good, bad])
         assert kept == [good]
         assert materializer.bad == 1
-        assert len(store.history(start=_start(good))) == 1
+        assert len(store.history.history(start=_start(good))) == 1
 
 
 def _start(r: dict[str, object]) -> datetime:

@@ -127,15 +127,15 @@ def brief(stops: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 @pytest.mark.parametrize("one_batch", [True, False], ids=["one batch", "one by one"])
 def test_downtime_statuses_open_and_close_stops(store: KpiStore, one_batch: bool) -> None:
     if one_batch:
-        store.upsert_status(M1_DAY)
+        store.status.upsert(M1_DAY)
     else:
         for s in M1_DAY:
-            store.upsert_status([s])
-    assert brief(store.stops()) == [
+            store.status.upsert([s])
+    assert brief(store.stops.query()) == [
         (f"m1@{ms(20)}", iso(20), iso(25), "idle", "material"),
         (f"m1@{ms(10)}", iso(10), iso(20), "down", "unassigned"),
     ]
-    down = store.stops()[1]
+    down = store.stops.query()[1]
     assert down["duration_s"] == 600.0
     assert (down["original_reason"], down["corrections"], down["planned"]) == (
         "unassigned",
@@ -144,12 +144,12 @@ def test_downtime_statuses_open_and_close_stops(store: KpiStore, one_batch: bool
     )
     assert (down["line"], down["corrected_by"], down["corrected_at"]) == ("l1", None, None)
     # The machine's latest state is kept as before, now with its reason.
-    m1 = store.machines()[0]
+    m1 = store.status.machines()[0]
     assert (m1["state"], m1["reason"], m1["since"]) == ("running", None, iso(25))
 
 
 def test_an_open_stop_has_no_end_and_a_new_reason_is_a_new_stop(store: KpiStore) -> None:
-    store.upsert_status(
+    store.status.upsert(
         [
             status("m2", "down", 5, reason="e1"),
             status("m2", "down", 8, reason="e2"),  # the machine re-codes while down
@@ -157,23 +157,23 @@ def test_an_open_stop_has_no_end_and_a_new_reason_is_a_new_stop(store: KpiStore)
             status("m3", None, None, seen_min=9.5),  # no state: starts and ends nothing
         ]
     )
-    assert brief(store.stops()) == [
+    assert brief(store.stops.query()) == [
         (f"m3@{ms(9)}", iso(9), None, "changeover", "unassigned"),
         (f"m2@{ms(8)}", iso(8), None, "down", "e2"),
         (f"m2@{ms(5)}", iso(5), iso(8), "down", "e1"),
     ]
-    assert store.stops()[0]["duration_s"] is None
+    assert store.stops.query()[0]["duration_s"] is None
 
 
 def test_stops_filter_and_newest_first(store: KpiStore) -> None:
-    store.upsert_status([*M1_DAY, status("m3", "down", 12), status("m2", "idle", 30)])
-    ids = [s["id"] for s in store.stops()]
+    store.status.upsert([*M1_DAY, status("m3", "down", 12), status("m2", "idle", 30)])
+    ids = [s["id"] for s in store.stops.query()]
     assert ids == [f"m2@{ms(30)}", f"m1@{ms(20)}", f"m3@{ms(12)}", f"m1@{ms(10)}"]
-    assert [s["id"] for s in store.stops(line="l2")] == [f"m3@{ms(12)}"]
-    assert [s["id"] for s in store.stops(machine="m1", limit=1)] == [f"m1@{ms(20)}"]
-    assert [s["id"] for s in store.stops(unassigned=False)] == [f"m1@{ms(20)}"]
-    assert len(store.stops(unassigned=True)) == 3
-    assert [s["id"] for s in store.stops(since=at(12), until=at(30))] == [
+    assert [s["id"] for s in store.stops.query(line="l2")] == [f"m3@{ms(12)}"]
+    assert [s["id"] for s in store.stops.query(machine="m1", limit=1)] == [f"m1@{ms(20)}"]
+    assert [s["id"] for s in store.stops.query(unassigned=False)] == [f"m1@{ms(20)}"]
+    assert len(store.stops.query(unassigned=True)) == 3
+    assert [s["id"] for s in store.stops.query(since=at(12), until=at(30))] == [
         f"m1@{ms(20)}",
         f"m3@{ms(12)}",
     ]
@@ -183,14 +183,14 @@ def test_a_correction_survives_replayed_statuses(tmp_path: Path, plant: PlantCon
     path = tmp_path / "kpi.duckdb"
     stop = f"m1@{ms(10)}"
     with KpiStore(path, plant) as store:
-        store.upsert_status(M1_DAY)
-        done = store.correct_reason(stop, "jam", "ann", None, at(40))
+        store.status.upsert(M1_DAY)
+        done = store.stops.correct(stop, "jam", "ann", None, at(40))
         assert done is not None
-        store.upsert_status(M1_DAY)  # the worker replays from its checkpoint
-        assert store.stop(stop)["reason"] == "jam"  # type: ignore[index]
+        store.status.upsert(M1_DAY)  # the worker replays from its checkpoint
+        assert store.stops.get(stop)["reason"] == "jam"  # type: ignore[index]
     with KpiStore(path, plant) as store:  # the API restarts and reads the topic again
-        store.upsert_status(M1_DAY)
-        replayed = store.stop(stop)
+        store.status.upsert(M1_DAY)
+        replayed = store.stops.get(stop)
         assert replayed is not None
         assert (replayed["reason"], replayed["original_reason"], replayed["end"]) == (
             "jam",
@@ -198,27 +198,27 @@ def test_a_correction_survives_replayed_statuses(tmp_path: Path, plant: PlantCon
             iso(20),
         )
         assert replayed["corrections"] == 1
-        assert [s["id"] for s in store.stops()] == [f"m1@{ms(20)}", stop]
+        assert [s["id"] for s in store.stops.query()] == [f"m1@{ms(20)}", stop]
 
 
 def test_stops_of_a_store_that_knew_only_the_latest_state(store: KpiStore) -> None:
     # A store from before the stop log knows the machine's latest state; reading the
     # status topic from the beginning then fills the log, with the right ends.
-    store.upsert_status([M1_DAY[-1]])
-    assert store.stops() == []
-    store.upsert_status(M1_DAY)
-    assert brief(store.stops()) == [
+    store.status.upsert([M1_DAY[-1]])
+    assert store.stops.query() == []
+    store.status.upsert(M1_DAY)
+    assert brief(store.stops.query()) == [
         (f"m1@{ms(20)}", iso(20), iso(25), "idle", "material"),
         (f"m1@{ms(10)}", iso(10), iso(20), "down", "unassigned"),
     ]
 
 
 def test_corrections_are_numbered_audited_and_withdrawable(store: KpiStore) -> None:
-    store.upsert_status(M1_DAY)
+    store.status.upsert(M1_DAY)
     stop = f"m1@{ms(10)}"
-    assert store.correct_reason("m1@1", "jam", "ann", None, at(30)) is None
-    first = store.correct_reason(stop, "jam", "ann", "blade stuck", at(30))
-    second = store.correct_reason(stop, "cleaning", "bob", None, at(31))
+    assert store.stops.correct("m1@1", "jam", "ann", None, at(30)) is None
+    first = store.stops.correct(stop, "jam", "ann", "blade stuck", at(30))
+    second = store.stops.correct(stop, "cleaning", "bob", None, at(31))
     assert first is not None
     assert second is not None
     assert first[1] == {
@@ -242,19 +242,19 @@ def test_corrections_are_numbered_audited_and_withdrawable(store: KpiStore) -> N
         iso(31),
     )
     assert [e["seq"] for e in corrected["audit"]] == [1, 2]
-    assert [e["seq"] for e in store.reason_audit()] == [2, 1]  # newest first
-    assert store.reason_audit(machine="m2") == []
-    assert [e["seq"] for e in store.reason_audit(since=at(31))] == [2]
+    assert [e["seq"] for e in store.stops.audit()] == [2, 1]  # newest first
+    assert store.stops.audit(machine="m2") == []
+    assert [e["seq"] for e in store.stops.audit(since=at(31))] == [2]
 
-    store.withdraw_correction(stop, 2)  # its event could not be sent
-    back = store.stop(stop)
+    store.stops.withdraw(stop, 2)  # its event could not be sent
+    back = store.stops.get(stop)
     assert back is not None
     assert (back["reason"], back["corrections"], back["corrected_by"]) == ("jam", 1, "ann")
-    store.withdraw_correction(stop, 1)
-    back = store.stop(stop)
+    store.stops.withdraw(stop, 1)
+    back = store.stops.get(stop)
     assert back is not None
     assert (back["reason"], back["corrections"], back["audit"]) == ("unassigned", 0, [])
-    third = store.correct_reason(stop, "material", "cy", None, at(32))
+    third = store.stops.correct(stop, "material", "cy", None, at(32))
     assert third is not None
     assert third[1]["seq"] == 1
 
@@ -317,7 +317,7 @@ def test_reason_trees(client: TestClient) -> None:
 
 
 def test_list_and_get_stops(client: TestClient, store: KpiStore) -> None:
-    store.upsert_status([*M1_DAY, status("m3", "down", 12)])
+    store.status.upsert([*M1_DAY, status("m3", "down", 12)])
     body = call(client, "GET", "/v1/stops?line=l1&unassigned=true", 200)
     assert body == [
         {
@@ -350,7 +350,7 @@ def test_list_and_get_stops(client: TestClient, store: KpiStore) -> None:
 def test_a_correction_is_audited_and_sent_to_the_core(
     client: TestClient, store: KpiStore, broker: InProcessBroker, plant: PlantConfig
 ) -> None:
-    store.upsert_status([*M1_DAY, status("m3", "down", 12)])
+    store.status.upsert([*M1_DAY, status("m3", "down", 12)])
     stop = f"m1@{ms(10)}"
     url = f"/v1/stops/{stop}/reason"
     body = call(client, "POST", url, 202, json={"reason": "jam", "by": "ann", "note": "blade"})
@@ -437,7 +437,7 @@ def test_a_correction_that_cannot_be_made(
     expected: int,
     message: str,
 ) -> None:
-    store.upsert_status(
+    store.status.upsert(
         [
             status("m1", "down", -200),  # the old stop: 3 h before the latest event
             status("m1", "running", -190),
@@ -450,15 +450,15 @@ def test_a_correction_that_cannot_be_made(
     detail = call(client, "POST", f"/v1/stops/{stop}/reason", expected, json=body)["detail"]
     assert message in detail
     assert corrections_sent(broker, plant) == []
-    assert store.reason_audit() == []
+    assert store.stops.audit() == []
 
 
 def test_the_horizon_is_restate_horizon_plus_lateness(client: TestClient, store: KpiStore) -> None:
     # The latest event is at 70:10; the horizon (3600 s + 10 s) reaches back to 10:00.
-    store.upsert_status([*M1_DAY, status("m2", "running", 0, seen_min=70 + 1 / 6)])
+    store.status.upsert([*M1_DAY, status("m2", "running", 0, seen_min=70 + 1 / 6)])
     ok = {"reason": "jam", "by": "ann"}
     call(client, "POST", f"/v1/stops/m1@{ms(10)}/reason", 202, json=ok)
-    store.upsert_status([status("m2", "running", 0, seen_min=70 + 1 / 6 + 1 / 60)])
+    store.status.upsert([status("m2", "running", 0, seen_min=70 + 1 / 6 + 1 / 60)])
     detail = call(client, "POST", f"/v1/stops/m1@{ms(10)}/reason", 409, json=ok)["detail"]
     assert "kpi.restate_horizon_s + kpi.lateness_s" in detail
 
@@ -466,18 +466,18 @@ def test_the_horizon_is_restate_horizon_plus_lateness(client: TestClient, store:
 def test_without_a_producer_a_correction_is_503_and_nothing_recorded(
     plant: PlantConfig, store: KpiStore
 ) -> None:
-    store.upsert_status(M1_DAY)
+    store.status.upsert(M1_DAY)
     app = create_app(plant, store, CollectorRegistry(), access=WRITER)
     with TestClient(app, headers=AUTH) as client:
         body = {"reason": "jam", "by": "ann"}
         detail = call(client, "POST", f"/v1/stops/m1@{ms(10)}/reason", 503, json=body)["detail"]
         assert "without a producer" in detail
         assert call(client, "GET", f"/v1/stops/m1@{ms(10)}", 200)["reason"] == "unassigned"
-    assert store.reason_audit() == []
+    assert store.stops.audit() == []
 
 
 def test_a_correction_that_cannot_be_sent_is_withdrawn(plant: PlantConfig, store: KpiStore) -> None:
-    store.upsert_status(M1_DAY)
+    store.status.upsert(M1_DAY)
     empty = InProcessBroker(auto_create_partitions=None)  # no telemetry topic to send to
     app = create_app(
         plant,
@@ -492,6 +492,6 @@ def test_a_correction_that_cannot_be_sent_is_withdrawn(plant: PlantConfig, store
         detail = call(client, "POST", f"/v1/stops/m1@{ms(10)}/reason", 503, json=body)["detail"]
         assert "could not be sent to Kafka" in detail
         assert "nothing was recorded" in detail
-    stop = store.stop(f"m1@{ms(10)}")
+    stop = store.stops.get(f"m1@{ms(10)}")
     assert stop is not None
     assert (stop["reason"], stop["corrections"], stop["audit"]) == ("unassigned", 0, [])

@@ -160,20 +160,20 @@ def test_upsert_keeps_the_highest_revision_then_final_then_latest(
         record(revision=rev, final=final, stops=i) for i, (rev, final) in enumerate(arrivals)
     ]
     if one_batch:
-        store.upsert(records)
+        store.history.upsert(records)
     else:
         for one in records:
-            store.upsert([one])
-    stored = store.history(at("2026-11-02T00:00:00Z"))
+            store.history.upsert([one])
+    stored = store.history.history(at("2026-11-02T00:00:00Z"))
     assert [(r["stops"], r["revision"], r["final"]) for r in stored] == [
         (winner, *arrivals[winner])
     ]
 
 
 def test_line_records_are_kept_apart_from_machine_records(store: KpiStore) -> None:
-    store.upsert([record("m1", oee=0.5), record(None, oee=0.6)])
-    store.upsert([record(None, oee=0.7)])  # replaces the line record only
-    stored = store.history(at("2026-11-02T05:00:00Z"))
+    store.history.upsert([record("m1", oee=0.5), record(None, oee=0.6)])
+    store.history.upsert([record(None, oee=0.7)])  # replaces the line record only
+    stored = store.history.history(at("2026-11-02T05:00:00Z"))
     assert [(r["machine"], r["oee"]) for r in stored] == [("m1", 0.5), (None, 0.7)]
 
 
@@ -194,8 +194,8 @@ def test_a_record_comes_back_exactly_as_the_contract(store: KpiStore) -> None:
             good_count=-1,
         ),
     ]
-    store.upsert(sent)
-    stored = store.history(at("2026-11-02T05:00:00Z"), at("2026-11-02T07:00:00Z"))
+    store.history.upsert(sent)
+    stored = store.history.history(at("2026-11-02T05:00:00Z"), at("2026-11-02T07:00:00Z"))
     assert stored == sent
     for one in stored:
         KpiRecord.model_validate(one)
@@ -254,9 +254,9 @@ def test_the_fields_beyond_oee_come_back_as_written(store: KpiStore) -> None:
         target_count=3000,
         projected_count=2950.5,
     )
-    store.upsert([machine, line])
-    assert store.current() == [machine, line]
-    KpiRecord.model_validate(store.current()[0])
+    store.history.upsert([machine, line])
+    assert store.history.current() == [machine, line]
+    KpiRecord.model_validate(store.history.current()[0])
 
 
 # The kpi_records and machine_status tables as the previous version created them.
@@ -288,16 +288,18 @@ def test_a_store_file_of_the_previous_version_opens_and_takes_new_records(
         for sql in _OLD_TABLES:
             old.execute(sql)
     with KpiStore(path, plant) as store:
-        (kept,) = store.history(at("2026-11-02T00:00:00Z"))
+        (kept,) = store.history.history(at("2026-11-02T00:00:00Z"))
         assert (kept["revision"], kept["downtime_by_reason"]) == (1, {"jam": 600.0})
         # Its new fields: zero, an empty object, the window's length as calendar, or null.
         assert {k: kept[k] for k in BEYOND_OEE} == {**BEYOND_OEE, "calendar_s": 3600.0}
-        assert store.machines()[0]["reason"] is None
-        store.upsert([record(window="1h", start="2026-11-02T05:00:00Z", revision=2, teep=0.4)])
-        (newer,) = store.history(at("2026-11-02T00:00:00Z"))
+        assert store.status.machines()[0]["reason"] is None
+        store.history.upsert(
+            [record(window="1h", start="2026-11-02T05:00:00Z", revision=2, teep=0.4)]
+        )
+        (newer,) = store.history.history(at("2026-11-02T00:00:00Z"))
         assert (newer["revision"], newer["teep"]) == (2, 0.4)
     with KpiStore(path, plant) as again:  # and opens again, already migrated
-        assert again.history(at("2026-11-02T00:00:00Z"))[0]["teep"] == 0.4
+        assert again.history.history(at("2026-11-02T00:00:00Z"))[0]["teep"] == 0.4
 
 
 def test_times_may_be_aware_datetimes_or_any_offset(store: KpiStore) -> None:
@@ -307,8 +309,8 @@ def test_times_may_be_aware_datetimes_or_any_offset(store: KpiStore) -> None:
     other = record("m2", window="1h")
     other["window_start"] = "2026-11-02T07:00:00+01:00"
     other["window_end"] = "2026-11-02T07:00:00.000Z"
-    store.upsert([other, one])
-    stored = store.history(at("2026-11-02T00:00:00Z"))
+    store.history.upsert([other, one])
+    stored = store.history.history(at("2026-11-02T00:00:00Z"))
     assert [(r["machine"], r["window_start"], r["window_end"]) for r in stored] == [
         ("m1", "2026-11-02T06:00:00Z", "2026-11-02T07:00:00Z"),
         ("m2", "2026-11-02T06:00:00Z", "2026-11-02T07:00:00Z"),
@@ -342,18 +344,18 @@ def test_a_bad_record_is_named_and_nothing_of_its_batch_is_written(
 ) -> None:
     bad = record("m2") | change
     with pytest.raises(InvalidRecord) as caught:
-        store.upsert([record("m1"), bad, record("m3", line="l2")])
+        store.history.upsert([record("m1"), bad, record("m3", line="l2")])
     assert message in caught.value.detail
     assert caught.value.detail.startswith("record 1 (l1 m2 ")
     assert caught.value.index == 1
-    assert store.history(at("2026-11-02T00:00:00Z")) == []
+    assert store.history.history(at("2026-11-02T00:00:00Z")) == []
 
 
 def test_a_record_missing_a_field_is_named(store: KpiStore) -> None:
     bad = record()
     del bad["oee"]
     with pytest.raises(InvalidRecord, match=r"record 0 \(l1 m1 shift .*missing fields \['oee'\]"):
-        store.upsert([bad])
+        store.history.upsert([bad])
 
 
 # -- current -------------------------------------------------------------------------------
@@ -361,7 +363,7 @@ def test_a_record_missing_a_field_is_named(store: KpiStore) -> None:
 
 def seed_current(store: KpiStore) -> None:
     early, late = "2026-11-02T05:00:00Z", "2026-11-02T13:00:00Z"
-    store.upsert(
+    store.history.upsert(
         [
             # m1: early closed, late open -> late.
             record("m1", start=early, final=True, stops=10),
@@ -400,14 +402,14 @@ def test_current_is_the_newest_open_window_else_the_most_recent(
     store: KpiStore, query: dict[str, Any], expected: list[int]
 ) -> None:
     seed_current(store)
-    assert [r["stops"] for r in store.current(**query)] == expected
+    assert [r["stops"] for r in store.history.current(**query)] == expected
 
 
 # -- history -------------------------------------------------------------------------------
 
 
 def test_history_is_the_half_open_range_in_order(store: KpiStore) -> None:
-    store.upsert(
+    store.history.upsert(
         [
             record(None, window="1h", start="2026-11-02T06:00:00Z", stops=1),
             record("m2", window="1h", start="2026-11-02T06:00:00Z", stops=2),
@@ -422,13 +424,15 @@ def test_history_is_the_half_open_range_in_order(store: KpiStore) -> None:
     )
     start, end = at("2026-11-02T05:00:00Z"), at("2026-11-02T07:00:00Z")
     # window_start, then line, then machines before the line record, then window kind.
-    assert [r["stops"] for r in store.history(start, end)] == [6, 5, 7, 4, 3, 2, 1]
-    assert [r["stops"] for r in store.history(start, end, "1h")] == [5, 4, 3, 2, 1]
-    assert [r["stops"] for r in store.history(start, end, "1h", "l1")] == [5, 3, 2, 1]
-    assert [r["stops"] for r in store.history(start, end, None, "l1", "m1")] == [6, 5, 7, 3]
-    assert [r["stops"] for r in store.history(start, end, "1h", scope="line")] == [1]
+    assert [r["stops"] for r in store.history.history(start, end)] == [6, 5, 7, 4, 3, 2, 1]
+    assert [r["stops"] for r in store.history.history(start, end, "1h")] == [5, 4, 3, 2, 1]
+    assert [r["stops"] for r in store.history.history(start, end, "1h", "l1")] == [5, 3, 2, 1]
+    assert [r["stops"] for r in store.history.history(start, end, None, "l1", "m1")] == [6, 5, 7, 3]
+    assert [r["stops"] for r in store.history.history(start, end, "1h", scope="line")] == [1]
     # No end: everything from `start` on; an offset is just another way to say a time.
-    assert [r["stops"] for r in store.history(at("2026-11-02T07:00:00+01:00"), None, "1h")] == [
+    assert [
+        r["stops"] for r in store.history.history(at("2026-11-02T07:00:00+01:00"), None, "1h")
+    ] == [
         3,
         2,
         1,
@@ -438,14 +442,14 @@ def test_history_is_the_half_open_range_in_order(store: KpiStore) -> None:
 
 def test_history_wants_aware_times(store: KpiStore) -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        store.history(datetime(2026, 11, 2))  # noqa: DTZ001 - the point of the test
+        store.history.history(datetime(2026, 11, 2))  # noqa: DTZ001 - the point of the test
 
 
 # -- machines ------------------------------------------------------------------------------
 
 
 def test_machines_lists_the_config_with_the_latest_status(store: KpiStore) -> None:
-    store.upsert_status(
+    store.status.upsert(
         [
             {
                 "machine": "m3",
@@ -465,7 +469,7 @@ def test_machines_lists_the_config_with_the_latest_status(store: KpiStore) -> No
         ]
     )
     # An older status for m3, delivered late, changes nothing; a newer one for m1 does.
-    store.upsert_status(
+    store.status.upsert(
         [
             {"machine": "m3", "state": "running", "since": 0, "last_seen": 0},
             {
@@ -476,7 +480,7 @@ def test_machines_lists_the_config_with_the_latest_status(store: KpiStore) -> No
             },
         ]
     )
-    assert store.machines() == [
+    assert store.status.machines() == [
         {
             "machine": "m1",
             "line": "l1",
@@ -516,16 +520,16 @@ def test_machines_lists_the_config_with_the_latest_status(store: KpiStore) -> No
 )
 def test_a_bad_status_is_named(store: KpiStore, status: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidRecord, match=message):
-        store.upsert_status([status])
+        store.status.upsert([status])
 
 
 def test_a_machine_heard_from_before_its_first_state_has_a_null_state(store: KpiStore) -> None:
     # An analog tag or a counter can arrive before the machine's first state sample.
-    store.upsert_status([{"machine": "m1", "line": "l1", "state": None, "last_seen": 1000}])
-    heard = {row["machine"]: row for row in store.machines()}["m1"]
+    store.status.upsert([{"machine": "m1", "line": "l1", "state": None, "last_seen": 1000}])
+    heard = {row["machine"]: row for row in store.status.machines()}["m1"]
     assert (heard["state"], heard["last_seen"]) == (None, "1970-01-01T00:00:01Z")
-    store.upsert_status([{"machine": "m1", "line": "l1", "state": "running", "last_seen": 2000}])
-    rows = {row["machine"]: row for row in store.machines()}
+    store.status.upsert([{"machine": "m1", "line": "l1", "state": "running", "last_seen": 2000}])
+    rows = {row["machine"]: row for row in store.status.machines()}
     assert rows["m1"]["state"] == "running"
 
 
@@ -542,7 +546,7 @@ def hour_record(
 
 def seed_pareto(store: KpiStore) -> None:
     hour = "2026-11-02T06:00:00Z"
-    store.upsert(
+    store.history.upsert(
         [
             hour_record("m1", hour, {"jam": 120.0, "electrical": 60.0}),
             hour_record("m1", "2026-11-02T07:00:00Z", {"jam": 0.5}),
@@ -558,19 +562,19 @@ def seed_pareto(store: KpiStore) -> None:
 
 def test_pareto_sums_final_hours_of_machines(store: KpiStore) -> None:
     seed_pareto(store)
-    assert store.pareto() == [
+    assert store.history.pareto() == [
         {"reason": "material_shortage", "seconds": 300.0, "share": 300 / 510.5},
         {"reason": "jam", "seconds": 150.5, "share": 150.5 / 510.5},
         {"reason": "electrical", "seconds": 60.0, "share": 60 / 510.5},
     ]
-    assert store.pareto("l1", at("2026-11-02T06:00:00Z"), at("2026-11-02T07:00:00Z")) == [
+    assert store.history.pareto("l1", at("2026-11-02T06:00:00Z"), at("2026-11-02T07:00:00Z")) == [
         {"reason": "jam", "seconds": 150.0, "share": 150 / 210},
         {"reason": "electrical", "seconds": 60.0, "share": 60 / 210},
     ]
-    assert store.pareto("l1", start=at("2026-11-02T07:00:00Z")) == [
+    assert store.history.pareto("l1", start=at("2026-11-02T07:00:00Z")) == [
         {"reason": "jam", "seconds": 0.5, "share": 1.0}
     ]
-    assert store.pareto("l2", end=at("2026-11-02T06:00:00Z")) == []
+    assert store.history.pareto("l2", end=at("2026-11-02T06:00:00Z")) == []
 
 
 # -- the database --------------------------------------------------------------------------
@@ -578,11 +582,11 @@ def test_pareto_sums_final_hours_of_machines(store: KpiStore) -> None:
 
 def test_records_survive_a_restart(tmp_path: Path, plant: PlantConfig) -> None:
     with KpiStore(tmp_path / "kpi.duckdb", plant) as first:
-        first.upsert([record(final=True)])
-        first.upsert_status([{"machine": "m2", "state": "down", "last_seen": 0}])
+        first.history.upsert([record(final=True)])
+        first.status.upsert([{"machine": "m2", "state": "down", "last_seen": 0}])
     with KpiStore(tmp_path / "kpi.duckdb", plant) as second:
-        assert second.current() == [record(final=True)]
-        assert second.machines()[1]["state"] == "down"
+        assert second.history.current() == [record(final=True)]
+        assert second.status.machines()[1]["state"] == "down"
 
 
 def test_threads_read_while_one_writes(store: KpiStore) -> None:
@@ -594,7 +598,7 @@ def test_threads_read_while_one_writes(store: KpiStore) -> None:
     def read() -> set[int]:
         seen: set[int] = set()
         while not done.is_set():
-            rows = store.current(scope="machine")
+            rows = store.history.current(scope="machine")
             assert len({r["stops"] for r in rows}) <= 1  # one batch: one value for all
             seen |= {r["stops"] for r in rows}
         return seen
@@ -603,8 +607,24 @@ def test_threads_read_while_one_writes(store: KpiStore) -> None:
         readers = [pool.submit(read) for _ in range(3)]
         for i in range(batches):
             scopes = (("l1", "m1"), ("l1", "m2"), ("l2", "m3"))
-            store.upsert([record(m, line=ln, stops=i) for ln, m in scopes])
+            store.history.upsert([record(m, line=ln, stops=i) for ln, m in scopes])
         done.set()
         seen = set().union(*(reader.result(timeout=60) for reader in readers))
     assert seen <= set(range(batches))
-    assert [r["stops"] for r in store.current(scope="machine")] == [batches - 1] * 3
+    assert [r["stops"] for r in store.history.current(scope="machine")] == [batches - 1] * 3
+
+
+def test_the_stores_share_one_connection_that_the_facade_closes(tmp_path: Path) -> None:
+    """History, statuses and the stop log are one database: closing the store closes it
+    for all three, and a status batch commits its stops with it."""
+    store = KpiStore(tmp_path / "kpi.duckdb", plant_config())
+    store.history.upsert([record()])
+    store.status.upsert([{"machine": "m1", "state": "down", "since": 0, "last_seen": 0}])
+    assert [s["machine"] for s in store.stops.query()] == ["m1"]
+    store.close()
+    with pytest.raises(duckdb.ConnectionException):
+        store.history.current()
+    with pytest.raises(duckdb.ConnectionException):
+        store.status.machines()
+    with pytest.raises(duckdb.ConnectionException):
+        store.stops.query()

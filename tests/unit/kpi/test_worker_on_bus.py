@@ -91,18 +91,30 @@ async def run_until(worker: KpiWorker, done: Callable[[], bool], timeout_s: floa
         await asyncio.wait_for(task, 30)
 
 
-class ListStore:
-    """The materializer's store, as lists: what it was handed, in order."""
+class ListTable:
+    """A table of the materializer's store, as a list: what it was handed, in order."""
 
     def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-        self.statuses: list[dict[str, Any]] = []
+        self.rows: list[dict[str, Any]] = []
 
-    def upsert(self, records: list[dict[str, Any]]) -> None:
-        self.records += records
+    def upsert(self, rows: list[dict[str, Any]]) -> None:
+        self.rows += rows
 
-    def upsert_status(self, statuses: list[dict[str, Any]]) -> None:
-        self.statuses += statuses
+
+class ListStore:
+    """The materializer's store, as lists."""
+
+    def __init__(self) -> None:
+        self.history = ListTable()
+        self.status = ListTable()
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.history.rows
+
+    @property
+    def statuses(self) -> list[dict[str, Any]]:
+        return self.status.rows
 
 
 def telemetry_end(broker: InProcessBroker, config: PlantConfig) -> dict[int, int]:
