@@ -689,7 +689,17 @@ class SparkplugHost:
             return None
         node.rebirth_asked_ms = now_ms
         self.rebirths_asked += 1
-        log.warning("sparkplug %s/%s: asking for a rebirth: %s", where.group, where.edge, reason)
+        # Joining after a node's birth, the host asks for one: Sparkplug's normal start
+        # (INFO). A node whose birth was seen and that still sends what it did not declare
+        # has lost step with the host (WARNING).
+        log.log(
+            logging.WARNING if node.birth_seen else logging.INFO,
+            "sparkplug %s/%s: asking for a rebirth: %s%s",
+            where.group,
+            where.edge,
+            reason,
+            "" if node.birth_seen else " (joined after its birth)",
+        )
         return reason
 
 

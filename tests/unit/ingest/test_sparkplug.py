@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from linepulse.events import source_value
@@ -292,6 +294,25 @@ def test_data_before_any_birth_asks_for_one() -> None:
     _, letters = edge.batch.take()
     assert letters == []
     assert (edge.host.before_birth, edge.host.unknown_aliases) == (1, 0)
+
+
+def test_a_rebirth_asked_on_joining_late_is_info_one_asked_after_a_birth_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Joining after a node's birth, asking for one is Sparkplug's normal start; a node whose
+    birth was seen and still sends undeclared aliases has lost step with the host."""
+    caplog.set_level(logging.INFO, logger="services.ingest.sparkplug")
+    late = Edge(host())
+    late.send(sp.DDATA, [Metric(None, 1, 5, sp.UNKNOWN)], device="press1")
+    born_first = Edge(host())
+    born(born_first)
+    born_first.send(sp.DDATA, [Metric(None, 99, 1, sp.UNKNOWN)], device="press1")
+    asked = [(r.levelno, r.getMessage()) for r in caplog.records if "rebirth" in r.getMessage()]
+    prefix = "sparkplug G/edge1: asking for a rebirth: unknown alias"
+    assert asked == [
+        (logging.INFO, f"{prefix} 1 (joined after its birth)"),
+        (logging.WARNING, f"{prefix} 99"),
+    ]
 
 
 def test_seq_gap_asks_for_a_rebirth_and_wraps_at_255() -> None:
