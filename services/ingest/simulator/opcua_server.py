@@ -39,6 +39,8 @@ from services.ingest.simulator.layout import REASON_NODE
 from services.ingest.simulator.model import Event, MachineSpec, Value
 
 log = logging.getLogger(__name__)
+# The session timeout the simulator grants at most (asyncua's client default asks 1 h).
+SESSION_TIMEOUT_MS = 3_600_000
 
 NAMESPACE_URI = "urn:linepulse:simulator"
 _UINT32_MAX = 2**32 - 1
@@ -98,6 +100,10 @@ class OpcuaOutlet:
         # sends passwords in clear: true, and the point of a loopback simulator serving
         # security None; said once per start it reads as a fault on a first run.
         logging.getLogger("asyncua.server.server").setLevel(logging.ERROR)
+        # asyncua's client asks for a 1 h session; its server grants at most 10 min unless
+        # told otherwise, and the client warns of the revision at every connect. A PLC grants
+        # what it grants; the simulator grants what the ingester asks.
+        server.iserver.max_session_timeout_ms = SESSION_TIMEOUT_MS
         if self.source.security.mode != "None":
             log.warning(
                 "opcua %s: configured for %s, but the simulator serves security None only",
