@@ -84,10 +84,9 @@ from bench.throughput import (
     rate_text,
     run_peer,
     run_worker,
+    spawn_caught_up,
     timeout_for,
-    wait_caught_up,
     window_ms,
-    worker_cmd,
     workload,
 )
 from linepulse.bus.partitions import machine_homes
@@ -727,23 +726,12 @@ async def run_arrow(
     run: Run,
 ) -> None:
     what = "LinePulse, Arrow batches"
-    print(f"measuring: {what} ...", flush=True)
-    name = out / "worker-arrow"
-    child = Child(
-        name.name, worker_cmd(config, kafka.bootstrap, tmp / "state-arrow"), Path(f"{name}.log")
-    )
-    code: int | None = None
+    limit_s = timeout_for(args, args.events)
+    name, state_dir = out / "worker-arrow", tmp / "state-arrow"
+    child, caught = await spawn_caught_up(what, kafka, plant, config, state_dir, name, limit_s)
     latency: Latency | None = None
     api: Api | None = None
     try:
-        caught = await wait_caught_up(
-            kafka,
-            child,
-            plant.kafka.group,
-            plant.kafka.telemetry.name,
-            timeout_for(args, args.events),
-            Path(f"{name}-progress.csv"),
-        )
         if caught.ok and args.latency_seconds > 0:
             print("starting: linepulse api (materializer + HTTP) ...", flush=True)
             started = await start_api(config, kafka.bootstrap, tmp, out)

@@ -561,6 +561,36 @@ async def run_peer(
     run.rows.append(row)
 
 
+async def spawn_caught_up(
+    what: str,
+    kafka: Kafka,
+    plant: PlantConfig,
+    config: Path,
+    state_dir: Path,
+    name: Path,
+    limit_s: float,
+) -> tuple[Child, Caught]:
+    """Spawn a `linepulse kpi` worker (log `{name}.log`, progress `{name}-progress.csv`)
+    and wait until its group has committed every telemetry offset, or `limit_s`; the child
+    is still running when this returns (stopped if the wait fails), for the caller to
+    measure more or stop it."""
+    print(f"measuring: {what} ...", flush=True)
+    child = Child(name.name, worker_cmd(config, kafka.bootstrap, state_dir), Path(f"{name}.log"))
+    try:
+        caught = await wait_caught_up(
+            kafka,
+            child,
+            plant.kafka.group,
+            plant.kafka.telemetry.name,
+            limit_s,
+            Path(f"{name}-progress.csv"),
+        )
+    except BaseException:
+        child.stop()
+        raise
+    return child, caught
+
+
 async def run_worker(
     what: str,
     events: int,
@@ -571,20 +601,8 @@ async def run_worker(
     name: Path,
     limit_s: float,
 ) -> tuple[Throughput, dict[MinuteKey, dict[str, Any]]]:
-    print(f"measuring: {what} ...", flush=True)
-    child = Child(name.name, worker_cmd(config, kafka.bootstrap, state_dir), Path(f"{name}.log"))
-    code: int | None = None
-    try:
-        caught = await wait_caught_up(
-            kafka,
-            child,
-            plant.kafka.group,
-            plant.kafka.telemetry.name,
-            limit_s,
-            Path(f"{name}-progress.csv"),
-        )
-    finally:
-        code = child.stop()
+    child, caught = await spawn_caught_up(what, kafka, plant, config, state_dir, name, limit_s)
+    code = child.stop()
     row = Throughput(what, events, caught)
     topic_notes, minutes = await kpi_topic_notes(kafka, plant)
     row.notes = log_notes(what, child, code) + count_note(child, events) + topic_notes
