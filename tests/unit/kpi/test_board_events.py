@@ -70,6 +70,13 @@ def line_of(snapshot: dict[str, Any], line: str) -> dict[str, Any]:
     return next(entry for entry in snapshot["lines"] if entry["line"] == line)
 
 
+# The board's reason for every KPI of a machine that has no shift record yet.
+NO_SHIFT_RECORD_WHY = dict.fromkeys(
+    ("oee", "availability", "performance", "quality", "nee", "teep"),
+    "no shift record yet: no data from this shift",
+)
+
+
 def test_an_empty_store_gives_every_line_with_nothing_known(store: KpiStore) -> None:
     snapshot = build_snapshot(store.plant, store)
     assert snapshot["site"] == "plant-a"
@@ -89,11 +96,7 @@ def test_an_empty_store_gives_every_line_with_nothing_known(store: KpiStore) -> 
             "last_seen": None,
             "oee": None,
             "coverage": None,
-            # Every missing figure says why.
-            "why": dict.fromkeys(
-                ("oee", "availability", "performance", "quality", "nee", "teep"),
-                "no shift record yet: no data from this shift",
-            ),
+            "why": NO_SHIFT_RECORD_WHY,  # every missing figure says why
         }
         for m in ("m1", "m2")
     ]
@@ -206,10 +209,7 @@ def test_current_shift_kpis_machines_pareto_and_trend(store: KpiStore) -> None:
             "last_seen": None,
             "oee": None,
             "coverage": None,
-            "why": dict.fromkeys(
-                ("oee", "availability", "performance", "quality", "nee", "teep"),
-                "no shift record yet: no data from this shift",
-            ),
+            "why": NO_SHIFT_RECORD_WHY,
         },
     ]
     assert l1["trend"] == [
