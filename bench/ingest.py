@@ -7,13 +7,13 @@ It starts its own Kafka broker (bench/harness.py's `Broker`: deploy/kafka/kafka.
 loopback ports, data in a temporary folder) and its own Mosquitto (/usr/sbin/mosquitto,
 a temporary config on a free loopback port, queues unlimited so a persistent session can
 hold everything pre-published), and always stops both, also on Ctrl-C or SIGTERM. The
-ingesters and the KafkaSink run in this process, as `linepulse ingest` runs them.
+ingesters and the SpooledSink run in this process, as `linepulse ingest` runs them.
 Measured, one after the other:
 
 1. **MQTT JSON -> Kafka**: one sample a message on `plant/{line}/{machine}/{signal}`.
    The ingester's client id connects once (persistent session, its subscriptions), then
    `--publishers` `mosquitto_pub -l -q 1` processes pre-publish the messages, which the
-   broker queues for the session. Timed from `KafkaSink.start()` (topics already exist)
+   broker queues for the session. Timed from `SpooledSink.start()` (topics already exist)
    until the sink's counter of samples acknowledged by Kafka reaches N.
 2. **MQTT Sparkplug B -> Kafka**: NBIRTH, a DBIRTH per device (100 metrics with aliases),
    then DDATA messages of 100 aliased Double metrics each, published QoS 1 from this
@@ -22,7 +22,7 @@ Measured, one after the other:
 3. **OPC-UA -> Kafka**: `python -m tests.integration.opcua_server serve` in its own
    process (a PlcServer with asyncua's per-subscriber DataValue deep copy skipped: the
    stock server tops out near 6.5k changes/s and would measure itself) rewrites all its
-   Double nodes as fast as it can for S seconds; the OpcuaIngester + KafkaSink here count
+   Double nodes as fast as it can for S seconds; the OpcuaIngester + SpooledSink here count
    what reaches Kafka (publishing interval 100 ms, sampling 0, queue 1000).
 4. **Baselines**: (a) a plain aiokafka producer loop sending the same number of one-sample
    JSON records (default producer settings, linger 5 ms, all sends then one gather): the
@@ -82,10 +82,10 @@ from linepulse.config import PlantConfig, parse_config
 from linepulse.runtime import free_loopback_ports
 from linepulse.wire import decode_records
 from services.ingest import sparkplug
-from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.mqtt import MqttIngester
 from services.ingest.opcua import OpcuaIngester
+from services.ingest.spooled_sink import SpooledSink
 
 MOSQUITTO: Final = "/usr/sbin/mosquitto"
 
@@ -264,7 +264,7 @@ async def poll_until(check: Callable[[], bool], timeout_s: float) -> bool:
 
 
 async def ingest_until(
-    sink: KafkaSink, ingester_run: Any, expected: int, limit_s: float
+    sink: SpooledSink, ingester_run: Any, expected: int, limit_s: float
 ) -> tuple[float, int]:
     """Run the ingester until the sink has `expected` samples acknowledged (or stalls)."""
     stop = asyncio.Event()
@@ -391,7 +391,7 @@ async def mqtt_json(
     config = plant(tag, "json", tmp, machines, {"mqtt": [source]})
     await ensure_topics(bootstrap, config.kafka)
     ingest_metrics = IngestMetrics.create(CollectorRegistry())  # shared, as in production
-    sink = KafkaSink(config, bootstrap, config.ingest, ingest_metrics)
+    sink = SpooledSink(config, bootstrap, config.ingest, ingest_metrics)
     ingester = MqttIngester(config.sources.mqtt[0], config, sink, ingest_metrics)
     await create_session(port, client_id, ingester.subscriptions())
     sub_id = f"bench-sub-json-{tag}"
@@ -504,7 +504,7 @@ async def mqtt_sparkplug(
     config = plant(tag, "spb", tmp, devices, {"mqtt": [source]})
     await ensure_topics(bootstrap, config.kafka)
     ingest_metrics = IngestMetrics.create(CollectorRegistry())  # shared, as in production
-    sink = KafkaSink(config, bootstrap, config.ingest, ingest_metrics)
+    sink = SpooledSink(config, bootstrap, config.ingest, ingest_metrics)
     ingester = MqttIngester(config.sources.mqtt[0], config, sink, ingest_metrics)
     await create_session(port, client_id, ingester.subscriptions())
     sub_id = f"bench-sub-spb-{tag}"
@@ -585,7 +585,7 @@ async def opcua(args: argparse.Namespace, bootstrap: str, tmp: Path, run: Run) -
     if writer.stdout is None or writer.stdin is None:
         raise RuntimeError("the OPC-UA writer has no pipes")
     OUR_PIDS.append(writer.pid)
-    sink: KafkaSink | None = None
+    sink: SpooledSink | None = None
     try:
         if (await asyncio.wait_for(writer.stdout.readline(), 60)).strip() != b"READY":
             raise RuntimeError("the OPC-UA writer did not start")
@@ -607,7 +607,7 @@ async def opcua(args: argparse.Namespace, bootstrap: str, tmp: Path, run: Run) -
         config = plant(tag, "opcua", tmp, machines, {"opcua": [source]})
         await ensure_topics(bootstrap, config.kafka)
         ingest_metrics = IngestMetrics.create(CollectorRegistry())  # shared, as in production
-        live = sink = KafkaSink(config, bootstrap, config.ingest, ingest_metrics)
+        live = sink = SpooledSink(config, bootstrap, config.ingest, ingest_metrics)
         ingester = OpcuaIngester(config.sources.opcua[0], config, live, ingest_metrics)
         what = "OPC-UA -> Kafka"
         print(
@@ -752,7 +752,7 @@ def report(args: argparse.Namespace, run: Run, out: Path) -> None:
     for line in table(run.rows):
         print(line)
     print(
-        "(ingest rows: from KafkaSink.start() to the last sample acknowledged by Kafka; peak RSS "
+        "(ingest rows: from SpooledSink.start() to the last sample acknowledged by Kafka; peak RSS "
         "and CPU of this process, which runs ingester + sink; baseline rows: the producer "
         "loop, or the mosquitto_sub process)"
     )

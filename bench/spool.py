@@ -1,4 +1,4 @@
-"""Spool benchmark: the disk spool alone, and `KafkaSink` through a broker outage.
+"""Spool benchmark: the disk spool alone, and `SpooledSink` through a broker outage.
 
     python -m bench.spool                  # 10,000 samples/s for 60 s with the broker stopped
     python -m bench.spool --seconds 600    # the full proof: 10 minutes, 6,000,000 samples
@@ -14,8 +14,8 @@ are one column to count. Printed, in order:
    sample on disk.
 2. **baseline**: a plain aiokafka loop (idempotent, gzip, Arrow records of 5,000 samples on
    each line's home partition), the same samples, the broker up.
-3. **sink, broker up**: `KafkaSink.put` as fast as it takes them until all are acknowledged.
-4. **outage**: `--rate` samples/s into a `KafkaSink` with default settings; the broker is
+3. **sink, broker up**: `SpooledSink.put` as fast as it takes them until all are acknowledged.
+4. **outage**: `--rate` samples/s into a `SpooledSink` with default settings; the broker is
    stopped for `--seconds`, started again, and the feed goes on until the spool is
    drained. Then the topic is read back: lost and duplicated samples, spool peak, memory
    peak (the process's RSS high-water mark), catch-up time.
@@ -48,9 +48,9 @@ from linepulse.config import PlantConfig, parse_config
 from linepulse.events import normalize_frame
 from linepulse.sources import IngestSettings
 from linepulse.wire import ARROW, decode_records, encode_arrow
-from services.ingest.kafka_sink import COMPRESSION, KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.spool import Kind, Spool, decode_samples, encode_samples
+from services.ingest.spooled_sink import COMPRESSION, SpooledSink
 
 MACHINES: Final = 1_000
 RECORD_SAMPLES: Final = 5_000
@@ -181,7 +181,7 @@ async def bench_sink_up(
     plant: PlantConfig, bootstrap: str, work: Workload, samples: int, folder: Path
 ) -> None:
     metrics = IngestMetrics.create(CollectorRegistry())
-    sink = KafkaSink(plant, bootstrap, IngestSettings(spool_dir=folder), metrics)
+    sink = SpooledSink(plant, bootstrap, IngestSettings(spool_dir=folder), metrics)
     await sink.start()
     started = time.perf_counter()
     for n in range(0, samples, 1_000):
@@ -189,7 +189,7 @@ async def bench_sink_up(
     await sink.close(timeout_s=300)  # returns once everything is acknowledged
     took = time.perf_counter() - started
     print(
-        f"KafkaSink, broker up: {samples:,} samples put 1,000 at a time, "
+        f"SpooledSink, broker up: {samples:,} samples put 1,000 at a time, "
         f"{sink.sent_samples:,} acknowledged at close: {rate(sink.sent_samples, took)}"
     )
 
@@ -201,7 +201,7 @@ async def bench_outage(
     plant: PlantConfig, broker: Broker, work: Workload, args: argparse.Namespace, folder: Path
 ) -> None:
     settings = IngestSettings(spool_dir=folder)
-    sink = KafkaSink(plant, broker.bootstrap, settings, IngestMetrics.create(CollectorRegistry()))
+    sink = SpooledSink(plant, broker.bootstrap, settings, IngestMetrics.create(CollectorRegistry()))
     await sink.start()
     first = work.next
     fed = 0

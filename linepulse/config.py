@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 State = Literal["running", "idle", "down", "changeover", "planned_stop", "unknown"]
 STATES: frozenset[str] = frozenset(get_args(State))
 # States whose time counts as downtime (docs/kpi.md: `down`, `idle`, `changeover`).
-DOWNTIME_STATES: frozenset[str] = frozenset({"down", "idle", "changeover"})
+DowntimeState = Literal["down", "idle", "changeover"]
+DOWNTIME_STATES: frozenset[str] = frozenset(get_args(DowntimeState))
 
 CounterSignal = Literal["total_count", "good_count", "reject_count"]
 COUNTER_SIGNALS: tuple[str, ...] = get_args(CounterSignal)

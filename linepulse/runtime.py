@@ -150,6 +150,15 @@ class Component(Protocol):
     def served(self) -> Sequence[Served]: ...
 
 
+class Service(Component, Protocol):
+    """A component a command runs on its own (`linepulse kpi`, `alerts`, `ingest`)."""
+
+    async def wait_for_start(self, stop: asyncio.Event) -> bool:
+        """Wait for what the component needs before its tasks can start (the alerts
+        service waits for its topics, never creating them); False if `stop` came first."""
+        ...
+
+
 class StartRefused(Exception):
     """A service cannot start as configured (no sources, no rules, an unreadable token
     file): the message says why, and the command exits 2 without starting anything."""

@@ -221,8 +221,9 @@ class Alerts:
     def tasks(self) -> tuple[Task, ...]:
         return self.service.tasks
 
-    async def wait_for_topics(self, stop: asyncio.Event) -> bool:
-        """See `AlertService.wait_for_topics`: False if `stop` came first."""
+    async def wait_for_start(self, stop: asyncio.Event) -> bool:
+        """The topics the followers read (see `AlertService.wait_for_topics`): False if
+        `stop` came first."""
         return await self.service.wait_for_topics(stop)
 
 

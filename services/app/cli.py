@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, TypeVar, get_args
 
@@ -23,7 +24,11 @@ from linepulse.config import WINDOW_KINDS, ConfigError, PlantConfig, WindowKind,
 from linepulse.events import EventError, parse_ts
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from linepulse.bus import KafkaClients
     from linepulse.http.settings import TlsSettings
+    from linepulse.runtime import Service
     from services.alerts.service import AlertsSettings
     from services.ingest.service import IngestServiceSettings
     from services.ingest.simulator.scenario import Scenario
@@ -352,25 +357,43 @@ def _serve(
         raise typer.Exit(_run_on_kafka(_run_kpi(settings)))
 
 
-async def _run_kpi(settings: KpiSettings) -> int:
+Settings = TypeVar("Settings")
+
+
+async def _run_service(
+    open_component: Callable[
+        [Settings, KafkaClients, CollectorRegistry], AbstractAsyncContextManager[Service]
+    ],
+    settings: Settings,
+    plant: PlantConfig,
+    stopping: str,
+) -> int:
+    """One service on Kafka (with the config's TLS/SASL for every client) from start to a
+    signal: opened, waited for, run until stopped, closed. 2 if it refuses to start."""
     from prometheus_client import CollectorRegistry
 
     from linepulse.bus.clients import AioKafkaClients
     from linepulse.runtime import StartRefused, run_until_stop, stop_on_signals
-    from services.kpi.service import open_kpi
 
-    stop = stop_on_signals("stopping (finish the batch, checkpoint, commit, leave)")
-    clients = AioKafkaClients(settings.plant.kafka.security)  # TLS/SASL for every client
+    stop = stop_on_signals(stopping)
+    clients = AioKafkaClients(plant.kafka.security)
     try:
-        async with (
-            open_kpi(settings, clients, CollectorRegistry()) as kpi,
-            run_until_stop(stop) as running,
-        ):
-            running.add(kpi)
+        async with open_component(settings, clients, CollectorRegistry()) as component:
+            if not await component.wait_for_start(stop):
+                return 0
+            async with run_until_stop(stop) as running:
+                running.add(component)
     except StartRefused as refused:
         log.error("%s", refused)
         return 2
     return 0
+
+
+async def _run_kpi(settings: KpiSettings) -> int:
+    from services.kpi.service import open_kpi
+
+    stopping = "stopping (finish the batch, checkpoint, commit, leave)"
+    return await _run_service(open_kpi, settings, settings.plant, stopping)
 
 
 @app.command("kpi")
@@ -469,24 +492,14 @@ def ingest_command(
 
 
 async def _run_ingest(settings: IngestServiceSettings) -> int:
-    from prometheus_client import CollectorRegistry
-
-    from linepulse.bus.clients import AioKafkaClients
-    from linepulse.runtime import run_until_stop, stop_on_signals
     from services.ingest.service import open_ingest
 
     sources = settings.plant.sources
     if not sources.opcua and not sources.mqtt:
         log.error("the plant config has no sources (sources.opcua, sources.mqtt): nothing to read")
         return 2
-    stop = stop_on_signals("stopping (flush the ingesters, send or spool what is held)")
-    clients = AioKafkaClients(settings.plant.kafka.security)
-    async with (
-        open_ingest(settings, clients, CollectorRegistry()) as ingest,
-        run_until_stop(stop) as running,
-    ):
-        running.add(ingest)
-    return 0
+    stopping = "stopping (flush the ingesters, send or spool what is held)"
+    return await _run_service(open_ingest, settings, settings.plant, stopping)
 
 
 @app.command("alerts")
@@ -522,27 +535,13 @@ def alerts_command(
 
 async def _run_alerts(settings: AlertsSettings) -> int:
     """The alerts service once its topics exist (it never creates them), until stopped."""
-    from prometheus_client import CollectorRegistry
-
-    from linepulse.bus.clients import AioKafkaClients
-    from linepulse.runtime import StartRefused, run_until_stop, stop_on_signals
     from services.alerts.service import open_alerts
 
     if not settings.plant.alerts.rules:
         log.error("the plant config has no alert rules (alerts.rules): nothing to evaluate")
         return 2
-    stop = stop_on_signals("stopping (the outbox keeps what is undelivered)")
-    clients = AioKafkaClients(settings.plant.kafka.security)
-    try:
-        async with open_alerts(settings, clients, CollectorRegistry()) as alerts:
-            if not await alerts.wait_for_topics(stop):
-                return 0
-            async with run_until_stop(stop) as running:
-                running.add(alerts)
-    except StartRefused as refused:
-        log.error("%s", refused)
-        return 2
-    return 0
+    stopping = "stopping (the outbox keeps what is undelivered)"
+    return await _run_service(open_alerts, settings, settings.plant, stopping)
 
 
 @app.command("demo")

@@ -53,12 +53,12 @@ from linepulse.runtime import (
     stop_on_signals,
 )
 from services.alerts.service import AlertsSettings, open_alerts
-from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.service import ingesters
 from services.ingest.simulator.history import History, onto_sink, previous_shift_start
 from services.ingest.simulator.model import Behaviour
 from services.ingest.simulator.run import run_simulator
+from services.ingest.spooled_sink import SpooledSink
 from services.kpi.service import ApiSettings, KpiSettings, open_kpi
 from services.kpi.store import KpiStore
 
@@ -175,7 +175,7 @@ async def _run(
     spool = plant.ingest.model_copy(
         update={"spool_dir": state / "spool", "memory_samples": DEMO_MEMORY_SAMPLES}
     )
-    sink = KafkaSink(plant, bootstrap, spool, ingest_metrics, clients=clients)
+    sink = SpooledSink(plant, bootstrap, spool, ingest_metrics, clients=clients)
     await sink.start()
     token = secrets.token_hex(12)
     # Reason coding on the board is a write: the KPI API takes it with this token only.

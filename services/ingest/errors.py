@@ -43,4 +43,4 @@ class SpoolError(IngestError):
 
 class SinkClosedError(IngestError, RuntimeError):
     """`put` or `dead_letter` after the Kafka sink's `close()`
-    (services/ingest/kafka_sink.py)."""
+    (services/ingest/spooled_sink.py)."""

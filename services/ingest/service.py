@@ -9,6 +9,7 @@ composition root runs the tasks until it is told to stop (linepulse/runtime.py).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -23,16 +24,16 @@ from linepulse.bus import KafkaClients
 from linepulse.config import PlantConfig
 from linepulse.http.api import metrics_response
 from linepulse.runtime import HttpSettings, Served, Task
-from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.mqtt import MqttIngester
 from services.ingest.opcua import OpcuaIngester
 from services.ingest.samples import Sink
+from services.ingest.spooled_sink import SpooledSink
 
 log = logging.getLogger(__name__)
 
 
-def create_app(plant: PlantConfig, sink: KafkaSink, registry: CollectorRegistry) -> FastAPI:
+def create_app(plant: PlantConfig, sink: SpooledSink, registry: CollectorRegistry) -> FastAPI:
     """/metrics for Prometheus and /healthz: the process is up, and what it is waiting on."""
     app = FastAPI(title="LinePulse ingest", version="0.1.0")
     metrics_registry = registry
@@ -82,7 +83,11 @@ class Ingest:
 
     tasks: tuple[Task, ...]
     served: tuple[Served, ...]
-    sink: KafkaSink
+    sink: SpooledSink
+
+    async def wait_for_start(self, stop: asyncio.Event) -> bool:
+        """Nothing to wait for: while Kafka is away the sink spools."""
+        return True
 
 
 @contextlib.asynccontextmanager
@@ -96,7 +101,7 @@ async def open_ingest(
     # logs the outage itself (lost, still away with how much is waiting, back).
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     metrics = IngestMetrics.create(registry)
-    sink = KafkaSink(plant, bootstrap, plant.ingest, metrics, clients=clients)
+    sink = SpooledSink(plant, bootstrap, plant.ingest, metrics, clients=clients)
     await sink.start()
     try:
         log.info("ingest: spool in %s (used while Kafka is away)", plant.ingest.spool_dir)

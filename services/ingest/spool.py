@@ -23,7 +23,7 @@ Rules that keep it correct:
   as a segment ahead of the rest.
 
 Everything here is plain synchronous file I/O with no clock and no asyncio, so the unit
-tests drive it directly; the Kafka side (`kafka_sink.py`) decides when to call it.
+tests drive it directly; the Kafka side (`spooled_sink.py`) decides when to call it.
 """
 
 from __future__ import annotations

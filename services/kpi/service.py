@@ -13,6 +13,7 @@ otherwise (linepulse/bus/topics.py).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -71,6 +72,10 @@ class Kpi:
     @property
     def ready(self) -> bool:
         return self.materializer is None or self.materializer.ready
+
+    async def wait_for_start(self, stop: asyncio.Event) -> bool:
+        """Nothing to wait for: `open_kpi` has made sure of its topics."""
+        return True
 
 
 @contextlib.asynccontextmanager

@@ -35,6 +35,7 @@ aware datetimes).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -237,11 +238,12 @@ class StopLog:
         since: datetime | None = None,
         until: datetime | None = None,
         unassigned: bool | None = None,
+        states: Sequence[str] | None = None,
         limit: int = 100,
     ) -> list[dict[str, Any]]:
         """Stops newest first (by start), filtered; `since`/`until` bound the stop's
         start, [since, until); `unassigned` True: only stops still coded `unassigned`,
-        False: only coded ones, None: all."""
+        False: only coded ones, None: all; `states`: only stops in one of them."""
         where: list[str] = []
         params: list[Any] = []
         for column, value, op in (
@@ -256,6 +258,9 @@ class StopLog:
         if unassigned is not None:
             where.append("reason = ?" if unassigned else "reason <> ?")
             params.append(UNASSIGNED)
+        if states:
+            where.append("list_contains(?, state)")
+            params.append(list(states))
         sql = f"SELECT {_STOP_COLUMNS} FROM stops"  # noqa: S608 - constants only
         if where:
             sql += " WHERE " + " AND ".join(where)

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from linepulse.bus import AIOKAFKA, KafkaClients, Producer
 from linepulse.bus.partitions import home_partition
-from linepulse.config import PlantConfig
+from linepulse.config import DowntimeState, PlantConfig
 from linepulse.events import parse_ts
 from linepulse.production import UNASSIGNED, ReasonCategory
 from services.kpi.errors import BadRequest, Conflict, NotFound, Unavailable
@@ -108,7 +108,7 @@ class Stop(BaseModel):
     start: str = Field(description="when the downtime state began, RFC 3339 UTC")
     end: str | None = Field(description="when the machine's next state began; null while open")
     duration_s: float | None = Field(description="end - start; null while open")
-    state: str = Field(description="`down`, `idle` or `changeover`")
+    state: DowntimeState = Field(description="`down`, `idle` or `changeover`")
     reason: str = Field(description="the current reason code (`unassigned` without one)")
     original_reason: str = Field(description="the code the machine sent (`unassigned` if none)")
     planned: bool = Field(description="the reason is a planned code of the machine's tree")
@@ -184,7 +184,9 @@ def stops_router(
         description=(
             "Downtime (`down`, `idle`, `changeover`) per machine, from the machine states, "
             "newest first; `since`/`until` bound the stop's start, [since, until). "
-            "`unassigned=true`: only stops without a reason; `false`: only coded ones."
+            "`unassigned=true`: only stops without a reason; `false`: only coded ones. "
+            "`state` (repeatable): only stops in these states, e.g. `state=down&state=idle` "
+            "for the stops an operator codes."
         ),
     )
     def list_stops(
@@ -193,13 +195,22 @@ def stops_router(
         since: Annotated[str | None, Query(description="start, inclusive")] = None,
         until: Annotated[str | None, Query(description="end, exclusive")] = None,
         unassigned: Annotated[bool | None, Query(description="only (un)coded stops")] = None,
+        state: Annotated[
+            list[DowntimeState] | None, Query(description="only stops in these states")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
     ) -> Response:
         check_scope(line, machine)
         start = None if since is None else parse_time(since, "since")
         end = None if until is None else parse_time(until, "until")
         stops = stop_log.query(
-            line=line, machine=machine, since=start, until=end, unassigned=unassigned, limit=limit
+            line=line,
+            machine=machine,
+            since=start,
+            until=end,
+            unassigned=unassigned,
+            states=state,
+            limit=limit,
         )
         return _json(stops)
 

@@ -1,4 +1,4 @@
-"""KafkaSink against real brokers: rows, partitions and order on the telemetry topic, dead
+"""SpooledSink against real brokers: rows, partitions and order on the telemetry topic, dead
 letters on the DLQ, and no loss through a broker outage, a restart with a spool on disk and
 a full spool.
 
@@ -25,9 +25,9 @@ from linepulse.bus.partitions import machine_homes
 from linepulse.config import PlantConfig, parse_config
 from linepulse.sources import IngestSettings
 from linepulse.wire import ARROW, content_type, decode_records
-from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.samples import DeadLetter
+from services.ingest.spooled_sink import SpooledSink
 from tests.integration.conftest import KafkaBroker
 from tests.telemetry_samples import numbered_samples as samples
 
@@ -146,7 +146,7 @@ async def test_samples_arrive_on_their_home_partition_in_put_order(
     plant = make_plant(f"sink-{uuid.uuid4().hex[:8]}")
     names = [*machines(plant), GHOST]
     registry = CollectorRegistry()
-    sink = KafkaSink(plant, kafka, make_settings(tmp_path), IngestMetrics.create(registry))
+    sink = SpooledSink(plant, kafka, make_settings(tmp_path), IngestMetrics.create(registry))
     await sink.start()
     total = 0
     for size in (1, 7, 499, 500, 501, 2_000, 3_333):
@@ -169,7 +169,7 @@ async def test_samples_arrive_on_their_home_partition_in_put_order(
 async def test_dead_letters_arrive_with_reason_and_raw(kafka: str, tmp_path: Path) -> None:
     plant = make_plant(f"sink-{uuid.uuid4().hex[:8]}")
     registry = CollectorRegistry()
-    sink = KafkaSink(plant, kafka, make_settings(tmp_path), IngestMetrics.create(registry))
+    sink = SpooledSink(plant, kafka, make_settings(tmp_path), IngestMetrics.create(registry))
     await sink.start()
     letters = [
         DeadLetter("mqtt-1:plant/l1/zz/state", "unknown machine 'zz'", b'{"value": 1}'),
@@ -217,7 +217,7 @@ async def test_a_broker_outage_loses_nothing_and_keeps_order(
     names = [*machines(plant), GHOST]
     registry = CollectorRegistry()
     settings = make_settings(tmp_path, memory_samples=5_000, batch_samples=1_000, linger_ms=50)
-    sink = KafkaSink(plant, broker.bootstrap, settings, IngestMetrics.create(registry))
+    sink = SpooledSink(plant, broker.bootstrap, settings, IngestMetrics.create(registry))
     await sink.start()
     step, every_s = 100, 0.05  # about 2,000 samples/s
     total = 0
@@ -260,7 +260,9 @@ async def test_a_restart_sends_the_spool_left_by_a_close_during_an_outage(
     plant = make_plant("restart")
     names = [*machines(plant), GHOST]
     settings = make_settings(tmp_path, memory_samples=2_000, batch_samples=400)
-    first = KafkaSink(plant, broker.bootstrap, settings, IngestMetrics.create(CollectorRegistry()))
+    first = SpooledSink(
+        plant, broker.bootstrap, settings, IngestMetrics.create(CollectorRegistry())
+    )
     await first.start()
     await first.put(samples(0, 1_000, names))
     await wait_for(lambda: first.sent_samples == 1_000, "the first samples to be acknowledged")
@@ -273,7 +275,9 @@ async def test_a_restart_sends_the_spool_left_by_a_close_during_an_outage(
     assert spooled, "a close during an outage must leave the rest on disk"
 
     await asyncio.to_thread(broker.start)
-    second = KafkaSink(plant, broker.bootstrap, settings, IngestMetrics.create(CollectorRegistry()))
+    second = SpooledSink(
+        plant, broker.bootstrap, settings, IngestMetrics.create(CollectorRegistry())
+    )
     await second.start()
     assert second.spooled_samples == 9_000
     await second.put(samples(10_000, 500, names))
@@ -294,7 +298,7 @@ async def test_a_full_spool_holds_put_until_the_broker_returns(
     settings = make_settings(
         tmp_path, memory_samples=2_000, batch_samples=1_000, spool_max_bytes=1024 * 1024
     )
-    sink = KafkaSink(plant, broker.bootstrap, settings, IngestMetrics.create(registry))
+    sink = SpooledSink(plant, broker.bootstrap, settings, IngestMetrics.create(registry))
     await sink.start()
     assert not sink.kafka_up
     step = 1_000

@@ -38,8 +38,8 @@ from linepulse.events import EVENT_SCHEMA
 from linepulse.runtime import free_loopback_ports
 from linepulse.sources import IngestSettings
 from linepulse.wire import decode_records
-from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
+from services.ingest.spooled_sink import SpooledSink
 from tests.cli_command import LINEPULSE
 from tests.integration.conftest import START_TIMEOUT_S, STOP_TIMEOUT_S, kafka_sh, require_java
 from tests.integration.pki import Issued, TestCa
@@ -418,7 +418,7 @@ async def test_the_ingest_sink_over_mutual_tls(secure_kafka: SecureBroker, tmp_p
             },
         }
     )
-    sink = KafkaSink(
+    sink = SpooledSink(
         plant,
         secure_kafka.ssl,
         IngestSettings(spool_dir=tmp_path / "spool"),

@@ -31,8 +31,8 @@ from linepulse.bus.topics import TopicLayoutError, TopicsMissingError, ensure_to
 from linepulse.config import PlantConfig, load_config
 from linepulse.runtime import free_loopback_ports
 from services.alerts.service import AlertService
-from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
+from services.ingest.spooled_sink import SpooledSink
 from tests.cli_command import LINEPULSE
 from tests.integration.conftest import KafkaBroker
 from tests.integration.test_kpi_worker import start_cli
@@ -145,7 +145,7 @@ async def test_every_service_refuses_auto_created_topics(kafka: str, tmp_path: P
             assert kpi not in message  # produce uses the telemetry topic only
 
     # The ingester's Kafka side (what `linepulse ingest` starts first) refuses too.
-    sink = KafkaSink(
+    sink = SpooledSink(
         plant,
         kafka,
         plant.ingest.model_copy(update={"spool_dir": tmp_path / "spool"}),

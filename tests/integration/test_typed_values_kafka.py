@@ -20,10 +20,10 @@ from linepulse.config import PlantConfig, parse_config
 from linepulse.events import to_json_events
 from linepulse.sources import IngestSettings
 from linepulse.wire import MSGPACK, decode_records, encode_msgpack
-from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.samples import SampleBatch
 from services.ingest.spool import Kind, Spool, encode_samples
+from services.ingest.spooled_sink import SpooledSink
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ async def test_values_keep_their_type_through_the_spool_kafka_and_every_format(
     left.append(Kind.SAMPLES, 0, spooled.height, encode_samples(spooled))
     left.close()
 
-    sink = KafkaSink(plant, kafka, settings, IngestMetrics.create(CollectorRegistry()))
+    sink = SpooledSink(plant, kafka, settings, IngestMetrics.create(CollectorRegistry()))
     await sink.start()  # sends the spool first
     await sink.put(ingested(T0 + 100))
     await sink.close(timeout_s=WAIT_S)

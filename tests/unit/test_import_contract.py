@@ -15,3 +15,18 @@ def test_the_layers_and_the_independent_services_are_kept(
 ) -> None:
     code = lint_imports(config_filename=str(PYPROJECT), no_cache=True, no_logo=True)
     assert code == 0, capsys.readouterr().out
+
+
+def test_every_module_under_services_is_in_a_layer() -> None:
+    """The contract names `services.app` and the three services; a module or package put
+    directly under `services/` would be in no layer and free to import anything."""
+    layered = {"app", "ingest", "kpi", "alerts"}
+    services = PYPROJECT.parent / "services"
+    stray = sorted(
+        entry.name
+        for entry in services.iterdir()
+        if entry.name not in layered
+        and entry.name != "__init__.py"
+        and (entry.suffix == ".py" or (entry / "__init__.py").is_file())
+    )
+    assert not stray, f"modules under services/ in no layer of pyproject.toml: {stray}"

@@ -515,7 +515,9 @@
       panel.note, panel.list);
 
     async function refresh() {
-      const query = "line=" + encodeURIComponent(lineId) + (panel.all ? "" : "&unassigned=true") + "&limit=" + STOPS_LIMIT;
+      // Only the states an operator codes (down, idle): an ongoing changeover is not one.
+      const states = codeStates.map((state) => "&state=" + encodeURIComponent(state)).join("");
+      const query = "line=" + encodeURIComponent(lineId) + (panel.all ? "" : "&unassigned=true") + states + "&limit=" + STOPS_LIMIT;
       let stops;
       try {
         const response = await fetch("/v1/stops?" + query, { cache: "no-store" });
@@ -531,10 +533,8 @@
       showStops(stops);
     }
 
-    function showStops(all) {
+    function showStops(stops) {
       const now = Date.now();
-      // Only stops (down, idle) are offered: an ongoing changeover is not one to code.
-      const stops = all.filter((s) => !s.state || codeStates.includes(s.state));
       const ids = new Set(stops.map((s) => String(s.id)));
       let merged = false;
       for (const [id, kept] of panel.coded) {

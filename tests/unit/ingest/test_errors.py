@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 
 from linepulse.errors import LinePulseError
-from services.ingest import errors, kafka_sink, mqtt_payload, opcua_values, sparkplug, spool
+from services.ingest import errors, mqtt_payload, opcua_values, sparkplug, spool, spooled_sink
 
 RAISED_BY = [
     (errors.PayloadError, mqtt_payload.PayloadError, ValueError),
     (errors.SparkplugError, sparkplug.SparkplugError, ValueError),
     (errors.UnsupportedValue, opcua_values.UnsupportedValue, ValueError),
     (errors.SpoolError, spool.SpoolError, Exception),
-    (errors.SinkClosedError, kafka_sink.SinkClosedError, RuntimeError),
+    (errors.SinkClosedError, spooled_sink.SinkClosedError, RuntimeError),
 ]
 
 

@@ -15,9 +15,9 @@ from linepulse.bus.topics import ensure_topics
 from linepulse.config import PlantConfig
 from linepulse.sources import IngestSettings
 from linepulse.wire import decode_records
-from services.ingest.kafka_sink import KafkaSink
 from services.ingest.metrics import IngestMetrics
 from services.ingest.samples import DeadLetter
+from services.ingest.spooled_sink import SpooledSink
 from tests.telemetry_samples import four_line_plant
 from tests.telemetry_samples import numbered_samples as samples
 
@@ -35,7 +35,9 @@ async def test_the_sink_delivers_on_the_in_process_bus(tmp_path: Path) -> None:
     await ensure_topics("in-process", plant.kafka, clients)
     registry = CollectorRegistry()
     settings = IngestSettings(spool_dir=tmp_path / "spool", batch_samples=200)
-    sink = KafkaSink(plant, "in-process", settings, IngestMetrics.create(registry), clients=clients)
+    sink = SpooledSink(
+        plant, "in-process", settings, IngestMetrics.create(registry), clients=clients
+    )
     names = [m.id for line in plant.lines for m in line.machines]
     await sink.start()
     assert sink.kafka_up is False  # up once the first send is acknowledged

@@ -298,6 +298,25 @@ def corrections_sent(broker: InProcessBroker, plant: PlantConfig) -> list[tuple[
     ]
 
 
+def test_stops_by_state_leave_changeovers_out_for_coding(
+    client: TestClient, store: KpiStore
+) -> None:
+    """The board asks for `state=down&state=idle`: a changeover is downtime but not a
+    stop an operator codes; an unknown state is a 422 naming the choices."""
+    store.status.upsert(
+        [status("m1", "down", 5), status("m3", "changeover", 9), status("m2", "idle", 12)]
+    )
+    assert [s["state"] for s in store.stops.query(states=["down", "idle"])] == ["idle", "down"]
+    body = call(client, "GET", "/v1/stops?state=down&state=idle", 200)
+    assert [(s["machine"], s["state"]) for s in body] == [("m2", "idle"), ("m1", "down")]
+    assert [s["state"] for s in call(client, "GET", "/v1/stops?state=changeover", 200)] == [
+        "changeover"
+    ]
+    assert len(call(client, "GET", "/v1/stops", 200)) == 3
+    refused = call(client, "GET", "/v1/stops?state=running", 422)
+    assert "changeover" in str(refused)
+
+
 def test_reason_trees(client: TestClient) -> None:
     site = call(client, "GET", "/v1/reasons", 200)
     assert site == {

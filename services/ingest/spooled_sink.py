@@ -171,7 +171,7 @@ class _Unit:
         return frame.height, encode_samples(frame)
 
 
-class KafkaSink:
+class SpooledSink:
     """Validated samples and dead letters onto the bus through outages; see the module doc.
 
     `clients` makes the producer (default: aiokafka's, with the plant's `kafka.security`);
