@@ -35,16 +35,24 @@ aware datetimes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
 import duckdb
+import polars as pl
 
 from linepulse.config import DOWNTIME_STATES, PlantConfig
 from linepulse.production import UNASSIGNED
-from services.kpi.database import Database, epoch_ms, iso, naive_utc, optional_naive_utc
+from services.kpi.database import (
+    Database,
+    epoch_ms,
+    iso,
+    naive_utc,
+    optional_naive_utc,
+    write_staged,
+)
 
 STOPS_DDL: Final = (
     "CREATE TABLE IF NOT EXISTS stops ("
@@ -59,6 +67,12 @@ AUDIT_DDL: Final = (
     'seq INTEGER NOT NULL, old_reason VARCHAR NOT NULL, new_reason VARCHAR NOT NULL, "by" '
     'VARCHAR NOT NULL, "at" TIMESTAMP NOT NULL, note VARCHAR, PRIMARY KEY (stop_id, seq))'
 )
+# Every status's start, downtime or not: a stop that arrives after the status that ended
+# it (statuses replayed out of order) still ends there.
+MARKS_DDL: Final = (
+    "CREATE TABLE IF NOT EXISTS status_marks ("
+    "machine VARCHAR NOT NULL, since TIMESTAMP NOT NULL, PRIMARY KEY (machine, since))"
+)
 _STOP_COLUMNS: Final = (
     'id, machine, line, start, "end", state, reason, original_reason, corrections, '
     "corrected_by, corrected_at"
@@ -66,23 +80,59 @@ _STOP_COLUMNS: Final = (
 _AUDIT_COLUMNS: Final = (
     'stop_id, machine, stop_start, seq, old_reason, new_reason, "by", "at", note'
 )
-# A status at `since` ends the machine's earlier stops by then.
-_CLOSE: Final = (
-    'UPDATE stops SET "end" = ? WHERE machine = ? AND start < ? AND ("end" IS NULL OR "end" > ?)'
-)
-# A downtime status opens its stop; the machine's code follows a replay until an operator
-# has corrected it. A new stop behind known later statuses ends by the first of them.
+# The statuses of a batch are applied to the stops as three statements, whatever the
+# batch's size (one pair per status took ~1 ms each, and a backlog of statuses held the
+# materializer for seconds). `staging` is the batch, registered per statement.
+#
+# A downtime status opens its stop (`staging`: the batch's downtime statuses, the last per
+# stop id); the machine's code follows a replay until an operator has corrected it.
 _OPEN: Final = (
     'INSERT INTO stops (id, machine, line, start, "end", state, original_reason, reason) '
-    "SELECT $id, $machine, $line, $start, "
-    "  least((SELECT min(s.start) FROM stops AS s WHERE s.machine = $machine AND s.start > $start),"
-    "        (SELECT max(m.since) FROM machine_status AS m"
-    "          WHERE m.machine = $machine AND m.since > $start)), "
-    "  $state, $reason, $reason "
+    "SELECT id, machine, line, start, NULL, state, reason, reason FROM staging "
     "ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, "
     "original_reason = EXCLUDED.original_reason, "
     "reason = CASE WHEN corrections > 0 THEN reason ELSE EXCLUDED.reason END"
 )
+# A status at `since` ends the machine's earlier stops by then (`staging`: every status of
+# the batch, downtime or not): a stop ends at the first status after its start.
+_CLOSE: Final = (
+    'UPDATE stops SET "end" = x.next FROM ('
+    "  SELECT s.id, min(m.since) AS next FROM stops AS s"
+    "  JOIN staging AS m ON m.machine = s.machine AND m.since > s.start GROUP BY s.id"
+    ') AS x WHERE stops.id = x.id AND (stops."end" IS NULL OR stops."end" > x.next)'
+)
+# The batch's statuses remembered (`staging`: every status of the batch).
+_MARK: Final = (
+    "INSERT INTO status_marks (machine, since) SELECT DISTINCT machine, since FROM staging "
+    "ON CONFLICT DO NOTHING"
+)
+# A stop opened behind known later statuses (read out of order, or by a store that
+# predates the stops table) ends by the first of them: a later status, a later stop, or
+# the machine's latest status (`staging`: the stops the batch opened).
+_CAP: Final = (
+    'UPDATE stops SET "end" = x.next FROM ('
+    "  SELECT n.id, least("
+    "    (SELECT min(k.since) FROM status_marks AS k"
+    "      WHERE k.machine = n.machine AND k.since > n.start),"
+    "    (SELECT min(s.start) FROM stops AS s WHERE s.machine = n.machine AND s.start > n.start),"
+    "    (SELECT max(m.since) FROM machine_status AS m"
+    "      WHERE m.machine = n.machine AND m.since > n.start)) AS next"
+    "  FROM staging AS n"
+    ") AS x WHERE stops.id = x.id AND x.next IS NOT NULL "
+    'AND (stops."end" IS NULL OR stops."end" > x.next)'
+)
+_MARKS_SCHEMA: Final[Mapping[str, pl.DataType]] = {
+    "machine": pl.String(),
+    "since": pl.Datetime("us"),
+}
+_OPENS_SCHEMA: Final[Mapping[str, pl.DataType]] = {
+    "id": pl.String(),
+    "machine": pl.String(),
+    "line": pl.String(),
+    "start": pl.Datetime("us"),
+    "state": pl.String(),
+    "reason": pl.String(),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +161,7 @@ class StopLog:
         with db.writing() as cur:
             cur.execute(STOPS_DDL)
             cur.execute(AUDIT_DDL)
+            cur.execute(MARKS_DDL)
         machines = plant.machines()
         self._lines = {m: line.id for m, (line, _) in machines.items()}
         self._planned = {m: plant.planned_reasons(machine) for m, (_, machine) in machines.items()}
@@ -119,29 +170,42 @@ class StopLog:
     # -- from statuses -----------------------------------------------------------------
 
     def apply(self, cur: duckdb.DuckDBPyConnection, rows: list[StatusRow]) -> None:
-        """Open and close stops for statuses in arrival order, inside the caller's
-        transaction (under the database's write lock); `forget()` if that transaction is
-        rolled back."""
+        """Open and close stops for statuses (in arrival order, which decides the code of a
+        stop delivered twice), inside the caller's transaction (under the database's
+        write lock); `forget()` if that transaction is rolled back. Every stop ends at the
+        first status after its start, whatever order the statuses came in."""
+        marks: list[tuple[str, datetime]] = []
+        opens: dict[str, tuple[str, str, str, datetime, str, str]] = {}
         for row in rows:
             if row.since is None or row.state is None:
                 continue  # no state yet: nothing starts or ends
             key = (row.since, row.state, row.reason)
             if self._applied.get(row.machine) == key:
                 continue
-            cur.execute(_CLOSE, [row.since, row.machine, row.since, row.since])
+            marks.append((row.machine, row.since))
             if row.state in DOWNTIME_STATES:
-                cur.execute(
-                    _OPEN,
-                    {
-                        "id": stop_id(row.machine, row.since),
-                        "machine": row.machine,
-                        "line": row.line or self._lines.get(row.machine, ""),
-                        "start": row.since,
-                        "state": row.state,
-                        "reason": row.reason or UNASSIGNED,
-                    },
+                ident = stop_id(row.machine, row.since)
+                line = row.line or self._lines.get(row.machine, "")
+                opens.pop(ident, None)  # the last delivery of a stop decides, as it arrived
+                opens[ident] = (
+                    ident,
+                    row.machine,
+                    line,
+                    row.since,
+                    row.state,
+                    row.reason or UNASSIGNED,
                 )
             self._applied[row.machine] = key
+        if not marks:
+            return
+        opened = pl.DataFrame(list(opens.values()), schema=_OPENS_SCHEMA, orient="row")
+        if opened.height:
+            write_staged(cur, _OPEN, opened)
+        marked = pl.DataFrame(marks, schema=_MARKS_SCHEMA, orient="row")
+        write_staged(cur, _CLOSE, marked)
+        write_staged(cur, _MARK, marked)
+        if opened.height:
+            write_staged(cur, _CAP, opened)
 
     def forget(self) -> None:
         """Drop what `apply` remembers of the statuses applied (after a rollback)."""

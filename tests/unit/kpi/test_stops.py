@@ -5,6 +5,7 @@ corrections sent through the in-process bus)."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -146,6 +147,38 @@ def test_downtime_statuses_open_and_close_stops(store: KpiStore, one_batch: bool
     # The machine's latest state is kept as before, now with its reason.
     m1 = store.status.machines()[0]
     assert (m1["state"], m1["reason"], m1["since"]) == ("running", None, iso(25))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_stops_end_at_the_next_status_whatever_the_order_and_batching(
+    plant: PlantConfig, seed: int
+) -> None:
+    """Statuses of a day delivered shuffled, in random batches, give the stops of the
+    day delivered in order: each ends at its machine's first status after its start."""
+    rng = random.Random(seed)
+    day = [
+        status(machine, rng.choice(["running", "down", "idle", "changeover"]), minute)
+        for minute in range(60)
+        for machine in rng.sample(["m1", "m2", "m3"], 2)
+    ]
+    shuffled = rng.sample(day, len(day))
+    results = []
+    for statuses in (day, shuffled):
+        with KpiStore(":memory:", plant) as store:
+            position = 0
+            while position < len(statuses):
+                size = rng.randint(1, 25)
+                store.status.upsert(statuses[position : position + size])
+                position += size
+            results.append(sorted(brief(store.stops.query(limit=1_000))))
+    in_order, out_of_order = results
+    for machine in ("m1", "m2", "m3"):
+        starts = sorted(s["since"] for s in day if s["machine"] == machine)
+        for ident, start, end, _, _ in in_order:
+            if ident.startswith(f"{machine}@"):
+                after = [t for t in starts if t > int(ident.split("@")[1])]
+                assert end == (iso((after[0] - ms(0)) / 60_000) if after else None), start
+    assert out_of_order == in_order
 
 
 def test_an_open_stop_has_no_end_and_a_new_reason_is_a_new_stop(store: KpiStore) -> None:
