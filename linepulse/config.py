@@ -306,6 +306,13 @@ class Topic(_Model):
     replication: int = Field(default=1, ge=1)
 
 
+# Open-window records of these kinds go out at most this often per key (seconds); the
+# others (1m, 15m) within `open_deadline_s`. At 1,000 machines in lines of 20 (1,050 keys
+# a kind) that is 1,050 x (5 + 5 + 1 + 0.2 + 0.2) = 11,970 records/s at most, against
+# 15,750 with every kind at the deadline (docs/scaling.md has the arithmetic).
+OPEN_CADENCE_S: Final[Mapping[WindowKind, float]] = {"1h": 1.0, "shift": 5.0, "day": 5.0}
+
+
 class KafkaSettings(_Model):
     """Kafka topics and the consumer group; the broker address comes from `--kafka` or
     `LINEPULSE_KAFKA` when `bootstrap` is not set here."""
@@ -319,12 +326,36 @@ class KafkaSettings(_Model):
     # Where workers keep partition checkpoints: shared by the workers of one group. A
     # relative path is under the data directory (linepulse/data_dir.py).
     state_dir: Path = Path("kpi/checkpoints")
-    # Open-window records are published at most this often per key; finals at once.
-    open_interval_s: float = Field(default=1.0, ge=0)
+    # Open-window records: one whose window changed is on the kpi topic at most
+    # `open_deadline_s` later (the changes in between coalesce: the latest wins), except the
+    # kinds in `open_cadence_s`, whose records go out at most that often per key: a shift
+    # or day record moves little in a second, and a plant has as many of them as 1m ones.
+    # Kinds given there replace their default (OPEN_CADENCE_S); finals go out at once.
+    open_deadline_s: float = Field(default=0.2, ge=0)
+    open_cadence_s: dict[WindowKind, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: dict(OPEN_CADENCE_S)
+    )
+    # The single interval of earlier versions: when set, the open records of every kind go
+    # out at most this often per key (0: with every batch), as they did, and the two above
+    # are not used (a dumped config, which holds all three, loads as it was).
+    open_interval_s: float | None = Field(default=None, ge=0)
     # A restarted worker re-reads at most this much; shorter costs more state writes.
     checkpoint_interval_s: float = Field(default=5.0, gt=0)
     # TLS and SASL for every client the services make (linepulse/bus/security.py).
     security: KafkaSecurity = KafkaSecurity()
+
+    @field_validator("open_cadence_s", mode="before")
+    @classmethod
+    def _over_default_cadences(cls, value: object) -> object:
+        """Kinds given replace their default; the others keep theirs."""
+        return {**OPEN_CADENCE_S, **value} if isinstance(value, Mapping) else value
+
+    def open_cadence(self, kind: WindowKind) -> float:
+        """Seconds, at least, between two open-window records of one key of window `kind`,
+        and at most between a change of such a window and its record on the kpi topic."""
+        if self.open_interval_s is not None:
+            return self.open_interval_s
+        return self.open_cadence_s.get(kind, self.open_deadline_s)
 
 
 class PlantConfig(_Model):

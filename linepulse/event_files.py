@@ -16,7 +16,7 @@ from linepulse.events import (
     EARLIEST_MS,
     REPLAY_LATEST_MS,
     Decoded,
-    decode_json_lines,
+    decode_json_block,
     normalize_frame,
     within_band,
 )
@@ -44,10 +44,11 @@ def _read_batches(path: Path, batch_events: int) -> Iterator[tuple[Decoded, int]
         return
     with path.open("rb") as handle:
         number, done = 1, 0
-        while True:
-            lines = handle.readlines(batch_events * 100)
-            if not lines:
-                return
-            done += sum(len(line) for line in lines)
-            yield decode_json_lines(lines, first_line=number), done
-            number += len(lines)
+        # About 100 bytes a JSON event; a batch ends at a line end (`readline` completes
+        # the line the block cut), so no event is split between two batches.
+        while block := handle.read(batch_events * 100):
+            if not block.endswith(b"\n"):
+                block += handle.readline()
+            done += len(block)
+            yield decode_json_block(block, first_line=number), done
+            number += block.count(b"\n")

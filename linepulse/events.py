@@ -8,7 +8,7 @@ input kept beside it. A bad event is data to report, never an exception in a loo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, get_args
@@ -191,9 +191,11 @@ def decode_event(obj: object) -> Row:
 _Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
 
 
-class _WireEvent(msgspec.Struct, forbid_unknown_fields=True):
+class _WireEvent(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """The telemetry event as msgspec validates it in C: the fast path. Whatever it
-    refuses goes through `decode_event`, which names the problem the same way always."""
+    refuses goes through `decode_event`, which names the problem the same way always.
+    Untracked by the garbage collector (`gc=False`: its fields are scalars, which form no
+    cycle), so that decoding a chunk of a million events triggers no collections."""
 
     ts: str | int | float
     machine: _Text
@@ -290,6 +292,177 @@ def decode_json_lines(lines: Iterable[bytes | str], first_line: int = 1) -> Deco
             rejected.append((f"line {number}", str(error), _raw(line)))
     frame = pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row")
     return Decoded(frame, rejected)
+
+
+# Bytes of JSON lines decoded in one go by `decode_json_block`: large enough that the cost
+# per call vanishes, small enough that a chunk with one bad line (decoded again line by
+# line) costs little, and that the chunk's Python objects stay a few tens of MiB.
+JSON_CHUNK_BYTES: Final = 4 << 20
+_CHUNK_DECODER: Final = msgspec.json.Decoder(list[_WireEvent])
+# The RFC 3339 form the columnar path reads itself (every part fixed-width ASCII digits,
+# `Z` or a ±HH:MM offset). `datetime.fromisoformat` accepts more (a space or other
+# separator, week dates, basic format, a comma before the fraction); those lines go
+# through the per-line decoder, which is exact for every form.
+_RFC3339: Final = (
+    r"^([0-9]{4}-[0-9]{2}-[0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(?:Z|([+-])([0-9]{2}):([0-9]{2}))$"
+)
+# value_num, value_int, value_str of a chunk, as `typed_value` types each value
+_ValueSeries = tuple[pl.Series, pl.Series, pl.Series]
+
+
+def decode_json_block(
+    block: bytes, first_line: int = 1, chunk_bytes: int = JSON_CHUNK_BYTES
+) -> Decoded:
+    """Decode JSON-lines telemetry held in one buffer of whole lines (split at `\\n` only,
+    as a file's lines are): the result equals `decode_json_lines` on its lines, rows,
+    dtypes, order and rejections alike, at a fraction of the cost.
+
+    The block is decoded in chunks of about `chunk_bytes`, each as one JSON array
+    (msgspec validates every event in C) whose columns are then typed and timed in bulk
+    by Polars. A chunk the columnar path cannot prove equal to the per-line decoder (any
+    event it would reject, any `ts` form other than `_RFC3339` text or epoch ms) is
+    decoded again line by line, so every bad line is reported with its number and reason
+    and the good lines of the chunk are kept."""
+    frames: list[pl.DataFrame] = []
+    rejected: list[tuple[str, str, str]] = []
+    number = first_line
+    for chunk in _chunks(block, chunk_bytes):
+        events = _columnar_events(chunk)
+        if events is None:
+            decoded = decode_json_lines(chunk.split(b"\n"), first_line=number)
+            events = decoded.events
+            rejected.extend(decoded.rejected)
+        frames.append(events)
+        number += chunk.count(b"\n")
+    return Decoded(pl.concat(frames) if frames else empty_events(), rejected)
+
+
+def _chunks(block: bytes, size: int) -> Iterator[bytes]:
+    """`block` in pieces of about `size` bytes, each ending at a line end (or the end)."""
+    start = 0
+    while start < len(block):
+        end = block.find(b"\n", start + size - 1)
+        end = len(block) if end < 0 else end + 1
+        yield block[start:end]
+        start = end
+
+
+def _columnar_events(chunk: bytes) -> pl.DataFrame | None:
+    """The chunk's events as `EVENT_SCHEMA` columns if every non-blank line is an event the
+    per-line decoder would accept with the same row; None if that is not proven.
+
+    The lines become one JSON array, the `\\n` ending each line followed by a comma. Each
+    such comma separates two events: inside a string it would follow a raw line feed,
+    which JSON forbids; inside an object it would be followed by the next line's `{`
+    where a key must be, which is malformed; and `_WireEvent` has no nested values. So
+    with every line opening with `{`, as many events as lines means event i is line i."""
+    body = chunk[:-1] if chunk.endswith(b"\n") else chunk
+    lines = body.count(b"\n") + 1
+    if not body.startswith(b"{") or body.count(b"\n{") != lines - 1:
+        kept = [line for line in body.split(b"\n") if line.strip()]  # blank lines skipped
+        if not kept or not all(line.startswith(b"{") for line in kept):
+            return None if kept else empty_events()
+        body, lines = b"\n".join(kept), len(kept)
+    try:
+        wire = _CHUNK_DECODER.decode(b"[" + body.replace(b"\n", b"\n,") + b"]")
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if len(wire) != lines:
+        return None
+    ts = _ts_column([event.ts for event in wire])
+    values = _value_columns([event.value for event in wire])
+    if ts is None or values is None:
+        return None
+    value_num, value_int, value_str = values
+    return pl.DataFrame(
+        {
+            "ts": ts,
+            "machine": [event.machine for event in wire],
+            "signal": [event.signal for event in wire],
+            "value_num": value_num,
+            "value_int": value_int,
+            "value_str": value_str,
+            "reason": [event.reason for event in wire],
+            "quality": [event.quality for event in wire],
+        },
+        schema=EVENT_SCHEMA,
+    )
+
+
+def _of_type(items: list[Any], kind: type, dtype: pl.DataType, kinds: set[type]) -> pl.Series:
+    """The items of exactly type `kind` (a bool is not an int here) as a `dtype` column,
+    null elsewhere; raises TypeError for an int outside Int64."""
+    if kinds == {kind}:
+        return pl.Series(items, dtype=dtype)
+    if kind not in kinds:
+        return pl.Series([None] * len(items), dtype=dtype)
+    return pl.Series([item if type(item) is kind else None for item in items], dtype=dtype)
+
+
+def _ts_column(stamps: list[str | int | float]) -> pl.Series | None:
+    """`parse_ts` over a column: epoch ms, or None unless every stamp is proven in range.
+
+    Ints are ms already; floats round half to even, as Python's `round` does; text in
+    the `_RFC3339` form is read field by field, the fraction truncated to ms as
+    `_epoch_ms` does, the offset subtracted. Anything else (text of another form, a
+    calendar date that does not exist, a time outside 1970..9999) is left to `parse_ts`."""
+    kinds = set(map(type, stamps))
+    try:
+        integer = _of_type(stamps, int, pl.Int64(), kinds)
+    except TypeError:  # beyond 64 bits: outside 1970..9999 for parse_ts too
+        return None
+    real = _of_type(stamps, float, pl.Float64(), kinds)
+    text = _of_type(stamps, str, pl.String(), kinds)
+    rounded = real.round(0, mode="half_to_even").cast(pl.Int64, strict=False)
+    # Events of one plant share their stamps (every machine samples each second): each
+    # distinct text is read once.
+    distinct = text.drop_nulls().unique()
+    parsed = text.replace_strict(distinct, _rfc3339_ms(distinct), default=None)
+    ms = integer.fill_null(rounded).fill_null(parsed)
+    if ms.null_count() or not ms.is_between(_MIN_TS_MS, _MAX_TS_MS).all():
+        return None
+    return ms.rename("ts")
+
+
+def _rfc3339_ms(text: pl.Series) -> pl.Series:
+    """Epoch ms of `_RFC3339` text (null for other text, or a date or time that does not
+    exist, which `datetime.fromisoformat` refuses)."""
+    parts = text.str.extract_groups(_RFC3339).struct.unnest()
+    parts.columns = ["day", "hour", "minute", "second", "fraction", "sign", "oh", "om"]
+    hour, minute, second = (pl.col(name).cast(pl.Int64) for name in ("hour", "minute", "second"))
+    off_hour, off_minute = (pl.col(name).cast(pl.Int64).fill_null(0) for name in ("oh", "om"))
+    exists = (hour <= 23) & (minute <= 59) & (second <= 59) & (off_hour <= 23) & (off_minute <= 59)
+    days = pl.col("day").str.to_date("%Y-%m-%d", strict=False).cast(pl.Int64)
+    # fromisoformat keeps microseconds (digits past the sixth dropped), `_epoch_ms` floors
+    # them to ms: both are the fraction's first three digits.
+    millis = pl.concat_str(pl.col("fraction").fill_null(""), pl.lit("00")).str.slice(0, 3)
+    sign = pl.when(pl.col("sign") == "-").then(-1).otherwise(1)
+    local = days * 86_400_000 + hour * 3_600_000 + minute * 60_000 + second * 1000
+    utc = local + millis.cast(pl.Int64) - sign * (off_hour * 60 + off_minute) * 60_000
+    return parts.select(pl.when(exists).then(utc)).to_series()
+
+
+def _value_columns(values: list[str | int | float | bool]) -> _ValueSeries | None:
+    """`typed_value` over a column: (value_num, value_int, value_str), or None if a value
+    is one it refuses (an int outside 64 bits, a float that is not finite; text over
+    `MAX_TEXT` characters never gets here, `_WireEvent` refuses it)."""
+    kinds = set(map(type, values))
+    try:
+        integer = _of_type(values, int, pl.Int64(), kinds)
+    except TypeError:
+        return None
+    real = _of_type(values, float, pl.Float64(), kinds)
+    if not real.drop_nulls().is_finite().all():  # msgspec refuses 1e400 today; kept exact
+        return None
+    text = _of_type(values, str, pl.String(), kinds)
+    if bool in kinds:  # a boolean sets two columns: 1/0 and "true"/"false"
+        flag = _of_type(values, bool, pl.Boolean(), kinds)
+        word = pl.select(
+            pl.when(pl.lit(flag)).then(pl.lit("true")).when(~pl.lit(flag)).then(pl.lit("false"))
+        ).to_series()
+        integer, text = integer.fill_null(flag.cast(pl.Int64)), text.fill_null(word)
+    return real, integer, text
 
 
 def _raw(line: bytes | str, limit: int = 1024) -> str:

@@ -238,27 +238,47 @@ class Sparkplug(_Model):
     rebirth: bool = True
 
 
+MqttVersion = Literal["5", "3.1.1"]
+
+
 class MqttSource(_Model):
     id: str = Field(min_length=1)
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     client_id: str | None = None  # default: linepulse-<source id>
     qos: Literal[0, 1, 2] = 1
+    # MQTT v5 by default: its Receive Maximum is what bounds the inbox for QoS 1/2 (see
+    # services/ingest/mqtt.py). A broker refusing v5 gets 3.1.1 with a warning; "3.1.1" here
+    # skips the attempt. YAML reads `5` as a number: accepted too.
+    mqtt_version: MqttVersion = "5"
     clean_start: bool = False  # a persistent session: QoS 1 messages wait for us
+    # MQTT v5 ends a session at disconnect unless told how long to keep it; with clean_start
+    # false it is kept this long (s) after we go away, so what is published meanwhile waits
+    # for us. A day outlasts a night's outage or a maintenance window, yet a retired client
+    # id does not hold the broker's memory for good (3.1.1 sessions never expire).
+    # 4294967295 means never (MQTT 5 §3.1.2.11.2). Unused with clean_start or 3.1.1.
+    session_expiry_s: int = Field(default=86_400, ge=0, le=0xFFFFFFFF)
     keepalive_s: int = Field(default=30, ge=5)
     credentials: Credentials | None = None
     tls: MqttTls | None = None
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
-    # Messages waiting between the socket and the decoder. QoS 1/2 ones are bounded by the
-    # broker's in-flight window (acknowledged only when taken); QoS 0 ones past this are
-    # dropped and counted. See services/ingest/mqtt.py.
+    # Messages waiting between the socket and the decoder. QoS 1/2 ones are bounded by
+    # MQTT v5's Receive Maximum (set to this, at most 65535; acknowledged only when taken),
+    # under 3.1.1 only by the broker's in-flight window; QoS 0 ones past this are dropped
+    # and counted. See services/ingest/mqtt.py.
     max_inbox_messages: int = Field(default=10_000, ge=1)
     topics: tuple[MqttTopic, ...] = ()
     sparkplug: Sparkplug | None = None
     # Machines this source carries (the simulator publishes these; the ingester accepts any
     # configured machine). For topics with {line}, the line must be the machine's.
     machines: tuple[str, ...] = ()
+
+    @field_validator("mqtt_version", mode="before")
+    @classmethod
+    def _version_as_text(cls, value: object) -> object:
+        # `mqtt_version: 5` in YAML is an int; 3.1.1 can only be text.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _something_to_read(self) -> MqttSource:

@@ -17,18 +17,27 @@ value of the wrong type, an unknown machine or a garbled Sparkplug payload becom
 The inbox (aiomqtt's queue between the socket and `_read`) is bounded, and what happens past
 the bound depends on the QoS, because only QoS 1 and 2 have flow control in MQTT:
 
-- QoS 1 and 2: never dropped here. Messages are acknowledged (PUBACK, PUBCOMP) when `_read`
-  takes them out of the inbox, not when they arrive (paho's `manual_ack`), so what is not
-  yet taken stays the broker's to send again. The broker's in-flight window was meant to
-  bound the inbox, but Mosquitto 2.0 was measured sending 470 messages past
-  `max_inflight_messages 20` to a subscriber that acknowledged while publishes went on
-  (tests/integration/test_ingest_mqtt_inbox.py checks that none is lost, not that bound);
-  MQTT v5's Receive Maximum would be the stricter means.
+- QoS 1 and 2: never dropped here; the broker holds them back. Messages are acknowledged
+  (PUBACK, PUBCOMP) when `_read` takes them out of the inbox, not when they arrive (paho's
+  `manual_ack`), and the connection is MQTT v5 with the CONNECT property Receive Maximum =
+  `max_inbox_messages` (MQTT 5 §3.1.2.11.3: the server sends no more unacknowledged QoS 1/2
+  publishes than that), so the inbox never holds more than the bound. That holds as far
+  as the broker keeps to the protocol: Mosquitto 2.0.11 (Debian 12) does while no
+  acknowledgement comes in between new publishes, but when they interleave its send quota
+  drifts past the Receive Maximum (measured: 495 waiting for a bound of 100, against 908
+  under 3.1.1; see tests/integration/test_ingest_mqtt_inbox.py).
+  Under 3.1.1 the only limit is the broker's in-flight window, and Mosquitto 2.0 was
+  measured sending 470 messages past `max_inflight_messages 20` to a subscriber that
+  acknowledged while publishes went on: no true bound. A broker that refuses v5 (CONNACK
+  "unsupported protocol version") gets 3.1.1 for the rest of the run, with one warning.
 - QoS 0: no flow control exists, so past `max_inbox_messages` waiting a message is dropped
-  and counted (`linepulse_ingest_mqtt_inbox_dropped_total{source}`).
+  and counted (`linepulse_ingest_mqtt_inbox_dropped_total{source}`). A source that mixes
+  QoS 0 and QoS 1 publishes can hold up to the bound of each.
 
 Messages still in the inbox when the connection drops (or at stop) were never acknowledged:
-the broker sends QoS 1 and 2 ones again on the next connect (persistent session).
+the broker sends QoS 1 and 2 ones again on the next connect. The session is persistent
+(`clean_start: false`): under v5 it must be asked to outlive the connection, for
+`session_expiry_s`; under 3.1.1 it does by itself.
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ from collections import Counter
 from typing import Final
 
 import aiomqtt
+import paho.mqtt.client as paho_mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from linepulse.config import PlantConfig
 from linepulse.events import reason_kind
@@ -55,6 +67,11 @@ log = logging.getLogger(__name__)
 
 _SPARKPLUG_PREFIX: Final = f"{sparkplug.NAMESPACE}/"
 _REBIRTH_QOS: Final = 0  # Sparkplug 3.0: NCMD is published at QoS 0
+_RECEIVE_MAXIMUM_MAX: Final = 65_535  # a two-byte integer (MQTT 5 §3.1.2.11.3)
+# The CONNACK reason code 0x84 (MQTT 5 §3.2.2.2); paho reports a 3.1.1 broker's return
+# code 1 ("unacceptable protocol version") to a v5 CONNECT as this too.
+_UNSUPPORTED_PROTOCOL_VERSION: Final = 0x84
+_PROTOCOLS: Final = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
 
 
 # -- the ingester ---------------------------------------------------------------------------
@@ -114,6 +131,9 @@ class MqttIngester:
         self._connects = 0
         self._inbox: asyncio.Queue[aiomqtt.Message] | None = None  # the connection's
         self._dropped = 0  # QoS 0 messages dropped at the inbox bound since the last flush
+        self.inbox_peak = 0  # the most messages the inbox held at once, since the start
+        # v5 unless the config or the broker said otherwise (`_fall_back`)
+        self.protocol = _PROTOCOLS[source.mqtt_version]
         # read at scrape time: no Prometheus call per message
         metrics.mqtt_inbox.labels(source.id).set_function(self.inbox_size)
         self.host: sparkplug.SparkplugHost | None = None
@@ -152,17 +172,32 @@ class MqttIngester:
                 ingester._inbox = self
 
             def put_nowait(self, item: aiomqtt.Message) -> None:
-                if item.qos == 0 and self.qsize() >= bound:
+                size = self.qsize()
+                if item.qos == 0 and size >= bound:
                     ingester._dropped += 1  # counted and logged per batch, in `flush`
                     return
                 super().put_nowait(item)
+                if size >= ingester.inbox_peak:
+                    ingester.inbox_peak = size + 1
 
+        v5 = self.protocol is aiomqtt.ProtocolVersion.V5
+        properties: Properties | None = None
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            # The broker's bound on our unacknowledged QoS 1/2 messages: the inbox's.
+            properties.ReceiveMaximum = min(bound, _RECEIVE_MAXIMUM_MAX)
+            if not source.clean_start:
+                properties.SessionExpiryInterval = source.session_expiry_s
         client = aiomqtt.Client(
             source.host,
             source.port,
             identifier=source.client_id or f"linepulse-{source.id}",
-            protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=source.clean_start,
+            protocol=self.protocol,
+            # v5 names it clean_start (and aiomqtt's default cleans on the first connect,
+            # which would drop what a persistent session holds for us); 3.1.1 clean_session.
+            clean_session=None if v5 else source.clean_start,
+            clean_start=source.clean_start if v5 else paho_mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=properties,
             keepalive=source.keepalive_s,
             username=credentials.username if credentials else None,
             password=credentials.secret() if credentials else None,
@@ -208,6 +243,8 @@ class MqttIngester:
             except aiomqtt.MqttError as error:
                 self._inbox = None  # what it holds is unacknowledged: the broker resends it
                 self._set_connected(False)
+                if self._fall_back(error):
+                    continue
                 log.warning(
                     "mqtt %s: connection to %s failed or lost (%s); retrying in %.1f s",
                     source.id,
@@ -219,6 +256,29 @@ class MqttIngester:
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 delay = min(delay * 2, source.reconnect_max_s)
         log.info("mqtt %s: stopped", source.id)
+
+    def _fall_back(self, error: aiomqtt.MqttError) -> bool:
+        """Switch to MQTT 3.1.1 if the broker refused v5; True if it did (connect again
+        at once). Only from v5, so a broker refusing 3.1.1 too is retried with the backoff."""
+        refused_v5 = (
+            self.protocol is aiomqtt.ProtocolVersion.V5
+            and isinstance(error, aiomqtt.MqttCodeError)
+            and error.rc == _UNSUPPORTED_PROTOCOL_VERSION
+        )
+        if not refused_v5:
+            return False
+        self.protocol = aiomqtt.ProtocolVersion.V311
+        log.warning(
+            "mqtt %s: %s:%d refused MQTT v5 (%s); using 3.1.1, where the inbox's QoS 1/2 "
+            "flow control relies on the broker's in-flight window (max_inbox_messages %d is "
+            'not enforced for them); set mqtt_version: "3.1.1" to skip the attempt',
+            self.source.id,
+            self.source.host,
+            self.source.port,
+            error,
+            self.source.max_inbox_messages,
+        )
+        return True
 
     def _on_connected(self, where: str) -> None:
         self._connects += 1

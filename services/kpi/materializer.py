@@ -20,6 +20,7 @@ from linepulse.bus import AIOKAFKA, Consumer, KafkaClients
 from linepulse.bus.topics import TopicRole, check_topics
 from linepulse.config import KafkaSettings
 from linepulse.errors import LinePulseError
+from services.kpi.trace import BatchTrace
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +31,14 @@ class Table(Protocol):
     def upsert(self, rows: list[dict[str, Any]], /) -> None: ...
 
 
-# Messages per poll. A machine status opens and closes stops one statement at a time
-# (services/kpi/stops.py, ~1 ms each), and a stop waits for the batch in hand: 2,000 keeps
-# that wait to a few seconds when a backlog of statuses is worked off (a demo's history at
-# --fast 30 held Ctrl-C for over a minute with 20,000), at no cost to throughput.
-MAX_BATCH = 2_000
+# Messages per poll. KPI records go into the store in one statement per poll, whose own
+# ~25 ms is most of the cost of a small batch (services/kpi/history.py): a worker's burst
+# of open-window records (~5,000 at 1,000 machines) is one upsert, not three, so the last
+# record of a burst waits for one statement, not three.
+MAX_BATCH = 20_000
+# Bytes per partition a fetch may return: a burst of open-window records is ~1.2 KB each,
+# over 1 MB (aiokafka's default) a partition at 1,000 machines; one fetch then, not two.
+MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 
 
 class Store(Protocol):
@@ -69,6 +73,7 @@ class Materializer:
         self.ready = False
         self.records = 0
         self.bad = 0
+        self._trace = BatchTrace.from_env("materializer")  # None unless LINEPULSE_TRACE
 
     async def run(self, stop: asyncio.Event) -> None:
         layout = await check_topics(
@@ -79,6 +84,7 @@ class Materializer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id="linepulse-api",
+            max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
         )
         await consumer.start()
         try:
@@ -88,22 +94,29 @@ class Materializer:
             self.ready = not pending
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=100, max_records=MAX_BATCH)
+                stamps = None if self._trace is None or not batch else self._trace.batch()
                 records: list[dict[str, Any]] = []
                 statuses: list[dict[str, Any]] = []
                 for tp, messages in batch.items():
                     target = statuses if tp.topic == self.kafka.status.name else records
+                    if stamps is not None and messages:
+                        stamps.records(f"{tp.topic}[{tp.partition}]", messages)
                     for message in messages:
                         try:
                             target.append(orjson.loads(message.value))
                         except orjson.JSONDecodeError:
                             self.bad += 1
                             log.warning("%s@%d: not JSON; skipped", tp, message.offset)
+                if stamps is not None:
+                    stamps.mark("decoded")
                 if records:
-                    records = await asyncio.to_thread(self._upsert, records)
-                    self.metrics.observe_records(records)
+                    store = self._store if stamps is None else stamps.timed("upserted", self._store)
+                    records = await asyncio.to_thread(store, records)
                     self.records += len(records)
-                if statuses:
+                if statuses:  # a few statements per poll, whatever its size (stops.py)
                     await asyncio.to_thread(self._upsert_status, statuses)
+                if stamps is not None:
+                    stamps.write()
                 if not self.ready:
                     for tp in list(pending):
                         if await consumer.position(tp) >= pending[tp]:
@@ -129,6 +142,14 @@ class Materializer:
             except LinePulseError as error:
                 self.bad += 1
                 log.warning("status skipped: %s", error)
+
+    def _store(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Upsert a batch and set the KPI gauges from what was kept, off the event loop:
+        at thousands of records a poll the gauges alone take tens of milliseconds, which
+        the API's answers would otherwise wait for (prometheus_client is thread-safe)."""
+        kept = self._upsert(records)
+        self.metrics.observe_records(kept)
+        return kept
 
     def _upsert(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Upsert a batch; if the store refuses it, retry one by one and skip the bad ones,

@@ -101,6 +101,9 @@ class KpiMetrics:
     checkpoint_seconds: Histogram
     known: frozenset[tuple[str, str]] | None = None
     _shown: dict[MetricKey, _Order] = field(default_factory=dict, repr=False, compare=False)
+    # Each key's labelled gauges, looked up once: `labels()` costs a lock and a lookup per
+    # call, and a poll of the API sets ~15 of them for each of thousands of keys.
+    _children: dict[MetricKey, _KeyGauges] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def create(cls, registry: CollectorRegistry, plant: PlantConfig | None = None) -> KpiMetrics:
@@ -236,18 +239,33 @@ class KpiMetrics:
             if shown is not None and order < shown:
                 continue
             self._shown[key] = order
-            self.oee.labels(*key).set(_value(record["oee"]))
-            self.availability.labels(*key).set(_value(record["availability"]))
-            self.performance.labels(*key).set(_value(record["performance"]))
-            self.quality.labels(*key).set(_value(record["quality"]))
-            self.coverage.labels(*key).set(_value(record["coverage"]))
-            self.planned.labels(*key).set(record["planned_s"])
-            self.run.labels(*key).set(record["run_s"])
-            self.downtime.labels(*key).set(record["downtime_s"])
-            self.unknown.labels(*key).set(record["unknown_s"])
-            self.stops.labels(*key).set(record["stops"])
-            for kind in PART_KINDS:
-                self.parts.labels(*key, kind).set(record[f"{kind}_count"])
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = self._labelled(key)
+            ratios, seconds, parts = children
+            for gauge, name in zip(ratios, _RATIO_FIELDS, strict=True):
+                gauge.set(_value(record[name]))
+            for gauge, name in zip(seconds, _PLAIN_FIELDS, strict=True):
+                gauge.set(record[name])
+            for gauge, name in zip(parts, _PART_FIELDS, strict=True):
+                gauge.set(record[name])
+
+    def _labelled(self, key: MetricKey) -> _KeyGauges:
+        """The KPI gauges of one key, in the order of the `_*_FIELDS` they show."""
+        ratios = (self.oee, self.availability, self.performance, self.quality, self.coverage)
+        plain = (self.planned, self.run, self.downtime, self.unknown, self.stops)
+        return (
+            tuple(gauge.labels(*key) for gauge in ratios),
+            tuple(gauge.labels(*key) for gauge in plain),
+            tuple(self.parts.labels(*key, kind) for kind in PART_KINDS),
+        )
+
+
+# What each of a key's gauges shows (`KpiMetrics._labelled` gives them in this order).
+_RATIO_FIELDS: Final = ("oee", "availability", "performance", "quality", "coverage")
+_PLAIN_FIELDS: Final = ("planned_s", "run_s", "downtime_s", "unknown_s", "stops")
+_PART_FIELDS: Final = tuple(f"{kind}_count" for kind in PART_KINDS)
+_KeyGauges = tuple[tuple[Gauge, ...], tuple[Gauge, ...], tuple[Gauge, ...]]
 
 
 def _value(ratio: float | None) -> float:

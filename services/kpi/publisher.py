@@ -2,16 +2,26 @@
 telemetry forwarded to its line's home partition, on one producer.
 
 Kept apart from the consume loop because it holds its own state and its own rules:
-final records go out at once, open-window records at most once per `open_interval_s` per
-key (the latest one wins); KPI records go out in keyed batches per partition; sends are
-not awaited one by one (a round trip per batch would pace the loop) but settled before a
-checkpoint, and a failed send stops the worker.
+final records go out at once; an open-window record goes out when its window changed, at
+most one cadence later (`KafkaSettings.open_cadence`: `open_deadline_s`, 0.2 s, for 1m and
+15m windows; slower for the kinds in `open_cadence_s`), and the changes within a cadence
+coalesce (the latest record of a key wins). KPI records go out in keyed batches per
+partition; sends are not awaited one by one (a round trip per batch would pace the loop)
+but settled before a checkpoint, and a failed send stops the worker.
+
+The cadence is kept per window kind, not per key: every pending record of a kind goes out
+together once the kind's last send is a cadence old, so each key is sent at most once a
+cadence, a change waits at most a cadence, the records of a kind share produce batches,
+and the loop's timer (`open_due_in`) is one minimum over five kinds, not over thousands of
+keys. The `kpi` topic then carries at most (open keys of a kind / its cadence) records a
+second per kind, whatever the event rate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -21,7 +31,7 @@ from aiokafka.partitioner import murmur2
 
 from linepulse.bus import Producer
 from linepulse.bus.telemetry_writer import send_telemetry, telemetry_record
-from linepulse.config import KafkaSettings
+from linepulse.config import KafkaSettings, WindowKind
 from linepulse.events import Decoded
 from services.kpi.machine_status import StatusRecord
 from services.kpi.metrics import KpiMetrics
@@ -53,7 +63,8 @@ class KpiPublisher:
     """The worker's sends on a started producer, counted in `stats` and `metrics`.
 
     `kpi_partitions` is the kpi topic's partition count: a keyed record goes to Kafka's
-    default partition for its key (murmur2), as any other producer would put it.
+    default partition for its key (murmur2), as any other producer would put it. `clock`
+    is monotonic seconds (a test passes its own).
     """
 
     def __init__(
@@ -63,58 +74,86 @@ class KpiPublisher:
         kpi_partitions: int,
         metrics: KpiMetrics,
         stats: WorkerStats,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.producer = producer
         self.kafka = kafka
         self.kpi_partitions = kpi_partitions
         self.metrics = metrics
         self.stats = stats
-        self._open: dict[bytes, bytes] = {}  # latest unsent open-window record per key
-        self._open_sent: dict[bytes, float] = {}  # monotonic s its key was last sent
+        self._clock = clock
+        # Per window kind: the latest unsent open-window record per key, and the clock
+        # time the kind's open records were last sent (absent: never, so the next go now).
+        self._open: dict[WindowKind, dict[bytes, bytes]] = {}
+        self._open_sent: dict[WindowKind, float] = {}
         self._partitions: dict[bytes, int] = {}  # kpi partition per key
         self._inflight: list[asyncio.Future[Any]] = []
 
     # -- KPI records --------------------------------------------------------------------
 
     async def records(self, records: list[dict[str, Any]]) -> None:
-        """Finals go out now; open-window records wait for their key's turn."""
+        """Finals go out now (replacing their key's unsent open record); open-window
+        records wait for their kind's cadence (`publish_due_open`)."""
         finals = []
+        pending = self._open
         for record in records:
             key = record_key(record)
             value = orjson.dumps(record)
             if record["final"]:
-                self._open.pop(key, None)
-                self._open_sent.pop(key, None)
+                waiting = pending.get(record["window"])
+                if waiting is not None:
+                    waiting.pop(key, None)
                 finals.append((key, value))
             else:
-                self._open[key] = value
+                kind = record["window"]
+                waiting = pending.get(kind)
+                if waiting is None:
+                    waiting = pending[kind] = {}
+                waiting[key] = value
         self.stats.published += len(finals)
         if finals:
             self.metrics.records_published.labels(final="true").inc(len(finals))
         await self._send_kpi(finals)
 
+    def open_due_in(self) -> float | None:
+        """Seconds until the next open-window records are due (0: now), None with none
+        waiting: how long the loop may wait for telemetry before it must publish."""
+        now = self._clock()
+        due: float | None = None
+        for kind, waiting in self._open.items():
+            if not waiting:
+                continue
+            sent = self._open_sent.get(kind)
+            wait = 0.0 if sent is None else max(0.0, sent + self.kafka.open_cadence(kind) - now)
+            due = wait if due is None else min(due, wait)
+        return due
+
     async def publish_due_open(self, *, force: bool = False) -> None:
-        """Open-window records whose key has waited `open_interval_s` (all with `force`:
-        before a checkpoint that covers them, or on leaving)."""
-        if not self._open:
+        """The open-window records of every kind whose cadence has passed since its last
+        send (of every kind with `force`: before a checkpoint that covers them, or on
+        leaving)."""
+        now = self._clock()
+        items: list[tuple[bytes, bytes]] = []
+        for kind, waiting in self._open.items():
+            if not waiting:
+                continue
+            sent = self._open_sent.get(kind)
+            if force or sent is None or now - sent >= self.kafka.open_cadence(kind):
+                items.extend(waiting.items())
+                waiting.clear()
+                self._open_sent[kind] = now
+        if not items:
             return
-        now = time.monotonic()
-        interval = self.kafka.open_interval_s
-        due = [k for k in self._open if force or now - self._open_sent.get(k, 0.0) >= interval]
-        items = []
-        for key in due:
-            items.append((key, self._open.pop(key)))
-            self._open_sent[key] = now
         self.stats.published += len(items)
-        if items:
-            self.metrics.records_published.labels(final="false").inc(len(items))
+        self.metrics.records_published.labels(final="false").inc(len(items))
         await self._send_kpi(items)
         self.reap()
 
     async def _send_kpi(self, items: list[tuple[bytes, bytes]]) -> None:
         """(key, value) records onto the kpi topic, in batches per partition.
 
-        The partition of a key is cached: open-window keys repeat every second. aiokafka's
+        The partition of a key is cached: open-window keys repeat every cadence. aiokafka's
         batch API skips most of its per-message cost, which matters at thousands of open
         windows a second.
         """

@@ -18,7 +18,9 @@ the same keys (the `kpi` topic is compacted), and repeated samples are harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
@@ -42,10 +44,14 @@ from services.kpi.loop_clock import LoopClock
 from services.kpi.machine_status import MachineStatus
 from services.kpi.metrics import KpiMetrics
 from services.kpi.publisher import KpiPublisher, WorkerStats
+from services.kpi.trace import BatchTrace
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS: Final = 50_000
+# The longest a poll waits for telemetry (ms); less when open-window records fall due
+# sooner (the publisher's deadline holds with no telemetry coming in).
+MAX_POLL_WAIT_MS: Final = 200
 # Events from a clock a day ahead of the worker's, or from before 2000 (a PLC reset to
 # 1970), go to the DLQ: see linepulse.events.EARLIEST_MS.
 MAX_AHEAD_MS: Final = 86_400_000
@@ -95,8 +101,10 @@ class KpiWorker:
         self._homes: HomePartitions | None = None
         self._lines = {m: line.id for m, (line, _) in core.plant.machines().items()}
         self._consumer: Consumer | None = None
+        self._behind: asyncio.Task[None] | None = None  # the checkpoint behind the loop
         self._publisher: KpiPublisher | None = None
         self._last_checkpoint = time.monotonic()
+        self._trace = BatchTrace.from_env("worker")  # None unless LINEPULSE_TRACE is set
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -119,6 +127,8 @@ class KpiWorker:
             max_request_size=4 * 1024 * 1024,
             client_id="linepulse-kpi",
         )
+        if self._trace is not None:
+            producer = self._trace.producer(producer)
         consumer = self.clients.consumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.kafka.group,
@@ -142,7 +152,7 @@ class KpiWorker:
                 while not stop.is_set():
                     with clock.phase("poll"):
                         batch = await consumer.getmany(
-                            timeout_ms=200, max_records=MAX_BATCH_RECORDS
+                            timeout_ms=self._poll_timeout_ms(), max_records=MAX_BATCH_RECORDS
                         )
                     if batch:
                         with clock.phase("process"):
@@ -151,7 +161,7 @@ class KpiWorker:
                         await self._publisher.publish_due_open()
                     if time.monotonic() - self._last_checkpoint >= self.kafka.checkpoint_interval_s:
                         with clock.phase("checkpoint"):
-                            await self._checkpoint(list(self.parts))
+                            self._checkpoint_behind()
                     clock.tick(sum(len(m) for m in batch.values()))
                 log.info("stopping: checkpointing %d partitions", len(self.parts))
                 async with asyncio.timeout(SHUTDOWN_STEP_S):
@@ -159,12 +169,22 @@ class KpiWorker:
                     await self._checkpoint(list(self.parts))
                 log.info("stopping: checkpoints saved; leaving the group")
             finally:
+                await self._drop_checkpoint_behind()
                 await _bounded(consumer.stop(), "leaving the consumer group")
         finally:
             await _bounded(producer.stop(), "flushing and closing the producer")
             self._publisher = None
             self._consumer = None
             log.info("stopped")
+
+    def _poll_timeout_ms(self) -> int:
+        """How long the next poll may wait: until the publisher's next open-window records
+        are due, at most MAX_POLL_WAIT_MS (rounded up, so it does not wake just early)."""
+        publisher = self._publisher
+        due = None if publisher is None else publisher.open_due_in()
+        if due is None:
+            return MAX_POLL_WAIT_MS
+        return min(MAX_POLL_WAIT_MS, math.ceil(due * 1000))
 
     # -- partitions come and go ---------------------------------------------------------
 
@@ -216,6 +236,7 @@ class KpiWorker:
         publisher = self._publisher
         assert publisher is not None  # noqa: S101 - only called while running
         started = time.perf_counter()
+        stamps = None if self._trace is None else self._trace.batch()
         work: list[tuple[TopicPartition, Partition, Decoded, pl.DataFrame, int]] = []
         for tp, messages in batch.items():
             part = self.parts.get(tp.partition)
@@ -232,12 +253,17 @@ class KpiWorker:
             for home, events in forwards.items():
                 await publisher.forward(tp.topic, home, events)
             work.append((tp, part, decoded, local, messages[-1].offset + 1))
+            if stamps is not None:
+                stamps.records(str(tp.partition), messages)
+                stamps.mark("decoded", str(tp.partition))
         # Partitions have independent states and Polars releases the GIL while it works:
         # their steps run side by side in threads. Every step asks for its open windows
-        # (a small part of a step's cost); the publisher throttles them per key.
+        # (a small part of a step's cost); the publisher paces them per window kind.
         outputs = await asyncio.gather(
             *(asyncio.to_thread(step, self.core, p.state, local) for _, p, _, local, _ in work)
         )
+        if stamps is not None:
+            stamps.mark("stepped")
         for (tp, part, decoded, local, offset), (state, output) in zip(work, outputs, strict=True):
             part.state = state
             part.offset = offset
@@ -248,6 +274,8 @@ class KpiWorker:
                 output.jumps.select("ts", "machine", "signal", "reason"), tp.topic, where
             )
             await publisher.records(output.records)
+            if stamps is not None:
+                stamps.mark("built", str(tp.partition))
             part.statuses, changes = machine_status.step(
                 self._lines, part.statuses, local, output.states
             )
@@ -255,6 +283,8 @@ class KpiWorker:
             self.stats.events += decoded.events.height + len(decoded.rejected)
             self._observe(decoded, output, tp.partition)
         publisher.reap()
+        if stamps is not None:
+            stamps.write()
         self.stats.batches += 1
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
 
@@ -298,34 +328,78 @@ class KpiWorker:
 
     # -- checkpoints --------------------------------------------------------------------
 
+    def _checkpoint_behind(self) -> None:
+        """Checkpoint every partition now, in a task behind the loop: the states are
+        immutable, so the loop steps on while the snapshot's records are acknowledged
+        and its states written (at a checkpoint a second, the loop used to stand still
+        for a fifth of its time). Raises the error of the previous one if it failed; does
+        nothing while it still runs."""
+        running = self._behind
+        if running is not None:
+            if not running.done():
+                return
+            self._behind = None
+            running.result()
+        self._last_checkpoint = time.monotonic()
+        snapshot = self._snapshot(list(self.parts))
+        self._behind = asyncio.create_task(self._save_snapshot(snapshot), name="kpi-checkpoint")
+
     async def _checkpoint(self, numbers: list[int]) -> None:
-        consumer = self._consumer
-        publisher = self._publisher
-        if consumer is None or publisher is None:
-            return
-        await publisher.settle()  # records land before the state that produced them is saved
-        started = time.perf_counter()
-        offsets = {}
+        """Checkpoint `numbers` and return when saved and committed (on a stop, or before
+        partitions are revoked), after the checkpoint behind the loop, if one runs."""
+        running, self._behind = self._behind, None
+        if running is not None:
+            await running
+        self._last_checkpoint = time.monotonic()
+        await self._save_snapshot(self._snapshot(numbers))
+
+    async def _drop_checkpoint_behind(self) -> None:
+        """On leaving by an error: the checkpoint behind the loop is abandoned (the last
+        saved one stands, and its partitions are read again from there)."""
+        running, self._behind = self._behind, None
+        if running is not None and not running.done():
+            running.cancel()
+        if running is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await running
+
+    def _snapshot(self, numbers: list[int]) -> list[tuple[int, CoreState, int, dict[str, Any]]]:
+        """(partition, state, offset, statuses) of the dirty ones among `numbers`, as they
+        are now; a partition the loop steps on afterwards is dirty again."""
+        snapshot = []
         for number in numbers:
             part = self.parts.get(number)
             if part is None or not part.dirty:
                 continue
             statuses = {m: dict(vars(status)) for m, status in part.statuses.items()}
-            # The state is immutable: serialise and write it off the event loop.
-            await asyncio.to_thread(
-                self._save, self._checkpoint_name(number), part.state, part.offset, statuses
-            )
+            snapshot.append((number, part.state, part.offset, statuses))
             part.dirty = False
-            offsets[TopicPartition(self.kafka.telemetry.name, number)] = part.offset
+        return snapshot
+
+    async def _save_snapshot(
+        self, snapshot: list[tuple[int, CoreState, int, dict[str, Any]]]
+    ) -> None:
+        """Wait until every record sent so far is acknowledged (the snapshot's records among
+        them: records land before the state that produced them is saved), write each
+        state off the event loop, then commit the offsets they cover."""
+        consumer = self._consumer
+        publisher = self._publisher
+        if consumer is None or publisher is None or not snapshot:
+            return
+        await publisher.settle()
+        started = time.perf_counter()
+        offsets = {}
+        for number, state, offset, statuses in snapshot:
+            await asyncio.to_thread(
+                self._save, self._checkpoint_name(number), state, offset, statuses
+            )
+            offsets[TopicPartition(self.kafka.telemetry.name, number)] = offset
             self.stats.checkpoints += 1
-        if offsets:
-            try:
-                await consumer.commit(offsets)
-            except KafkaError as error:  # a commit lost in a rebalance is harmless
-                log.warning("offset commit failed (%s); the checkpoints hold the offsets", error)
-        self._last_checkpoint = time.monotonic()
-        if offsets:
-            self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as error:  # a commit lost in a rebalance is harmless
+            log.warning("offset commit failed (%s); the checkpoints hold the offsets", error)
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
 
     def _save(
         self, name: str, state: CoreState, offset: int, statuses: dict[str, dict[str, Any]]

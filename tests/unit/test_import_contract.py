@@ -2,6 +2,7 @@
 as well as by `lint-imports` in .ci/run: a service importing another service, or the
 common layer importing a service, fails here with the import chain that does it."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,18 @@ PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
 def test_the_layers_and_the_independent_services_are_kept(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = lint_imports(config_filename=str(PYPROJECT), no_cache=True, no_logo=True)
+    # import-linter configures logging with `disable_existing_loggers`: every logger that
+    # exists by then (the modules the other tests imported) would stay silent after it.
+    loggers = [
+        logger
+        for logger in logging.root.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger) and not logger.disabled
+    ]
+    try:
+        code = lint_imports(config_filename=str(PYPROJECT), no_cache=True, no_logo=True)
+    finally:
+        for logger in loggers:
+            logger.disabled = False
     assert code == 0, capsys.readouterr().out
 
 

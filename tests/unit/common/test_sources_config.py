@@ -88,6 +88,8 @@ def mqtt(*sources: dict[str, Any]) -> dict[str, Any]:
             mqtt({"credentials": {"username": "u", "password": "p", "password_env": "X"}}),
             "give one of password, password_env, password_file",
         ),
+        (mqtt({"mqtt_version": 4}), "sources.mqtt[0].mqtt_version: Input should be '5' or"),
+        (mqtt({"session_expiry_s": -1}), "sources.mqtt[0].session_expiry_s"),
     ],
 )
 def test_bad_sources_are_refused_naming_the_key(sources: dict[str, Any], message: str) -> None:
@@ -114,3 +116,14 @@ def test_passwords_come_from_the_environment_or_a_file_and_stay_out_of_reprs(
 
 def test_a_topic_pattern_subscribes_with_one_wildcard_per_placeholder() -> None:
     assert MqttTopic(pattern="a/{line}/b/{machine}").subscription() == "a/+/b/+"
+
+
+@pytest.mark.parametrize(
+    ("given", "version"),
+    [({}, "5"), ({"mqtt_version": 5}, "5"), ({"mqtt_version": "3.1.1"}, "3.1.1")],
+)
+def test_the_mqtt_version_is_5_unless_given_and_a_yaml_number_counts(
+    given: dict[str, Any], version: str
+) -> None:
+    config = parse_config(plant(sources=mqtt(given)))
+    assert config.sources.mqtt[0].mqtt_version == version

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import orjson
+from typing import Any
 
+import orjson
+import polars as pl
+
+from linepulse.events import EVENT_SCHEMA, EventError, decode_json
 from linepulse.wire import ARROW, MSGPACK, decode_records, encode_arrow, encode_msgpack
 from tests.unit.kpi.core.support import ev, frame
 
@@ -49,3 +53,33 @@ def test_bad_records_are_rejected_with_reasons_and_good_ones_kept() -> None:
     assert "exceeds" in reasons["p0@8"]
     assert decoded.events.height == 2  # the good JSON event and the good msgpack one
     assert sorted(decoded.events.get_column("signal").to_list()) == ["state", "total_count"]
+
+
+def test_a_poll_of_json_records_decodes_as_each_record_alone() -> None:
+    """A poll's one-line JSON records are decoded as one columnar block; a poll with a
+    record over several lines one by one. Either way: the events of `decode_json` per
+    record, in record order, and each bad record named by its offset with its reason."""
+    good = [orjson.dumps(ev(f"06:00:{s:02d}", "total_count", s)) for s in range(40)]
+    good += [orjson.dumps(e) for e in EVENTS]
+    bad = {
+        41: b'{"ts": "06:00", "machine": "m1", "signal": "state", "value": "down"}',
+        43: b"[1, 2]",
+        44: b"{broken",
+    }
+    for spread in (False, True):
+        values = list(good)
+        for offset, value in bad.items():
+            values.insert(offset, value)
+        if spread:  # a pretty-printed record: the poll is decoded record by record
+            values.append(orjson.dumps(EVENTS[2], option=orjson.OPT_INDENT_2))
+        decoded = decode_records([(v, None, i) for i, v in enumerate(values)], "p0")
+        want: list[tuple[Any, ...]] = []
+        reasons = {}
+        for offset, value in enumerate(values):
+            try:
+                want.append(decode_json(value))
+            except EventError as error:
+                reasons[f"p0@{offset}"] = str(error)
+        assert decoded.events.equals(pl.DataFrame(want, schema=EVENT_SCHEMA, orient="row"))
+        assert {where: reason for where, reason, _ in decoded.rejected} == reasons
+        assert sorted(reasons) == [f"p0@{offset}" for offset in bad]
