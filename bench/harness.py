@@ -10,6 +10,8 @@ Each `bench/*.py` keeps only what it measures and how it reports it.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import importlib.metadata
 import os
 import platform
@@ -19,11 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Final
+from typing import Any, Final
 
 import orjson
 import polars as pl
@@ -395,3 +397,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, timeout: str | None = 
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}")
     if timeout is not None:
         parser.add_argument("--timeout", type=float, default=None, metavar="S", help=timeout)
+
+
+async def stop_load(readers: Sequence[asyncio.Task[Any]], *clients: Any) -> None:
+    """End a measured load: cancel its reader tasks, wait for them, then stop each client
+    (an httpx client is closed with `aclose`, a Kafka producer or consumer with `stop`)."""
+    for reader in readers:
+        reader.cancel()
+    for reader in readers:
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    for client in clients:
+        await (client.aclose() if hasattr(client, "aclose") else client.stop())

@@ -57,7 +57,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench import harness
 from bench.generate import MACHINES_PER_LINE
-from bench.harness import LINEPULSE, Child, CpuMeter, busy_note, cores, mark, version, write_lines
+from bench.harness import (
+    LINEPULSE,
+    Child,
+    CpuMeter,
+    busy_note,
+    cores,
+    mark,
+    stop_load,
+    version,
+    write_lines,
+)
 from bench.throughput import (
     ARROW_BATCH,
     LATENESS_S,
@@ -335,16 +345,7 @@ async def latency_run(
                 caught_at = time.perf_counter()
             await asyncio.sleep(POLL_S)
     finally:
-        for reader in readers:
-            reader.cancel()
-        for reader in readers:
-            try:
-                await reader
-            except asyncio.CancelledError:
-                pass
-        await client.aclose()
-        await producer.stop()
-        await consumer.stop()
+        await stop_load(readers, client, producer, consumer)
     for c in children:
         c.sample()
     others = meter.others_cores(sum(c.cpu_s or 0.0 for c in children) - cpu_before)

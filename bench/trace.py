@@ -52,7 +52,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from bench import harness
-from bench.harness import Child, busy_note, write_lines
+from bench.harness import Child, busy_note, stop_load, write_lines
 from bench.stream import (
     API_READY_TIMEOUT_S,
     LATENCY_RATE,
@@ -206,16 +206,7 @@ async def steady_load(
             await asyncio.sleep(0.05)
     finally:
         load.ended_wall = time.time()
-        for reader in readers:
-            reader.cancel()
-        for reader in readers:
-            try:
-                await reader
-            except asyncio.CancelledError:
-                pass
-        await client.aclose()
-        await producer.stop()
-        await consumer.stop()
+        await stop_load(readers, client, producer, consumer)
     return load
 
 
