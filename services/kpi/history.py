@@ -27,6 +27,11 @@ Decisions worth knowing:
   primary key's ART index keeps each conflict check a lookup, not a scan of the history
   (it also grows with the history: 1m records, ~1.5 M a day per 1,000 machines, are
   the bulk; retention is not built yet).
+- **`current` reads `kpi_current`**, a second table the upsert keeps in the same
+  transaction: every open record and the newest final one per (line, machine, window),
+  copied from `kpi_records` after it settled the batch (so a stale record never gets
+  there). The same query over the whole history grew with it (1,267 ms for `1m` after a
+  day of 1,000 machines, 1.44 M rows); over this table it stays ~25 ms.
 - Threads and time storage: services/kpi/database.py.
 """
 
