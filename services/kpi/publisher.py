@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -115,6 +115,20 @@ class KpiPublisher:
         if finals:
             self.metrics.records_published.labels(final="true").inc(len(finals))
         await self._send_kpi(finals)
+
+    def kinds_due(self, kinds: Iterable[WindowKind]) -> frozenset[WindowKind]:
+        """The window kinds among `kinds` whose cadence has passed since their last send:
+        the worker has the core build the open records of those only (building a record
+        costs more than sending it; a kind left out is built, every open window of it,
+        once it is due). What a step builds for them is still due at the publish that
+        follows it, so it goes out then, not a cadence later."""
+        now = self._clock()
+        due = []
+        for kind in kinds:
+            sent = self._open_sent.get(kind)
+            if sent is None or now - sent >= self.kafka.open_cadence(kind):
+                due.append(kind)
+        return frozenset(due)
 
     def open_due_in(self) -> float | None:
         """Seconds until the next open-window records are due (0: now), None with none

@@ -257,10 +257,15 @@ class KpiWorker:
                 stamps.records(str(tp.partition), messages)
                 stamps.mark("decoded", str(tp.partition))
         # Partitions have independent states and Polars releases the GIL while it works:
-        # their steps run side by side in threads. Every step asks for its open windows
-        # (a small part of a step's cost); the publisher paces them per window kind.
+        # their steps run side by side in threads. Building the records of open windows is
+        # most of a step's cost, so a step asks only for the kinds the publisher will send
+        # after it (1m and 15m every 0.2 s, shift and day every 5 s by default).
+        kinds = publisher.kinds_due(self.core.windows)
         outputs = await asyncio.gather(
-            *(asyncio.to_thread(step, self.core, p.state, local) for _, p, _, local, _ in work)
+            *(
+                asyncio.to_thread(step, self.core, p.state, local, open_records=kinds)
+                for _, p, _, local, _ in work
+            )
         )
         if stamps is not None:
             stamps.mark("stepped")

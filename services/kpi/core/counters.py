@@ -143,6 +143,25 @@ def _startup_anchors(
     return pl.concat([ends, shifts]).unique().sort("ts")
 
 
+def _marked(seq: pl.DataFrame, marks: pl.DataFrame, index: PlantIndex) -> pl.DataFrame:
+    """`ts`-sorted counter samples with the ideal time changed last before each
+    (`change_ict_us`) and the product then made (`product`), null where none came yet."""
+    changes = _ideal_times(marks, index)
+    # An unconfigured product falls back to the machine's time, so coalesce is exact.
+    if changes.height:
+        seq = seq.join_asof(changes, on="ts", by="machine", check_sortedness=False)
+    else:
+        seq = seq.with_columns(pl.lit(None, pl.Int64).alias("change_ict_us"))
+    products = (
+        marks.filter(pl.col("signal") == "product")
+        .sort("ts", "machine", "text")
+        .select("machine", "ts", pl.col("text").alias("product"))
+    )
+    if products.height:
+        return seq.join_asof(products, on="ts", by="machine", check_sortedness=False)
+    return seq.with_columns(pl.lit(None, pl.String).alias("product"))
+
+
 def counter_minutes(
     samples: pl.DataFrame, dirty: pl.DataFrame, index: PlantIndex, calendar: Calendar
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
@@ -152,35 +171,35 @@ def counter_minutes(
     product), the product being the latest `product` sample before the part; jumps the
     implausible increments of the recomputed samples (`JUMP_SCHEMA`).
     """
-    counters = samples.filter(pl.col("signal").is_in(CUMULATIVE_SIGNALS))
-    seq = _from_dirty(counters, dirty, ["machine", "signal", "ts", "count"]).join(
+    order = ["machine", "signal", "ts", "count"]
+    counters = samples.filter(pl.col("signal").is_in(CUMULATIVE_SIGNALS)).select(order)
+    seq = _from_dirty(counters, dirty, order).join(
         index.counters, on=["machine", "signal"], how="left", maintain_order="left"
     )
     seq = increments(seq).filter(pl.col("ts") >= pl.col("from"))
     jumps = _jumps(seq)
-    machines = seq.get_column("machine").unique()
-    mine = samples.filter(pl.col("machine").is_in(machines.implode()))
-    changes = _ideal_times(mine, index)
-    seq = seq.sort("ts")
-    # An unconfigured product falls back to the machine's time, so coalesce is exact.
-    if changes.height:
-        seq = seq.join_asof(changes, on="ts", by="machine", check_sortedness=False)
+    # Product and ideal-time samples are few (most plants send none): pick them out before
+    # asking which machine, and skip the as-of joins without them.
+    marks = samples.filter(pl.col("signal").is_in(["product", "ideal_cycle_time_s"]))
+    if marks.height:
+        machines = seq.get_column("machine").unique()
+        marks = marks.filter(pl.col("machine").is_in(machines.implode()))
+    if marks.height:
+        seq = _marked(seq.sort("ts"), marks, index)  # as-of joins need `ts` order; sums do not
     else:
-        seq = seq.with_columns(pl.lit(None, pl.Int64).alias("change_ict_us"))
-    products = (
-        mine.filter(pl.col("signal") == "product")
-        .sort("ts", "machine", "text")
-        .select("machine", "ts", pl.col("text").alias("product"))
+        seq = seq.with_columns(
+            pl.lit(None, pl.Int64).alias("change_ict_us"), pl.lit(None, pl.String).alias("product")
+        )
+    seq = seq.join(
+        index.machines.select("machine", "ict_us", "startup_ms"),
+        on="machine",
+        maintain_order="left",
     )
-    if products.height:
-        seq = seq.join_asof(products, on="ts", by="machine", check_sortedness=False)
-    else:
-        seq = seq.with_columns(pl.lit(None, pl.String).alias("product"))
-    seq = seq.join(index.machines.select("machine", "ict_us", "startup_ms"), on="machine")
     seq = seq.with_columns(pl.coalesce("change_ict_us", "ict_us").alias("ict"))
     if seq.height and index.lookback_ms and seq.select((pl.col("startup_ms") > 0).any()).item():
         hi = int(seq.get_column("ts").max())  # type: ignore[arg-type]
         anchors = _startup_anchors(samples, dirty, index, calendar, hi)
+        seq = seq if marks.height else seq.sort("ts")  # sorted above when marks came
         seq = seq.join_asof(
             anchors.rename({"ts": "anchor"}),
             left_on="ts",
@@ -193,24 +212,36 @@ def counter_minutes(
         startup = pl.lit(False)
     seq = seq.with_columns(startup.alias("startup"))
     minute = (pl.col("ts") - pl.col("ts") % MINUTE_MS).alias("minute")
-    atoms = seq.group_by("machine", minute).agg(_sums(with_startup=True))
+    atoms = _summed(
+        seq.select("machine", minute, *_parts(with_startup=True)), ["machine", "minute"]
+    )
     made = seq.filter(pl.col("product").is_not_null() & (pl.col("signal") != REWORK))
-    product_atoms = made.group_by("machine", minute, "product").agg(_sums(with_startup=False))
+    product_atoms = _summed(
+        made.select("machine", minute, "product", *_parts(with_startup=False)),
+        ["machine", "minute", "product"],
+    )
     return atoms, product_atoms, jumps
 
 
-def _sums(*, with_startup: bool) -> list[pl.Expr]:
-    aggs = []
+def _parts(*, with_startup: bool) -> list[pl.Expr]:
+    """Each sample's share of every count column (null where it has none), so that the
+    group-by that follows only sums columns: its fast path, where a filter inside each
+    aggregation runs per group."""
+    parts = []
     for signal, short in SHORT.items():
         mine = pl.col("signal") == signal
-        aggs += [
-            pl.col("inc").filter(mine).sum().alias(short),
-            (pl.col("inc") * pl.col("ict")).filter(mine).sum().alias(f"i{short}"),
-            pl.col("inc").filter(mine & pl.col("ict").is_null()).sum().alias(f"u{short}"),
+        ideal = pl.col("inc") * pl.col("ict")
+        parts += [
+            pl.when(mine).then(pl.col("inc")).alias(short),
+            pl.when(mine).then(ideal).alias(f"i{short}"),
+            pl.when(mine & pl.col("ict").is_null()).then(pl.col("inc")).alias(f"u{short}"),
         ]
         if with_startup:
-            startup = (pl.col("inc") * pl.col("ict")).filter(mine & pl.col("startup"))
-            aggs.append(startup.sum().alias(f"s{short}"))
+            parts.append(pl.when(mine & pl.col("startup")).then(ideal).alias(f"s{short}"))
     if with_startup:
-        aggs.append(pl.col("inc").filter(pl.col("signal") == REWORK).sum().alias("W"))
-    return aggs
+        parts.append(pl.when(pl.col("signal") == REWORK).then(pl.col("inc")).alias("W"))
+    return parts
+
+
+def _summed(parts: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    return parts.group_by(keys).agg(pl.exclude(keys).sum())

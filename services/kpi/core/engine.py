@@ -22,7 +22,9 @@ baseline), atoms and window sums until their windows can no longer change.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from operator import itemgetter
 from typing import Any, Final
 
@@ -38,7 +40,7 @@ from services.kpi.core.counters import (
     PRODUCT_COUNT_COLUMNS,
     counter_minutes,
 )
-from services.kpi.core.lines import LINE_FIELDS, MachineWindow, line_fields
+from services.kpi.core.lines import LINE_FIELDS, LineShape, MachineWindow, line_fields
 from services.kpi.core.oee import SUM_COLUMNS, kpi_fields, machine_counts
 from services.kpi.core.samples import (
     CUMULATIVE_SIGNALS,
@@ -65,6 +67,8 @@ PRODUCT_COLUMNS = ["run_ms", *PRODUCT_COUNT_COLUMNS]
 _INT_ATOMS: dict[str, pl.DataType] = {c: pl.Int64() for c in ATOM_COLUMNS}
 _INT_PRODUCT: dict[str, pl.DataType] = {c: pl.Int64() for c in PRODUCT_COLUMNS}
 WINDOW_KEY = ["machine", "line", "window", "start", "end", "shift"]
+# What names a record (`RecordKey`): a line's record has machine null.
+RECORD_KEY = ["line", "machine", "window", "start"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,7 @@ class Core:
     lateness_ms: int
     horizon_ms: int
     schemas: Schemas
+    line_shapes: dict[str, LineShape]
 
     @classmethod
     def from_config(cls, plant: PlantConfig, windows: tuple[WindowKind, ...] | None = None) -> Core:
@@ -144,6 +149,7 @@ class Core:
             # window closes once the longest small stop has passed as well.
             lateness_ms=round(plant.kpi.lateness_s * 1000) + _max_small_ms(index),
             horizon_ms=round(plant.kpi.restate_horizon_s * 1000),
+            line_shapes={line.id: LineShape.of(line) for line in plant.lines},
         )
 
 
@@ -247,14 +253,21 @@ def step(
     events: pl.DataFrame,
     *,
     flush: bool = False,
-    open_records: bool = True,
+    open_records: bool | AbstractSet[WindowKind] = True,
 ) -> tuple[CoreState, StepOutput]:
     """Apply a batch of `EVENT_SCHEMA` events; with `flush`, close every open window.
 
-    Returns the new state and the records that changed: open windows whose values moved
-    (unless `open_records` is False, as for a replay that writes final records only),
-    windows that became final, and restatements of final windows (revision + 1).
+    Returns the new state and the records that changed: open windows whose values moved,
+    windows that became final, and restatements of final windows (revision + 1). Open
+    windows of the kinds in `open_records` only (True: every kind; False: none, as for a
+    replay that writes final records only). A kind left out costs nothing here, and the
+    first step that asks for it again gives every open window of it that changed since
+    it was last given (every open window is a candidate of every step), so a streaming
+    worker asks for each kind only as often as it publishes it.
     """
+    open_kinds = frozenset(
+        core.windows if open_records is True else () if open_records is False else open_records
+    )
     prep = prepare(events, core.index)  # samples in arrival order
     high0 = state.high
     water0 = None if high0 is None else high0 - core.lateness_ms
@@ -284,7 +297,7 @@ def step(
         too_late=state.stats.too_late + too_late_rows.height,
         implausible=state.stats.implausible,
     )
-    if high1 is None or (new.is_empty() and high1 == high0 and not flush and not open_records):
+    if high1 is None or (new.is_empty() and high1 == high0 and not flush and not open_kinds):
         output = StepOutput([], rejected, late, too_late_rows.height, floor0, _states(new))
         return replace(state, stats=stats), output
 
@@ -349,7 +362,7 @@ def step(
         high1,
         water1,
         flush,
-        open_records,
+        open_kinds,
         _ticks(restated),
     )
 
@@ -370,16 +383,29 @@ def step(
     if older_min is not None and older_min < floor1 - EVICT_EVERY_MS:
         older = _evict_samples(older, floor1)  # amortised: once per EVICT_EVERY_MS of time
         older_min = int(older.get_column("ts").min()) if older.height else None  # type: ignore[arg-type]
+    # What can still change: minutes from the horizon on, windows ending after it.
+    kept_minutes, kept_windows = pl.col("minute") >= floor1, pl.col("end") > floor1
+    atoms, reasons, acc, racc, patoms, pacc = pl.collect_all(
+        [
+            atoms.lazy().filter(kept_minutes),
+            reasons.lazy().filter(kept_minutes),
+            acc.lazy().filter(kept_windows),
+            racc.lazy().filter(kept_windows),
+            patoms.lazy().filter(kept_minutes),
+            pacc.lazy().filter(kept_windows),
+        ],
+        engine="in-memory",
+    )
     new_state = CoreState(
         recent=recent,
         older=older,
         older_last=older_last,
-        atoms=atoms.filter(pl.col("minute") >= floor1),
-        reasons=reasons.filter(pl.col("minute") >= floor1),
-        acc=acc.filter(pl.col("end") > floor1),
-        racc=racc.filter(pl.col("end") > floor1),
-        patoms=patoms.filter(pl.col("minute") >= floor1),
-        pacc=pacc.filter(pl.col("end") > floor1),
+        atoms=atoms,
+        reasons=reasons,
+        acc=acc,
+        racc=racc,
+        patoms=patoms,
+        pacc=pacc,
         first_seen=first_seen,
         counters_seen=counters_seen,
         emitted={k: v for k, v in emitted.items() if v.end > floor1},
@@ -548,43 +574,46 @@ def _recompute(
     schemas = core.schemas
     state_atoms, new_reasons, state_products = state_minutes(samples, dirty, high, core.index)
     count_atoms, count_products, jumps = counter_minutes(samples, dirty, core.index, core.calendar)
+    # One lazy plan per result, collected together (see `_apply_deltas`).
     new_atoms = (
-        state_atoms.join(count_atoms, on=["machine", "minute"], how="full", coalesce=True)
+        state_atoms.lazy()
+        .join(count_atoms.lazy(), on=["machine", "minute"], how="full", coalesce=True)
         .with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in ATOM_COLUMNS)
         .select(schemas.atoms.names())
     )
-    new_reasons = new_reasons.select(schemas.reasons.names()).cast(schemas.reasons)
+    new_reasons_plan = new_reasons.lazy().select(schemas.reasons.names()).cast(schemas.reasons)
     product_key = ["machine", "minute", "product"]
     new_products = (
-        state_products.join(count_products, on=product_key, how="full", coalesce=True)
+        state_products.lazy()
+        .join(count_products.lazy(), on=product_key, how="full", coalesce=True)
         .with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in PRODUCT_COLUMNS)
         .select(schemas.patoms.names())
         .cast(schemas.patoms)
     )
     dirty_rows = pl.col("minute") >= pl.col("from")
 
-    def split(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        joined = frame.join(dirty, on="machine", how="left")
+    def split(frame: pl.DataFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+        joined = frame.lazy().join(dirty.lazy(), on="machine", how="left")
         hit = pl.col("from").is_not_null() & dirty_rows
         return joined.filter(~hit).drop("from"), joined.filter(hit).drop("from")
 
     kept_atoms, old_atoms = split(state.atoms)
     kept_reasons, old_reasons = split(state.reasons)
     kept_products, old_products = split(state.patoms)
-    delta = pl.concat([new_atoms, old_atoms.with_columns(-pl.col(c) for c in ATOM_COLUMNS)])
-    rdelta = pl.concat([new_reasons, old_reasons.with_columns(-pl.col("ms"))])
-    pdelta = pl.concat(
-        [new_products, old_products.with_columns(-pl.col(c) for c in PRODUCT_COLUMNS)]
+    atoms, reasons, patoms, delta, rdelta, pdelta = pl.collect_all(
+        [
+            pl.concat([kept_atoms, new_atoms]),
+            pl.concat([kept_reasons, new_reasons_plan]),
+            pl.concat([kept_products, new_products]),
+            pl.concat([new_atoms, old_atoms.with_columns(-pl.col(c) for c in ATOM_COLUMNS)]),
+            pl.concat([new_reasons_plan, old_reasons.with_columns(-pl.col("ms"))]),
+            pl.concat(
+                [new_products, old_products.with_columns(-pl.col(c) for c in PRODUCT_COLUMNS)]
+            ),
+        ],
+        engine="in-memory",
     )
-    return (
-        pl.concat([kept_atoms, new_atoms]),
-        pl.concat([kept_reasons, new_reasons]),
-        pl.concat([kept_products, new_products]),
-        delta,
-        rdelta,
-        pdelta,
-        jumps,
-    )
+    return atoms, reasons, patoms, delta, rdelta, pdelta, jumps
 
 
 def _apply_deltas(
@@ -594,11 +623,15 @@ def _apply_deltas(
     rdelta: pl.DataFrame,
     pdelta: pl.DataFrame,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Add minute deltas to the per-window sums; return the windows they touched."""
-    lines = core.index.machines.select("machine", "line")
-    delta = delta.join(lines, on="machine")
-    rdelta = rdelta.join(lines, on="machine")
-    pdelta = pdelta.join(lines, on="machine")
+    """Add minute deltas to the per-window sums; return the windows they touched.
+
+    Built as lazy plans collected together: each eager operation on these small frames
+    costs about as much as its work, so one plan per result is most of the saving."""
+    lines = core.index.machines.lazy().select("machine", "line")
+    delta, rdelta, pdelta = pl.collect_all(
+        [frame.lazy().join(lines, on="machine") for frame in (delta, rdelta, pdelta)],
+        engine="in-memory",
+    )
     keys = pl.concat(
         [
             delta.select("line", "minute"),
@@ -606,13 +639,21 @@ def _apply_deltas(
             pdelta.select("line", "minute"),
         ]
     )
-    grid = minute_grid(core.calendar, keys, core.windows)
-    delta = delta.join(grid, on=["line", "minute"]).with_columns(
-        pl.when(pl.col("planned")).then(pl.col(c)).otherwise(0).alias(c) for c in TIME_COLUMNS
+    grid = minute_grid(core.calendar, keys, core.windows).lazy()
+    minutes = (
+        delta.lazy()
+        .join(grid, on=["line", "minute"])
+        .with_columns(
+            pl.when(pl.col("planned")).then(pl.col(c)).otherwise(0).alias(c) for c in TIME_COLUMNS
+        )
     )
-    rdelta = rdelta.join(grid, on=["line", "minute"]).filter(pl.col("planned"))
-    pdelta = pdelta.join(grid, on=["line", "minute"]).with_columns(
-        pl.when(pl.col("planned")).then(pl.col("run_ms")).otherwise(0).alias("run_ms")
+    reason_minutes = rdelta.lazy().join(grid, on=["line", "minute"]).filter(pl.col("planned"))
+    product_minutes = (
+        pdelta.lazy()
+        .join(grid, on=["line", "minute"])
+        .with_columns(
+            pl.when(pl.col("planned")).then(pl.col("run_ms")).otherwise(0).alias("run_ms")
+        )
     )
     parts, rparts, pparts = [], [], []
     for kind in core.windows:
@@ -626,10 +667,12 @@ def _apply_deltas(
             shift.alias("shift"),
         ]
         present = pl.col(f"{kind}_start").is_not_null()
-        parts.append(delta.filter(present).group_by(key).agg(pl.col(ATOM_COLUMNS).sum()))
-        rparts.append(rdelta.filter(present).group_by([*key, "reason"]).agg(pl.col("ms").sum()))
+        parts.append(minutes.filter(present).group_by(key).agg(pl.col(ATOM_COLUMNS).sum()))
+        rparts.append(
+            reason_minutes.filter(present).group_by([*key, "reason"]).agg(pl.col("ms").sum())
+        )
         if pdelta.height:  # most plants have no product signal
-            by_product = pdelta.filter(present).group_by([*key, "product"])
+            by_product = product_minutes.filter(present).group_by([*key, "product"])
             pparts.append(by_product.agg(pl.col(PRODUCT_COLUMNS).sum()))
     schemas = core.schemas
     window_delta = pl.concat(parts).cast(schemas.acc).select(schemas.acc.names())
@@ -637,17 +680,21 @@ def _apply_deltas(
     product_delta = (
         pl.concat(pparts).cast(schemas.pacc).select(schemas.pacc.names())
         if pparts
-        else schemas.pacc.to_frame()
+        else schemas.pacc.to_frame().lazy()
     )
-    acc = pl.concat([state.acc, window_delta]).group_by(WINDOW_KEY).agg(pl.col(ATOM_COLUMNS).sum())
+    acc = (
+        pl.concat([state.acc.lazy(), window_delta])
+        .group_by(WINDOW_KEY)
+        .agg(pl.col(ATOM_COLUMNS).sum())
+    )
     racc = (
-        pl.concat([state.racc, reason_delta])
+        pl.concat([state.racc.lazy(), reason_delta])
         .group_by([*WINDOW_KEY, "reason"])
         .agg(pl.col("ms").sum())
         .filter(pl.col("ms") != 0)
     )
-    pacc = state.pacc
-    if product_delta.height:
+    pacc = state.pacc.lazy()
+    if pparts:
         pacc = (
             pl.concat([pacc, product_delta])
             .group_by([*WINDOW_KEY, "product"])
@@ -661,7 +708,10 @@ def _apply_deltas(
             product_delta.select(WINDOW_KEY),
         ]
     ).unique()
-    return acc, racc, pacc, touched
+    acc_sums, racc_sums, pacc_sums, touched_windows = pl.collect_all(
+        [acc, racc, pacc, touched], engine="in-memory"
+    )
+    return acc_sums, racc_sums, pacc_sums, touched_windows
 
 
 def _candidates(
@@ -716,48 +766,32 @@ def _emit(
     high1: int,
     water1: int,
     flush: bool,
-    open_records: bool,
+    open_kinds: frozenset[WindowKind],
     ticks: dict[RecordKey, list[int]],
 ) -> tuple[list[dict[str, Any]], dict[RecordKey, Emitted]]:
+    """The records of `candidates` that changed, and what was said of each record now.
+
+    The fields come from one Polars plan (sums, KPI fields, each record's reasons and
+    products as lists), read out column by column: a record dict is made in Python only
+    once, and the line fields read their machines' records of the same window (the sort
+    puts a line's record after its machines').
+    """
+    if not flush and open_kinds != frozenset(core.windows):
+        # Windows of the kinds left out are built only once final (as `_calendar_windows`
+        # says: at the flush, or once the watermark reaches their end).
+        asked = pl.col("window").is_in(sorted(open_kinds)) | (pl.col("end") <= water1)
+        candidates = candidates.filter(asked)
     if candidates.is_empty():
         return [], dict(state.emitted)
-    # Calendar planned time per line window, up to `high` while the window is open.
-    windows = candidates.select("line", "window", "start", "end").unique()
-    cal = []
-    for line, kind, start, end in windows.iter_rows():
-        final = flush or water1 >= end
-        cutoff = end if final else min(end, high1)
-        so_far = core.calendar.planned_ms(line, start, cutoff)
-        whole = so_far if final or kind != "shift" else core.calendar.planned_ms(line, start, end)
-        cal.append((so_far, final, max(cutoff - start, 0), whole, whole - so_far))
-    windows = windows.with_columns(
-        pl.Series("cal_ms", [c[0] for c in cal], pl.Int64),
-        pl.Series("final", [c[1] for c in cal], pl.Boolean),
-        pl.Series("calendar_ms", [c[2] for c in cal], pl.Int64),
-        pl.Series("whole_cal_ms", [c[3] for c in cal], pl.Int64),
-        pl.Series("remaining_ms", [c[4] for c in cal], pl.Int64),  # planned time ahead
-    )
-    flags = pl.DataFrame(
-        [
-            (m, "total_count" in c, "good_count" in c, "reject_count" in c, REWORK in c)
-            # A machine that sent nothing yet has the counters its config declares.
-            for m, c in {**core.index.declared_counters, **counters_seen}.items()
-        ],
-        schema={
-            "machine": core.index.machine_type,
-            "has_t": pl.Boolean,
-            "has_g": pl.Boolean,
-            "has_r": pl.Boolean,
-            "has_w": pl.Boolean,
-        },
-        orient="row",
-    )
+    windows = _calendar_windows(core, candidates, high1, water1, flush)
+    flags = _counter_flags(core, counters_seen)
     has = (pl.col("has_t"), pl.col("has_g"), pl.col("has_r"))
     rows = (
-        candidates.join(acc, on=WINDOW_KEY, how="left", nulls_equal=True)
+        candidates.lazy()
+        .join(acc.lazy(), on=WINDOW_KEY, how="left", nulls_equal=True)
         .with_columns(pl.col(ATOM_COLUMNS).fill_null(0))
-        .join(windows, on=["line", "window", "start", "end"])
-        .join(flags, on="machine", how="left")
+        .join(windows.lazy(), on=["line", "window", "start", "end"])
+        .join(flags.lazy(), on="machine", how="left")
         .with_columns(pl.col("has_t", "has_g", "has_r", "has_w").fill_null(False))
         .with_columns(machine_counts(*has, pl.col("has_w")))
         .with_columns(pl.col("ideal_us").fill_null(0), pl.col("noideal").fill_null(0))
@@ -768,61 +802,72 @@ def _emit(
     line_key = ["line", "window", "start", "end", "shift", "final", "calendar_ms"]
     line_key += ["whole_cal_ms", "remaining_ms"]
     summed = [*SUM_COLUMNS, "machine_calendar_ms"]
-    line_rows = rows.group_by(line_key).agg(pl.col(summed).sum())
-    machine_rows = rows.select([*WINDOW_KEY, *line_key[5:], *summed])
-    line_rows = line_rows.with_columns(
-        pl.lit(None, core.index.machine_type).alias("machine")
-    ).select(machine_rows.columns)
-    table = pl.concat([machine_rows, line_rows])
-    if not open_records:
-        table = table.filter(pl.col("final"))
-    table = table.with_columns(kpi_fields())
+    columns = [*WINDOW_KEY, *line_key[5:], *summed]
+    machine_rows = rows.select(columns)
+    line_rows = (
+        rows.group_by(line_key)
+        .agg(pl.col(summed).sum())
+        .with_columns(pl.lit(None, core.index.machine_type).alias("machine"))
+        .select(columns)
+    )
+    plan = pl.concat([machine_rows, line_rows])
+    plan = plan.with_columns(kpi_fields()).join(
+        _reason_lists(core, candidates, racc), on=RECORD_KEY, how="left", nulls_equal=True
+    )
+    products = _product_lists(core, candidates, pacc, flags)
+    if products is not None:
+        plan = plan.join(products, on=RECORD_KEY, how="left", nulls_equal=True)
+    table = (
+        plan.sort("start", "window", "line", "machine", nulls_last=True)
+        .with_columns(
+            pl.lit(core.plant.site).alias("site"),
+            _rfc3339("start").alias("window_start"),
+            _rfc3339("end").alias("window_end"),
+            _losses().alias("losses"),
+            (pl.col("remaining_ms") / 1000).alias("remaining_s"),
+            (pl.col("down_ms") + pl.col("changeover_ms") + pl.col("small_ms")).alias("own_ms"),
+        )
+        .collect(engine="in-memory")
+    )
 
-    reasons: dict[RecordKey, dict[str, int]] = {}
-    reason_rows = candidates.join(racc, on=WINDOW_KEY, how="inner", nulls_equal=True)
-    for machine, line, kind, start, reason, ms in reason_rows.select(
-        "machine", "line", "window", "start", "reason", "ms"
-    ).iter_rows():
-        for scope in ((line, machine, kind, start), (line, None, kind, start)):
-            bucket = reasons.setdefault(scope, {})
-            bucket[reason] = bucket.get(reason, 0) + ms
-    products = _products(core, candidates, pacc, flags)
+    def column(name: str) -> list[Any]:
+        return table.get_column(name).to_list()
 
+    def optional(name: str) -> list[Any] | repeat[None]:
+        return column(name) if name in table.columns else repeat(None)
+
+    # Each row's record, field by field (those made per record below are None here), and
+    # beside it what the line fields, the reasons, the products and the revision need.
+    # (Not strict: the fields made per record, and products where none has any, are
+    # `repeat(None)`.)
+    fields = zip(
+        *(repeat(None) if name in _PER_RECORD else column(name) for name in RECORD_FIELDS),
+        strict=False,
+    )
+    aside = zip(
+        *map(column, ["start", "end", "remaining_s", "whole_cal_ms", "own_ms"]),
+        *map(column, ["_reasons", "_reason_s"]),
+        *map(optional, ["_products", "_product_runs"]),
+        strict=False,
+    )
+    seen: dict[tuple[str, str, int], dict[str, MachineWindow]] = {}
     emitted = dict(state.emitted)
     out: list[dict[str, Any]] = []
-    table = table.sort("start", "window", "line", "machine", nulls_last=True).with_columns(
-        pl.lit(core.plant.site).alias("site"),
-        _rfc3339("start").alias("window_start"),
-        _rfc3339("end").alias("window_end"),
-        _losses().alias("losses"),
-        (pl.col("remaining_ms") / 1000).alias("remaining_s"),
-        (pl.col("down_ms") + pl.col("changeover_ms") + pl.col("small_ms")).alias("own_ms"),
-    )
-    # Each row's record, field by field (those made per record below are null here), and
-    # beside it what the line fields and the revision need that is no field.
-    fields = table.select(
-        pl.lit(None).alias(name) if name in _PER_RECORD else pl.col(name) for name in RECORD_FIELDS
-    )
-    aside = table.select("start", "end", "remaining_s", "whole_cal_ms", "own_ms")
-    seen: dict[tuple[str, str, int], dict[str, MachineWindow]] = {}
-    lines = {line.id: line for line in core.plant.lines}
-    for row, (start, end, remaining_s, whole_cal_ms, own_ms) in zip(
-        fields.iter_rows(), aside.iter_rows(), strict=True
+    for row, (start, end, remaining_s, whole_cal_ms, own_ms, *lists) in zip(
+        fields, aside, strict=True
     ):
+        reasons, reason_s, products, runs = lists
         record = dict(zip(RECORD_FIELDS, row, strict=True))
         line, machine, kind = record["line"], record["machine"], record["window"]
         final = record["final"]
         if machine is not None:
             seen.setdefault((line, kind, start), {})[machine] = MachineWindow(
-                oee=record["oee"],
-                good_count=record["good_count"],
-                own_stop_s=own_ms / 1000,
-                planned_s=record["planned_s"],
+                record["oee"], record["good_count"], own_ms / 1000, record["planned_s"]
             )
         else:
             record.update(
                 line_fields(
-                    lines[line],
+                    core.line_shapes[line],
                     seen.get((line, kind, start), {}),
                     shift=record["shift"] if kind == "shift" else None,
                     final=final,
@@ -831,20 +876,17 @@ def _emit(
                 )
             )
         key: RecordKey = (line, machine, kind, start)
-        by_reason_ms = reasons.get(key, {})
-        by_reason = {
-            r: ms / 1000
-            for r, ms in sorted(by_reason_ms.items(), key=lambda kv: (-kv[1], kv[0]))
-            if ms
-        }
-        by_product = products.get(key, {})
+        by_reason = () if reasons is None else tuple(zip(reasons, reason_s, strict=True))
+        by_product: dict[str, dict[str, Any]] = (
+            {} if products is None else dict(zip(products, runs, strict=True))
+        )
         losses = record["losses"]
         # What a revision compares, in the order checkpoints keep it (Emitted.values).
         compared = (
             *_summed_values(record),
             *(_NO_LOSSES if losses is None else losses.values()),
-            tuple(by_reason.items()),
-            tuple((p, tuple(v.values())) for p, v in by_product.items()),
+            by_reason,
+            tuple((p, tuple(v.values())) for p, v in by_product.items()) if by_product else (),
             *_line_values(record),
         )
         previous = emitted.get(key)
@@ -862,7 +904,7 @@ def _emit(
         else:
             revision = previous.revision + bumps
         emitted[key] = Emitted(revision, final, end, compared, tick)
-        record["downtime_by_reason"] = by_reason
+        record["downtime_by_reason"] = dict(by_reason)
         record["revision"] = revision
         record["product"] = (
             max(by_product, key=lambda p: (by_product[p]["run_s"], p)) if by_product else None
@@ -872,52 +914,115 @@ def _emit(
     return out, emitted
 
 
-def _products(
+def _calendar_windows(
+    core: Core, candidates: pl.DataFrame, high1: int, water1: int, flush: bool
+) -> pl.DataFrame:
+    """Calendar planned time per line window, up to `high` while the window is open."""
+    windows = candidates.select("line", "window", "start", "end").unique()
+    cal = []
+    for line, kind, start, end in windows.iter_rows():
+        final = flush or water1 >= end
+        cutoff = end if final else min(end, high1)
+        so_far = core.calendar.planned_ms(line, start, cutoff)
+        whole = so_far if final or kind != "shift" else core.calendar.planned_ms(line, start, end)
+        cal.append((so_far, final, max(cutoff - start, 0), whole, whole - so_far))
+    return windows.hstack(
+        pl.DataFrame(
+            cal,
+            schema={
+                "cal_ms": pl.Int64,
+                "final": pl.Boolean,
+                "calendar_ms": pl.Int64,
+                "whole_cal_ms": pl.Int64,
+                "remaining_ms": pl.Int64,  # planned time ahead
+            },
+            orient="row",
+        )
+    )
+
+
+def _counter_flags(core: Core, counters_seen: dict[str, frozenset[str]]) -> pl.DataFrame:
+    """Which counters each machine has: what its counts are made of (`machine_counts`).
+    A machine that sent nothing yet has the counters its config declares."""
+    counters = {**core.index.declared_counters, **counters_seen}
+    return pl.DataFrame(
+        {
+            "machine": list(counters),
+            "has_t": ["total_count" in c for c in counters.values()],
+            "has_g": ["good_count" in c for c in counters.values()],
+            "has_r": ["reject_count" in c for c in counters.values()],
+            "has_w": [REWORK in c for c in counters.values()],
+        },
+        schema={
+            "machine": core.index.machine_type,
+            "has_t": pl.Boolean,
+            "has_g": pl.Boolean,
+            "has_r": pl.Boolean,
+            "has_w": pl.Boolean,
+        },
+    )
+
+
+def _both_scopes(core: Core, rows: pl.LazyFrame, by: str, sums: list[str]) -> pl.LazyFrame:
+    """`rows` summed per record and `by`: for each machine's record, and for its line's
+    (machine null), whose sums are its machines'."""
+    columns = [*RECORD_KEY, by, *sums]
+    machines = rows.group_by([*RECORD_KEY, by]).agg(pl.col(sums).sum())
+    lines = (
+        rows.group_by(["line", "window", "start", by])
+        .agg(pl.col(sums).sum())
+        .with_columns(pl.lit(None, core.index.machine_type).alias("machine"))
+    )
+    return pl.concat([machines.select(columns), lines.select(columns)])
+
+
+def _reason_lists(core: Core, candidates: pl.DataFrame, racc: pl.DataFrame) -> pl.LazyFrame:
+    """Per record (`RECORD_KEY`): its downtime reasons, longest first and then by name
+    (`_reasons`), and their seconds (`_reason_s`); none with no time."""
+    rows = candidates.lazy().join(racc.lazy(), on=WINDOW_KEY, how="inner", nulls_equal=True)
+    return (
+        _both_scopes(core, rows, "reason", ["ms"])
+        .filter(pl.col("ms") != 0)
+        .group_by(RECORD_KEY)
+        .agg(
+            pl.col("reason").sort_by("ms", "reason", descending=[True, False]).alias("_reasons"),
+            (pl.col("ms").sort_by("ms", "reason", descending=[True, False]) / 1000).alias(
+                "_reason_s"
+            ),
+        )
+    )
+
+
+def _product_lists(
     core: Core, candidates: pl.DataFrame, pacc: pl.DataFrame, flags: pl.DataFrame
-) -> dict[RecordKey, dict[str, dict[str, Any]]]:
-    """Each record's window split by product: {product: run time, counts, P, Q}."""
+) -> pl.LazyFrame | None:
+    """Per record (`RECORD_KEY`): its window split by product, by product name: the
+    names (`_products`) and each one's run time, counts, P and Q (`_product_runs`, the
+    record's `by_product` values); None where no window has a product."""
     if pacc.is_empty():
-        return {}
-    rows = candidates.join(pacc, on=WINDOW_KEY, how="inner", nulls_equal=True)
-    if rows.is_empty():
-        return {}
+        return None
     rows = (
-        rows.join(flags, on="machine", how="left")
+        candidates.lazy()
+        .join(pacc.lazy(), on=WINDOW_KEY, how="inner", nulls_equal=True)
+        .join(flags.lazy(), on="machine", how="left")
         .with_columns(pl.col("has_t", "has_g", "has_r").fill_null(False))
         .with_columns(machine_counts(pl.col("has_t"), pl.col("has_g"), pl.col("has_r")))
     )
-    sums: dict[RecordKey, dict[str, list[int]]] = {}
-    for machine, line, kind, start, product, *nums in rows.select(
-        "machine",
-        "line",
-        "window",
-        "start",
-        "product",
-        "run_ms",
-        "total_count",
-        "good_count",
-        "reject_count",
-        "ideal_us",
-        "noideal",
-    ).iter_rows():
-        for scope in ((line, machine, kind, start), (line, None, kind, start)):
-            bucket = sums.setdefault(scope, {}).setdefault(product, [0] * 6)
-            for i, n in enumerate(nums):
-                bucket[i] += n
-    out: dict[RecordKey, dict[str, dict[str, Any]]] = {}
-    for key, by_product in sums.items():
-        out[key] = {
-            product: {
-                "run_s": run_ms / 1000,
-                "total_count": total,
-                "good_count": good,
-                "reject_count": reject,
-                "performance": ideal / 1e3 / run_ms if run_ms > 0 and not noideal else None,
-                "quality": good / total if total > 0 else None,
-            }
-            for product, (run_ms, total, good, reject, ideal, noideal) in sorted(by_product.items())
-        }
-    return out
+    counts = ["total_count", "good_count", "reject_count"]
+    sums = _both_scopes(core, rows, "product", ["run_ms", *counts, "ideal_us", "noideal"])
+    run_ms, total = pl.col("run_ms"), pl.col("total_count")
+    run = pl.struct(
+        (run_ms / 1000).alias("run_s"),
+        *counts,
+        pl.when((run_ms > 0) & (pl.col("noideal") == 0))
+        .then(pl.col("ideal_us") / 1e3 / run_ms)
+        .alias("performance"),
+        pl.when(total > 0).then(pl.col("good_count") / total).alias("quality"),
+    )
+    return sums.group_by(RECORD_KEY).agg(
+        pl.col("product").sort_by("product").alias("_products"),
+        run.sort_by("product").alias("_product_runs"),
+    )
 
 
 # The record's fields `_emit` makes per record in Python; the frame gives the others, by

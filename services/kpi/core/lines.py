@@ -11,19 +11,46 @@ rate.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from linepulse.config import Line
+from linepulse.production import LineTarget
 
 
-@dataclass(frozen=True)
-class MachineWindow:
-    """What the line fields read from one machine's record of the window."""
+class MachineWindow(NamedTuple):
+    """What the line fields read from one machine's record of the window (a tuple: one
+    is made per machine record at every step)."""
 
     oee: float | None
     good_count: int
     own_stop_s: float  # down + setup + small stops: time the machine stopped itself
     planned_s: float
+
+
+@dataclass(frozen=True)
+class LineShape:
+    """What the line fields read from a line's config, resolved once per core: `Line`'s
+    `constraint_machine` and `output_machine` scan its machines on every call, and every
+    step makes a line record per open window."""
+
+    id: str
+    machines: tuple[str, ...]  # config order: a bottleneck tie goes to the earlier one
+    constraint: str
+    output: str
+    output_ideal_cycle_time_s: float | None
+    target: LineTarget | None
+
+    @classmethod
+    def of(cls, line: Line) -> LineShape:
+        output = line.output_machine
+        return cls(
+            id=line.id,
+            machines=tuple(m.id for m in line.machines),
+            constraint=line.constraint_machine.id,
+            output=output.id,
+            output_ideal_cycle_time_s=output.ideal_cycle_time_s,
+            target=line.target,
+        )
 
 
 LINE_FIELDS = (
@@ -38,7 +65,7 @@ LINE_FIELDS = (
 
 
 def line_fields(
-    line: Line,
+    line: LineShape,
     machines: dict[str, MachineWindow],
     *,
     shift: str | None,
@@ -52,27 +79,26 @@ def line_fields(
     target from the ideal rate); `remaining_s` the calendar planned time still ahead of
     the latest event (0 once final).
     """
-    constraint = line.constraint_machine.id
+    constraint = line.constraint
     out: dict[str, Any] = dict.fromkeys(LINE_FIELDS)
     out["constraint"] = constraint
     if constraint in machines:
         out["oee_constraint"] = machines[constraint].oee
     best: tuple[float, str] | None = None
     for machine in line.machines:  # config order: ties go to the earlier machine
-        seen = machines.get(machine.id)
+        seen = machines.get(machine)
         if seen is not None and seen.own_stop_s > 0 and (best is None or seen.own_stop_s > best[0]):
-            best = (seen.own_stop_s, machine.id)
+            best = (seen.own_stop_s, machine)
     if best is not None:
         out["bottleneck_s"], out["bottleneck"] = best
-    output = line.output_machine
-    produced = machines.get(output.id)
+    produced = machines.get(line.output)
     if produced is not None:
         out["output_count"] = produced.good_count
     if shift is None:
         return out
     if line.target is not None:
         out["target_count"] = line.target.parts_for(
-            shift, full_planned_s, output.ideal_cycle_time_s
+            shift, full_planned_s, line.output_ideal_cycle_time_s
         )
     if produced is not None:
         if final:

@@ -149,78 +149,137 @@ class Prepared:
 
 
 def _num_as_text(num: pl.Expr) -> pl.Expr:
-    # PackML state numbers and PLC enums arrive as numbers; map keys are their text.
-    return (
-        pl.when(num == num.round())
-        .then(num.cast(pl.Int64, strict=False).cast(pl.String))
-        .otherwise(num.cast(pl.String))
-    )
+    # PackML state numbers and PLC enums arrive as numbers; map keys are their text. A
+    # whole float beyond 64-bit integers keeps its float text: a null here would make the
+    # reason for rejecting it null, and the reading pass as a sample.
+    whole = pl.when(num == num.round()).then(num.cast(pl.Int64, strict=False).cast(pl.String))
+    return pl.coalesce(whole, num.cast(pl.String))
+
+
+def _quoted(text: pl.Expr) -> pl.Expr:
+    # `format` is null when an argument is: a reason must never be (the event would pass).
+    return pl.coalesce(pl.format("'{}'", text), pl.lit("(none)"))
+
+
+def _as_text(whole: pl.Expr, real: pl.Expr) -> pl.Expr:
+    """The reading as text (`source`): the text value, else the integer, else the float
+    (a whole float without its `.0`)."""
+    return pl.coalesce(pl.col("value_str"), whole.cast(pl.String), _num_as_text(real))
 
 
 def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
     """Validate and normalise a batch of `EVENT_SCHEMA` events for the core; the samples
-    keep the events' order (the core judges each against the watermark at its arrival)."""
-    quality_bad = pl.col("quality") == "bad"
-    kpi = pl.col("signal").is_in(KPI_SIGNALS)
-    known = pl.col("machine").is_in(index.machine_type.categories.implode())
-    bad_quality, other_signals = events.select(
-        quality_bad.sum().alias("bad"), (~quality_bad & ~kpi & known).sum().alias("other")
+    keep the events' order (the core judges each against the watermark at its arrival).
+
+    Most telemetry is other tags (analog signals), so the rows are sorted out first, with
+    one Enum cast per column: a cast gives null where the name is not a configured machine
+    or a KPI signal, so it is the membership test and the conversion in one hash lookup,
+    and the kept rows are gathered with small integer columns instead of strings. Null
+    names and quality fall out as they would under `is_in`/`==` (three-valued logic): no
+    counts, no rejection.
+    """
+    named_machine = pl.col("machine").is_not_null()
+    named_signal = pl.col("signal").is_not_null()
+    usable = (pl.col("quality") != "bad").fill_null(False)
+    machine = pl.col("machine").cast(index.machine_type, strict=False).alias("machine")
+    signal = pl.col("signal").cast(SIGNAL_TYPE, strict=False).alias("signal")
+    flags = events.select(
+        (pl.col("quality") == "bad").alias("_bad"),
+        (usable & named_machine).alias("_usable"),
+        named_signal.alias("_named"),
+        machine,
+        signal,
+    )
+    known, kpi = pl.col("machine").is_not_null(), pl.col("signal").is_not_null()
+    keep, unknown_rows = flags.select(
+        (pl.col("_usable") & known & kpi).alias("keep"),
+        (pl.col("_usable") & ~known).alias("unknown"),
+    ).get_columns()
+    bad_quality, other_signals = flags.select(
+        pl.col("_bad").sum().alias("bad"),
+        (pl.col("_usable") & known & ~kpi & pl.col("_named")).sum().alias("other"),
     ).row(0)
-    events = events.filter(~quality_bad)
-    unknown = events.filter(~known)
-    # Other tags (temperature, speed) are valid telemetry without a KPI: drop them first.
-    events = events.filter(kpi & known).with_columns(
-        pl.col("machine").cast(index.machine_type), pl.col("signal").cast(SIGNAL_TYPE)
+    unknown = events.filter(unknown_rows)
+    values = [c for c in ("value_num", "value_int", "value_str") if c in events.columns]
+    events = (
+        events.select("ts", *values, "reason")
+        .with_columns(flags.get_column("machine"), flags.get_column("signal"))
+        .filter(keep)
     )
 
     # Values keep their source type (README "Telemetry events"): text is never read as a
     # number; integers stay exact (`value_int`), floats are `value_num`.
     whole = pl.col("value_int") if "value_int" in events.columns else pl.lit(None, pl.Int64)
     real = pl.col("value_num")
-    source = pl.coalesce(pl.col("value_str"), whole.cast(pl.String), _num_as_text(real))
-    events = events.with_columns(source.alias("source"))
+    # The reading as text is what states and products are; a counter needs it only to
+    # say why it is rejected. Numbers to text is the costly part, and a column of nulls
+    # converts for free: only state and product rows convert here.
+    text_rows = pl.col("signal").is_in(("state", "product"))
+    events = events.with_columns(
+        _as_text(pl.when(text_rows).then(whole), pl.when(text_rows).then(real)).alias("source")
+    )
     if index.state_map.height:
         events = events.join(
             index.state_map, on=["machine", "source"], how="left", maintain_order="left"
         )
     else:
         events = events.with_columns(pl.lit(None, pl.String).alias("mapped"))
-    state = pl.coalesce(
-        pl.col("mapped"),
-        pl.when(pl.col("source").is_in(sorted(STATES))).then(pl.col("source")),
-    )
-    num = pl.coalesce(real, whole.cast(pl.Float64))
     # A counter reading is an integer; a float counter (OPC-UA Double) must be whole.
     integral = (real == real.round()) & (real.abs() <= MAX_COUNTER)
-    count = pl.coalesce(whole, pl.when(integral).then(real.cast(pl.Int64, strict=False)))
-    is_counter = pl.col("signal").is_in(CUMULATIVE_SIGNALS)
+    # Each derived value once, as a column: the checks and the samples both read it.
+    events = events.with_columns(
+        pl.coalesce(
+            pl.col("mapped"),
+            pl.when(pl.col("source").is_in(sorted(STATES))).then(pl.col("source")),
+        ).alias("_state"),
+        pl.coalesce(real, whole.cast(pl.Float64)).alias("_num"),
+        pl.coalesce(whole, pl.when(integral).then(real.cast(pl.Int64, strict=False))).alias(
+            "_count"
+        ),
+        # A correction: the code in `reason` (or in the value), its number in the value.
+        pl.coalesce(pl.col("reason"), pl.col("value_str")).alias("_code"),
+        pl.col("signal").is_in(CUMULATIVE_SIGNALS).alias("_counter"),
+    )
+    state, num, count, code = pl.col("_state"), pl.col("_num"), pl.col("_count"), pl.col("_code")
+    is_counter = pl.col("_counter")
     is_reason = pl.col("signal") == "reason"
-    # A correction: the code in `reason` (or in the value), its number in the value.
-    code = pl.coalesce(pl.col("reason"), pl.col("value_str"))
-    problem = (
-        pl.when((pl.col("signal") == "state") & state.is_null())
-        .then(pl.format("state value '{}' is not a LinePulse state; map it in state_map", "source"))
-        .when(is_counter & num.is_null())
-        .then(
+    # Each check, in the order its reason wins; the reasons are written for the rows that
+    # fail one (few), not for every row.
+    checks = [
+        (
+            (pl.col("signal") == "state") & state.is_null(),
             pl.format(
-                "{} must be a number, got '{}'", pl.col("signal").cast(pl.String), "value_str"
-            )
-        )
-        .when(is_counter & (count.is_null() | (count < 0)))
-        .then(
+                "state value {} is not a LinePulse state; map it in state_map",
+                _quoted(pl.col("source")),
+            ),
+        ),
+        (
+            is_counter & num.is_null(),
+            pl.format(
+                "{} must be a number, got {}",
+                pl.col("signal").cast(pl.String),
+                _quoted(pl.col("value_str")),
+            ),
+        ),
+        (
+            is_counter & (count.is_null() | (count < 0)),
             pl.format(
                 "{} must be a non-negative integer, got {}",
                 pl.col("signal").cast(pl.String),
-                pl.col("source"),
-            )
-        )
-        .when((pl.col("signal") == "ideal_cycle_time_s") & (num.is_null() | (num <= 0)))
-        .then(pl.lit("ideal_cycle_time_s must be a number > 0"))
-        .when(is_reason & (code.is_null() | (code == "")))
-        .then(pl.lit("a reason event needs the reason code in `reason`"))
-        .otherwise(pl.lit(None, pl.String))
-    )
-    events = events.with_columns(problem.alias("_problem"))
+                _as_text(whole, real),
+            ),
+        ),
+        (
+            (pl.col("signal") == "ideal_cycle_time_s") & (num.is_null() | (num <= 0)),
+            pl.lit("ideal_cycle_time_s must be a number > 0"),
+        ),
+        (
+            is_reason & (code.is_null() | (code == "")),
+            pl.lit("a reason event needs the reason code in `reason`"),
+        ),
+    ]
+    events = events.with_columns(pl.any_horizontal(c for c, _ in checks).alias("_faulty"))
+    problem = pl.coalesce(pl.when(check).then(why) for check, why in checks)  # the first
     rejected = pl.concat(
         [
             unknown.select(
@@ -229,15 +288,15 @@ def prepare(events: pl.DataFrame, index: PlantIndex) -> Prepared:
                 "signal",
                 pl.format("unknown machine '{}'", "machine").alias("reason"),
             ),
-            events.filter(pl.col("_problem").is_not_null()).select(
+            events.filter(pl.col("_faulty")).select(
                 "ts",
                 pl.col("machine").cast(pl.String),
                 pl.col("signal").cast(pl.String),
-                pl.col("_problem").alias("reason"),
+                problem.alias("reason"),
             ),
         ]
     )
-    good = events.filter(pl.col("_problem").is_null()).select(
+    good = events.filter(~pl.col("_faulty")).select(
         "machine",
         "ts",
         "signal",

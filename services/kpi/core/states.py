@@ -31,19 +31,29 @@ ATOM_STATE_COLUMNS = {**STATE_COLUMNS, "small": "small_ms"}
 STOP_COLUMNS = ["stops", "small_stops", "failures"]
 
 
-def _from_dirty(samples: pl.DataFrame, dirty: pl.DataFrame, order: list[str]) -> pl.DataFrame:
-    """Samples at or after each machine's `from`, plus the last one before it (the baseline).
+def _from_dirty(
+    samples: pl.DataFrame, dirty: pl.DataFrame, order: list[str], start: str = "from"
+) -> pl.DataFrame:
+    """Samples at or after each machine's `start` (a column of `dirty`), plus the last one
+    before it (the baseline), sorted by `order`; `dirty`'s columns come along.
 
-    `order` is the full sort key; its leading columns up to `ts` group a sequence.
+    `order` is the full sort key; its leading columns up to `ts` group a sequence. After
+    one sort a sequence's rows before `start` come first, so its baseline is the one whose
+    next row is not before `start` or starts another sequence: a shift, not a group-by.
     """
     keys = order[: order.index("ts")]
-    joined = samples.join(dirty, on="machine", how="inner")
-    before = joined.filter(pl.col("ts") < pl.col("from"))
-    # Only rows at the latest time of their group can be its last: sort just those.
-    before = before.filter(pl.col("ts") == pl.col("ts").max().over(keys))
-    baseline = before.sort(order, nulls_last=True).group_by(keys, maintain_order=True).last()
-    current = joined.filter(pl.col("ts") >= pl.col("from"))
-    return pl.concat([baseline.select(current.columns), current]).sort(order, nulls_last=True)
+    seq = samples.join(dirty, on="machine", how="inner").sort(order, nulls_last=True)
+    before = pl.col("ts") < pl.col(start)
+    same_next = pl.all_horizontal(pl.col(k) == pl.col(k).shift(-1) for k in keys)
+    followed = same_next.fill_null(False) & before.shift(-1).fill_null(False)
+    return seq.filter(~before | ~followed)
+
+
+def _shifted(column: str, n: int, by: str = "machine") -> pl.Expr:
+    """`column` `n` rows away within runs of equal `by` (null across a run's edge): on rows
+    sorted by `by`, the same as `shift(n).over(by)` without a window's group-by."""
+    same = pl.col(by) == pl.col(by).shift(n)
+    return pl.when(same).then(pl.col(column).shift(n))
 
 
 STATE_ORDER = ["machine", "ts", "text", "reason"]
@@ -112,8 +122,7 @@ def _classified(seq: pl.DataFrame, high: int, *, small_stops: bool) -> pl.DataFr
     """
     in_stop = pl.col("text").is_in(SMALL_STATES)
     seq = seq.with_columns(
-        pl.col("ts").shift(-1).over("machine").fill_null(high).alias("next"),
-        pl.col("text").shift(1).over("machine").alias("prev"),
+        _shifted("ts", -1).fill_null(high).alias("next"), _shifted("text", 1).alias("prev")
     )
     if not small_stops:  # no machine has a threshold
         return seq.with_columns(pl.lit(False).alias("small"))
@@ -144,15 +153,10 @@ def state_minutes(
     """
     states = corrected(samples.filter(pl.col("signal") == "state"), samples, index)
     look = dirty.join(index.machines.select("machine", "small_ms"), on="machine").with_columns(
-        (pl.col("from") - pl.col("small_ms")).alias("from")
+        (pl.col("from") - pl.col("small_ms")).alias("_look")
     )
-    seq = _from_dirty(states, look.drop("small_ms"), ["machine", "ts", "text", "reason"])
-    seq = (
-        seq.drop("from")
-        .join(dirty, on="machine")
-        .join(index.machines.select("machine", "small_ms"), on="machine")
-    )
-    seq = _classified(seq, high, small_stops=index.lookback_ms > 0)
+    seq = _from_dirty(states.select(STATE_ORDER), look, STATE_ORDER, start="_look")
+    seq = _classified(seq.drop("_look"), high, small_stops=index.lookback_ms > 0)
     downtime = pl.col("text").is_in(DOWNTIME)
     stop = (pl.col("ts") >= pl.col("from")) & (pl.col("prev") == "running") & downtime
     stops = (
@@ -189,12 +193,19 @@ def state_minutes(
             pl.when(pl.col("small")).then(pl.lit("small")).otherwise(pl.col("text")).alias("kind"),
         )
     )
+    # One column per kind, then plain sums: a group-by's fast path, where a filter inside
+    # each aggregation runs per group.
     atoms = (
-        pieces.group_by("machine", "minute")
-        .agg(
-            pl.col("ms").filter(pl.col("kind") == kind).sum().alias(column)
-            for kind, column in ATOM_STATE_COLUMNS.items()
+        pieces.select(
+            "machine",
+            "minute",
+            *(
+                pl.when(pl.col("kind") == kind).then(pl.col("ms")).alias(column)
+                for kind, column in ATOM_STATE_COLUMNS.items()
+            ),
         )
+        .group_by("machine", "minute")
+        .agg(pl.col(ATOM_STATE_COLUMNS.values()).sum())
         .join(stops, on=["machine", "minute"], how="full", coalesce=True)
     )
     reasons = (
@@ -218,11 +229,8 @@ def _timeline(
     states = seq.select(
         "machine", "ts", "from", "text", pl.col("reason").fill_null(UNASSIGNED), "small"
     )
-    if products.is_empty():
-        return states.with_columns(
-            pl.col("ts").shift(-1).over("machine").fill_null(high).alias("next"),
-            pl.lit(None, pl.String).alias("product"),
-        )
+    if products.is_empty():  # the states' own ends (`_classified`) stand
+        return states.with_columns(seq.get_column("next"), pl.lit(None, pl.String).alias("product"))
     marks = products.join(dirty, on="machine").select(
         "machine",
         "ts",
@@ -250,6 +258,4 @@ def _timeline(
             pl.col("product").forward_fill().over("machine"),
         )
     )
-    return merged.with_columns(
-        pl.col("ts").shift(-1).over("machine").fill_null(high).alias("next")
-    ).drop("_k")
+    return merged.with_columns(_shifted("ts", -1).fill_null(high).alias("next")).drop("_k")

@@ -151,3 +151,22 @@ async def test_open_interval_s_of_earlier_configs_paces_every_kind_as_before(
             await bench.at(now, record("1m", 1), record("shift", 1))
         assert len([s for s in bench.sent() if s[0] == "1m"]) == sends
         assert len([s for s in bench.sent() if s[0] == "shift"]) == sends
+
+
+async def test_the_kinds_due_are_built_and_go_out_with_the_next_publish() -> None:
+    """The worker asks the core for the open records of the kinds due only: a kind is due
+    once its cadence has passed since its last send (1m: 0.2 s, shift: 5 s), and what is
+    built for it then goes out at the next publish, not a cadence later."""
+    kinds: tuple[WindowKind, ...] = ("1m", "shift")
+    async with Bench() as bench:
+        publisher = bench.publisher
+        assert publisher.kinds_due(kinds) == {"1m", "shift"}  # nothing sent yet
+        await bench.at(0.0, record("1m", 1), record("shift", 1))
+        bench.clock.now = 0.1
+        assert publisher.kinds_due(kinds) == set()
+        bench.clock.now = 0.25
+        assert publisher.kinds_due(kinds) == {"1m"}
+        await bench.at(0.26, record("1m", 2))  # built for the due kind: out at once
+        assert sorted(bench.sent()) == [("1m", False, 1), ("1m", False, 2), ("shift", False, 1)]
+        bench.clock.now = 5.1
+        assert publisher.kinds_due(kinds) == {"1m", "shift"}

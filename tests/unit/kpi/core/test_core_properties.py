@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from linepulse.config import WindowKind
-from linepulse.events import parse_ts
+from linepulse.events import empty_events, parse_ts
+from services.kpi.core.engine import Core, initial_state, step
 from tests.unit.kpi.core.oracle import oracle
-from tests.unit.kpi.core.support import Key, plant, run
+from tests.unit.kpi.core.support import Key, frame, plant, run
 
 BASE = parse_ts("2026-11-02T05:30:00Z")
 HOUR = 3_600_000
@@ -216,3 +217,30 @@ def test_any_split_of_any_arrival_order_equals_one_event_at_a_time(
         assert sorted(r for o in cut_out for r in o.rejected.iter_rows()) == sorted(
             r for o in single_out for r in o.rejected.iter_rows()
         )
+
+
+@SETTINGS
+@given(events=event_lists(), seed=st.integers(0, 2**32 - 1))
+def test_open_records_asked_by_kind_now_and_then_end_as_if_asked_always(
+    events: list[Event], seed: int
+) -> None:
+    """The streaming worker asks each step for the open records of the kinds due only.
+    Whatever kinds are asked when, once every kind is asked again each key's latest
+    record is the one asking always gives: the same figures, revision and finality."""
+    rng = random.Random(seed)
+    ordered = as_dicts(sorted(events, key=lambda e: e[0]))
+    batches = split(ordered, rng)
+    core = Core.from_config(config(), WINDOWS)
+    always, sometimes = initial_state(core), initial_state(core)
+    latest: tuple[dict[Any, dict[str, Any]], dict[Any, dict[str, Any]]] = ({}, {})
+    for i, batch in enumerate([*batches, []]):
+        events_frame = frame(batch) if batch else empty_events()
+        last = i == len(batches)
+        kinds = set(WINDOWS) if last else {k for k in WINDOWS if rng.random() < 0.4}
+        always, out_always = step(core, always, events_frame)
+        sometimes, out_sometimes = step(core, sometimes, events_frame, open_records=kinds)
+        for seen, output in zip(latest, (out_always, out_sometimes), strict=True):
+            for record in output.records:
+                seen[(record["machine"], record["window"], record["window_start"])] = record
+        assert all(r["final"] or r["window"] in kinds for r in out_sometimes.records)
+    assert latest[1] == latest[0]
