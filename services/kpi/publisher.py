@@ -130,6 +130,16 @@ class KpiPublisher:
                 due.append(kind)
         return frozenset(due)
 
+    def due_in(self, kinds: Iterable[WindowKind]) -> float | None:
+        """Seconds until the first of `kinds` is due (0: now), None for no kinds."""
+        now = self._clock()
+        waits = [
+            0.0 if sent is None else max(0.0, sent + self.kafka.open_cadence(kind) - now)
+            for kind in kinds
+            for sent in (self._open_sent.get(kind),)
+        ]
+        return min(waits, default=None)
+
     def open_due_in(self) -> float | None:
         """Seconds until the next open-window records are due (0: now), None with none
         waiting: how long the loop may wait for telemetry before it must publish."""

@@ -34,8 +34,8 @@ from aiokafka.structs import ConsumerRecord
 from linepulse.bus import AIOKAFKA, Consumer, KafkaClients
 from linepulse.bus.partitions import HomePartitions
 from linepulse.bus.topics import TOPIC_ROLES, check_topics
-from linepulse.config import KafkaSettings
-from linepulse.events import EARLIEST_MS, Decoded, reason_kind
+from linepulse.config import KafkaSettings, WindowKind
+from linepulse.events import EARLIEST_MS, Decoded, empty_events, reason_kind
 from linepulse.wire import decode_records
 from services.kpi import machine_status
 from services.kpi.checkpoint import CheckpointError, DirectoryStore, dump_state, load_state
@@ -56,6 +56,9 @@ MAX_POLL_WAIT_MS: Final = 200
 # 1970), go to the DLQ: see linepulse.events.EARLIEST_MS.
 MAX_AHEAD_MS: Final = 86_400_000
 SHUTDOWN_STEP_S: Final = 30.0
+# A partition that has had no telemetry for this long builds the open records its last
+# steps left out (`KpiWorker._build_owed`); while telemetry flows, its steps do.
+OWED_AFTER_QUIET_S: Final = 0.5
 
 
 async def _bounded(step: Awaitable[None], what: str) -> None:
@@ -75,6 +78,10 @@ class Partition:
     offset: int  # the next offset to read; the checkpoint covers everything before it
     statuses: dict[str, MachineStatus] = field(default_factory=dict)
     dirty: bool = False
+    # Window kinds whose open records a step of it left out since they were last built:
+    # built by a step without events once due, if no telemetry brings one sooner.
+    owed: frozenset[WindowKind] = frozenset()
+    stepped_at: float = 0.0  # monotonic s of its last step with telemetry
 
 
 class KpiWorker:
@@ -158,6 +165,7 @@ class KpiWorker:
                         with clock.phase("process"):
                             await self._process(batch)
                     with clock.phase("publish"):
+                        await self._build_owed()
                         await self._publisher.publish_due_open()
                     if time.monotonic() - self._last_checkpoint >= self.kafka.checkpoint_interval_s:
                         with clock.phase("checkpoint"):
@@ -179,12 +187,50 @@ class KpiWorker:
 
     def _poll_timeout_ms(self) -> int:
         """How long the next poll may wait: until the publisher's next open-window records
-        are due, at most MAX_POLL_WAIT_MS (rounded up, so it does not wake just early)."""
+        are due, or the next kind a step left out, at most MAX_POLL_WAIT_MS (rounded up,
+        so it does not wake just early)."""
         publisher = self._publisher
-        due = None if publisher is None else publisher.open_due_in()
-        if due is None:
+        if publisher is None:
             return MAX_POLL_WAIT_MS
-        return min(MAX_POLL_WAIT_MS, math.ceil(due * 1000))
+        waits = [publisher.open_due_in()]
+        now = time.monotonic()
+        for part in self.parts.values():  # what a quiet partition owes (`_build_owed`)
+            due = publisher.due_in(part.owed)
+            if due is not None:
+                waits.append(max(due, part.stepped_at + OWED_AFTER_QUIET_S - now))
+        known = [wait for wait in waits if wait is not None]
+        if not known:
+            return MAX_POLL_WAIT_MS
+        return min(MAX_POLL_WAIT_MS, math.ceil(min(known) * 1000))
+
+    async def _build_owed(self) -> None:
+        """The open records of the kinds steps left out and now due, for the partitions
+        that owe them and have had no telemetry for `OWED_AFTER_QUIET_S`, by a step
+        without events: after the last telemetry of a while, the latest figures of every
+        kind still reach the topic within its cadence (and that pause). A partition with
+        telemetry owes nothing for long: its next step asks for every kind then due."""
+        publisher = self._publisher
+        assert publisher is not None  # noqa: S101 - only called while running
+        quiet = time.monotonic() - OWED_AFTER_QUIET_S
+        owing = [part for part in self.parts.values() if part.owed and part.stepped_at <= quiet]
+        if not owing:
+            return
+        due = publisher.kinds_due(frozenset().union(*(part.owed for part in owing)))
+        work = [(part, part.owed & due) for part in owing if part.owed & due]
+        if not work:
+            return
+        none = empty_events()
+        outputs = await asyncio.gather(
+            *(
+                asyncio.to_thread(step, self.core, part.state, none, open_records=kinds)
+                for part, kinds in work
+            )
+        )
+        for (part, kinds), (state, output) in zip(work, outputs, strict=True):
+            part.state = state
+            part.dirty = True
+            part.owed -= kinds
+            await publisher.records(output.records)
 
     # -- partitions come and go ---------------------------------------------------------
 
@@ -269,10 +315,13 @@ class KpiWorker:
         )
         if stamps is not None:
             stamps.mark("stepped")
+        left_out = frozenset(self.core.windows) - kinds
         for (tp, part, decoded, local, offset), (state, output) in zip(work, outputs, strict=True):
             part.state = state
             part.offset = offset
             part.dirty = True
+            part.owed = part.owed - kinds | left_out
+            part.stepped_at = time.monotonic()
             where = f"{tp.topic}[{tp.partition}]"
             publisher.dead_letters_core(output.rejected, tp.topic, where)
             publisher.dead_letters_core(

@@ -224,3 +224,51 @@ async def test_restart_from_the_checkpoint_does_not_double_count(tmp_path: Path)
     assert round(shift["oee"], 6) == 0.747937
     assert (shift["total_count"], shift["reject_count"], shift["stops"]) == (19271, 423, 3)
     assert shift["revision"] == 0
+
+
+async def test_a_kind_left_out_of_the_last_step_is_built_once_due(tmp_path: Path) -> None:
+    """A step builds the open records of the kinds due only (shift: every 2 s here).
+    Telemetry that stops right after a step that left `shift` out must still reach the
+    open shift record within its cadence, without further telemetry."""
+    config, events = classic()
+    kafka = config.kafka.model_copy(
+        update={"open_interval_s": None, "open_deadline_s": 0.05, "open_cadence_s": {"shift": 2}}
+    )
+    config = config.model_copy(update={"kafka": kafka})
+    first = [e for e in events if e["ts"] < "2026-11-02T10:00:00Z"]
+    rest = [e for e in events if "2026-11-02T10:00:00Z" <= e["ts"] < "2026-11-02T14:00:00Z"]
+    broker = InProcessBroker(auto_create_partitions=None)
+    clients = InProcessClients(broker)
+    await ensure_topics(NO_BROKER, kafka, clients)
+    worker = KpiWorker(
+        Core.from_config(config),
+        kafka,
+        NO_BROKER,
+        DirectoryStore(tmp_path),
+        KpiMetrics.create(CollectorRegistry()),
+        clients=clients,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop), name="kpi-worker")
+
+    def shift_count() -> int | None:
+        record = latest(kpi_records(broker, config)).get(SHIFT)
+        return None if record is None else int(record["total_count"])
+
+    try:
+        await produce(clients, kafka.telemetry.name, first)
+        async with asyncio.timeout(30):
+            while shift_count() is None:  # the shift's first open record is out
+                await asyncio.sleep(0.01)
+        await produce(clients, kafka.telemetry.name, rest)  # stepped within the second
+        async with asyncio.timeout(30):
+            while worker.stats.events < len(first) + len(rest):
+                await asyncio.sleep(0.01)
+        # The step of `rest` came within the shift's cadence: it left the shift out.
+        assert any("shift" in part.owed for part in worker.parts.values())
+        async with asyncio.timeout(10):
+            while shift_count() != 19271:  # the count at 14:00, by the shift cadence
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
