@@ -3,7 +3,6 @@ hands the store what a poll returned in one batch."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from services.kpi.metrics import KpiMetrics
 from services.kpi.publisher import record_key
 from services.kpi.store import KpiStore
 from tests.unit.kpi.test_store import plant_config, record
+from tests.unit.kpi.test_worker_on_bus import follow_until_ready
 
 
 def test_a_refused_record_is_skipped_and_the_rest_of_the_batch_kept(tmp_path: Path) -> None:
@@ -79,15 +79,7 @@ async def test_a_burst_of_open_window_records_is_one_upsert(tmp_path: Path) -> N
         materializer = Materializer(
             kafka, "in-process", counting, KpiMetrics.create(CollectorRegistry()), clients=clients
         )
-        stop = asyncio.Event()
-        task = asyncio.create_task(materializer.run(stop), name="materializer")
-        try:
-            async with asyncio.timeout(30):
-                while not materializer.ready:
-                    await asyncio.sleep(0.01)
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+        await follow_until_ready(materializer)
         assert counting.history.batches == [len(burst)]
         rows = store.history.history(start=first, window="1m")
         assert len(rows) == len(burst)

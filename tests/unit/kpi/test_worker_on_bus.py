@@ -91,6 +91,19 @@ async def run_until(worker: KpiWorker, done: Callable[[], bool], timeout_s: floa
         await asyncio.wait_for(task, 30)
 
 
+async def follow_until_ready(materializer: Materializer) -> None:
+    """Run the materializer until it has caught up with its topics; then stop it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(materializer.run(stop), name="materializer")
+    try:
+        async with asyncio.timeout(30):
+            while not materializer.ready:
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
 class ListTable:
     """A table of the materializer's store, as a list: what it was handed, in order."""
 
@@ -156,15 +169,7 @@ async def test_classic_example_on_the_in_process_bus(tmp_path: Path) -> None:
     materializer = Materializer(
         config.kafka, NO_BROKER, store, KpiMetrics.create(CollectorRegistry()), clients=clients
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(materializer.run(stop), name="materializer")
-    try:
-        async with asyncio.timeout(30):
-            while not materializer.ready:
-                await asyncio.sleep(0.01)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    await follow_until_ready(materializer)
     assert len(store.records) == len(kpi_records(broker, config))
     assert latest(store.records)[SHIFT] == shift
     assert [s["machine"] for s in store.statuses] == [s["machine"] for s in statuses]
