@@ -105,7 +105,7 @@ def simulated_plant(
 ) -> PlantConfig:
     """A plant mapping made to run on this host: each OPC-UA endpoint on its loopback port
     (in order, without security: the simulator's servers have none), every MQTT source on
-    the embedded broker at `mqtt_port` (no TLS, no credentials), every alert channel of
+    the embedded broker at `mqtt_port` (MQTT 3.1.1, no TLS, no credentials), every alert channel of
     the user's own file the console, and `webhook` (if given) a channel every notification
     also goes to."""
     sources = data.get("sources") or {}
@@ -117,6 +117,7 @@ def simulated_plant(
         source.pop("credentials", None)
     for mqtt in sources.get("mqtt") or []:
         mqtt["host"], mqtt["port"] = "127.0.0.1", mqtt_port
+        mqtt["mqtt_version"] = "3.1.1"  # the embedded broker (amqtt) speaks 3.1.1 only
         mqtt.pop("tls", None)
         mqtt.pop("credentials", None)
     alerts = data.get("alerts")

@@ -29,7 +29,9 @@ the bound depends on the QoS, because only QoS 1 and 2 have flow control in MQTT
   Under 3.1.1 the only limit is the broker's in-flight window, and Mosquitto 2.0 was
   measured sending 470 messages past `max_inflight_messages 20` to a subscriber that
   acknowledged while publishes went on: no true bound. A broker that refuses v5 (CONNACK
-  "unsupported protocol version") gets 3.1.1 for the rest of the run, with one warning.
+  "unsupported protocol version"), or that does not answer a first v5 CONNECT while it
+  takes a 3.1.1 one (amqtt closes or ignores it), gets 3.1.1 for the rest of the run,
+  with one warning.
 - QoS 0: no flow control exists, so past `max_inbox_messages` waiting a message is dropped
   and counted (`linepulse_ingest_mqtt_inbox_dropped_total{source}`). A source that mixes
   QoS 0 and QoS 1 publishes can hold up to the bound of each.
@@ -134,6 +136,8 @@ class MqttIngester:
         self.inbox_peak = 0  # the most messages the inbox held at once, since the start
         # v5 unless the config or the broker said otherwise (`_fall_back`)
         self.protocol = _PROTOCOLS[source.mqtt_version]
+        # The error of a v5 first connect while 3.1.1 is tried (`_try_311`).
+        self._v5_failure: aiomqtt.MqttError | None = None
         # read at scrape time: no Prometheus call per message
         metrics.mqtt_inbox.labels(source.id).set_function(self.inbox_size)
         self.host: sparkplug.SparkplugHost | None = None
@@ -243,7 +247,7 @@ class MqttIngester:
             except aiomqtt.MqttError as error:
                 self._inbox = None  # what it holds is unacknowledged: the broker resends it
                 self._set_connected(False)
-                if self._fall_back(error):
+                if self._fall_back(error) or self._try_311(error):
                     continue
                 log.warning(
                     "mqtt %s: connection to %s failed or lost (%s); retrying in %.1f s",
@@ -280,7 +284,35 @@ class MqttIngester:
         )
         return True
 
+    def _try_311(self, error: aiomqtt.MqttError) -> bool:
+        """Before the first connection, a v5 attempt that failed without a refusal (a
+        3.1.1-only broker may just close the connection, or never answer, as amqtt does)
+        is tried again at once with 3.1.1; True if so. If that fails too, the broker is
+        away rather than old: back to v5 and the backoff."""
+        if self._v5_failure is not None:  # the 3.1.1 try failed as well
+            self._v5_failure = None
+            self.protocol = aiomqtt.ProtocolVersion.V5
+            return False
+        if self._connects or self.protocol is not aiomqtt.ProtocolVersion.V5:
+            return False
+        self._v5_failure = error
+        self.protocol = aiomqtt.ProtocolVersion.V311
+        return True
+
     def _on_connected(self, where: str) -> None:
+        if self._v5_failure is not None:  # connected by the 3.1.1 try: the broker is 3.1.1
+            log.warning(
+                "mqtt %s: %s:%d did not take MQTT v5 (%s) and took 3.1.1; the inbox's QoS "
+                "1/2 flow control relies on the broker's in-flight window "
+                '(max_inbox_messages %d is not enforced for them); set mqtt_version: "3.1.1" '
+                "to skip the attempt",
+                self.source.id,
+                self.source.host,
+                self.source.port,
+                self._v5_failure,
+                self.source.max_inbox_messages,
+            )
+            self._v5_failure = None
         self._connects += 1
         self._set_connected(True)
         if self._connects > 1:

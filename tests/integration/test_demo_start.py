@@ -92,6 +92,9 @@ async def get_json(client: httpx.AsyncClient, path: str) -> Any:
     return response.json()
 
 
+SOURCE_UP = re.compile(r'^linepulse_ingest_connected\{source="([^"]+)"\} (\S+)$', re.M)
+
+
 async def test_demo_takes_free_ports_and_opens_on_a_running_plant(tmp_path: Path) -> None:
     """8080 and 8081 busy: the demo says so and serves on free ports; its board opens on
     the plant's history (every line's shift OEE plausible and covered) with few alerts."""
@@ -126,6 +129,16 @@ async def test_demo_takes_free_ports_and_opens_on_a_running_plant(tmp_path: Path
                 assert record["coverage"] >= 0.9, record
                 assert record["oee"] is None or 0.2 <= record["oee"] <= 0.98, record
             assert any(r["oee"] is not None for r in lines), lines
+            # Every source of the plant is live: its OPC-UA servers and line 3's MQTT
+            # broker (amqtt, which takes MQTT 3.1.1 only) are connected.
+            async with httpx.AsyncClient(base_url=base, timeout=10) as kpi:
+                async with asyncio.timeout(60):
+                    while True:
+                        up = SOURCE_UP.findall((await kpi.get("/metrics")).text)
+                        if up and all(value == "1.0" for _, value in up):
+                            break
+                        await asyncio.sleep(0.5)
+            assert {source for source, _ in up} >= {"broker-line-3"}, up
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{alerts_port}") as alerts:
                 # Open as the board counts them: paged and not resolved. A pending alert (a
                 # machine down for less than its rule's `for`) has paged nobody yet.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Self
@@ -226,8 +227,9 @@ class V311OnlyBroker:
     says (CONNACK return code 1, unacceptable protocol level, then close); any other
     connection is piped through. Mosquitto itself cannot be told to refuse v5."""
 
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, *, silent: bool = False) -> None:
         self.upstream_port = upstream_port
+        self.silent = silent  # close a v5 CONNECT without a CONNACK, as amqtt does
         self.port = 0
         self.refused = 0  # v5 CONNECTs answered with return code 1
         self.passed = 0  # connections piped to Mosquitto
@@ -261,8 +263,9 @@ class V311OnlyBroker:
             # The variable header: protocol name (2-byte length + "MQTT"), then the level.
             if packet[0] & 0xF0 == _CONNECT and body[6] == 5:
                 self.refused += 1
-                writer.write(_V311_REFUSED_VERSION)
-                await writer.drain()
+                if not self.silent:
+                    writer.write(_V311_REFUSED_VERSION)
+                    await writer.drain()
                 return
             self.passed += 1
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
@@ -301,3 +304,45 @@ async def test_a_broker_refusing_v5_gets_3_1_1_with_one_warning(
     assert len(fallbacks) == 1
     assert "in-flight window" in fallbacks[0]
     assert harness.metric("linepulse_ingest_reconnects_total") == 0
+
+
+async def test_a_broker_that_drops_v5_without_an_answer_gets_3_1_1(
+    mosquitto: MosquittoBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 3.1.1-only broker that closes a v5 CONNECT without a CONNACK (amqtt, the demo's
+    embedded broker, does): the first connect is tried again at once with 3.1.1, which
+    it takes; one warning, and the samples flow."""
+    caplog.set_level(logging.WARNING, logger="services.ingest.mqtt")
+    async with V311OnlyBroker(mosquitto.port, silent=True) as broker:
+        harness = InboxHarness(broker.port, qos=1)
+        harness.sink.gate.set()
+        async with harness.running():
+            await wait_until(lambda: broker.passed == 1, "a 3.1.1 connection")
+            await publish(mosquitto.port, harness.burst()[:10], qos=1)
+            await wait_until(lambda: harness.sink.samples >= 10, "10 samples over 3.1.1")
+    assert harness.ingester.protocol is aiomqtt.ProtocolVersion.V311
+    assert (broker.refused, broker.passed) == (1, 1)
+    warned = [r.getMessage() for r in caplog.records if "did not take MQTT v5" in r.getMessage()]
+    assert len(warned) == 1, warned
+
+
+async def test_a_broker_away_keeps_v5(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing listening: the 3.1.1 try fails as well, so the broker is away, not old;
+    the ingester stays on v5 and backs off, with no word of a protocol fallback."""
+    caplog.set_level(logging.WARNING, logger="services.ingest.mqtt")
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    harness = InboxHarness(port, qos=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(harness.ingester.run(stop), name="ingester")
+    try:
+        await wait_until(
+            lambda: sum("retrying in" in r.getMessage() for r in caplog.records) >= 2,
+            "two failed connection rounds",
+        )
+        assert harness.ingester.protocol is aiomqtt.ProtocolVersion.V5
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=WAIT_S)
+    assert not [r for r in caplog.records if "MQTT v5" in r.getMessage()]
