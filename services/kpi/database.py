@@ -59,6 +59,19 @@ class Database:
         with self.write_lock, self.cursor() as cur:
             yield cur
 
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor under the write lock, in one transaction: committed when the block
+        ends, rolled back (and the error raised) when it raises."""
+        with self.writing() as cur:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+
     def close(self) -> None:
         """Close the database (DuckDB checkpoints its WAL into the file)."""
         with self.write_lock, self._cursor_lock:

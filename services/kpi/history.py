@@ -184,16 +184,10 @@ class KpiHistory:
             .unique(subset=list(KEY), keep="last")
             .drop("_arrival")
         )
-        with self._db.writing() as cur:
-            cur.execute("BEGIN TRANSACTION")
-            try:
-                write_staged(cur, _UPSERT, frame)
-                write_staged(cur, _UPSERT_CURRENT, frame)
-                cur.execute(_PRUNE_CURRENT)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+        with self._db.transaction() as cur:
+            write_staged(cur, _UPSERT, frame)
+            write_staged(cur, _UPSERT_CURRENT, frame)
+            cur.execute(_PRUNE_CURRENT)
 
     def current(
         self,

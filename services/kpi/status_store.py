@@ -82,17 +82,14 @@ class StatusStore:
             schema=_STAGING_SCHEMA,
             orient="row",
         )
-        with self._db.writing() as cur:
+        try:
             # One transaction: the stops the statuses open and close, and the states.
-            cur.execute("BEGIN TRANSACTION")
-            try:
+            with self._db.transaction() as cur:
                 self._stops.apply(cur, rows)
                 write_staged(cur, _STATUS_UPSERT, frame)
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                self._stops.forget()
-                raise
+        except BaseException:
+            self._stops.forget()  # rolled back: what `apply` remembers was not kept
+            raise
 
     def machines(self) -> list[dict[str, Any]]:
         """Each configured machine, in config order: `machine`, `line`, `state`, `reason`

@@ -153,8 +153,9 @@ def stop_id(machine: str, start: datetime) -> str:
 
 class StopLog:
     """The stops and reason_audit tables of `db` (created on construction). Statuses
-    come in through `apply`, inside the status store's transaction; corrections and
-    queries open their own cursors."""
+    come in through `apply`, inside the status store's transaction; corrections run in
+    transactions of their own (`_correct` and `_withdraw` inside one), and queries open
+    their own cursors."""
 
     def __init__(self, db: Database, plant: PlantConfig) -> None:
         self._db = db
@@ -218,7 +219,7 @@ class StopLog:
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Code (or re-code) a stop at `at`: one audit entry, the stop's reason updated.
         Returns the stop (with its audit) and the new entry; None for an unknown stop."""
-        with self._db.writing() as cur:
+        with self._db.transaction() as cur:
             return self._correct(cur, stop, reason, by, note, naive_utc(at))
 
     def _correct(
@@ -230,31 +231,24 @@ class StopLog:
         note: str | None,
         at: datetime,
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        cur.execute("BEGIN TRANSACTION")
-        try:
-            row = cur.execute(
-                "SELECT machine, start, reason FROM stops WHERE id = ?", [stop]
-            ).fetchone()
-            if row is None:
-                cur.execute("ROLLBACK")
-                return None
-            machine, start, old = row
-            (seq,) = cur.execute(
-                "SELECT coalesce(max(seq), 0) + 1 FROM reason_audit WHERE stop_id = ?", [stop]
-            ).fetchone() or (1,)
-            cur.execute(
-                f"INSERT INTO reason_audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                [stop, machine, start, seq, old, reason, by, at, note],
-            )
-            cur.execute(
-                "UPDATE stops SET reason = ?, corrected_by = ?, corrected_at = ?, "
-                "corrections = corrections + 1 WHERE id = ?",
-                [reason, by, at, stop],
-            )
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+        row = cur.execute(
+            "SELECT machine, start, reason FROM stops WHERE id = ?", [stop]
+        ).fetchone()
+        if row is None:
+            return None
+        machine, start, old = row
+        (seq,) = cur.execute(
+            "SELECT coalesce(max(seq), 0) + 1 FROM reason_audit WHERE stop_id = ?", [stop]
+        ).fetchone() or (1,)
+        cur.execute(
+            f"INSERT INTO reason_audit ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+            [stop, machine, start, seq, old, reason, by, at, note],
+        )
+        cur.execute(
+            "UPDATE stops SET reason = ?, corrected_by = ?, corrected_at = ?, "
+            "corrections = corrections + 1 WHERE id = ?",
+            [reason, by, at, stop],
+        )
         entry = _audit_entry((stop, machine, start, seq, old, reason, by, at, note))
         found = self._get(cur, stop)
         assert found is not None  # noqa: S101 - just written
@@ -263,34 +257,28 @@ class StopLog:
     def withdraw(self, stop: str, seq: int) -> None:
         """Take correction `seq` back (its event could not be sent): the stop's reason is
         its latest remaining correction's, or the machine's."""
-        with self._db.writing() as cur:
+        with self._db.transaction() as cur:
             self._withdraw(cur, stop, seq)
 
     def _withdraw(self, cur: duckdb.DuckDBPyConnection, stop: str, seq: int) -> None:
-        cur.execute("BEGIN TRANSACTION")
-        try:
-            cur.execute("DELETE FROM reason_audit WHERE stop_id = ? AND seq = ?", [stop, seq])
-            latest = cur.execute(
-                'SELECT new_reason, "by", "at", count(*) OVER () FROM reason_audit '
-                "WHERE stop_id = ? ORDER BY seq DESC LIMIT 1",
+        cur.execute("DELETE FROM reason_audit WHERE stop_id = ? AND seq = ?", [stop, seq])
+        latest = cur.execute(
+            'SELECT new_reason, "by", "at", count(*) OVER () FROM reason_audit '
+            "WHERE stop_id = ? ORDER BY seq DESC LIMIT 1",
+            [stop],
+        ).fetchone()
+        if latest is None:
+            cur.execute(
+                "UPDATE stops SET reason = original_reason, corrected_by = NULL, "
+                "corrected_at = NULL, corrections = 0 WHERE id = ?",
                 [stop],
-            ).fetchone()
-            if latest is None:
-                cur.execute(
-                    "UPDATE stops SET reason = original_reason, corrected_by = NULL, "
-                    "corrected_at = NULL, corrections = 0 WHERE id = ?",
-                    [stop],
-                )
-            else:
-                cur.execute(
-                    "UPDATE stops SET reason = ?, corrected_by = ?, corrected_at = ?, "
-                    "corrections = ? WHERE id = ?",
-                    [*latest, stop],
-                )
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+            )
+        else:
+            cur.execute(
+                "UPDATE stops SET reason = ?, corrected_by = ?, corrected_at = ?, "
+                "corrections = ? WHERE id = ?",
+                [*latest, stop],
+            )
 
     # -- queries -----------------------------------------------------------------------
 
