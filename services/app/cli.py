@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, Protocol, TypeVar, get_args
 
 import typer
 
@@ -354,7 +354,14 @@ def _serve(
         raise typer.Exit(_run_on_kafka(_run_kpi(settings)))
 
 
-Settings = TypeVar("Settings")
+class _ServiceSettings(Protocol):
+    """What `_run_service` reads of a service's settings."""
+
+    @property
+    def plant(self) -> PlantConfig: ...
+
+
+Settings = TypeVar("Settings", bound=_ServiceSettings)
 
 
 async def _run_service(
@@ -362,7 +369,6 @@ async def _run_service(
         [Settings, KafkaClients, CollectorRegistry], AbstractAsyncContextManager[Service]
     ],
     settings: Settings,
-    plant: PlantConfig,
     stopping: str,
 ) -> int:
     """One service on Kafka (with the config's TLS/SASL for every client) from start to a
@@ -373,7 +379,7 @@ async def _run_service(
     from linepulse.runtime import StartRefused, run_until_stop, stop_on_signals
 
     stop = stop_on_signals(stopping)
-    clients = AioKafkaClients(plant.kafka.security)
+    clients = AioKafkaClients(settings.plant.kafka.security)
     try:
         async with open_component(settings, clients, CollectorRegistry()) as component:
             if not await component.wait_for_start(stop):
@@ -390,7 +396,7 @@ async def _run_kpi(settings: KpiSettings) -> int:
     from services.kpi.service import open_kpi
 
     stopping = "stopping (finish the batch, checkpoint, commit, leave)"
-    return await _run_service(open_kpi, settings, settings.plant, stopping)
+    return await _run_service(open_kpi, settings, stopping)
 
 
 @app.command("kpi")
@@ -496,7 +502,7 @@ async def _run_ingest(settings: IngestServiceSettings) -> int:
         log.error("the plant config has no sources (sources.opcua, sources.mqtt): nothing to read")
         return 2
     stopping = "stopping (flush the ingesters, send or spool what is held)"
-    return await _run_service(open_ingest, settings, settings.plant, stopping)
+    return await _run_service(open_ingest, settings, stopping)
 
 
 @app.command("alerts")
@@ -538,7 +544,7 @@ async def _run_alerts(settings: AlertsSettings) -> int:
         log.error("the plant config has no alert rules (alerts.rules): nothing to evaluate")
         return 2
     stopping = "stopping (the outbox keeps what is undelivered)"
-    return await _run_service(open_alerts, settings, settings.plant, stopping)
+    return await _run_service(open_alerts, settings, stopping)
 
 
 @app.command("demo")

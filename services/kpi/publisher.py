@@ -123,35 +123,23 @@ class KpiPublisher:
         once it is due). What a step builds for them is still due at the publish that
         follows it, so it goes out then, not a cadence later."""
         now = self._clock()
-        due = []
-        for kind in kinds:
-            sent = self._open_sent.get(kind)
-            if sent is None or now - sent >= self.kafka.open_cadence(kind):
-                due.append(kind)
-        return frozenset(due)
+        return frozenset(kind for kind in kinds if not self._wait_s(kind, now))
 
     def due_in(self, kinds: Iterable[WindowKind]) -> float | None:
         """Seconds until the first of `kinds` is due (0: now), None for no kinds."""
         now = self._clock()
-        waits = [
-            0.0 if sent is None else max(0.0, sent + self.kafka.open_cadence(kind) - now)
-            for kind in kinds
-            for sent in (self._open_sent.get(kind),)
-        ]
-        return min(waits, default=None)
+        return min((self._wait_s(kind, now) for kind in kinds), default=None)
 
     def open_due_in(self) -> float | None:
         """Seconds until the next open-window records are due (0: now), None with none
         waiting: how long the loop may wait for telemetry before it must publish."""
-        now = self._clock()
-        due: float | None = None
-        for kind, waiting in self._open.items():
-            if not waiting:
-                continue
-            sent = self._open_sent.get(kind)
-            wait = 0.0 if sent is None else max(0.0, sent + self.kafka.open_cadence(kind) - now)
-            due = wait if due is None else min(due, wait)
-        return due
+        return self.due_in(kind for kind, waiting in self._open.items() if waiting)
+
+    def _wait_s(self, kind: WindowKind, now: float) -> float:
+        """Seconds from `now` until `kind`'s cadence has passed since its last send (0:
+        it has, or nothing of it was sent yet): the one test of every "due" here."""
+        sent = self._open_sent.get(kind)
+        return 0.0 if sent is None else max(0.0, sent + self.kafka.open_cadence(kind) - now)
 
     async def publish_due_open(self, *, force: bool = False) -> None:
         """The open-window records of every kind whose cadence has passed since its last
@@ -160,10 +148,7 @@ class KpiPublisher:
         now = self._clock()
         items: list[tuple[bytes, bytes]] = []
         for kind, waiting in self._open.items():
-            if not waiting:
-                continue
-            sent = self._open_sent.get(kind)
-            if force or sent is None or now - sent >= self.kafka.open_cadence(kind):
+            if waiting and (force or not self._wait_s(kind, now)):
                 items.extend(waiting.items())
                 waiting.clear()
                 self._open_sent[kind] = now
