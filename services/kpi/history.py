@@ -111,18 +111,21 @@ def _q(name: str) -> str:
 
 
 _COLUMNS: Final = ", ".join(_q(f) for f in RECORD_FIELDS)
+_KEY_COLUMNS: Final = ", ".join(_q(k) for k in KEY)
+# An upsert's conflict clause up to its condition: every field but the key replaced.
+_ON_KEY_REPLACE: Final = f"ON CONFLICT ({_KEY_COLUMNS}) DO UPDATE SET " + ", ".join(
+    f"{_q(f)} = EXCLUDED.{_q(f)}" for f in RECORD_FIELDS if f not in KEY
+)
 _RECORDS_DDL: Final = (
     "CREATE TABLE IF NOT EXISTS kpi_records ("
     + ", ".join(f"{_q(f)} {_SQL_TYPES[f]}" for f in RECORD_FIELDS)
-    + f", PRIMARY KEY ({', '.join(_q(k) for k in KEY)}))"
+    + f", PRIMARY KEY ({_KEY_COLUMNS}))"
 )
 _UPSERT: Final = (
     # SQL text below is built from this module's constants only; values are bound as
     # parameters or read from the staging frame (ruff S608 is about the former).
     f"INSERT INTO kpi_records ({_COLUMNS}) SELECT {_COLUMNS} FROM staging "  # noqa: S608
-    f"ON CONFLICT ({', '.join(_q(k) for k in KEY)}) DO UPDATE SET "
-    + ", ".join(f"{_q(f)} = EXCLUDED.{_q(f)}" for f in RECORD_FIELDS if f not in KEY)
-    + " WHERE EXCLUDED.revision > kpi_records.revision"
+    f"{_ON_KEY_REPLACE} WHERE EXCLUDED.revision > kpi_records.revision"
     " OR (EXCLUDED.revision = kpi_records.revision AND EXCLUDED.final >= kpi_records.final)"
 )
 # The records `current` can still answer, per (line, machine, window): every open one and
@@ -136,9 +139,7 @@ _CURRENT_DDL: Final = _RECORDS_DDL.replace("kpi_records", "kpi_current", 1)
 _UPSERT_CURRENT: Final = (
     f"INSERT INTO kpi_current ({_COLUMNS}) "  # noqa: S608
     f"SELECT {', '.join('k.' + _q(f) for f in RECORD_FIELDS)} FROM kpi_records AS k "
-    f"SEMI JOIN staging AS s USING ({', '.join(_q(k) for k in KEY)}) "
-    f"ON CONFLICT ({', '.join(_q(k) for k in KEY)}) DO UPDATE SET "
-    + ", ".join(f"{_q(f)} = EXCLUDED.{_q(f)}" for f in RECORD_FIELDS if f not in KEY)
+    f"SEMI JOIN staging AS s USING ({_KEY_COLUMNS}) {_ON_KEY_REPLACE}"
 )
 _PRUNE_CURRENT: Final = (
     "DELETE FROM kpi_current AS r WHERE r.final AND EXISTS (SELECT 1 FROM kpi_current AS n "
