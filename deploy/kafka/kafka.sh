@@ -6,6 +6,9 @@
 #                                  broker in the background; returns once it answers
 #   deploy/kafka/kafka.sh stop     SIGTERM the broker by its PID, SIGKILL after 30 s
 #   deploy/kafka/kafka.sh status   exit 0 if running, 3 if not
+#   deploy/kafka/kafka.sh check    exit 0 if the broker answers on KAFKA_PORT (a healthcheck)
+#   deploy/kafka/kafka.sh run      the broker in the foreground, logging to stdout (the
+#                                  entry point of the Kafka image, deploy/images/Containerfile)
 #
 # Environment:
 #   KAFKA_PORT             client listener on 127.0.0.1 (default 9092)
@@ -13,6 +16,9 @@
 #   KAFKA_DATA             data dir (default deploy/kafka/data): server.properties, cluster.id,
 #                          kafka.pid, kafka.out, logs/server.log and the topic data in kafka-logs/.
 #                          A restart on the same dir keeps the cluster id, topics and records.
+#   KAFKA_HOST             address the listeners bind (default 127.0.0.1; 0.0.0.0 in a container)
+#   KAFKA_ADVERTISED_HOST  the name clients and the controller reach it by (default KAFKA_HOST,
+#                          or 127.0.0.1 when that is 0.0.0.0; `kafka` in the compose stack)
 #   KAFKA_START_TIMEOUT    seconds to wait for the broker to answer (default 60)
 #   KAFKA_HEAP             JVM heap (default 512m)
 #   JAVA_HOME              optional; otherwise `java` from PATH
@@ -35,7 +41,13 @@ KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
 KAFKA_DATA="${KAFKA_DATA:-$HERE/data}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-60}"
 KAFKA_HEAP="${KAFKA_HEAP:-512m}"
-HOST=127.0.0.1
+HOST="${KAFKA_HOST:-127.0.0.1}"
+# Where this script itself connects to check the broker (0.0.0.0 is bound, not dialled).
+CHECK_HOST="$HOST"
+if [[ "$HOST" == "0.0.0.0" ]]; then
+    CHECK_HOST=127.0.0.1
+fi
+ADVERTISED="${KAFKA_ADVERTISED_HOST:-$CHECK_HOST}"
 
 die() {
     echo "kafka.sh: $*" >&2
@@ -62,16 +74,23 @@ data_dir() {
 # Fetch the broker's runtime classpath into lib/ unless it is there for this very pom.xml. The
 # stamp lib/.pom.sha256 is written last, so an interrupted fetch is redone on the next start;
 # a lock keeps two starts on a fresh checkout from fetching over each other.
+jars_fetched() {
+    [[ -f "$LIB/.pom.sha256" && "$(cat "$LIB/.pom.sha256")" == "$(sha256sum "$POM" | cut -d' ' -f1)" ]] \
+        && compgen -G "$LIB/kafka_2.13-*.jar" >/dev/null
+}
+
 fetch_jars() {
+    if jars_fetched; then
+        return 0  # without the lock: the image's lib/ is read-only
+    fi
     mkdir -p "$LIB"
     (
         flock 9
         local stamp tmp
-        stamp="$(sha256sum "$POM" | cut -d' ' -f1)"
-        if [[ -f "$LIB/.pom.sha256" && "$(cat "$LIB/.pom.sha256")" == "$stamp" ]] \
-            && compgen -G "$LIB/kafka_2.13-*.jar" >/dev/null; then
+        if jars_fetched; then  # another start fetched them meanwhile
             exit 0
         fi
+        stamp="$(sha256sum "$POM" | cut -d' ' -f1)"
         command -v mvn >/dev/null 2>&1 || die "mvn not found: Maven is needed to fetch the Kafka jars"
         echo "kafka.sh: fetching the Kafka jars from Maven Central into $LIB" >&2
         rm -rf "$LIB"/.fetch.*
@@ -110,7 +129,7 @@ running_pid() {
 }
 
 port_busy() {
-    (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
+    (exec 3<>"/dev/tcp/$CHECK_HOST/$1") 2>/dev/null
 }
 
 write_properties() {
@@ -118,9 +137,9 @@ write_properties() {
 # Written by deploy/kafka/kafka.sh on every start: edit the script, not this file.
 process.roles=broker,controller
 node.id=1
-controller.quorum.voters=1@$HOST:$KAFKA_CONTROLLER_PORT
+controller.quorum.voters=1@$ADVERTISED:$KAFKA_CONTROLLER_PORT
 listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT
+advertised.listeners=PLAINTEXT://$ADVERTISED:$KAFKA_PORT
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
@@ -198,7 +217,7 @@ format_storage() {
 
 # One ApiVersions request (v0) over the Kafka protocol: true when the broker answers it.
 broker_answers() {
-    python3 - "$HOST" "$KAFKA_PORT" <<'PY' 2>/dev/null
+    python3 - "$CHECK_HOST" "$KAFKA_PORT" <<'PY' 2>/dev/null
 import socket, struct, sys
 client = b"kafka.sh"
 body = struct.pack(">hhih", 18, 0, 1, len(client)) + client
@@ -278,6 +297,23 @@ start() {
     die "the broker did not answer on $HOST:$KAFKA_PORT within ${KAFKA_START_TIMEOUT} s; stopped it"
 }
 
+# In the foreground, as a container's main process: the JVM replaces the shell, so the
+# engine's SIGTERM reaches the broker (a controlled shutdown), and the log goes to stdout.
+run() {
+    local java
+    java="$(java_bin)"
+    data_dir
+    fetch_jars
+    write_properties
+    format_storage "$java"
+    local opts=()
+    read -r -a opts <<<"${KAFKA_OPTS:-}"
+    echo "kafka.sh: starting the broker on $HOST:$KAFKA_PORT (advertised as $ADVERTISED:$KAFKA_PORT, data $KAFKA_DATA)"
+    exec "$java" "-Xmx$KAFKA_HEAP" "-Xms$KAFKA_HEAP" -XX:+UseG1GC -Djava.awt.headless=true "${opts[@]}" \
+        -Dlog4j2.configurationFile="$HERE/log4j2-console.xml" \
+        -cp "$LIB/*" kafka.Kafka "$PROPS"
+}
+
 stop_pid() {
     local pid="$1" i
     kill -TERM "$pid" 2>/dev/null || true
@@ -320,11 +356,13 @@ status() {
 
 case "${1:-}" in
     start) start ;;
+    run) run ;;
+    check) broker_answers ;;
     stop) stop ;;
     status) status ;;
     fetch) fetch_jars ;;
     *)
-        echo "usage: $0 start|stop|status|fetch" >&2
+        echo "usage: $0 start|stop|status|fetch|run|check" >&2
         exit 2
         ;;
 esac

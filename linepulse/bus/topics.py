@@ -37,7 +37,7 @@ from typing import Final, Literal, get_args
 
 from aiokafka.admin import NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
 from linepulse.bus.clients import AIOKAFKA, Admin, KafkaClients
 from linepulse.config import KafkaSettings, Topic
@@ -55,11 +55,26 @@ POLL_S: Final = 0.5
 _TOPIC_EXISTS: Final = TopicAlreadyExistsError.errno
 # Creates every topic (the API, ingest and `produce` create those they use).
 TOPIC_CREATOR: Final = "`linepulse kpi`"
+# How long a service starting waits for its broker to answer: services and broker are often
+# started together (compose, a plant PC booting), and the broker is the slowest of them.
+BROKER_WAIT_S: Final = 120.0
+BROKER_RETRY_S: Final = 2.0
+# While waiting, a line in the log this often (the first attempt's failure is logged at once).
+BROKER_WAIT_LOG_S: Final = 30.0
 
 
-class TopicLayoutError(Exception):
+class KafkaStartError(Exception):
+    """A service cannot start on its Kafka topics; the message says why and what fixes it
+    (the CLI prints it and exits 2)."""
+
+
+class TopicLayoutError(KafkaStartError):
     """A topic a service uses is missing, laid out differently from the plant config, or
     could not be created or read; the message says which, and the command that fixes it."""
+
+
+class BrokerUnreachableError(KafkaStartError):
+    """No broker of the bootstrap list answered while a service waited to start."""
 
 
 class TopicsMissingError(TopicLayoutError):
@@ -336,6 +351,56 @@ async def _pause(seconds: float, stop: asyncio.Event | None) -> None:
             await stop.wait()
 
 
+async def _connect(
+    clients: KafkaClients,
+    admin: Admin,
+    bootstrap: str,
+    stop: asyncio.Event | None,
+    *,
+    secured: bool,
+    wait_s: float = BROKER_WAIT_S,
+) -> bool:
+    """Start `admin`, waiting up to `wait_s` for a broker that does not answer yet (probed
+    by TCP first: aiokafka logs an ERROR line for each failed bootstrap); False if `stop`
+    is set meanwhile. Raises `BrokerUnreachableError` after that."""
+    started = time.monotonic()
+    logged_at: float | None = None
+    while True:
+        failure = "no address of it accepts a connection"
+        if await clients.reachable(bootstrap):
+            try:
+                await admin.start()
+            except KafkaConnectionError as error:
+                failure = str(error)
+            else:
+                if logged_at is not None:
+                    waited = time.monotonic() - started
+                    log.info("Kafka at %s answers after %.0f s", bootstrap, waited)
+                return True
+        now = time.monotonic()
+        if now - started >= wait_s:
+            await admin.close()
+            check = "the address, that the broker runs" + (
+                ", and the TLS/SASL settings (kafka.security)" if secured else ""
+            )
+            raise BrokerUnreachableError(
+                f"Kafka at {bootstrap} did not answer within {wait_s:.0f} s ({failure}); "
+                f"check {check}"
+            )
+        if logged_at is None or now - logged_at >= BROKER_WAIT_LOG_S:
+            log.warning(
+                "Kafka at %s does not answer yet (%s); waiting up to %.0f s in all",
+                bootstrap,
+                failure,
+                wait_s,
+            )
+            logged_at = now
+        await _pause(BROKER_RETRY_S, stop)
+        if stop is not None and stop.is_set():
+            await admin.close()
+            return False
+
+
 async def _settle(
     bootstrap: str,
     kafka: KafkaSettings,
@@ -351,7 +416,8 @@ async def _settle(
     names = [w.name for w in wanted]
     secured = kafka.security.protocol != "PLAINTEXT"
     admin = clients.admin(bootstrap_servers=bootstrap, client_id="linepulse-admin")
-    await admin.start()
+    if not await _connect(clients, admin, bootstrap, stop, secured=secured):
+        return {}
     try:
         found = await read_topics(admin, bootstrap, names)
         missing = [w for w in wanted if w.name not in found]

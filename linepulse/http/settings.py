@@ -111,6 +111,11 @@ class ApiSecurity(_Model):
         )
 
 
+# The prefix of the compose stack's example tokens (deploy/linepulse.env.example): a stack
+# started without replacing them refuses to start rather than take a published secret.
+PLACEHOLDER_TOKEN: Final = "change-me"  # noqa: S105 - the placeholder refused, no secret
+
+
 def read_tokens(
     env_name: str | None, file: Path | None, environ: Mapping[str, str], file_key: str
 ) -> tuple[SecretStr, ...]:
@@ -128,6 +133,12 @@ def read_tokens(
                 found.append(token)
     if env_name:
         found.extend(part for part in environ.get(env_name, "").replace(",", " ").split())
+    if any(token.lower().startswith(PLACEHOLDER_TOKEN) for token in found):
+        where = f"{env_name} or {file_key}" if env_name else file_key
+        raise ValueError(
+            f"{where}: a token is still the placeholder of deploy/linepulse.env.example "
+            f"({PLACEHOLDER_TOKEN}...); put a real one there, e.g. `openssl rand -hex 16`"
+        )
     return tuple(SecretStr(token) for token in dict.fromkeys(found))
 
 

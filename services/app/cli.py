@@ -70,12 +70,13 @@ T = TypeVar("T")
 
 def _run_on_kafka(service: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run` for a command on Kafka topics: a topic laid out differently from the
-    plant config (raised at start, or from a task of the service) is a config error."""
-    from linepulse.bus.topics import TopicLayoutError
+    plant config (raised at start, or from a task of the service), or a broker that never
+    answered, is a one-line error and exit 2."""
+    from linepulse.bus.topics import KafkaStartError
 
     try:
         return asyncio.run(service)
-    except* TopicLayoutError as group:
+    except* KafkaStartError as group:
         refused: BaseException = group
         while isinstance(refused, BaseExceptionGroup):  # task groups nest
             refused = refused.exceptions[0]

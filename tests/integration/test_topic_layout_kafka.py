@@ -293,3 +293,20 @@ async def test_alerts_refuse_missing_topics_without_creating_them(
     assert f"--create --topic {plant.kafka.kpi.name} --partitions 2" in message
     names = {plant.kafka.telemetry.name, plant.kafka.kpi.name}
     assert not names & await topics_on(permissive_kafka)
+
+
+async def test_a_service_started_before_its_broker_waits_for_it(tmp_path: Path) -> None:
+    """As compose starts a stack: `ensure_topics` (every service's first step) against a
+    broker that is not up yet waits, says so once, and goes on when the broker answers."""
+    broker = KafkaBroker(tmp_path / "data")
+    _, plant = plant_file(tmp_path, broker.bootstrap)
+    kafka = plant.kafka
+    waiting = asyncio.create_task(ensure_topics(broker.bootstrap, kafka, AioKafkaClients()))
+    await asyncio.sleep(3)
+    assert not waiting.done()
+    await asyncio.to_thread(broker.start)
+    try:
+        partitions = await asyncio.wait_for(waiting, 60)
+        assert partitions["telemetry"] == kafka.telemetry.partitions
+    finally:
+        await asyncio.to_thread(broker.stop)

@@ -41,6 +41,25 @@ def test_an_unreadable_token_file_names_its_key(tmp_path: Path) -> None:
         alerts.api_access({})
 
 
+def test_the_example_env_files_placeholder_token_is_refused(tmp_path: Path) -> None:
+    """deploy/linepulse.env.example's tokens would let anyone who read it write."""
+    example = Path(__file__).parents[3] / "deploy" / "linepulse.env.example"
+    values = dict(
+        line.split("=", 1)
+        for line in example.read_text("utf-8").splitlines()
+        if line and not line.startswith("#")
+    )
+    with pytest.raises(ValueError, match=r"^LINEPULSE_API_TOKEN or api\.token_file: .*placeholder"):
+        ApiSecurity().resolve("api", values)
+    with pytest.raises(ValueError, match=r"placeholder"):
+        AlertSettings().api_access(values)
+    file = tmp_path / "tokens"
+    file.write_text("Change-Me-too\n", "utf-8")
+    with pytest.raises(ValueError, match=r"^api\.token_file: .*placeholder"):
+        ApiSecurity(token_env=None, token_file=file).resolve("api", {})
+    assert secrets_of(ApiSecurity(), {"LINEPULSE_API_TOKEN": "a-real-one"}) == ["a-real-one"]
+
+
 def test_resolved_tokens_do_not_show_in_reprs(tmp_path: Path) -> None:
     access = ApiSecurity(token_env="T").resolve("api", {"T": "very-secret-value"})
     assert "very-secret-value" not in repr(access)

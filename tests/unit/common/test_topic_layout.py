@@ -17,10 +17,13 @@ from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AioKafkaClients, InProcessBroker, InProcessClients
 from linepulse.bus.topics import (
+    BrokerUnreachableError,
     FoundTopic,
+    KafkaStartError,
     TopicLayoutError,
     TopicsMissingError,
     WantedTopic,
+    _connect,
     check_topics,
     ensure_topics,
     layout_message,
@@ -29,6 +32,7 @@ from linepulse.bus.topics import (
     wanted_topics,
 )
 from linepulse.config import KafkaSettings, Topic
+from linepulse.runtime import free_loopback_ports
 from services.alerts.service import AlertService
 from services.kpi.checkpoint import DirectoryStore
 from services.kpi.core.engine import Core
@@ -300,3 +304,21 @@ async def test_linepulse_aiokafka_clients_never_ask_the_broker_to_create_a_topic
     for module in (aiokafka.client, aiokafka.admin.client):
         request = module.MetadataRequest(["t"]).build(MetadataRequest_v5)
         assert request.allow_auto_topic_creation is False
+
+
+async def test_a_broker_that_never_answers_is_one_error_naming_it_and_the_fix() -> None:
+    """No broker on the port (aiokafka's real admin client, nothing mocked): the start-up
+    wait ends in `BrokerUnreachableError` (exit 2 from the CLI), not a traceback."""
+    (port,) = free_loopback_ports(1)
+    bootstrap = f"127.0.0.1:{port}"
+    clients = AioKafkaClients()
+    admin = clients.admin(bootstrap_servers=bootstrap)
+    with pytest.raises(BrokerUnreachableError) as refused:
+        await _connect(clients, admin, bootstrap, None, secured=True, wait_s=0.1)
+    message = str(refused.value)
+    assert message.startswith(f"Kafka at {bootstrap} did not answer within 0 s")
+    assert "TLS/SASL settings (kafka.security)" in message
+    assert isinstance(refused.value, KafkaStartError)
+    stop = asyncio.Event()
+    stop.set()  # a service stopped while it waits leaves at once
+    assert not await _connect(clients, admin, bootstrap, stop, secured=False, wait_s=60)

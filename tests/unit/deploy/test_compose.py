@@ -1,8 +1,10 @@
-"""deploy/docker-compose.yml and the Dockerfile name only what exists (no Docker engine here).
+"""deploy/docker-compose.yml and the Dockerfile name only what exists, without an engine
+(tests/deploy builds the images and runs the stack on podman).
 
 Every service, depends_on, mounted host path, port and cross-reference (Prometheus targets,
-Grafana datasources, the plant's hosts) is checked against the compose file, the repo and
-the `linepulse` CLI itself (its sub-commands and their options, parsed by click).
+Grafana datasources, the plant's hosts) is checked against the compose file with its
+variables at their defaults, the repo and the `linepulse` CLI itself (its sub-commands and
+their options, parsed by click).
 """
 
 from __future__ import annotations
@@ -21,12 +23,31 @@ from services.app.cli import app
 
 REPO = Path(__file__).parents[3]
 DEPLOY = REPO / "deploy"
-COMPOSE: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+RAW_COMPOSE = (DEPLOY / "docker-compose.yml").read_text()
+
+
+def at_defaults(text: str) -> str:
+    """The compose file as compose reads it with none of its variables set: `${X:-d}` is d
+    (`$$` stays `$`, as compose un-escapes it)."""
+    unset = re.findall(r"\$\{(\w+)(?!:-)[}?:]", text)
+    assert not unset, f"variables without a default: {unset}"
+    return re.sub(r"(?<!\$)\$\{\w+:-([^}]*)\}", r"\1", text)
+
+
+COMPOSE: dict[str, Any] = yaml.safe_load(at_defaults(RAW_COMPOSE))
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
-LINEPULSE = sorted(n for n, s in SERVICES.items() if s.get("image", "").startswith("linepulse"))
-# Ports the third-party images listen on by default (their documentation).
-IMAGE_PORTS = {"prom/prometheus": {9090}, "prom/alertmanager": {9093, 9094},
-               "grafana/grafana": {3000}}  # fmt: skip
+LINEPULSE_IMAGE = "localhost/linepulse:latest"
+LINEPULSE = sorted(n for n, s in SERVICES.items() if s.get("image") == LINEPULSE_IMAGE)
+# Ports the images listen on by default: deploy/kafka/kafka.sh's KAFKA_PORT and controller
+# port, the Debian packages' defaults, Grafana's documentation.
+IMAGE_PORTS = {
+    "localhost/linepulse-kafka": {9092, 9093},
+    "localhost/linepulse-prometheus": {9090},
+    "localhost/linepulse-alertmanager": {9093, 9094},
+    "docker.io/grafana/grafana": {3000},
+}
+# The only services published on the host, and on loopback unless LINEPULSE_BIND says so.
+PUBLISHED = {"api", "alerts", "prometheus", "grafana"}
 
 
 def cli() -> Any:
@@ -79,12 +100,9 @@ def listens(service: str) -> set[int]:
         if name == "kpi" and not params["api"]:
             return set()
         return {params["port"]} if params.get("port") else set()
-    image = spec["image"].split(":")[0]
-    if image == "apache/kafka":
-        listeners = spec["environment"]["KAFKA_LISTENERS"]
-        return {int(p) for p in re.findall(r":(\d+)(?:,|$)", listeners)}
-    if image == "eclipse-mosquitto":
-        conf = host_path(service, "/mosquitto/config/mosquitto.conf").read_text()
+    image = spec["image"].rsplit(":", 1)[0]
+    if image == "localhost/linepulse-mosquitto":
+        conf = host_path(service, "/etc/mosquitto/mosquitto.conf").read_text()
         return {int(p) for p in re.findall(r"^listener\s+(\d+)", conf, re.M)}
     return IMAGE_PORTS[image]
 
@@ -98,6 +116,17 @@ def test_services_have_an_image_or_build() -> None:
     for name in LINEPULSE:
         build = SERVICES[name]["build"]
         assert (DEPLOY / build["context"] / build["dockerfile"]).is_file()
+    # deploy/images.sh builds every other image but Grafana's (no Debian package).
+    script = (DEPLOY / "images.sh").read_text()
+    containerfile = (DEPLOY / "images" / "Containerfile").read_text()
+    for name, spec in SERVICES.items():
+        image = spec["image"]
+        if image == LINEPULSE_IMAGE or name == "grafana":
+            continue
+        assert image == f"localhost/linepulse-{name}:latest", name
+        assert re.search(rf"^FROM apt AS {name}$", containerfile, re.M), name
+        assert re.search(rf"^STANDINS=\(.*\b{name}\b", script, re.M), name
+    assert SERVICES["grafana"]["profiles"] == ["grafana"]
 
 
 def test_depends_on_names_services() -> None:
@@ -111,7 +140,7 @@ def test_mounts_exist() -> None:
     named = set(COMPOSE.get("volumes", {}))
     for name, spec in SERVICES.items():
         for volume in spec.get("volumes", []):
-            source = volume.split(":")[0]
+            source = str(volume).split(":")[0]
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), f"{name}: {source} is not in the repo"
             else:
@@ -123,9 +152,10 @@ def test_ports_are_well_formed_and_listened_on(service: str) -> None:
     spec = SERVICES[service]
     published = []
     for mapping in spec.get("ports", []):
-        match = re.fullmatch(r"(?:(\d+):)?(\d+)(?:/(tcp|udp))?", str(mapping))
-        assert match, f"{service}: bad port mapping {mapping!r}"
+        match = re.fullmatch(r"127\.0\.0\.1:(\d+):(\d+)(?:/(tcp|udp))?", str(mapping))
+        assert match, f"{service}: {mapping!r} is not a port published on 127.0.0.1"
         published.append(int(match.group(2)))
+    assert bool(published) == (service in PUBLISHED), service
     exposed = [int(str(p)) for p in spec.get("expose", [])]
     assert all(0 < p < 65536 for p in published + exposed)
     assert set(published + exposed) <= listens(service), service
@@ -142,9 +172,15 @@ def test_linepulse_commands_parse(service: str) -> None:
             assert str(params[key]).startswith("/var/lib/linepulse/"), (service, key)
 
 
-def test_alerts_gets_its_token_from_the_environment() -> None:
-    spec = SERVICES["alerts"]
-    assert plant("alerts").alerts.api_token_env in spec["environment"]
+def test_the_tokens_come_from_the_env_file() -> None:
+    example = (DEPLOY / "linepulse.env.example").read_text()
+    names = set(re.findall(r"^(\w+)=", example, re.M))
+    config = plant("alerts")
+    assert config.alerts.api_token_env in names
+    assert config.api.token_env in names
+    for name in LINEPULSE:
+        assert SERVICES[name]["env_file"] == "linepulse.env", name
+    assert "deploy/linepulse.env" in (REPO / ".gitignore").read_text().splitlines()
 
 
 def test_healthchecks_ask_the_ports_services_listen_on() -> None:
@@ -223,8 +259,10 @@ INSTRUCTIONS = [
 
 def test_dockerfile_base_is_slim_and_user_is_not_root() -> None:
     bases = [args for op, args in INSTRUCTIONS if op == "FROM"]
-    assert bases
-    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", bases[-1].split()[0])
+    assert bases == ["${BASE}"]
+    default = next(args for op, args in INSTRUCTIONS if op == "ARG" and args.startswith("BASE="))
+    assert re.fullmatch(r"BASE=python:3\.11-slim(-\w+)?", default)
+    assert SERVICES["api"]["build"]["args"]["BASE"] == default.removeprefix("BASE=")
     users = [args.strip() for op, args in INSTRUCTIONS if op == "USER"]
     assert users
     assert users[-1] not in {"root", "0"}

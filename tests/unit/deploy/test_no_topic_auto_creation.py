@@ -14,10 +14,13 @@ DEPLOY = Path(__file__).parents[3] / "deploy"
 
 
 def test_the_compose_broker_does_not_auto_create_topics() -> None:
+    """The stack's broker is the image deploy/images.sh builds, which runs kafka.sh (below)."""
     compose: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-    environment = compose["services"]["kafka"]["environment"]
-    # The apache/kafka image turns KAFKA_X_Y into x.y; Kafka's own default is true.
-    assert str(environment.get("KAFKA_AUTO_CREATE_TOPICS_ENABLE")).lower() == "false"
+    assert compose["services"]["kafka"]["image"] == "localhost/linepulse-kafka:latest"
+    assert "KAFKA_EXTRA_PROPERTIES" not in compose["services"]["kafka"].get("environment", {})
+    containerfile = (DEPLOY / "images" / "Containerfile").read_text()
+    target = containerfile.split("FROM apt AS kafka", 1)[1].split("\nFROM ", 1)[0]
+    assert 'ENTRYPOINT ["/opt/kafka/kafka.sh", "run"]' in target
 
 
 def test_the_development_broker_does_not_auto_create_topics() -> None:
