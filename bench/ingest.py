@@ -214,7 +214,10 @@ def plant(
             "site": "bench",
             "lines": [{"id": "l1", "machines": [{"id": m} for m in machines]}],
             "sources": sources,
-            "ingest": {"spool_dir": str(tmp / f"spool-{name}")},
+            "ingest": {
+                "spool_dir": str(tmp / f"spool-{name}"),
+                "state_dir": str(tmp / f"state-{name}"),
+            },
             "kafka": {
                 "telemetry": {"name": f"telemetry-{name}-{tag}", "partitions": PARTITIONS},
                 "dlq": {"name": f"dlq-{name}-{tag}", "partitions": 1},

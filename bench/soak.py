@@ -189,7 +189,7 @@ def write_configs(
         "group": f"soak-{tag}",
         "state_dir": str(tmp / "kpi-state"),
     }
-    data["ingest"] = {"spool_dir": str(tmp / "spool")}
+    data["ingest"] = {"spool_dir": str(tmp / "spool"), "state_dir": str(tmp / "state")}
     data["alerts"] = {
         "group_wait": "1s",
         "state_dir": str(tmp / "alerts-state"),

@@ -8,6 +8,7 @@ A service never writes into the directory it was started from. Its state lives u
     kpi/history.duckdb    --db: the query API's KPI history
     alerts/               alerts.state_dir: alert states, notification log, outbox
     ingest/spool/         ingest.spool_dir: telemetry held while Kafka is away
+    ingest/state/         ingest.state_dir: sources' sessions (Sparkplug B alias tables)
 
 A relative path in the plant config resolves against the data directory, an absolute one
 is used as it is, and a path given on the command line (`--state-dir`, `--db`) wins over
@@ -54,12 +55,17 @@ def resolve(data_dir: Path, path: Path) -> Path:
 
 def with_data_dir(plant: PlantConfig, data_dir: Path) -> PlantConfig:
     """The plant config with its state paths (kafka.state_dir, alerts.state_dir,
-    ingest.spool_dir) resolved against `data_dir`, so that the services get absolute
-    paths and never depend on the current directory."""
+    ingest.spool_dir, ingest.state_dir) resolved against `data_dir`, so that the services
+    get absolute paths and never depend on the current directory."""
     root = data_dir.expanduser().absolute()
     kafka = plant.kafka.model_copy(update={"state_dir": resolve(root, plant.kafka.state_dir)})
     alerts = plant.alerts.model_copy(update={"state_dir": resolve(root, plant.alerts.state_dir)})
-    ingest = plant.ingest.model_copy(update={"spool_dir": resolve(root, plant.ingest.spool_dir)})
+    ingest = plant.ingest.model_copy(
+        update={
+            "spool_dir": resolve(root, plant.ingest.spool_dir),
+            "state_dir": resolve(root, plant.ingest.state_dir),
+        }
+    )
     return plant.model_copy(update={"kafka": kafka, "alerts": alerts, "ingest": ingest})
 
 

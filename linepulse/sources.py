@@ -185,6 +185,13 @@ class OpcuaSource(_Model):
     timeout_s: float = Field(default=10.0, gt=0)
     reconnect_min_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    # After a reconnect or an ingester restart, read the raw history (HistoryRead) of each
+    # node the server historizes, from the last value taken (kept in ingest.state_dir) to
+    # now, and send it ahead of the live values; at most this many values a node, and no
+    # further back than this (beyond kpi.restate_horizon_s the KPI core refuses them).
+    history_backfill: bool = True
+    history_max_values: int = Field(default=10_000, ge=1)
+    history_max_age_s: float = Field(default=3600.0, gt=0)
     machines: tuple[OpcuaMachine, ...] = Field(min_length=1)
 
 
@@ -304,6 +311,8 @@ class IngestSettings(_Model):
     # While the broker is away: this many samples in memory, then spill to disk.
     memory_samples: int = Field(default=100_000, ge=1)
     spool_dir: Path = Path("ingest/spool")  # relative: under the data dir (linepulse/data_dir.py)
+    # What sources remember across restarts (Sparkplug B sessions: alias tables, seq).
+    state_dir: Path = Path("ingest/state")  # relative: under the data dir
     spool_max_bytes: int = Field(default=2 * 1024**3, ge=1024 * 1024)
     # A payload larger than this goes to the DLQ unread.
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)

@@ -489,6 +489,7 @@ def ingest_command(
     http = HttpSettings(host, port, tls) if port else None
     plant, root = _data_dir(plant, data_dir)
     spool = _prepare(plant.ingest.spool_dir, "ingest.spool_dir", root)
+    _prepare(plant.ingest.state_dir, "ingest.state_dir", root)
     with contextlib.ExitStack() as held:
         _claim(held, spool, "linepulse ingest")
         settings = IngestServiceSettings(plant, bootstrap, http)

@@ -174,7 +174,11 @@ async def _run(
     # packaged plant), which is put faster than any bus acknowledges: a spill to the spool
     # would be lossless but warn, on a first run, that Kafka is not acknowledging.
     spool = plant.ingest.model_copy(
-        update={"spool_dir": state / "spool", "memory_samples": DEMO_MEMORY_SAMPLES}
+        update={
+            "spool_dir": state / "spool",
+            "state_dir": state / "ingest-state",
+            "memory_samples": DEMO_MEMORY_SAMPLES,
+        }
     )
     sink = SpooledSink(plant, bootstrap, spool, ingest_metrics, clients=clients)
     await sink.start()

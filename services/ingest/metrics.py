@@ -11,6 +11,7 @@ a microsecond). `source` is a configured source id; `reason` a bounded rejection
 | `linepulse_ingest_rejected_total{source,reason}` | inputs sent to the DLQ |
 | `linepulse_ingest_withheld_total{source,reason}` | OPC-UA values with no reading to emit |
 | `linepulse_ingest_reconnects_total{source}` | connections re-established after a loss |
+| `linepulse_ingest_backfilled_total{source}` | OPC-UA values from history, for a gap |
 | `linepulse_ingest_connected{source}` | 1 while the source's session is up |
 | `linepulse_ingest_mqtt_inbox_messages{source}` | MQTT messages received, not yet decoded |
 | `linepulse_ingest_mqtt_inbox_dropped_total{source}` | QoS 0 messages dropped: inbox full |
@@ -36,6 +37,7 @@ class IngestMetrics:
     rejected: Counter
     withheld: Counter
     reconnects: Counter
+    backfilled: Counter
     connected: Gauge
     mqtt_inbox: Gauge
     mqtt_inbox_dropped: Counter
@@ -77,6 +79,12 @@ class IngestMetrics:
             reconnects=counter(
                 "linepulse_ingest_reconnects",
                 "Connections re-established after a loss",
+                ("source",),
+            ),
+            backfilled=counter(
+                "linepulse_ingest_backfilled",
+                "OPC-UA values read from the server's history (HistoryRead) to fill the gap "
+                "of a reconnect or an ingester restart",
                 ("source",),
             ),
             connected=gauge(

@@ -18,10 +18,16 @@ The inbox (aiomqtt's queue between the socket and `_read`) is bounded, and what 
 the bound depends on the QoS, because only QoS 1 and 2 have flow control in MQTT:
 
 - QoS 1 and 2: never dropped here; the broker holds them back. Messages are acknowledged
-  (PUBACK, PUBCOMP) when `_read` takes them out of the inbox, not when they arrive (paho's
-  `manual_ack`), and the connection is MQTT v5 with the CONNECT property Receive Maximum =
-  `max_inbox_messages` (MQTT 5 §3.1.2.11.3: the server sends no more unacknowledged QoS 1/2
-  publishes than that), so the inbox never holds more than the bound. That holds as far
+  (PUBACK, PUBCOMP; paho's `manual_ack`) neither when they arrive nor when `_read` takes
+  them, but once the sink keeps the batch they went into (`Sink.kept`: Kafka acknowledged
+  it, or it is in the disk spool), in arrival order: a `kill -9` of the ingester loses
+  nothing the broker let go of, since it sends every unacknowledged message again (a kept
+  one may come twice; repeated samples are harmless). The connection is MQTT v5 with the
+  CONNECT property Receive Maximum = `max_inbox_messages` (MQTT 5 §3.1.2.11.3: the server
+  sends no more unacknowledged QoS 1/2 publishes than that), so the inbox never holds more
+  than the bound; with acknowledgements after the sink, the bound also covers the batch
+  and what waits for Kafka, which paces a source to `max_inbox_messages` per round trip
+  to Kafka (10,000 by default: far above a plant's rate). That holds as far
   as the broker keeps to the protocol: Mosquitto 2.0.11 (Debian 12) does while no
   acknowledgement comes in between new publishes, but when they interleave its send quota
   drifts past the Receive Maximum (measured: 495 waiting for a bound of 100, against 908
@@ -36,8 +42,10 @@ the bound depends on the QoS, because only QoS 1 and 2 have flow control in MQTT
   and counted (`linepulse_ingest_mqtt_inbox_dropped_total{source}`). A source that mixes
   QoS 0 and QoS 1 publishes can hold up to the bound of each.
 
-Messages still in the inbox when the connection drops (or at stop) were never acknowledged:
-the broker sends QoS 1 and 2 ones again on the next connect. The session is persistent
+Messages not yet acknowledged when the connection drops are sent again by the broker on
+the next connect. At a stop the batch is handed to the sink and its messages acknowledged
+once kept (up to `STOP_ACK_WAIT_S`) before the connection closes, so a restart does not
+bring them twice. The session is persistent
 (`clean_start: false`): under v5 it must be asked to outlive the connection, for
 `session_expiry_s`; under 3.1.1 it does by itself.
 """
@@ -64,6 +72,7 @@ from services.ingest import sparkplug
 from services.ingest.metrics import IngestMetrics
 from services.ingest.mqtt_payload import PayloadError, PlainDecoder
 from services.ingest.samples import RAW_KEEP_BYTES, SampleBatch, Sink
+from services.ingest.source_state import SourceStateFile
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +83,12 @@ _RECEIVE_MAXIMUM_MAX: Final = 65_535  # a two-byte integer (MQTT 5 §3.1.2.11.3)
 # code 1 ("unacceptable protocol version") to a v5 CONNECT as this too.
 _UNSUPPORTED_PROTOCOL_VERSION: Final = 0x84
 _PROTOCOLS: Final = {"5": aiomqtt.ProtocolVersion.V5, "3.1.1": aiomqtt.ProtocolVersion.V311}
+# At a stop, how long the connection stays open for the sink to keep the last batch, so its
+# messages are acknowledged rather than sent again by the broker after the restart.
+STOP_ACK_WAIT_S: Final = 5.0
+# A flushed batch's QoS 1/2 messages (packet id, QoS), acknowledged once the sink keeps
+# everything up to its position.
+_Acks = tuple[int, list[tuple[int, int]]]
 
 
 # -- the ingester ---------------------------------------------------------------------------
@@ -132,6 +147,10 @@ class MqttIngester:
         self._messages = 0  # since the last flush; a plain int, the counter is per batch
         self._connects = 0
         self._inbox: asyncio.Queue[aiomqtt.Message] | None = None  # the connection's
+        # QoS 1/2 messages of the connection in the batch being collected, and the queue of
+        # flushed ones waiting for the sink to keep them (`_ack_when_kept`).
+        self._unacked: list[tuple[int, int]] = []
+        self._acks: asyncio.Queue[_Acks | None] | None = None
         self._dropped = 0  # QoS 0 messages dropped at the inbox bound since the last flush
         self.inbox_peak = 0  # the most messages the inbox held at once, since the start
         # v5 unless the config or the broker said otherwise (`_fall_back`)
@@ -141,6 +160,7 @@ class MqttIngester:
         # read at scrape time: no Prometheus call per message
         metrics.mqtt_inbox.labels(source.id).set_function(self.inbox_size)
         self.host: sparkplug.SparkplugHost | None = None
+        self._sessions: SourceStateFile | None = None
         if source.sparkplug is not None:
             self.host = sparkplug.SparkplugHost(
                 source.sparkplug.group,
@@ -148,6 +168,25 @@ class MqttIngester:
                 metrics=source.sparkplug.metrics,
                 machines=machines,
             )
+            self._sessions = SourceStateFile(plant.ingest.state_dir, source.id, "sparkplug")
+            self._restore_sessions(self.host, self._sessions)
+
+    def _restore_sessions(self, host: sparkplug.SparkplugHost, sessions: SourceStateFile) -> None:
+        """The Sparkplug sessions saved before a restart, so their data decodes at once."""
+        doc = sessions.load()
+        if doc is None:
+            return
+        try:
+            nodes = host.restore(doc)
+        except (ValueError, KeyError, TypeError) as error:
+            log.warning("mqtt %s: %s: not used (%s)", self.source.id, sessions.path, error)
+            return
+        log.info(
+            "mqtt %s: %d Sparkplug edge node session(s) restored from %s",
+            self.source.id,
+            nodes,
+            sessions.path,
+        )
 
     # -- connection ----------------------------------------------------------------------
 
@@ -329,26 +368,53 @@ class MqttIngester:
         self.metrics.connected.labels(self.source.id).set(1 if up else 0)
 
     async def _read_until_stopped(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        """Read messages until the connection drops (MqttError) or `stop` is set."""
+        """Read messages until the connection drops (MqttError) or `stop` is set; on a stop,
+        hand the batch to the sink and acknowledge what it keeps within `STOP_ACK_WAIT_S`
+        before the connection closes (the rest the broker sends again next time)."""
+        acks: asyncio.Queue[_Acks | None] = asyncio.Queue()
+        acker = asyncio.create_task(
+            self._ack_when_kept(client, acks), name=f"mqtt:{self.source.id}:ack"
+        )
         reader = asyncio.create_task(self._read(client), name=f"mqtt:{self.source.id}:messages")
         stopper = asyncio.create_task(stop.wait(), name=f"mqtt:{self.source.id}:stop")
+        self._acks = acks
         try:
-            await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reader, stopper, acker}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set() and not reader.done():
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                await self.flush()
+                acks.put_nowait(None)
+                await asyncio.wait({acker}, timeout=STOP_ACK_WAIT_S)
         finally:
-            for task in (reader, stopper):
+            self._acks = None  # acknowledgements of this connection die with it
+            self._unacked = []
+            for task in (reader, stopper, acker):
                 task.cancel()
-            await asyncio.gather(reader, stopper, return_exceptions=True)
-        if reader.done() and not reader.cancelled():
-            error = reader.exception()
-            if error is not None:
-                raise error
+            await asyncio.gather(reader, stopper, acker, return_exceptions=True)
+        for task in (reader, acker):
+            if task.done() and not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    raise error
+
+    async def _ack_when_kept(
+        self, client: aiomqtt.Client, acks: asyncio.Queue[_Acks | None]
+    ) -> None:
+        """Acknowledge each flushed batch's QoS 1/2 messages once the sink keeps what they
+        carried (MQTT wants acknowledgements in arrival order: batches come in order)."""
+        paho = client._client  # manual acknowledgement: see `_new_client`
+        while (batch := await acks.get()) is not None:
+            position, messages = batch
+            await self.sink.kept(position)
+            for mid, qos in messages:
+                paho.ack(mid, qos)
 
     async def _read(self, client: aiomqtt.Client) -> None:
-        paho = client._client  # for the acknowledgement: see `_new_client`
         async for message in client.messages:
             await self._message(client, message)
             if message.qos:
-                paho.ack(message.mid, message.qos)
+                self._unacked.append((message.mid, message.qos))
             # aiomqtt's iterator costs a task and a loop wakeup per message, about a third
             # of the per-message time: take what is already waiting directly.
             inbox = self._inbox
@@ -356,7 +422,7 @@ class MqttIngester:
                 message = inbox.get_nowait()
                 await self._message(client, message)
                 if message.qos:
-                    paho.ack(message.mid, message.qos)
+                    self._unacked.append((message.mid, message.qos))
 
     async def _message(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         name = message.topic.value
@@ -411,6 +477,8 @@ class MqttIngester:
             return
         now_ms = int(time.time() * 1000)
         reason = self.host.handle(where, decoded, now_ms, self._batch, payload)
+        if self.host.changed and self._sessions is not None:
+            self._sessions.save(self.host.snapshot())  # births and deaths: rare, small
         if reason is not None and self.source.sparkplug and self.source.sparkplug.rebirth:
             await self._ask_rebirth(client, where, now_ms)
 
@@ -432,18 +500,23 @@ class MqttIngester:
         """Hand the collected samples and dead letters to the sink, and count them."""
         async with self._flush_lock:
             messages, self._messages = self._messages, 0
+            # Taken with the batch they carried, and with their connection's queue: the
+            # connection may be gone by the time the sink has taken the batch.
+            unacked, self._unacked, acks = self._unacked, [], self._acks
             self._count_dropped()
-            if not len(self._batch) and not self._batch.letters:
-                self._count(messages, 0, [])
-                return
-            frame, letters = self._batch.take()
-            if frame.height:
-                await self.sink.put(frame)
-            if letters:
-                await self.sink.dead_letter(letters)
-                for letter in letters[:3]:  # a sample: the DLQ has them all
-                    log.warning("mqtt: rejected %s: %s", letter.source, letter.reason)
-            self._count(messages, frame.height, [letter.reason for letter in letters])
+            events, reasons = 0, []
+            if len(self._batch) or self._batch.letters:
+                frame, letters = self._batch.take()
+                if frame.height:
+                    await self.sink.put(frame)
+                if letters:
+                    await self.sink.dead_letter(letters)
+                    for letter in letters[:3]:  # a sample: the DLQ has them all
+                        log.warning("mqtt: rejected %s: %s", letter.source, letter.reason)
+                events, reasons = frame.height, [letter.reason for letter in letters]
+            if unacked and acks is not None:
+                acks.put_nowait((self.sink.position(), unacked))
+            self._count(messages, events, reasons)
 
     def _count_dropped(self) -> None:
         dropped, self._dropped = self._dropped, 0

@@ -23,6 +23,15 @@ server's subscriptions anyway. On each (re)connect the nodes are resolved again,
 current values READ once (a fresh baseline after `unknown`; a re-read counter is
 harmless by the core's definition) and the subscription re-created.
 
+Gaps are filled from the server's history where it keeps one (`history_backfill`): the
+source time of the last value taken of each node (its mark) is kept in memory and, once
+the sink keeps the values up to it, in `ingest.state_dir`, so it survives a restart. At
+each (re)connect the raw history after each node's mark (HistoryRead, at most
+`history_max_values` a node, no further back than `history_max_age_s`) is taken in time
+order before the current values, and after an outage each machine's state as it was at the
+`unknown` mark is stated again 1 ms after it, so the gap counts as what happened rather
+than as unknown. A node whose server keeps no history is as before: `unknown` for the gap.
+
 What the ingester asks of a server, and what it does not pass on (docs/foreign-servers.md):
 
 * Sampling: 0 (the fastest the server offers) for state, counters, product and reason
@@ -54,6 +63,7 @@ from asyncua.client.client import Client
 from linepulse.config import PlantConfig
 from linepulse.events import reason_kind
 from linepulse.sources import OpcuaSource
+from services.ingest.errors import SinkClosedError
 from services.ingest.metrics import IngestMetrics
 from services.ingest.opcua_session import (
     KEEPALIVE_MS,
@@ -63,6 +73,7 @@ from services.ingest.opcua_session import (
     failure_reason,
     new_client,
     read_current,
+    read_history,
     resolve,
     routes_of,
     subscribe,
@@ -79,10 +90,13 @@ from services.ingest.opcua_values import (
     withheld,
 )
 from services.ingest.samples import SampleBatch, Sink
+from services.ingest.source_state import SourceStateFile
 
 FLUSH_S: Final = 0.05  # a partial batch waits at most this long for the sink
 PENDING_BATCHES: Final = 4  # batches the callback may collect while the sink is busy
 CLOSE_TIMEOUT_S: Final = 5.0  # for DeleteSubscriptions/CloseSession on the way out
+MARKS_SAVE_S: Final = 5.0  # the nodes' marks go to ingest.state_dir at most this often
+MARKS_VERSION: Final = 1
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -174,6 +188,14 @@ class OpcuaIngester:
         # (handle, "sampling" or "queue") -> what the server granted short of what was
         # asked, as last warned about: once per item, again only if it changes.
         self._short_grants: dict[tuple[int, str], float] = {}
+        # Per node ("machine/signal"): the source time (ms) of the last value taken, the
+        # start of the next history backfill; saved once the sink keeps what it covers.
+        self._marks_file = SourceStateFile(plant.ingest.state_dir, source.id, "opcua")
+        self._marks: dict[str, int] = self._load_marks()
+        self._marks_to_save: tuple[int, dict[str, int]] | None = None  # (sink position, marks)
+        # Per machine: (time, value, reason) of the last state taken, stated again after an
+        # outage that history filled.
+        self._states: dict[str, tuple[int, object, str | None]] = {}
 
     @property
     def connected(self) -> bool:
@@ -186,6 +208,7 @@ class OpcuaIngester:
         self.metrics.connected.labels(self.source.id).set(0)
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._flush_loop(done), name=f"opcua-flush-{self.source.id}")
+            tasks.create_task(self._marks_loop(done), name=f"opcua-marks-{self.source.id}")
             try:
                 await self._connection_loop(stop)
             finally:
@@ -263,6 +286,7 @@ class OpcuaIngester:
                     item.handle for item in items if item.route.signal == "reason"
                 )
                 self._last.clear()
+                await self._backfill(client, items)
                 received = epoch_ms(datetime.now(UTC))
                 if self._floor_ms is None:
                     # A first start: a value unchanged for hours carries an old timestamp,
@@ -523,6 +547,9 @@ class OpcuaIngester:
         if why_not is not None or stamp is None:
             self._withhold(handle, route, why_not or "no_source_timestamp", status)
             return
+        node = f"{route.machine}/{route.signal}"
+        if stamp > self._marks.get(node, -1):
+            self._marks[node] = stamp
         if self._restamp and handle in self._restamp:
             self._restamp.discard(handle)
             if self._floor_ms is not None and stamp < self._floor_ms:
@@ -552,6 +579,7 @@ class OpcuaIngester:
             known = self._reasons.get(route.machine)
             if known is not None and known[0] == stamp:
                 why = known[1]
+            self._states[route.machine] = (stamp, plain, why)
         self._batch.add(
             stamp, route.machine, route.signal, plain, reason=why, quality=quality_of(code)
         )
@@ -581,6 +609,114 @@ class OpcuaIngester:
                 why,
             )
 
+    # -- history backfill ----------------------------------------------------------------
+
+    async def _backfill(self, client: Client, items: list[Monitored]) -> None:
+        """Take the history after each node's mark, in time order (reasons first at equal
+        times, as in `_on_publish`), then state each machine again as it was at the
+        `unknown` mark of the outage, if there was one and its state node has history."""
+        source = self.source
+        if not source.history_backfill:
+            return
+        now = datetime.now(UTC)
+        oldest = epoch_ms(now) - round(source.history_max_age_s * 1000)
+        asked = []
+        for item in items:
+            mark = self._marks.get(f"{item.route.machine}/{item.route.signal}")
+            if mark is not None:
+                start = max(mark, oldest)
+                asked.append((item, datetime.fromtimestamp(start / 1000, UTC)))
+        if not asked:
+            return
+        async with asyncio.timeout(4 * source.timeout_s):
+            found, without = await read_history(client, asked, source.history_max_values)
+        if without:
+            _log.info(
+                "opcua %s: no history for %d node(s) (e.g. %s: %s); their gap stays unknown",
+                source.id,
+                len(without),
+                without[0][0].route.where,
+                without[0][1],
+            )
+        marks = {
+            item.handle: self._marks[f"{item.route.machine}/{item.route.signal}"]
+            for item, _ in asked
+        }
+        fresh: list[tuple[int, bool, int, ua.DataValue]] = []
+        for item, value in found:
+            stamp = event_time(value)
+            if stamp is not None and stamp > marks[item.handle]:
+                fresh.append((stamp, item.handle not in self._reason_set, item.handle, value))
+        fresh.sort(key=lambda entry: entry[:2])
+        marker = self._floor_ms if self._marker else None
+        before = dict(self._states)  # each machine's state as of the outage's mark
+        received = epoch_ms(now)
+        for stamp, _, handle, value in fresh:
+            self._take(handle, value, received)
+            if marker is not None and stamp <= marker:
+                before = dict(self._states)
+        if marker is not None:
+            # Only where the history covers the state node: it returns the value at its
+            # mark (the start is inclusive). A server may answer Good and empty for a node
+            # it keeps no history of (asyncua does), and a rebooted PLC's state did not hold.
+            historized = {item.route.machine for item, _ in found if item.route.signal == "state"}
+            for machine in sorted(historized):
+                state = before.get(machine)
+                if state is not None:
+                    _, in_force, reason = state
+                    self._batch.add(
+                        marker + 1, machine, "state", in_force, reason=reason, where="history"
+                    )
+        self.metrics.backfilled.labels(source.id).inc(len(fresh))
+        if fresh:
+            _log.info(
+                "opcua %s: %d value(s) from the server's history filled the gap",
+                source.id,
+                len(fresh),
+            )
+
+    # -- marks across restarts ---------------------------------------------------------
+
+    def _load_marks(self) -> dict[str, int]:
+        doc = self._marks_file.load()
+        if doc is None:
+            return {}
+        if doc.get("version") != MARKS_VERSION or doc.get("endpoint") != self.source.endpoint:
+            _log.info(
+                "opcua %s: %s is of another endpoint or version; not used",
+                self.source.id,
+                self._marks_file.path,
+            )
+            return {}
+        marks = doc.get("marks")
+        if not isinstance(marks, dict):
+            return {}
+        return {str(k): int(v) for k, v in marks.items() if isinstance(v, int)}
+
+    async def _marks_loop(self, done: asyncio.Event) -> None:
+        """Every MARKS_SAVE_S (and at the end), the marks of the last flush once the sink
+        keeps what they cover: a mark never runs ahead of data that could still be lost."""
+        while True:
+            await wait_any([done], MARKS_SAVE_S)
+            finished = done.is_set()
+            pending, self._marks_to_save = self._marks_to_save, None
+            if pending is not None:
+                position, marks = pending
+                try:
+                    async with asyncio.timeout(None if not finished else CLOSE_TIMEOUT_S):
+                        await self.sink.kept(position)
+                except (TimeoutError, SinkClosedError):
+                    pending = None  # not kept: the last saved marks stand
+                if pending is not None:
+                    doc = {
+                        "version": MARKS_VERSION,
+                        "endpoint": self.source.endpoint,
+                        "marks": marks,
+                    }
+                    await asyncio.to_thread(self._marks_file.save, doc)
+            if finished:
+                return
+
     # -- to the sink -------------------------------------------------------------------
 
     async def _flush_loop(self, done: asyncio.Event) -> None:
@@ -603,6 +739,7 @@ class OpcuaIngester:
                 self.metrics.messages_in.labels(self.source.id).inc(notifications)
             return
         frame, letters = batch.take()
+        marks = dict(self._marks)  # what this batch (and every earlier one) covers
         self._room.set()
         if frame.height:
             await self.sink.put(frame)
@@ -615,6 +752,7 @@ class OpcuaIngester:
                 letters[0].reason,
             )
             await self.sink.dead_letter(letters)
+        self._marks_to_save = (self.sink.position(), marks)
         source = self.source.id
         if notifications:
             self.metrics.messages_in.labels(source).inc(notifications)

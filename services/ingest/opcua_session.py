@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 from asyncua import ua
@@ -25,6 +26,7 @@ from asyncua.client.client import Client
 from asyncua.crypto import security_policies, uacrypto
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.uaerrors import UaStatusCodeError
 from cryptography import x509
 
 from linepulse.config import COUNTER_SIGNALS
@@ -478,3 +480,25 @@ _HINTS: Final = {
     "BadCertificateInvalid": "the server rejected the client certificate as invalid",
     "BadCertificateUriInvalid": "the certificate's application URI does not match",
 }
+
+
+async def read_history(
+    client: Client,
+    items: list[tuple[Monitored, datetime]],
+    max_values: int,
+) -> tuple[list[tuple[Monitored, ua.DataValue]], list[tuple[Monitored, str]]]:
+    """The raw history (HistoryRead, Part 11 §6.4.3) of each item from its start on, with no
+    end time (so a server clock ahead of ours loses nothing), at most `max_values` a node;
+    and the items whose server keeps none, with the reason. One read per node: servers
+    differ in how many nodes a HistoryRead may name."""
+    found: list[tuple[Monitored, ua.DataValue]] = []
+    without: list[tuple[Monitored, str]] = []
+    for item, start in items:
+        node = client.get_node(item.node_id)
+        try:
+            values = await node.read_raw_history(start, None, max_values, return_bounds=False)
+        except UaStatusCodeError as error:
+            without.append((item, status_name(ua.StatusCode(error.code))))
+            continue
+        found.extend((item, value) for value in values)
+    return found, without

@@ -72,6 +72,14 @@ class Sink(Protocol):
     async def dead_letter(self, letters: list[DeadLetter]) -> None:
         """Send inputs that could not be used to the dead-letter topic."""
 
+    def position(self) -> int:
+        """Where the input stands: everything put so far is at or before it."""
+
+    async def kept(self, position: int) -> None:
+        """Return once everything put up to `position` is kept: acknowledged by the bus,
+        or written to the disk spool. A source that acknowledges its own sender (MQTT QoS
+        1) does so after this, so a killed ingester loses nothing the sender let go of."""
+
 
 def ts_ms(value: object) -> int:
     """Event time in epoch ms from a datetime (OPC-UA), an int/float epoch ms or RFC 3339."""

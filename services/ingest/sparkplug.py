@@ -14,6 +14,19 @@ The codec (`encode_payload`, `decode_payload`, `topic`, `parse_topic`) is shared
 equipment simulator, which publishes Sparkplug with it. `SparkplugHost` is the ingest side:
 pure bookkeeping over decoded payloads (no I/O, time passed in), turning them into samples.
 
+Two things keep data of a node decodable when the host's picture of it is missing:
+
+- **Sessions persisted.** `snapshot()` is each node's alias tables, `bdSeq` and `seq` as a
+  JSON document (the ingester writes it after every birth and death); `restore()` puts it
+  back at start, so data after an ingester restart decodes at once. The host still asks a
+  restored node for a rebirth once (it may have been born again meanwhile), and the
+  rebirth's tables replace the restored ones.
+- **Data held for its birth.** Data with an alias the host does not know (no birth seen,
+  or an alias its birth did not declare) is held, up to `HOLD_MS` and `HOLD_MESSAGES` per
+  node, and decoded when the node's birth (asked for at once) arrives, instead of being
+  dropped or dead-lettered. What the birth still does not explain, or what waited too
+  long, goes where it went before: counted as `before_birth`, or a dead letter.
+
 The protobuf module is generated from `schemas/sparkplug_b.proto` (the Tahu schema); after
 changing the schema, regenerate it with grpcio-tools (a dev-time tool only):
 
@@ -28,7 +41,7 @@ import math
 import struct
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from google.protobuf.message import DecodeError
 
@@ -371,6 +384,14 @@ def next_seq(seq: int) -> int:
 # -- the host application's view of edge nodes ----------------------------------------------
 
 REBIRTH_HOLDOFF_MS: Final = 5_000  # ask a node for a rebirth at most this often
+# Data with unknown aliases waits this long for the birth that explains it (a rebirth is
+# asked for at once and comes within a second from a live node), and at most this many
+# messages of a node wait.
+HOLD_MS: Final = 10_000
+HOLD_MESSAGES: Final = 1_000
+SNAPSHOT_VERSION: Final = 1
+# Why a restored node is asked for one rebirth (expected: logged at INFO).
+RESTORED: Final = "restored its session from before the restart"
 UNKNOWN_STATE: Final = "unknown"
 # The metric that carries a `state` sample's downtime reason (the simulator's, and any
 # device metric `sparkplug.metrics` maps to it): "" means none.
@@ -395,6 +416,16 @@ class MetricTable:
     by_name: dict[str, Declared] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A data message waiting for the birth that declares its aliases."""
+
+    where: SparkplugTopic
+    payload: Payload
+    received_ms: int
+    raw: bytes
+
+
 @dataclass(slots=True)
 class EdgeNode:
     """What the host knows about one edge node's current session."""
@@ -405,6 +436,8 @@ class EdgeNode:
     devices: dict[str, MetricTable] = field(default_factory=dict)
     birth_seen: bool = False
     rebirth_asked_ms: int | None = None
+    restored: bool = False  # from a snapshot: no message of this run seen yet
+    held: list[_Held] = field(default_factory=list)  # data waiting for its birth
 
 
 class SparkplugHost:
@@ -438,6 +471,9 @@ class SparkplugHost:
         # machine -> receipt time (ms) of its latest `unknown` mark not yet followed by a state
         self._unknown_at: dict[str, int] = {}
         self.rebirths_asked = 0
+        self.held_decoded = 0  # held data messages decoded when their birth came
+        # True when births or deaths changed what `snapshot` returns since it last ran.
+        self.changed = False
 
     # -- mapping from Sparkplug ids to the plant's -------------------------------------------
 
@@ -466,6 +502,7 @@ class SparkplugHost:
     ) -> str | None:
         """Apply one message; add its samples (and dead letters) to `batch`. Returns why the
         node should be asked for a rebirth now, or None."""
+        self._expire_held(received_ms, batch)
         node = self.nodes.setdefault(where.edge, EdgeNode())
         kind = where.message_type
         if kind == NDEATH:
@@ -473,26 +510,43 @@ class SparkplugHost:
             return None
         if kind in (NCMD, DCMD):
             return None  # commands to nodes (ours or another host's); nothing to ingest
+        restored, node.restored = node.restored, False
+        if restored:
+            # The first message after a restart: a seq gap is the time the ingester was
+            # away, and the node may have been born again meanwhile: one rebirth confirms.
+            node.seq = None
         wants = self._check_seq(where, node, payload)
+        if restored:
+            wants = wants or RESTORED
+        # A birth's held data goes before the birth's own values: it is older.
         if kind == NBIRTH:
             self._node_birth(where, node, payload)
             wants = None
+            self._release_held(node, None, batch)
             self._samples(where, node.node, payload, received_ms, batch, raw, birth=True)
         elif kind == DBIRTH:
             assert where.device is not None  # noqa: S101 - parse_topic guarantees it
             table = MetricTable(self.machine_for(where.edge, where.device))
             node.devices[where.device] = table
             self._declare(table, payload)
+            self.changed = True
+            self._release_held(node, where.device, batch)
             self._samples(where, table, payload, received_ms, batch, raw, birth=True)
             if not node.birth_seen:
                 wants = wants or "DBIRTH before any NBIRTH of this session"
         elif kind == DDEATH:
             assert where.device is not None  # noqa: S101 - parse_topic guarantees it
             gone = node.devices.pop(where.device, None)
+            self.changed = True
             machine = gone.machine if gone else self.machine_for(where.edge, where.device)
             self._unknown([machine], received_ms, batch, where)
         else:  # NDATA, DDATA
             known = node.node if kind == NDATA else node.devices.get(where.device or "")
+            if self._unexplained(known, payload) and len(node.held) < HOLD_MESSAGES:
+                node.held.append(_Held(where, payload, received_ms, raw))
+                return self._ask(
+                    where, node, wants or self._hold_reason(known, payload), received_ms
+                )
             missing = self._samples(
                 where,
                 known,
@@ -506,6 +560,120 @@ class SparkplugHost:
             if missing:
                 wants = wants or missing
         return self._ask(where, node, wants, received_ms)
+
+    # -- data waiting for its birth ------------------------------------------------------
+
+    @staticmethod
+    def _unexplained(table: MetricTable | None, payload: Payload) -> bool:
+        """Whether a data message has a metric by alias alone that `table` does not know."""
+        return any(
+            m.name is None and (table is None or m.alias not in table.by_alias)
+            for m in payload.metrics
+        )
+
+    @staticmethod
+    def _hold_reason(table: MetricTable | None, payload: Payload) -> str:
+        aliases = [m.alias for m in payload.metrics if m.name is None]
+        unknown = [a for a in aliases if table is None or a not in table.by_alias]
+        return f"unknown alias {unknown[0] if unknown else -1}"
+
+    def _release_held(self, node: EdgeNode, device: str | None, batch: SampleBatch) -> None:
+        """A birth came: decode the held data of what it declared (the node's own after an
+        NBIRTH, the device's after its DBIRTH), in arrival order."""
+        waiting, node.held = node.held, []
+        for held in waiting:
+            if held.where.device != device:
+                node.held.append(held)
+                continue
+            table = node.node if device is None else node.devices.get(device)
+            self.held_decoded += 1
+            self._samples(
+                held.where, table, held.payload, held.received_ms, batch, held.raw, birth=False
+            )
+
+    def _expire_held(self, now_ms: int, batch: SampleBatch) -> None:
+        """Held data whose birth did not come within HOLD_MS goes where it would have gone
+        without holding: counted before a node's first birth, a dead letter after."""
+        for node in self.nodes.values():
+            if not node.held or now_ms - node.held[0].received_ms < HOLD_MS:
+                continue
+            keep = []
+            for held in node.held:
+                if now_ms - held.received_ms < HOLD_MS:
+                    keep.append(held)
+                    continue
+                kind = held.where.message_type
+                table = node.node if kind == NDATA else node.devices.get(held.where.device or "")
+                self._samples(
+                    held.where,
+                    table,
+                    held.payload,
+                    held.received_ms,
+                    batch,
+                    held.raw,
+                    birth=False,
+                    late_join=not node.birth_seen,
+                )
+            node.held = keep
+
+    # -- sessions across restarts --------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Each node's session as JSON: `bdSeq`, `seq`, and the alias tables of the node and
+        its devices (names and datatypes; machines and signals come from the config)."""
+        self.changed = False
+
+        def table(t: MetricTable) -> list[list[Any]]:
+            aliases = {d.name: alias for alias, d in t.by_alias.items()}
+            return [[d.name, d.datatype, aliases.get(d.name)] for d in t.by_name.values()]
+
+        return {
+            "version": SNAPSHOT_VERSION,
+            "group": self.group,
+            "nodes": {
+                edge: {
+                    "bd_seq": node.bd_seq,
+                    "seq": node.seq,
+                    "node": None if node.node is None else table(node.node),
+                    "devices": {d: table(t) for d, t in node.devices.items()},
+                }
+                for edge, node in self.nodes.items()
+                if node.birth_seen
+            },
+        }
+
+    def restore(self, doc: Mapping[str, Any]) -> int:
+        """Put back the sessions of `snapshot()` (of this group, same version); the number
+        of nodes restored. Raises ValueError for a document of another shape."""
+        if doc.get("version") != SNAPSHOT_VERSION or doc.get("group") != self.group:
+            raise ValueError(
+                f"a Sparkplug session snapshot of version {doc.get('version')!r} and group "
+                f"{doc.get('group')!r}, not {SNAPSHOT_VERSION} and {self.group!r}"
+            )
+
+        def table(machine: str, rows: list[list[Any]]) -> MetricTable:
+            out = MetricTable(machine)
+            for name, datatype, alias in rows:
+                declared = Declared(str(name), self.signal_for(str(name)), int(datatype))
+                out.by_name[declared.name] = declared
+                if alias is not None:
+                    out.by_alias[int(alias)] = declared
+            return out
+
+        for edge, saved in doc["nodes"].items():
+            rows = saved["node"]
+            self.nodes[edge] = EdgeNode(
+                bd_seq=saved["bd_seq"],
+                seq=saved["seq"],
+                node=None if rows is None else table(self.machine_for(edge, None), rows),
+                devices={
+                    device: table(self.machine_for(edge, device), rows)
+                    for device, rows in saved["devices"].items()
+                },
+                birth_seen=True,
+                restored=True,
+            )
+        return len(doc["nodes"])
 
     def _check_seq(self, where: SparkplugTopic, node: EdgeNode, payload: Payload) -> str | None:
         seq = payload.seq
@@ -526,6 +694,7 @@ class SparkplugHost:
         return f"seq gap: expected {next_seq(last)}, got {seq}"
 
     def _node_birth(self, where: SparkplugTopic, node: EdgeNode, payload: Payload) -> None:
+        self.changed = True
         node.bd_seq = _bd_seq(payload)
         node.birth_seen = True
         node.devices.clear()  # a new session: devices must be born again
@@ -562,7 +731,8 @@ class SparkplugHost:
             ", ".join(machines) or "none",
         )
         self._unknown(machines, received_ms, batch, where)
-        self.nodes[where.edge] = EdgeNode(rebirth_asked_ms=node.rebirth_asked_ms)
+        self.nodes[where.edge] = EdgeNode(rebirth_asked_ms=node.rebirth_asked_ms, held=node.held)
+        self.changed = True
 
     def _unknown(
         self, machines: list[str], received_ms: int, batch: SampleBatch, where: SparkplugTopic
@@ -693,7 +863,7 @@ class SparkplugHost:
         # (INFO). A node whose birth was seen and that still sends what it did not declare
         # has lost step with the host (WARNING).
         log.log(
-            logging.WARNING if node.birth_seen else logging.INFO,
+            logging.WARNING if node.birth_seen and reason != RESTORED else logging.INFO,
             "sparkplug %s/%s: asking for a rebirth: %s%s",
             where.group,
             where.edge,

@@ -98,6 +98,9 @@ CONNECT_TIMEOUT_S: Final = 10.0
 POLL_S: Final = 0.5  # how often a waiting send looks at the broker's state
 LOST_AFTER_S: Final = 5.0  # no acknowledgement for this long: the broker counts as lost
 STUCK_AFTER_S: Final = 30.0  # broker reachable, no progress for this long: new producer
+# What a `kept` waiter (an MQTT QoS 1 acknowledgement) waits for Kafka before the sink writes
+# what it holds to the spool instead.
+KEEP_WAIT_S: Final = 1.0
 CLOSE_TIMEOUT_S: Final = 10.0
 MEMORY_LETTERS: Final = 1_000  # dead letters carry up to 4 KiB of raw payload each
 # Samples per spool entry: large entries make the drain fast (one round trip each), and
@@ -205,6 +208,7 @@ class SpooledSink:
         self._partitions = 1
         self._runner: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # something to send, or closing
+        self._kept_moved = asyncio.Event()  # `kept_through` went up (or the sink closed)
         self._room = asyncio.Event()  # memory or spool has room again
         self._closing = False  # send everything, then stop
         self._stopping = False  # stop now: close() ran out of time
@@ -247,6 +251,54 @@ class SpooledSink:
     def backpressure(self) -> bool:
         """True while `put` callers wait on a full spool."""
         return self._waiters > 0
+
+    def position(self) -> int:
+        """The sequence number of the last `put` or `dead_letter` (-1: none yet)."""
+        return self._seq - 1
+
+    @property
+    def kept_through(self) -> int:
+        """Every put up to this sequence number is kept: acknowledged by Kafka, or in the
+        spool (written, so a killed process keeps it; fsync'd at rotation and close).
+        What is not: memory, and a unit taken from memory that is still in flight."""
+        waiting = [self._memory[0].seq] if self._memory else []
+        unit = self._unit
+        if unit is not None and unit.entry is None:
+            waiting.append(unit.seq)
+        return min(waiting) - 1 if waiting else self._seq - 1
+
+    async def kept(self, position: int) -> None:
+        """Return once `kept_through` reaches `position`; `SinkClosedError` if the sink
+        closes first without keeping it (close spools what it holds, so that is a spool
+        that could not be written). If Kafka has not acknowledged it within `KEEP_WAIT_S`
+        (away, or slow), it is written to the spool (`_secure`): a source waiting to
+        acknowledge its sender must not wait for the broker's return, or the sender's own
+        queue would overflow instead of our spool."""
+        while self.kept_through < position:
+            if self._closed:
+                raise SinkClosedError("the Kafka sink closed before keeping what was put")
+            self._kept_moved.clear()
+            try:
+                await asyncio.wait_for(self._kept_moved.wait(), KEEP_WAIT_S)
+            except TimeoutError:
+                self._secure()
+
+    def _secure(self) -> None:
+        """Everything put so far to the spool: memory spilled, and what is left of a unit
+        in flight from memory written ahead of it, as the spool entry that unit now is (its
+        acknowledgement acknowledges the entry; a producer recreated meanwhile may send
+        that part twice, which the stuck-producer path can do anyway)."""
+        spool = self._spool
+        if spool is None or self._closed:
+            return
+        self._spill(why=f"Kafka has not acknowledged for {KEEP_WAIT_S:.0f} s")
+        unit = self._unit
+        if unit is not None and unit.entry is None:
+            left = unit.left()
+            if left is not None and left[0]:
+                spool.prepend(unit.kind, unit.seq, left[0], left[1])
+                unit.entry = spool.next_unread()  # the head: older than everything spilled
+        self._kept_moved.set()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -292,6 +344,7 @@ class SpooledSink:
         await self._drop_producer(None)
         self._closed = True
         self._room.set()  # release puts still waiting: they raise SinkClosedError
+        self._kept_moved.set()  # and `kept` waiters: kept now, or never
         if self._spool is not None:
             kept = self._persist()
             self._spool.close()
@@ -404,8 +457,9 @@ class SpooledSink:
             return self._memory_letters + count > MEMORY_LETTERS
         return self._memory_samples + count > self.settings.memory_samples
 
-    def _spill(self, *, closing: bool = False) -> None:
-        """Move all of memory, oldest first, to the spool's tail (behind what is there)."""
+    def _spill(self, *, closing: bool = False, why: str | None = None) -> None:
+        """Move all of memory, oldest first, to the spool's tail (behind what is there);
+        `why` it spills, for the log, if not because memory is full."""
         spool = self._running_spool()
         if not self._memory:
             return
@@ -432,12 +486,14 @@ class SpooledSink:
             spool.append(Kind.SAMPLES, first.seq, count, encode_samples(pl.concat(frames)))
             samples += count
         self._memory_samples = self._memory_letters = 0
+        self._kept_moved.set()
         if was_empty:
             self._spooled_since = time.monotonic()
             self._from_spool = 0
         if was_empty and not closing:
             log.warning(
-                "memory full (%d samples): spilling to the spool at %s (Kafka %s)",
+                "%s (%d samples): spilling to the spool at %s (Kafka %s)",
+                why or "memory full",
                 samples,
                 spool.folder,
                 "up" if self._up else "not acknowledging",
@@ -653,6 +709,7 @@ class SpooledSink:
         )
 
     def _acknowledged(self, unit: _Unit) -> None:
+        self._kept_moved.set()  # the caller clears `_unit`, before any waiter runs
         spool = self._running_spool()
         if unit.entry is not None:
             spool.ack(unit.entry)

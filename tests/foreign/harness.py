@@ -211,6 +211,12 @@ class Ingest:
         """SIGTERM, and the exit code (killed after a minute: None)."""
         return await terminate(self._proc, 60)
 
+    async def kill(self) -> None:
+        """SIGKILL, as a crash: no flush, no goodbye."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
+            await self._proc.wait()
+
     def tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
@@ -243,7 +249,7 @@ def plant_config(
             "dlq": {"name": f"dlq-{tag}", "partitions": 1},
             "status": {"name": f"status-{tag}", "partitions": 1},
         },
-        "ingest": {"spool_dir": str(tmp / "spool")},
+        "ingest": {"spool_dir": str(tmp / "spool"), "state_dir": str(tmp / "state")},
     }
     config = tmp / "plant.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))

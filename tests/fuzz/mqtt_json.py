@@ -57,6 +57,12 @@ class _NoSink:
     async def dead_letter(self, letters: list[DeadLetter]) -> None:  # pragma: no cover
         raise AssertionError("not flushed in the fuzz target")
 
+    def position(self) -> int:  # pragma: no cover - never flushed
+        raise AssertionError("nothing is flushed")
+
+    async def kept(self, position: int) -> None:  # pragma: no cover - never flushed
+        raise AssertionError("nothing is flushed")
+
 
 def plant() -> PlantConfig:
     return parse_config(

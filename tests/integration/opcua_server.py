@@ -24,10 +24,11 @@ import asyncio
 import os
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -166,6 +167,13 @@ class PlcServer:
             server, self._server = self._server, None
             await server.stop()
 
+    async def historize(self, *keys: str) -> None:
+        """Keep the history of these variables (asyncua's in-memory store, no limit), as
+        a PLC's Historizing variables are: HistoryRead then returns their past values."""
+        for key in keys:
+            node = self.server.get_node(self.nodes[key])
+            await self.server.historize_node_data_change(node, period=timedelta(days=1), count=0)
+
     async def write(
         self,
         key: str,
@@ -273,6 +281,12 @@ class _CountingSink:
     async def dead_letter(self, letters: Any) -> None:
         raise AssertionError(f"unexpected dead letters: {letters[:3]}")
 
+    def position(self) -> int:
+        return self.puts - 1
+
+    async def kept(self, position: int) -> None:
+        """Counted is kept."""
+
 
 async def bench(
     nodes: int, seconds: float, publishing_ms: int, queue_size: int, copies: bool
@@ -308,6 +322,7 @@ async def bench(
         {
             "site": "bench",
             "lines": [{"id": "l", "machines": [{"id": m} for m in machines]}],
+            "ingest": {"state_dir": tempfile.mkdtemp(prefix="lp-opcua-bench-")},
             "sources": {
                 "opcua": [
                     {

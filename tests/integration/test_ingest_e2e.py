@@ -55,7 +55,11 @@ def example_on(tmp: Path, mqtt_port: int, bootstrap: str) -> Path:
         "dlq": {"name": f"dlq-{tag}", "partitions": 1},
         "status": {"name": f"status-{tag}", "partitions": 1},
     }
-    data["ingest"] = {"spool_dir": str(tmp / "spool"), "memory_samples": 200}
+    data["ingest"] = {
+        "spool_dir": str(tmp / "spool"),
+        "state_dir": str(tmp / "state"),
+        "memory_samples": 200,
+    }
     config = tmp / "plant.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))
     return config

@@ -27,7 +27,7 @@ from linepulse.sources import IngestSettings
 from linepulse.wire import ARROW, content_type, decode_records
 from services.ingest.metrics import IngestMetrics
 from services.ingest.samples import DeadLetter
-from services.ingest.spooled_sink import SpooledSink
+from services.ingest.spooled_sink import KEEP_WAIT_S, SpooledSink
 from tests.integration.conftest import KafkaBroker
 from tests.telemetry_samples import numbered_samples as samples
 
@@ -251,6 +251,42 @@ async def test_a_broker_outage_loses_nothing_and_keeps_order(
     assert sample_value(registry, "linepulse_ingest_sent_total") == total
     assert sample_value(registry, "linepulse_ingest_kafka_up") == 1
     assert sample_value(registry, "linepulse_ingest_spool_bytes") == 0
+    assert list(settings.spool_dir.iterdir()) == []
+
+
+async def test_kept_during_an_outage_means_in_the_spool_and_all_arrive_once(
+    broker: KafkaBroker, tmp_path: Path
+) -> None:
+    """What an MQTT QoS 1 acknowledgement waits for (`kept`) does not wait for Kafka's
+    return: after KEEP_WAIT_S without an acknowledgement the sink writes memory, and what
+    is left of the unit in flight, to the spool. Once Kafka is back every sample arrives
+    once, in order, and the spool is empty."""
+    plant = make_plant("kept")
+    names = machines(plant)
+    settings = make_settings(tmp_path, memory_samples=100_000, batch_samples=1_000, linger_ms=20)
+    sink = SpooledSink(plant, broker.bootstrap, settings, IngestMetrics.create(CollectorRegistry()))
+    await sink.start()
+    total = 0
+    await sink.put(samples(total, 500, names))
+    total += 500
+    await asyncio.wait_for(sink.kept(sink.position()), WAIT_S)  # Kafka up: acknowledged
+    await asyncio.to_thread(broker.stop)
+    waits = []
+    for _ in range(5):
+        await sink.put(samples(total, 700, names))
+        total += 700
+        started = time.monotonic()
+        await asyncio.wait_for(sink.kept(sink.position()), WAIT_S)
+        waits.append(time.monotonic() - started)
+    assert sink.spooled_samples > 0  # kept by the spool, not by Kafka
+    assert max(waits) < KEEP_WAIT_S + 2, waits
+    await asyncio.to_thread(broker.start)
+    await sink.put(samples(total, 300, names))
+    total += 300
+    await sink.close(timeout_s=WAIT_S)
+    records = await telemetry(broker.bootstrap, plant)
+    counts = check_delivery(plant, records, total)
+    assert counts["duplicates"] <= 700, counts  # at most the unit in flight, sent twice
     assert list(settings.spool_dir.iterdir()) == []
 
 

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import ssl
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -33,8 +34,8 @@ from linepulse.config import PlantConfig, parse_config
 from services.ingest import sparkplug as sp
 from services.ingest.metrics import IngestMetrics
 from services.ingest.mqtt import MqttIngester
-from services.ingest.samples import DeadLetter
 from tests.integration.conftest import MosquittoBroker
+from tests.list_sink import ListSink
 
 pytestmark = pytest.mark.integration
 
@@ -45,20 +46,8 @@ T0 = 1_700_000_000_000
 Row = tuple[int, str, str, object]
 
 
-class CollectingSink:
+class CollectingSink(ListSink):
     """The Kafka side as an in-memory list."""
-
-    def __init__(self) -> None:
-        self.frames: list[pl.DataFrame] = []
-        self.letters: list[DeadLetter] = []
-        self.samples = 0
-
-    async def put(self, events: pl.DataFrame) -> None:
-        self.frames.append(events)
-        self.samples += events.height
-
-    async def dead_letter(self, letters: list[DeadLetter]) -> None:
-        self.letters.extend(letters)
 
     def rows(self) -> list[Row]:
         """(ts, machine, signal, value) with the value as it came: number or text."""
@@ -90,7 +79,8 @@ def plant_config(port: int, source: dict[str, Any]) -> PlantConfig:
                 {"id": "L1", "machines": [{"id": "press1"}, {"id": "press2"}]},
                 {"id": "L2", "machines": [{"id": "oven"}]},
             ],
-            "ingest": {"linger_ms": 50},
+            # Sparkplug sessions of the test's own, never the user's data dir.
+            "ingest": {"linger_ms": 50, "state_dir": tempfile.mkdtemp(prefix="lp-mqtt-")},
             "sources": {
                 "mqtt": [{"host": "127.0.0.1", "port": port, "reconnect_min_s": 0.2, **source}]
             },

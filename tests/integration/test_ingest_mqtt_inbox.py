@@ -1,8 +1,9 @@
 """The MQTT ingester's bounded inbox against a real Mosquitto, with a sink that stalls.
 
 A burst larger than `max_inbox_messages` arrives while the sink is blocked. QoS 1: the
-ingester acknowledges a message only when it takes it from the inbox and tells the broker
-(MQTT v5 Receive Maximum) to have no more than the bound unacknowledged, so the inbox never
+ingester acknowledges a message only once the sink keeps it (never while the sink is
+stalled) and tells the broker (MQTT v5 Receive Maximum) to have no more than the bound
+unacknowledged, so the inbox never
 holds more than the bound, the rest waits at the broker, and once the sink moves again
 every message arrives. QoS 0: no flow control exists, so the inbox fills to the bound and
 each message past it is dropped and counted. A broker that refuses v5 gets 3.1.1.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import polars as pl
 import pytest
 from asyncua import ua
 from asyncua.ua.status_codes import StatusCodes
@@ -31,7 +31,6 @@ from linepulse.runtime import free_loopback_ports
 from services.ingest.metrics import IngestMetrics
 from services.ingest.opcua import OpcuaIngester
 from services.ingest.opcua_values import epoch_ms
-from services.ingest.samples import DeadLetter
 from tests.integration.opcua_server import (
     CLIENT_URI,
     PlcServer,
@@ -40,6 +39,8 @@ from tests.integration.opcua_server import (
     machine_variables,
     make_certificate,
 )
+from tests.integration.tcp_cut import TcpCut
+from tests.list_sink import ListSink
 
 pytestmark = pytest.mark.integration
 
@@ -47,18 +48,8 @@ WAIT_S = 60.0
 Row = tuple[str, str, object, int, str]  # machine, signal, value, ts ms, quality
 
 
-@dataclass
-class CollectingSink:
+class CollectingSink(ListSink):
     """The Kafka side as a list: every frame and dead letter the ingester hands over."""
-
-    frames: list[pl.DataFrame] = field(default_factory=list)
-    letters: list[DeadLetter] = field(default_factory=list)
-
-    async def put(self, events: pl.DataFrame) -> None:
-        self.frames.append(events)
-
-    async def dead_letter(self, letters: list[DeadLetter]) -> None:
-        self.letters.extend(letters)
 
     def rows(self) -> list[Row]:
         out: list[Row] = []
@@ -94,14 +85,19 @@ async def running(ingester: OpcuaIngester) -> AsyncIterator[asyncio.Task[None]]:
 
 
 def plant(
-    sources: list[dict[str, Any]], machines: tuple[str, ...] = ("press-1", "press-2")
+    sources: list[dict[str, Any]],
+    machines: tuple[str, ...] = ("press-1", "press-2"),
+    state_dir: Path | None = None,
 ) -> PlantConfig:
+    """A plant of the given OPC-UA sources; the nodes' marks (history backfill) in
+    `state_dir`, by default a folder of the test's own (never the current directory)."""
+    state = state_dir or Path(tempfile.mkdtemp(prefix="lp-opcua-state-"))
     return parse_config(
         {
             "site": "test",
             "lines": [{"id": "line-1", "machines": [{"id": m} for m in machines]}],
             "sources": {"opcua": sources},
-            "ingest": {"batch_samples": 500},
+            "ingest": {"batch_samples": 500, "state_dir": str(state)},
         }
     )
 
@@ -605,3 +601,131 @@ async def test_a_value_read_at_first_start_sorts_before_a_slow_clocks_next_readi
         await plc.stop()
     readings = sorted((ts, value) for _, _, value, ts, _ in sink.of("press-1", "total_count"))
     assert [value for _, value in readings] == [1000, 1001, 1002]
+
+
+async def test_a_restarted_ingester_backfills_the_gap_from_the_servers_history(
+    tmp_path: Path,
+) -> None:
+    """Issue 19, item 3: changes made while the ingester was stopped reach the sink from the
+    server's history (HistoryRead), in order and with their own times, before the live
+    values; a node without history keeps today's behaviour (its current value only)."""
+    (port,) = free_loopback_ports(1)
+    plc = PlcServer(port)
+    await plc.start({"press-1": machine_variables()})
+    await plc.historize("press-1.TotalCount", "press-1.State")  # not Temperature
+    spec = source(
+        "plc-1",
+        plc.endpoint,
+        [by_node_id("press-1", state="State", total_count="TotalCount", temperature="Temperature")],
+    )
+    config = plant([spec], machines=("press-1",), state_dir=tmp_path / "state")
+    t0 = datetime.now(UTC)  # after the variables' first values
+
+    def at(i: int) -> datetime:
+        return t0 + timedelta(milliseconds=250 * i)
+
+    try:
+        first = CollectingSink()
+        metrics = IngestMetrics.create(CollectorRegistry())
+        ingester = OpcuaIngester(config.sources.opcua[0], config, first, metrics)
+        async with running(ingester):
+            await until(lambda: ingester.connected, "the first connect")
+            for i in range(1, 6):
+                await plc.write("press-1.TotalCount", i, ua.VariantType.UInt32, at(i))
+            await until(lambda: (ms(at(5)), 5.0) in counts(first), "count 5 before the stop")
+        assert (tmp_path / "state" / "opcua-plc-1.json").exists()  # the marks, saved at stop
+        # Stopped: the PLC goes on counting, stops once, and the temperature moves. asyncua's
+        # historian samples its nodes (a PLC's records every change): writes 50 ms apart.
+        for i in range(6, 21):
+            await plc.write("press-1.TotalCount", i, ua.VariantType.UInt32, at(i))
+            if i == 12:
+                await plc.write("press-1.State", 3, ua.VariantType.Int32, at(12))  # stopped
+            if i == 14:
+                await plc.write("press-1.Temperature", 30.0, ua.VariantType.Double, at(14))
+            if i == 16:
+                await plc.write("press-1.State", 1, ua.VariantType.Int32, at(16))  # running
+            if i == 18:
+                await plc.write("press-1.Temperature", 31.0, ua.VariantType.Double, at(18))
+            await asyncio.sleep(0.05)
+        second = CollectingSink()
+        registry = CollectorRegistry()
+        metrics = IngestMetrics.create(registry)
+        async with running(OpcuaIngester(config.sources.opcua[0], config, second, metrics)):
+            await until(lambda: (ms(at(20)), 20.0) in counts(second), "count 20 after the start")
+        got = counts(second)
+        assert [c for c in got if c[1] > 5] == [(ms(at(i)), float(i)) for i in range(6, 21)]
+        states = [(ts, value) for _, _, value, ts, _ in second.of("press-1", "state")]
+        assert (ms(at(12)), 3) in states
+        assert (ms(at(16)), 1) in states
+        # No history for the temperature: only its current value, as before.
+        temperatures = [value for _, _, value, _, _ in second.of("press-1", "temperature")]
+        assert 30.0 not in temperatures
+        assert temperatures[-1] == 31.0
+        backfilled = registry.get_sample_value(
+            "linepulse_ingest_backfilled_total", {"source": "plc-1"}
+        )
+        assert backfilled is not None
+        assert backfilled >= 15 + 2  # the counts and the two state changes
+    finally:
+        await plc.stop()
+
+
+def counts(sink: CollectingSink) -> list[tuple[int, float]]:
+    return [(ts, float(str(value))) for _, _, value, ts, _ in sink.of("press-1", "total_count")]
+
+
+async def test_a_connection_lost_and_back_is_filled_from_history_as_it_happened(
+    tmp_path: Path,
+) -> None:
+    """The network between ingester and server fails for a while (the server and its
+    history stay up): the machine is `unknown` from the loss, then stated again 1 ms later
+    as it was, and every change the server recorded meanwhile arrives with its own time."""
+    (port,) = free_loopback_ports(1)
+    plc = PlcServer(port)
+    await plc.start({"press-1": machine_variables()})
+    await plc.historize("press-1.TotalCount", "press-1.State")
+    relay = TcpCut(port)
+    await relay.mend()
+    endpoint = f"opc.tcp://127.0.0.1:{relay.port}/plc/"
+    spec = source(
+        "plc-1", endpoint, [by_node_id("press-1", state="State", total_count="TotalCount")]
+    )
+    config = plant([spec], machines=("press-1",), state_dir=tmp_path / "state")
+    sink = CollectingSink()
+    ingester = OpcuaIngester(
+        config.sources.opcua[0], config, sink, IngestMetrics.create(CollectorRegistry())
+    )
+    t0 = datetime.now(UTC)
+
+    def at(i: int) -> datetime:
+        return t0 + timedelta(milliseconds=100 * i)
+
+    try:
+        async with running(ingester):
+            await until(lambda: ingester.connected, "the first connect")
+            await plc.write("press-1.State", 1, ua.VariantType.Int32, at(1))  # running
+            for i in range(2, 5):
+                await plc.write("press-1.TotalCount", i, ua.VariantType.UInt32, at(i))
+                await asyncio.sleep(0.05)
+            await until(lambda: (ms(at(4)), 4.0) in counts(sink), "count 4 before the cut")
+            await relay.cut()
+            await until(lambda: not ingester.connected, "the loss noticed", patience=60)
+            for i in range(5, 12):
+                await plc.write("press-1.TotalCount", i, ua.VariantType.UInt32, at(i))
+                if i == 8:
+                    await plc.write("press-1.State", 3, ua.VariantType.Int32, at(8))  # stopped
+                await asyncio.sleep(0.05)
+            await relay.mend()
+            await until(lambda: (ms(at(11)), 11.0) in counts(sink), "count 11 after the cut")
+        assert [c for c in counts(sink) if c[1] >= 5] == [
+            (ms(at(i)), float(i)) for i in range(5, 12)
+        ]
+        states = [(ts, value) for _, _, value, ts, _ in sink.of("press-1", "state")]
+        marks = [ts for ts, value in states if value == "unknown"]
+        assert len(marks) == 1, states
+        # Running again 1 ms after the mark (as it was), then the stop when it happened.
+        assert (marks[0] + 1, 1) in states, states
+        assert (ms(at(8)), 3) in states, states
+    finally:
+        await relay.cut()
+        await plc.stop()

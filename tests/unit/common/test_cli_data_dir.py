@@ -65,6 +65,7 @@ def test_relative_state_paths_resolve_against_the_data_dir(tmp_path: Path) -> No
     plant = with_data_dir(load_config(CLASSIC), tmp_path / "data")
     assert plant.kafka.state_dir == tmp_path / "data" / "kpi" / "checkpoints"
     assert plant.alerts.state_dir == tmp_path / "data" / "alerts"
+    assert plant.ingest.state_dir == tmp_path / "data" / "ingest" / "state"
     assert plant.ingest.spool_dir == tmp_path / "data" / "ingest" / "spool"
 
 

@@ -4,6 +4,7 @@ letters on the DLQ, the same metrics, and nothing left in the spool."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import orjson
@@ -69,3 +70,33 @@ async def test_the_sink_delivers_on_the_in_process_bus(tmp_path: Path) -> None:
     assert registry.get_sample_value("linepulse_ingest_kafka_up") == 1
     assert registry.get_sample_value("linepulse_ingest_spool_bytes") == 0
     assert list(settings.spool_dir.iterdir()) == []
+
+
+async def test_kept_returns_once_the_bus_acknowledged_what_was_put(tmp_path: Path) -> None:
+    """`kept(position)` (what an MQTT QoS 1 acknowledgement waits for) holds while the
+    samples are in memory, and returns once the bus acknowledged them; a later put's
+    position is not kept by an earlier one's acknowledgement."""
+    plant = make_plant()
+    broker = InProcessBroker()
+    clients = InProcessClients(broker)
+    await ensure_topics("in-process", plant.kafka, clients)
+    settings = IngestSettings(spool_dir=tmp_path / "spool", batch_samples=10_000, linger_ms=50)
+    sink = SpooledSink(
+        plant, "in-process", settings, IngestMetrics.create(CollectorRegistry()), clients=clients
+    )
+    names = [m.id for line in plant.lines for m in line.machines]
+    await sink.start()
+    try:
+        assert sink.position() == -1
+        await sink.kept(-1)  # nothing put: nothing to wait for
+        await sink.put(samples(0, 10, names))
+        first = sink.position()
+        assert sink.kept_through < first  # in memory, lingering
+        await asyncio.wait_for(sink.kept(first), 5)
+        assert sink.sent_samples == 10  # kept means sent and acknowledged
+        await sink.put(samples(10, 10, names))
+        assert sink.kept_through == first < sink.position()
+        await asyncio.wait_for(sink.kept(sink.position()), 5)
+        assert sink.sent_samples == 20
+    finally:
+        await sink.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 import pytest
 
 from linepulse.events import source_value
@@ -273,27 +274,81 @@ def test_unknown_device_is_one_dead_letter_per_message() -> None:
     assert letters[0].raw == b"raw"
 
 
-def test_unknown_alias_is_a_dead_letter_and_asks_for_a_rebirth_once() -> None:
+def test_an_alias_the_birth_did_not_declare_is_held_then_a_dead_letter() -> None:
     edge = Edge(host())
     born(edge)
     reason = edge.send(sp.DDATA, [Metric(None, 99, 1, sp.UNKNOWN)], device="press1")
     assert reason == "unknown alias 99"
-    _, letters = edge.batch.take()
-    assert "unknown alias(es) [99]" in letters[0].reason
     # Held off: the next bad message within REBIRTH_HOLDOFF_MS does not ask again.
     assert edge.send(sp.DDATA, [Metric(None, 98, 1, sp.UNKNOWN)], device="press1") is None
-    assert edge.host.unknown_aliases == 2
+    assert edge.batch.take()[1] == []  # held for the birth asked for
     assert edge.host.rebirths_asked == 1
-
-
-def test_data_before_any_birth_asks_for_one() -> None:
-    edge = Edge(host())
-    reason = edge.send(sp.DDATA, [Metric(None, 1, 5, sp.UNKNOWN)], device="press1")
-    assert reason == "unknown alias 1"
-    # A host that started after the node cannot know its aliases yet: not bad input.
+    # No birth within HOLD_MS: what was held goes where it always went, a dead letter.
+    edge.send(sp.NDATA, [], at=T0 + sp.HOLD_MS)
     _, letters = edge.batch.take()
+    assert ["unknown alias(es) [99]" in x.reason for x in letters] == [True, False]
+    assert "unknown alias(es) [98]" in letters[1].reason
+    assert edge.host.unknown_aliases == 2
+
+
+def test_data_before_any_birth_is_held_and_decoded_by_the_birth_it_asks_for() -> None:
+    edge = Edge(host())
+    data = [Metric(None, 1, 5, sp.UNKNOWN, timestamp_ms=T0 - 50)]
+    reason = edge.send(sp.DDATA, data, device="press1", seq=17)
+    assert reason == "unknown alias 1"
+    assert edge.batch.take()[0].height == 0  # held, not dropped, not a dead letter
+    born(edge)  # the rebirth: NBIRTH, then the device's DBIRTH declaring alias 1
+    assert edge.host.held_decoded == 1
+    assert edge.host.before_birth == 0
+
+
+def test_held_data_of_a_node_that_never_rebirths_is_counted_not_dead_lettered() -> None:
+    edge = Edge(host())
+    edge.send(sp.DDATA, [Metric(None, 1, 5, sp.UNKNOWN)], device="press1", seq=17)
+    edge.send(sp.NDATA, [], at=T0 + sp.HOLD_MS, seq=18)
+    _, letters = edge.batch.take()
+    # A host that started after the node cannot know its aliases: not bad input.
     assert letters == []
     assert (edge.host.before_birth, edge.host.unknown_aliases) == (1, 0)
+
+
+def test_held_messages_per_node_are_bounded() -> None:
+    edge = Edge(host())
+    for i in range(sp.HOLD_MESSAGES + 5):
+        edge.send(sp.DDATA, [Metric(None, 1, i, sp.UNKNOWN)], device="press1", seq=i % 256)
+    assert len(edge.host.nodes["edge1"].held) == sp.HOLD_MESSAGES
+    assert edge.host.before_birth == 5  # the ones past the bound, as without holding
+
+
+def test_sessions_survive_a_restart_through_a_snapshot() -> None:
+    before = Edge(host())
+    born(before)
+    assert before.host.changed
+    doc = orjson.loads(orjson.dumps(before.host.snapshot()))  # as the file holds it
+    assert not before.host.changed
+    after = Edge(host())
+    assert after.host.restore(doc) == 1
+    after.seq = 40  # the node went on while the ingester was away
+    data = [Metric(None, 1, 12, sp.UNKNOWN), Metric(None, 3, 0xFFFE, sp.UNKNOWN)]
+    reason = after.send(sp.DDATA, data, device="press1", at=T0 + 300)
+    # Decoded at once with the saved aliases and datatypes (Int16 0xFFFE is -2) ...
+    assert after.rows() == [
+        (T0 + 300, "press1", "total_count", 12.0),
+        (T0 + 300, "press1", "temperature", -2.0),
+    ]
+    # ... and one rebirth asked, in case the node was born again meanwhile; no seq gap.
+    assert reason == "restored its session from before the restart"
+    assert after.host.seq_gaps == 0
+    assert after.send(sp.DDATA, data, device="press1") is None
+
+
+def test_a_snapshot_of_another_group_or_version_is_refused() -> None:
+    doc = host().snapshot()
+    other = sp.SparkplugHost("H", devices={}, metrics={}, machines=["press1"])
+    with pytest.raises(ValueError, match="group 'G'"):
+        other.restore(doc)
+    with pytest.raises(ValueError, match="version 0"):
+        host().restore({**doc, "version": 0})
 
 
 def test_a_rebirth_asked_on_joining_late_is_info_one_asked_after_a_birth_a_warning(

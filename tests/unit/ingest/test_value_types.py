@@ -54,6 +54,12 @@ class _NoSink:
     async def dead_letter(self, letters: list[DeadLetter]) -> None:  # pragma: no cover
         raise AssertionError("driven synchronously: nothing is flushed")
 
+    def position(self) -> int:  # pragma: no cover - never flushed
+        raise AssertionError("nothing is flushed")
+
+    async def kept(self, position: int) -> None:  # pragma: no cover - never flushed
+        raise AssertionError("nothing is flushed")
+
 
 def plant() -> PlantConfig:
     return parse_config(
