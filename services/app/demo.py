@@ -173,14 +173,17 @@ async def _run(
     # One sink for both buses. Its memory holds the whole history (~500,000 samples for the
     # packaged plant), which is put faster than any bus acknowledges: a spill to the spool
     # would be lossless but warn, on a first run, that Kafka is not acknowledging.
-    spool = plant.ingest.model_copy(
+    # The ingest state (spool, source sessions) in the demo's temporary folder, for the
+    # sink and the ingesters alike: the demo writes nothing where it was started.
+    ingest = plant.ingest.model_copy(
         update={
             "spool_dir": state / "spool",
             "state_dir": state / "ingest-state",
             "memory_samples": DEMO_MEMORY_SAMPLES,
         }
     )
-    sink = SpooledSink(plant, bootstrap, spool, ingest_metrics, clients=clients)
+    plant = plant.model_copy(update={"ingest": ingest})
+    sink = SpooledSink(plant, bootstrap, ingest, ingest_metrics, clients=clients)
     await sink.start()
     token = secrets.token_hex(12)
     # Reason coding on the board is a write: the KPI API takes it with this token only.

@@ -27,19 +27,22 @@ from tests.cli_command import LINEPULSE
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).parents[2]  # for `-m services.app` from another folder
 START_TIMEOUT_S = 240.0  # the plant's history and its KPIs come before the announcement
 BOARD = re.compile(r"live board\s+http://127\.0\.0\.1:(\d+)/")
 ALERTS = re.compile(r"alerts API\s+http://127\.0\.0\.1:(\d+)/docs")
 
 
-def run_cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """`linepulse ARGS` at the default log level, stdout and stderr into `log`."""
+def run_cli(args: list[str], log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """`linepulse ARGS` at the default log level, stdout and stderr into `log`, started in
+    `cwd` (default: the test's)."""
     with log.open("ab") as out:
         return subprocess.Popen(  # noqa: S603 - our own CLI
             [*LINEPULSE, *args],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+            cwd=cwd,
         )
 
 
@@ -211,7 +214,9 @@ async def test_demo_simulates_the_users_own_plant_file(tmp_path: Path) -> None:
     port, alerts_port = free_loopback_ports(2)
     log = tmp_path / "demo.log"
     args = ["demo", "--config", str(config), "--port", str(port)]
-    demo = run_cli([*args, "--alerts-port", str(alerts_port)], log)
+    started_in = tmp_path / "cwd"
+    started_in.mkdir()
+    demo = run_cli([*args, "--alerts-port", str(alerts_port)], log, cwd=started_in)
     try:
         text = await announced(demo, log)
         assert f"of {config}" in text
@@ -223,6 +228,8 @@ async def test_demo_simulates_the_users_own_plant_file(tmp_path: Path) -> None:
     finally:
         code = stop(demo)
     assert code == 0, log.read_text()[-3000:]
+    # Its state (spool, source sessions) lived in its temporary folder, not where it started.
+    assert list(started_in.rglob("*")) == []
 
 
 def test_a_bad_plant_file_is_a_config_error(tmp_path: Path) -> None:
