@@ -547,9 +547,8 @@ class OpcuaIngester:
         if why_not is not None or stamp is None:
             self._withhold(handle, route, why_not or "no_source_timestamp", status)
             return
-        node = f"{route.machine}/{route.signal}"
-        if stamp > self._marks.get(node, -1):
-            self._marks[node] = stamp
+        if stamp > self._marks.get(route.key, -1):
+            self._marks[route.key] = stamp
         if self._restamp and handle in self._restamp:
             self._restamp.discard(handle)
             if self._floor_ms is not None and stamp < self._floor_ms:
@@ -620,12 +619,16 @@ class OpcuaIngester:
             return
         now = datetime.now(UTC)
         oldest = epoch_ms(now) - round(source.history_max_age_s * 1000)
-        asked = []
-        for item in items:
-            mark = self._marks.get(f"{item.route.machine}/{item.route.signal}")
-            if mark is not None:
-                start = max(mark, oldest)
-                asked.append((item, datetime.fromtimestamp(start / 1000, UTC)))
+        marks = {
+            item.handle: self._marks[item.route.key]
+            for item in items
+            if item.route.key in self._marks
+        }
+        asked = [
+            (item, datetime.fromtimestamp(max(marks[item.handle], oldest) / 1000, UTC))
+            for item in items
+            if item.handle in marks
+        ]
         if not asked:
             return
         async with asyncio.timeout(4 * source.timeout_s):
@@ -638,10 +641,6 @@ class OpcuaIngester:
                 without[0][0].route.where,
                 without[0][1],
             )
-        marks = {
-            item.handle: self._marks[f"{item.route.machine}/{item.route.signal}"]
-            for item, _ in asked
-        }
         fresh: list[tuple[int, bool, int, ua.DataValue]] = []
         for item, value in found:
             stamp = event_time(value)
@@ -653,8 +652,9 @@ class OpcuaIngester:
         received = epoch_ms(now)
         for stamp, _, handle, value in fresh:
             self._take(handle, value, received)
-            if marker is not None and stamp <= marker:
-                before = dict(self._states)
+            machine = self._by_handle[handle].machine
+            if marker is not None and stamp <= marker and machine in self._states:
+                before[machine] = self._states[machine]
         if marker is not None:
             # Only where the history covers the state node: it returns the value at its
             # mark (the start is inclusive). A server may answer Good and empty for a node

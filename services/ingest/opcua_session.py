@@ -19,6 +19,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Final
 
 from asyncua import ua
@@ -85,6 +86,12 @@ class Route:
     @property
     def address(self) -> str:
         return self.node.node_id or f"path {self.node.browse_path}"
+
+    @cached_property
+    def key(self) -> str:
+        """ "machine/signal": the node's name that outlives a session (its handle does not),
+        under which its history-backfill mark is kept."""
+        return f"{self.machine}/{self.signal}"
 
     @property
     def where(self) -> str:

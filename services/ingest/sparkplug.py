@@ -439,6 +439,10 @@ class EdgeNode:
     restored: bool = False  # from a snapshot: no message of this run seen yet
     held: list[_Held] = field(default_factory=list)  # data waiting for its birth
 
+    def table(self, device: str | None) -> MetricTable | None:
+        """The metrics of the node itself (`device` None) or of one of its devices."""
+        return self.node if device is None else self.devices.get(device)
+
 
 class SparkplugHost:
     """Turns Sparkplug messages of one group into samples, keeping each edge node's session:
@@ -472,6 +476,7 @@ class SparkplugHost:
         self._unknown_at: dict[str, int] = {}
         self.rebirths_asked = 0
         self.held_decoded = 0  # held data messages decoded when their birth came
+        self._held = 0  # held data messages of all nodes: none, no expiry scan
         # True when births or deaths changed what `snapshot` returns since it last ran.
         self.changed = False
 
@@ -541,12 +546,12 @@ class SparkplugHost:
             machine = gone.machine if gone else self.machine_for(where.edge, where.device)
             self._unknown([machine], received_ms, batch, where)
         else:  # NDATA, DDATA
-            known = node.node if kind == NDATA else node.devices.get(where.device or "")
-            if self._unexplained(known, payload) and len(node.held) < HOLD_MESSAGES:
+            known = node.table(where.device)
+            unknown = _unknown_aliases(known, payload)
+            if unknown and len(node.held) < HOLD_MESSAGES:
                 node.held.append(_Held(where, payload, received_ms, raw))
-                return self._ask(
-                    where, node, wants or self._hold_reason(known, payload), received_ms
-                )
+                self._held += 1
+                return self._ask(where, node, wants or f"unknown alias {unknown[0]}", received_ms)
             missing = self._samples(
                 where,
                 known,
@@ -563,20 +568,6 @@ class SparkplugHost:
 
     # -- data waiting for its birth ------------------------------------------------------
 
-    @staticmethod
-    def _unexplained(table: MetricTable | None, payload: Payload) -> bool:
-        """Whether a data message has a metric by alias alone that `table` does not know."""
-        return any(
-            m.name is None and (table is None or m.alias not in table.by_alias)
-            for m in payload.metrics
-        )
-
-    @staticmethod
-    def _hold_reason(table: MetricTable | None, payload: Payload) -> str:
-        aliases = [m.alias for m in payload.metrics if m.name is None]
-        unknown = [a for a in aliases if table is None or a not in table.by_alias]
-        return f"unknown alias {unknown[0] if unknown else -1}"
-
     def _release_held(self, node: EdgeNode, device: str | None, batch: SampleBatch) -> None:
         """A birth came: decode the held data of what it declared (the node's own after an
         NBIRTH, the device's after its DBIRTH), in arrival order."""
@@ -585,8 +576,9 @@ class SparkplugHost:
             if held.where.device != device:
                 node.held.append(held)
                 continue
-            table = node.node if device is None else node.devices.get(device)
+            table = node.table(device)
             self.held_decoded += 1
+            self._held -= 1
             self._samples(
                 held.where, table, held.payload, held.received_ms, batch, held.raw, birth=False
             )
@@ -594,6 +586,8 @@ class SparkplugHost:
     def _expire_held(self, now_ms: int, batch: SampleBatch) -> None:
         """Held data whose birth did not come within HOLD_MS goes where it would have gone
         without holding: counted before a node's first birth, a dead letter after."""
+        if not self._held:
+            return
         for node in self.nodes.values():
             if not node.held or now_ms - node.held[0].received_ms < HOLD_MS:
                 continue
@@ -602,8 +596,8 @@ class SparkplugHost:
                 if now_ms - held.received_ms < HOLD_MS:
                     keep.append(held)
                     continue
-                kind = held.where.message_type
-                table = node.node if kind == NDATA else node.devices.get(held.where.device or "")
+                self._held -= 1
+                table = node.table(held.where.device)
                 self._samples(
                     held.where,
                     table,
@@ -883,3 +877,13 @@ def _bd_seq(payload: Payload) -> int | None:
 def _where(where: SparkplugTopic) -> str:
     device = f"/{where.device}" if where.device else ""
     return f"{where.message_type} {where.edge}{device}"
+
+
+def _unknown_aliases(table: MetricTable | None, payload: Payload) -> list[int]:
+    """The aliases of a data message's metrics sent by alias alone that `table` (None: no
+    birth seen) does not declare; -1 for a metric with neither name nor alias."""
+    return [
+        -1 if m.alias is None else m.alias
+        for m in payload.metrics
+        if m.name is None and (table is None or m.alias not in table.by_alias)
+    ]

@@ -7,6 +7,7 @@ Nothing is skipped, as in the integration tests: without podman, debootstrap or 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import resource
@@ -41,7 +42,13 @@ def _engine_conf() -> Path:
     return path
 
 
-ENGINE_ENV = {**os.environ, "CONTAINERS_CONF": str(_engine_conf())}
+@functools.cache
+def engine_env() -> dict[str, str]:
+    """The environment podman runs with: the tests' engine settings, written once, when a
+    deploy test first needs them (not when the suite is collected)."""
+    return {**os.environ, "CONTAINERS_CONF": str(_engine_conf())}
+
+
 BUILD_TIMEOUT_S = 900
 
 
@@ -78,7 +85,7 @@ def podman(
     and `check`."""
     done = subprocess.run(  # noqa: S603 - podman with the tests' own arguments
         ["podman", *args],  # noqa: S607 - podman from PATH, as CI installs it
-        env=ENGINE_ENV,
+        env=engine_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -98,7 +105,7 @@ def images() -> None:
     started = time.monotonic()
     done = subprocess.run(  # noqa: S603 - our own script
         ["bash", str(DEPLOY / "images.sh"), "--offline"],  # noqa: S607 - bash from PATH
-        env=ENGINE_ENV,
+        env=engine_env(),
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT_S,

@@ -29,7 +29,7 @@ import yaml
 
 from linepulse.config import PlantConfig, parse_config
 from linepulse.runtime import free_loopback_ports
-from tests.deploy.conftest import DEPLOY, ENGINE_ENV, ROOT, podman, report
+from tests.deploy.conftest import DEPLOY, ROOT, engine_env, podman, report
 
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 HEALTHCHECKED = (
@@ -84,7 +84,7 @@ class Stack:
         )
         self.files = ["-f", str(COMPOSE_FILE), "-f", str(override)]
         self.env = {
-            **ENGINE_ENV,
+            **engine_env(),
             "LINEPULSE_CONFIG_DIR": str(config),
             "LINEPULSE_ENV_FILE": str(env_file),
             "LINEPULSE_API_PORT": str(self.api_port),

@@ -231,10 +231,15 @@ async def ingesting(ingest: Ingest) -> AsyncIterator[Ingest]:
 
 
 def plant_config(
-    tmp: Path, bootstrap: str, machines: list[str], sources: dict[str, Any]
+    tmp: Path,
+    bootstrap: str,
+    machines: list[str],
+    sources: dict[str, Any],
+    ingest: dict[str, Any] | None = None,
 ) -> tuple[Path, str]:
-    """A plant of one line with `machines` and `sources`, on topics of this test's own.
-    Returns the config file and the telemetry topic."""
+    """A plant of one line with `machines` and `sources`, on topics of this test's own, its
+    ingest state under `tmp` (`ingest`: more ingest settings). Returns the config file and
+    the telemetry topic."""
     tag = uuid.uuid4().hex[:8]
     telemetry = f"telemetry-{tag}"
     data = {
@@ -249,7 +254,11 @@ def plant_config(
             "dlq": {"name": f"dlq-{tag}", "partitions": 1},
             "status": {"name": f"status-{tag}", "partitions": 1},
         },
-        "ingest": {"spool_dir": str(tmp / "spool"), "state_dir": str(tmp / "state")},
+        "ingest": {
+            "spool_dir": str(tmp / "spool"),
+            "state_dir": str(tmp / "state"),
+            **(ingest or {}),
+        },
     }
     config = tmp / "plant.yaml"
     config.write_text(yaml.safe_dump(data, sort_keys=False))

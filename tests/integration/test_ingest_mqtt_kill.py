@@ -17,8 +17,8 @@ from pathlib import Path
 
 import aiomqtt
 import pytest
-import yaml
 
+from tests.foreign.harness import plant_config
 from tests.integration.conftest import MosquittoBroker
 from tests.integration.test_ingest_e2e import read_telemetry, stop_child
 from tests.integration.test_kpi_worker import start_cli
@@ -31,40 +31,18 @@ KILL_AFTER = 1_000  # messages published before the kill
 DOWN_S = 1.5  # the ingester's absence; the broker queues meanwhile (persistent session)
 
 
-def plant(tmp: Path, mqtt_port: int, bootstrap: str, prefix: str) -> Path:
-    tag = uuid.uuid4().hex[:8]
-    data = {
-        "site": "kill-test",
-        "lines": [{"id": "L1", "machines": [{"id": "m1", "ideal_cycle_time_s": 0.001}]}],
-        "ingest": {
-            "spool_dir": str(tmp / "spool"),
-            "state_dir": str(tmp / "state"),
-            "linger_ms": 200,
-        },
-        "kafka": {
-            "bootstrap": bootstrap,
-            "telemetry": {"name": f"telemetry-{tag}", "partitions": 1},
-            "kpi": {"name": f"kpi-{tag}", "partitions": 1},
-            "dlq": {"name": f"dlq-{tag}", "partitions": 1},
-            "status": {"name": f"status-{tag}", "partitions": 1},
-        },
-        "sources": {
-            "mqtt": [
-                {
-                    "id": "line-mqtt",
-                    "host": "127.0.0.1",
-                    "port": mqtt_port,
-                    "qos": 1,
-                    "client_id": f"ingest-{tag}",  # the persistent session outlives the kill
-                    "reconnect_min_s": 0.2,
-                    "topics": [{"pattern": f"{prefix}/{{machine}}/{{signal}}"}],
-                }
-            ]
-        },
+def plant(tmp: Path, mqtt_port: int, bootstrap: str, prefix: str) -> tuple[Path, str]:
+    """One machine read from one MQTT source at QoS 1; the config file and telemetry topic."""
+    source = {
+        "id": "line-mqtt",
+        "host": "127.0.0.1",
+        "port": mqtt_port,
+        "qos": 1,
+        "client_id": f"ingest-{uuid.uuid4().hex[:8]}",  # the persistent session outlives the kill
+        "reconnect_min_s": 0.2,
+        "topics": [{"pattern": f"{prefix}/{{machine}}/{{signal}}"}],
     }
-    config = tmp / "plant.yaml"
-    config.write_text(yaml.safe_dump(data, sort_keys=False))
-    return config
+    return plant_config(tmp, bootstrap, ["m1"], {"mqtt": [source]}, {"linger_ms": 200})
 
 
 async def wait_subscribed(log: Path, connects: int) -> None:
@@ -79,7 +57,7 @@ async def test_kill_9_of_the_ingester_loses_no_qos1_message(
     kafka: str, mosquitto: MosquittoBroker, tmp_path: Path
 ) -> None:
     prefix = f"kill-{uuid.uuid4().hex[:6]}"
-    config = plant(tmp_path, mosquitto.port, kafka, prefix)
+    config, topic = plant(tmp_path, mosquitto.port, kafka, prefix)
     log = tmp_path / "ingest.log"
     ingest = start_cli(["ingest", "--config", str(config), "--port", "0"], log)
     await wait_subscribed(log, 1)
@@ -98,7 +76,6 @@ async def test_kill_9_of_the_ingester_loses_no_qos1_message(
     await asyncio.sleep(3)  # the last batches through linger and Kafka
     code = stop_child(ingest, signal.SIGTERM)
     assert code == 0, log.read_text()[-3000:]
-    topic = yaml.safe_load(config.read_text())["kafka"]["telemetry"]["name"]
     values = [int(k[3]) for k in await read_telemetry(kafka, topic) if k[2] == "total_count"]
     missing = sorted(set(range(1, MESSAGES + 1)) - set(values))
     assert missing == [], f"{len(missing)} acknowledged messages lost, e.g. {missing[:10]}"
