@@ -47,10 +47,12 @@ TOKEN = "bench-token"  # noqa: S105 - a throwaway token for a loopback API
 
 @dataclass
 class Receiver:
-    """The lead's pager: records every webhook POST with its arrival time."""
+    """The lead's pager: records every webhook POST with its arrival time, and the
+    notification's key (the `Idempotency-Key` header) by arrival."""
 
     port: int
     arrivals: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -58,6 +60,7 @@ class Receiver:
         @app.post("/hook")
         async def hook(request: Request) -> dict[str, str]:
             self.arrivals.append((time.time(), orjson.loads(await request.body())))
+            self.keys.append(request.headers.get("idempotency-key", ""))
             return {"ok": "yes"}
 
         return app
@@ -72,7 +75,14 @@ class Receiver:
         return out
 
 
-def plant_yaml(machines: int, receiver_port: int, bootstrap: str, state_dir: Path) -> str:
+def plant_yaml(
+    machines: int,
+    receiver_port: int,
+    bootstrap: str,
+    state_dir: Path,
+    high_availability: dict[str, Any] | None = None,
+) -> str:
+    """The drill's plant; `high_availability`: `alerts.high_availability` (replicated)."""
     tag = uuid.uuid4().hex[:8]
     ids = [f"m-{i:03d}" for i in range(machines)]
     half = max(1, machines // 2)
@@ -92,6 +102,8 @@ def plant_yaml(machines: int, receiver_port: int, bootstrap: str, state_dir: Pat
             "kpi": {"name": f"kpi-{tag}", "partitions": 2},
             "dlq": {"name": f"dlq-{tag}", "partitions": 1},
             "status": {"name": f"status-{tag}", "partitions": 1},
+            "reasons": {"name": f"reasons-{tag}", "partitions": 1},
+            "alerts": {"name": f"alerts-{tag}", "partitions": 1},
         },
         "alerts": {
             "group_wait": "0s",
@@ -111,6 +123,7 @@ def plant_yaml(machines: int, receiver_port: int, bootstrap: str, state_dir: Pat
                     "severity": "critical",
                 }
             ],
+            **({} if high_availability is None else {"high_availability": high_availability}),
         },
     }
     return yaml.safe_dump(config, sort_keys=False)
@@ -133,7 +146,7 @@ def _quantile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-async def _produce(producer: AIOKafkaProducer, topic: str, machine: str, state: str) -> float:
+async def produce_state(producer: AIOKafkaProducer, topic: str, machine: str, state: str) -> float:
     now = time.time()
     event = {"ts": int(now * 1000), "machine": machine, "signal": "state", "value": state}
     await producer.send_and_wait(topic, orjson.dumps(event), key=machine.encode())
@@ -183,12 +196,12 @@ async def run_drill(bootstrap: str, tmp: Path, machines: int, rounds: int) -> Dr
     try:
         await asyncio.sleep(6)  # its consumers join at the topics' ends
         for machine in ids:
-            await _produce(producer, topic, machine, "running")
+            await produce_state(producer, topic, machine, "running")
         await asyncio.sleep(2)
         for round_no in range(1, rounds + 1):
             down: dict[str, float] = {}
             for machine in ids:
-                down[machine] = await _produce(producer, topic, machine, "down")
+                down[machine] = await produce_state(producer, topic, machine, "down")
                 await asyncio.sleep(STAGGER_S)
             await _wait(receiver, "firing", dict.fromkeys(ids, round_no), FOR_S + 30)
             firing = receiver.seen("firing")
@@ -198,7 +211,7 @@ async def run_drill(bootstrap: str, tmp: Path, machines: int, rounds: int) -> Dr
                     pages.append(min(arrivals) - (down[machine] + FOR_S))
             up: dict[str, float] = {}
             for machine in ids:
-                up[machine] = await _produce(producer, topic, machine, "running")
+                up[machine] = await produce_state(producer, topic, machine, "running")
             await _wait(receiver, "resolved", dict.fromkeys(ids, round_no), 30)
             resolved = receiver.seen("resolved")
             for machine in ids:

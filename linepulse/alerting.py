@@ -294,6 +294,19 @@ class Channel(_Model):
         return self
 
 
+class HighAvailability(_Model):
+    """Several `linepulse alerts` on one Kafka, one of them active (docs/alerts-ha.md).
+
+    The active instance holds partition 0 of the `kafka.alerts` topic in a consumer group
+    and writes its alert state and outbox there; the others follow it and take over when
+    the group gives them the partition: `failover` after the active one stops answering
+    (Kafka's session timeout; the broker's `group.min.session.timeout.ms`, 6 s by default,
+    is the floor)."""
+
+    enabled: bool = False
+    failover: Duration = Field(default=6.0, ge=1.0)
+
+
 class AlertSettings(_Model):
     rules: tuple[Rule, ...] = ()
     people: dict[str, Person] = Field(default_factory=dict)
@@ -313,6 +326,7 @@ class AlertSettings(_Model):
     # Request size and rate limits and HTTPS of the alerts API (linepulse/http/settings.py).
     api_limits: HttpLimits = HttpLimits()
     api_tls: TlsSettings | None = None
+    high_availability: HighAvailability = HighAvailability()
 
     def api_access(self, environ: Mapping[str, str] | None = None) -> ApiAccess:
         """The alerts API's tokens (read now), limits and CORS: the KPI API's guard."""

@@ -322,6 +322,12 @@ class KafkaSettings(_Model):
     kpi: Topic = Topic(name="kpi")
     dlq: Topic = Topic(name="telemetry.dlq", partitions=1)
     status: Topic = Topic(name="machine.status", partitions=1)
+    # The replicated alerts service's state and leadership (alerts.high_availability):
+    # compacted, one partition (whoever holds it in the group is the active instance).
+    alerts: Topic = Topic(name="alerts.state", partitions=1)
+    # Operators' reason corrections of stops and their audit trail, one record a
+    # correction: compacted; every API replica rebuilds its stops' codes and audit from it.
+    reasons: Topic = Topic(name="stops.reasons", partitions=1)
     group: str = Field(default="linepulse-kpi", min_length=1)
     # Where workers keep partition checkpoints: shared by the workers of one group. A
     # relative path is under the data directory (linepulse/data_dir.py).

@@ -13,6 +13,7 @@ from linepulse.bus.clients import (
     KafkaClients,
     Producer,
     RecordBatch,
+    TransactionalProducer,
 )
 from linepulse.bus.memory import InProcessBroker, InProcessClients, StoredRecord
 
@@ -27,4 +28,5 @@ __all__ = [
     "Producer",
     "RecordBatch",
     "StoredRecord",
+    "TransactionalProducer",
 ]

@@ -108,6 +108,19 @@ class Producer(Protocol):
     async def partitions_for(self, topic: str) -> set[int]: ...
 
 
+class TransactionalProducer(Producer, Protocol):
+    """A producer whose sends between `begin_transaction` and `commit_transaction` reach
+    `read_committed` consumers together or not at all. Starting one fences every earlier
+    producer of the same transactional id: their next commit fails with aiokafka's
+    `ProducerFenced`, so a process that lost its role cannot write after its successor."""
+
+    async def begin_transaction(self) -> None: ...
+
+    async def commit_transaction(self) -> None: ...
+
+    async def abort_transaction(self) -> None: ...
+
+
 class Consumer(Protocol):
     async def start(self) -> None: ...
 
@@ -172,6 +185,10 @@ class KafkaClients(Protocol):
     """Makes the clients a service uses; arguments are aiokafka's constructor arguments."""
 
     def producer(self, **config: Any) -> Producer: ...
+
+    def transactional_producer(self, transactional_id: str, **config: Any) -> TransactionalProducer:
+        """A producer of transactions under `transactional_id` (see `TransactionalProducer`)."""
+        ...
 
     def consumer(self, *topics: str, **config: Any) -> Consumer: ...
 
@@ -248,6 +265,13 @@ class AioKafkaClients:
     def producer(self, **config: Any) -> Producer:
         forbid_topic_auto_creation()
         producer: Producer = AIOKafkaProducer(**config | self._security)
+        return producer
+
+    def transactional_producer(self, transactional_id: str, **config: Any) -> TransactionalProducer:
+        forbid_topic_auto_creation()
+        producer: TransactionalProducer = AIOKafkaProducer(
+            transactional_id=transactional_id, enable_idempotence=True, **config | self._security
+        )
         return producer
 
     def consumer(self, *topics: str, **config: Any) -> Consumer:

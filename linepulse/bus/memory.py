@@ -21,6 +21,9 @@ rely on, and nothing more:
   owner always reads the offsets and checkpoints the last owner left. A member rejoins in
   its next `getmany`; until all have, `getmany` returns nothing, like aiokafka's.
 - A waiting `getmany` wakes as soon as records arrive (or a rebalance needs it).
+- A transactional producer's records are appended at its commit, all at once (so every
+  consumer reads as with `read_committed`); starting a producer with a transactional id
+  fences the earlier ones of that id, whose next send or commit raises `ProducerFenced`.
 
 All of it lives on one event loop and is not thread-safe, as aiokafka's clients are not.
 """
@@ -32,6 +35,7 @@ import inspect
 import itertools
 import logging
 import time
+from asyncio import Future
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -47,6 +51,7 @@ from aiokafka.errors import (
     InvalidReplicationFactorError,
     MessageSizeTooLargeError,
     ProducerClosed,
+    ProducerFenced,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
@@ -62,6 +67,7 @@ from linepulse.bus.clients import (
     Headers,
     Producer,
     RecordBatch,
+    TransactionalProducer,
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +100,9 @@ _NETWORK_ONLY: Final = frozenset(
         "max_poll_interval_ms",
         "rebalance_timeout_ms",
         "api_version",
+        # Consumers see only committed records here: a transaction's records are appended
+        # at its commit (InProcessTransactionalProducer), so "read_committed" is the rule.
+        "isolation_level",
     }
 )
 
@@ -142,6 +151,7 @@ class InProcessBroker:
         self._logs: dict[str, list[list[StoredRecord]]] = {}
         self._configs: dict[str, dict[str, str]] = {}
         self._groups: dict[str, _Group] = {}
+        self._epochs: dict[str, int] = {}  # transactional id -> the epoch of its live producer
         self._changed = asyncio.Event()
         self._ids = itertools.count(1)
 
@@ -222,6 +232,15 @@ class InProcessBroker:
         """Wake every waiting `getmany`: they hold the event they waited on, not this one."""
         self._changed.set()
         self._changed = asyncio.Event()
+
+    def _fence(self, transactional_id: str) -> int:
+        """A new producer of `transactional_id`: its epoch (earlier ones are fenced)."""
+        epoch = self._epochs.get(transactional_id, 0) + 1
+        self._epochs[transactional_id] = epoch
+        return epoch
+
+    def _is_fenced(self, transactional_id: str, epoch: int) -> bool:
+        return self._epochs.get(transactional_id) != epoch
 
     # -- groups -------------------------------------------------------------------------
 
@@ -422,6 +441,68 @@ class InProcessProducer:
             raise ProducerClosed()
 
 
+class InProcessTransactionalProducer(InProcessProducer):
+    """A `TransactionalProducer`: sends between `begin_transaction` and
+    `commit_transaction` are held and appended together at the commit; `start` fences
+    the earlier producers of the same transactional id."""
+
+    def __init__(self, broker: InProcessBroker, transactional_id: str, **config: Any) -> None:
+        super().__init__(broker, **config)
+        self.transactional_id = transactional_id
+        self._epoch = 0
+        self._held: list[
+            tuple[str, bytes | None, bytes | None, int | None, Headers, Future[RecordMetadata]]
+        ] = []
+        self._open = False
+
+    async def start(self) -> None:
+        await super().start()
+        self._epoch = self.broker._fence(self.transactional_id)
+
+    async def begin_transaction(self) -> None:
+        self._check_live()
+        if self._open:
+            raise IllegalStateError("a transaction is already open")
+        self._open = True
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int | None = None,
+        timestamp_ms: int | None = None,
+        headers: Headers | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        self._check_live()
+        if not self._open:
+            raise IllegalStateError("a transactional producer sends inside a transaction")
+        _check_bytes(key, value)
+        self.broker._partitions_creating(topic)
+        future: Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        self._held.append((topic, key, value, partition, list(headers or []), future))
+        return future  # resolved at the commit, cancelled by an abort
+
+    async def commit_transaction(self) -> None:
+        self._check_live()
+        if not self._open:
+            raise IllegalStateError("no transaction is open")
+        held, self._held, self._open = self._held, [], False
+        for topic, key, value, partition, headers, future in held:
+            sent = await InProcessProducer.send(self, topic, value, key, partition, None, headers)
+            future.set_result(sent.result())
+
+    async def abort_transaction(self) -> None:
+        for *_, future in self._held:
+            future.cancel()
+        self._held, self._open = [], False
+
+    def _check_live(self) -> None:
+        self._check_open()
+        if self.broker._is_fenced(self.transactional_id, self._epoch):
+            raise ProducerFenced()
+
+
 def _metadata(topic: str, partition: int, offset: int, timestamp: int) -> RecordMetadata:
     return RecordMetadata(
         topic, partition, TopicPartition(topic, partition), offset, timestamp, CREATE_TIME, 0
@@ -437,7 +518,15 @@ class InProcessConsumer:
     """
 
     def __init__(self, broker: InProcessBroker, *topics: str, **config: Any) -> None:
-        _check_config(config, {"group_id", "auto_offset_reset", "enable_auto_commit"}, "consumer")
+        # `partition_assignment_strategy` is taken and not used: partitions go round-robin
+        # in join order here, so a member keeps what it has while earlier members stay.
+        honoured = {
+            "group_id",
+            "auto_offset_reset",
+            "enable_auto_commit",
+            "partition_assignment_strategy",
+        }
+        _check_config(config, honoured, "consumer")
         self.broker = broker
         self.group_id: str | None = config.get("group_id")
         self.auto_offset_reset: str = config.get("auto_offset_reset", "latest")
@@ -771,6 +860,9 @@ class InProcessClients:
 
     def producer(self, **config: Any) -> Producer:
         return InProcessProducer(self.broker, **config)
+
+    def transactional_producer(self, transactional_id: str, **config: Any) -> TransactionalProducer:
+        return InProcessTransactionalProducer(self.broker, transactional_id, **config)
 
     def consumer(self, *topics: str, **config: Any) -> Consumer:
         return InProcessConsumer(self.broker, *topics, **config)

@@ -12,6 +12,11 @@ LinePulse relies on more than its existence:
   per key; never compacted, they grow without end, and a record key's partition must not
   change under the records already written.
 - `telemetry.dlq` (`kafka.dlq`): `delete`.
+- `stops.reasons` (`kafka.reasons`): compacted: the reason corrections of stops and
+  their audit, one record a correction, from which every API replica rebuilds them.
+- `alerts.state` (`kafka.alerts`): compacted, one partition: the replicated alerts
+  service's state (services/alerts/replication.py) is the latest record per key, and
+  the instance holding partition 0 is the active one.
 
 A topic that a client's metadata request made on a broker with `auto.create.topics.enable`
 (the broker's default, and what the compose stack's alerts consumers did: issue 14) has
@@ -44,9 +49,11 @@ from linepulse.config import KafkaSettings, Topic
 
 log = logging.getLogger(__name__)
 
-TopicRole = Literal["telemetry", "kpi", "dlq", "status"]  # the topic fields of `kafka:`
+TopicRole = Literal["telemetry", "kpi", "dlq", "status", "reasons", "alerts"]  # `kafka:`'s
 TOPIC_ROLES: Final[tuple[TopicRole, ...]] = get_args(TopicRole)
-COMPACTED: Final[frozenset[TopicRole]] = frozenset({"kpi", "status"})
+COMPACTED: Final[frozenset[TopicRole]] = frozenset({"kpi", "status", "reasons", "alerts"})
+# What the KPI worker reads and writes (the alerts topic is the alerts service's alone).
+KPI_ROLES: Final[tuple[TopicRole, ...]] = ("telemetry", "kpi", "dlq", "status")
 
 CLEANUP_POLICY: Final = "cleanup.policy"
 # How long a topic this process has just created may take to show in the metadata.

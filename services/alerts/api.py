@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Protocol
 
 from fastapi import FastAPI, Path, Query, Response
 from prometheus_client import CollectorRegistry
@@ -41,7 +41,9 @@ from services.alerts.errors import (
     UnknownMachine,
     UnknownSilence,
 )
+from services.alerts.forwarding import ForwardWrites
 from services.alerts.model import Alert, Matcher, Silence
+from services.alerts.replication import ActiveInstance
 
 AlertStateName = Literal["pending", "firing", "acknowledged", "resolved"]
 StateParam = Annotated[AlertStateName | None, Query(description="only alerts in this state")]
@@ -142,6 +144,32 @@ class Health(BaseModel):
     status: Literal["ok"]
 
 
+class ReplicaView(BaseModel):
+    """Which instance of a replicated alerts service answered, and which one is active."""
+
+    role: Literal["single", "active", "standby"] = Field(
+        description="single: not replicated; active: evaluates and pages; standby: follows"
+    )
+    instance: str | None = Field(description="this instance (host:pid); null when single")
+    active_instance: str | None = Field(description="the active instance, as Kafka last said")
+    active_url: str | None = Field(description="where the active instance's API answers")
+    active_since: str | None = Field(description=f"when it took over, {_TIME}")
+
+
+class Replica(Protocol):
+    """What the API asks of a replicated service (services/alerts/failover.py)."""
+
+    instance: str
+
+    def writes_here(self) -> bool: ...
+
+    @property
+    def role(self) -> Literal["standby", "active"]: ...
+
+    @property
+    def active(self) -> ActiveInstance | None: ...
+
+
 def _alert(alert: Alert) -> dict[str, Any]:
     wire = alert.as_dict()
     for key in _ALERT_TIMES:
@@ -174,8 +202,12 @@ def create_app(
     on_change: Callable[[], None] | None = None,
     cors_origins: Sequence[str] = (),
     access: ApiAccess | None = None,
+    replica: Replica | None = None,
 ) -> FastAPI:
-    """`on_change` is called after an ack or a silence change, so the service evaluates
+    """`replica`: the role of an instance of a replicated service; a standby passes
+    writes on to the active instance (services/alerts/forwarding.py).
+
+    `on_change` is called after an ack or a silence change, so the service evaluates
     (and notifies) at once rather than at its next tick.
 
     `access` (from `plant.alerts.api_security().resolve("alerts")`) sets the tokens,
@@ -196,8 +228,12 @@ def create_app(
         description=DESCRIPTION,
         responses=GUARD_RESPONSES,
     )
+    if replica is not None:
+        active_url = lambda: None if replica.active is None else replica.active.url  # noqa: E731
+        app.add_middleware(ForwardWrites, writes_here=replica.writes_here, active_url=active_url)
     # The live board (another origin) reads alerts and acks them with the bearer token;
-    # no cookies are involved, so CORS credentials stay off.
+    # no cookies are involved, so CORS credentials stay off. The guard is outside the
+    # forwarding: a standby refuses what the active instance would.
     install(app, access)
 
     def now_ms() -> int:
@@ -291,6 +327,29 @@ def create_app(
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return metrics_response(registry)
+
+    @app.get(
+        "/v1/replica",
+        response_model=ReplicaView,
+        summary="This instance's role, and the active instance",
+    )
+    async def replica_view() -> dict[str, Any]:
+        if replica is None:
+            return {
+                "role": "single",
+                "instance": None,
+                "active_instance": None,
+                "active_url": None,
+                "active_since": None,
+            }
+        active = replica.active
+        return {
+            "role": replica.role,
+            "instance": replica.instance,
+            "active_instance": None if active is None else active.instance,
+            "active_url": None if active is None else active.url,
+            "active_since": None if active is None else rfc3339(active.since),
+        }
 
     @app.get("/healthz", response_model=Health, summary="Liveness: 200 while the process runs")
     async def healthz() -> dict[str, str]:

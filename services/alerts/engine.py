@@ -83,10 +83,10 @@ class AlertEngine:
         self._machines = plant.machines()
         self.duty = Duty(plant)
         self.router = Router(plant, self.duty)
-        windows = frozenset(
+        self._windows = frozenset(
             r.window for r in self.settings.rules if r.kpi is not None or r.forecast is not None
         )
-        self.obs = Observations(windows)
+        self.obs = Observations(self._windows)
         self._tracks: dict[str, _Track] = {}  # alert id -> track, open and resolved
         self._open: dict[str, str] = {}  # fingerprint -> alert id of its open alert
         self._groups: dict[str, Group] = {}
@@ -414,6 +414,14 @@ class AlertEngine:
             puts["notifications"] = {n.key: (n.created_at, notification_as_dict(n)) for n in notes}
         self.store.commit(puts, deletes, {"notifications": now - KEEP_MS})
         self._saved = texts
+
+    def reload(self) -> None:
+        """Forget the state held in memory and read it again from the store: a standby
+        showing what the active instance replicated, or taking over from it."""
+        self.obs = Observations(self._windows)
+        self._tracks, self._open, self._groups, self._silences = {}, {}, {}, {}
+        self._started = None
+        self._load()
 
     def _load(self) -> None:
         for aid, doc in self.store.load("alerts").items():

@@ -11,6 +11,7 @@ label sets stay bounded.
 | `linepulse_alerts_outbox_depth` | notifications waiting in the outbox |
 | `linepulse_alerts_alertmanager_resends_total{channel}` | firing alerts re-posted to Alertmanager |
 | `linepulse_alerts{state}` | alerts by state (pending, firing, acknowledged), set by the service |
+| `linepulse_alerts_active` | 1 on the instance that evaluates and pages (0 on a standby) |
 
 `reason` of a failure: `rejected` (a 4xx but 408/429, an SMTP 5xx, a channel that cannot
 address the recipient) or `attempts` (the channel's `max_attempts` reached).
@@ -31,6 +32,7 @@ class AlertMetrics:
     outbox_depth: Gauge
     am_resends: Counter
     alerts: Gauge
+    active: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AlertMetrics:
@@ -68,6 +70,11 @@ class AlertMetrics:
                 "linepulse_alerts",
                 "Alerts by state (set by the service)",
                 ("state",),
+                registry=registry,
+            ),
+            active=Gauge(
+                "linepulse_alerts_active",
+                "1 on the instance that evaluates and pages: a replicated service has one",
                 registry=registry,
             ),
         )

@@ -37,11 +37,11 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 import httpx
 
@@ -56,6 +56,29 @@ RETRY_BASE_S = 1.0
 RETRY_CAP_S = 300.0
 AM_RESEND_INTERVAL_S = 60.0
 MAX_IN_FLIGHT = 8
+# How often a closed delivery gate (a standby, or an active instance whose lease lapsed)
+# is looked at again.
+GATE_RECHECK_S = 0.2
+# The columns a replica of a row carries (all but the local `id`, which keeps the order).
+_ROW_COLUMNS: Final = (
+    "key",
+    "channel",
+    "grp",
+    "kind",
+    "body",
+    "created_at",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "last_error",
+    "delivered_at",
+)
+# One change as a replica carries it (services/alerts/replication.py): an outbox row by
+# its key, or a firing alert re-posted to Alertmanager by `channel/fingerprint`, with its
+# document, or None where it was deleted.
+OutboxKind = Literal["outbox", "am_firing"]
+OUTBOX_KINDS: Final[tuple[OutboxKind, ...]] = get_args(OutboxKind)
+OutboxChange = tuple[OutboxKind, str, dict[str, Any] | None]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -159,6 +182,11 @@ class Outbox:
         self._in_flight: set[tuple[str, str]] = set()  # (channel, group) being sent
         self._channel_not_before: dict[str, float] = {}  # from 429 Retry-After
         self._am_locks: dict[str, asyncio.Lock] = {}
+        # Told every row change (the active instance of a replicated alerts service hands
+        # them to its standbys).
+        self.on_change: Callable[[list[OutboxChange]], None] | None = None
+        # Whether this instance may send now (a replicated service's standby may not).
+        self.may_deliver: Callable[[], bool] = lambda: True
         self._update_depth()
 
     # -- storage ----------------------------------------------------------------------
@@ -184,7 +212,67 @@ class Outbox:
         if added:
             self._wake.set()
             self._update_depth()
+            self._tell(
+                "key IN (SELECT value FROM json_each(?))",
+                json.dumps([n.key for n in notifications]),
+            )
         return added
+
+    def _tell(self, where: str, *params: object) -> None:
+        """Hand the rows matching `where` to `on_change`, as they are now."""
+        if self.on_change is None:
+            return
+        cursor = self._db.execute(
+            f"SELECT {', '.join(_ROW_COLUMNS)} FROM outbox WHERE {where} ORDER BY id",  # noqa: S608
+            params,
+        )
+        self.on_change(
+            [("outbox", row[0], dict(zip(_ROW_COLUMNS, row, strict=True))) for row in cursor]
+        )
+
+    def apply(self, changes: Iterable[OutboxChange]) -> None:
+        """Write rows another instance changed, in one transaction; a new key goes after
+        every row held, so rows keep the order they were enqueued in."""
+        columns = ", ".join(_ROW_COLUMNS)
+        marks = ", ".join("?" * len(_ROW_COLUMNS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in _ROW_COLUMNS[1:])
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for kind, key, doc in changes:
+                if kind == "am_firing":
+                    channel, _, fingerprint = key.partition("/")
+                    if doc is None:
+                        self._db.execute(
+                            "DELETE FROM am_firing WHERE channel = ? AND fingerprint = ?",
+                            (channel, fingerprint),
+                        )
+                    else:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO am_firing (channel, fingerprint, alert)"
+                            " VALUES (?, ?, ?)",
+                            (channel, fingerprint, json.dumps(doc)),
+                        )
+                elif doc is None:
+                    self._db.execute("DELETE FROM outbox WHERE key = ?", (key,))
+                else:
+                    self._db.execute(
+                        f"INSERT INTO outbox ({columns}) VALUES ({marks})"  # noqa: S608
+                        f" ON CONFLICT(key) DO UPDATE SET {updates}",
+                        [doc[c] for c in _ROW_COLUMNS],
+                    )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        self._update_depth()
+
+    def clear(self) -> None:
+        """Delete every row (a standby rebuilds its copy from the replica topic)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("DELETE FROM outbox")
+        self._db.execute("DELETE FROM am_firing")
+        self._db.execute("COMMIT")
+        self._update_depth()
 
     def depth(self) -> int:
         """Notifications not yet delivered nor given up."""
@@ -229,30 +317,31 @@ class Outbox:
             (status, error, delivered_at, row_id),
         )
         self._update_depth()
+        self._tell("id = ?", row_id)
 
     def _reschedule(self, row_id: int, attempts: int, at: float, error: str) -> None:
         self._db.execute(
             "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
             (attempts, at, error, row_id),
         )
+        self._tell("id = ?", row_id)
 
     def _remember_firing(self, channel: str, notification: Notification) -> None:
         """Track what Alertmanager must keep hearing: firing alerts in, resolved out."""
         posted = channels.alertmanager_alerts(notification, external_url=self._external_url)
-        self._db.execute("BEGIN IMMEDIATE")
+        changes: list[OutboxChange] = []
         for alert, body in zip(notification.alerts, posted, strict=True):
-            if channels.alert_status(alert) == "resolved":
-                self._db.execute(
-                    "DELETE FROM am_firing WHERE channel = ? AND fingerprint = ?",
-                    (channel, alert["fingerprint"]),
-                )
-            else:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO am_firing (channel, fingerprint, alert)"
-                    " VALUES (?, ?, ?)",
-                    (channel, alert["fingerprint"], json.dumps(body)),
-                )
-        self._db.execute("COMMIT")
+            resolved = channels.alert_status(alert) == "resolved"
+            changes.append(
+                ("am_firing", f"{channel}/{alert['fingerprint']}", None if resolved else body)
+            )
+        hook, self.on_change = self.on_change, None
+        try:
+            self.apply(changes)
+        finally:
+            self.on_change = hook
+        if hook is not None:
+            hook(changes)
 
     # -- delivery ---------------------------------------------------------------------
 
@@ -269,6 +358,8 @@ class Outbox:
         """Start a send for the head row of each idle (channel, group) that is due; return
         when the earliest row that is not yet due will be."""
         now = self._clock()
+        if not self.may_deliver():
+            return now + GATE_RECHECK_S
         next_due: float | None = None
         heads: set[tuple[str, str]] = set()
         per_channel: dict[str, int] = {}
@@ -401,7 +492,8 @@ class Outbox:
             return
         while not stop.is_set():
             for channel in targets:
-                await self.resend_firing(channel, client)
+                if self.may_deliver():
+                    await self.resend_firing(channel, client)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self._am_resend_interval_s)
             except TimeoutError:

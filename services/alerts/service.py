@@ -11,6 +11,11 @@ windows are republished every second). Every `EVALUATE_EVERY_S`, and at once aft
 ack or a silence change, the engine evaluates its rules and the resulting notifications
 go to the durable outbox, which delivers them through the channels with retries.
 
+With `alerts.high_availability.enabled`, several instances share the work through Kafka
+(services/alerts/failover.py): one is active and does all of the above; the others follow
+its state on the `alerts.state` topic, answer reads from it, pass writes on to it, and
+take over when it stops.
+
 The service never creates a topic (its clients cannot: linepulse/bus/clients.py): at start
 it waits up to `TOPIC_WAIT_S` for `kpi` and `telemetry`, which `linepulse kpi` creates,
 and refuses to start if they do not come or are laid out differently from the plant
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import orjson
 import polars as pl
+from aiokafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AIOKAFKA, KafkaClients
@@ -40,8 +47,11 @@ from linepulse.runtime import HttpSettings, Served, StartRefused, Task
 from linepulse.wire import decode_records
 from services.alerts.api import create_app
 from services.alerts.engine import AlertEngine
+from services.alerts.failover import Failover, Role
 from services.alerts.metrics import AlertMetrics
+from services.alerts.model import Notification
 from services.alerts.outbox import Outbox
+from services.alerts.replication import NotActiveError, StateWriter
 from services.alerts.store import AlertStore
 
 log = logging.getLogger(__name__)
@@ -62,15 +72,18 @@ class AlertService:
         state_dir: Path,
         clients: KafkaClients = AIOKAFKA,
         registry: CollectorRegistry | None = None,
+        url: str | None = None,
     ) -> None:
         """Opens the engine's store and the outbox in `state_dir`: `close()` them (or use
-        `open_alerts`, which does). Metrics go to `registry` (a fresh one if None)."""
+        `open_alerts`, which does). Metrics go to `registry` (a fresh one if None). `url`:
+        where this instance's API answers, for the standbys of a replicated service."""
         state_dir.mkdir(parents=True, exist_ok=True)
         self.plant = plant
         self.clients = clients
         self.bootstrap = bootstrap
         self.registry = CollectorRegistry() if registry is None else registry
         self.metrics = AlertMetrics.create(self.registry)
+        self.metrics.active.set(1)
         self.store = AlertStore.in_dir(state_dir)
         try:
             self.engine = AlertEngine(plant, self.store)
@@ -79,12 +92,35 @@ class AlertService:
             self.store.close()
             raise
         self._wake = asyncio.Event()
-        # Notifications the engine committed just before a crash may not have reached the
-        # outbox: hand it the last day's again (it ignores keys it already holds).
+        self.failover: Failover | None = None
+        ha = plant.alerts.high_availability
+        if ha.enabled:
+            self.failover = Failover(
+                clients=clients,
+                bootstrap=bootstrap,
+                topic=plant.kafka.alerts.name,
+                failover_s=ha.failover,
+                engine=self.engine,
+                outbox=self.outbox,
+                url=url,
+                act=self._act,
+                on_role=self._show_role,
+            )
+            self.outbox.may_deliver = self.failover.may_act
+            self._show_role("standby")
+        else:
+            self._recover()
+
+    def _recover(self) -> None:
+        """Notifications the engine committed just before a crash may not have reached the
+        outbox: hand it the last day's again (it ignores keys it already holds)."""
         since = int(time.time() * 1000) - 24 * 3600 * 1000
         recovered = self.outbox.enqueue(self.store.notifications(since))
         if recovered:
             log.info("%d notification(s) recovered from the engine's log", recovered)
+
+    def _show_role(self, role: Role) -> None:
+        self.metrics.active.set(1 if role == "active" else 0)
 
     def close(self) -> None:
         """Close the outbox and the engine's store (their SQLite files)."""
@@ -95,12 +131,33 @@ class AlertService:
 
     @property
     def tasks(self) -> tuple[Task, ...]:
-        return (
+        followers = (
             Task("alerts-kpi", self.follow_kpi),
             Task("alerts-telemetry", self.follow_telemetry),
+        )
+        if self.failover is not None:
+            return (*followers, Task("alerts-failover", self.failover.run))
+        return (
+            *followers,
             Task("alerts-evaluate", self.evaluate_loop),
             Task("alerts-outbox", self.outbox.run),
         )
+
+    @property
+    def topics(self) -> tuple[TopicRole, ...]:
+        """The topics this service reads (and, replicated, writes)."""
+        return (*self.TOPICS, "alerts") if self.failover is not None else self.TOPICS
+
+    def _observing(self) -> bool:
+        """A standby takes its observations from the active instance's state."""
+        return self.failover is None or self.failover.role == "active"
+
+    async def _act(self, done: asyncio.Event, writer: StateWriter) -> None:
+        """The active instance's duties (services/alerts/failover.py), until `done`."""
+        self._recover()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.outbox.run(done), name="alerts-outbox")
+            tasks.create_task(self.evaluate_loop(done, writer), name="alerts-evaluate")
 
     async def wait_for_topics(self, stop: asyncio.Event, wait_s: float = TOPIC_WAIT_S) -> bool:
         """Wait for the topics the followers read, never creating them; False if `stop`
@@ -111,7 +168,7 @@ class AlertService:
             self.bootstrap,
             self.plant.kafka,
             self.clients,
-            roles=self.TOPICS,
+            roles=self.topics,
             service="linepulse alerts",
             wait_s=wait_s,
             stop=stop,
@@ -139,6 +196,8 @@ class AlertService:
                     for message in messages:
                         if message.value is None:
                             continue
+                        if not self._observing():
+                            continue
                         try:
                             record = orjson.loads(message.value)
                         except orjson.JSONDecodeError:
@@ -161,7 +220,7 @@ class AlertService:
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200)
-                if not batch:
+                if not batch or not self._observing():
                     continue
                 frames = []
                 for tp, messages in batch.items():
@@ -183,12 +242,28 @@ class AlertService:
         finally:
             await consumer.stop()
 
-    async def evaluate_loop(self, stop: asyncio.Event) -> None:
+    async def evaluate_loop(self, stop: asyncio.Event, writer: StateWriter | None = None) -> None:
+        """Evaluate every `EVALUATE_EVERY_S` (or when poked) and queue what is due. With
+        `writer` (the active instance of a replicated service), the engine's changes are
+        on Kafka before their notifications reach the outbox: nothing is paged that a
+        successor would not know was."""
+        unwritten: list[Notification] = []
         while not stop.is_set():
-            notifications = self.engine.evaluate(int(time.time() * 1000))
-            if notifications:
-                added = self.outbox.enqueue(notifications)
-                log.info("%d notification(s) queued (%d new)", len(notifications), added)
+            if self.failover is None or self.failover.may_act():
+                unwritten += self.engine.evaluate(int(time.time() * 1000))
+            held = False
+            if writer is not None and (unwritten or writer.dirty):
+                try:
+                    await writer.flush()
+                except NotActiveError:
+                    return  # the failover's writer loop sees it too and steps down
+                except KafkaError as error:
+                    log.warning("alerts: state not written to Kafka, pages held: %s", error)
+                    held = True
+            if unwritten and not held:
+                added = self.outbox.enqueue(unwritten)
+                log.info("%d notification(s) queued (%d new)", len(unwritten), added)
+                unwritten = []
             counts: dict[str, int] = {}
             for alert in self.engine.alerts():
                 counts[alert.state.value] = counts.get(alert.state.value, 0) + 1
@@ -208,6 +283,20 @@ class AlertsSettings:
     state_dir: Path  # alert state, notification log and outbox (resolved by the caller)
     http: HttpSettings | None  # where the API listens; None: no API
     access: ApiAccess | None = None  # tokens, limits, CORS; None: from the config (`alerts:`)
+    # Where other instances reach this one's API (replicated service); None: from `http`.
+    advertise_url: str | None = None
+
+    def own_url(self) -> str | None:
+        """This instance's API as the standbys of a replicated service call it: the
+        advertised URL, else the listening address (this host's name for a wildcard)."""
+        if self.advertise_url is not None or self.http is None:
+            return self.advertise_url
+        host = self.http.host
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"{self.http.scheme}://{host}:{self.http.port}"
 
 
 @dataclass(frozen=True)
@@ -236,7 +325,9 @@ async def open_alerts(
     out it logs what the outbox still holds, then closes its files."""
     plant = settings.plant
     with contextlib.closing(
-        AlertService(plant, settings.bootstrap, settings.state_dir, clients, registry)
+        AlertService(
+            plant, settings.bootstrap, settings.state_dir, clients, registry, settings.own_url()
+        )
     ) as service:
         log.info("alerts: state, notification log and outbox in %s", settings.state_dir)
         try:
@@ -251,7 +342,12 @@ async def open_alerts(
         served: tuple[Served, ...] = ()
         if settings.http is not None:
             app = create_app(
-                service.engine, service.registry, None, on_change=service.poke, access=access
+                service.engine,
+                service.registry,
+                None,
+                on_change=service.poke,
+                access=access,
+                replica=service.failover,
             )
             served = (Served("alerts-http", app, settings.http),)
             http = settings.http

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -20,6 +20,9 @@ from services.alerts.model import Alert, AlertState, Matcher, Notification, Sile
 Table = Literal["alerts", "groups", "silences", "observations", "notifications", "meta"]
 TABLES: tuple[str, ...] = get_args(Table)
 FILENAME = "alerts.sqlite3"
+# One row as a replica carries it (services/alerts/replication.py): table, key, and
+# (at, document), or None where the row was deleted.
+Row = tuple[Table, str, tuple[int, Mapping[str, Any]] | None]
 
 
 class AlertStore:
@@ -33,6 +36,9 @@ class AlertStore:
         # NORMAL is durable across a process crash in WAL mode (the case we care about);
         # only a power loss can drop the last commits.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # Told every row each commit writes or deletes, in commit order (the active
+        # instance of a replicated alerts service hands them to its standbys).
+        self.on_commit: Callable[[list[Row]], None] | None = None
         for table in TABLES:
             self._db.execute(
                 f"CREATE TABLE IF NOT EXISTS {table} "
@@ -58,7 +64,16 @@ class AlertStore:
         `deletes[table]`, and delete rows with `at` older than `prune_before[table]`."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
+        written: list[Row] = []
         try:
+            if self.on_commit is not None:
+                for table, before in (prune_before or {}).items():
+                    old = db.execute(f"SELECT key FROM {table} WHERE at < ?", (before,))  # noqa: S608
+                    written += [(table, key, None) for (key,) in old]
+                for table, keys in (deletes or {}).items():
+                    written += [(table, key, None) for key in keys]
+                for table, docs in puts.items():
+                    written += [(table, key, row) for key, row in docs.items()]
             for table, docs in puts.items():
                 db.executemany(
                     f"INSERT OR REPLACE INTO {table} (key, at, doc) VALUES (?, ?, ?)",  # noqa: S608
@@ -75,6 +90,31 @@ class AlertStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        if self.on_commit is not None and written:
+            self.on_commit(written)
+
+    def apply(self, rows: Iterable[Row]) -> None:
+        """Write rows another instance committed, as they are, in one transaction."""
+        latest = {(table, key): row for table, key, row in rows}  # the last write wins
+        puts: dict[Table, dict[str, tuple[int, Mapping[str, Any]]]] = {}
+        deletes: dict[Table, list[str]] = {}
+        for (table, key), row in latest.items():
+            if row is None:
+                deletes.setdefault(table, []).append(key)
+            else:
+                puts.setdefault(table, {})[key] = row
+        hook, self.on_commit = self.on_commit, None
+        try:
+            self.commit(puts, deletes)
+        finally:
+            self.on_commit = hook
+
+    def clear(self) -> None:
+        """Delete every row (a standby rebuilds its copy from the replica topic)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        for table in TABLES:
+            self._db.execute(f"DELETE FROM {table}")  # noqa: S608
+        self._db.execute("COMMIT")
 
     def notifications(self, since_ms: int = 0) -> list[Notification]:
         """Notifications emitted at or after `since_ms`, oldest first: what a restarted

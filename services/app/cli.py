@@ -520,6 +520,14 @@ def alerts_command(
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
     tls_client_ca: TlsClientCaOption = None,
+    advertise_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LINEPULSE_ALERTS_ADVERTISE_URL",
+            help="Where the other instances reach this one's API, with alerts."
+            "high_availability (default: the listening address).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate the alert rules on the kpi and telemetry topics; page the shift lead on duty."""
     from linepulse.runtime import HttpSettings
@@ -534,7 +542,7 @@ def alerts_command(
     state = _prepare(state_dir or plant.alerts.state_dir, what, root)
     with contextlib.ExitStack() as held:
         _claim(held, state, "linepulse alerts")
-        settings = AlertsSettings(plant, bootstrap, state, http)
+        settings = AlertsSettings(plant, bootstrap, state, http, advertise_url=advertise_url)
         raise typer.Exit(_run_on_kafka(_run_alerts(settings)))
 
 

@@ -17,7 +17,7 @@ serialised with orjson straight from the store (the `response_model` documents t
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
@@ -145,6 +145,7 @@ def create_app(
     bootstrap: str | None = None,
     clients: KafkaClients = AIOKAFKA,
     access: ApiAccess | None = None,
+    reasons_read: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
     """The KPI API for `plant`, reading `store`, exposing `registry` on `/metrics`.
 
@@ -156,7 +157,9 @@ def create_app(
     reason corrections are sent through; without it `POST /v1/stops/{id}/reason` answers
     503. `access` (tokens, limits, CORS; `plant.api.resolve("api")` in a service) guards
     every route; without it no token is configured, so reads are open and writes are
-    refused with 403.
+    refused with 403. `reasons_read` (the materializer's) returns once the corrections
+    made on other replicas have been read: a correction waits for it before it is
+    numbered.
     """
     lines = {line.id: line for line in plant.lines}
     machines = {m: line.id for m, (line, _) in plant.machines().items()}
@@ -358,7 +361,13 @@ def create_app(
 
     app.include_router(
         stops_router(
-            plant, store.stops, store.status, producer, check_scope=check_scope, parse_time=_time
+            plant,
+            store.stops,
+            store.status,
+            producer,
+            check_scope=check_scope,
+            parse_time=_time,
+            reasons_read=reasons_read,
         )
     )
     mount_board(app, plant, store, alerts_url)  # live board (issue 6): `/`, /v1/board/*

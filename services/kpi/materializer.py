@@ -1,7 +1,9 @@
-"""The `kpi` and machine-status topics, materialised into the API's DuckDB store.
+"""The `kpi`, machine-status and stop-reasons topics, materialised into the API's store.
 
-The API reads every partition from the beginning (both topics are compacted, so this is
+The API reads every partition from the beginning (the topics are compacted, so this is
 the latest record per key plus what has not been compacted yet) and then follows them.
+Everything the API serves comes from them, so any number of API replicas answer alike
+and one started on an empty database catches up.
 It is ready once it has caught up with the end offsets it saw at start. It starts only on
 topics laid out as configured (both compacted, the configured partition counts), and
 creates none: its service does (linepulse/bus/topics.py).
@@ -11,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
 from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from linepulse.bus import AIOKAFKA, Consumer, KafkaClients
+from linepulse.bus.clients import Fetched
 from linepulse.bus.topics import TopicRole, check_topics
 from linepulse.config import KafkaSettings
 from linepulse.errors import LinePulseError
@@ -41,6 +46,14 @@ MAX_BATCH = 20_000
 MAX_PARTITION_FETCH_BYTES = 8 * 1024 * 1024
 
 
+class Corrections(Protocol):
+    """The stop log (services/kpi/stops.py): corrections as read from the reasons topic."""
+
+    def apply_corrections(
+        self, entries: Sequence[Mapping[str, Any]], withdrawn: Sequence[tuple[str, int]]
+    ) -> None: ...
+
+
 class Store(Protocol):
     """What the materializer writes to: services/kpi/store.py's `KpiStore`."""
 
@@ -48,14 +61,20 @@ class Store(Protocol):
     def history(self) -> Table: ...
     @property
     def status(self) -> Table: ...
+    @property
+    def stops(self) -> Corrections: ...
 
 
 class RecordObserver(Protocol):
     def observe_records(self, records: list[dict[str, Any]]) -> None: ...
 
 
+# How long a correction waits for the reasons topic to be read to its end.
+REASONS_READ_TIMEOUT_S = 10.0
+
+
 class Materializer:
-    TOPICS: tuple[TopicRole, ...] = ("kpi", "status")
+    TOPICS: tuple[TopicRole, ...] = ("kpi", "status", "reasons")
 
     def __init__(
         self,
@@ -74,6 +93,36 @@ class Materializer:
         self.records = 0
         self.bad = 0
         self._trace = BatchTrace.from_env("materializer")  # None unless LINEPULSE_TRACE
+        self._reasons_tp = TopicPartition(kafka.reasons.name, 0)
+        self._waiting: list[asyncio.Future[None]] = []  # `reasons_read` callers
+
+    async def reasons_read(self) -> None:
+        """Return once the reasons topic has been read and applied up to the end it has
+        now (so a correction counts those made on other replicas); TimeoutError after
+        `REASONS_READ_TIMEOUT_S`."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        async with asyncio.timeout(REASONS_READ_TIMEOUT_S):
+            await waiter
+
+    async def _release_readers(self, consumer: Consumer) -> None:
+        """Resolve the `reasons_read` callers once the position reaches the end offset
+        taken now (callers that came later wait for the next round)."""
+        waiting, self._waiting = self._waiting, []
+        try:
+            end = (await consumer.end_offsets([self._reasons_tp]))[self._reasons_tp]
+            while await consumer.position(self._reasons_tp) < end:
+                await self._apply(await consumer.getmany(self._reasons_tp, timeout_ms=100))
+        except BaseException as error:
+            for waiter in waiting:
+                if not waiter.done():
+                    waiter.set_exception(TimeoutError(str(error)))
+            if not isinstance(error, Exception):
+                raise
+            return
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def run(self, stop: asyncio.Event) -> None:
         layout = await check_topics(
@@ -94,29 +143,9 @@ class Materializer:
             self.ready = not pending
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=100, max_records=MAX_BATCH)
-                stamps = None if self._trace is None or not batch else self._trace.batch()
-                records: list[dict[str, Any]] = []
-                statuses: list[dict[str, Any]] = []
-                for tp, messages in batch.items():
-                    target = statuses if tp.topic == self.kafka.status.name else records
-                    if stamps is not None and messages:
-                        stamps.records(f"{tp.topic}[{tp.partition}]", messages)
-                    for message in messages:
-                        try:
-                            target.append(orjson.loads(message.value))
-                        except orjson.JSONDecodeError:
-                            self.bad += 1
-                            log.warning("%s@%d: not JSON; skipped", tp, message.offset)
-                if stamps is not None:
-                    stamps.mark("decoded")
-                if records:
-                    store = self._store if stamps is None else stamps.timed("upserted", self._store)
-                    records = await asyncio.to_thread(store, records)
-                    self.records += len(records)
-                if statuses:  # a few statements per poll, whatever its size (stops.py)
-                    await asyncio.to_thread(self._upsert_status, statuses)
-                if stamps is not None:
-                    stamps.write()
+                await self._apply(batch)
+                if self._waiting:
+                    await self._release_readers(consumer)
                 if not self.ready:
                     for tp in list(pending):
                         if await consumer.position(tp) >= pending[tp]:
@@ -128,6 +157,63 @@ class Materializer:
                         )
         finally:
             await consumer.stop()
+
+    async def _apply(self, batch: Fetched) -> None:
+        """One poll's records into the store: KPI records, statuses, corrections."""
+        stamps = None if self._trace is None or not batch else self._trace.batch()
+        records: list[dict[str, Any]] = []
+        statuses: list[dict[str, Any]] = []
+        corrections: list[dict[str, Any]] = []
+        withdrawn: list[tuple[str, int]] = []
+        for tp, messages in batch.items():
+            if stamps is not None and messages:
+                stamps.records(f"{tp.topic}[{tp.partition}]", messages)
+            if tp == self._reasons_tp:
+                self._read_corrections(tp, messages, corrections, withdrawn)
+                continue
+            target = statuses if tp.topic == self.kafka.status.name else records
+            for message in messages:
+                try:
+                    target.append(orjson.loads(message.value))
+                except orjson.JSONDecodeError:
+                    self.bad += 1
+                    log.warning("%s@%d: not JSON; skipped", tp, message.offset)
+        if stamps is not None:
+            stamps.mark("decoded")
+        if records:
+            store = self._store if stamps is None else stamps.timed("upserted", self._store)
+            records = await asyncio.to_thread(store, records)
+            self.records += len(records)
+        if statuses:  # a few statements per poll, whatever its size (stops.py)
+            await asyncio.to_thread(self._upsert_status, statuses)
+        if corrections or withdrawn:
+            await asyncio.to_thread(self.store.stops.apply_corrections, corrections, withdrawn)
+        if stamps is not None:
+            stamps.write()
+
+    def _read_corrections(
+        self,
+        tp: TopicPartition,
+        messages: list[ConsumerRecord[bytes, bytes]],
+        corrections: list[dict[str, Any]],
+        withdrawn: list[tuple[str, int]],
+    ) -> None:
+        """Audit entries (and tombstones, by their key `{stop}#{n}`) of the reasons topic;
+        one that cannot be read is counted and skipped."""
+        for message in messages:
+            try:
+                if message.value is None:
+                    stop, _, seq = (message.key or b"").decode().rpartition("#")
+                    withdrawn.append((stop, int(seq)))
+                else:
+                    entry = orjson.loads(message.value)
+                    for field in ("stop_id", "machine", "stop_start", "seq", "new_reason", "at"):
+                        if field not in entry:
+                            raise ValueError(f"no {field}")
+                    corrections.append(entry)
+            except (ValueError, UnicodeDecodeError) as error:
+                self.bad += 1
+                log.warning("%s@%d: not a correction (%s); skipped", tp, message.offset, error)
 
     def _upsert_status(self, statuses: list[dict[str, Any]]) -> None:
         """Like `_upsert`: a malformed status is logged and skipped, never fatal."""

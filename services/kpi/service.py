@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # The API's topics: the materializer reads kpi and status, reason corrections go to
 # telemetry. The worker uses every topic (it writes dead letters too).
-API_TOPICS: tuple[TopicRole, ...] = ("telemetry", "kpi", "status")
+API_TOPICS: tuple[TopicRole, ...] = ("telemetry", "kpi", "status", "reasons")
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,7 @@ async def open_kpi(
                 bootstrap=bootstrap,  # reason corrections go to the core through it
                 clients=clients,
                 access=access,
+                reasons_read=follower.reasons_read,
             )
             # uvicorn waits for open responses before its lifespan ends: the board's
             # event streams must end when the server is asked to.

@@ -23,7 +23,13 @@ Decisions worth knowing:
   API sends to the KPI core). Each writes a `reason_audit` row with the old and the new
   code, who and when; the audit is never rewritten, except that a correction whose event
   could not be sent is withdrawn (`withdraw`), as if it had not been made.
-- The audit trail lives in this store: one API process owns the corrections of a plant.
+- **Every replica has every correction.** A correction is recorded here and sent as a
+  record to the compacted `stops.reasons` topic (services/kpi/stops_api.py); every API
+  replica reads that topic from its start and applies each record (`apply_corrections`),
+  its own included, so N replicas, or one started on an empty database, show the same
+  codes and audit. A correction that reaches a replica before its stop does (topics are
+  read in no fixed order between them) waits in the audit: the stop takes its code when
+  its status arrives.
 - The tables live in the KPI API's database (services/kpi/database.py), beside
   `machine_status`: the status store (services/kpi/status_store.py) applies each batch
   of statuses here inside its own transaction, and a new stop reads the statuses known
@@ -100,6 +106,16 @@ _CLOSE: Final = (
     "  SELECT s.id, min(m.since) AS next FROM stops AS s"
     "  JOIN staging AS m ON m.machine = s.machine AND m.since > s.start GROUP BY s.id"
     ') AS x WHERE stops.id = x.id AND (stops."end" IS NULL OR stops."end" > x.next)'
+)
+# Stops just opened take the code of their latest correction, if the audit already holds
+# some (`staging`: the stops the batch opened).
+_RECODE_OPENED: Final = (
+    "UPDATE stops SET reason = a.new_reason, corrected_by = a.by_, corrected_at = a.at_, "
+    "corrections = a.n FROM ("
+    '  SELECT stop_id, arg_max(new_reason, seq) AS new_reason, arg_max("by", seq) AS by_,'
+    '    arg_max("at", seq) AS at_, count(*) AS n FROM reason_audit'
+    "  WHERE stop_id IN (SELECT id FROM staging) GROUP BY stop_id"
+    ") AS a WHERE stops.id = a.stop_id"
 )
 # The batch's statuses remembered (`staging`: every status of the batch).
 _MARK: Final = (
@@ -202,6 +218,7 @@ class StopLog:
         opened = pl.DataFrame(list(opens.values()), schema=_OPENS_SCHEMA, orient="row")
         if opened.height:
             write_staged(cur, _OPEN, opened)
+            write_staged(cur, _RECODE_OPENED, opened)
         marked = pl.DataFrame(marks, schema=_MARKS_SCHEMA, orient="row")
         write_staged(cur, _CLOSE, marked)
         write_staged(cur, _MARK, marked)
@@ -262,6 +279,46 @@ class StopLog:
 
     def _withdraw(self, cur: duckdb.DuckDBPyConnection, stop: str, seq: int) -> None:
         cur.execute("DELETE FROM reason_audit WHERE stop_id = ? AND seq = ?", [stop, seq])
+        self._recode(cur, stop)
+
+    def apply_corrections(
+        self, entries: Sequence[Mapping[str, Any]], withdrawn: Sequence[tuple[str, int]]
+    ) -> None:
+        """Corrections read from the `stops.reasons` topic (audit entries as `audit()`
+        gives them; `withdrawn`: (stop, seq) of tombstones), in one transaction: the audit
+        takes them as they are (the topic is the truth), and each stop touched takes the
+        code of its latest correction, or the machine's when none is left."""
+        rows = [
+            [
+                e["stop_id"],
+                e["machine"],
+                naive_utc(datetime.fromisoformat(e["stop_start"])),
+                int(e["seq"]),
+                e["old_reason"],
+                e["new_reason"],
+                e["by"],
+                naive_utc(datetime.fromisoformat(e["at"])),
+                e.get("note"),
+            ]
+            for e in entries
+        ]
+        touched = {row[0] for row in rows} | {stop for stop, _ in withdrawn}
+        with self._db.transaction() as cur:
+            if rows:
+                cur.executemany(
+                    f"INSERT INTO reason_audit ({_AUDIT_COLUMNS}) "  # noqa: S608
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (stop_id, seq) DO UPDATE "
+                    "SET old_reason = EXCLUDED.old_reason, new_reason = EXCLUDED.new_reason, "
+                    '"by" = EXCLUDED."by", "at" = EXCLUDED."at", note = EXCLUDED.note',
+                    rows,
+                )
+            for stop, seq in withdrawn:
+                cur.execute("DELETE FROM reason_audit WHERE stop_id = ? AND seq = ?", [stop, seq])
+            for stop in sorted(touched):
+                self._recode(cur, stop)
+
+    def _recode(self, cur: duckdb.DuckDBPyConnection, stop: str) -> None:
+        """The stop's code from its latest correction, or the machine's without one."""
         latest = cur.execute(
             'SELECT new_reason, "by", "at", count(*) OVER () FROM reason_audit '
             "WHERE stop_id = ? ORDER BY seq DESC LIMIT 1",

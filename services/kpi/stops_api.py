@@ -1,7 +1,9 @@
 """Reason coding over HTTP: stops, reason trees, corrections and their audit trail.
 
-`POST /v1/stops/{id}/reason` records the correction (services/kpi/stops.py) and sends it
-to the KPI core as a telemetry event on the machine's home partition:
+`POST /v1/stops/{id}/reason` records the correction (services/kpi/stops.py), sends its
+audit entry to the compacted `stops.reasons` topic (key `{stop id}#{n}`), from which every
+API replica rebuilds the codes and the audit, and sends it to the KPI core as a telemetry
+event on the machine's home partition:
 
     {"ts": <the stop's start, epoch ms>, "machine", "line", "site", "signal": "reason",
      "reason": <code>, "value": <n>, "seq": <n>, "source": "operator:<who>"}
@@ -14,13 +16,20 @@ restates the windows it touches, with a new revision where they were final. A st
 started before the core's restatement horizon (`kpi.restate_horizon_s` +
 `kpi.lateness_s` behind the latest event time the API knows) can no longer be restated:
 409. Without a producer (an API built without Kafka) corrections answer 503.
+
+Before it numbers a correction, the API has read the `stops.reasons` topic to its end
+(`reasons_read`, the materializer's), so that a correction made on another replica is
+counted. Two corrections of one stop made on two replicas within the same few
+milliseconds can still take the same number; the later record on the topic is the one
+the audit keeps. If either send fails, the correction is withdrawn (a tombstone on the
+topic) and the answer is 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final
 
@@ -55,6 +64,7 @@ class CorrectionProducer:
         self.bootstrap = bootstrap
         self.clients = clients
         self.topic = plant.kafka.telemetry.name
+        self.reasons_topic = plant.kafka.reasons.name
         self._lines = {m: line.id for m, (line, _) in plant.machines().items()}
         self._producer: Producer | None = None
         self._partitions = 0
@@ -70,6 +80,17 @@ class CorrectionProducer:
                 value=orjson.dumps(event),
                 key=event["machine"].encode(),
                 partition=partition,
+            )
+
+    async def send_audit(self, stop: str, seq: int, entry: dict[str, Any] | None) -> None:
+        """The audit record of correction `seq` of `stop` (None: withdraw it), acknowledged."""
+        producer = await self._started()
+        async with asyncio.timeout(SEND_TIMEOUT_S):
+            await producer.send_and_wait(
+                self.reasons_topic,
+                value=None if entry is None else orjson.dumps(entry),
+                key=f"{stop}#{seq}".encode(),
+                partition=0,
             )
 
     async def _started(self) -> Producer:
@@ -167,9 +188,12 @@ def stops_router(
     *,
     check_scope: Callable[[str | None, str | None], None],
     parse_time: Callable[[str, str], datetime],
+    reasons_read: Callable[[], Awaitable[None]] | None = None,
 ) -> APIRouter:
     """The stop and reason endpoints; `check_scope` and `parse_time` are the API's own
-    (404 for an unknown line or machine, times as RFC 3339 or epoch ms)."""
+    (404 for an unknown line or machine, times as RFC 3339 or epoch ms). `reasons_read`
+    returns once the `stops.reasons` topic has been read to its end (None: nothing to
+    wait for, an API without a materializer)."""
     router = APIRouter(tags=["stops"])
     machines = plant.machines()
     horizon = timedelta(seconds=plant.kpi.restate_horizon_s + plant.kpi.lateness_s)
@@ -297,6 +321,14 @@ def stops_router(
                 "reason corrections are sent to the KPI core through Kafka, and this API "
                 "runs without a producer (create_app(..., bootstrap=...)); nothing was recorded"
             )
+        if reasons_read is not None:
+            try:
+                await reasons_read()
+            except TimeoutError:
+                raise Unavailable(
+                    "the corrections made on other API replicas could not be read from "
+                    f"Kafka ({plant.kafka.reasons.name}); nothing was recorded, retry"
+                ) from None
         at = datetime.now(UTC)
         done = await asyncio.to_thread(
             stop_log.correct, stop_id, body.reason, body.by, body.note, at
@@ -304,12 +336,18 @@ def stops_router(
         if done is None:
             raise NotFound(_unknown(stop_id))
         updated, entry = done
-        event = correction_event(plant.site, stop, body.reason, body.by, entry["seq"])
+        seq = entry["seq"]
+        event = correction_event(plant.site, stop, body.reason, body.by, seq)
+        sent = False
         try:
+            await producer.send_audit(stop_id, seq, entry)
+            sent = True
             await producer.send(event)
         except Exception as error:
-            log.warning("correction %s #%d not sent: %r", stop_id, entry["seq"], error)
-            await asyncio.to_thread(stop_log.withdraw, stop_id, entry["seq"])
+            log.warning("correction %s #%d not sent: %r", stop_id, seq, error)
+            await asyncio.to_thread(stop_log.withdraw, stop_id, seq)
+            if sent:
+                await _withdraw_audit(producer, stop_id, seq)
             raise Unavailable(
                 f"the correction could not be sent to Kafka ({type(error).__name__}: {error}); "
                 "nothing was recorded, retry"
@@ -325,6 +363,21 @@ def stops_router(
         return _json({**updated, "correction": entry}, status_code=202)
 
     return router
+
+
+async def _withdraw_audit(producer: CorrectionProducer, stop: str, seq: int) -> None:
+    """Best effort: a tombstone for an audit record whose event did not reach the core."""
+    try:
+        await producer.send_audit(stop, seq, None)
+    except Exception as error:
+        log.error(
+            "correction %s #%d: its audit record is on the reasons topic but its event did "
+            "not reach the KPI core, and withdrawing it failed too (%r); other replicas "
+            "show it until it is corrected again",
+            stop,
+            seq,
+            error,
+        )
 
 
 def correction_event(

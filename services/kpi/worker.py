@@ -33,7 +33,7 @@ from aiokafka.structs import ConsumerRecord
 
 from linepulse.bus import AIOKAFKA, Consumer, KafkaClients
 from linepulse.bus.partitions import HomePartitions
-from linepulse.bus.topics import TOPIC_ROLES, check_topics
+from linepulse.bus.topics import KPI_ROLES, check_topics
 from linepulse.config import KafkaSettings, WindowKind
 from linepulse.events import EARLIEST_MS, Decoded, empty_events, reason_kind
 from linepulse.wire import decode_records
@@ -127,7 +127,7 @@ class KpiWorker:
         line homes follow the telemetry topic's partition count, and records are only
         restated in place on a compacted kpi topic. It creates none: its service does."""
         layout = await check_topics(
-            self.bootstrap, self.kafka, self.clients, roles=TOPIC_ROLES, service="the KPI worker"
+            self.bootstrap, self.kafka, self.clients, roles=KPI_ROLES, service="the KPI worker"
         )
         producer = self.clients.producer(
             bootstrap_servers=self.bootstrap,

@@ -190,6 +190,25 @@ RUN_BY: dict[str, tuple[RunBy, ...]] = {
     "linepulse alerts --config plant.yaml": (
         RunBy("tests/integration/test_topic_layout_kafka.py", ('["alerts", "--config", path',)),
     ),
+    # API replicas (docs/deploy.md): the reason-coding test starts a second one.
+    **{
+        f"linepulse api --config plant.yaml --port {port} --db /var/lib/linepulse/api-{name}"
+        ".duckdb": (
+            RunBy("tests/integration/test_reason_coding_kafka.py", ('args = ["api", "--config"',)),
+            RunBy("tests/integration/test_reason_coding_kafka.py", ('"--db", str(tmp_path',)),
+        )
+        for port, name in ((8080, "a"), (8090, "b"))
+    },
+    # Replicated alerts (docs/alerts-ha.md): the failover drill starts two such instances.
+    **{
+        f"linepulse alerts --config plant.yaml --port {port} --state-dir "
+        f"/var/lib/linepulse/alerts-{name}": (
+            RunBy("tests/integration/test_alerts_failover.py", ("run_failover_drill(kafka",)),
+            RunBy("bench/alerts_failover.py", ('"alerts",\n                    "--config"',)),
+            RunBy("bench/alerts_failover.py", ('"--port",', '"--state-dir",')),
+        )
+        for port, name in ((8081, "a"), (8082, "b"))
+    },
     # Run it on Kafka (docs/deploy.md): the broker as the kafka fixture starts it, then
     # the snippet test_data_dir.py runs.
     "KAFKA_PORT=9092 KAFKA_DATA=/tmp/lp-kafka bash deploy/kafka/kafka.sh start": (
@@ -237,6 +256,7 @@ LONG_RUNS: frozenset[str] = frozenset(
         ),
         "python -m bench.soak",
         "python -m bench.soak --no-faults",
+        "python -m bench.alerts_failover",
         "python -m bench.soak --minutes 5 --faults kafka:kill,ingest:term",
         "python -m bench.scale",
         "python -m bench.scale --workers 1,2 --events 2000000 --partitions 8 --per-line 10",

@@ -1,5 +1,7 @@
 """Reason coding on the real broker: `linepulse kpi --api` running, a stop that came
-without a reason coded through the API, and the core's restatement back over HTTP."""
+without a reason coded through the API, and the core's restatement back over HTTP; a
+second API replica (`linepulse api`, started on an empty database) shows the same codes
+and audit, and a correction made on it reaches the first."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ async def test_a_reason_correction_through_the_api_on_kafka(kafka: str, tmp_path
     await ensure_topics(kafka, config.kafka)
     await produce_json(kafka, config.kafka.telemetry.name, telemetry())
 
-    (port,) = free_loopback_ports(1)
+    port, replica_port = free_loopback_ports(2)
     log = tmp_path / "service.log"
     args = ["kpi", "--api", "--config", str(config_path), "--kafka", kafka]
     args += ["--state-dir", str(tmp_path / "state"), "--port", str(port)]
@@ -85,6 +87,9 @@ async def test_a_reason_correction_through_the_api_on_kafka(kafka: str, tmp_path
             assert [(e["old_reason"], e["new_reason"]) for e in detail["audit"]] == [
                 ("unassigned", "jam")
             ]
+            await _second_replica(
+                http, config_path, kafka, replica_port, tmp_path, stop["id"], detail, history
+            )
     finally:
         service.send_signal(signal.SIGTERM)
         try:
@@ -94,3 +99,55 @@ async def test_a_reason_correction_through_the_api_on_kafka(kafka: str, tmp_path
             service.wait(10)
             pytest.fail(f"the service did not stop on SIGTERM:\n{log.read_text()[-5000:]}")
     assert code == 0, log.read_text()[-3000:]
+
+
+async def _second_replica(
+    first: httpx.AsyncClient,
+    config_path: Path,
+    kafka: str,
+    port: int,
+    tmp_path: Path,
+    stop_id: str,
+    detail: dict[str, Any],
+    history: str,
+) -> None:
+    """`linepulse api` on an empty database: the same stop, code and audit as the first
+    replica; a correction made on it is numbered after the first one's, reaches the
+    first replica and the core."""
+    log = tmp_path / "replica.log"
+    args = ["api", "--config", str(config_path), "--kafka", kafka, "--port", str(port)]
+    replica = start_cli([*args, "--db", str(tmp_path / "replica.duckdb")], log)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            mirrored = await poll(
+                http, f"/v1/stops/{stop_id}", lambda d: bool(d) and d["reason"] == "jam"
+            )
+            assert mirrored == detail, log.read_text()[-3000:]
+            response = await http.post(
+                f"/v1/stops/{stop_id}/reason",
+                json={"reason": "tool change", "by": "bo"},
+                headers={"X-API-Key": "kafka-test-token"},
+            )
+            assert response.status_code == 202, response.text
+            assert response.json()["correction"]["seq"] == 2
+        again = await poll(first, f"/v1/stops/{stop_id}", lambda d: d["reason"] == "tool change")
+        assert [(e["seq"], e["new_reason"], e["by"]) for e in again["audit"]] == [
+            (1, "jam", "ann"),
+            (2, "tool change", "bo"),
+        ]
+        recoded = await poll(
+            first,
+            history,
+            lambda rs: (window(rs, "15m", iso(0)) or {}).get("revision", 0) >= 2,
+        )
+        quarter = window(recoded, "15m", iso(0))
+        assert quarter is not None
+        assert quarter["downtime_by_reason"] == {"tool change": 300.0}
+    finally:
+        replica.send_signal(signal.SIGTERM)
+        try:
+            assert replica.wait(60) == 0, log.read_text()[-3000:]
+        except subprocess.TimeoutExpired:
+            replica.kill()
+            replica.wait(10)
+            pytest.fail(f"the replica did not stop on SIGTERM:\n{log.read_text()[-5000:]}")

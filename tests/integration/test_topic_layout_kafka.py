@@ -186,7 +186,9 @@ async def test_the_configured_layout_starts_and_stops_cleanly(kafka: str, tmp_pa
     assert codes == [0, 0], log.read_text()[-3000:]
     assert "Traceback" not in log.read_text()
     layout = await ensure_topics(kafka, plant.kafka, AioKafkaClients())  # checks, creates none
-    assert layout == {"telemetry": 2, "kpi": 2, "dlq": 1, "status": 1}
+    assert layout == {
+        "telemetry": 2, "kpi": 2, "dlq": 1, "status": 1, "reasons": 1, "alerts": 1,
+    }  # fmt: skip
 
 
 async def test_alerts_wait_for_the_topics_the_kpi_service_creates(

@@ -290,7 +290,7 @@ async def test_admin_topics_and_errors_as_aiokafkas() -> None:
     with pytest.raises(TypeError, match="bytes"):
         await producer.send("new", value="text")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="unsupported"):
-        clients.consumer("new", isolation_level="read_committed")
+        clients.consumer("new", max_poll_records=10)
     with pytest.raises(ValueError, match="enable_auto_commit"):
         clients.consumer("new", group_id="g")
 

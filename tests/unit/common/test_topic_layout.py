@@ -52,6 +52,8 @@ def test_wanted_topics_follow_the_config() -> None:
         WantedTopic("kpi", "k", 6, 1, compacted=True),
         WantedTopic("dlq", "telemetry.dlq", 1, 1, compacted=False),
         WantedTopic("status", "machine.status", 1, 1, compacted=True),
+        WantedTopic("reasons", "stops.reasons", 1, 1, compacted=True),
+        WantedTopic("alerts", "alerts.state", 1, 1, compacted=True),
     ]
     assert [w.role for w in wanted_topics(kafka, ["status", "telemetry"])] == [
         "telemetry",
@@ -161,12 +163,28 @@ def test_the_missing_message_gives_the_create_commands() -> None:
 async def test_ensure_creates_missing_topics_with_the_layout() -> None:
     broker = InProcessBroker()
     partitions = await ensure_topics(BUS, KAFKA, InProcessClients(broker))
-    assert partitions == {"telemetry": 6, "kpi": 6, "dlq": 1, "status": 1}
-    assert broker.topics() == ["kpi", "machine.status", "telemetry", "telemetry.dlq"]
+    assert partitions == {
+        "telemetry": 6,
+        "kpi": 6,
+        "dlq": 1,
+        "status": 1,
+        "reasons": 1,
+        "alerts": 1,
+    }
+    assert broker.topics() == [
+        "alerts.state",
+        "kpi",
+        "machine.status",
+        "stops.reasons",
+        "telemetry",
+        "telemetry.dlq",
+    ]
     policies = {t: (broker.topic_config(t) or {})["cleanup.policy"] for t in broker.topics()}
     assert policies == {
+        "alerts.state": "compact",
         "kpi": "compact",
         "machine.status": "compact",
+        "stops.reasons": "compact",
         "telemetry": "delete",
         "telemetry.dlq": "delete",
     }
@@ -246,7 +264,7 @@ async def test_each_service_refuses_a_wrong_topic_on_the_in_process_bus(tmp_path
     clients = InProcessClients(broker)
     broker.create_topic(plant.kafka.telemetry.name, 1)
     broker.create_topic(plant.kafka.kpi.name, plant.kafka.kpi.partitions)  # not compacted
-    await ensure_topics(BUS, plant.kafka, clients, roles=("dlq", "status"))
+    await ensure_topics(BUS, plant.kafka, clients, roles=("dlq", "status", "reasons"))
     stop = asyncio.Event()
     worker = KpiWorker(
         Core.from_config(plant),
@@ -291,6 +309,15 @@ class _NoTable:
 class _NoStore:
     history = _NoTable()
     status = _NoTable()
+
+    @property
+    def stops(self) -> _NoStore:
+        return self
+
+    def apply_corrections(
+        self, entries: Sequence[Mapping[str, Any]], withdrawn: Sequence[tuple[str, int]]
+    ) -> None:
+        raise AssertionError("nothing is read from a refused topic")
 
 
 # -- aiokafka's clients -----------------------------------------------------------------

@@ -54,6 +54,7 @@ class CountingStore:
     def __init__(self, store: KpiStore) -> None:
         self.history = CountingTable(store.history)
         self.status = store.status
+        self.stops = store.stops
 
 
 async def test_a_burst_of_open_window_records_is_one_upsert(tmp_path: Path) -> None:

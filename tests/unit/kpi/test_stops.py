@@ -292,6 +292,39 @@ def test_corrections_are_numbered_audited_and_withdrawable(store: KpiStore) -> N
     assert third[1]["seq"] == 1
 
 
+def test_corrections_from_another_replica_apply_before_or_after_their_stop(
+    tmp_path: Path, plant: PlantConfig
+) -> None:
+    """What the materializer reads from the reasons topic: the same audit and code on a
+    replica that made the corrections and on one that only read them, whether a correction
+    arrives before its stop's status or after."""
+    with KpiStore(tmp_path / "made.duckdb", plant) as made:
+        made.status.upsert(M1_DAY)
+        stop = f"m1@{ms(10)}"
+        first = made.stops.correct(stop, "jam", "ann", "blade stuck", at(30))
+        second = made.stops.correct(stop, "cleaning", "bob", None, at(31))
+        assert first is not None
+        assert second is not None
+        entries = [first[1], second[1]]
+        wanted = made.stops.get(stop)
+    with KpiStore(tmp_path / "early.duckdb", plant) as early:
+        early.stops.apply_corrections(entries, [])  # before its stop is known
+        assert early.stops.get(stop) is None
+        early.status.upsert(M1_DAY)
+        assert early.stops.get(stop) == wanted
+        # Its own corrections come back from the topic: nothing changes.
+        early.stops.apply_corrections(entries, [])
+        assert early.stops.get(stop) == wanted
+        early.stops.apply_corrections([], [(stop, 2)])  # a tombstone: withdrawn
+        back = early.stops.get(stop)
+        assert back is not None
+        assert (back["reason"], back["corrections"], back["corrected_by"]) == ("jam", 1, "ann")
+    with KpiStore(tmp_path / "late.duckdb", plant) as late:
+        late.status.upsert(M1_DAY)
+        late.stops.apply_corrections(entries, [])
+        assert late.stops.get(stop) == wanted
+
+
 # -- the API -------------------------------------------------------------------------------
 
 

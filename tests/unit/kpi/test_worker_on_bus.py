@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,16 @@ class ListStore:
     def __init__(self) -> None:
         self.history = ListTable()
         self.status = ListTable()
+        self.corrections: list[Mapping[str, Any]] = []
+
+    @property
+    def stops(self) -> ListStore:
+        return self
+
+    def apply_corrections(
+        self, entries: Sequence[Mapping[str, Any]], withdrawn: Sequence[tuple[str, int]]
+    ) -> None:
+        self.corrections += entries
 
     @property
     def records(self) -> list[dict[str, Any]]:
