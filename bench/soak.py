@@ -9,7 +9,9 @@ It starts a Kafka broker (deploy/kafka/kafka.sh) and a Mosquitto of its own, a w
 receiver on loopback standing in for the shift lead's pager, and as child processes:
 `linepulse simulate` twice (one serving the example plant's two OPC-UA servers, one
 publishing its MQTT sources, so that an OPC-UA server restart leaves MQTT alone), both
-with `--truth`; `linepulse ingest`, `kpi`, `api` and `alerts`. The plant is the example
+with `--truth` and the OPC-UA one with `--history` (its servers keep each variable's last
+hour, as a PLC with Historizing variables does); `linepulse ingest`, `kpi`, `api`, and
+`alerts` twice (replicated: one active, one standby). The plant is the example
 plant (20 machines) in UTC with 2-minute shifts around the run, windows `1m` and `shift`,
 and a rule `state == down for 5s` on four machines that stop about once a minute.
 
@@ -24,10 +26,12 @@ process's RSS. At the end it stops the simulators, lets the pipeline drain, and 
   rows all received; none left undelivered;
 - memory: RSS median of the last third over the first third, per long-lived process.
 
-Faults that cut the data path (the ingester, an OPC-UA server, the MQTT broker) make some
-true data unobservable (an OPC-UA subscription does not replay what a client missed; a
-lost connection is `unknown` time): records of the machines concerned whose window overlaps
-the outage are reported apart as "excused", not as wrong. Exit 1 if any event is lost,
+Faults that cut a source off (an OPC-UA server restarting, the MQTT broker restarting) make
+some true data unobservable (a restarted server has no history of before; a lost
+connection is `unknown` time): records of the machines concerned whose window overlaps
+the outage are reported apart as "excused", not as wrong. The ingester's own restarts
+excuse nothing: MQTT keeps what it missed, Sparkplug sessions survive in its state
+folder, and OPC-UA gaps are read back from the servers' history. Exit 1 if any event is lost,
 any record is wrong, or any page is lost or duplicated; logs stay in bench/out/soak/.
 """
 
@@ -91,7 +95,7 @@ OUTAGE_PAD_S = {"ingest": 15.0, "sim-opcua": 45.0, "mosquitto": 45.0, "sim-mqtt"
 # ... and begins this long before the fault (a kill -9 loses the ingester's unsent batch),
 # plus the longest small stop: a down spell cut short by an `unknown` mark turns into a
 # small stop, which changes its windows back to where it began.
-OUTAGE_BEFORE_MS = {"term": 2_000, "kill": 5_000}
+OUTAGE_BEFORE_MS = {"term": 2_000, "kill": 5_000, "wipe": 5_000}
 SAMPLE_S = 3.0
 READY_TIMEOUT_S = 90.0
 PORT_RETRY_S = 60.0
@@ -100,7 +104,7 @@ DRAIN_TIMEOUT_S = 180.0
 PAGED = ("filler-1", "capper-1", "cartoner-3", "wrapper-3")
 OWED_DOWN_MS = 10_000  # a true `down` spell this long owes a page (the rule's for: 5s)
 
-Fault = tuple[str, str]  # part, "term" or "kill"
+Fault = tuple[str, str]  # part, "term", "kill" or (api) "wipe": kill -9, empty database
 FAULTS: tuple[Fault, ...] = (
     ("kafka", "term"),
     ("kpi", "term"),
@@ -111,16 +115,18 @@ FAULTS: tuple[Fault, ...] = (
     ("kpi", "kill"),
     ("api", "kill"),
     ("alerts", "kill"),
+    ("api", "wipe"),
     ("sim-opcua", "term"),
     ("ingest", "term"),
     ("ingest", "kill"),
 )
 QUICK_FAULTS: tuple[Fault, ...] = (
     ("kafka", "kill"),
-    ("kpi", "kill"),
     ("alerts", "kill"),
-    ("ingest", "term"),
+    ("api", "wipe"),
+    ("ingest", "kill"),
 )
+# "alerts" is two processes, `alerts` and `alerts-b`: a fault of it hits the active one.
 PARTS = ("kafka", "mosquitto", "sim-opcua", "sim-mqtt", "ingest", "kpi", "api", "alerts")
 
 
@@ -186,6 +192,8 @@ def write_configs(
         "kpi": {"name": f"kpi-{tag}", "partitions": 3},
         "dlq": {"name": f"dlq-{tag}", "partitions": 1},
         "status": {"name": f"status-{tag}", "partitions": 1},
+        "reasons": {"name": f"reasons-{tag}", "partitions": 1},
+        "alerts": {"name": f"alerts-{tag}", "partitions": 1},
         "group": f"soak-{tag}",
         "state_dir": str(tmp / "kpi-state"),
     }
@@ -197,6 +205,7 @@ def write_configs(
         "people": {"lead": {"name": "Lead", "channels": ["pager"]}},
         "manager": "lead",
         "channels": [{"id": "pager", "type": "webhook", "url": f"{receiver}/hook"}],
+        "high_availability": {"enabled": True, "failover": "6s"},
         "rules": [
             {
                 "name": "machine-down",
@@ -453,12 +462,9 @@ def affected(part: str, configs: Configs) -> frozenset[str]:
     """Machines whose data a fault of `part` cuts (empty: the part is not on the path)."""
     if part == "sim-opcua":
         return configs.opcua_machines
-    if part == "ingest":
-        # OPC-UA changes while no client is subscribed are gone. The persistent MQTT
-        # session holds what the ingester missed, which keeps plain JSON machines strict;
-        # but a new ingester knows no Sparkplug aliases, so the DDATA held for it are
-        # dead-lettered ("unknown alias") until the rebirth it asks for.
-        return configs.opcua_machines | configs.sparkplug_machines
+    # The ingester's restarts cut nothing: the persistent MQTT session holds what it
+    # missed (QoS 1 acknowledged only once kept), its Sparkplug sessions are in its state
+    # folder, and it reads the OPC-UA changes it missed from the servers' history.
     if part in ("mosquitto", "sim-mqtt"):
         return configs.mqtt_machines  # a lost connection is `unknown` time
     return frozenset()
@@ -480,7 +486,7 @@ def simulate(config: Path, seed: int, truth: Path, *stopping: str) -> list[str]:
     for about 12 s (alternately 50 s and 70 s of running on average), so pages come."""
     stops = ",".join(f"stops={m}:{50 + 20 * (i % 2)}:12" for i, m in enumerate(stopping))
     return [
-        *("simulate", "--config", str(config), "--seed", str(seed)),
+        *("simulate", "--config", str(config), "--seed", str(seed), "--history"),
         *("--truth", str(truth), "--scenario", stops),
     ]
 
@@ -566,13 +572,47 @@ def _iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + "Z"
 
 
-def outbox_rows(state_dir: Path) -> list[tuple[str, str]]:
-    """(key, status) of every row of the alerts outbox."""
-    path = state_dir / "outbox.sqlite"
-    if not path.exists():
-        return []
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
-        return [(k, s) for k, s in db.execute("SELECT key, status FROM outbox")]
+# The outbox rows of replicated alerts instances: one of them is the active one's, the
+# others copies that may lag; a row's furthest status is the one that counts.
+_STATUS_RANK = {"pending": 0, "failed": 1, "delivered": 2}
+
+
+def outbox_rows(*state_dirs: Path) -> list[tuple[str, str]]:
+    """(key, status) of every row of the alerts outboxes, each key once, at its furthest
+    status over the instances."""
+    rows: dict[str, str] = {}
+    for state_dir in state_dirs:
+        path = state_dir / "outbox.sqlite"
+        if not path.exists():
+            continue
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            for key, status in db.execute("SELECT key, status FROM outbox"):
+                held = rows.get(key)
+                if held is None or _STATUS_RANK.get(status, 0) > _STATUS_RANK.get(held, 0):
+                    rows[key] = status
+    return sorted(rows.items())
+
+
+def wipe_database(tmp: Path) -> None:
+    """The API's DuckDB file (and its WAL) gone, as on a new replica or a lost volume."""
+    for file in tmp.glob("kpi.duckdb*"):
+        file.unlink()
+
+
+async def active_alerts(clis: dict[str, CliPart], ports: dict[str, int]) -> str:
+    """Which alerts instance is active now (GET /v1/replica), waiting for one to be."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    async with httpx.AsyncClient(timeout=2) as client:
+        while time.monotonic() < deadline:
+            for name, port in ports.items():
+                try:
+                    view = (await client.get(f"http://127.0.0.1:{port}/v1/replica")).json()
+                except (httpx.HTTPError, ValueError):
+                    continue
+                if view.get("role") == "active" and clis[name].pid() is not None:
+                    return name
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"no alerts instance became active in {READY_TIMEOUT_S} s")
 
 
 async def drained(api: str, want: set[tuple[Any, ...]], start_ms: int, end_ms: int) -> None:
@@ -618,7 +658,9 @@ async def _soak(
         configs = write_configs(tmp, bootstrap, mosquitto.broker.port, receiver.url, minutes)
         plant = load_config(configs.plant)
         await ensure_topics(bootstrap, plant.kafka)
-        ingest_port, api_port, alerts_port = free_loopback_ports(3)
+        ingest_port, api_port, alerts_port, alerts_b_port = free_loopback_ports(4)
+        alerts_ports = {"alerts": alerts_port, "alerts-b": alerts_b_port}
+        alert_states = (tmp / "alerts-state", tmp / "alerts-state-b")
         api = f"http://127.0.0.1:{api_port}"
         cfg = ["--config", str(configs.plant)]
         truth_opcua, truth_mqtt = tmp / "truth-opcua.jsonl", tmp / "truth-mqtt.jsonl"
@@ -632,10 +674,13 @@ async def _soak(
                 ["api", *cfg, "--port", str(api_port), "--db", str(tmp / "kpi.duckdb")],
                 f"{api}/healthz",
             ),
-            "alerts": (
-                ["alerts", *cfg, "--port", str(alerts_port)],
-                f"http://127.0.0.1:{alerts_port}/healthz",
-            ),
+            **{
+                name: (
+                    ["alerts", *cfg, "--port", str(port), "--state-dir", str(state)],
+                    f"http://127.0.0.1:{port}/healthz",
+                )
+                for (name, port), state in zip(alerts_ports.items(), alert_states, strict=True)
+            },
             "sim-opcua": (
                 simulate(configs.sim_opcua, 11, truth_opcua, "filler-1", "capper-1"),
                 ("127.0.0.1", configs.opcua_ports[0]),
@@ -649,10 +694,11 @@ async def _soak(
             clis[name] = CliPart(name, args=args, log=tmp / f"{name}.log", health=health)
         parts.update(clis)
         try:
-            for name in ("kpi", "api", "alerts", "ingest"):
+            for name in ("kpi", "api", "alerts", "alerts-b", "ingest"):
                 clis[name].start()
-            for name in ("kpi", "api", "alerts", "ingest"):
+            for name in ("kpi", "api", "alerts", "alerts-b", "ingest"):
                 await clis[name].ready()
+            await active_alerts(clis, alerts_ports)
             await asyncio.sleep(3)  # the ingester subscribed before the first values
             print("starting the simulators", flush=True)
             for name in ("sim-opcua", "sim-mqtt"):
@@ -669,11 +715,17 @@ async def _soak(
                 await asyncio.sleep(max(0.0, t0 + slot - time.monotonic()))
                 at = now_ms()
                 print(f"  {time.strftime('%H:%M:%S')} fault: {part} {how}", flush=True)
-                target = parts[part]
+                # An alerts fault hits the active instance: the standby must take over.
+                name = await active_alerts(clis, alerts_ports) if part == "alerts" else part
+                target = parts[name]
                 if isinstance(target, CliPart):
                     code = await asyncio.to_thread(target.stop, how)
+                    if how == "wipe":  # the API restarted on an empty database
+                        await asyncio.to_thread(wipe_database, tmp)
                     target.start()
                     await target.ready()
+                    if part == "alerts":
+                        await active_alerts(clis, alerts_ports)
                 elif isinstance(target, KafkaPart | MosquittoPart):
                     code = await asyncio.to_thread(target.stop, how)
                     await asyncio.to_thread(target.start)
@@ -711,10 +763,10 @@ async def _soak(
             }
             await drained(api, want, start_ms, end_ms)
             served = await served_records(api, start_ms, end_ms)
-            await wait_outbox(tmp / "alerts-state")
+            await wait_outbox(*alert_states)
         finally:
             stop_sampling.set()
-            for name in ("sim-opcua", "sim-mqtt", "ingest", "alerts", "api", "kpi"):
+            for name in ("sim-opcua", "sim-mqtt", "ingest", "alerts", "alerts-b", "api", "kpi"):
                 part_ = clis.get(name)
                 if part_ is not None and part_.pid() is not None:
                     await asyncio.to_thread(part_.stop, "term")
@@ -739,7 +791,7 @@ async def _soak(
             signals=EXACT,
             outages=outages,
         )
-        rows = outbox_rows(tmp / "alerts-state")
+        rows = outbox_rows(*alert_states)
         keys = [r.headers.get("idempotency-key", "?") for r in receiver.accepted()]
         fired = sum(
             1
@@ -766,7 +818,7 @@ async def _soak(
         longest: list[tuple[float, int]] = max(process.incarnations, key=len, default=[])
         ratio = rss_ratio(longest, WARMUP_S / 2)
         rss[name] = (ratio, longest[-1][1] // 2**20 if longest else 0)
-    expected_exit = {"term": (0,), "kill": (-9,)}
+    expected_exit = {"term": (0,), "kill": (-9,), "wipe": (-9,)}
     bad = {
         name: [a.exit for a in applied if a.part == name and a.exit not in expected_exit[a.how]]
         for name in parts
@@ -800,10 +852,10 @@ async def _soak(
     )
 
 
-async def wait_outbox(state_dir: Path, timeout_s: float = 60) -> None:
+async def wait_outbox(*state_dirs: Path, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if all(s == "delivered" for _, s in outbox_rows(state_dir)):
+        if all(s == "delivered" for _, s in outbox_rows(*state_dirs)):
             return
         await asyncio.sleep(1)
 
@@ -876,8 +928,14 @@ def parse_faults(text: str) -> tuple[Fault, ...]:
     out = []
     for item in text.split(","):
         part, _, how = item.strip().partition(":")
-        if part not in PARTS or how not in ("term", "kill"):
-            raise argparse.ArgumentTypeError(f"{item!r}: PART:term|kill, PART in {PARTS}")
+        if (
+            part not in PARTS
+            or how not in ("term", "kill", "wipe")
+            or (how == "wipe" and part != "api")
+        ):
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: PART:term|kill (or api:wipe), PART in {PARTS}"
+            )
         out.append((part, how))
     return tuple(out)
 
@@ -891,7 +949,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, default=8.0, help="simulated run (default 8)")
     parser.add_argument("--quick", action="store_true", help="3.5 minutes, 4 faults")
     parser.add_argument("--no-faults", action="store_true", help="restart nothing")
-    parser.add_argument("--faults", type=parse_faults, help="PART:term|kill,... in order")
+    parser.add_argument(
+        "--faults", type=parse_faults, help="PART:term|kill (or api:wipe),... in order"
+    )
     args = parser.parse_args(argv)
     faults = FAULTS
     if args.quick:

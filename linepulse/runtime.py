@@ -51,6 +51,22 @@ def stop_on_signals(what: str) -> asyncio.Event:
     return stop
 
 
+async def wait_set(event: asyncio.Event, timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for `event`; whether it is set now.
+
+    Use it rather than `asyncio.wait_for(event.wait(), timeout)`: Python 3.11's `wait_for`
+    returns normally when it is cancelled in the same loop step as the event is set, so a
+    task cancelled to stop went on instead (the MQTT acknowledger then waited forever for
+    a batch, and the ingester never exited). `asyncio.timeout` lets the cancellation
+    through."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+    except TimeoutError:
+        pass
+    return event.is_set()
+
+
 def dump_tasks() -> None:
     buffer = io.StringIO()
     for task in asyncio.all_tasks():

@@ -26,6 +26,7 @@ from typing import Any, Final, Literal
 from aiokafka.errors import KafkaError
 
 from linepulse.bus import KafkaClients
+from linepulse.runtime import wait_set
 from services.alerts.engine import AlertEngine
 from services.alerts.outbox import Outbox
 from services.alerts.replication import (
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 Role = Literal["standby", "active"]
 FLUSH_EVERY_S: Final = 0.1  # outbox changes (a page delivered) reach the topic this soon
+RETAKE_S: Final = 1.0  # an elected instance whose writer failed starts again after this
 
 
 def instance_id() -> str:
@@ -165,7 +167,16 @@ class Failover:
                     break
                 self._gained.clear()
                 await self._serve(stop)
-                if not stop.is_set():
+                if stop.is_set():
+                    break
+                if self.leadership.held:
+                    # Still elected, but it had to stop (its writer failed, e.g. Kafka was
+                    # away): take over again with a fresh writer rather than leave the role
+                    # held by an instance that does nothing.
+                    log.info("alerts: still elected; taking over again in %g s", RETAKE_S)
+                    await asyncio.sleep(RETAKE_S)
+                    self._gained.set()
+                else:
                     log.info("alerts: standby again (instance %s)", self.instance)
 
     async def _reload_loop(self, stop: asyncio.Event) -> None:
@@ -173,8 +184,7 @@ class Failover:
             if self._stale and self.role == "standby":
                 self._stale = False
                 self._engine.reload()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), RELOAD_EVERY_S)
+            await wait_set(stop, RELOAD_EVERY_S)
 
     async def _serve(self, stop: asyncio.Event) -> None:
         """Take over, act until the role is lost or `stop`, then step down."""
@@ -244,8 +254,14 @@ class Failover:
                     return
                 except KafkaError as error:
                     log.warning("alerts: state not written to Kafka (retrying): %s", error)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), FLUSH_EVERY_S)
+                    if time.monotonic() - last > self._failover_s:
+                        # Its lease is long gone (it pages nothing): start over with a new
+                        # writer, whose start also tells whether another took over.
+                        log.warning("alerts: no write for %.0f s; starting over", self._failover_s)
+                        self._lost.set()
+                        done.set()
+                        return
+            await wait_set(done, FLUSH_EVERY_S)
 
 
 async def _first(*events: asyncio.Event) -> bool:

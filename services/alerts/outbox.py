@@ -46,6 +46,7 @@ from typing import Any, Final, Literal, get_args
 import httpx
 
 from linepulse.alerting import AlertSettings, Channel
+from linepulse.runtime import wait_set
 from services.alerts import channel_send, channels
 from services.alerts.metrics import AlertMetrics
 from services.alerts.model import Notification
@@ -494,10 +495,7 @@ class Outbox:
             for channel in targets:
                 if self.may_deliver():
                     await self.resend_firing(channel, client)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self._am_resend_interval_s)
-            except TimeoutError:
-                pass
+            await wait_set(stop, self._am_resend_interval_s)
 
     async def resend_firing(self, channel: Channel, client: httpx.AsyncClient) -> bool:
         """Re-post the alerts still firing on an Alertmanager channel; True if accepted.

@@ -58,6 +58,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from linepulse.bus import KafkaClients
 from linepulse.bus.clients import Consumer, TransactionalProducer
+from linepulse.runtime import wait_set
 from services.alerts.outbox import OUTBOX_KINDS, Outbox, OutboxChange
 from services.alerts.store import TABLES, AlertStore, Row, Table
 
@@ -260,8 +261,7 @@ class StateFollower:
             if stop.is_set():
                 return False
             self._moved.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._moved.wait(), POLL_MS / 1000)
+            await wait_set(self._moved, POLL_MS / 1000)
         return True
 
     async def run(self, stop: asyncio.Event) -> None:

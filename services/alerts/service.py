@@ -43,7 +43,7 @@ from linepulse.bus.topics import TopicRole, check_topics
 from linepulse.config import PlantConfig
 from linepulse.events import reading_as_float
 from linepulse.http.settings import ApiAccess
-from linepulse.runtime import HttpSettings, Served, StartRefused, Task
+from linepulse.runtime import HttpSettings, Served, StartRefused, Task, wait_set
 from linepulse.wire import decode_records
 from services.alerts.api import create_app
 from services.alerts.engine import AlertEngine
@@ -270,10 +270,7 @@ class AlertService:
             for state in ("pending", "firing", "acknowledged", "resolved"):
                 self.metrics.alerts.labels(state=state).set(counts.get(state, 0))
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), EVALUATE_EVERY_S)
-            except TimeoutError:
-                pass
+            await wait_set(self._wake, EVALUATE_EVERY_S)
 
 
 @dataclass(frozen=True)

@@ -634,6 +634,14 @@ def simulate_command(
             "`linepulse replay`. E.g. 2026-11-02T06:00:00Z/2026-11-02T14:00:00Z."
         ),
     ] = None,
+    history: Annotated[
+        bool,
+        typer.Option(
+            "--history",
+            help="The OPC-UA servers keep each variable's last hour (HistoryRead), as a PLC "
+            "with Historizing variables: a restarted ingester fills its gap from it.",
+        ),
+    ] = False,
 ) -> None:
     """Simulate the plant's equipment: serve its OPC-UA endpoints, publish its MQTT sources."""
     from services.ingest.simulator.scenario import parse_scenario
@@ -647,7 +655,7 @@ def simulate_command(
         raise typer.Exit(_simulate_offline(plant, seed, truth, chosen, offline))
     if not plant.sources.opcua and not plant.sources.mqtt:
         raise _fail("the plant config has no sources (sources.opcua, sources.mqtt)", 2)
-    raise typer.Exit(asyncio.run(_simulate(plant, seed, truth, chosen)))
+    raise typer.Exit(asyncio.run(_simulate(plant, seed, truth, chosen, history)))
 
 
 def _simulate_offline(
@@ -672,13 +680,15 @@ def _simulate_offline(
 
 
 async def _simulate(
-    plant: PlantConfig, seed: int, truth: Path | None, scenario: Scenario | None
+    plant: PlantConfig, seed: int, truth: Path | None, scenario: Scenario | None, history: bool
 ) -> int:
     from linepulse.runtime import stop_on_signals
     from services.ingest.simulator.run import run_simulator
 
     stop = stop_on_signals("stopping the simulator")
-    stats = await run_simulator(plant, seed=seed, truth=truth, stop=stop, scenario=scenario)
+    stats = await run_simulator(
+        plant, seed=seed, truth=truth, stop=stop, scenario=scenario, historize=history
+    )
     log.info("simulator stopped: %s", stats)
     return 0
 

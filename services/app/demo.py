@@ -51,6 +51,7 @@ from linepulse.runtime import (
     free_loopback_ports,
     run_until_stop,
     stop_on_signals,
+    wait_set,
 )
 from services.alerts.service import AlertsSettings, open_alerts
 from services.ingest.metrics import IngestMetrics
@@ -296,8 +297,7 @@ async def _caught_up(
         if time.monotonic() - began > CATCH_UP_MAX_S:
             announce(f"KPIs over the history: not done after {CATCH_UP_MAX_S:.0f} s; going on")
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), CATCH_UP_POLL_S)
+        await wait_set(stop, CATCH_UP_POLL_S)
 
 
 async def _first(ready: asyncio.Event, stop: asyncio.Event) -> None:

@@ -53,7 +53,6 @@ bring them twice. The session is persistent
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
@@ -67,6 +66,7 @@ from paho.mqtt.properties import Properties
 
 from linepulse.config import PlantConfig
 from linepulse.events import reason_kind
+from linepulse.runtime import wait_set
 from linepulse.sources import MqttSource
 from services.ingest import sparkplug
 from services.ingest.metrics import IngestMetrics
@@ -295,8 +295,7 @@ class MqttIngester:
                     error,
                     delay,
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                await wait_set(stop, delay)
                 delay = min(delay * 2, source.reconnect_max_s)
         log.info("mqtt %s: stopped", source.id)
 
@@ -492,8 +491,7 @@ class MqttIngester:
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self._linger_s)
+            await wait_set(stop, self._linger_s)
             await self.flush()
 
     async def flush(self) -> None:

@@ -63,6 +63,7 @@ from linepulse.bus.telemetry_writer import TelemetryRecord, TelemetryWriter
 from linepulse.bus.topics import TopicLayoutError, TopicRole, ensure_topics
 from linepulse.config import PlantConfig
 from linepulse.events import EVENT_SCHEMA, reason_kind
+from linepulse.runtime import wait_set
 from linepulse.sources import IngestSettings
 from services.ingest.errors import (
     SinkClosedError as SinkClosedError,  # raised here; defined with its kin
@@ -278,8 +279,12 @@ class SpooledSink:
             if self._closed:
                 raise SinkClosedError("the Kafka sink closed before keeping what was put")
             self._kept_moved.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when
+            # it is cancelled in the same step as the event is set, and the caller (the
+            # MQTT acknowledger, cancelled at stop) then waited forever for its next batch.
             try:
-                await asyncio.wait_for(self._kept_moved.wait(), KEEP_WAIT_S)
+                async with asyncio.timeout(KEEP_WAIT_S):
+                    await self._kept_moved.wait()
             except TimeoutError:
                 self._secure()
 
@@ -565,10 +570,7 @@ class SpooledSink:
             else:
                 linger = BACKOFF_MAX_S
             self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(linger, 0.001))
-            except TimeoutError:
-                pass
+            await wait_set(self._wake, max(linger, 0.001))
         return None
 
     def _from_entry(self, entry: Entry) -> _Unit:

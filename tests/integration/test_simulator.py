@@ -338,3 +338,53 @@ async def test_mqtt_messages_equal_the_truth_log_and_it_replays(
     assert f"{len(truth)} events read" in done.stderr
     assert "0 malformed, 0 rejected" in done.stderr
     assert done.stdout.strip()
+
+
+async def test_with_history_the_opcua_server_answers_historyread_with_the_truth(
+    tmp_path: Path,
+) -> None:
+    """`linepulse simulate --history`: each variable keeps its past values, so HistoryRead
+    of a node gives every value the truth log says it took, with its own timestamp (what a
+    restarted ingester's backfill reads)."""
+    (port,) = free_loopback_ports(1)
+    data = plant_config(port, 1, "unused")
+    data["sources"] = {"opcua": data["sources"]["opcua"]}  # no MQTT broker needed
+    plant = parse_config(data)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    truth = tmp_path / "truth.jsonl"
+    task = asyncio.create_task(
+        run_simulator(
+            plant,
+            seed=7,
+            truth=truth,
+            stop=stop,
+            ready=ready,
+            speed=10.0,
+            behaviour=Behaviour().faster(20),
+            historize=True,
+        )
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), TIMEOUT_S)
+        sim = Simulation(plant, truth, stop, task, f"opc.tcp://127.0.0.1:{port}/sim", "")
+        await until(lambda: truth_ticks(sim) >= 20, "20 ticks")
+        entry = next(m for m in plant.sources.opcua[0].machines if m.machine == "filler")
+        node_id = entry.nodes["total_count"].node_id
+        assert node_id is not None
+        async with Client(sim.endpoint, timeout=10) as client:
+            history = await client.get_node(node_id).read_raw_history(numvalues=0)
+        # The first value is the placeholder before the first tick (BadWaitingForInitialData).
+        good = [v for v in history if v.StatusCode is None or v.StatusCode.is_good()]
+        assert len(history) - len(good) <= 1
+        seen = {(ms(v.SourceTimestamp), int(v.Value.Value)) for v in good if v.Value is not None}
+        upto = max(ts for ts, _ in seen)
+        wanted = {
+            (e["ts"], int(e["value"]))
+            for e in sim.truth_events()
+            if (e["machine"], e["signal"]) == ("filler", "total_count") and e["ts"] <= upto
+        }
+        assert len(wanted) >= 5
+        assert wanted <= seen
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, TIMEOUT_S)

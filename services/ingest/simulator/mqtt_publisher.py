@@ -26,6 +26,7 @@ from typing import Final
 import aiomqtt
 import orjson
 
+from linepulse.runtime import wait_set
 from linepulse.sources import MqttSource
 from services.ingest.simulator.model import Event
 
@@ -169,10 +170,7 @@ class MqttOutlet:
                     backoff,
                     len(self.pending),
                 )
-                try:
-                    await asyncio.wait_for(self._closing.wait(), backoff)
-                except TimeoutError:
-                    pass
+                await wait_set(self._closing, backoff)
                 backoff = min(backoff * 2, self.source.reconnect_max_s)
 
     async def _drain(self, client: aiomqtt.Client) -> None:

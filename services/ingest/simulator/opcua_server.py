@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 SESSION_TIMEOUT_MS = 3_600_000
 
 NAMESPACE_URI = "urn:linepulse:simulator"
+# With `historize`: what each variable's history keeps (the ingester reads back at most an
+# hour by default, `history_max_age_s`).
+HISTORY_PERIOD = timedelta(hours=1)
+HISTORY_COUNT = 10_000
 _UINT32_MAX = 2**32 - 1
 _EPOCH = ua.DateTime(1970, 1, 1, tzinfo=UTC)
 _WAITING = ua.StatusCode(ua.UInt32(StatusCodes.BadWaitingForInitialData))
@@ -77,10 +81,18 @@ def _path(node: OpcuaNode) -> list[str]:
 
 
 class OpcuaOutlet:
-    """The server of one `sources.opcua` endpoint and a fast path for writing its events."""
+    """The server of one `sources.opcua` endpoint and a fast path for writing its events.
 
-    def __init__(self, source: OpcuaSource, specs: Mapping[str, MachineSpec]) -> None:
+    With `historize`, every variable keeps its values of the last `HISTORY_PERIOD` (at
+    most `HISTORY_COUNT`) in asyncua's in-memory history, as a PLC's Historizing variables
+    do: an ingester that was away reads what it missed with HistoryRead (the ingester's
+    `history_backfill`)."""
+
+    def __init__(
+        self, source: OpcuaSource, specs: Mapping[str, MachineSpec], *, historize: bool = False
+    ) -> None:
         self.source = source
+        self.historize = historize
         self.specs = {m.machine: specs[m.machine] for m in source.machines}
         self.server = Server()
         # (machine, signal) -> (NodeId, VariantType)
@@ -146,20 +158,32 @@ class OpcuaOutlet:
                         varianttype=vtype,
                         datatype=vtype.value,
                     )
+                # Timestamped, as a server's values are: asyncua's history store (with
+                # `historize`) cannot keep a value without a SourceTimestamp.
+                started = ua.DateTime.now(UTC)
                 await server.write_attribute_value(
-                    variable.nodeid, ua.DataValue(StatusCode=_WAITING)
+                    variable.nodeid,
+                    ua.DataValue(
+                        StatusCode=_WAITING, SourceTimestamp=started, ServerTimestamp=started
+                    ),
                 )
                 if signal == REASON_NODE:
                     self._reason_nodes[entry.machine] = variable.nodeid
                 else:
                     self._nodes[entry.machine, signal] = (variable.nodeid, vtype)
         await server.start()
+        if self.historize:
+            for nodeid in [*self._reason_nodes.values(), *(n for n, _ in self._nodes.values())]:
+                await server.historize_node_data_change(
+                    server.get_node(nodeid), period=HISTORY_PERIOD, count=HISTORY_COUNT
+                )
         log.info(
-            "opcua %s: serving %d machines, %d nodes on %s",
+            "opcua %s: serving %d machines, %d nodes on %s%s",
             self.source.id,
             len(self.specs),
             len(self._nodes) + len(self._reason_nodes),
             self.source.endpoint,
+            " with history" if self.historize else "",
         )
 
     async def write(self, events: list[Event]) -> list[Event]:

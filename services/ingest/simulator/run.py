@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from linepulse.config import PlantConfig
+from linepulse.runtime import wait_set
 from services.ingest.simulator.history import CHUNK_MS, History, describe_span
 from services.ingest.simulator.layout import Layout, SparkplugDevice, plan
 from services.ingest.simulator.model import Behaviour, Event, PlantModel
@@ -108,11 +109,13 @@ async def run_simulator(
     behaviour: Behaviour | None = None,
     scenario: Scenario | None = None,
     history: History | None = None,
+    historize: bool = False,
 ) -> SimulatorStats:
     """Serve the plant's sources until `stop` is set; `ready` is set once every OPC-UA
     server listens and every MQTT publisher has connected (and the `history`, if any, is
     delivered), just before the first live tick. `scenario` (coupled lines, speeds, own
-    stops) defaults to none: the plain model."""
+    stops) defaults to none: the plain model. `historize`: the OPC-UA servers keep their
+    variables' history (HistoryRead), as a PLC with Historizing variables does."""
     if speed <= 0:
         raise ValueError(f"speed must be > 0, got {speed}")
     tick_ms = round(tick_s * 1000)
@@ -159,7 +162,7 @@ async def run_simulator(
 
             return record
 
-        opcua = [OpcuaOutlet(s, layout.specs) for s in plant.sources.opcua]
+        opcua = [OpcuaOutlet(s, layout.specs, historize=historize) for s in plant.sources.opcua]
         for server in opcua:
             await server.start()
             stack.push_async_callback(server.stop)
@@ -280,11 +283,8 @@ async def _ticks(
     while not stop.is_set():
         delay = wall0 + (model.ticks - ticks0) * tick_wall_s - loop.time()
         if delay > 0:
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
+            if await wait_set(stop, delay):
                 return
-            except TimeoutError:
-                pass
         else:
             stats.max_lag_s = max(stats.max_lag_s, -delay)
         events = model.step()
