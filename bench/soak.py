@@ -292,7 +292,7 @@ class CliPart(Part):
     def stop(self, how: str, timeout_s: float = 90) -> int:
         if self.proc is None:
             raise RuntimeError(f"{self.name} was never started")
-        self.proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGTERM)
+        self.proc.send_signal(signal.SIGTERM if how == "term" else signal.SIGKILL)
         try:
             code = self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
