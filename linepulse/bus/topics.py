@@ -9,8 +9,9 @@ LinePulse relies on more than its existence:
   whole batches.
 - `kpi` and `machine.status` (`kafka.kpi`, `kafka.status`): compacted (`compact`, or
   `compact,delete` for a bounded one): the API rebuilds its store from the latest record
-  per key; never compacted, they grow without end, and a record key's partition must not
-  change under the records already written.
+  per key (a KPI record per window; a status per state a machine entered, `machine@since`);
+  never compacted, they grow without end, and a record key's partition must not change
+  under the records already written.
 - `telemetry.dlq` (`kafka.dlq`): `delete`.
 - `stops.reasons` (`kafka.reasons`): compacted: the reason corrections of stops and
   their audit, one record a correction, from which every API replica rebuilds them.

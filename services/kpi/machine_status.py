@@ -24,6 +24,15 @@ StatusRecord = dict[str, Any]
 """A status topic record: machine, line, state, reason, since, last_seen (epoch ms)."""
 
 
+def status_key(record: StatusRecord) -> bytes:
+    """A status record's key on the compacted status topic: `machine@since` (epoch ms; `-`
+    before any state). One key per state a machine entered, so compaction keeps every
+    state change (an API replica started from nothing rebuilds the stops from them) and
+    the latest heartbeat of each (the machine's current state and when it was heard)."""
+    since = record.get("since")
+    return f"{record['machine']}@{'-' if since is None else since}".encode()
+
+
 @dataclass(frozen=True)
 class MachineStatus:
     """A machine's latest state, as the status topic carries it. Checkpoints hold these

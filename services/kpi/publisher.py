@@ -33,7 +33,7 @@ from linepulse.bus import Producer
 from linepulse.bus.telemetry_writer import send_telemetry, telemetry_record
 from linepulse.config import KafkaSettings, WindowKind
 from linepulse.events import Decoded
-from services.kpi.machine_status import StatusRecord
+from services.kpi.machine_status import StatusRecord, status_key
 from services.kpi.metrics import KpiMetrics
 
 # Keys whose kpi partition is remembered (murmur2 per record is a cost at thousands of open
@@ -191,13 +191,12 @@ class KpiPublisher:
     # -- statuses, forwarded telemetry, dead letters --------------------------------------
 
     async def statuses(self, records: list[StatusRecord]) -> None:
-        """Machine status records, in the order given, keyed by machine."""
+        """Machine status records, in the order given, keyed by the state they report
+        (`status_key`: machine and since), so compaction keeps every state change."""
         topic = self.kafka.status.name
         for record in records:
             self._inflight.append(
-                await self.producer.send(
-                    topic, value=orjson.dumps(record), key=record["machine"].encode()
-                )
+                await self.producer.send(topic, value=orjson.dumps(record), key=status_key(record))
             )
 
     async def forward(self, topic: str, home: int, events: pl.DataFrame) -> None:

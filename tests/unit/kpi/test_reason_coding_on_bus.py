@@ -131,6 +131,23 @@ async def test_every_state_change_of_a_batch_is_a_status_with_its_reason(
     ]
     assert set(statuses()[0]) == {"machine", "line", "state", "reason", "since", "last_seen"}
     assert statuses()[-1]["last_seen"] == ms(5)
+    # Keyed by machine and since: what Kafka's compaction leaves (the latest record per
+    # key) still holds every state change, so a replica started from nothing rebuilds the
+    # same stops; keyed by machine alone, only the current state would be left.
+    log = broker.log(config.kafka.status.name, 0)
+    compacted = {r.key: orjson.loads(r.value or b"") for r in log}
+    assert len(compacted) == len(changes)
+    with (
+        KpiStore(tmp_path / "full.duckdb", config) as full,
+        KpiStore(tmp_path / "compacted.duckdb", config) as rebuilt,
+    ):
+        full.status.upsert(statuses())
+        rebuilt.status.upsert(list(compacted.values()))
+        assert [s["id"] for s in full.stops.query()] == [
+            f"m1@{ms(4)}", f"m1@{ms(2)}", f"m1@{ms(1)}",
+        ]  # fmt: skip
+        assert rebuilt.stops.query() == full.stops.query()
+        assert rebuilt.status.machines() == full.status.machines()
     # Checkpoints keep statuses as vars(); one written before `reason` existed loads.
     old: dict[str, Any] = {"line": "l1", "state": "down", "since": 1, "last_seen": 2}
     assert MachineStatus(**old).reason is None
