@@ -21,7 +21,7 @@ import contextlib
 import io
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -65,6 +65,16 @@ async def wait_set(event: asyncio.Event, timeout_s: float) -> bool:
     except TimeoutError:
         pass
     return event.is_set()
+
+
+async def wait_any(events: Iterable[asyncio.Event], within: float | None = None) -> None:
+    """Return when one of `events` is set, or after `within` seconds (None: no limit)."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def dump_tasks() -> None:

@@ -26,7 +26,7 @@ from typing import Any, Final, Literal
 from aiokafka.errors import KafkaError
 
 from linepulse.bus import KafkaClients
-from linepulse.runtime import wait_set
+from linepulse.runtime import wait_any, wait_set
 from services.alerts.engine import AlertEngine
 from services.alerts.outbox import Outbox
 from services.alerts.replication import (
@@ -163,7 +163,8 @@ class Failover:
             tasks.create_task(self._reload_loop(stop), name="alerts-standby-view")
             log.info("alerts: standby (instance %s), following %s", self.instance, self._topic)
             while not stop.is_set():
-                if not await _first(self._gained, stop):
+                await wait_any((self._gained, stop))
+                if not self._gained.is_set():
                     break
                 self._gained.clear()
                 await self._serve(stop)
@@ -236,7 +237,7 @@ class Failover:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._act(done, writer), name="alerts-active")
             tasks.create_task(self._flush_loop(done, writer), name="alerts-writer")
-            await _first(self._lost, stop, done)
+            await wait_any((self._lost, stop, done))
             done.set()
 
     async def _flush_loop(self, done: asyncio.Event, writer: StateWriter) -> None:
@@ -262,14 +263,3 @@ class Failover:
                         done.set()
                         return
             await wait_set(done, FLUSH_EVERY_S)
-
-
-async def _first(*events: asyncio.Event) -> bool:
-    """Wait until one of `events` is set; True if it was the first one."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-    return events[0].is_set()

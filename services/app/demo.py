@@ -51,6 +51,7 @@ from linepulse.runtime import (
     free_loopback_ports,
     run_until_stop,
     stop_on_signals,
+    wait_any,
     wait_set,
 )
 from services.alerts.service import AlertsSettings, open_alerts
@@ -229,7 +230,7 @@ async def _run(
             run_until_stop(stop) as running,
         ):
             running.start(Task("simulator", simulate))
-            await _first(ready, stop)
+            await wait_any((ready, stop))  # the simulator's servers listen, or a stop
             if stop.is_set():
                 return
             running.start(*ingesters(plant, sink, ingest_metrics), *kpi.tasks, *alerts.tasks)
@@ -298,13 +299,3 @@ async def _caught_up(
             announce(f"KPIs over the history: not done after {CATCH_UP_MAX_S:.0f} s; going on")
             return
         await wait_set(stop, CATCH_UP_POLL_S)
-
-
-async def _first(ready: asyncio.Event, stop: asyncio.Event) -> None:
-    """Wait until the simulator's servers listen (or the demo is stopped first)."""
-    waits = [asyncio.create_task(ready.wait()), asyncio.create_task(stop.wait())]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for wait in waits:
-            wait.cancel()

@@ -52,7 +52,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -62,6 +62,7 @@ from asyncua.client.client import Client
 
 from linepulse.config import PlantConfig
 from linepulse.events import reason_kind
+from linepulse.runtime import wait_any
 from linepulse.sources import OpcuaSource
 from services.ingest.errors import SinkClosedError
 from services.ingest.metrics import IngestMetrics
@@ -101,16 +102,6 @@ MARKS_VERSION: Final = 1
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 ConnectionLost = Callable[[Exception], Coroutine[Any, Any, None]]
-
-
-async def wait_any(events: Iterable[asyncio.Event], within: float | None = None) -> None:
-    """Return when one of `events` is set, or after `within` seconds."""
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 @dataclass
