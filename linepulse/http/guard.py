@@ -161,7 +161,7 @@ class ApiGuard:
         if wait > 0:
             retry = max(1, math.ceil(wait))
             log.info("429 for %s %s from %s: rate limit", method, scope["path"], who)
-            await _problem(
+            await problem(
                 send,
                 429,
                 f"too many {'writes' if write else 'reads'} from this client; retry in "
@@ -175,7 +175,7 @@ class ApiGuard:
                 status, detail = refused
                 log.info("%d for %s %s from %s", status, method, scope["path"], address)
                 extra = {"www-authenticate": 'Bearer realm="linepulse"'} if status == 401 else {}
-                await _problem(send, status, detail, extra)
+                await problem(send, status, detail, extra)
                 return
         await self._with_body_limit(scope, receive, send, headers)
 
@@ -296,7 +296,7 @@ async def _discard(receive: Receive, budget: int) -> None:
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    await _problem(
+    await problem(
         send,
         413,
         f"the request body is larger than {limit} bytes (limits.max_body_bytes)",
@@ -304,7 +304,9 @@ async def _too_large(send: Send, limit: int) -> None:
     )
 
 
-async def _problem(send: Send, status: int, detail: str, extra: Mapping[str, str]) -> None:
+async def problem(send: Send, status: int, detail: str, extra: Mapping[str, str]) -> None:
+    """Answer `{"detail": ...}` with `status` and the `extra` headers, as every refusal of
+    the APIs is shaped (other ASGI middleware answers with it too)."""
     body = orjson.dumps({"detail": detail})
     headers = [
         (b"content-type", b"application/json"),

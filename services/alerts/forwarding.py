@@ -17,15 +17,14 @@ from collections.abc import Callable
 from typing import Final
 
 import httpx
-import orjson
 
-from linepulse.http.guard import READ_METHODS, Asgi, Message, Receive, Scope, Send
+from linepulse.http.guard import READ_METHODS, Asgi, Message, Receive, Scope, Send, problem
 
 FORWARDED_HEADER: Final = b"x-linepulse-forwarded"
 # Headers of the request that go along (the body's type and the credentials).
 PASSED_HEADERS: Final = frozenset({b"authorization", b"x-api-key", b"content-type", b"accept"})
 FORWARD_TIMEOUT_S: Final = 10.0
-RETRY_AFTER_S: Final = 2
+RETRY: Final = {"retry-after": "2"}  # seconds a caller waits before trying again
 
 
 class ForwardWrites:
@@ -53,12 +52,12 @@ class ForwardWrites:
         headers = dict(scope.get("headers", ()))
         url = self._active_url()
         if url is None or FORWARDED_HEADER in headers:
-            await _answer(
+            await problem(
                 send,
                 503,
                 "no active alerts instance answers yet (a takeover is under way); retry in a "
                 "few seconds",
-                retry_after=True,
+                RETRY,
             )
             return
         body = await _body(receive)
@@ -73,12 +72,12 @@ class ForwardWrites:
             async with httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S) as client:
                 answer = await client.request(scope["method"], target, content=body, headers=passed)
         except httpx.HTTPError as error:
-            await _answer(
+            await problem(
                 send,
                 503,
                 f"the active alerts instance at {url} did not answer ({type(error).__name__}); "
                 "retry in a few seconds",
-                retry_after=True,
+                RETRY,
             )
             return
         kept = [
@@ -100,11 +99,3 @@ async def _body(receive: Receive) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
-
-
-async def _answer(send: Send, status: int, detail: str, *, retry_after: bool = False) -> None:
-    headers = [(b"content-type", b"application/json")]
-    if retry_after:
-        headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": orjson.dumps({"detail": detail})})

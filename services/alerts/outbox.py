@@ -336,13 +336,9 @@ class Outbox:
             changes.append(
                 ("am_firing", f"{channel}/{alert['fingerprint']}", None if resolved else body)
             )
-        hook, self.on_change = self.on_change, None
-        try:
-            self.apply(changes)
-        finally:
-            self.on_change = hook
-        if hook is not None:
-            hook(changes)
+        self.apply(changes)  # `apply` tells no one: the change is ours, so tell here
+        if self.on_change is not None:
+            self.on_change(changes)
 
     # -- delivery ---------------------------------------------------------------------
 

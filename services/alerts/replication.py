@@ -174,7 +174,11 @@ class StateWriter:
         self._lock = asyncio.Lock()
         self._last_written: float | None = None
         self.fenced = False
-        self.since = me.since
+
+    @property
+    def since(self) -> int:
+        """When this writer's instance took over (epoch ms)."""
+        return self._me.since
 
     def add(self, records: Iterable[tuple[str, bytes | None]]) -> None:
         for key, value in records:
