@@ -131,6 +131,13 @@ def write_schedule(path: Path, steps: list[Step]) -> None:
     path.write_text(json.dumps(document, indent=1))
 
 
+async def start_schedule(edge: NodeProgram) -> int:
+    """Once the edge node is ready, start its schedule; the epoch ms it started at."""
+    await edge.line("ready")
+    await edge.send("start")
+    return int(await edge.line("started "))
+
+
 def edge_program(
     tmp: Path, broker: MosquittoBroker, group: str, *, autostart: bool = False
 ) -> NodeProgram:
@@ -210,9 +217,7 @@ async def test_every_metric_of_a_tahu_edge_node_arrives_typed_and_on_time(
         await ingest.wait_connected(plant.source)
         edge = edge_program(tmp_path, mosquitto, plant.group)
         async with running(edge):
-            await edge.line("ready")
-            await edge.send("start")
-            t0 = int(await edge.line("started "))
+            t0 = await start_schedule(edge)
             await edge.line("done", timeout_s=30)
             expected = {as_event(t0, s) for s in steps}
             seen = await read_until(kafka, plant.topic, lambda got: expected <= keyed(got))
@@ -313,9 +318,7 @@ async def test_an_ingester_killed_and_restarted_decodes_the_nodes_data_at_once(
         await ingest.wait_connected(plant.source)
         edge = edge_program(tmp_path, mosquitto, plant.group)
         async with running(edge):
-            await edge.line("ready")
-            await edge.send("start")
-            t0 = int(await edge.line("started "))
+            t0 = await start_schedule(edge)
             await asyncio.sleep(3)  # births seen, data flowing
             await ingest.kill()  # SIGKILL: nothing saved at exit; the births were saved when seen
             await asyncio.sleep(2)

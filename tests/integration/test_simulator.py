@@ -8,6 +8,7 @@ import json
 import subprocess
 from collections import Counter
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,43 @@ async def subscribe(
             into.append(message)
 
 
+@asynccontextmanager
+async def simulating(
+    plant: PlantConfig,
+    tmp_path: Path,
+    port: int,
+    group: str,
+    messages: list[aiomqtt.Message],
+    *,
+    seed: int = 42,
+    historize: bool = False,
+) -> AsyncIterator[Simulation]:
+    """The simulator of `plant` (OPC-UA on `port`) at 10x speed, from ready to stopped."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    truth = tmp_path / "truth.jsonl"
+    task = asyncio.create_task(
+        run_simulator(
+            plant,
+            seed=seed,
+            truth=truth,
+            stop=stop,
+            ready=ready,
+            speed=10.0,
+            tick_s=1.0,
+            behaviour=Behaviour().faster(20),
+            historize=historize,
+        )
+    )
+    try:
+        await asyncio.wait_for(ready.wait(), TIMEOUT_S)
+        yield Simulation(
+            plant, truth, stop, task, f"opc.tcp://127.0.0.1:{port}/sim", group, messages
+        )
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, TIMEOUT_S)
+
+
 @pytest.fixture
 async def simulation(tmp_path: Path, mosquitto: MosquittoBroker) -> AsyncIterator[Simulation]:
     (port,) = free_loopback_ports(1)
@@ -119,27 +157,10 @@ async def simulation(tmp_path: Path, mosquitto: MosquittoBroker) -> AsyncIterato
         subscribe(mosquitto.port, [f"{group}/#", f"spBv1.0/{group}/#"], messages, subscribed)
     )
     await asyncio.wait_for(subscribed.wait(), TIMEOUT_S)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    truth = tmp_path / "truth.jsonl"
-    task = asyncio.create_task(
-        run_simulator(
-            plant,
-            seed=42,
-            truth=truth,
-            stop=stop,
-            ready=ready,
-            speed=10.0,
-            tick_s=1.0,
-            behaviour=Behaviour().faster(20),
-        )
-    )
-    await asyncio.wait_for(ready.wait(), TIMEOUT_S)
-    sim = Simulation(plant, truth, stop, task, f"opc.tcp://127.0.0.1:{port}/sim", group, messages)
     try:
-        yield sim
+        async with simulating(plant, tmp_path, port, group, messages) as sim:
+            yield sim
     finally:
-        stop.set()
-        await asyncio.wait_for(task, TIMEOUT_S)
         watcher.cancel()
         await asyncio.wait([watcher])
 
@@ -350,23 +371,7 @@ async def test_with_history_the_opcua_server_answers_historyread_with_the_truth(
     data = plant_config(port, 1, "unused")
     data["sources"] = {"opcua": data["sources"]["opcua"]}  # no MQTT broker needed
     plant = parse_config(data)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    truth = tmp_path / "truth.jsonl"
-    task = asyncio.create_task(
-        run_simulator(
-            plant,
-            seed=7,
-            truth=truth,
-            stop=stop,
-            ready=ready,
-            speed=10.0,
-            behaviour=Behaviour().faster(20),
-            historize=True,
-        )
-    )
-    try:
-        await asyncio.wait_for(ready.wait(), TIMEOUT_S)
-        sim = Simulation(plant, truth, stop, task, f"opc.tcp://127.0.0.1:{port}/sim", "")
+    async with simulating(plant, tmp_path, port, "", [], seed=7, historize=True) as sim:
         await until(lambda: truth_ticks(sim) >= 20, "20 ticks")
         entry = next(m for m in plant.sources.opcua[0].machines if m.machine == "filler")
         node_id = entry.nodes["total_count"].node_id
@@ -385,6 +390,3 @@ async def test_with_history_the_opcua_server_answers_historyread_with_the_truth(
         }
         assert len(wanted) >= 5
         assert wanted <= seen
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, TIMEOUT_S)
