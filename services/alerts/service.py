@@ -191,12 +191,12 @@ class AlertService:
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=20_000)
+                if not self._observing():
+                    continue
                 now = int(time.time() * 1000)
                 for messages in batch.values():
                     for message in messages:
                         if message.value is None:
-                            continue
-                        if not self._observing():
                             continue
                         try:
                             record = orjson.loads(message.value)
