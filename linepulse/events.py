@@ -390,14 +390,20 @@ def _columnar_events(chunk: bytes) -> pl.DataFrame | None:
     )
 
 
-def _of_type(items: list[Any], kind: type, dtype: pl.DataType, kinds: set[type]) -> pl.Series:
+def _of_type(
+    items: list[Any], kind: type, dtype: pl.DataType, kinds: set[type]
+) -> pl.Series | None:
     """The items of exactly type `kind` (a bool is not an int here) as a `dtype` column,
-    null elsewhere; raises TypeError for an int outside Int64."""
-    if kinds == {kind}:
-        return pl.Series(items, dtype=dtype)
-    if kind not in kinds:
-        return pl.Series([None] * len(items), dtype=dtype)
-    return pl.Series([item if type(item) is kind else None for item in items], dtype=dtype)
+    null elsewhere; None if one does not fit `dtype` (an int outside Int64: Polars says
+    so with TypeError up to a few hundred bits and OverflowError beyond)."""
+    try:
+        if kinds == {kind}:
+            return pl.Series(items, dtype=dtype)
+        if kind not in kinds:
+            return pl.Series([None] * len(items), dtype=dtype)
+        return pl.Series([item if type(item) is kind else None for item in items], dtype=dtype)
+    except (TypeError, OverflowError):
+        return None
 
 
 def _ts_column(stamps: list[str | int | float]) -> pl.Series | None:
@@ -408,12 +414,11 @@ def _ts_column(stamps: list[str | int | float]) -> pl.Series | None:
     `_epoch_ms` does, the offset subtracted. Anything else (text of another form, a
     calendar date that does not exist, a time outside 1970..9999) is left to `parse_ts`."""
     kinds = set(map(type, stamps))
-    try:
-        integer = _of_type(stamps, int, pl.Int64(), kinds)
-    except TypeError:  # beyond 64 bits: outside 1970..9999 for parse_ts too
-        return None
+    integer = _of_type(stamps, int, pl.Int64(), kinds)
     real = _of_type(stamps, float, pl.Float64(), kinds)
     text = _of_type(stamps, str, pl.String(), kinds)
+    if integer is None or real is None or text is None:  # beyond 64 bits: outside 1970..9999
+        return None
     rounded = real.round(0, mode="half_to_even").cast(pl.Int64, strict=False)
     # Events of one plant share their stamps (every machine samples each second): each
     # distinct text is read once.
@@ -448,16 +453,15 @@ def _value_columns(values: list[str | int | float | bool]) -> _ValueSeries | Non
     is one it refuses (an int outside 64 bits, a float that is not finite; text over
     `MAX_TEXT` characters never gets here, `_WireEvent` refuses it)."""
     kinds = set(map(type, values))
-    try:
-        integer = _of_type(values, int, pl.Int64(), kinds)
-    except TypeError:
-        return None
+    integer = _of_type(values, int, pl.Int64(), kinds)
     real = _of_type(values, float, pl.Float64(), kinds)
+    text = _of_type(values, str, pl.String(), kinds)
+    if integer is None or real is None or text is None:
+        return None
     if not real.drop_nulls().is_finite().all():  # msgspec refuses 1e400 today; kept exact
         return None
-    text = _of_type(values, str, pl.String(), kinds)
-    if bool in kinds:  # a boolean sets two columns: 1/0 and "true"/"false"
-        flag = _of_type(values, bool, pl.Boolean(), kinds)
+    flag = _of_type(values, bool, pl.Boolean(), kinds) if bool in kinds else None
+    if flag is not None:  # a boolean sets two columns: 1/0 and "true"/"false"
         word = pl.select(
             pl.when(pl.lit(flag)).then(pl.lit("true")).when(~pl.lit(flag)).then(pl.lit("false"))
         ).to_series()
