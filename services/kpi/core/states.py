@@ -57,6 +57,9 @@ def _shifted(column: str, n: int, by: str = "machine") -> pl.Expr:
 
 
 STATE_ORDER = ["machine", "ts", "text", "reason"]
+# STATE_ORDER on the state and reason as sent, before corrections (`state_minutes`).
+_RAW = ["_raw_text", "_raw_reason"]
+RAW_ORDER = ["machine", "ts", *_RAW]
 
 
 def segments() -> pl.Expr:
@@ -151,12 +154,19 @@ def state_minutes(
     product). States before `from` are read back to the machine's small-stop threshold,
     so a stop that straddles `from` is classified as a whole.
     """
-    states = corrected(samples.filter(pl.col("signal") == "state"), samples, index)
+    # Samples at one instant are ordered by what the machine sent (`RAW_ORDER`), not by
+    # what corrections and planned codes make of it: the baselines the core keeps
+    # between batches (`_last_per_signal`) are chosen in that order, and a correction
+    # arriving later must not change which sample of an instant is the last.
+    raw = samples.filter(pl.col("signal") == "state").with_columns(
+        pl.col("text").alias("_raw_text"), pl.col("reason").alias("_raw_reason")
+    )
+    states = corrected(raw, samples, index)
     look = dirty.join(index.machines.select("machine", "small_ms"), on="machine").with_columns(
         (pl.col("from") - pl.col("small_ms")).alias("_look")
     )
-    seq = _from_dirty(states.select(STATE_ORDER), look, STATE_ORDER, start="_look")
-    seq = _classified(seq.drop("_look"), high, small_stops=index.lookback_ms > 0)
+    seq = _from_dirty(states.select(*STATE_ORDER, *_RAW), look, RAW_ORDER, start="_look")
+    seq = _classified(seq.drop("_look", *_RAW), high, small_stops=index.lookback_ms > 0)
     downtime = pl.col("text").is_in(DOWNTIME)
     stop = (pl.col("ts") >= pl.col("from")) & (pl.col("prev") == "running") & downtime
     stops = (

@@ -375,3 +375,27 @@ def test_a_correction_holds_over_the_stops_repeated_samples_in_any_batching() ->
     for batches in ([[*events, fix]], [[e] for e in events] + [[fix]], [[fix], events]):
         finals, _, _ = run(config, batches, windows=("1h",))
         assert hour_record(finals)["downtime_by_reason"] == {"jam": 300, "unassigned": 60}
+
+
+def test_states_of_one_instant_resolve_as_sent_whatever_planned_codes_make_of_them() -> None:
+    """Two states at one instant: the later in (state, reason) order as sent wins ("idle"
+    after "down"), also when a planned code makes the other one a planned stop, and
+    whether the instant's samples are still in the batch or already the baselines kept
+    from an earlier one (found by the split property test: the split run read the planned
+    stop for the first minutes and idle for the last two)."""
+    reasons = [{"name": "planned", "planned": True, "codes": ["cleaning"]}]
+    # A short lateness and lookback: the instant's samples leave the batch window soon.
+    kpi = {"lateness_s": 30, "small_stop_s": 90, "startup_s": 120}
+    config = plant(SHIFT, reasons=reasons, kpi=kpi)
+    events = [
+        ev("06:00:01", "state", "idle"),
+        ev("06:00:01", "state", "down", reason="cleaning"),
+        ev("06:40:00", "state", "running"),
+        ev("09:00:00", "state", "running"),
+    ]
+    whole, _, _ = run(config, [events], windows=("1h",))
+    split, _, _ = run(config, [events[:3], events[3:]], windows=("1h",))
+    assert split == whole
+    r = hour_record(whole)
+    assert r["idle_s"] == 40 * 60 - 1
+    assert (r["planned_s"], r["unknown_s"]) == (3600, 1)  # no planned stop: all planned
