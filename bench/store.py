@@ -136,6 +136,7 @@ def _beyond_oee(
         "output_count": None if machine else parts - rejects,
         "target_count": None,
         "projected_count": None,
+        "coverage": 1.0,
     }
 
 
