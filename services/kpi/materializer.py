@@ -22,6 +22,7 @@ from aiokafka.structs import ConsumerRecord
 
 from linepulse.bus import AIOKAFKA, Consumer, KafkaClients
 from linepulse.bus.clients import Fetched
+from linepulse.bus.polling import poll_fresh
 from linepulse.bus.topics import TopicRole, check_topics
 from linepulse.config import KafkaSettings
 from linepulse.errors import LinePulseError
@@ -142,7 +143,7 @@ class Materializer:
             pending = {tp: end for tp, end in ends.items() if end > 0}
             self.ready = not pending
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=100, max_records=MAX_BATCH)
+                batch = await poll_fresh(consumer, 100, MAX_BATCH)
                 await self._apply(batch)
                 if self._waiting:
                     await self._release_readers(consumer)

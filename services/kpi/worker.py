@@ -33,6 +33,7 @@ from aiokafka.structs import ConsumerRecord
 
 from linepulse.bus import AIOKAFKA, Consumer, KafkaClients
 from linepulse.bus.partitions import HomePartitions
+from linepulse.bus.polling import poll_fresh
 from linepulse.bus.topics import KPI_ROLES, check_topics
 from linepulse.config import KafkaSettings, WindowKind
 from linepulse.events import EARLIEST_MS, Decoded, empty_events, reason_kind
@@ -163,8 +164,8 @@ class KpiWorker:
                 clock = LoopClock()
                 while not stop.is_set():
                     with clock.phase("poll"):
-                        batch = await consumer.getmany(
-                            timeout_ms=self._poll_timeout_ms(), max_records=MAX_BATCH_RECORDS
+                        batch = await poll_fresh(
+                            consumer, self._poll_timeout_ms(), MAX_BATCH_RECORDS
                         )
                     if batch:
                         with clock.phase("process"):
