@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
 import orjson
@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 from linepulse.bus import AIOKAFKA, KafkaClients
+from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig, State, WindowKind
 from linepulse.http.api import create_api, errors_of_a_text_route, metrics_response
 from linepulse.http.guard import GUARD_RESPONSES, install
@@ -39,6 +40,7 @@ from services.kpi.errors import BadRequest, NotFound
 from services.kpi.history import KpiHistory, Scope
 from services.kpi.stops_api import CorrectionProducer, stops_router
 from services.kpi.store import KpiStore
+from services.kpi.trends import PROJECTION_WEEKS, trends
 
 # The window kind the Pareto sums: 1h if computed (see KpiHistory.pareto), else the next.
 _PARETO_KINDS: Final[tuple[WindowKind, ...]] = ("1h", "15m", "1m", "day", "shift")
@@ -129,6 +131,74 @@ class Pareto(BaseModel):
     reasons: list[ParetoEntry] = Field(description="largest first")
 
 
+class TrendFigures(BaseModel):
+    """Sums over the days of a scope, and the ratios computed from the sums (never an
+    average of daily ratios)."""
+
+    planned_s: float
+    run_s: float
+    total_count: int
+    good_count: int
+    reject_count: int
+    output_count: int | None = Field(description="good parts of the lines' output machines")
+    output_per_planned_h: float | None
+    availability: float | None
+    performance: float | None
+    quality: float | None
+    oee: float | None
+
+
+class TrendDay(TrendFigures):
+    date: str = Field(description="production day, local to the plant (ISO 8601 date)")
+    final: bool = Field(description="every record of the day is final")
+
+
+class TrendLoss(BaseModel):
+    loss: str = Field(description="loss category (equipment_failure, setup, small_stops, ...)")
+    seconds: float
+    share: float = Field(description="of all losses of the week")
+
+
+class TrendReason(BaseModel):
+    reason: str
+    seconds: float
+
+
+class TrendWeek(TrendFigures):
+    week: str = Field(description="ISO week, e.g. 2026-W45")
+    start: str = Field(description="its Monday (ISO 8601 date)")
+    days: int = Field(description="production days stored in it")
+    complete: bool = Field(description="7 days, all final")
+    top_losses: list[TrendLoss]
+    top_reasons: list[TrendReason] = Field(description="downtime reasons, largest first")
+    change: dict[str, float | None] | None = Field(
+        description="against the week before: ratios in points (0.02 = 2 points), output "
+        "per planned hour, and output (only when both weeks are complete); null for the "
+        "first week stored"
+    )
+
+
+class Projection(BaseModel):
+    week: str
+    start: str
+    planned_s: float = Field(description="planned time of that week from the shift calendar")
+    output_count: float | None = Field(description="projected good parts of the output")
+    output_per_planned_h: float | None = Field(description="the rate it is projected at")
+    based_on: dict[str, Any] = Field(description="the final days the rate comes from")
+    method: str = Field(description="how the projection is made, in words")
+
+
+class Trends(BaseModel):
+    """A line's (or the plant's) days and weeks, newest last, and the coming week."""
+
+    line: str | None = Field(description="the line asked for; null: the plant (every line)")
+    timezone: str
+    through: str | None = Field(description="the newest production day stored")
+    days: list[TrendDay]
+    weeks: list[TrendWeek]
+    projection: Projection | None
+
+
 class Health(BaseModel):
     status: Literal["ok", "ready", "not ready"]
     detail: str | None = None
@@ -165,6 +235,7 @@ def create_app(
     machines = {m: line.id for m, (line, _) in plant.machines().items()}
     windows = tuple(plant.kpi.windows)
     pareto_kind: WindowKind = next((k for k in _PARETO_KINDS if k in windows), "1h")
+    calendar = Calendar(plant)
     producer = None if bootstrap is None else CorrectionProducer(plant, bootstrap, clients)
 
     @asynccontextmanager
@@ -324,6 +395,41 @@ def create_app(
             "reasons": reasons,
         }
         return _json(body)
+
+    @app.get(
+        "/v1/trends",
+        response_model=Trends,
+        tags=["kpis"],
+        summary="OEE, output and the top losses per day and ISO week, and next week projected",
+        description=(
+            "From the `day` line records: per production day and per ISO week (the newest "
+            "`weeks` of them) the summed times and counts, the ratios computed from the "
+            "sums, the largest losses and downtime reasons, and the change against the week "
+            "before; and the coming week's output projected from the recent output per "
+            "planned hour and the planned hours of the shift calendar. Without `line`: the "
+            "plant, every line summed. 'Now' is the newest day stored."
+        ),
+    )
+    def trend(
+        line: LineParam = None,
+        weeks: Annotated[int, Query(ge=1, le=53, description="ISO weeks to show")] = 4,
+    ) -> Response:
+        check_scope(line, None)
+        if "day" not in windows:
+            raise BadRequest(
+                "trends are built from `day` records, which this plant does not compute; "
+                "add day to kpi.windows in the plant config"
+            )
+        newest = store.history.current(line, None, "day", scope="line")
+        records: list[dict[str, Any]] = []
+        if newest:
+            latest = max(datetime.fromisoformat(r["window_start"]) for r in newest)
+            # The weeks shown, the week before them (for its change) and the projection's
+            # basis, with a day to spare for the week's start.
+            back = timedelta(weeks=max(weeks + 1, PROJECTION_WEEKS), days=8)
+            records = store.history.history(latest - back, None, "day", line, scope="line")
+        scope_lines = [line] if line is not None else list(lines)
+        return _json(trends(records, calendar, scope_lines, weeks, line))
 
     @app.get(
         "/metrics",
