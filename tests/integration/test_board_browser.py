@@ -112,6 +112,7 @@ HISTORY: dict[str, list[tuple[int, str, str | None]]] = {
 LOSS_SPLIT = dict(zip(LOSS_KEYS, (0.35, 0.15, 0.1, 0.2, 0.05, 0.1, 0.05), strict=True))
 # A machine silent for 38 % of its shift so far: its card says how much has data.
 SILENT = "press-3"
+TREND_DAYS = 14  # days of press's day records before today's
 SILENT_SHARE = 0.38
 
 
@@ -284,6 +285,15 @@ def fill(store: KpiStore, now: datetime) -> datetime:
                         reasons=lost,
                     )
                 )
+    # Two weeks and a day of press's day records (the last one open): the weeks panel.
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    for ago in range(TREND_DAYS, -1, -1):
+        oee = 0.55 + 0.01 * ((TREND_DAYS - ago) % 7) + (0.05 if ago < 7 else 0.0)
+        day = kpi_record(
+            "press", None, "day", today - timedelta(days=ago), timedelta(days=1), oee,
+            final=ago > 0, losses=True, output_count=20_000 + 500 * (ago % 5),
+        )  # fmt: skip
+        records.append(day)
     store.history.upsert(records)
     store.status.upsert(
         [
@@ -519,6 +529,23 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
                 )
                 assert page.locator('[data-pareto="press"] .bar').count() == 5
                 assert page.locator('[data-trend="press"] polyline').count() == 1
+
+                # Weeks: press's ISO weeks as /v1/trends gives them, OEE and change against
+                # the week before; next week projected. Lines without day records: none.
+                trend = httpx.get(kpi.url + "/v1/trends?line=press&weeks=4").json()
+                weeks = page.locator('[data-weeks="press"] .week')
+                expect(weeks).to_have_count(len(trend["weeks"]), timeout=WAIT_MS)
+                assert len(trend["weeks"]) >= 3  # 15 days span 3 or 4 ISO weeks
+                for week in trend["weeks"]:
+                    shown = page.locator(f'[data-weeks="press"] [data-week-oee="{week["week"]}"]')
+                    expect(shown).to_have_text(f"{round(week['oee'] * 1000) / 10:.1f} %")
+                last = trend["weeks"][-1]
+                delta = round(last["change"]["oee"] * 1000) / 10
+                expect(weeks.last).to_contain_text(f"{delta:+.1f} pts" if delta else "0.0 pts")
+                expect(weeks.last).to_contain_text(f"({last['days']} d so far)")
+                projected = f"{round(trend['projection']['output_count']):,}"
+                expect(page.locator('[data-weeks-next="press"]')).to_contain_text(projected)
+                expect(page.locator('[data-weeks="pack"]')).to_be_hidden()
 
                 # Beyond OEE: the losses waterfall from planned to fully productive time
                 # (8 h planned, OEE 50 %: 4 h lost, 35 % of it to equipment failure, 5 %

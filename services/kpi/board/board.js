@@ -23,6 +23,7 @@
   const ALERTS_EVERY_MS = 5000;
   const STOPS_EVERY_MS = 10000;
   const STOPS_LIMIT = 20;
+  const WEEKS_EVERY_MS = 60000;
   const STOP_WHO_KEY = "linepulse.stops.who";
   const CODED_KEEP_MS = 60000; // a stop just coded stays in the "to code" list this long
   const UNASSIGNED = "unassigned";
@@ -430,7 +431,11 @@
       if (!card) {
         const live = el("div", { class: "live" });
         const stops = stopsPanel(line.line);
-        card = { node: el("article", { class: "card", "data-line": line.line }, live, stops.node), live, stops };
+        const weeks = weeksPanel(line.line);
+        card = {
+          node: el("article", { class: "card", "data-line": line.line }, live, weeks.node, stops.node),
+          live, stops, weeks,
+        };
         cards.set(line.line, card);
       }
       card.live.replaceChildren(...lineContent(line));
@@ -669,6 +674,66 @@
     panel.refresh = refresh;
     refresh();
     panel.timer = setInterval(refresh, STOPS_EVERY_MS);
+    return panel;
+  }
+
+  // -- weeks: OEE and output per ISO week, next week projected (/v1/trends) ---------------
+
+  // Rebuilt once a minute, outside the snapshot: the figures move with the day records.
+  function weeksPanel(lineId) {
+    const panel = {
+      body: el("div", { class: "weeks-body" }),
+      next: el("div", { class: "muted weeks-next", "data-weeks-next": lineId }),
+    };
+    panel.node = el("section", { class: "weeks", "data-weeks": lineId, hidden: "" },
+      el("span", { class: "section-title", text: "Weeks" }), panel.body, panel.next);
+
+    function change(points) {
+      if (points === null || points === undefined) return el("span", { class: "muted", text: "" });
+      const pts = Math.round(points * 1000) / 10;
+      const arrow = pts > 0 ? "▲ +" : pts < 0 ? "▼ " : "= ";
+      return el("span", {
+        class: "delta " + (pts > 0 ? "up" : pts < 0 ? "down" : ""),
+        title: "OEE against the week before, in percentage points",
+        text: arrow + pts.toFixed(1) + " pts",
+      });
+    }
+
+    function row(week) {
+      const made = week.output_count === null ? "–" : count(week.output_count);
+      const partial = week.complete ? "" : " (" + week.days + " d so far)";
+      return el("div", { class: "week", "data-week": week.week },
+        el("span", { class: "muted", text: week.week.slice(5) }),
+        el("span", Object.assign({ class: "value " + grade(week.oee), "data-week-oee": week.week },
+          maybe(pct(week.oee), "no planned time with a known ideal cycle time that week"))),
+        change(week.change ? week.change.oee : null),
+        el("span", { class: "muted", text: made + " out" + partial }));
+    }
+
+    async function refresh() {
+      let body;
+      try {
+        const response = await fetch("/v1/trends?weeks=4&line=" + encodeURIComponent(lineId), { cache: "no-store" });
+        if (response.status === 404 || response.status === 422) { panel.node.hidden = true; return; }
+        if (!response.ok) throw new Error(await problemText(response));
+        body = await response.json();
+      } catch (error) {
+        panel.node.hidden = false;
+        panel.body.replaceChildren(el("div", { class: "empty", text: "weeks unavailable: " + error.message }));
+        return;
+      }
+      panel.node.hidden = body.weeks.length === 0;
+      panel.body.replaceChildren(...body.weeks.map(row));
+      const p = body.projection;
+      panel.next.textContent = p && p.output_count !== null
+        ? "next week " + p.week.slice(5) + ": ≈ " + count(p.output_count) + " at "
+          + count(p.output_per_planned_h) + " per planned hour"
+        : "";
+      panel.next.title = p ? p.method : "";
+    }
+
+    refresh();
+    panel.timer = setInterval(refresh, WEEKS_EVERY_MS);
     return panel;
   }
 
