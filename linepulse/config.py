@@ -30,6 +30,7 @@ from pydantic import (
 
 from linepulse.alerting import AlertSettings, check_forecast_rules
 from linepulse.bus.security import KafkaSecurity
+from linepulse.costs import LineCosts, MachineCosts, PlantCosts
 from linepulse.http.settings import ApiSecurity
 from linepulse.production import LineTarget, ReasonCategory, check_tree
 from linepulse.sources import IngestSettings, Sources
@@ -186,6 +187,8 @@ class Machine(_Model):
     max_rate_per_s: float | None = Field(default=None, gt=0)
     # This machine's reason tree; None: the site's `reasons`.
     reasons: tuple[ReasonCategory, ...] | None = None
+    # What its losses cost, where it differs from its line's (linepulse/costs.py).
+    costs: MachineCosts | None = None
 
     @field_validator("id")
     @classmethod
@@ -247,6 +250,7 @@ class Line(_Model):
     # The machine whose good parts are the line's output; default: the last one.
     output: str | None = None
     target: LineTarget | None = None
+    costs: LineCosts | None = None  # rates and budget where they differ from the plant's
 
     _id = field_validator("id")(Machine._id_chars.__func__)  # type: ignore[attr-defined]
 
@@ -381,6 +385,8 @@ class PlantConfig(_Model):
     alerts: AlertSettings = AlertSettings()
     # The KPI query API's tokens, limits, CORS and TLS (linepulse/http/settings.py).
     api: ApiSecurity = ApiSecurity()
+    # What losses cost and the budget (linepulse/costs.py, docs/costs.md).
+    costs: PlantCosts = PlantCosts()
 
     _hhmm = field_validator("day_start", mode="before")(_parse_hhmm)
 

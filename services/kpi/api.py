@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig, State, WindowKind
+from linepulse.costs import configured
 from linepulse.http.api import create_api, errors_of_a_text_route, metrics_response
 from linepulse.http.guard import GUARD_RESPONSES, install
 from linepulse.http.settings import ApiAccess
@@ -38,6 +39,7 @@ from linepulse.records import KpiRecord
 from services.kpi.board.board import mount_board  # live board (issue 6)
 from services.kpi.errors import BadRequest, NotFound
 from services.kpi.history import KpiHistory, Scope
+from services.kpi.money import budget_view, losses_cost, month_start, reached
 from services.kpi.stops_api import CorrectionProducer, stops_router
 from services.kpi.store import KpiStore
 from services.kpi.trends import PROJECTION_WEEKS, trends
@@ -50,6 +52,7 @@ _RFC3339: Final = re.compile(
 # A '+' in a query string that was not sent as %2B arrives as a space.
 _SPACE_OFFSET: Final = re.compile(r"(:\d{2}(?:\.\d+)?) (\d{2}:\d{2})$")
 _EPOCH_MS: Final = re.compile(r"^-?\d{1,15}$")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _TIME_HELP: Final = (
     "RFC 3339 with an offset (2026-11-02T06:00:00Z or 2026-11-02T07:00:00%2B01:00) or "
     "epoch milliseconds (Grafana's ${__from})"
@@ -84,6 +87,10 @@ LineParam = Annotated[
 MachineParam = Annotated[
     str | None, Query(description="a machine id; all machines (and lines) if left out")
 ]
+FromParam = Annotated[
+    str | None, Query(alias="from", description=f"start, inclusive: {_TIME_HELP}")
+]
+ToParam = Annotated[str | None, Query(description=f"end, exclusive: {_TIME_HELP}")]
 ScopeParam = Annotated[
     Scope,
     Query(
@@ -199,6 +206,64 @@ class Trends(BaseModel):
     projection: Projection | None
 
 
+class ReasonCost(BaseModel):
+    reason: str
+    cost: float
+    seconds: float
+
+
+class MachineCost(BaseModel):
+    machine: str
+    line: str
+    cost: float
+
+
+class LineCost(BaseModel):
+    line: str
+    cost: float
+
+
+class CostAnswer(BaseModel):
+    """The losses of a range in money; it states its range as the Pareto does."""
+
+    line: str | None
+    from_: str | None = Field(alias="from")
+    to: str | None
+    shift: str | None
+    window: WindowKind
+    includes_open_window: bool
+    currency: str
+    total: float = Field(description="the six big losses in money")
+    by_category: dict[str, float] = Field(description="per loss category")
+    downtime: float = Field(description="equipment failure and setup: what the reasons split")
+    by_reason: list[ReasonCost] = Field(description="downtime by reason, largest first")
+    by_machine: list[MachineCost]
+    by_line: list[LineCost]
+    unpriced_machines: list[str] = Field(
+        description="machines whose losses cannot be priced (no ideal cycle time)"
+    )
+
+
+class BudgetAnswer(BaseModel):
+    line: str | None
+    currency: str
+    month: str
+    from_: str = Field(alias="from")
+    through: str
+    cost: float
+    by_category: dict[str, float]
+    budget: float | None
+    share_of_budget: float | None
+    planned_s: float
+    month_planned_s: float
+    projected: float | None
+    on_track: bool | None
+    oee: float | None
+    oee_target: float | None
+    method: str
+    unpriced_machines: list[str]
+
+
 class Health(BaseModel):
     status: Literal["ok", "ready", "not ready"]
     detail: str | None = None
@@ -256,6 +321,7 @@ def create_app(
             {"name": "kpis", "description": "KPI records per machine and line"},
             {"name": "plant", "description": "machines and downtime"},
             {"name": "stops", "description": "stops, reason trees and reason corrections"},
+            {"name": "money", "description": "losses in money, and the month against budget"},
             {"name": "operations", "description": "metrics and health checks"},
         ],
     )
@@ -277,6 +343,43 @@ def create_app(
             raise BadRequest(
                 "scope=line returns line records, which have no machine; "
                 "drop machine= or use scope=machine"
+            )
+
+    def shift_or_range(
+        line: str | None, from_: str | None, to: str | None
+    ) -> tuple[datetime | None, datetime | None, str | None]:
+        """[from, to) as asked, or without either the current shift (and its name)."""
+        start = None if from_ is None else _time(from_, "from")
+        end = None if to is None else _time(to, "to")
+        if start is not None and end is not None:
+            _ordered(start, end)
+        check_scope(line, None)
+        if from_ is None and to is None:
+            return _current_shift(store.history, line, windows)
+        return start, end, None
+
+    def range_said(
+        line: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        shift: str | None,
+        still_open: bool,
+    ) -> dict[str, Any]:
+        """What an answer over a range says of it (the Pareto's and the costs')."""
+        return {
+            "line": line,
+            "from": _utc(start),
+            "to": _utc(end),
+            "shift": shift,
+            "window": pareto_kind,
+            "includes_open_window": still_open,
+        }
+
+    def check_priced() -> None:
+        if not configured(plant):
+            raise BadRequest(
+                "no costs are configured: set costs.downtime_minute_cost, good_part_value "
+                "or scrap_part_cost in the plant config (docs/costs.md)"
             )
 
     def check_window(window: WindowKind | None) -> None:
@@ -362,22 +465,13 @@ def create_app(
     )
     def pareto(
         line: LineParam = None,
-        from_: Annotated[
-            str | None, Query(alias="from", description=f"start, inclusive: {_TIME_HELP}")
-        ] = None,
-        to: Annotated[str | None, Query(description=f"end, exclusive: {_TIME_HELP}")] = None,
+        from_: FromParam = None,
+        to: ToParam = None,
         closed_only: Annotated[
             bool, Query(description="only windows that have closed (final figures)")
         ] = False,
     ) -> Response:
-        start = None if from_ is None else _time(from_, "from")
-        end = None if to is None else _time(to, "to")
-        if start is not None and end is not None:
-            _ordered(start, end)
-        check_scope(line, None)
-        shift = None
-        if from_ is None and to is None:
-            start, end, shift = _current_shift(store.history, line, windows)
+        start, end, shift = shift_or_range(line, from_, to)
         include_open = not closed_only
         reasons = store.history.pareto(
             line, start, end, window=pareto_kind, include_open=include_open
@@ -385,16 +479,7 @@ def create_app(
         still_open = (
             include_open and store.history.open_windows(line, start, end, window=pareto_kind) > 0
         )
-        body = {
-            "line": line,
-            "from": _utc(start),
-            "to": _utc(end),
-            "shift": shift,
-            "window": pareto_kind,
-            "includes_open_window": still_open,
-            "reasons": reasons,
-        }
-        return _json(body)
+        return _json({**range_said(line, start, end, shift, still_open), "reasons": reasons})
 
     @app.get(
         "/v1/trends",
@@ -430,6 +515,64 @@ def create_app(
             records = store.history.history(latest - back, None, "day", line, scope="line")
         scope_lines = [line] if line is not None else list(lines)
         return _json(trends(records, calendar, scope_lines, weeks, line))
+
+    @app.get(
+        "/v1/costs",
+        response_model=CostAnswer,
+        tags=["money"],
+        summary="What the losses cost, by category, reason, machine and line",
+        description=(
+            "The six big losses of the machine records of `"
+            + pareto_kind
+            + "` windows whose start lies in [from, to), in money (docs/costs.md): each "
+            "record priced at its machine's and product's rates, every total a sum of "
+            "those, so reasons, machines and lines reconcile. Without `from` and `to`: the "
+            "current shift, as the Pareto. 422 when the plant config sets no rates."
+        ),
+    )
+    def costs(line: LineParam = None, from_: FromParam = None, to: ToParam = None) -> Response:
+        check_priced()
+        start, end, shift = shift_or_range(line, from_, to)
+        records = store.history.history(
+            start or _EPOCH, end, pareto_kind, line, None, scope="machine"
+        )
+        still_open = any(not r["final"] for r in records)
+        return _json(
+            {**range_said(line, start, end, shift, still_open), **losses_cost(records, plant)}
+        )
+
+    @app.get(
+        "/v1/costs/budget",
+        response_model=BudgetAnswer,
+        tags=["money"],
+        summary="The month so far: loss cost against the budget, projected to the month's end",
+        description=(
+            "Month to date (the month of the newest record, from its first production day): "
+            "the losses' cost, the budget (`costs.budget.monthly_loss` of the line, or of "
+            "the plant without `line`) and its share spent, the cost projected to the "
+            "month's end over the planned time of the shift calendar, and the month's OEE "
+            "(from the `day` records) against `oee_target`."
+        ),
+    )
+    def budget(line: LineParam = None) -> Response:
+        check_priced()
+        check_scope(line, None)
+        latest = store.history.current(line, None, pareto_kind, scope="machine")
+        now = reached(latest)
+        if now is None:
+            raise NotFound("no KPI records stored yet: nothing has been spent this month")
+        day = now.astimezone(calendar.zone).date()
+        start = month_start(day, calendar)
+        if start > now:  # before the day start on the 1st: the month before
+            start = month_start(day - timedelta(days=1), calendar)
+        records = store.history.history(start, None, pareto_kind, line, None, scope="machine")
+        days = (
+            store.history.history(start, None, "day", line, None, scope="line")
+            if "day" in windows
+            else []
+        )
+        scope_lines = [line] if line is not None else list(lines)
+        return _json(budget_view(records, days, plant, calendar, scope_lines, line, start, now))
 
     @app.get(
         "/metrics",

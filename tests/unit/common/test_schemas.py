@@ -31,6 +31,7 @@ from linepulse.config import (
     Shift,
     parse_config,
 )
+from linepulse.costs import Budget, LineCosts, MachineCosts, PartCosts, PlantCosts
 from linepulse.events import _ALLOWED, _REQUIRED, EventError, decode_event
 from linepulse.production import LineTarget, ReasonCategory
 from linepulse.records import KpiRecord
@@ -248,6 +249,11 @@ def test_plant_schema_lists_the_model_fields() -> None:
         "Scope": Scope,
         "Channel": Channel,
         "Person": Person,
+        "partCosts": PartCosts,
+        "machineCosts": MachineCosts,
+        "lineCosts": LineCosts,
+        "plantCosts": PlantCosts,
+        "budget": Budget,
     }
     for name, model in models.items():
         # What the config file says: a field's alias where it has one (`for`).
