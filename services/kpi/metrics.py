@@ -61,6 +61,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from linepulse.config import PlantConfig
+from linepulse.costs import configured, price
 
 LABELS: Final = ("site", "line", "machine", "window")
 PART_KINDS: Final = ("total", "good", "reject")
@@ -99,7 +100,10 @@ class KpiMetrics:
     batch_seconds: Histogram
     records_published: Counter
     checkpoint_seconds: Histogram
+    loss_cost: Gauge
     known: frozenset[tuple[str, str]] | None = None
+    # The plant whose rates price machine records (None: no costs configured, no money).
+    pricing: PlantConfig | None = None
     _shown: dict[MetricKey, _Order] = field(default_factory=dict, repr=False, compare=False)
     # Each key's labelled gauges, looked up once: `labels()` costs a lock and a lookup per
     # call, and a poll of the API sets ~15 of them for each of thousands of keys.
@@ -217,7 +221,14 @@ class KpiMetrics:
                 "linepulse_checkpoint_seconds",
                 "Time to write one state checkpoint, in seconds",
             ),
+            loss_cost=gauge(
+                "linepulse_loss_cost",
+                "The six big losses of a machine's current window in money, at the plant "
+                "config's rates (docs/costs.md; NaN where they cannot be priced); a line's "
+                "is the sum over its machines",
+            ),
             known=known,
+            pricing=plant if plant is not None and configured(plant) else None,
         )
 
     def observe_records(self, records: Iterable[Mapping[str, Any]]) -> None:
@@ -249,6 +260,9 @@ class KpiMetrics:
                 gauge.set(record[name])
             for gauge, name in zip(parts, _PART_FIELDS, strict=True):
                 gauge.set(record[name])
+            if self.pricing is not None and record["machine"]:
+                priced = price(record, self.pricing)
+                self.loss_cost.labels(*key).set(math.nan if priced is None else priced.total)
 
     def _labelled(self, key: MetricKey) -> _KeyGauges:
         """The KPI gauges of one key, in the order of the `_*_FIELDS` they show."""

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from linepulse.config import ConfigError, PlantConfig
 from linepulse.costs import rates
 from services.kpi.api import create_app
+from services.kpi.metrics import KpiMetrics
 from services.kpi.store import KpiStore
 from tests.unit.kpi.core.support import ev, plant, run
 from tests.unit.kpi.test_trends import DAYS, SHIFTS, events, planned_s
@@ -165,3 +166,26 @@ def test_a_negative_rate_is_refused_with_its_place() -> None:
     bad = {**COSTS, "downtime_minute_cost": -1}
     with pytest.raises(ConfigError, match=r"costs\.downtime_minute_cost"):
         plant(SHIFTS, costs=bad)
+
+
+def test_metrics_export_each_machines_current_loss_cost() -> None:
+    plant_config = config()
+    finals, _, _ = run(plant_config, [events()])
+    registry = CollectorRegistry()
+    metrics = KpiMetrics.create(registry, plant_config)
+    day, parts, rejects, down = DAYS[0]
+    record = finals[("m1", "day", f"{day}T00:00:00Z")]
+    metrics.observe_records([record, finals[(None, "day", f"{day}T00:00:00Z")]])
+    labels = {"site": "test", "line": "line-1", "machine": "m1", "window": "day"}
+    cost = registry.get_sample_value("linepulse_loss_cost", labels)
+    assert cost == pytest.approx(sum(day_cost(parts, rejects, down, planned_s(day)).values()))
+    line = registry.get_sample_value("linepulse_loss_cost", {**labels, "machine": ""})
+    assert line is None  # a line's is the sum over its machines, in PromQL
+
+
+def test_metrics_have_no_money_without_rates() -> None:
+    registry = CollectorRegistry()
+    metrics = KpiMetrics.create(registry, plant(SHIFTS, kpi={"windows": ["1h", "day"]}))
+    finals, _, _ = run(config(), [events()])
+    metrics.observe_records(list(finals.values()))
+    assert "linepulse_loss_cost{" not in generate_latest(registry).decode()
