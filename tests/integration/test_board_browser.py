@@ -33,6 +33,7 @@ from pydantic import SecretStr
 
 from linepulse.bus.memory import InProcessBroker, InProcessClients
 from linepulse.config import PlantConfig, parse_config
+from linepulse.costs import price
 from linepulse.http.settings import ApiAccess
 from linepulse.production import LOSS_KEYS
 from linepulse.records import RECORD_FIELDS
@@ -124,6 +125,8 @@ def plant_config() -> PlantConfig:
             "shifts": [{"name": "early", "start": "06:00", "end": "14:00", "lead": "ann"}],
             # Corrections reach back 2 h (+ lateness) behind the latest event.
             "kpi": {"restate_horizon_s": 7200},
+            # Money beside the time: a minute lost costs 10, a part 0.5 (docs/costs.md).
+            "costs": {"currency": "EUR", "downtime_minute_cost": 10, "good_part_value": 0.5},
             "reasons": REASONS,
             "lines": [
                 {
@@ -268,7 +271,14 @@ def fill(store: KpiStore, now: datetime) -> datetime:
             silent_s = SILENT_SHARE * shift.total_seconds() if machine == SILENT else 0.0
             records.append(
                 kpi_record(
-                    line, machine, "shift", start, shift, OEE[line] - 0.03 * k, unknown_s=silent_s
+                    line,
+                    machine,
+                    "shift",
+                    start,
+                    shift,
+                    OEE[line] - 0.03 * k,
+                    unknown_s=silent_s,
+                    losses=line == "press",  # priced: the press card shows money
                 )
             )
             for i in range(quarters - 1):
@@ -557,8 +567,8 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
                 steps = fall.locator(".step").evaluate_all("(s) => s.map((e) => e.dataset.step)")
                 assert steps == ["planned_s", *LOSS_KEYS, "fully_productive_s"]
                 expect(fall.locator('[data-step="planned_s"] .secs')).to_have_text("2 h 40 min × 3")
-                expect(fall.locator('[data-step="equipment_failure_s"] .secs')).to_have_text(
-                    "−17.5 %"
+                expect(fall.locator('[data-step="equipment_failure_s"] .secs')).to_contain_text(
+                    "−17.5 %"  # and its money, below
                 )
                 expect(fall.locator('[data-step="equipment_failure_s"]')).to_have_attribute(
                     "title", "lost 1 h 24 min of machine time"
@@ -580,6 +590,23 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
                 expect(page.locator("[data-coverage]")).to_have_count(1)
                 expect(page.locator('[data-coverage-line="press"]')).to_have_text("data 97 %")
                 expect(page.locator('[data-coverage-line="pack"]')).to_have_count(0)
+                # Money beside the time: press's machines' shift losses at the rates.
+                press = [
+                    r
+                    for r in kpi_store.history.current(line="press", window="shift")
+                    if r["machine"] is not None
+                ]
+                priced = [p for p in (price(r, plant) for r in press) if p is not None]
+                assert len(priced) == len(LINES["press"])
+                total = sum(p.total for p in priced)
+                expect(page.locator('[data-money-total="press"]')).to_have_text(
+                    f" · €{round(total):,}"
+                )
+                failure = sum(p.by_category["equipment_failure"] for p in priced)
+                expect(fall.locator('[data-step="equipment_failure_s"] .secs')).to_contain_text(
+                    f"€{round(failure):,}"
+                )
+                expect(page.locator('[data-money-total="pack"]')).to_have_count(0)
                 productive = fall.locator('[data-step="fully_productive_s"] .secs')
                 expect(productive).to_have_text("50.0 %")
                 expect(page.locator('[data-waterfall="pack"]')).to_have_count(0)  # no losses

@@ -267,10 +267,27 @@
       el("span", { class: "secs", text: text }));
   }
 
+  // An amount in the plant's currency ("€1,234"), or "1,234 XYZ" for a code this browser
+  // does not know as a currency.
+  function money(amount, currency) {
+    try {
+      return new Intl.NumberFormat("en-GB", { style: "currency", currency: currency,
+        maximumFractionDigits: 0 }).format(amount);
+    } catch (error) {
+      return count(amount) + " " + currency;
+    }
+  }
+
   function waterfall(line) {
     const w = line.waterfall;
-    const box = el("div", { class: "waterfall", "data-waterfall": line.line },
-      el("div", { class: "section-title", text: "Losses this shift" }));
+    const cost = w.money;
+    const title = el("div", { class: "section-title", text: "Losses this shift" });
+    if (cost) {
+      title.append(el("span", { class: "money", "data-money-total": line.line,
+        title: "what this shift's losses cost so far at the plant's rates",
+        text: " · " + money(cost.total, cost.currency) }));
+    }
+    const box = el("div", { class: "waterfall", "data-waterfall": line.line }, title);
     // A line record sums its machines' times (docs/kpi.md): 7 machines over 4 h plan 28 h.
     // So the steps are shares of planned time, and planned time is shown per machine.
     const planned = w.planned_s;
@@ -289,8 +306,10 @@
       const lost = step.seconds;
       left -= lost;
       // A negative loss (parts faster than their ideal cycle) is a gain: drawn the other way.
+      const priced = cost && cost.losses[step.loss] !== undefined
+        ? " · " + money(cost.losses[step.loss], cost.currency) : "";
       box.append(waterfallRow(step.loss, info.label, info.kind, Math.min(left, left + lost) / scale,
-        Math.abs(lost) / scale, (lost > 0 ? "−" : lost < 0 ? "+" : "") + pct(Math.abs(lost) / scale),
+        Math.abs(lost) / scale, (lost > 0 ? "−" : lost < 0 ? "+" : "") + pct(Math.abs(lost) / scale) + priced,
         (lost < 0 ? "gained " : "lost ") + machineTime(lost)));
     }
     const productive = w.fully_productive_s;

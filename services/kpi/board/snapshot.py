@@ -23,7 +23,10 @@ UTC as the store serves them)::
                 "output": {"machine": str, "count": int | None},  # the line's output
                 "waterfall": {"planned_s": float, "machines": int,
                               "losses": [{"loss": key, "seconds": float}],  # LOSS_KEYS order
-                              "fully_productive_s": float} | None,   # None: no losses known
+                              "fully_productive_s": float,
+                              "money": {"currency": str, "total": float,
+                                        "losses": {key: float}} | None,  # None: no rates
+                              } | None,   # None: no losses known
                 "bottleneck": {"machine": str, "stop_s": float | None} | None,
                 "forecast": {"output_count": int | None, "projected_count": float | None,
                              "target_count": int, "on_track": bool | None} | None,
@@ -36,6 +39,9 @@ UTC as the store serves them)::
 (`no_data_s`, its own step: not knowing is not an equipment failure), is the fully
 productive time (the record's `fully_productive_s`, or planned time less the losses where
 the record has none): planned_s = fully_productive_s + sum of the losses.
+`waterfall.money`: with `costs:` in the config, what the shift's losses cost so far, per
+loss (no data is not priced): the line's machines' shift records priced at their rates
+and summed (linepulse/costs.py), as `GET /v1/costs` sums them.
 `coverage` (line `kpis` and each machine): the share of the shift's planned time so far
 with data, from the shift record; None without planned time or without a record.
 A line record sums its machines (docs/kpi.md), so its `planned_s` and losses are machine
@@ -59,6 +65,8 @@ from datetime import datetime
 from typing import Any, Final
 
 from linepulse.config import Line, Machine, PlantConfig, WindowKind
+from linepulse.costs import PRICED, price
+from linepulse.costs import configured as configured_costs
 from linepulse.production import LOSS_KEYS
 from linepulse.records import record_fields
 from services.kpi.store import KpiStore
@@ -127,6 +135,24 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
             }
         )
 
+    priced = configured_costs(plant)
+
+    def money(line: Line) -> dict[str, Any] | None:
+        """The line's shift losses in money: its machines' shift records priced, summed."""
+        if not priced:
+            return None
+        by_loss = dict.fromkeys(PRICED, 0.0)
+        for machine in line.machines:
+            shift_record = machine_records.get(machine.id)
+            costs = None if shift_record is None else price(shift_record, plant)
+            for name, cost in ({} if costs is None else costs.by_category).items():
+                by_loss[name] += cost
+        return {
+            "currency": plant.costs.currency,
+            "total": math.fsum(by_loss.values()),
+            "losses": {f"{name}_s": cost for name, cost in by_loss.items()},
+        }
+
     lines = []
     for line in plant.lines:
         record = line_records.get(line.id)
@@ -155,7 +181,9 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
                     "machine": line.output_machine.id,
                     "count": None if record is None else record.get("output_count"),
                 },
-                "waterfall": None if record is None else _waterfall(record, len(line.machines)),
+                "waterfall": None
+                if record is None
+                else _waterfall(record, len(line.machines), money(line)),
                 "bottleneck": None if record is None else _bottleneck(record),
                 "forecast": None if record is None else _forecast(record),
                 "machines": statuses.get(line.id, []),
@@ -227,7 +255,9 @@ def _kpis(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record[k] for k in KPI_FIELDS}
 
 
-def _waterfall(record: dict[str, Any], machines: int) -> dict[str, Any] | None:
+def _waterfall(
+    record: dict[str, Any], machines: int, money: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """Planned time, the six big losses and no data (LOSS_KEYS order), fully productive
     time, summed over `machines` machines for a line record. A store written before
     `no_data_s` existed shows 0 for it (its unknown time is then inside equipment failure,
@@ -245,6 +275,7 @@ def _waterfall(record: dict[str, Any], machines: int) -> dict[str, Any] | None:
         "machines": machines if record["machine"] is None else 1,
         "losses": [{"loss": k, "seconds": s} for k, s in zip(LOSS_KEYS, seconds, strict=True)],
         "fully_productive_s": float(productive),
+        "money": money,
     }
 
 

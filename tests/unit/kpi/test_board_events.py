@@ -258,6 +258,7 @@ def test_losses_waterfall_bottleneck_and_forecast_of_the_shift(store: KpiStore) 
         "machines": 2,  # the line's planned time is its two machines' summed
         "losses": [{"loss": key, "seconds": LOSSES[key]} for key in LOSS_KEYS],
         "fully_productive_s": 2000.0,
+        "money": None,  # no costs in this plant's config
     }
     # Planned time, less the six losses and the time without data, is the fully productive
     # time; no data is a step of its own, the last, and equipment failure leaves it out.
