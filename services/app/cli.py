@@ -742,6 +742,53 @@ def check_command(
     raise typer.Exit(code)
 
 
+@app.command("report")
+def report_command(
+    line: Annotated[str, typer.Option(help="The line (lines[].id).")],
+    date: Annotated[str, typer.Option(help="The production day, local (YYYY-MM-DD).")],
+    shift: Annotated[str, typer.Option(help="The shift's name (shifts[].name).")],
+    url: Annotated[
+        str, typer.Option(help="The KPI API (`linepulse api`, `linepulse demo`).")
+    ] = "http://127.0.0.1:8080",
+    format_: Annotated[
+        str, typer.Option("--format", help="html (a page for mail) or json.")
+    ] = "html",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Print a line's shift report (GET /v1/reports/shift of a running KPI API).
+
+    A token for an API that guards reads (api.auth_reads) is read from
+    LINEPULSE_API_TOKEN. Exit codes: 0 written, 1 the API refused or is unreachable."""
+    import os
+
+    import httpx
+
+    if format_ not in ("html", "json"):
+        raise _fail(f"--format must be html or json, got {format_!r}", 2)
+    token = os.environ.get("LINEPULSE_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    query = {"line": line, "date": date, "shift": shift, "format": format_}
+    try:
+        response = httpx.get(
+            url.rstrip("/") + "/v1/reports/shift", params=query, headers=headers, timeout=30
+        )
+    except httpx.HTTPError as error:
+        raise _fail(f"report: the KPI API at {url} does not answer ({error})", 1) from None
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise _fail(f"report: {response.status_code}: {detail}", 1)
+    if output is None:
+        typer.echo(response.text)
+    else:
+        output.write_text(response.text, "utf-8")
+        typer.echo(f"report: {line} {shift} {date} written to {output}", err=True)
+
+
 def _window_kinds(values: list[str] | None) -> tuple[WindowKind, ...] | None:
     if not values:
         return None

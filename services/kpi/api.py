@@ -19,17 +19,17 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
 
 import orjson
 from fastapi import FastAPI, Query, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
 
 from linepulse.bus import AIOKAFKA, KafkaClients
-from linepulse.calendar import Calendar
+from linepulse.calendar import Calendar, ShiftSpan
 from linepulse.config import PlantConfig, State, WindowKind
 from linepulse.costs import configured
 from linepulse.http.api import create_api, errors_of_a_text_route, metrics_response
@@ -40,6 +40,7 @@ from services.kpi.board.board import mount_board  # live board (issue 6)
 from services.kpi.errors import BadRequest, NotFound
 from services.kpi.history import KpiHistory, Scope
 from services.kpi.money import budget_view, losses_cost, month_start, reached
+from services.kpi.shift_report import render_html, shift_report
 from services.kpi.stops_api import CorrectionProducer, stops_router
 from services.kpi.store import KpiStore
 from services.kpi.trends import PROJECTION_WEEKS, trends
@@ -322,6 +323,7 @@ def create_app(
             {"name": "plant", "description": "machines and downtime"},
             {"name": "stops", "description": "stops, reason trees and reason corrections"},
             {"name": "money", "description": "losses in money, and the month against budget"},
+            {"name": "reports", "description": "shift reports"},
             {"name": "operations", "description": "metrics and health checks"},
         ],
     )
@@ -575,6 +577,63 @@ def create_app(
         return _json(budget_view(records, days, plant, calendar, scope_lines, line, start, now))
 
     @app.get(
+        "/v1/reports/shift",
+        tags=["reports"],
+        summary="The shift report of a line, as JSON or as an HTML page for mail",
+        description=(
+            "One shift of one line (docs/reports.md): output against target and against "
+            "the same shift of the four weeks before; OEE and its factors with the share of "
+            "planned time with data; where the time went, in time and (with rates) money; "
+            "downtime by reason, unplanned and planned apart; the longest stops with who "
+            "coded them, and those still without a reason; bottleneck, scrap and rework. "
+            "`format=html` gives a self-contained page a mail client shows as it is."
+        ),
+        responses={200: {"content": {"application/json": {}, "text/html": {}}}},
+    )
+    def shift_report_answer(
+        line: Annotated[str, Query(description="a line id (`lines[].id`)")],
+        date_: Annotated[
+            str, Query(alias="date", description="production day, local (YYYY-MM-DD)")
+        ],
+        shift: Annotated[str, Query(description="the shift's name (`shifts[].name`)")],
+        format_: Annotated[
+            Literal["json", "html"], Query(alias="format", description="json or html")
+        ] = "json",
+    ) -> Response:
+        check_scope(line, None)
+        if "shift" not in windows:
+            raise BadRequest("shift reports need `shift` records: add shift to kpi.windows")
+        try:
+            day = date.fromisoformat(date_)
+        except ValueError:
+            raise BadRequest(f"'date' must be YYYY-MM-DD, got {date_!r}") from None
+        span = _span(calendar, line, day, shift)
+        records = _shift_records(store.history, span)
+        line_record = next((r for r in records if r["machine"] is None), None)
+        if line_record is None:
+            raise NotFound(
+                f"no record of the {shift} shift of {line} on {day} yet: it has not started, "
+                "or no data of it has reached the API"
+            )
+        earlier = []
+        for weeks in range(1, 5):
+            before = day - timedelta(weeks=weeks)
+            spans = [s for s in calendar.spans_on(line, before) if s.name == shift]
+            found = _shift_records(store.history, spans[0]) if spans else []
+            earlier.append((before, next((r for r in found if r["machine"] is None), None)))
+        stops = store.stops.query(
+            line=line,
+            since=datetime.fromtimestamp(span.start / 1000, UTC) - timedelta(days=1),
+            until=datetime.fromtimestamp(span.end / 1000, UTC),
+            limit=10_000,
+        )
+        machine_records = [r for r in records if r["machine"] is not None]
+        report = shift_report(plant, span, line_record, machine_records, earlier, stops)
+        if format_ == "html":
+            return HTMLResponse(render_html(report, plant.site))
+        return _json(report)
+
+    @app.get(
         "/metrics",
         tags=["operations"],
         summary="Prometheus metrics",
@@ -655,6 +714,22 @@ def _current_shift(
     end = max(datetime.fromisoformat(r["window_end"]) for r in records)
     names = {r["shift"] for r in records}
     return start, end, names.pop() if len(names) == 1 else None
+
+
+def _span(calendar: Calendar, line: str, day: date, shift: str) -> ShiftSpan:
+    """The shift `shift` of `line` on production day `day`; 404 naming those there are."""
+    spans = calendar.spans_on(line, day)
+    for span in spans:
+        if span.name == shift:
+            return span
+    there = ", ".join(s.name for s in spans) or "none (a day off, or no shift that weekday)"
+    raise NotFound(f"line {line!r} has no shift {shift!r} on {day}; its shifts that day: {there}")
+
+
+def _shift_records(history: KpiHistory, span: ShiftSpan) -> list[dict[str, Any]]:
+    """The `shift` records (line and machines) of the window that starts with `span`."""
+    start = datetime.fromtimestamp(span.start / 1000, UTC)
+    return history.history(start, start + timedelta(milliseconds=1), "shift", span.line)
 
 
 def _utc(moment: datetime | None) -> str | None:

@@ -184,6 +184,13 @@ RUN_BY: dict[str, tuple[RunBy, ...]] = {
         ),
         RunBy("tests/integration/test_data_dir.py", ('common = ["--config", str(config)',)),
     ),
+    "linepulse report --line line-1 --date 2026-11-02 --shift early -o report.html": (
+        RunBy(
+            "tests/integration/test_report_cli.py",
+            ('ask = ["--url", served.url, "--line", "line-1", "--date", "2026-11-02"]',),
+        ),
+        RunBy("tests/integration/test_report_cli.py", ('"--shift", "early", "-o"',)),
+    ),
     "linepulse ingest --config plant.yaml": (
         RunBy("tests/integration/test_ingest_e2e.py", ('start_cli(["ingest", "--config"',)),
     ),

@@ -18,6 +18,7 @@ from services.kpi.api import create_app
 from services.kpi.metrics import KpiMetrics
 from services.kpi.store import KpiStore
 from tests.unit.kpi.core.support import ev, plant, run
+from tests.unit.kpi.served import api_over_core
 from tests.unit.kpi.test_trends import DAYS, SHIFTS, events, planned_s
 
 # 12 a lost minute, 0.50 a good part not made, 0.20 a scrap part; ideal cycle 1 s.
@@ -50,12 +51,8 @@ def config(**extra: Any) -> PlantConfig:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    plant_config = config()
-    finals, _, _ = run(plant_config, [events()])
-    with KpiStore(tmp_path / "kpi.duckdb", plant_config) as store:
-        store.history.upsert(list(finals.values()))
-        with TestClient(create_app(plant_config, store, CollectorRegistry())) as client:
-            yield client
+    with api_over_core(tmp_path, config(), events()) as client:
+        yield client
 
 
 def get(client: TestClient, url: str, status: int = 200) -> Any:
@@ -128,12 +125,8 @@ def test_reasons_machines_and_lines_reconcile_whatever_the_rates(tmp_path: Path)
         ev("2026-11-02T07:30:00Z", "state", "running", machine="m2"),
         ev("2026-11-02T13:00:00Z", "total_count", 5_000, machine="m2"),
     ]
-    finals, _, _ = run(plant_config, [sorted(events() + m2, key=lambda e: e["ts"])])
-    with (
-        KpiStore(tmp_path / "kpi.duckdb", plant_config) as store,
-        TestClient(create_app(plant_config, store, CollectorRegistry())) as client,
-    ):
-        store.history.upsert(list(finals.values()))
+    both = sorted(events() + m2, key=lambda e: e["ts"])
+    with api_over_core(tmp_path, plant_config, both) as client:
         body = get(client, "/v1/costs?from=2026-11-02T00:00:00Z&to=2026-11-03T00:00:00Z")
     assert rates(plant_config, "m2", "B").minute == 30
     assert rates(plant_config, "m2", "B").part_value == 2.0

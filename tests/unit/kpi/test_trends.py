@@ -16,12 +16,13 @@ from prometheus_client import CollectorRegistry
 from linepulse.config import PlantConfig
 from services.kpi.api import create_app
 from services.kpi.store import KpiStore
-from tests.unit.kpi.core.support import ev, plant, run
+from tests.unit.kpi.core.support import ev, plant
+from tests.unit.kpi.served import api_over_core
 
 MONDAY = date(2026, 11, 2)  # ISO week 2026-W45
 # Monday to Thursday 06:00-14:00 with a 30-minute break (7.5 h planned), Friday 06:00-10:00
 # (4 h): days of unequal planned time, so a week's OEE is not the mean of its days'.
-SHIFTS = [
+SHIFTS: list[dict[str, Any]] = [
     {
         "name": "early",
         "start": "06:00",
@@ -84,11 +85,8 @@ def config() -> PlantConfig:
 
 @pytest.fixture
 def client(tmp_path: Path, config: PlantConfig) -> Iterator[TestClient]:
-    finals, _, _ = run(config, [events()])
-    with KpiStore(tmp_path / "kpi.duckdb", config) as store:
-        store.history.upsert(list(finals.values()))
-        with TestClient(create_app(config, store, CollectorRegistry())) as client:
-            yield client
+    with api_over_core(tmp_path, config, events()) as client:
+        yield client
 
 
 def trends(client: TestClient, query: str = "line=line-1&weeks=2") -> dict[str, Any]:
