@@ -250,6 +250,9 @@ class BudgetAnswer(BaseModel):
     currency: str
     month: str
     from_: str = Field(alias="from")
+    data_from: str = Field(
+        description="the first record of the month: the projection's rate runs from here"
+    )
     through: str
     cost: float
     by_category: dict[str, float]

@@ -65,6 +65,14 @@ def losses_cost(records: Iterable[Mapping[str, Any]], plant: PlantConfig) -> dic
     }
 
 
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def month_start(day: date, calendar: Calendar) -> datetime:
     """The first production day of `day`'s month, at the plant's `day_start`, in UTC."""
     first = datetime.combine(day.replace(day=1), calendar.plant.day_start)
@@ -104,7 +112,11 @@ def budget_view(
     end = month_start(next_month, calendar)
     start_ms, now_ms = int(start.timestamp() * 1000), int(now.timestamp() * 1000)
     end_ms = int(end.timestamp() * 1000)
-    planned_so_far = sum(calendar.planned_ms(line, start_ms, now_ms) for line in lines) / 1000
+    # The rate is taken over the time the records cover: a plant that started sending on
+    # the 7th has not lost nothing from the 1st to the 6th, it has not been measured.
+    first_ms = min((_ms(r["window_start"]) for r in machine_records), default=start_ms)
+    data_ms = max(start_ms, first_ms)
+    planned_so_far = sum(calendar.planned_ms(line, data_ms, now_ms) for line in lines) / 1000
     planned_month = sum(calendar.planned_ms(line, start_ms, end_ms) for line in lines) / 1000
     projected = spent["total"] / planned_so_far * planned_month if planned_so_far > 0 else None
     totals = Totals()
@@ -117,6 +129,7 @@ def budget_view(
         "currency": plant.costs.currency,
         "month": f"{local:%Y-%m}",
         "from": start.isoformat().replace("+00:00", "Z"),
+        "data_from": _iso(data_ms),
         "through": now.isoformat().replace("+00:00", "Z"),
         "cost": spent["total"],
         "by_category": spent["by_category"],
@@ -131,8 +144,9 @@ def budget_view(
         "oee": totals.ratios()["oee"],
         "oee_target": oee_target,
         "method": (
-            "loss cost so far divided by the planned time so far, times the planned time "
-            "the shift calendar gives the whole month; it assumes the rest of the month "
+            "loss cost so far divided by the planned time since the first record of the "
+            "month (data_from), times the planned time the shift calendar gives the whole "
+            "month; it assumes the rest of the month, and any of it before data_from, "
             "loses at the same rate per planned hour"
         ),
         "unpriced_machines": spent["unpriced_machines"],

@@ -97,6 +97,7 @@ def test_the_month_so_far_against_its_budget(client: TestClient) -> None:
     assert body["share_of_budget"] == pytest.approx(spent / 80_000)
     # Planned so far: Mon-Thu 7.5 h, Fri 4 h, through 11 Nov 14:00; November 2026 has 17
     # Mondays to Thursdays and 4 Fridays.
+    assert body["data_from"] == "2026-11-02T06:00:00Z"  # the first hour with a record
     so_far = 7 * 27_000 + 14_400
     month = 17 * 27_000 + 4 * 14_400
     assert (body["planned_s"], body["month_planned_s"]) == (so_far, month)
