@@ -633,7 +633,7 @@ def create_app(
         machine_records = [r for r in records if r["machine"] is not None]
         report = shift_report(plant, span, line_record, machine_records, earlier, stops)
         if format_ == "html":
-            return HTMLResponse(render_html(report, plant.site))
+            return HTMLResponse(render_html(report, plant.site, plant.zone))
         return _json(report)
 
     @app.get(

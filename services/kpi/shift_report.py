@@ -18,12 +18,14 @@ import html
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from linepulse.calendar import ShiftSpan
 from linepulse.config import PlantConfig
 from linepulse.costs import configured
-from linepulse.production import LOSS_KEYS
+from linepulse.production import LOSS_KEYS, UNASSIGNED
 from services.kpi.money import losses_cost
+from services.kpi.stops import CODE_STATES
 
 LONGEST: Final = 5  # stops listed by length
 _LOSS_LABELS: Final = {
@@ -131,7 +133,9 @@ def shift_report(
             ],
         },
         "longest_stops": sorted(listed, key=lambda s: (-s["seconds"], s["start"]))[:LONGEST],
-        "uncoded_stops": [s for s in listed if s["reason"] == "unassigned"],
+        "uncoded_stops": [
+            s for s in listed if s["reason"] == UNASSIGNED and s["state"] in CODE_STATES
+        ],
         "bottleneck": None
         if record["bottleneck"] is None
         else {"machine": record["bottleneck"], "stop_s": record["bottleneck_s"]},
@@ -166,6 +170,10 @@ _CELL: Final = "padding:4px 8px;border-bottom:1px solid #ddd;"
 _NUM: Final = _CELL + "text-align:right;white-space:nowrap;"
 
 
+def _clock(utc: str, zone: ZoneInfo) -> str:
+    return datetime.fromisoformat(utc).astimezone(zone).strftime("%H:%M")
+
+
 def _pct(ratio: float | None) -> str:
     return "–" if ratio is None else f"{ratio * 100:.1f} %"
 
@@ -186,20 +194,33 @@ def _money(value: float | None, currency: str | None) -> str:
 
 
 def _bar(share: float, colour: str) -> str:
-    width = max(0, min(100, round(share * 100)))
+    """A bar of `share` of 160 px: cells of fixed pixel widths (an empty cell of 0 % is
+    drawn wide by some engines, so a cell of no width is left out)."""
+    filled = max(0, min(160, round(share * 160)))
+    cells = [(filled, colour), (160 - filled, "#eee")]
+    tds = "".join(
+        f'<td width="{px}" style="background:{bg};height:10px;width:{px}px;"></td>'
+        for px, bg in cells
+        if px
+    )
     return (
         '<table role="presentation" width="160" cellpadding="0" cellspacing="0" '
-        'style="border-collapse:collapse;"><tr>'
-        f'<td width="{width}%" style="background:{colour};height:10px;"></td>'
-        f'<td style="background:#eee;height:10px;"></td></tr></table>'
+        f'style="border-collapse:collapse;width:160px;"><tr>{tds}</tr></table>'
     )
 
 
-def _table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    cells = "".join(f'<th style="{_CELL}text-align:left;">{h}</th>' for h in head)
+def _table(head: Sequence[str], rows: Iterable[Sequence[str]], numbers: Sequence[int] = ()) -> str:
+    """A table; the columns at `numbers` (indices) are right-aligned figures."""
+    cells = "".join(
+        f'<th style="{_NUM if i in numbers else _CELL}text-align:'
+        f'{"right" if i in numbers else "left"};">{h}</th>'
+        for i, h in enumerate(head)
+    )
     body = "".join(
         "<tr>"
-        + "".join(f'<td style="{_NUM if i else _CELL}">{c}</td>' for i, c in enumerate(row))
+        + "".join(
+            f'<td style="{_NUM if i in numbers else _CELL}">{c}</td>' for i, c in enumerate(row)
+        )
         + "</tr>"
         for row in rows
     )
@@ -209,8 +230,9 @@ def _table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     )
 
 
-def render_html(report: Mapping[str, Any], site: str) -> str:
-    """The report as one HTML page that a mail client shows as it is."""
+def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
+    """The report as one HTML page that a mail client shows as it is; times in the
+    plant's zone, as the shift lead lives them."""
     e = html.escape
     cur = report["currency"]
     out = report["output"]
@@ -224,8 +246,9 @@ def render_html(report: Mapping[str, Any], site: str) -> str:
         f"<title>{title}</title></head>"
         '<body style="font-family:Arial,Helvetica,sans-serif;color:#222;max-width:720px;">',
         f'<h1 style="font-size:20px;margin:0 0 4px 0;">{title}</h1>',
-        f'<p style="color:#666;margin:0 0 16px 0;">{e(site)} · {e(report["from"])} to '
-        f"{e(report['to'])} (UTC) · {'final' if report['final'] else 'still open'}</p>",
+        f'<p style="color:#666;margin:0 0 16px 0;">{e(site)} · '
+        f"{_clock(report['from'], zone)}–{_clock(report['to'], zone)} ({e(str(zone))}) · "
+        f"{'final' if report['final'] else 'still open'}</p>",
         '<h2 style="font-size:16px;">Output</h2>',
         _table(
             ["", "parts"],
@@ -235,6 +258,7 @@ def render_html(report: Mapping[str, Any], site: str) -> str:
                 ["against target", _num(out["vs_target"])],
                 ["same shift, weeks before (mean)", _num(out["mean_before"])],
             ],
+            numbers=(1,),
         ),
         '<h2 style="font-size:16px;">OEE</h2>',
         _table(
@@ -248,6 +272,7 @@ def render_html(report: Mapping[str, Any], site: str) -> str:
                     _pct(k["coverage"]),
                 ]
             ],
+            numbers=(0, 1, 2, 3, 4),
         ),
         '<h2 style="font-size:16px;">Where the time went</h2>',
         _table(
@@ -272,6 +297,7 @@ def render_html(report: Mapping[str, Any], site: str) -> str:
                     f"losses {lost}" if lost else "",
                 ]
             ],
+            numbers=(2, 3, 4),
         ),
         '<h2 style="font-size:16px;">Downtime by reason</h2>',
         _table(
@@ -281,11 +307,13 @@ def render_html(report: Mapping[str, Any], site: str) -> str:
                 for r in report["downtime"]["unplanned"]
             ]
             or [["none", "", ""]],
+            numbers=(1, 2),
         ),
         _table(
             ["planned", "time"],
             [[e(r["reason"]), _dur(r["seconds"])] for r in report["downtime"]["planned"]]
             or [["none", ""]],
+            numbers=(1,),
         ),
         '<h2 style="font-size:16px;">Longest stops</h2>',
         _table(
@@ -293,7 +321,7 @@ def render_html(report: Mapping[str, Any], site: str) -> str:
             [
                 [
                     e(s["machine"]),
-                    e(s["start"][11:16]),
+                    _clock(s["start"], zone),
                     _dur(s["seconds"]),
                     e(s["reason"]),
                     e(s["coded_by"] or "machine"),
@@ -301,6 +329,7 @@ def render_html(report: Mapping[str, Any], site: str) -> str:
                 for s in report["longest_stops"]
             ]
             or [["none", "", "", "", ""]],
+            numbers=(1, 2),
         ),
         f'<p style="margin:0 0 16px 0;">Stops still without a reason: '
         f"<b>{len(report['uncoded_stops'])}</b></p>",
@@ -316,6 +345,7 @@ def render_html(report: Mapping[str, Any], site: str) -> str:
                 ["rejects", f"{_num(quality['reject_count'])} ({_pct(quality['scrap_ratio'])})"],
                 ["rework", f"{_num(quality['rework_count'])} ({_pct(quality['rework_ratio'])})"],
             ],
+            numbers=(1,),
         ),
         "</body></html>",
     ]

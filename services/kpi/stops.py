@@ -79,6 +79,11 @@ MARKS_DDL: Final = (
     "CREATE TABLE IF NOT EXISTS status_marks ("
     "machine VARCHAR NOT NULL, since TIMESTAMP NOT NULL, PRIMARY KEY (machine, since))"
 )
+# The stops an operator is asked to code: unplanned stops. A changeover is downtime (the
+# setup loss) but its reason is the changeover itself; the plant config has no setting to
+# ask for its code (see the report of issue 15), so it is not offered (the board) nor
+# counted as uncoded (the shift report).
+CODE_STATES: Final = ("down", "idle")
 _STOP_COLUMNS: Final = (
     'id, machine, line, start, "end", state, reason, original_reason, corrections, '
     "corrected_by, corrected_at"

@@ -69,6 +69,7 @@ from linepulse.costs import PRICED, price
 from linepulse.costs import configured as configured_costs
 from linepulse.production import LOSS_KEYS
 from linepulse.records import record_fields
+from services.kpi.stops import CODE_STATES
 from services.kpi.store import KpiStore
 
 # The record fields a line shows as its KPIs (the page's tiles), checked against the
@@ -99,10 +100,6 @@ KPI_FIELDS: Final = record_fields(
 # second once (see KpiHistory.pareto).
 _TREND_KINDS: Final[tuple[WindowKind, ...]] = ("15m", "1h")
 _PARETO_KINDS: Final[tuple[WindowKind, ...]] = ("15m", "1h", "1m", "day", "shift")
-# The stops an operator is asked to code: unplanned stops. A changeover is downtime (the
-# setup loss) but its reason is the changeover itself; the plant config has no setting to
-# ask for its code (see the report of issue 15), so it is not offered.
-CODE_STATES: Final = ("down", "idle")
 # The ratios whose None the page explains.
 _EXPLAINED: Final = ("oee", "availability", "performance", "quality", "nee", "teep")
 

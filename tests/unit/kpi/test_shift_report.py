@@ -152,3 +152,22 @@ def test_without_rates_the_report_has_no_money(tmp_path: Path) -> None:
     assert report["loss_cost"] is None
     assert all(step["cost"] is None for step in report["losses"])
     assert "EUR" not in page
+
+
+def test_uncoded_stops_are_the_down_and_idle_ones_without_a_reason(tmp_path: Path) -> None:
+    """A changeover is not asked for a code (its reason is the changeover): of a stop
+    without a reason and a changeover without one, only the stop is uncoded."""
+    changed = []
+    for event in events():
+        if event["signal"] == "state" and event["ts"] == "2026-11-02T11:00:00Z":
+            event = {k: v for k, v in event.items() if k != "reason"}  # the jam: uncoded
+        if event["signal"] == "state" and event["ts"] == "2026-11-02T09:00:00Z":
+            event = {**event, "value": "changeover"}
+            event.pop("reason")
+        changed.append(event)
+    with api_over_core(tmp_path, classic(), changed, statuses(changed)) as client:
+        report = client.get(URL).json()
+        page = client.get(URL + "&format=html").text
+    uncoded = [(s["start"], s["state"], s["reason"]) for s in report["uncoded_stops"]]
+    assert uncoded == [("2026-11-02T11:00:00Z", "down", "unassigned")]
+    assert "Stops still without a reason: <b>1</b>" in page
