@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
-import orjson
 import polars as pl
 
 Quality = Literal["good", "uncertain", "bad"]
@@ -218,9 +217,13 @@ def decode_json(raw: bytes | str) -> Row:
         event = _WIRE_DECODER.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         # msgspec raises UnicodeDecodeError for bytes that are not UTF-8 inside a key.
+        # The untyped parse keeps integers exact, as the typed one does: orjson would
+        # turn one beyond 64 bits into a float and accept what the fast path refuses.
         try:
-            obj = orjson.loads(raw)
-        except orjson.JSONDecodeError as error:
+            obj = msgspec.json.decode(raw)
+        except msgspec.ValidationError as error:  # only a number beyond a 64-bit float
+            raise EventError(f"a number is beyond a 64-bit float (infinity): {error}") from None
+        except (msgspec.DecodeError, UnicodeDecodeError) as error:
             raise EventError(f"malformed JSON: {error}") from None
         return decode_event(obj)
     # msgspec keeps the JSON type: 3.0 is a float, 9007199254740993 an exact int (10**400
