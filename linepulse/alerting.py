@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Final, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -307,6 +307,27 @@ class HighAvailability(_Model):
     failover: Duration = Field(default=6.0, ge=1.0)
 
 
+# Who gets a line's shift report, besides person ids: the lead of the line's shift that
+# follows it (who takes over) and `alerts.manager`.
+NEXT_LEAD: Final = "next_lead"
+MANAGER: Final = "manager"
+# The channel types a report goes out on (a page-shaped channel has no room for one).
+REPORT_CHANNELS: Final = ("email", "webhook", "console")
+
+
+class ShiftReports(_Model):
+    """Shift reports sent when a shift is over (services/alerts/reports.py)."""
+
+    # The KPI API that builds them (GET /v1/reports/shift): `linepulse api`'s address.
+    api_url: str = Field(min_length=1)
+    to: tuple[str, ...] = (NEXT_LEAD, MANAGER)
+    # How long after the shift's end to wait for its final record (the KPI lateness and
+    # the time the records take to reach the API, with room to spare).
+    after: Duration = 300.0
+    # How far back a restarted service still sends the reports it owes.
+    lookback: Duration = 24 * 3600.0
+
+
 class AlertSettings(_Model):
     rules: tuple[Rule, ...] = ()
     people: dict[str, Person] = Field(default_factory=dict)
@@ -327,6 +348,7 @@ class AlertSettings(_Model):
     api_limits: HttpLimits = HttpLimits()
     api_tls: TlsSettings | None = None
     high_availability: HighAvailability = HighAvailability()
+    reports: ShiftReports | None = None
 
     def api_access(self, environ: Mapping[str, str] | None = None) -> ApiAccess:
         """The alerts API's tokens (read now), limits and CORS: the KPI API's guard."""

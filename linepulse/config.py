@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from linepulse.alerting import AlertSettings, check_forecast_rules
+from linepulse.alerting import MANAGER, NEXT_LEAD, AlertSettings, check_forecast_rules
 from linepulse.bus.security import KafkaSecurity
 from linepulse.costs import LineCosts, MachineCosts, PlantCosts
 from linepulse.http.settings import ApiSecurity
@@ -503,6 +503,13 @@ def _check_alerts(plant: PlantConfig, machines: dict[str, str]) -> None:
             raise ValueError(f"alerts.broadcast: unknown channel {cid!r}")
     if alerts.manager is not None and alerts.manager not in alerts.people:
         raise ValueError(f"alerts.manager: unknown person {alerts.manager!r}")
+    if alerts.reports is not None:
+        for who in alerts.reports.to:
+            if who not in (*alerts.people, NEXT_LEAD, MANAGER):
+                raise ValueError(
+                    f"alerts.reports.to: {who!r} is neither a person (alerts.people) nor "
+                    f"{NEXT_LEAD!r} or {MANAGER!r}"
+                )
     names = [r.name for r in alerts.rules]
     lines = {line.id for line in plant.lines}
     for ri, rule in enumerate(alerts.rules):

@@ -95,7 +95,16 @@ def generator_url(external_url: str, fingerprint: str) -> str:
 def webhook_payload(
     notification: Notification, *, receiver: str, external_url: str = ""
 ) -> dict[str, Any]:
-    """The Alertmanager webhook body (version 4) for a notification, plus `kind` and `key`."""
+    """The Alertmanager webhook body (version 4) for a notification, plus `kind` and `key`;
+    for a shift report, `kind`, `key`, `receiver`, `subject` and the report's JSON."""
+    if notification.kind == "report":
+        return {
+            "kind": "report",
+            "key": notification.key,
+            "receiver": receiver,
+            "subject": notification.extra["subject"],
+            "report": notification.extra["report"],
+        }
     alerts = []
     for alert in notification.alerts:
         status = alert_status(alert)
@@ -233,15 +242,21 @@ def pagerduty_events(notification: Notification, *, routing_key: str) -> list[di
 
 
 def email_message(notification: Notification, *, sender: str, to: str) -> EmailMessage:
-    """A plain-text email; Message-ID is derived from the notification key, so a receiving
-    system can drop a duplicate after an uncertain send (timeout after DATA)."""
+    """A plain-text email (a shift report: its page as HTML, with a text part); Message-ID
+    is derived from the notification key, so a receiving system can drop a duplicate
+    after an uncertain send (timeout after DATA)."""
     message = EmailMessage()
     message["From"] = sender
     message["To"] = to
-    message["Subject"] = _title(notification)
+    report = notification.kind == "report"
+    message["Subject"] = notification.extra["subject"] if report else _title(notification)
     domain = sender.rpartition("@")[2] or "linepulse"
     message["Message-ID"] = f"<{notification.key}@{domain}>"
     message["X-LinePulse-Kind"] = notification.kind
+    if report:
+        message.set_content(notification.extra["text"])
+        message.add_alternative(notification.extra["html"], subtype="html")
+        return message
     parts = []
     for alert in notification.alerts:
         lines = [
@@ -298,10 +313,12 @@ def console_line(notification: Notification) -> str:
     `2026-05-01T06:00:00Z CRITICAL [FIRING] line-1/filler-1: filler-1 on line-1 is down
     (to shift-lead)`; a group of alerts names its rule and its machines."""
     alerts = notification.alerts
-    severity = max((str(a.get("severity") or "") for a in alerts), key=_severity_rank)
     who = f" (to {notification.recipient})" if notification.recipient else ""
     moment = datetime.fromtimestamp(notification.created_at / 1000, tz=UTC)
     when = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    if notification.kind == "report":
+        return f"{when} REPORT {notification.extra['subject']}{who}"
+    severity = max((str(a.get("severity") or "") for a in alerts), key=_severity_rank)
     tag = notification.kind.upper()
     if len(alerts) == 1:
         only = alerts[0]

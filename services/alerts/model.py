@@ -96,7 +96,8 @@ class Silence:
     comment: str
 
 
-NotificationKind = Literal["firing", "repeat", "escalated", "acknowledged", "resolved"]
+# `report`: a shift report (services/alerts/reports.py), not an alert's state change.
+NotificationKind = Literal["firing", "repeat", "escalated", "acknowledged", "resolved", "report"]
 
 
 @dataclass(frozen=True)

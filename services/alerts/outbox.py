@@ -275,6 +275,11 @@ class Outbox:
         self._db.execute("COMMIT")
         self._update_depth()
 
+    def has(self, key: str) -> bool:
+        """Whether a notification with this key was ever enqueued (sent or not)."""
+        row = self._db.execute("SELECT 1 FROM outbox WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
     def depth(self) -> int:
         """Notifications not yet delivered nor given up."""
         (count,) = self._db.execute(

@@ -52,6 +52,7 @@ from services.alerts.metrics import AlertMetrics
 from services.alerts.model import Notification
 from services.alerts.outbox import Outbox
 from services.alerts.replication import NotActiveError, StateWriter
+from services.alerts.reports import ShiftReportSender
 from services.alerts.store import AlertStore
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class AlertService:
             *followers,
             Task("alerts-evaluate", self.evaluate_loop),
             Task("alerts-outbox", self.outbox.run),
+            Task("alerts-shift-reports", self.send_reports),
         )
 
     @property
@@ -158,6 +160,7 @@ class AlertService:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.outbox.run(done), name="alerts-outbox")
             tasks.create_task(self.evaluate_loop(done, writer), name="alerts-evaluate")
+            tasks.create_task(self.send_reports(done), name="alerts-shift-reports")
 
     async def wait_for_topics(self, stop: asyncio.Event, wait_s: float = TOPIC_WAIT_S) -> bool:
         """Wait for the topics the followers read, never creating them; False if `stop`
@@ -174,6 +177,15 @@ class AlertService:
             stop=stop,
         )
         return bool(layout)
+
+    async def send_reports(self, stop: asyncio.Event) -> None:
+        """Shift reports into the outbox when shifts end (alerts.reports; nothing without
+        it): the active instance's duty, as paging is."""
+        reports = self.plant.alerts.reports
+        if reports is None:
+            await stop.wait()
+            return
+        await ShiftReportSender(self.plant, reports, self.outbox).run(stop)
 
     def poke(self) -> None:
         """Evaluate now (after an ack or a silence change)."""

@@ -187,7 +187,7 @@ RUN_BY: dict[str, tuple[RunBy, ...]] = {
     "linepulse report --line line-1 --date 2026-11-02 --shift early -o report.html": (
         RunBy(
             "tests/integration/test_report_cli.py",
-            ('ask = ["--url", served.url, "--line", "line-1", "--date", "2026-11-02"]',),
+            ('ask = ["--url", url, "--line", "line-1", "--date", "2026-11-02"]',),
         ),
         RunBy("tests/integration/test_report_cli.py", ('"--shift", "early", "-o"',)),
     ),

@@ -37,6 +37,7 @@ async def test_open_alerts_closes_its_store_and_outbox(tmp_path: Path) -> None:
         assert not closed(service.outbox._db)
         assert [task.name for task in alerts.tasks] == [
             "alerts-kpi", "alerts-telemetry", "alerts-evaluate", "alerts-outbox",
+            "alerts-shift-reports",
         ]  # fmt: skip
         assert alerts.served == ()  # no HTTP settings: no API
     assert closed(service.store._db)

@@ -19,7 +19,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from linepulse.alerting import AlertSettings, Channel, KpiField, Person, Rule, Scope
+from linepulse.alerting import AlertSettings, Channel, KpiField, Person, Rule, Scope, ShiftReports
 from linepulse.config import (
     Break,
     ConfigError,
@@ -254,6 +254,7 @@ def test_plant_schema_lists_the_model_fields() -> None:
         "lineCosts": LineCosts,
         "plantCosts": PlantCosts,
         "budget": Budget,
+        "shiftReports": ShiftReports,
     }
     for name, model in models.items():
         # What the config file says: a field's alias where it has one (`for`).

@@ -1,0 +1,194 @@
+"""Shift reports sent when a shift is over, once per shift and recipient, also across
+restarts.
+
+The active alerts instance looks at the shift calendar every `CHECK_EVERY_S`: every shift
+of every line that ended at least `alerts.reports.after` ago (and not more than
+`lookback` ago) is owed to its recipients (`alerts.reports.to`: person ids, `next_lead`,
+the lead of the line's shift that follows, and `manager`), on their channels that carry
+a report (email, webhook, console). What is owed and not yet in the outbox is asked of
+the KPI API (`GET /v1/reports/shift`, JSON and HTML) and enqueued, keyed
+`report/{line}/{date}/{shift}/{channel}/{person}`.
+
+Exactly once: the outbox is durable and ignores a key it has, so a restart (or a second
+look) finds the report queued or sent and asks nothing; a shift whose record is not final
+yet, or that the API cannot answer for now, is asked again at the next look, for as long
+as `lookback` allows. Driven by the calendar, not by the `kpi` topic: a service that was
+down when a shift ended still sends its report when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Final
+
+import httpx
+
+from linepulse.alerting import MANAGER, NEXT_LEAD, REPORT_CHANNELS, ShiftReports
+from linepulse.calendar import Calendar, ShiftSpan
+from linepulse.config import PlantConfig
+from linepulse.runtime import wait_set
+from services.alerts.model import Notification
+from services.alerts.outbox import Outbox
+from services.alerts.routing import Duty
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY_S: Final = 30.0
+REQUEST_TIMEOUT_S: Final = 30.0
+
+
+def report_key(span: ShiftSpan, channel: str, person: str) -> str:
+    return f"report/{span.line}/{span.day}/{span.name}/{channel}/{person}"
+
+
+class ShiftReportSender:
+    """Owed shift reports into the outbox (see the module docstring)."""
+
+    def __init__(
+        self,
+        plant: PlantConfig,
+        settings: ShiftReports,
+        outbox: Outbox,
+        *,
+        clock: Callable[[], float] = time.time,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.plant = plant
+        self.settings = settings
+        self.outbox = outbox
+        self.duty = Duty(plant)
+        self.calendar: Calendar = self.duty.calendar
+        self._clock = clock
+        self._client = client
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Look every `CHECK_EVERY_S` until `stop`; a failed look is logged and retried."""
+        async with httpx.AsyncClient(timeout=REQUEST_TIMEOUT_S) as client:
+            self._client = self._client or client
+            while not stop.is_set():
+                try:
+                    sent = await self.check()
+                    if sent:
+                        log.info("shift reports: %d queued", sent)
+                except httpx.HTTPError as error:
+                    log.warning("shift reports: the KPI API does not answer (%s)", error)
+                await wait_set(stop, CHECK_EVERY_S)
+
+    def owed(self, now_ms: int) -> list[tuple[ShiftSpan, list[tuple[str, str]]]]:
+        """Shifts that ended `after` ago within `lookback`, each with its (person, channel)
+        recipients whose report is not in the outbox yet."""
+        after_ms = round(self.settings.after * 1000)
+        since = now_ms - round(self.settings.lookback * 1000)
+        out = []
+        for line in self.plant.lines:
+            for span in self.calendar.spans(line.id, since, now_ms - after_ms):
+                if span.end > now_ms - after_ms or span.end < since:
+                    continue
+                todo = [
+                    (person, channel)
+                    for person, channel in self.recipients(span)
+                    if not self.outbox.has(report_key(span, channel, person))
+                ]
+                if todo:
+                    out.append((span, todo))
+        return out
+
+    def recipients(self, span: ShiftSpan) -> list[tuple[str, str]]:
+        """(person, channel) pairs of the report of `span`, on report-carrying channels."""
+        people = self.plant.alerts.people
+        types = {c.id: c.type for c in self.plant.alerts.channels}
+        who: list[str] = []
+        for entry in self.settings.to:
+            if entry == NEXT_LEAD:
+                following = self.duty.shift_on(span.line, span.end)
+                if following is not None and following.lead is not None:
+                    who.append(following.lead)
+            elif entry == MANAGER:
+                if self.plant.alerts.manager is not None:
+                    who.append(self.plant.alerts.manager)
+            else:
+                who.append(entry)
+        return [
+            (person, channel)
+            for person in dict.fromkeys(who)
+            for channel in people[person].channels
+            if types[channel] in REPORT_CHANNELS
+        ]
+
+    async def check(self) -> int:
+        """Queue every owed report the API can give now; returns how many were queued."""
+        now_ms = int(self._clock() * 1000)
+        queued = 0
+        for span, todo in self.owed(now_ms):
+            report = await self._fetch(span)
+            if report is None:
+                continue
+            document, page = report
+            subject = (
+                f"Shift report {span.line} {span.name} {span.day}: OEE "
+                f"{_pct(document['kpis']['oee'])}, output {_count(document['output']['count'])}"
+            )
+            extra = {"subject": subject, "html": page, "text": _text(document), "report": document}
+            queued += self.outbox.enqueue(
+                [
+                    Notification(
+                        key=report_key(span, channel, person),
+                        kind="report",
+                        channel=channel,
+                        recipient=person,
+                        alerts=(),
+                        group=f"report/{span.line}",
+                        created_at=now_ms,
+                        extra=extra,
+                    )
+                    for person, channel in todo
+                ]
+            )
+        return queued
+
+    async def _fetch(self, span: ShiftSpan) -> tuple[dict[str, Any], str] | None:
+        """The report's JSON and page, or None while there is no final record of it."""
+        client = self._client
+        if client is None:
+            raise RuntimeError("ShiftReportSender.check needs a client: call run()")
+        url = self.settings.api_url.rstrip("/") + "/v1/reports/shift"
+        query = {"line": span.line, "date": str(span.day), "shift": span.name}
+        answer = await client.get(url, params=query)
+        if answer.status_code == 404:
+            return None  # no record of the shift yet (or a line without data)
+        answer.raise_for_status()
+        document: dict[str, Any] = answer.json()
+        if not document["final"]:
+            return None
+        page = await client.get(url, params={**query, "format": "html"})
+        page.raise_for_status()
+        return document, page.text
+
+
+def _pct(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{ratio * 100:.1f} %"
+
+
+def _count(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f}"
+
+
+def _text(report: dict[str, Any]) -> str:
+    """The report's headline figures as plain text, for mail readers without HTML."""
+    out = report["output"]
+    k = report["kpis"]
+    lines = [
+        f"{report['line']} · {report['shift']} shift · {report['date']}",
+        f"good out of {out['machine']}: {_count(out['count'])} (target {_count(out['target'])})",
+        f"OEE {_pct(k['oee'])} · availability {_pct(k['availability'])} · "
+        f"performance {_pct(k['performance'])} · quality {_pct(k['quality'])}",
+    ]
+    for reason in report["downtime"]["unplanned"][:5]:
+        minutes = timedelta(seconds=round(reason["seconds"]))
+        lines.append(f"  {reason['reason']}: {minutes}")
+    lines.append(f"stops still without a reason: {len(report['uncoded_stops'])}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,125 @@
+"""Shift reports delivered by email (issue 20, item 1): the classic example's KPI API over
+real HTTP (uvicorn), the alerts outbox on SQLite, a real SMTP server (aiosmtpd). When the
+shift is over, its next lead and the manager each get the report once, HTML with a text
+part; a restart of the sender and the outbox at the shift's end sends nothing twice."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from linepulse.config import PlantConfig
+from services.alerts.metrics import AlertMetrics
+from services.alerts.outbox import Outbox
+from services.alerts.reports import ShiftReportSender
+from tests.integration.classic_api import classic_api
+from tests.integration.receivers import SmtpReceiver
+from tests.unit.kpi.test_shift_report import classic
+
+pytestmark = pytest.mark.integration
+
+SHIFT_END = datetime(2026, 11, 2, 14, 0, tzinfo=UTC).timestamp()
+AFTER_S = 300.0
+
+
+def plant_with_mail(smtp_port: int, api_url: str) -> PlantConfig:
+    """The classic plant, a late shift led by Ann after the early one, a manager, mail."""
+    early = {
+        "name": "early",
+        "start": "06:00",
+        "end": "14:00",
+        "breaks": [
+            {"start": "08:00", "end": "08:15"},
+            {"start": "10:00", "end": "10:30"},
+            {"start": "12:00", "end": "12:15"},
+        ],
+    }
+    late = {"name": "late", "start": "14:00", "end": "22:00", "lead": "ann"}
+    alerts: dict[str, Any] = {
+        "channels": [
+            {
+                "id": "mail",
+                "type": "email",
+                "smtp_host": "127.0.0.1",
+                "smtp_port": smtp_port,
+                "sender": "linepulse@plant.test",
+                "starttls": False,  # aiosmtpd on loopback offers none
+            },
+            {"id": "pager", "type": "console"},
+        ],
+        "people": {
+            "ann": {"name": "Ann", "email": "ann@plant.test", "channels": ["mail"]},
+            "max": {"name": "Max", "email": "max@plant.test", "channels": ["mail"]},
+        },
+        "manager": "max",
+        "reports": {"api_url": api_url, "to": ["next_lead", "manager"], "after": AFTER_S},
+    }
+    return classic(shifts=[early, late], alerts=alerts)
+
+
+async def deliver(outbox: Outbox, smtp: SmtpReceiver, count: int) -> None:
+    stop = asyncio.Event()
+    running = asyncio.create_task(outbox.run(stop))
+    try:
+        await smtp.wait_for(count, limit_s=20)
+        await asyncio.sleep(0.5)  # room for a duplicate to show
+    finally:
+        stop.set()
+        await running
+
+
+async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Path) -> None:
+    async with SmtpReceiver() as smtp:
+        with classic_api(tmp_path, plant_with_mail(smtp.port, "http://127.0.0.1:1")) as url:
+            plant = plant_with_mail(smtp.port, url)
+            assert plant.alerts.reports is not None
+            settings = plant.alerts.reports
+            path = tmp_path / "alerts" / "outbox.sqlite"
+            async with httpx.AsyncClient(timeout=30) as client:
+
+                def sender(outbox: Outbox, at: float) -> ShiftReportSender:
+                    clock = lambda: at  # noqa: E731
+                    return ShiftReportSender(plant, settings, outbox, clock=clock, client=client)
+
+                outbox = Outbox(path, plant.alerts, AlertMetrics.create(CollectorRegistry()))
+                # Within `after` of the shift's end its record may still move: nothing yet.
+                assert await sender(outbox, SHIFT_END + 60).check() == 0
+                # Ann (the next lead) and Max (the manager).
+                assert await sender(outbox, SHIFT_END + AFTER_S).check() == 2
+                outbox.close()  # the service stops at the shift's end, before sending
+                outbox = Outbox(path, plant.alerts, AlertMetrics.create(CollectorRegistry()))
+                again = sender(outbox, SHIFT_END + 900)
+                assert await again.check() == 0  # owed nothing: both are queued
+                await deliver(outbox, smtp, 2)
+                assert await again.check() == 0  # and nothing after they went out
+                outbox.close()
+    assert sorted(m.rcpt_tos[0] for m in smtp.mails) == ["ann@plant.test", "max@plant.test"]
+    mail = smtp.mails[0].message
+    assert mail["Subject"].startswith("Shift report line-1 early 2026-11-02: OEE 74.8 %")
+    assert mail["Message-ID"].startswith("<report/line-1/2026-11-02/early/mail/")
+    parts = {part.get_content_type(): body(part) for part in mail.walk()}
+    assert "line-1 · early shift · 2026-11-02" in parts["text/html"]
+    assert "1,880 EUR" in parts["text/html"]
+    assert "OEE 74.8 %" in parts["text/plain"]
+
+
+def body(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    return payload.decode() if isinstance(payload, bytes) else ""
+
+
+def test_who_gets_it_is_checked_when_the_config_is_loaded() -> None:
+    with pytest.raises(Exception, match=r"alerts\.reports\.to: 'nobody'"):
+        classic(
+            alerts={
+                "channels": [{"id": "pager", "type": "console"}],
+                "reports": {"api_url": "http://127.0.0.1:8080", "to": ["nobody"]},
+            }
+        )
