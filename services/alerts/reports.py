@@ -64,6 +64,28 @@ class ShiftReportSender:
         self.calendar: Calendar = self.duty.calendar
         self._clock = clock
         self._client = client
+        types = {c.id: c.type for c in plant.alerts.channels}
+        for pid in self._named():
+            if not any(types[c] in REPORT_CHANNELS for c in plant.alerts.people[pid].channels):
+                log.warning(
+                    "shift reports: %s has no %s channel and gets no report",
+                    pid,
+                    "/".join(REPORT_CHANNELS),
+                )
+
+    def _named(self) -> set[str]:
+        """Everyone a report may go to: those listed, the manager, every shift's lead."""
+        alerts = self.plant.alerts
+        named = {who for who in self.settings.to if who not in (NEXT_LEAD, MANAGER)}
+        if MANAGER in self.settings.to and alerts.manager is not None:
+            named.add(alerts.manager)
+        if NEXT_LEAD in self.settings.to:
+            shifts = [
+                *self.plant.shifts,
+                *(s for line in self.plant.lines for s in line.shifts or ()),
+            ]
+            named.update(s.lead for s in shifts if s.lead is not None)
+        return named
 
     async def run(self, stop: asyncio.Event) -> None:
         """Look every `CHECK_EVERY_S` until `stop`; a failed look is logged and retried."""

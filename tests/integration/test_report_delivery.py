@@ -123,3 +123,26 @@ def test_who_gets_it_is_checked_when_the_config_is_loaded() -> None:
                 "reports": {"api_url": "http://127.0.0.1:8080", "to": ["nobody"]},
             }
         )
+
+
+def test_a_recipient_without_a_report_channel_is_named_in_the_log(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    plant = plant_with_mail(2525, "http://127.0.0.1:1")
+    people = {
+        "ann": {"name": "Ann", "channels": ["pager"]},
+        "max": {"name": "Max", "email": "max@plant.test", "channels": ["mail", "pager"]},
+    }
+    alerts = {**plant.alerts.model_dump(mode="json", exclude_none=True), "people": people}
+    slack = {"id": "pager", "type": "slack", "url": "http://127.0.0.1:1/hook"}
+    alerts["channels"] = [alerts["channels"][0], slack]
+    plant = classic(shifts=[s.model_dump(mode="json") for s in plant.shifts], alerts=alerts)
+    assert plant.alerts.reports is not None
+    outbox = Outbox(tmp_path / "o.sqlite", plant.alerts, AlertMetrics.create(CollectorRegistry()))
+    try:
+        with caplog.at_level("WARNING", logger="services.alerts.reports"):
+            ShiftReportSender(plant, plant.alerts.reports, outbox)
+    finally:
+        outbox.close()
+    assert "ann has no email/webhook/console channel" in caplog.text
+    assert "max has no" not in caplog.text
