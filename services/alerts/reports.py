@@ -19,10 +19,11 @@ down when a shift ended still sends its report when it is back.
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import httpx
@@ -31,7 +32,7 @@ from linepulse.alerting import MANAGER, NEXT_LEAD, REPORT_CHANNELS, ShiftReports
 from linepulse.calendar import Calendar, ShiftSpan
 from linepulse.config import PlantConfig
 from linepulse.runtime import wait_set
-from services.alerts.model import Notification
+from services.alerts.model import Alert, Notification
 from services.alerts.outbox import Outbox
 from services.alerts.routing import Duty
 
@@ -54,12 +55,14 @@ class ShiftReportSender:
         settings: ShiftReports,
         outbox: Outbox,
         *,
+        alerts: Callable[[str], list[Alert]] = lambda line: [],
         clock: Callable[[], float] = time.time,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.plant = plant
         self.settings = settings
         self.outbox = outbox
+        self.alerts = alerts  # a line's alerts, open and recently resolved (the engine's)
         self.duty = Duty(plant)
         self.calendar: Calendar = self.duty.calendar
         self._clock = clock
@@ -150,6 +153,9 @@ class ShiftReportSender:
             if report is None:
                 continue
             document, page = report
+            raised = shift_alerts(self.alerts(span.line), span)
+            document = {**document, "alerts": raised}
+            page = page.replace("</body>", alerts_html(raised) + "</body>", 1)
             subject = (
                 f"Shift report {span.line} {span.name} {span.day}: OEE "
                 f"{_pct(document['kpis']['oee'])}, output {_count(document['output']['count'])}"
@@ -213,4 +219,80 @@ def _text(report: dict[str, Any]) -> str:
         minutes = timedelta(seconds=round(reason["seconds"]))
         lines.append(f"  {reason['reason']}: {minutes}")
     lines.append(f"stops still without a reason: {len(report['uncoded_stops'])}")
+    raised = report.get("alerts")
+    if raised is not None:
+        lines.append(
+            f"alerts: {raised['raised']} raised, {raised['acknowledged']} acknowledged, "
+            f"{raised['resolved']} resolved"
+        )
     return "\n".join(lines) + "\n"
+
+
+def shift_alerts(alerts: list[Alert], span: ShiftSpan) -> dict[str, Any]:
+    """The alerts of the line that fired during the shift: how many, how many were
+    acknowledged (and how long that took) and resolved, and each of them."""
+    fired = [a for a in alerts if a.fired_at is not None and span.start <= a.fired_at < span.end]
+    to_ack = [
+        (a.acked_at - a.fired_at) / 1000
+        for a in fired
+        if a.acked_at is not None and a.fired_at is not None
+    ]
+    return {
+        "raised": len(fired),
+        "acknowledged": len(to_ack),
+        "resolved": sum(1 for a in fired if a.resolved_at is not None),
+        "mean_time_to_ack_s": sum(to_ack) / len(to_ack) if to_ack else None,
+        "max_time_to_ack_s": max(to_ack, default=None),
+        "list": [
+            {
+                "summary": a.summary,
+                "severity": a.severity,
+                "fired_at": _utc(a.fired_at or 0),
+                "acked_by": a.acked_by,
+                "time_to_ack_s": None
+                if a.acked_at is None or a.fired_at is None
+                else (a.acked_at - a.fired_at) / 1000,
+                "resolved_at": None if a.resolved_at is None else _utc(a.resolved_at),
+            }
+            for a in sorted(fired, key=lambda a: (a.fired_at or 0, a.fingerprint))
+        ],
+    }
+
+
+def alerts_html(raised: dict[str, Any]) -> str:
+    """The report page's alerts section, in the page's own style (tables, inline CSS)."""
+    e = html.escape
+    cell = "padding:4px 8px;border-bottom:1px solid #ddd;"
+    rows = "".join(
+        f'<tr><td style="{cell}">{e(a["summary"])}</td>'
+        f'<td style="{cell}">{e(a["severity"])}</td>'
+        f'<td style="{cell}">{e(a["acked_by"] or "–")}</td>'
+        f'<td style="{cell}text-align:right;">{_minutes(a["time_to_ack_s"])}</td>'
+        f'<td style="{cell}">{"resolved" if a["resolved_at"] else "open"}</td></tr>'
+        for a in raised["list"]
+    )
+    head = "".join(
+        f'<th style="{cell}text-align:left;">{h}</th>'
+        for h in ("alert", "severity", "acknowledged by", "after", "now")
+    )
+    summary = (
+        f"{raised['raised']} raised, {raised['acknowledged']} acknowledged "
+        f"(mean {_minutes(raised['mean_time_to_ack_s'])}), {raised['resolved']} resolved"
+    )
+    table = (
+        '<table cellpadding="0" cellspacing="0" style="border-collapse:collapse;font-size:14px;'
+        f'margin:4px 0 16px 0;"><tr>{head}</tr>{rows}</table>'
+        if rows
+        else ""
+    )
+    return (
+        f'<h2 style="font-size:16px;">Alerts</h2><p style="margin:0 0 8px 0;">{summary}</p>{table}'
+    )
+
+
+def _minutes(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{round(seconds / 60)} min"
+
+
+def _utc(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -185,7 +185,10 @@ class AlertService:
         if reports is None:
             await stop.wait()
             return
-        await ShiftReportSender(self.plant, reports, self.outbox).run(stop)
+        sender = ShiftReportSender(
+            self.plant, reports, self.outbox, alerts=lambda line: self.engine.alerts(line=line)
+        )
+        await sender.run(stop)
 
     def poke(self) -> None:
         """Evaluate now (after an ack or a silence change)."""

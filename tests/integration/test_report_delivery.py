@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig
 from services.alerts.metrics import AlertMetrics
+from services.alerts.model import Alert, AlertState
 from services.alerts.outbox import Outbox
 from services.alerts.reports import ShiftReportSender
 from tests.integration.classic_api import classic_api
@@ -86,7 +87,9 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
 
                 def sender(outbox: Outbox, at: float) -> ShiftReportSender:
                     clock = lambda: at  # noqa: E731
-                    return ShiftReportSender(plant, settings, outbox, clock=clock, client=client)
+                    return ShiftReportSender(
+                        plant, settings, outbox, alerts=alerts, clock=clock, client=client
+                    )
 
                 outbox = Outbox(path, plant.alerts, AlertMetrics.create(CollectorRegistry()))
                 # Within `after` of the shift's end its record may still move: nothing yet.
@@ -108,6 +111,36 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
     assert "line-1 · early shift · 2026-11-02" in parts["text/html"]
     assert "1,880 EUR" in parts["text/html"]
     assert "OEE 74.8 %" in parts["text/plain"]
+    # The jam at 07:00 paged, Ann acknowledged it after 4 minutes, it resolved at 07:20;
+    # the alert of the night before is not this shift's.
+    assert "1 raised, 1 acknowledged (mean 4 min), 1 resolved" in parts["text/html"]
+    assert "filler-1 is down" in parts["text/html"]
+    assert "alerts: 1 raised, 1 acknowledged, 1 resolved" in parts["text/plain"]
+
+
+def alerts(line: str) -> list[Alert]:
+    """The engine's alerts of `line`: one of the shift, one of the night before."""
+    at = int(datetime(2026, 11, 2, 7, 0, tzinfo=UTC).timestamp() * 1000)
+    labels = {"alertname": "machine-down", "line": line, "machine": "filler-1"}
+
+    def alert(fired: int, summary: str) -> Alert:
+        return Alert(
+            fingerprint=f"fp-{fired}",
+            rule="machine-down",
+            labels=labels,
+            state=AlertState.RESOLVED,
+            severity="critical",
+            summary=summary,
+            runbook=None,
+            value="down",
+            pending_since=fired,
+            fired_at=fired,
+            acked_by="ann",
+            acked_at=fired + 4 * 60_000,
+            resolved_at=fired + 20 * 60_000,
+        )
+
+    return [alert(at, "filler-1 is down"), alert(at - 10 * 3_600_000, "night stop")]
 
 
 def body(part: Message) -> str:
