@@ -91,43 +91,11 @@ class Rates:
         return lost_s / 60 * self.minute + parts * self.part_value
 
 
-def configured(plant: PlantConfig) -> bool:
-    """Whether any level of the plant config sets a rate (else there is no money)."""
-    levels: list[MachineCosts | None] = [plant.costs]
-    for line in plant.lines:
-        levels += [line.costs, *(m.costs for m in line.machines)]
-    return any(_sets_a_rate(level) for level in levels if level is not None)
-
-
 def _sets_a_rate(costs: MachineCosts) -> bool:
     return any(
         value is not None
         for part in (costs, *costs.products.values())
         for value in (part.downtime_minute_cost, part.good_part_value, part.scrap_part_cost)
-    )
-
-
-def rates(plant: PlantConfig, machine_id: str, product: str | None) -> Rates:
-    """The rates of a machine for a product: per field, the first set of the machine's
-    product, the line's product, the plant's product, the machine, the line, the plant."""
-    line, machine = plant.machines()[machine_id]
-    levels: list[PartCosts] = []
-    holders = [c for c in (machine.costs, line.costs, plant.costs) if c is not None]
-    if product is not None:
-        levels += [c.products[product] for c in holders if product in c.products]
-    levels += holders
-
-    def first(name: str) -> float:
-        return next((v for v in (getattr(c, name) for c in levels) if v is not None), 0.0)
-
-    ideal = machine.ideal_cycle_time_s
-    if product is not None and product in machine.products:
-        ideal = machine.products[product].ideal_cycle_time_s
-    return Rates(
-        minute=first("downtime_minute_cost"),
-        part_value=first("good_part_value"),
-        scrap=first("scrap_part_cost"),
-        ideal_cycle_s=ideal,
     )
 
 
@@ -143,20 +111,68 @@ class Priced:
         return sum(self.by_category.values())
 
 
-def price(record: Mapping[str, Any], plant: PlantConfig) -> Priced | None:
-    """A machine record's losses in money; None for a line record, or a record without
-    the loss breakdown (its machine has no ideal cycle time, so parts cannot be valued)."""
-    losses = record["losses"]
-    if record["machine"] is None or losses is None:
-        return None
-    rate = rates(plant, record["machine"], record["product"])
-    by_category = {name: rate.seconds(losses[f"{name}_s"]) for name in PRICED}
-    reject_s = sum(losses[f"{name}_s"] for name in _REJECTS)
-    if reject_s > 0:
-        scrap = record["reject_count"] * rate.scrap
-        for name in _REJECTS:
-            by_category[name] += scrap * losses[f"{name}_s"] / reject_s
-    by_reason = {
-        reason: rate.seconds(seconds) for reason, seconds in record["downtime_by_reason"].items()
-    }
-    return Priced(by_category, by_reason)
+class Pricing:
+    """A plant's rates, made once per plant and asked per record: a machine's rates for a
+    product are looked up once (the metrics price every record the API reads, thousands a
+    poll, and a lookup walks the plant's machines)."""
+
+    def __init__(self, plant: PlantConfig) -> None:
+        self.plant = plant
+        self._machines = plant.machines()
+        self._rates: dict[tuple[str, str | None], Rates] = {}
+        levels: list[MachineCosts | None] = [plant.costs]
+        for line in plant.lines:
+            levels += [line.costs, *(m.costs for m in line.machines)]
+        # Whether any level of the config sets a rate (else there is no money).
+        self.configured = any(_sets_a_rate(level) for level in levels if level is not None)
+
+    def rates(self, machine_id: str, product: str | None) -> Rates:
+        """The rates of a machine for a product: per field, the first set of the machine's
+        product, the line's product, the plant's product, the machine, the line, the
+        plant."""
+        key = (machine_id, product)
+        known = self._rates.get(key)
+        if known is None:
+            known = self._rates[key] = self._resolve(machine_id, product)
+        return known
+
+    def _resolve(self, machine_id: str, product: str | None) -> Rates:
+        line, machine = self._machines[machine_id]
+        levels: list[PartCosts] = []
+        holders = [c for c in (machine.costs, line.costs, self.plant.costs) if c is not None]
+        if product is not None:
+            levels += [c.products[product] for c in holders if product in c.products]
+        levels += holders
+
+        def first(name: str) -> float:
+            return next((v for v in (getattr(c, name) for c in levels) if v is not None), 0.0)
+
+        ideal = machine.ideal_cycle_time_s
+        if product is not None and product in machine.products:
+            ideal = machine.products[product].ideal_cycle_time_s
+        return Rates(
+            minute=first("downtime_minute_cost"),
+            part_value=first("good_part_value"),
+            scrap=first("scrap_part_cost"),
+            ideal_cycle_s=ideal,
+        )
+
+    def price(self, record: Mapping[str, Any]) -> Priced | None:
+        """A machine record's losses in money; None for a line record, or a record
+        without the loss breakdown (its machine has no ideal cycle time, so parts cannot
+        be valued)."""
+        losses = record["losses"]
+        if record["machine"] is None or losses is None:
+            return None
+        rate = self.rates(record["machine"], record["product"])
+        by_category = {name: rate.seconds(losses[f"{name}_s"]) for name in PRICED}
+        reject_s = sum(losses[f"{name}_s"] for name in _REJECTS)
+        if reject_s > 0:
+            scrap = record["reject_count"] * rate.scrap
+            for name in _REJECTS:
+                by_category[name] += scrap * losses[f"{name}_s"] / reject_s
+        by_reason = {
+            reason: rate.seconds(seconds)
+            for reason, seconds in record["downtime_by_reason"].items()
+        }
+        return Priced(by_category, by_reason)

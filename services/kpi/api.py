@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.calendar import Calendar, ShiftSpan
 from linepulse.config import PlantConfig, State, WindowKind
-from linepulse.costs import configured
+from linepulse.costs import Pricing
 from linepulse.http.api import create_api, errors_of_a_text_route, metrics_response
 from linepulse.http.guard import GUARD_RESPONSES, install
 from linepulse.http.settings import ApiAccess
@@ -305,6 +305,7 @@ def create_app(
     windows = tuple(plant.kpi.windows)
     pareto_kind: WindowKind = next((k for k in _PARETO_KINDS if k in windows), "1h")
     calendar = Calendar(plant)
+    pricing = Pricing(plant)
     producer = None if bootstrap is None else CorrectionProducer(plant, bootstrap, clients)
 
     @asynccontextmanager
@@ -381,7 +382,7 @@ def create_app(
         }
 
     def check_priced() -> None:
-        if not configured(plant):
+        if not pricing.configured:
             raise BadRequest(
                 "no costs are configured: set costs.downtime_minute_cost, good_part_value "
                 "or scrap_part_cost in the plant config (docs/costs.md)"
@@ -543,7 +544,7 @@ def create_app(
         )
         still_open = any(not r["final"] for r in records)
         return _json(
-            {**range_said(line, start, end, shift, still_open), **losses_cost(records, plant)}
+            {**range_said(line, start, end, shift, still_open), **losses_cost(records, pricing)}
         )
 
     @app.get(
@@ -577,7 +578,7 @@ def create_app(
             else []
         )
         scope_lines = [line] if line is not None else list(lines)
-        return _json(budget_view(records, days, plant, calendar, scope_lines, line, start, now))
+        return _json(budget_view(records, days, pricing, calendar, scope_lines, line, start, now))
 
     @app.get(
         "/v1/reports/shift",
@@ -631,7 +632,7 @@ def create_app(
             limit=10_000,
         )
         machine_records = [r for r in records if r["machine"] is not None]
-        report = shift_report(plant, span, line_record, machine_records, earlier, stops)
+        report = shift_report(pricing, span, line_record, machine_records, earlier, stops)
         if format_ == "html":
             return HTMLResponse(render_html(report, plant.site, plant.zone))
         return _json(report)

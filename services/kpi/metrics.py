@@ -61,7 +61,7 @@ from typing import Any, Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from linepulse.config import PlantConfig
-from linepulse.costs import configured, price
+from linepulse.costs import Pricing
 
 LABELS: Final = ("site", "line", "machine", "window")
 PART_KINDS: Final = ("total", "good", "reject")
@@ -102,8 +102,8 @@ class KpiMetrics:
     checkpoint_seconds: Histogram
     loss_cost: Gauge
     known: frozenset[tuple[str, str]] | None = None
-    # The plant whose rates price machine records (None: no costs configured, no money).
-    pricing: PlantConfig | None = None
+    # The rates that price machine records (None: no costs configured, no money).
+    pricing: Pricing | None = None
     _shown: dict[MetricKey, _Order] = field(default_factory=dict, repr=False, compare=False)
     # Each key's labelled gauges, looked up once: `labels()` costs a lock and a lookup per
     # call, and a poll of the API sets ~15 of them for each of thousands of keys.
@@ -124,6 +124,7 @@ class KpiMetrics:
             return Histogram(name, doc, buckets=SECONDS_BUCKETS, registry=registry)
 
         known = None
+        pricing = None if plant is None else Pricing(plant)
         if plant is not None:
             known = frozenset(
                 {(line.id, m.id) for line in plant.lines for m in line.machines}
@@ -228,7 +229,7 @@ class KpiMetrics:
                 "is the sum over its machines",
             ),
             known=known,
-            pricing=plant if plant is not None and configured(plant) else None,
+            pricing=pricing if pricing is not None and pricing.configured else None,
         )
 
     def observe_records(self, records: Iterable[Mapping[str, Any]]) -> None:
@@ -261,7 +262,7 @@ class KpiMetrics:
             for gauge, name in zip(parts, _PART_FIELDS, strict=True):
                 gauge.set(record[name])
             if self.pricing is not None and record["machine"]:
-                priced = price(record, self.pricing)
+                priced = self.pricing.price(record)
                 self.loss_cost.labels(*key).set(math.nan if priced is None else priced.total)
 
     def _labelled(self, key: MetricKey) -> _KeyGauges:

@@ -15,13 +15,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from linepulse.calendar import Calendar, local_to_ms, ms_to_local_date
-from linepulse.config import PlantConfig
-from linepulse.costs import DOWNTIME, PRICED, LineCosts, price
+from linepulse.costs import DOWNTIME, PRICED, LineCosts, Pricing
 from services.kpi.trends import Totals
 
 
-def losses_cost(records: Iterable[Mapping[str, Any]], plant: PlantConfig) -> dict[str, Any]:
+def losses_cost(records: Iterable[Mapping[str, Any]], pricing: Pricing) -> dict[str, Any]:
     """The machine records' losses in money, by category, reason, machine and line."""
+    plant = pricing.plant
     by_category = dict.fromkeys(PRICED, 0.0)
     by_reason: dict[str, list[float]] = {}  # reason -> [cost, seconds]
     by_machine: dict[str, float] = {}
@@ -32,7 +32,7 @@ def losses_cost(records: Iterable[Mapping[str, Any]], plant: PlantConfig) -> dic
         machine = record["machine"]
         if machine is None:
             continue
-        priced = price(record, plant)
+        priced = pricing.price(record)
         if priced is None:
             if record["run_s"] > 0 or record["downtime_s"] > 0:
                 unpriced.add(machine)
@@ -92,7 +92,7 @@ def reached(records: Iterable[Mapping[str, Any]]) -> datetime | None:
 def budget_view(
     machine_records: Sequence[Mapping[str, Any]],
     day_records: Iterable[Mapping[str, Any]],
-    plant: PlantConfig,
+    pricing: Pricing,
     calendar: Calendar,
     lines: Sequence[str],
     scope: str | None,
@@ -101,12 +101,13 @@ def budget_view(
 ) -> dict[str, Any]:
     """The month so far (`start` to `now`): loss cost against the budget, projected to
     the month's end over the calendar's planned time, and OEE against its target."""
+    plant = pricing.plant
     # A line's budget is its own: the plant's is for the whole plant.
     costs: LineCosts | None = plant.costs
     if scope is not None:
         costs = next(line for line in plant.lines if line.id == scope).costs
     budget = None if costs is None else costs.budget
-    spent = losses_cost(machine_records, plant)
+    spent = losses_cost(machine_records, pricing)
     local = ms_to_local_date(int(start.timestamp() * 1000), calendar.zone)
     next_month = (local.replace(day=28) + timedelta(days=4)).replace(day=1)
     end = month_start(next_month, calendar)

@@ -21,8 +21,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from linepulse.calendar import ShiftSpan
-from linepulse.config import PlantConfig
-from linepulse.costs import configured
+from linepulse.costs import Pricing
 from linepulse.production import LOSS_KEYS, UNASSIGNED
 from services.kpi.money import losses_cost
 from services.kpi.stops import CODE_STATES
@@ -55,7 +54,7 @@ def _in_shift(stop: Mapping[str, Any], span: ShiftSpan) -> float:
 
 
 def shift_report(
-    plant: PlantConfig,
+    pricing: Pricing,
     span: ShiftSpan,
     line_record: Mapping[str, Any],
     machine_records: Sequence[Mapping[str, Any]],
@@ -65,8 +64,9 @@ def shift_report(
     """The report of one shift of one line: `line_record` and `machine_records` are the
     line's and its machines' `shift` records of `span`; `earlier` the same shift of the
     weeks before (date, line record or None); `stops` the line's stops near the shift."""
+    plant = pricing.plant
     record = line_record
-    priced = losses_cost(machine_records, plant) if configured(plant) else None
+    priced = losses_cost(machine_records, pricing) if pricing.configured else None
     cost_of = {} if priced is None else priced["by_category"]
     losses = record["losses"]
     waterfall = [

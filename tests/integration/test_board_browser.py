@@ -33,7 +33,7 @@ from pydantic import SecretStr
 
 from linepulse.bus.memory import InProcessBroker, InProcessClients
 from linepulse.config import PlantConfig, parse_config
-from linepulse.costs import price
+from linepulse.costs import Pricing
 from linepulse.http.settings import ApiAccess
 from linepulse.production import LOSS_KEYS
 from linepulse.records import RECORD_FIELDS
@@ -596,7 +596,8 @@ def test_board_fills_updates_acks_and_lets_the_server_stop(
                     for r in kpi_store.history.current(line="press", window="shift")
                     if r["machine"] is not None
                 ]
-                priced = [p for p in (price(r, plant) for r in press) if p is not None]
+                pricing = Pricing(plant)
+                priced = [p for p in (pricing.price(r) for r in press) if p is not None]
                 assert len(priced) == len(LINES["press"])
                 total = sum(p.total for p in priced)
                 expect(page.locator('[data-money-total="press"]')).to_have_text(

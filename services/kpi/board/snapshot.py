@@ -65,8 +65,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from linepulse.config import Line, Machine, PlantConfig, WindowKind
-from linepulse.costs import PRICED, price
-from linepulse.costs import configured as configured_costs
+from linepulse.costs import PRICED, Pricing
 from linepulse.production import LOSS_KEYS
 from linepulse.records import record_fields
 from services.kpi.stops import CODE_STATES
@@ -132,16 +131,16 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
             }
         )
 
-    priced = configured_costs(plant)
+    pricing = Pricing(plant)
 
     def money(line: Line) -> dict[str, Any] | None:
         """The line's shift losses in money: its machines' shift records priced, summed."""
-        if not priced:
+        if not pricing.configured:
             return None
         by_loss = dict.fromkeys(PRICED, 0.0)
         for machine in line.machines:
             shift_record = machine_records.get(machine.id)
-            costs = None if shift_record is None else price(shift_record, plant)
+            costs = None if shift_record is None else pricing.price(shift_record)
             for name, cost in ({} if costs is None else costs.by_category).items():
                 by_loss[name] += cost
         return {

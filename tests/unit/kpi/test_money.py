@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
 from linepulse.config import ConfigError, PlantConfig
-from linepulse.costs import rates
+from linepulse.costs import Pricing
 from services.kpi.api import create_app
 from services.kpi.metrics import KpiMetrics
 from services.kpi.store import KpiStore
@@ -129,9 +129,8 @@ def test_reasons_machines_and_lines_reconcile_whatever_the_rates(tmp_path: Path)
     both = sorted(events() + m2, key=lambda e: e["ts"])
     with api_over_core(tmp_path, plant_config, both) as client:
         body = get(client, "/v1/costs?from=2026-11-02T00:00:00Z&to=2026-11-03T00:00:00Z")
-    assert rates(plant_config, "m2", "B").minute == 30
-    assert rates(plant_config, "m2", "B").part_value == 2.0
-    assert rates(plant_config, "m2", "B").ideal_cycle_s == 4.0
+    m2_b = Pricing(plant_config).rates("m2", "B")
+    assert (m2_b.minute, m2_b.part_value, m2_b.ideal_cycle_s) == (30, 2.0, 4.0)
     reasons = {r["reason"]: r for r in body["by_reason"]}
     assert set(reasons) == {"jam", "motor", "unassigned"}
     # m2: 20 min down (motor) and 10 min idle without a reason at 30 a minute plus half
