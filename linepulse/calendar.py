@@ -36,6 +36,16 @@ def ms_to_local_date(ms: int, zone: ZoneInfo) -> date:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(zone).date()
 
 
+def utc_text(ms: int) -> str:
+    """Epoch ms as RFC 3339 in UTC to the second (`2026-11-02T06:00:00Z`)."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")[:-6] + "Z"
+
+
+def text_ms(text: str) -> int:
+    """RFC 3339 text with an offset (as the store serves times) as epoch ms."""
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
+
+
 @dataclass(frozen=True)
 class ShiftSpan:
     """One occurrence of a shift on one production date."""

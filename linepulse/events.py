@@ -16,6 +16,8 @@ from typing import Annotated, Any, Final, Literal, get_args
 import msgspec
 import polars as pl
 
+from linepulse.calendar import utc_text
+
 Quality = Literal["good", "uncertain", "bad"]
 QUALITIES: Final = frozenset(get_args(Quality))
 
@@ -276,10 +278,9 @@ def within_band(events: pl.DataFrame, band: tuple[int, int], where: str) -> Deco
 
 def _iso_ms(ms: int) -> str:
     try:
-        moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+        return utc_text(ms)
     except (OverflowError, OSError, ValueError):
         return f"{ms} ms"
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def decode_json_lines(lines: Iterable[bytes | str], first_line: int = 1) -> Decoded:

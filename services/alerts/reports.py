@@ -23,13 +23,13 @@ import html
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Final
 
 import httpx
 
 from linepulse.alerting import MANAGER, NEXT_LEAD, REPORT_CHANNELS, ShiftReports
-from linepulse.calendar import Calendar, ShiftSpan
+from linepulse.calendar import Calendar, ShiftSpan, utc_text
 from linepulse.config import PlantConfig
 from linepulse.runtime import wait_set
 from services.alerts.model import Alert, Notification
@@ -247,12 +247,12 @@ def shift_alerts(alerts: list[Alert], span: ShiftSpan) -> dict[str, Any]:
             {
                 "summary": a.summary,
                 "severity": a.severity,
-                "fired_at": _utc(a.fired_at or 0),
+                "fired_at": utc_text(a.fired_at or 0),
                 "acked_by": a.acked_by,
                 "time_to_ack_s": None
                 if a.acked_at is None or a.fired_at is None
                 else (a.acked_at - a.fired_at) / 1000,
-                "resolved_at": None if a.resolved_at is None else _utc(a.resolved_at),
+                "resolved_at": None if a.resolved_at is None else utc_text(a.resolved_at),
             }
             for a in sorted(fired, key=lambda a: (a.fired_at or 0, a.fingerprint))
         ],
@@ -292,7 +292,3 @@ def alerts_html(raised: dict[str, Any]) -> str:
 
 def _minutes(seconds: float | None) -> str:
     return "–" if seconds is None else f"{round(seconds / 60)} min"
-
-
-def _utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from linepulse.calendar import Calendar, local_to_ms, ms_to_local_date
+from linepulse.calendar import Calendar, local_to_ms, ms_to_local_date, text_ms, utc_text
 from linepulse.costs import DOWNTIME, PRICED, LineCosts, Pricing
 from services.kpi.trends import Totals
 
@@ -65,14 +65,6 @@ def losses_cost(records: Iterable[Mapping[str, Any]], pricing: Pricing) -> dict[
     }
 
 
-def _ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).timestamp() * 1000)
-
-
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def month_start(day: date, calendar: Calendar) -> datetime:
     """The first production day of `day`'s month, at the plant's `day_start`, in UTC."""
     first = datetime.combine(day.replace(day=1), calendar.plant.day_start)
@@ -115,7 +107,7 @@ def budget_view(
     end_ms = int(end.timestamp() * 1000)
     # The rate is taken over the time the records cover: a plant that started sending on
     # the 7th has not lost nothing from the 1st to the 6th, it has not been measured.
-    first_ms = min((_ms(r["window_start"]) for r in machine_records), default=start_ms)
+    first_ms = min((text_ms(r["window_start"]) for r in machine_records), default=start_ms)
     data_ms = max(start_ms, first_ms)
     planned_so_far = sum(calendar.planned_ms(line, data_ms, now_ms) for line in lines) / 1000
     planned_month = sum(calendar.planned_ms(line, start_ms, end_ms) for line in lines) / 1000
@@ -130,7 +122,7 @@ def budget_view(
         "currency": plant.costs.currency,
         "month": f"{local:%Y-%m}",
         "from": start.isoformat().replace("+00:00", "Z"),
-        "data_from": _iso(data_ms),
+        "data_from": utc_text(data_ms),
         "through": now.isoformat().replace("+00:00", "Z"),
         "cost": spent["total"],
         "by_category": spent["by_category"],

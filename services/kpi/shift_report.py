@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from linepulse.calendar import ShiftSpan
+from linepulse.calendar import ShiftSpan, text_ms, utc_text
 from linepulse.costs import Pricing
 from linepulse.production import LOSS_KEYS, UNASSIGNED
 from services.kpi.money import losses_cost
@@ -38,18 +38,10 @@ _LOSS_LABELS: Final = {
 }
 
 
-def _utc(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).timestamp() * 1000)
-
-
 def _in_shift(stop: Mapping[str, Any], span: ShiftSpan) -> float:
     """Seconds of the stop within the shift (an open stop runs to the shift's end)."""
-    start = _ms(stop["start"])
-    end = span.end if stop["end"] is None else _ms(stop["end"])
+    start = text_ms(stop["start"])
+    end = span.end if stop["end"] is None else text_ms(stop["end"])
     return max(0, min(end, span.end) - max(start, span.start)) / 1000
 
 
@@ -103,8 +95,8 @@ def shift_report(
         "line": span.line,
         "date": span.day.isoformat(),
         "shift": span.name,
-        "from": _utc(span.start),
-        "to": _utc(span.end),
+        "from": utc_text(span.start),
+        "to": utc_text(span.end),
         "final": record["final"],
         "revision": record["revision"],
         "currency": None if priced is None else priced["currency"],
