@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
-from linepulse.calendar import Calendar, local_to_ms, ms_to_local_date
+from linepulse.calendar import Calendar, local_to_ms, ms_to_local_date, text_ms
 from linepulse.production import LOSS_KEYS
 
 # Weeks of final days the projection's rate is taken from.
@@ -202,8 +202,7 @@ def trends(
     zone = calendar.zone
     by_day: dict[date, Totals] = {}
     for record in records:
-        start = datetime.fromisoformat(record["window_start"])
-        day = ms_to_local_date(int(start.timestamp() * 1000), zone)
+        day = ms_to_local_date(text_ms(record["window_start"]), zone)
         totals = Totals.of(record)
         if day in by_day:
             by_day[day].merge(totals, same_day=True)

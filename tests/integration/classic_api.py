@@ -11,19 +11,15 @@ from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig
 from services.kpi.api import create_app
-from services.kpi.store import KpiStore
 from tests.integration.test_board_browser import Served
-from tests.unit.kpi.core.support import run
+from tests.unit.kpi.served import store_over_core
 from tests.unit.kpi.test_shift_report import events, statuses
 
 
 @contextmanager
 def classic_api(folder: Path, plant: PlantConfig) -> Iterator[str]:
     """The API's URL while it serves the classic example's day run through `plant`."""
-    finals, _, _ = run(plant, [events()])
-    with KpiStore(folder / "kpi.duckdb", plant) as store:
-        store.history.upsert(list(finals.values()))
-        store.status.upsert(statuses(events()))
+    with store_over_core(folder, plant, events(), statuses(events())) as store:
         served = Served(lambda: create_app(plant, store, CollectorRegistry()))
         served.start()
         try:

@@ -17,18 +17,32 @@ from tests.unit.kpi.core.support import run
 
 
 @contextmanager
+def store_over_core(
+    folder: Path,
+    plant: PlantConfig,
+    events: list[dict[str, Any]],
+    statuses: Iterable[Mapping[str, Any]] = (),
+) -> Iterator[KpiStore]:
+    """`events` run through the core in one batch (then flushed), its final records and
+    `statuses` (for the stop log) stored in DuckDB under `folder`."""
+    finals, _, _ = run(plant, [events])
+    with KpiStore(folder / "kpi.duckdb", plant) as store:
+        store.history.upsert(list(finals.values()))
+        if statuses:
+            store.status.upsert(list(statuses))
+        yield store
+
+
+@contextmanager
 def api_over_core(
     folder: Path,
     plant: PlantConfig,
     events: list[dict[str, Any]],
     statuses: Iterable[Mapping[str, Any]] = (),
 ) -> Iterator[TestClient]:
-    """`events` run through the core in one batch (then flushed), its final records and
-    `statuses` (for the stop log) stored in DuckDB under `folder`, the API serving them."""
-    finals, _, _ = run(plant, [events])
-    with KpiStore(folder / "kpi.duckdb", plant) as store:
-        store.history.upsert(list(finals.values()))
-        if statuses:
-            store.status.upsert(list(statuses))
-        with TestClient(create_app(plant, store, CollectorRegistry())) as client:
-            yield client
+    """`store_over_core`'s store, the API serving it (in the test's thread)."""
+    with (
+        store_over_core(folder, plant, events, statuses) as store,
+        TestClient(create_app(plant, store, CollectorRegistry())) as client,
+    ):
+        yield client
