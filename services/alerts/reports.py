@@ -31,6 +31,7 @@ import httpx
 from linepulse.alerting import MANAGER, NEXT_LEAD, REPORT_CHANNELS, ShiftReports
 from linepulse.calendar import Calendar, ShiftSpan, utc_text
 from linepulse.config import PlantConfig
+from linepulse.figures import count, percent
 from linepulse.runtime import wait_set
 from services.alerts.model import Alert, Notification
 from services.alerts.outbox import Outbox
@@ -158,7 +159,7 @@ class ShiftReportSender:
             page = page.replace("</body>", alerts_html(raised) + "</body>", 1)
             subject = (
                 f"Shift report {span.line} {span.name} {span.day}: OEE "
-                f"{_pct(document['kpis']['oee'])}, output {_count(document['output']['count'])}"
+                f"{percent(document['kpis']['oee'])}, output {count(document['output']['count'])}"
             )
             extra = {"subject": subject, "html": page, "text": _text(document), "report": document}
             queued += self.outbox.enqueue(
@@ -197,23 +198,15 @@ class ShiftReportSender:
         return document, page.text
 
 
-def _pct(ratio: float | None) -> str:
-    return "–" if ratio is None else f"{ratio * 100:.1f} %"
-
-
-def _count(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f}"
-
-
 def _text(report: dict[str, Any]) -> str:
     """The report's headline figures as plain text, for mail readers without HTML."""
     out = report["output"]
     k = report["kpis"]
     lines = [
         f"{report['line']} · {report['shift']} shift · {report['date']}",
-        f"good out of {out['machine']}: {_count(out['count'])} (target {_count(out['target'])})",
-        f"OEE {_pct(k['oee'])} · availability {_pct(k['availability'])} · "
-        f"performance {_pct(k['performance'])} · quality {_pct(k['quality'])}",
+        f"good out of {out['machine']}: {count(out['count'])} (target {count(out['target'])})",
+        f"OEE {percent(k['oee'])} · availability {percent(k['availability'])} · "
+        f"performance {percent(k['performance'])} · quality {percent(k['quality'])}",
     ]
     for reason in report["downtime"]["unplanned"][:5]:
         minutes = timedelta(seconds=round(reason["seconds"]))

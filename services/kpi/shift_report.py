@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from linepulse.calendar import ShiftSpan, text_ms, utc_text
 from linepulse.costs import Pricing
+from linepulse.figures import count, percent
 from linepulse.production import LOSS_KEYS, UNASSIGNED
 from services.kpi.money import losses_cost
 from services.kpi.stops import CODE_STATES
@@ -166,19 +167,11 @@ def _clock(utc: str, zone: ZoneInfo) -> str:
     return datetime.fromisoformat(utc).astimezone(zone).strftime("%H:%M")
 
 
-def _pct(ratio: float | None) -> str:
-    return "–" if ratio is None else f"{ratio * 100:.1f} %"
-
-
 def _dur(seconds: float | None) -> str:
     if seconds is None:
         return "–"
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
-def _num(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f}"
 
 
 def _money(value: float | None, currency: str | None) -> str:
@@ -245,10 +238,10 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
         _table(
             ["", "parts"],
             [
-                [f"good out of {e(out['machine'])}", _num(out["count"])],
-                ["target", _num(out["target"])],
-                ["against target", _num(out["vs_target"])],
-                ["same shift, weeks before (mean)", _num(out["mean_before"])],
+                [f"good out of {e(out['machine'])}", count(out["count"])],
+                ["target", count(out["target"])],
+                ["against target", count(out["vs_target"])],
+                ["same shift, weeks before (mean)", count(out["mean_before"])],
             ],
             numbers=(1,),
         ),
@@ -257,11 +250,11 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
             ["OEE", "availability", "performance", "quality", "data"],
             [
                 [
-                    _pct(k["oee"]),
-                    _pct(k["availability"]),
-                    _pct(k["performance"]),
-                    _pct(k["quality"]),
-                    _pct(k["coverage"]),
+                    percent(k["oee"]),
+                    percent(k["availability"]),
+                    percent(k["performance"]),
+                    percent(k["quality"]),
+                    percent(k["coverage"]),
                 ]
             ],
             numbers=(0, 1, 2, 3, 4),
@@ -275,7 +268,7 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
                     _LOSS_LABELS[f"{step['loss']}_s"],
                     _bar((step["seconds"] or 0.0) / planned if planned else 0.0, "#e74c3c"),
                     _dur(step["seconds"]),
-                    _pct((step["seconds"] or 0.0) / planned if planned else None),
+                    percent((step["seconds"] or 0.0) / planned if planned else None),
                     _money(step["cost"], cur),
                 ]
                 for step in report["losses"]
@@ -285,7 +278,7 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
                     "Fully productive",
                     _bar(productive / planned if planned else 0.0, "#2ecc71"),
                     _dur(report["fully_productive_s"]),
-                    _pct(productive / planned if planned else None),
+                    percent(productive / planned if planned else None),
                     f"losses {lost}" if lost else "",
                 ]
             ],
@@ -334,8 +327,14 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
             ["", ""],
             [
                 ["bottleneck", e(bottleneck["machine"]) if bottleneck else "none"],
-                ["rejects", f"{_num(quality['reject_count'])} ({_pct(quality['scrap_ratio'])})"],
-                ["rework", f"{_num(quality['rework_count'])} ({_pct(quality['rework_ratio'])})"],
+                [
+                    "rejects",
+                    f"{count(quality['reject_count'])} ({percent(quality['scrap_ratio'])})",
+                ],
+                [
+                    "rework",
+                    f"{count(quality['rework_count'])} ({percent(quality['rework_ratio'])})",
+                ],
             ],
             numbers=(1,),
         ),
