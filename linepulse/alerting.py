@@ -312,15 +312,32 @@ class HighAvailability(_Model):
 NEXT_LEAD: Final = "next_lead"
 MANAGER: Final = "manager"
 # The channel types a report goes out on (a page-shaped channel has no room for one).
-REPORT_CHANNELS: Final = ("email", "webhook", "console")
+REPORT_CHANNELS: Final = ("email", "slack", "webhook", "console")
+
+
+class PlantReports(_Model):
+    """The plant's reports over every line, sent when a production day or an ISO week is
+    over (GET /v1/reports/plant)."""
+
+    to: tuple[str, ...] = (MANAGER,)  # person ids and manager
+    daily: bool = True
+    weekly: bool = True
 
 
 class ShiftReports(_Model):
-    """Shift reports sent when a shift is over (services/alerts/reports.py)."""
+    """Shift reports sent when a shift is over, and the plant's daily and weekly reports
+    (services/alerts/reports.py)."""
 
     # The KPI API that builds them (GET /v1/reports/shift): `linepulse api`'s address.
     api_url: str = Field(min_length=1)
     to: tuple[str, ...] = (NEXT_LEAD, MANAGER)
+    # Recipients of one line's reports instead of `to` (line id: person ids, next_lead,
+    # manager), e.g. a line with a manager of its own.
+    lines: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    # The report's page printed to PDF and attached to the mail, where the service finds a
+    # headless Chromium (linepulse/pdf.py); without one the mail goes without it.
+    pdf: bool = True
+    plant: PlantReports = PlantReports()
     # How long after the shift's end to wait for its final record (the KPI lateness and
     # the time the records take to reach the API, with room to spare).
     after: Duration = 300.0

@@ -11,6 +11,7 @@ All times are epoch milliseconds, UTC; every boundary is a whole minute.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -67,6 +68,12 @@ class ShiftSpan:
         if cursor < self.end:
             out.append((cursor, self.end))
         return out
+
+    @property
+    def slug(self) -> str:
+        """`line-1_2026-05-04_early`: names a file of this shift (a report's PDF)."""
+        parts = (self.line, self.day.isoformat(), self.name)
+        return "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", part) for part in parts)
 
 
 @dataclass

@@ -503,15 +503,27 @@ def _check_alerts(plant: PlantConfig, machines: dict[str, str]) -> None:
             raise ValueError(f"alerts.broadcast: unknown channel {cid!r}")
     if alerts.manager is not None and alerts.manager not in alerts.people:
         raise ValueError(f"alerts.manager: unknown person {alerts.manager!r}")
-    if alerts.reports is not None:
-        for who in alerts.reports.to:
-            if who not in (*alerts.people, NEXT_LEAD, MANAGER):
-                raise ValueError(
-                    f"alerts.reports.to: {who!r} is neither a person (alerts.people) nor "
-                    f"{NEXT_LEAD!r} or {MANAGER!r}"
-                )
     names = [r.name for r in alerts.rules]
     lines = {line.id for line in plant.lines}
+    if alerts.reports is not None:
+        lists = {"alerts.reports.to": alerts.reports.to}
+        for line, to in alerts.reports.lines.items():
+            if line not in lines:
+                raise ValueError(f"alerts.reports.lines: unknown line {line!r}")
+            lists[f"alerts.reports.lines.{line}"] = to
+        for where, to in lists.items():
+            for who in to:
+                if who not in (*alerts.people, NEXT_LEAD, MANAGER):
+                    raise ValueError(
+                        f"{where}: {who!r} is neither a person (alerts.people) nor "
+                        f"{NEXT_LEAD!r} or {MANAGER!r}"
+                    )
+        for who in alerts.reports.plant.to:
+            if who not in (*alerts.people, MANAGER):
+                raise ValueError(
+                    f"alerts.reports.plant.to: {who!r} is neither a person (alerts.people) "
+                    f"nor {MANAGER!r} (a plant report follows no one shift)"
+                )
     for ri, rule in enumerate(alerts.rules):
         if names.count(rule.name) > 1:
             raise ValueError(f"alerts.rules[{ri}].name: rule name {rule.name!r} is used twice")

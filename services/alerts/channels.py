@@ -10,7 +10,8 @@ side's documentation rather than our own model:
   `blocks`; the recipient is mentioned as `<@U…>` so that Slack notifies them.
 - PagerDuty Events API v2: one event per alert, `dedup_key` = the alert fingerprint so
   that trigger, acknowledge and resolve act on one incident.
-- email: an RFC 5322 message, plain text, to the person's address.
+- email: an RFC 5322 message, plain text, to the person's address (a shift report: its
+  page as HTML with a text part, and its PDF attached where one was printed).
 - Alertmanager `POST /api/v2/alerts`: a list of postable alerts; `endsAt` only on resolve
   (while firing, Alertmanager times an alert out after its `resolve_timeout` unless the
   alert is posted again, which the outbox does).
@@ -20,6 +21,7 @@ Times in the model are epoch milliseconds (UTC); every format here wants RFC 333
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
@@ -161,8 +163,25 @@ def _title(notification: Notification) -> str:
 def slack_payload(
     notification: Notification, *, slack_user: str | None, external_url: str = ""
 ) -> dict[str, Any]:
-    """A Slack incoming-webhook message: fallback `text` and Block Kit `blocks`."""
+    """A Slack incoming-webhook message: fallback `text` and Block Kit `blocks` (a shift
+    report: its subject and headline figures, the text part of its mail)."""
     mention = f"<@{slack_user}> " if slack_user else ""
+    if notification.kind == "report":
+        subject = notification.extra["subject"]
+        figures = notification.extra["text"]
+        return {
+            "text": f"{mention}{subject}",
+            "blocks": [
+                {"type": "header", "text": {"type": "plain_text", "text": subject[:150]}},
+                # a section's text is at most 3000 characters
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"```{figures[:2990]}```"}},
+                *(
+                    [{"type": "section", "text": {"type": "mrkdwn", "text": mention.strip()}}]
+                    if mention
+                    else []
+                ),
+            ],
+        }
     title = _title(notification)
     blocks: list[dict[str, Any]] = [
         # header text is plain_text, at most 150 characters
@@ -254,8 +273,16 @@ def email_message(notification: Notification, *, sender: str, to: str) -> EmailM
     message["Message-ID"] = f"<{notification.key}@{domain}>"
     message["X-LinePulse-Kind"] = notification.kind
     if report:
-        message.set_content(notification.extra["text"])
-        message.add_alternative(notification.extra["html"], subtype="html")
+        extra = notification.extra
+        message.set_content(extra["text"])
+        message.add_alternative(extra["html"], subtype="html")
+        if "pdf" in extra:
+            message.add_attachment(
+                base64.b64decode(extra["pdf"]),
+                maintype="application",
+                subtype="pdf",
+                filename=extra["pdf_name"],
+            )
         return message
     parts = []
     for alert in notification.alerts:

@@ -3,10 +3,12 @@ restarts.
 
 The active alerts instance looks at the shift calendar every `CHECK_EVERY_S`: every shift
 of every line that ended at least `alerts.reports.after` ago (and not more than
-`lookback` ago) is owed to its recipients (`alerts.reports.to`: person ids, `next_lead`,
-the lead of the line's shift that follows, and `manager`), on their channels that carry
-a report (email, webhook, console). What is owed and not yet in the outbox is asked of
-the KPI API (`GET /v1/reports/shift`, JSON and HTML) and enqueued, keyed
+`lookback` ago) is owed to its recipients (`alerts.reports.lines` for the line, else
+`alerts.reports.to`: person ids, `next_lead`, the lead of the line's shift that follows,
+and `manager`), on their channels that carry a report (email, Slack, webhook, console).
+What is owed and not yet in the outbox is asked of the KPI API (`GET /v1/reports/shift`,
+JSON and HTML), the shift's alerts are added, the page is printed to PDF for the mail
+(`linepulse.pdf`, where a headless Chromium is found), and it is enqueued, keyed
 `report/{line}/{date}/{shift}/{channel}/{person}`.
 
 Exactly once: the outbox is durable and ignores a key it has, so a restart (or a second
@@ -19,19 +21,23 @@ down when a shift ended still sends its report when it is back.
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
 
 import httpx
 
 from linepulse.alerting import MANAGER, NEXT_LEAD, REPORT_CHANNELS, ShiftReports
-from linepulse.calendar import Calendar, ShiftSpan, utc_text
+from linepulse.calendar import Calendar, ShiftSpan, ms_to_local_date, utc_text
 from linepulse.config import PlantConfig
 from linepulse.figures import count, percent
+from linepulse.pdf import PdfError, Printer, no_browser_detail
+from linepulse.report_page import heading, table
 from linepulse.runtime import wait_set
 from services.alerts.model import Alert, Notification
 from services.alerts.outbox import Outbox
@@ -43,8 +49,27 @@ CHECK_EVERY_S: Final = 30.0
 REQUEST_TIMEOUT_S: Final = 30.0
 
 
+def shift_key(span: ShiftSpan) -> str:
+    """The outbox key of a line's shift report, less `/{channel}/{person}`."""
+    return f"report/{span.line}/{span.day}/{span.name}"
+
+
 def report_key(span: ShiftSpan, channel: str, person: str) -> str:
-    return f"report/{span.line}/{span.day}/{span.name}/{channel}/{person}"
+    return f"{shift_key(span)}/{channel}/{person}"
+
+
+@dataclass(frozen=True)
+class Due:
+    """A report owed: which, where the KPI API gives it, and who has not got it yet."""
+
+    key: str  # the outbox key without `/{channel}/{person}`
+    group: str  # the outbox group: `report/{line}` or `report/plant`
+    route: str  # /v1/reports/shift or /v1/reports/plant
+    query: dict[str, str]
+    name: str  # `line-1 early 2026-11-02`, `plant week 2026-W45`: subjects, files, logs
+    span: ShiftSpan | None  # a line's shift (its alerts go in), None for a plant report
+    todo: tuple[tuple[str, str], ...]  # (person, channel)
+    pdf_name: str  # as the API names it (Content-Disposition)
 
 
 class ShiftReportSender:
@@ -59,6 +84,7 @@ class ShiftReportSender:
         alerts: Callable[[str], list[Alert]] = lambda line: [],
         clock: Callable[[], float] = time.time,
         client: httpx.AsyncClient | None = None,
+        printer: Printer | None = None,
     ) -> None:
         self.plant = plant
         self.settings = settings
@@ -68,6 +94,12 @@ class ShiftReportSender:
         self.calendar: Calendar = self.duty.calendar
         self._clock = clock
         self._client = client
+        self._refused: set[str] = set()  # the API's reasons already logged
+        # Prints the mailed PDF; None: reports go without one (alerts.reports.pdf false).
+        self.printer = (printer or Printer.found()) if settings.pdf else None
+        if self.printer is not None and self.printer.browser is None:
+            log.warning("shift reports are mailed without their PDF: %s", no_browser_detail())
+            self.printer = None
         types = {c.id: c.type for c in plant.alerts.channels}
         for pid in self._named():
             if not any(types[c] in REPORT_CHANNELS for c in plant.alerts.people[pid].channels):
@@ -80,10 +112,12 @@ class ShiftReportSender:
     def _named(self) -> set[str]:
         """Everyone a report may go to: those listed, the manager, every shift's lead."""
         alerts = self.plant.alerts
-        named = {who for who in self.settings.to if who not in (NEXT_LEAD, MANAGER)}
-        if MANAGER in self.settings.to and alerts.manager is not None:
+        lists = [self.settings.to, *self.settings.lines.values(), self.settings.plant.to]
+        listed = {who for to in lists for who in to}
+        named = listed - {NEXT_LEAD, MANAGER}
+        if MANAGER in listed and alerts.manager is not None:
             named.add(alerts.manager)
-        if NEXT_LEAD in self.settings.to:
+        if NEXT_LEAD in listed:
             shifts = [
                 *self.plant.shifts,
                 *(s for line in self.plant.lines for s in line.shifts or ()),
@@ -104,33 +138,99 @@ class ShiftReportSender:
                     log.warning("shift reports: the KPI API does not answer (%s)", error)
                 await wait_set(stop, CHECK_EVERY_S)
 
-    def owed(self, now_ms: int) -> list[tuple[ShiftSpan, list[tuple[str, str]]]]:
-        """Shifts that ended `after` ago within `lookback`, each with its (person, channel)
-        recipients whose report is not in the outbox yet."""
-        after_ms = round(self.settings.after * 1000)
+    def owed(self, now_ms: int) -> list[Due]:
+        """Reports of what ended `after` ago within `lookback` (each line's shifts; the
+        plant's production days and ISO weeks), each with the (person, channel) pairs
+        whose report is not in the outbox yet."""
+        ended = now_ms - round(self.settings.after * 1000)
         since = now_ms - round(self.settings.lookback * 1000)
+        out = [
+            *self._shifts_owed(since, ended),
+            *self._plant_owed(since, ended),
+        ]
+        return [due for due in out if due.todo]
+
+    def _shifts_owed(self, since: int, ended: int) -> list[Due]:
         out = []
         for line in self.plant.lines:
-            for span in self.calendar.spans(line.id, since, now_ms - after_ms):
-                if span.end > now_ms - after_ms or span.end < since:
+            for span in self.calendar.spans(line.id, since, ended):
+                if span.end > ended or span.end < since:
                     continue
-                todo = [
+                todo = tuple(
                     (person, channel)
                     for person, channel in self.recipients(span)
                     if not self.outbox.has(report_key(span, channel, person))
-                ]
-                if todo:
-                    out.append((span, todo))
+                )
+                query = {"line": span.line, "date": str(span.day), "shift": span.name}
+                out.append(
+                    Due(
+                        key=shift_key(span),
+                        group=f"report/{span.line}",
+                        route="/v1/reports/shift",
+                        query=query,
+                        name=f"{span.line} {span.name} {span.day}",
+                        span=span,
+                        todo=todo,
+                        pdf_name=f"shift-report_{span.slug}.pdf",
+                    )
+                )
+        return out
+
+    def _plant_owed(self, since: int, ended: int) -> list[Due]:
+        """The plant's days and weeks that ended within [since, ended]."""
+        wanted = self.settings.plant
+        periods = [p for p, on in (("day", wanted.daily), ("week", wanted.weekly)) if on]
+        if not periods or not wanted.to:
+            return []
+        zone = self.calendar.zone
+        out = []
+        first = ms_to_local_date(since, zone) - timedelta(days=8)
+        last = ms_to_local_date(ended, zone)
+        days = [first + timedelta(days=n) for n in range((last - first).days + 1)]
+        for period in periods:
+            for day in days:
+                if period == "week" and day.weekday() != 0:
+                    continue
+                after = day + timedelta(days=7 if period == "week" else 1)
+                end = self.calendar.day_bounds(after)[0]
+                if not since <= end <= ended:
+                    continue
+                label = day.isoformat()
+                if period == "week":
+                    year, week, _ = day.isocalendar()
+                    label = f"{year}-W{week:02d}"
+                key = f"report/plant/{period}/{label}"
+                todo = tuple(
+                    (person, channel)
+                    for person, channel in self._on_channels(self._people(wanted.to, None))
+                    if not self.outbox.has(f"{key}/{channel}/{person}")
+                )
+                query = {"period": period, "date": day.isoformat()}
+                out.append(
+                    Due(
+                        key=key,
+                        group="report/plant",
+                        route="/v1/reports/plant",
+                        query=query,
+                        name=f"plant {period} {label}",
+                        span=None,
+                        todo=todo,
+                        pdf_name=f"plant-report_{period}_{label}.pdf",
+                    )
+                )
         return out
 
     def recipients(self, span: ShiftSpan) -> list[tuple[str, str]]:
         """(person, channel) pairs of the report of `span`, on report-carrying channels."""
-        people = self.plant.alerts.people
-        types = {c.id: c.type for c in self.plant.alerts.channels}
+        to = self.settings.lines.get(span.line, self.settings.to)
+        return self._on_channels(self._people(to, span))
+
+    def _people(self, to: tuple[str, ...], span: ShiftSpan | None) -> list[str]:
+        """Person ids of `to`: `next_lead` the lead of the shift after `span`."""
         who: list[str] = []
-        for entry in self.settings.to:
+        for entry in to:
             if entry == NEXT_LEAD:
-                following = self.duty.shift_on(span.line, span.end)
+                following = None if span is None else self.duty.shift_on(span.line, span.end)
                 if following is not None and following.lead is not None:
                     who.append(following.lead)
             elif entry == MANAGER:
@@ -138,9 +238,14 @@ class ShiftReportSender:
                     who.append(self.plant.alerts.manager)
             else:
                 who.append(entry)
+        return list(dict.fromkeys(who))
+
+    def _on_channels(self, who: list[str]) -> list[tuple[str, str]]:
+        people = self.plant.alerts.people
+        types = {c.id: c.type for c in self.plant.alerts.channels}
         return [
             (person, channel)
-            for person in dict.fromkeys(who)
+            for person in who
             for channel in people[person].channels
             if types[channel] in REPORT_CHANNELS
         ]
@@ -149,46 +254,86 @@ class ShiftReportSender:
         """Queue every owed report the API can give now; returns how many were queued."""
         now_ms = int(self._clock() * 1000)
         queued = 0
-        for span, todo in self.owed(now_ms):
-            report = await self._fetch(span)
+        for due in self.owed(now_ms):
+            try:
+                report = await self._fetch(due)
+            except httpx.HTTPError as error:
+                log.warning("report %s: the KPI API does not answer (%s)", due.name, error)
+                continue
             if report is None:
                 continue
             document, page = report
-            raised = shift_alerts(self.alerts(span.line), span)
-            document = {**document, "alerts": raised}
-            page = page.replace("</body>", alerts_html(raised) + "</body>", 1)
-            subject = (
-                f"Shift report {span.line} {span.name} {span.day}: OEE "
-                f"{percent(document['kpis']['oee'])}, output {count(document['output']['count'])}"
-            )
-            extra = {"subject": subject, "html": page, "text": _text(document), "report": document}
+            if due.span is not None:
+                raised = shift_alerts(self.alerts(due.span.line), due.span)
+                document = {**document, "alerts": raised}
+                page = page.replace("</body>", alerts_html(raised) + "</body>", 1)
+                subject = (
+                    f"Shift report {due.name}: OEE {percent(document['kpis']['oee'])}, "
+                    f"output {count(document['output']['count'])}"
+                )
+                text = _text(document)
+            else:
+                whole = document["plant"]
+                cost = whole["loss_cost"]
+                lost = "" if cost is None else f", losses {cost:,.0f} {document['currency']}"
+                subject = (
+                    f"Plant report {document['label']}: OEE {percent(whole['kpis']['oee'])}{lost}"
+                )
+                text = _plant_text(document)
+            extra = {"subject": subject, "html": page, "text": text, "report": document}
+            if self._mailed(due.todo):
+                extra.update(await self._pdf(due, page))
             queued += self.outbox.enqueue(
                 [
                     Notification(
-                        key=report_key(span, channel, person),
+                        key=f"{due.key}/{channel}/{person}",
                         kind="report",
                         channel=channel,
                         recipient=person,
                         alerts=(),
-                        group=f"report/{span.line}",
+                        group=due.group,
                         created_at=now_ms,
                         extra=extra,
                     )
-                    for person, channel in todo
+                    for person, channel in due.todo
                 ]
             )
         return queued
 
-    async def _fetch(self, span: ShiftSpan) -> tuple[dict[str, Any], str] | None:
+    def _mailed(self, todo: tuple[tuple[str, str], ...]) -> bool:
+        types = {c.id: c.type for c in self.plant.alerts.channels}
+        return self.printer is not None and any(types[c] == "email" for _, c in todo)
+
+    async def _pdf(self, due: Due, page: str) -> dict[str, str]:
+        """The page as a PDF attachment (`pdf` base64, `pdf_name`), or nothing when the
+        browser fails: the report still goes, as HTML, and the log says why."""
+        assert self.printer is not None  # noqa: S101 - _mailed checked it
+        try:
+            pdf = await self.printer.pdf(page)
+        except PdfError as error:
+            log.warning("report %s goes without its PDF: %s", due.name, error.detail)
+            return {}
+        return {"pdf": base64.b64encode(pdf).decode("ascii"), "pdf_name": due.pdf_name}
+
+    async def _fetch(self, due: Due) -> tuple[dict[str, Any], str] | None:
         """The report's JSON and page, or None while there is no final record of it."""
         client = self._client
         if client is None:
             raise RuntimeError("ShiftReportSender.check needs a client: call run()")
-        url = self.settings.api_url.rstrip("/") + "/v1/reports/shift"
-        query = {"line": span.line, "date": str(span.day), "shift": span.name}
+        url = self.settings.api_url.rstrip("/") + due.route
+        query = due.query
         answer = await client.get(url, params=query)
         if answer.status_code == 404:
-            return None  # no record of the shift yet (or a line without data)
+            return None  # no record of it yet (or a line without data)
+        if answer.status_code == 400:  # e.g. a plant without the records it needs
+            try:
+                said = str(answer.json().get("detail", answer.text))
+            except ValueError:
+                said = answer.text
+            if said not in self._refused:
+                self._refused.add(said)
+                log.warning("report %s cannot be made: %s", due.name, said)
+            return None
         answer.raise_for_status()
         document: dict[str, Any] = answer.json()
         if not document["final"]:
@@ -217,6 +362,22 @@ def _text(report: dict[str, Any]) -> str:
         lines.append(
             f"alerts: {raised['raised']} raised, {raised['acknowledged']} acknowledged, "
             f"{raised['resolved']} resolved"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plant_text(report: dict[str, Any]) -> str:
+    """The plant report's figures per line as plain text."""
+    lines = [f"Plant report · {report['label']}"]
+    for entry in [*report["lines"], {"line": "plant", "records": 1, **report["plant"]}]:
+        if not entry["records"]:
+            lines.append(f"{entry['line']}: no data")
+            continue
+        cost = entry["loss_cost"]
+        lost = "" if cost is None else f", losses {cost:,.0f} {report['currency']}"
+        lines.append(
+            f"{entry['line']}: OEE {percent(entry['kpis']['oee'])}, "
+            f"output {count(entry['output_count'])} (target {count(entry['target_count'])}){lost}"
         )
     return "\n".join(lines) + "\n"
 
@@ -253,34 +414,31 @@ def shift_alerts(alerts: list[Alert], span: ShiftSpan) -> dict[str, Any]:
 
 
 def alerts_html(raised: dict[str, Any]) -> str:
-    """The report page's alerts section, in the page's own style (tables, inline CSS)."""
+    """The report page's alerts section, in the page's own style (linepulse/report_page)."""
     e = html.escape
-    cell = "padding:4px 8px;border-bottom:1px solid #ddd;"
-    rows = "".join(
-        f'<tr><td style="{cell}">{e(a["summary"])}</td>'
-        f'<td style="{cell}">{e(a["severity"])}</td>'
-        f'<td style="{cell}">{e(a["acked_by"] or "–")}</td>'
-        f'<td style="{cell}text-align:right;">{_minutes(a["time_to_ack_s"])}</td>'
-        f'<td style="{cell}">{"resolved" if a["resolved_at"] else "open"}</td></tr>'
-        for a in raised["list"]
-    )
-    head = "".join(
-        f'<th style="{cell}text-align:left;">{h}</th>'
-        for h in ("alert", "severity", "acknowledged by", "after", "now")
-    )
     summary = (
         f"{raised['raised']} raised, {raised['acknowledged']} acknowledged "
         f"(mean {_minutes(raised['mean_time_to_ack_s'])}), {raised['resolved']} resolved"
     )
-    table = (
-        '<table cellpadding="0" cellspacing="0" style="border-collapse:collapse;font-size:14px;'
-        f'margin:4px 0 16px 0;"><tr>{head}</tr>{rows}</table>'
-        if rows
+    listed = (
+        table(
+            ["alert", "severity", "acknowledged by", "after", "now"],
+            [
+                [
+                    e(a["summary"]),
+                    e(a["severity"]),
+                    e(a["acked_by"] or "–"),
+                    _minutes(a["time_to_ack_s"]),
+                    "resolved" if a["resolved_at"] else "open",
+                ]
+                for a in raised["list"]
+            ],
+            numbers=(3,),
+        )
+        if raised["list"]
         else ""
     )
-    return (
-        f'<h2 style="font-size:16px;">Alerts</h2><p style="margin:0 0 8px 0;">{summary}</p>{table}'
-    )
+    return f'{heading("Alerts")}<p style="margin:0 0 8px 0;">{summary}</p>{listed}'
 
 
 def _minutes(seconds: float | None) -> str:

@@ -744,36 +744,72 @@ def check_command(
 
 @app.command("report")
 def report_command(
-    line: Annotated[str, typer.Option(help="The line (lines[].id).")],
     date: Annotated[str, typer.Option(help="The production day, local (YYYY-MM-DD).")],
-    shift: Annotated[str, typer.Option(help="The shift's name (shifts[].name).")],
+    line: Annotated[
+        str | None,
+        typer.Option(help="The line (lines[].id): its shift report. Without: the plant's."),
+    ] = None,
+    shift: Annotated[str | None, typer.Option(help="The shift's name (shifts[].name).")] = None,
+    period: Annotated[
+        str,
+        typer.Option(help="The plant report's period: shift, day or week (the ISO week)."),
+    ] = "shift",
     url: Annotated[
         str, typer.Option(help="The KPI API (`linepulse api`, `linepulse demo`).")
     ] = "http://127.0.0.1:8080",
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Plant config: checks the line and shift here, and takes the API token "
+            "from its api.token_file or api.token_env.",
+        ),
+    ] = None,
     format_: Annotated[
-        str, typer.Option("--format", help="html (a page for mail) or json.")
+        str, typer.Option("--format", help="html (a page for mail), pdf or json.")
     ] = "html",
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
     ] = None,
 ) -> None:
-    """Print a line's shift report (GET /v1/reports/shift of a running KPI API).
+    """Print a line's shift report, or the plant's report of a shift, a day or a week
+    (GET /v1/reports/shift or /v1/reports/plant of a running KPI API).
 
-    A token for an API that guards reads (api.auth_reads) is read from
-    LINEPULSE_API_TOKEN. Exit codes: 0 written, 1 the API refused or is unreachable."""
+    A token for an API that guards reads (api.auth_reads) is read from the config's
+    api.token_file or api.token_env with --config, else from LINEPULSE_API_TOKEN. A PDF
+    needs --output. Exit codes: 0 written, 1 the API refused or is unreachable, 2 a
+    wrong option or config."""
     import os
 
     import httpx
 
-    if format_ not in ("html", "json"):
-        raise _fail(f"--format must be html or json, got {format_!r}", 2)
+    if format_ not in ("html", "json", "pdf"):
+        raise _fail(f"--format must be html, pdf or json, got {format_!r}", 2)
+    if format_ == "pdf" and output is None:
+        raise _fail("--format pdf writes a file: add --output FILE.pdf", 2)
+    if period not in ("shift", "day", "week"):
+        raise _fail(f"--period must be shift, day or week, got {period!r}", 2)
+    if period == "shift" and shift is None:
+        raise _fail("a shift's report needs --shift (or --period day or week)", 2)
+    if line is not None and period != "shift":
+        raise _fail("a line's report is of a shift: leave out --line for the plant's", 2)
     token = os.environ.get("LINEPULSE_API_TOKEN")
+    if config is not None:
+        token = _report_token(_load(config), line, date, shift if period == "shift" else None)
+        token = token or os.environ.get("LINEPULSE_API_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    query = {"line": line, "date": date, "shift": shift, "format": format_}
+    query = {"date": date, "format": format_}
+    if shift is not None and period == "shift":
+        query["shift"] = shift
+    if line is None:
+        route, what = "/v1/reports/plant", f"plant {period} {date}"
+        query["period"] = period
+    else:
+        route, what = "/v1/reports/shift", f"{line} {shift} {date}"
+        query["line"] = line
     try:
-        response = httpx.get(
-            url.rstrip("/") + "/v1/reports/shift", params=query, headers=headers, timeout=30
-        )
+        response = httpx.get(url.rstrip("/") + route, params=query, headers=headers, timeout=90)
     except httpx.HTTPError as error:
         raise _fail(f"report: the KPI API at {url} does not answer ({error})", 1) from None
     if response.status_code != 200:
@@ -785,8 +821,44 @@ def report_command(
     if output is None:
         typer.echo(response.text)
     else:
-        output.write_text(response.text, "utf-8")
-        typer.echo(f"report: {line} {shift} {date} written to {output}", err=True)
+        output.write_bytes(response.content)
+        typer.echo(f"report: {what} written to {output}", err=True)
+
+
+def _report_token(plant: PlantConfig, line: str | None, day: str, shift: str | None) -> str | None:
+    """The API token the plant config points at (or None); the line and the shift
+    checked against the config first, so a typo is named here rather than by the API."""
+    import datetime as dt
+
+    from linepulse.calendar import Calendar
+
+    lines = [known.id for known in plant.lines]
+    if line is not None and line not in lines:
+        raise _fail(f"--line {line!r} is not in the config; its lines: {', '.join(lines)}", 2)
+    try:
+        production_day = dt.date.fromisoformat(day)
+    except ValueError:
+        raise _fail(f"--date must be YYYY-MM-DD, got {day!r}", 2) from None
+    if shift is not None:
+        calendar = Calendar(plant)
+        names = sorted(
+            {
+                span.name
+                for known in ([line] if line else lines)
+                for span in calendar.spans_on(known, production_day)
+            }
+        )
+        if shift not in names:
+            said = ", ".join(names) or "none (a day off)"
+            where = line or "any line"
+            raise _fail(
+                f"--shift {shift!r} does not run on {where} on {day}; shifts then: {said}", 2
+            )
+    try:
+        tokens = plant.api.resolve("api").tokens
+    except ValueError as error:
+        raise _fail(str(error), 2) from None
+    return tokens[0].get_secret_value() if tokens else None
 
 
 def _window_kinds(values: list[str] | None) -> tuple[WindowKind, ...] | None:

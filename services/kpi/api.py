@@ -21,9 +21,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Final, Literal
+from zoneinfo import ZoneInfo
 
 import orjson
 from fastapi import FastAPI, Query, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry
 from pydantic import BaseModel, Field
@@ -35,17 +37,27 @@ from linepulse.costs import Pricing
 from linepulse.http.api import create_api, errors_of_a_text_route, metrics_response
 from linepulse.http.guard import GUARD_RESPONSES, install
 from linepulse.http.settings import ApiAccess
+from linepulse.pdf import Printer
 from linepulse.records import KpiRecord
 from services.kpi.board.board import mount_board  # live board (issue 6)
 from services.kpi.errors import BadRequest, NotFound
 from services.kpi.history import KpiHistory, Scope
 from services.kpi.money import budget_view, losses_cost, month_start, reached
+from services.kpi.plant_report import WINDOW_OF, Period, PlantPeriod, plant_report
+from services.kpi.plant_report import render_html as render_plant_html
 from services.kpi.shift_report import render_html, shift_report
 from services.kpi.stops_api import CorrectionProducer, stops_router
 from services.kpi.store import KpiStore
 from services.kpi.trends import PROJECTION_WEEKS, trends
 
 # The window kind the Pareto sums: 1h if computed (see KpiHistory.pareto), else the next.
+ReportFormat = Literal["json", "html", "pdf"]
+ReportDate = Annotated[str, Query(alias="date", description="production day, local (YYYY-MM-DD)")]
+ReportFormatParam = Annotated[ReportFormat, Query(alias="format", description="json, html or pdf")]
+# What a report route answers with, by its `format`.
+_REPORT_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    200: {"content": {"application/json": {}, "text/html": {}, "application/pdf": {}}}
+}
 _PARETO_KINDS: Final[tuple[WindowKind, ...]] = ("1h", "15m", "1m", "day", "shift")
 _RFC3339: Final = re.compile(
     r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
@@ -285,6 +297,7 @@ def create_app(
     clients: KafkaClients = AIOKAFKA,
     access: ApiAccess | None = None,
     reasons_read: Callable[[], Awaitable[None]] | None = None,
+    printer: Printer | None = None,
 ) -> FastAPI:
     """The KPI API for `plant`, reading `store`, exposing `registry` on `/metrics`.
 
@@ -298,7 +311,8 @@ def create_app(
     every route; without it no token is configured, so reads are open and writes are
     refused with 403. `reasons_read` (the materializer's) returns once the corrections
     made on other replicas have been read: a correction waits for it before it is
-    numbered.
+    numbered. `printer` prints the shift report's PDF (`format=pdf`); by default the
+    Chromium `linepulse.pdf.find_browser` finds, if any.
     """
     lines = {line.id: line for line in plant.lines}
     machines = {m: line.id for m, (line, _) in plant.machines().items()}
@@ -306,6 +320,7 @@ def create_app(
     pareto_kind: WindowKind = next((k for k in _PARETO_KINDS if k in windows), "1h")
     calendar = Calendar(plant)
     pricing = Pricing(plant)
+    printer = printer or Printer.found()
     producer = None if bootstrap is None else CorrectionProducer(plant, bootstrap, clients)
 
     @asynccontextmanager
@@ -580,31 +595,8 @@ def create_app(
         scope_lines = [line] if line is not None else list(lines)
         return _json(budget_view(records, days, pricing, calendar, scope_lines, line, start, now))
 
-    @app.get(
-        "/v1/reports/shift",
-        tags=["reports"],
-        summary="The shift report of a line, as JSON or as an HTML page for mail",
-        description=(
-            "One shift of one line (docs/reports.md): output against target and against "
-            "the same shift of the four weeks before; OEE and its factors with the share of "
-            "planned time with data; where the time went, in time and (with rates) money; "
-            "downtime by reason, unplanned and planned apart; the longest stops with who "
-            "coded them, and those still without a reason; bottleneck, scrap and rework. "
-            "`format=html` gives a self-contained page a mail client shows as it is."
-        ),
-        responses={200: {"content": {"application/json": {}, "text/html": {}}}},
-    )
-    def shift_report_answer(
-        line: Annotated[str, Query(description="a line id (`lines[].id`)")],
-        date_: Annotated[
-            str, Query(alias="date", description="production day, local (YYYY-MM-DD)")
-        ],
-        shift: Annotated[str, Query(description="the shift's name (`shifts[].name`)")],
-        format_: Annotated[
-            Literal["json", "html"], Query(alias="format", description="json or html")
-        ] = "json",
-    ) -> Response:
-        check_scope(line, None)
+    def build_shift_report(line: str, date_: str, shift: str) -> tuple[ShiftSpan, dict[str, Any]]:
+        """The report's figures from the store (DuckDB: run in a worker thread)."""
         if "shift" not in windows:
             raise BadRequest("shift reports need `shift` records: add shift to kpi.windows")
         try:
@@ -633,9 +625,100 @@ def create_app(
         )
         machine_records = [r for r in records if r["machine"] is not None]
         report = shift_report(pricing, span, line_record, machine_records, earlier, stops)
+        return span, report
+
+    @app.get(
+        "/v1/reports/shift",
+        tags=["reports"],
+        summary="The shift report of a line: JSON, an HTML page for mail, or a PDF",
+        description=(
+            "One shift of one line (docs/reports.md): output against target and against "
+            "the same shift of the four weeks before; OEE and its factors with the share of "
+            "planned time with data; where the time went, in time and (with rates) money; "
+            "downtime by reason, unplanned and planned apart; the longest stops with who "
+            "coded them, and those still without a reason; bottleneck, scrap and rework. "
+            "`format=html` gives a self-contained page a mail client shows as it is; "
+            "`format=pdf` that page printed to A4 by a headless Chromium (501 where the "
+            "API has none)."
+        ),
+        responses=_REPORT_RESPONSES,
+    )
+    async def shift_report_answer(
+        line: Annotated[str, Query(description="a line id (`lines[].id`)")],
+        date_: ReportDate,
+        shift: Annotated[str, Query(description="the shift's name (`shifts[].name`)")],
+        format_: ReportFormatParam = "json",
+    ) -> Response:
+        check_scope(line, None)
+        span, report = await run_in_threadpool(build_shift_report, line, date_, shift)
+        return await answer_report(report, format_, render_html, f"shift-report_{span.slug}.pdf")
+
+    async def answer_report(
+        report: dict[str, Any],
+        format_: ReportFormat,
+        render: Callable[[dict[str, Any], str, ZoneInfo], str],
+        pdf_name: str,
+    ) -> Response:
+        """A report as JSON, as its page, or as the page printed to PDF."""
+        if format_ == "json":
+            return _json(report)
+        page = render(report, plant.site, plant.zone)
         if format_ == "html":
-            return HTMLResponse(render_html(report, plant.site, plant.zone))
-        return _json(report)
+            return HTMLResponse(page)
+        pdf = await printer.pdf(page)
+        return Response(
+            pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'inline; filename="{pdf_name}"'},
+        )
+
+    def build_plant_report(
+        period: Period, date_: str, shift: str | None
+    ) -> tuple[PlantPeriod, dict[str, Any]]:
+        """The plant report's figures from the store (DuckDB: run in a worker thread)."""
+        kind = WINDOW_OF[period]
+        if kind not in windows:
+            raise BadRequest(
+                f"a plant report of a {period} needs `{kind}` records: add {kind} to kpi.windows"
+            )
+        try:
+            day = date.fromisoformat(date_)
+        except ValueError:
+            raise BadRequest(f"'date' must be YYYY-MM-DD, got {date_!r}") from None
+        covered, records = _plant_records(store.history, calendar, list(lines), period, day, shift)
+        if not any(r["machine"] is None for r in records):
+            raise NotFound(
+                f"no record of the {covered.label} yet: it has not started, or no data of it "
+                "has reached the API"
+            )
+        return covered, plant_report(pricing, covered, list(lines), records)
+
+    @app.get(
+        "/v1/reports/plant",
+        tags=["reports"],
+        summary="The plant report of a shift, a production day or an ISO week",
+        description=(
+            "Every line side by side (docs/reports.md): OEE and its factors, output against "
+            "target, the top stop reason and the losses in money, and the plant's figures: "
+            "its sums (ratios from the sums, never a mean of ratios), where its time went "
+            "and downtime by reason over all lines. `period=shift` needs `shift`; "
+            "`period=week` covers the ISO week of `date`. `format` as for the shift report."
+        ),
+        responses=_REPORT_RESPONSES,
+    )
+    async def plant_report_answer(
+        date_: ReportDate,
+        period: Annotated[Period, Query(description="shift, day or week")] = "day",
+        shift: Annotated[
+            str | None, Query(description="the shift's name, for period=shift")
+        ] = None,
+        format_: ReportFormatParam = "json",
+    ) -> Response:
+        check_scope(None, None)
+        covered, report = await run_in_threadpool(build_plant_report, period, date_, shift)
+        return await answer_report(
+            report, format_, render_plant_html, f"plant-report_{covered.slug}.pdf"
+        )
 
     @app.get(
         "/metrics",
@@ -728,6 +811,39 @@ def _span(calendar: Calendar, line: str, day: date, shift: str) -> ShiftSpan:
             return span
     there = ", ".join(s.name for s in spans) or "none (a day off, or no shift that weekday)"
     raise NotFound(f"line {line!r} has no shift {shift!r} on {day}; its shifts that day: {there}")
+
+
+def _plant_records(
+    history: KpiHistory,
+    calendar: Calendar,
+    lines: list[str],
+    period: Period,
+    day: date,
+    shift: str | None,
+) -> tuple[PlantPeriod, list[dict[str, Any]]]:
+    """What a plant report of `period` covers and its records: each line's `shift`
+    records of the shift `shift` on `day`, or the `day` records of the day or of its
+    ISO week."""
+    if period == "shift":
+        if shift is None:
+            raise BadRequest("a plant report of a shift needs `shift` (the shift's name)")
+        spans = [s for line in lines for s in calendar.spans_on(line, day) if s.name == shift]
+        if not spans:
+            there = sorted({s.name for line in lines for s in calendar.spans_on(line, day)})
+            said = ", ".join(there) or "none (a day off)"
+            raise NotFound(f"no line has a shift {shift!r} on {day}; the shifts that day: {said}")
+        covered = PlantPeriod(
+            "shift", day, shift, min(s.start for s in spans), max(s.end for s in spans)
+        )
+        return covered, [r for span in spans for r in _shift_records(history, span)]
+    first = day - timedelta(days=day.weekday()) if period == "week" else day
+    after = first + timedelta(days=7 if period == "week" else 1)
+    start, end = calendar.day_bounds(first)[0], calendar.day_bounds(after)[0]
+    covered = PlantPeriod(period, first, None, start, end)
+    records = history.history(
+        datetime.fromtimestamp(start / 1000, UTC), datetime.fromtimestamp(end / 1000, UTC), "day"
+    )
+    return covered, records
 
 
 def _shift_records(history: KpiHistory, span: ShiftSpan) -> list[dict[str, Any]]:

@@ -7,16 +7,16 @@ dict; `render_html` turns it into one self-contained HTML page that mail clients
 it is (tables and inline styles only: no script, no stylesheet, no external image; bars
 are table cells of a width).
 
-What is not in it yet (docs/reports.md): alerts of the shift and their acknowledgement
-times (they live in the alerts service), notes, charts as images, the PDF, delivery, and
-the plant's daily and weekly reports.
+The page prints to an A4 PDF as it is (linepulse/pdf.py). What is not in it
+(docs/reports.md): alerts of the shift (the alerts service adds them to the page it
+mails), notes, charts as images, and the plant's daily and weekly reports.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date, datetime
+from datetime import date
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -24,19 +24,20 @@ from linepulse.calendar import ShiftSpan, text_ms, utc_text
 from linepulse.costs import Pricing
 from linepulse.figures import count, percent
 from linepulse.production import LOSS_KEYS, UNASSIGNED
+from linepulse.report_page import (
+    bar,
+    clock,
+    duration,
+    heading,
+    losses_table,
+    money,
+    page,
+    table,
+)
 from services.kpi.money import losses_cost
 from services.kpi.stops import CODE_STATES
 
 LONGEST: Final = 5  # stops listed by length
-_LOSS_LABELS: Final = {
-    "equipment_failure_s": "Equipment failure",
-    "setup_s": "Setup",
-    "small_stops_s": "Small stops",
-    "slow_cycles_s": "Slow cycles",
-    "startup_rejects_s": "Start-up rejects",
-    "production_rejects_s": "Production rejects",
-    "no_data_s": "No data",
-}
 
 
 def _in_shift(stop: Mapping[str, Any], span: ShiftSpan) -> float:
@@ -157,64 +158,6 @@ def _stop(stop: Mapping[str, Any], seconds: float) -> dict[str, Any]:
     }
 
 
-# -- HTML -------------------------------------------------------------------------------
-
-_CELL: Final = "padding:4px 8px;border-bottom:1px solid #ddd;"
-_NUM: Final = _CELL + "text-align:right;white-space:nowrap;"
-
-
-def _clock(utc: str, zone: ZoneInfo) -> str:
-    return datetime.fromisoformat(utc).astimezone(zone).strftime("%H:%M")
-
-
-def _dur(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
-
-
-def _money(value: float | None, currency: str | None) -> str:
-    return "" if value is None or currency is None else f"{value:,.0f} {html.escape(currency)}"
-
-
-def _bar(share: float, colour: str) -> str:
-    """A bar of `share` of 160 px: cells of fixed pixel widths (an empty cell of 0 % is
-    drawn wide by some engines, so a cell of no width is left out)."""
-    filled = max(0, min(160, round(share * 160)))
-    cells = [(filled, colour), (160 - filled, "#eee")]
-    tds = "".join(
-        f'<td width="{px}" style="background:{bg};height:10px;width:{px}px;"></td>'
-        for px, bg in cells
-        if px
-    )
-    return (
-        '<table role="presentation" width="160" cellpadding="0" cellspacing="0" '
-        f'style="border-collapse:collapse;width:160px;"><tr>{tds}</tr></table>'
-    )
-
-
-def _table(head: Sequence[str], rows: Iterable[Sequence[str]], numbers: Sequence[int] = ()) -> str:
-    """A table; the columns at `numbers` (indices) are right-aligned figures."""
-    cells = "".join(
-        f'<th style="{_NUM if i in numbers else _CELL}text-align:'
-        f'{"right" if i in numbers else "left"};">{h}</th>'
-        for i, h in enumerate(head)
-    )
-    body = "".join(
-        "<tr>"
-        + "".join(
-            f'<td style="{_NUM if i in numbers else _CELL}">{c}</td>' for i, c in enumerate(row)
-        )
-        + "</tr>"
-        for row in rows
-    )
-    return (
-        '<table cellpadding="0" cellspacing="0" style="border-collapse:collapse;'
-        f'font-size:14px;margin:4px 0 16px 0;"><tr>{cells}</tr>{body}</table>'
-    )
-
-
 def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
     """The report as one HTML page that a mail client shows as it is; times in the
     plant's zone, as the shift lead lives them."""
@@ -224,18 +167,15 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
     k = report["kpis"]
     planned = report["planned_s"] or 0.0
     productive = report["fully_productive_s"] or 0.0
-    lost = _money(report["loss_cost"], cur)
+    lost = money(report["loss_cost"], cur)
     title = f"{e(report['line'])} · {e(report['shift'])} shift · {e(report['date'])}"
+    subtitle = (
+        f"{e(site)} · {clock(report['from'], zone)}–{clock(report['to'], zone)} "
+        f"({e(str(zone))}) · {'final' if report['final'] else 'still open'}"
+    )
     parts = [
-        '<!doctype html><html><head><meta charset="utf-8">'
-        f"<title>{title}</title></head>"
-        '<body style="font-family:Arial,Helvetica,sans-serif;color:#222;max-width:720px;">',
-        f'<h1 style="font-size:20px;margin:0 0 4px 0;">{title}</h1>',
-        f'<p style="color:#666;margin:0 0 16px 0;">{e(site)} · '
-        f"{_clock(report['from'], zone)}–{_clock(report['to'], zone)} ({e(str(zone))}) · "
-        f"{'final' if report['final'] else 'still open'}</p>",
-        '<h2 style="font-size:16px;">Output</h2>',
-        _table(
+        heading("Output"),
+        table(
             ["", "parts"],
             [
                 [f"good out of {e(out['machine'])}", count(out["count"])],
@@ -245,8 +185,8 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
             ],
             numbers=(1,),
         ),
-        '<h2 style="font-size:16px;">OEE</h2>',
-        _table(
+        heading("OEE"),
+        table(
             ["OEE", "availability", "performance", "quality", "data"],
             [
                 [
@@ -259,55 +199,45 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
             ],
             numbers=(0, 1, 2, 3, 4),
         ),
-        '<h2 style="font-size:16px;">Where the time went</h2>',
-        _table(
-            ["", "", "time", "share", "cost"],
-            [["Planned time", _bar(1.0, "#3498db"), _dur(planned), "100 %", ""]]
-            + [
-                [
-                    _LOSS_LABELS[f"{step['loss']}_s"],
-                    _bar((step["seconds"] or 0.0) / planned if planned else 0.0, "#e74c3c"),
-                    _dur(step["seconds"]),
-                    percent((step["seconds"] or 0.0) / planned if planned else None),
-                    _money(step["cost"], cur),
-                ]
-                for step in report["losses"]
-            ]
-            + [
+        heading("Where the time went"),
+        losses_table(
+            planned,
+            report["losses"],
+            cur,
+            after=[
                 [
                     "Fully productive",
-                    _bar(productive / planned if planned else 0.0, "#2ecc71"),
-                    _dur(report["fully_productive_s"]),
+                    bar(productive / planned if planned else 0.0, "#2ecc71"),
+                    duration(report["fully_productive_s"]),
                     percent(productive / planned if planned else None),
                     f"losses {lost}" if lost else "",
                 ]
             ],
-            numbers=(2, 3, 4),
         ),
-        '<h2 style="font-size:16px;">Downtime by reason</h2>',
-        _table(
+        heading("Downtime by reason"),
+        table(
             ["unplanned", "time", "cost"],
             [
-                [e(r["reason"]), _dur(r["seconds"]), _money(r["cost"], cur)]
+                [e(r["reason"]), duration(r["seconds"]), money(r["cost"], cur)]
                 for r in report["downtime"]["unplanned"]
             ]
             or [["none", "", ""]],
             numbers=(1, 2),
         ),
-        _table(
+        table(
             ["planned", "time"],
-            [[e(r["reason"]), _dur(r["seconds"])] for r in report["downtime"]["planned"]]
+            [[e(r["reason"]), duration(r["seconds"])] for r in report["downtime"]["planned"]]
             or [["none", ""]],
             numbers=(1,),
         ),
-        '<h2 style="font-size:16px;">Longest stops</h2>',
-        _table(
+        heading("Longest stops"),
+        table(
             ["machine", "from", "time", "reason", "coded by"],
             [
                 [
                     e(s["machine"]),
-                    _clock(s["start"], zone),
-                    _dur(s["seconds"]),
+                    clock(s["start"], zone),
+                    duration(s["seconds"]),
                     e(s["reason"]),
                     e(s["coded_by"] or "machine"),
                 ]
@@ -322,8 +252,8 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
     bottleneck = report["bottleneck"]
     quality = report["quality"]
     parts += [
-        '<h2 style="font-size:16px;">Bottleneck, scrap and rework</h2>',
-        _table(
+        heading("Bottleneck, scrap and rework"),
+        table(
             ["", ""],
             [
                 ["bottleneck", e(bottleneck["machine"]) if bottleneck else "none"],
@@ -338,6 +268,5 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
             ],
             numbers=(1,),
         ),
-        "</body></html>",
     ]
-    return "".join(parts)
+    return page(title, subtitle, parts)

@@ -18,9 +18,11 @@ from tests.unit.kpi.test_shift_report import events, statuses
 
 @contextmanager
 def classic_api(folder: Path, plant: PlantConfig) -> Iterator[str]:
-    """The API's URL while it serves the classic example's day run through `plant`."""
+    """The API's URL while it serves the classic example's day run through `plant`,
+    guarded as its `api` section says (tokens read now)."""
+    access = plant.api.resolve("api")
     with store_over_core(folder, plant, events(), statuses(events())) as store:
-        served = Served(lambda: create_app(plant, store, CollectorRegistry()))
+        served = Served(lambda: create_app(plant, store, CollectorRegistry(), access=access))
         served.start()
         try:
             yield served.url

@@ -191,6 +191,19 @@ RUN_BY: dict[str, tuple[RunBy, ...]] = {
         ),
         RunBy("tests/integration/test_report_cli.py", ('"--shift", "early", "-o"',)),
     ),
+    "linepulse report -c plant.yaml --line line-1 --date 2026-11-02 --shift early "
+    "--format pdf -o report.pdf": (
+        RunBy(
+            "tests/integration/test_report_cli.py",
+            ('"-c", str(config), "--line", "line-1", "--shift", "early",',),
+        ),
+        RunBy("tests/integration/test_report_cli.py", ('"--format", "pdf", "-o", str(pdf)',)),
+    ),
+    "linepulse report --date 2026-11-02 --period day -o plant.html": (
+        RunBy(
+            "tests/integration/test_report_cli.py", ('"--date", "2026-11-02", "--period", "day"',)
+        ),
+    ),
     "linepulse ingest --config plant.yaml": (
         RunBy("tests/integration/test_ingest_e2e.py", ('start_cli(["ingest", "--config"',)),
     ),

@@ -1,7 +1,9 @@
 """Shift reports delivered by email (issue 20, item 1): the classic example's KPI API over
 real HTTP (uvicorn), the alerts outbox on SQLite, a real SMTP server (aiosmtpd). When the
 shift is over, its next lead and the manager each get the report once, HTML with a text
-part; a restart of the sender and the outbox at the shift's end sends nothing twice."""
+part and the page printed to PDF by Debian's Chromium attached; a restart of the sender
+and the outbox at the shift's end sends nothing twice. A line with recipients of its
+own sends to those, here on Slack."""
 
 from __future__ import annotations
 
@@ -16,12 +18,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig
+from linepulse.figures import percent
 from services.alerts.metrics import AlertMetrics
 from services.alerts.model import Alert, AlertState
 from services.alerts.outbox import Outbox
 from services.alerts.reports import ShiftReportSender
 from tests.integration.classic_api import classic_api
-from tests.integration.receivers import SmtpReceiver
+from tests.integration.receivers import HttpReceiver, SmtpReceiver
+from tests.integration.test_report_browser import SHOWN, assert_report_pdf
 from tests.unit.kpi.test_shift_report import classic
 
 pytestmark = pytest.mark.integration
@@ -107,7 +111,11 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
     mail = smtp.mails[0].message
     assert mail["Subject"].startswith("Shift report line-1 early 2026-11-02: OEE 74.8 %")
     assert mail["Message-ID"].startswith("<report/line-1/2026-11-02/early/mail/")
-    parts = {part.get_content_type(): body(part) for part in mail.walk()}
+    parts = {
+        part.get_content_type(): body(part)
+        for part in mail.walk()
+        if part.get_content_maintype() == "text"
+    }
     assert "line-1 · early shift · 2026-11-02" in parts["text/html"]
     assert "1,880 EUR" in parts["text/html"]
     assert "OEE 74.8 %" in parts["text/plain"]
@@ -116,6 +124,114 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
     assert "1 raised, 1 acknowledged (mean 4 min), 1 resolved" in parts["text/html"]
     assert "filler-1 is down" in parts["text/html"]
     assert "alerts: 1 raised, 1 acknowledged, 1 resolved" in parts["text/plain"]
+    (attached,) = [part for part in mail.walk() if part.get_content_maintype() == "application"]
+    assert attached.get_content_type() == "application/pdf"
+    assert attached.get_filename() == "shift-report_line-1_2026-11-02_early.pdf"
+    pdf = attached.get_payload(decode=True)
+    assert isinstance(pdf, bytes)
+    # The mailed page, alerts section included, printed.
+    assert_report_pdf(pdf, (*SHOWN, "1 raised, 1 acknowledged", "filler-1 is down"))
+
+
+async def test_a_line_with_recipients_of_its_own_sends_to_them(tmp_path: Path) -> None:
+    """`alerts.reports.lines`: line-1's reports go to the manager only (here on Slack),
+    not to the next lead of `to`."""
+    async with HttpReceiver() as slack:
+        with classic_api(tmp_path, plant_with_mail(2525, "http://127.0.0.1:1")) as url:
+            base = plant_with_mail(2525, url)
+            alerts = base.alerts.model_dump(mode="json", exclude_none=True)
+            alerts["channels"].append({"id": "chat", "type": "slack", "url": slack.url})
+            alerts["people"]["max"]["channels"] = ["chat"]
+            alerts["people"]["max"]["slack_user"] = "U0MAX"
+            alerts["reports"]["lines"] = {"line-1": ["manager"]}
+            shifts = [s.model_dump(mode="json") for s in base.shifts]
+            plant = classic(shifts=shifts, alerts=alerts)
+            assert plant.alerts.reports is not None
+            metrics = AlertMetrics.create(CollectorRegistry())
+            outbox = Outbox(tmp_path / "outbox.sqlite", plant.alerts, metrics)
+            try:
+                async with httpx.AsyncClient(timeout=30) as client:
+                    sender = ShiftReportSender(
+                        plant,
+                        plant.alerts.reports,
+                        outbox,
+                        clock=lambda: SHIFT_END + AFTER_S,
+                        client=client,
+                    )
+                    owed = sender.owed(int((SHIFT_END + AFTER_S) * 1000))
+                    # The early shift of the day (and the late one of the day before, which
+                    # has no record and is not sent).
+                    (due,) = [due for due in owed if due.name == "line-1 early 2026-11-02"]
+                    assert due.todo == (("max", "chat"),)
+                    assert await sender.check() == 1
+                stop = asyncio.Event()
+                running = asyncio.create_task(outbox.run(stop))
+                try:
+                    await slack.wait_for(lambda got: len(got) == 1)
+                finally:
+                    stop.set()
+                    await running
+            finally:
+                outbox.close()
+    body = slack.requests[0].json()
+    assert body["text"].startswith("<@U0MAX> Shift report line-1 early 2026-11-02: OEE 74.8 %")
+    assert "OEE 74.8 %" in body["blocks"][1]["text"]["text"]
+
+
+DAY_END = datetime(2026, 11, 3, 0, 0, tzinfo=UTC).timestamp()
+WEEK_END = datetime(2026, 11, 9, 0, 0, tzinfo=UTC).timestamp()  # ISO week 2026-W45 over
+
+
+async def test_the_manager_gets_the_plants_day_and_week_reports_once(tmp_path: Path) -> None:
+    """`alerts.reports.plant` (daily and weekly to the manager by default): when the
+    production day is over, Max gets the plant's day report besides the two shift reports;
+    when the ISO week is over, its week report, each once, with its PDF."""
+    async with SmtpReceiver() as smtp:
+        with classic_api(tmp_path, plant_with_mail(smtp.port, "http://127.0.0.1:1")) as url:
+            plant = plant_with_mail(smtp.port, url)
+            assert plant.alerts.reports is not None
+            settings = plant.alerts.reports
+            metrics = AlertMetrics.create(CollectorRegistry())
+            outbox = Outbox(tmp_path / "outbox.sqlite", plant.alerts, metrics)
+            try:
+                async with httpx.AsyncClient(timeout=30) as client:
+
+                    def at(moment: float) -> ShiftReportSender:
+                        clock = lambda: moment  # noqa: E731
+                        return ShiftReportSender(
+                            plant, settings, outbox, clock=clock, client=client
+                        )
+
+                    # The early shift to Ann and Max, the late one to Max; not the day yet.
+                    assert await at(DAY_END + 60).check() == 3
+                    assert await at(DAY_END + AFTER_S).check() == 1  # the day's, to Max
+                    assert await at(DAY_END + 2 * AFTER_S).check() == 0
+                    assert await at(WEEK_END + AFTER_S).check() == 1  # the week's
+                    assert await at(WEEK_END + 2 * AFTER_S).check() == 0
+                    # The day's record (the late shift had no data): its OEE, and the
+                    # week's, which is that one day.
+                    query = {"from": "2026-11-02T00:00:00Z", "window": "day", "scope": "line"}
+                    (day,) = (await client.get(f"{url}/v1/kpis/history", params=query)).json()
+                await deliver(outbox, smtp, 5)
+            finally:
+                outbox.close()
+    plant_mails = {
+        m.message["Subject"]: m for m in smtp.mails if m.message["Subject"].startswith("Plant")
+    }
+    oee = percent(day["oee"])
+    assert sorted(plant_mails) == [
+        f"Plant report day 2026-11-02: OEE {oee}, losses 4,319 EUR",
+        f"Plant report week 2026-W45: OEE {oee}, losses 4,319 EUR",
+    ]
+    for subject, mail in plant_mails.items():
+        assert mail.rcpt_tos == ["max@plant.test"]
+        (attached,) = [p for p in mail.message.walk() if p.get_content_maintype() == "application"]
+        label = subject.split(":")[0].removeprefix("Plant report ")
+        period, _, when = label.partition(" ")
+        assert attached.get_filename() == f"plant-report_{period}_{when}.pdf"
+        pdf = attached.get_payload(decode=True)
+        assert isinstance(pdf, bytes)
+        assert_report_pdf(pdf, (f"Plant report · {label}", "line-1", oee, "jam", "4,319 EUR"))
 
 
 def alerts(line: str) -> list[Alert]:
@@ -148,12 +264,22 @@ def body(part: Message) -> str:
     return payload.decode() if isinstance(payload, bytes) else ""
 
 
-def test_who_gets_it_is_checked_when_the_config_is_loaded() -> None:
-    with pytest.raises(Exception, match=r"alerts\.reports\.to: 'nobody'"):
+@pytest.mark.parametrize(
+    ("reports", "said"),
+    [
+        ({"to": ["nobody"]}, r"alerts\.reports\.to: 'nobody' is neither a person"),
+        ({"lines": {"line-9": ["manager"]}}, r"alerts\.reports\.lines: unknown line 'line-9'"),
+        ({"lines": {"line-1": ["bob"]}}, r"alerts\.reports\.lines\.line-1: 'bob' is neither"),
+    ],
+)
+def test_who_gets_it_is_checked_when_the_config_is_loaded(
+    reports: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(Exception, match=said):
         classic(
             alerts={
                 "channels": [{"id": "pager", "type": "console"}],
-                "reports": {"api_url": "http://127.0.0.1:8080", "to": ["nobody"]},
+                "reports": {"api_url": "http://127.0.0.1:8080", **reports},
             }
         )
 
@@ -167,8 +293,8 @@ def test_a_recipient_without_a_report_channel_is_named_in_the_log(
         "max": {"name": "Max", "email": "max@plant.test", "channels": ["mail", "pager"]},
     }
     alerts = {**plant.alerts.model_dump(mode="json", exclude_none=True), "people": people}
-    slack = {"id": "pager", "type": "slack", "url": "http://127.0.0.1:1/hook"}
-    alerts["channels"] = [alerts["channels"][0], slack]
+    pager = {"id": "pager", "type": "alertmanager", "url": "http://127.0.0.1:1"}
+    alerts["channels"] = [alerts["channels"][0], pager]
     plant = classic(shifts=[s.model_dump(mode="json") for s in plant.shifts], alerts=alerts)
     assert plant.alerts.reports is not None
     outbox = Outbox(tmp_path / "o.sqlite", plant.alerts, AlertMetrics.create(CollectorRegistry()))
@@ -177,5 +303,5 @@ def test_a_recipient_without_a_report_channel_is_named_in_the_log(
             ShiftReportSender(plant, plant.alerts.reports, outbox)
     finally:
         outbox.close()
-    assert "ann has no email/webhook/console channel" in caplog.text
+    assert "ann has no email/slack/webhook/console channel" in caplog.text
     assert "max has no" not in caplog.text

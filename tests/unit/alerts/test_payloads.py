@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import random
 from datetime import UTC, datetime
 from typing import Any
@@ -300,3 +301,63 @@ def test_backoff_doubles_from_one_second_to_five_minutes_with_jitter() -> None:
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert max(delays) - min(delays) > ceiling / 4  # jittered, not constant
     assert backoff_s(10_000, rng, base=1.0, cap=300.0) <= 300.0
+
+
+def report_note(**extra: str) -> Notification:
+    """A shift report as the sender queues it (services/alerts/reports.py)."""
+    return Notification(
+        key="report/line-1/2026-11-02/early/mail/max",
+        kind="report",
+        channel="mail",
+        recipient="max",
+        alerts=(),
+        group="report/line-1",
+        created_at=T0,
+        extra={
+            "subject": "Shift report line-1 early 2026-11-02: OEE 74.8 %, output 18,848",
+            "html": "<html><body><h1>line-1</h1></body></html>",
+            "text": "line-1 · early shift · 2026-11-02\nOEE 74.8 %\n",
+            "report": {"line": "line-1"},
+            **extra,
+        },
+    )
+
+
+def test_a_mailed_report_is_html_with_a_text_part_and_its_pdf_attached() -> None:
+    pdf = b"%PDF-1.4 the report"
+    note = report_note(pdf=base64.b64encode(pdf).decode(), pdf_name="shift-report_x.pdf")
+    message = channels.email_message(note, sender="lp@plant.example", to="max@plant.example")
+    assert message["Subject"].startswith("Shift report line-1 early")
+    kinds = [part.get_content_type() for part in message.walk()]
+    assert kinds == [
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/plain",
+        "text/html",
+        "application/pdf",
+    ]
+    (attached,) = list(message.iter_attachments())
+    assert attached.get_filename() == "shift-report_x.pdf"
+    assert attached.get_content() == pdf
+
+
+def test_a_report_without_a_pdf_is_mailed_without_an_attachment() -> None:
+    message = channels.email_message(report_note(), sender="lp@plant.example", to="m@p.example")
+    assert [part.get_content_type() for part in message.walk()] == [
+        "multipart/alternative",
+        "text/plain",
+        "text/html",
+    ]
+
+
+def test_a_report_on_slack_is_its_subject_and_figures() -> None:
+    body = channels.slack_payload(report_note(), slack_user="U024BE7LH")
+    assert (
+        body["text"]
+        == "<@U024BE7LH> Shift report line-1 early 2026-11-02: OEE 74.8 %, output 18,848"
+    )
+    header, figures, mention = body["blocks"]
+    assert header["text"]["text"].startswith("Shift report line-1 early")
+    assert "OEE 74.8 %" in figures["text"]["text"]
+    assert mention["text"]["text"] == "<@U024BE7LH>"
+    assert len(channels.slack_payload(report_note(), slack_user=None)["blocks"]) == 2

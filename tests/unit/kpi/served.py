@@ -25,7 +25,14 @@ def store_over_core(
 ) -> Iterator[KpiStore]:
     """`events` run through the core in one batch (then flushed), its final records and
     `statuses` (for the stop log) stored in DuckDB under `folder`."""
-    finals, _, _ = run(plant, [events])
+    _, outputs, _ = run(plant, [events])
+    # By line too: `run`'s finals are keyed by machine, where every line record is None.
+    finals = {
+        (r["line"], r["machine"], r["window"], r["window_start"]): r
+        for output in outputs
+        for r in output.records
+        if r["final"]
+    }
     with KpiStore(folder / "kpi.duckdb", plant) as store:
         store.history.upsert(list(finals.values()))
         if statuses:

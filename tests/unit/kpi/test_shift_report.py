@@ -23,16 +23,20 @@ PER_S = 10 / 60 + 0.5
 URL = "/v1/reports/shift?line=line-1&date=2026-11-02&shift=early"
 
 
-def classic(**changes: Any) -> PlantConfig:
-    data = yaml.safe_load((EXAMPLE / "plant.yaml").read_text("utf-8"))
+def classic_data() -> dict[str, Any]:
+    """The classic example's plant as YAML data, with rates and a reason tree."""
+    data: dict[str, Any] = yaml.safe_load((EXAMPLE / "plant.yaml").read_text("utf-8"))
     data["costs"] = {"downtime_minute_cost": 10, "good_part_value": 0.5, "scrap_part_cost": 0.2}
     data["reasons"] = [
         {"name": "mechanical", "codes": ["jam"]},
         {"name": "material", "codes": ["material_shortage"]},
         {"name": "planned", "planned": True, "codes": ["cleaning"]},
     ]
-    data.update(changes)
-    return parse_config(data)
+    return data
+
+
+def classic(**changes: Any) -> PlantConfig:
+    return parse_config({**classic_data(), **changes})
 
 
 def events() -> list[dict[str, Any]]:

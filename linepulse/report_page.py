@@ -1,0 +1,142 @@
+"""The building blocks of the reports' pages (services/kpi/shift_report.py,
+services/kpi/plant_report.py, and the alerts section services/alerts/reports.py adds to
+a mailed report): one look for every report a manager gets by mail.
+
+Mail clients show only what is inline: tables, attributes and `style` attributes, no
+script, no stylesheet link, no image to fetch. Bars are table cells of fixed pixel
+widths. The one `<style>` element is for print only (linepulse/pdf.py: A4, a heading kept
+with its table, background colours printed); mail clients ignore it.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+from linepulse.figures import percent
+
+CELL: Final = "padding:4px 8px;border-bottom:1px solid #ddd;"
+NUM: Final = CELL + "text-align:right;white-space:nowrap;"
+BAR_PX: Final = 160
+LOSS_LABELS: Final = {
+    "equipment_failure_s": "Equipment failure",
+    "setup_s": "Setup",
+    "small_stops_s": "Small stops",
+    "slow_cycles_s": "Slow cycles",
+    "startup_rejects_s": "Start-up rejects",
+    "production_rejects_s": "Production rejects",
+    "no_data_s": "No data",
+}
+
+
+def clock(utc: str, zone: ZoneInfo) -> str:
+    """`HH:MM` in the plant's zone of an RFC 3339 UTC time."""
+    return datetime.fromisoformat(utc).astimezone(zone).strftime("%H:%M")
+
+
+def duration(seconds: float | None) -> str:
+    """`47 min`, `5 h 14 min`; `–` for unknown."""
+    if seconds is None:
+        return "–"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def money(value: float | None, currency: str | None) -> str:
+    """`1,880 EUR`; empty where no rate is configured."""
+    return "" if value is None or currency is None else f"{value:,.0f} {html.escape(currency)}"
+
+
+def bar(share: float, colour: str) -> str:
+    """A bar of `share` of `BAR_PX` px: cells of fixed pixel widths (an empty cell of 0 %
+    is drawn wide by some engines, so a cell of no width is left out)."""
+    filled = max(0, min(BAR_PX, round(share * BAR_PX)))
+    cells = [(filled, colour), (BAR_PX - filled, "#eee")]
+    tds = "".join(
+        f'<td width="{px}" style="background:{bg};height:10px;width:{px}px;"></td>'
+        for px, bg in cells
+        if px
+    )
+    return (
+        f'<table role="presentation" width="{BAR_PX}" cellpadding="0" cellspacing="0" '
+        f'style="border-collapse:collapse;width:{BAR_PX}px;"><tr>{tds}</tr></table>'
+    )
+
+
+def table(head: Sequence[str], rows: Iterable[Sequence[str]], numbers: Sequence[int] = ()) -> str:
+    """A table; the columns at `numbers` (indices) are right-aligned figures."""
+    cells = "".join(
+        f'<th style="{NUM if i in numbers else CELL}text-align:'
+        f'{"right" if i in numbers else "left"};">{h}</th>'
+        for i, h in enumerate(head)
+    )
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td style="{NUM if i in numbers else CELL}">{c}</td>' for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return (
+        '<table cellpadding="0" cellspacing="0" style="border-collapse:collapse;'
+        f'font-size:14px;margin:4px 0 16px 0;"><tr>{cells}</tr>{body}</table>'
+    )
+
+
+def losses_table(
+    planned_s: float,
+    losses: Iterable[Mapping[str, Any]],
+    currency: str | None,
+    after: Iterable[Sequence[str]] = (),
+) -> str:
+    """Where the time went: the planned time, then each loss (`loss`, `seconds`, `cost`)
+    as a bar of its share, its time, share and cost; `after`: rows to close with."""
+
+    def share(seconds: float | None) -> float:
+        return (seconds or 0.0) / planned_s if planned_s else 0.0
+
+    return table(
+        ["", "", "time", "share", "cost"],
+        [
+            ["Planned time", bar(1.0, "#3498db"), duration(planned_s), "100 %", ""],
+            *(
+                [
+                    LOSS_LABELS[f"{step['loss']}_s"],
+                    bar(share(step["seconds"]), "#e74c3c"),
+                    duration(step["seconds"]),
+                    percent(share(step["seconds"]) if planned_s else None),
+                    money(step["cost"], currency),
+                ]
+                for step in losses
+            ),
+            *after,
+        ],
+        numbers=(2, 3, 4),
+    )
+
+
+def heading(text: str) -> str:
+    return f'<h2 style="font-size:16px;">{text}</h2>'
+
+
+def page(title: str, subtitle: str, parts: Iterable[str]) -> str:
+    """One whole document: `title` (escaped by the caller) as the title and the heading,
+    `subtitle` under it, then `parts`."""
+    return "".join(
+        [
+            '<!doctype html><html><head><meta charset="utf-8">'
+            "<style>@page{size:A4;margin:12mm}h2{break-after:avoid}table{break-inside:avoid}"
+            "</style>"
+            f"<title>{title}</title></head>"
+            '<body style="font-family:Arial,Helvetica,sans-serif;color:#222;max-width:720px;'
+            '-webkit-print-color-adjust:exact;print-color-adjust:exact;">',
+            f'<h1 style="font-size:20px;margin:0 0 4px 0;">{title}</h1>',
+            f'<p style="color:#666;margin:0 0 16px 0;">{subtitle}</p>',
+            *parts,
+            "</body></html>",
+        ]
+    )
