@@ -17,6 +17,7 @@ offline.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -26,6 +27,7 @@ from fastapi import FastAPI, Path, Query, Response
 from prometheus_client import CollectorRegistry
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
+from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig
 from linepulse.errors import ErrorDetail
 from linepulse.http.api import create_api, metrics_response
@@ -43,6 +45,7 @@ from services.alerts.errors import (
 )
 from services.alerts.forwarding import ForwardWrites
 from services.alerts.model import Alert, Matcher, Silence
+from services.alerts.notes import MAX_TEXT, ShiftNotes
 from services.alerts.replication import ActiveInstance
 
 AlertStateName = Literal["pending", "firing", "acknowledged", "resolved"]
@@ -103,6 +106,32 @@ class AckBody(BaseModel):
 
     who: str = Field(min_length=1, max_length=128, description="who takes the alert")
     comment: str | None = Field(default=None, max_length=2000)
+
+
+class NoteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    line: str = Field(min_length=1, description="the line (`lines[].id`)")
+    text: str = Field(min_length=1, max_length=MAX_TEXT, description="the note")
+    by: str = Field(min_length=1, max_length=128, description="who writes it")
+    date: dt.date | None = Field(
+        default=None, description="the shift's production day; with `shift`"
+    )
+    shift: str | None = Field(
+        default=None,
+        description="the shift's name; without `date` and `shift`: the shift running now, "
+        "else the last one ended",
+    )
+
+
+class NoteView(BaseModel):
+    id: str
+    line: str
+    date: str
+    shift: str
+    text: str
+    by: str
+    at: str
 
 
 class MatcherBody(BaseModel):
@@ -236,6 +265,8 @@ def create_app(
     # forwarding: a standby refuses what the active instance would.
     install(app, access)
 
+    notes = ShiftNotes(engine.store, Calendar(plant))
+
     def now_ms() -> int:
         return int(clock() * 1000)
 
@@ -323,6 +354,34 @@ def create_app(
             raise UnknownSilence(silence_id)
         changed()
         return Response(status_code=204)
+
+    @app.post(
+        "/v1/notes",
+        response_model=NoteView,
+        status_code=201,
+        summary="Write a shift note: it goes out with the shift's report",
+        responses={
+            404: _error("a line the plant does not have"),
+            422: _error("a shift the line does not have that day"),
+        },
+    )
+    async def add_note(body: NoteBody) -> dict[str, Any]:
+        check_scope(plant, body.line, None)
+        return notes.add(body.line, body.text, body.by, now_ms(), body.date, body.shift)
+
+    @app.get(
+        "/v1/notes",
+        response_model=list[NoteView],
+        summary="The notes of one shift, oldest first",
+        responses={404: _error("a line the plant does not have")},
+    )
+    async def list_notes(
+        line: Annotated[str, Query(description="the line (`lines[].id`)")],
+        date_: Annotated[dt.date, Query(alias="date", description="production day")],
+        shift: Annotated[str, Query(description="the shift's name")],
+    ) -> list[dict[str, Any]]:
+        check_scope(plant, line, None)
+        return notes.of_shift(line, date_, shift)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -73,3 +73,10 @@ class InvalidSilence(AlertsError):
     names a line or machine the plant does not have, so it would match nothing (HTTP 422)."""
 
     status_code: ClassVar[int] = 422
+
+
+class InvalidNote(AlertsError):
+    """A shift note that names no shift of its line: a shift it does not have that day,
+    half a shift's name, or a line without shifts lately (HTTP 422)."""
+
+    status_code: ClassVar[int] = 422

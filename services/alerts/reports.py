@@ -7,7 +7,7 @@ of every line that ended at least `alerts.reports.after` ago (and not more than
 `alerts.reports.to`: person ids, `next_lead`, the lead of the line's shift that follows,
 and `manager`), on their channels that carry a report (email, Slack, webhook, console).
 What is owed and not yet in the outbox is asked of the KPI API (`GET /v1/reports/shift`,
-JSON and HTML), the shift's alerts are added, the page is printed to PDF for the mail
+JSON and HTML), the shift's notes and alerts are added, the page is printed to PDF for the mail
 (`linepulse.pdf`, where a headless Chromium is found), and it is enqueued, keyed
 `report/{line}/{date}/{shift}/{channel}/{person}`.
 
@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any, Final
 
 import httpx
@@ -40,6 +40,7 @@ from linepulse.pdf import PdfError, Printer, no_browser_detail
 from linepulse.report_page import heading, table
 from linepulse.runtime import wait_set
 from services.alerts.model import Alert, Notification
+from services.alerts.notes import notes_html, notes_text
 from services.alerts.outbox import Outbox
 from services.alerts.routing import Duty
 
@@ -82,6 +83,7 @@ class ShiftReportSender:
         outbox: Outbox,
         *,
         alerts: Callable[[str], list[Alert]] = lambda line: [],
+        notes: Callable[[str, date, str], list[dict[str, Any]]] = lambda line, day, shift: [],
         clock: Callable[[], float] = time.time,
         client: httpx.AsyncClient | None = None,
         printer: Printer | None = None,
@@ -90,6 +92,7 @@ class ShiftReportSender:
         self.settings = settings
         self.outbox = outbox
         self.alerts = alerts  # a line's alerts, open and recently resolved (the engine's)
+        self.notes = notes  # a shift's notes (services/alerts/notes.py)
         self.duty = Duty(plant)
         self.calendar: Calendar = self.duty.calendar
         self._clock = clock
@@ -264,14 +267,17 @@ class ShiftReportSender:
                 continue
             document, page = report
             if due.span is not None:
-                raised = shift_alerts(self.alerts(due.span.line), due.span)
-                document = {**document, "alerts": raised}
-                page = page.replace("</body>", alerts_html(raised) + "</body>", 1)
+                span = due.span
+                raised = shift_alerts(self.alerts(span.line), span)
+                written = self.notes(span.line, span.day, span.name)
+                document = {**document, "notes": written, "alerts": raised}
+                added = notes_html(written) + alerts_html(raised)
+                page = page.replace("</body>", added + "</body>", 1)
                 subject = (
                     f"Shift report {due.name}: OEE {percent(document['kpis']['oee'])}, "
                     f"output {count(document['output']['count'])}"
                 )
-                text = _text(document)
+                text = _text(document) + notes_text(written)
             else:
                 whole = document["plant"]
                 cost = whole["loss_cost"]

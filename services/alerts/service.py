@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.bus.topics import TopicRole, check_topics
+from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig
 from linepulse.events import reading_as_float
 from linepulse.http.settings import ApiAccess
@@ -50,6 +51,7 @@ from services.alerts.engine import AlertEngine
 from services.alerts.failover import Failover, Role
 from services.alerts.metrics import AlertMetrics
 from services.alerts.model import Notification
+from services.alerts.notes import ShiftNotes
 from services.alerts.outbox import Outbox
 from services.alerts.replication import NotActiveError, StateWriter
 from services.alerts.reports import ShiftReportSender
@@ -185,8 +187,13 @@ class AlertService:
         if reports is None:
             await stop.wait()
             return
+        notes = ShiftNotes(self.engine.store, Calendar(self.plant))
         sender = ShiftReportSender(
-            self.plant, reports, self.outbox, alerts=lambda line: self.engine.alerts(line=line)
+            self.plant,
+            reports,
+            self.outbox,
+            alerts=lambda line: self.engine.alerts(line=line),
+            notes=notes.of_shift,
         )
         await sender.run(stop)
 

@@ -1,7 +1,8 @@
 """The alert engine's durable state: one SQLite file (WAL) of JSON documents.
 
 Alerts, groups (what was paged, escalation level, repeats), silences, the latest
-observations and the notifications emitted are written in one transaction per
+observations, the notifications emitted and the shift notes (services/alerts/notes.py)
+are written in one transaction per
 `evaluate`, ack or silence change, so an engine restarted on the same file neither
 re-pages nor forgets an open alert. Synchronous and small on purpose: the service calls
 it from its event loop and a commit costs a few milliseconds.
@@ -17,7 +18,7 @@ from typing import Any, Literal, get_args
 
 from services.alerts.model import Alert, AlertState, Matcher, Notification, Silence
 
-Table = Literal["alerts", "groups", "silences", "observations", "notifications", "meta"]
+Table = Literal["alerts", "groups", "silences", "observations", "notifications", "meta", "notes"]
 TABLES: tuple[str, ...] = get_args(Table)
 FILENAME = "alerts.sqlite3"
 # One row as a replica carries it (services/alerts/replication.py): table, key, and

@@ -223,6 +223,40 @@ async def test_silences_are_created_listed_and_deleted(engine: AlertEngine) -> N
         assert (await client.get("/v1/silences")).json() == []
 
 
+async def test_shift_notes_are_written_with_the_token_and_read_per_shift(
+    engine: AlertEngine,
+) -> None:
+    """A note without a shift named goes to the one running (the all-day shift today)."""
+    today = datetime.now(UTC).date().isoformat()
+    async with serve(engine, TOKEN) as client:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        body = {"line": "L1", "text": "nozzle 3 drips; spare ordered", "by": "ann"}
+        assert (await client.post("/v1/notes", json=body)).status_code == 401
+        written = await client.post("/v1/notes", json=body, headers=auth)
+        assert written.status_code == 201, written.text
+        note = written.json()
+        assert (note["line"], note["date"], note["shift"], note["by"]) == (
+            "L1",
+            today,
+            "all-day",
+            "ann",
+        )
+        query = {"line": "L1", "date": today, "shift": "all-day"}
+        assert (await client.get("/v1/notes", params=query)).json() == [note]
+        elsewhere = {**body, "line": "L9"}
+        unknown = await client.post("/v1/notes", json=elsewhere, headers=auth)
+        assert (unknown.status_code, unknown.json()["detail"]) == (
+            404,
+            "unknown line 'L9'; the plant's lines: L1",
+        )
+        named = {**body, "date": today, "shift": "night"}
+        wrong = await client.post("/v1/notes", json=named, headers=auth)
+        assert wrong.status_code == 422
+        assert "L1 has no shift 'night'" in wrong.json()["detail"]
+        empty = await client.post("/v1/notes", json={**body, "text": ""}, headers=auth)
+        assert empty.status_code == 422
+
+
 async def test_without_a_configured_token_every_write_is_refused(engine: AlertEngine) -> None:
     async with serve(engine, None) as client:
         fingerprint = (await client.get("/v1/alerts")).json()[0]["fingerprint"]

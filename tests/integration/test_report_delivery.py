@@ -17,12 +17,15 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig
 from linepulse.figures import percent
 from services.alerts.metrics import AlertMetrics
 from services.alerts.model import Alert, AlertState
+from services.alerts.notes import ShiftNotes
 from services.alerts.outbox import Outbox
 from services.alerts.reports import ShiftReportSender
+from services.alerts.store import AlertStore
 from tests.integration.classic_api import classic_api
 from tests.integration.receivers import HttpReceiver, SmtpReceiver
 from tests.integration.test_report_browser import SHOWN, assert_report_pdf
@@ -88,11 +91,21 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
             settings = plant.alerts.reports
             path = tmp_path / "alerts" / "outbox.sqlite"
             async with httpx.AsyncClient(timeout=30) as client:
+                # The early lead's handover note, written ten minutes before the end.
+                notes = ShiftNotes(AlertStore.in_dir(tmp_path / "alerts"), Calendar(plant))
+                handover = "nozzle 3 drips <again>\nspare ordered"
+                notes.add("line-1", handover, "bob", int((SHIFT_END - 600) * 1000))
 
                 def sender(outbox: Outbox, at: float) -> ShiftReportSender:
                     clock = lambda: at  # noqa: E731
                     return ShiftReportSender(
-                        plant, settings, outbox, alerts=alerts, clock=clock, client=client
+                        plant,
+                        settings,
+                        outbox,
+                        alerts=alerts,
+                        notes=notes.of_shift,
+                        clock=clock,
+                        client=client,
                     )
 
                 outbox = Outbox(path, plant.alerts, AlertMetrics.create(CollectorRegistry()))
@@ -124,6 +137,10 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
     assert "1 raised, 1 acknowledged (mean 4 min), 1 resolved" in parts["text/html"]
     assert "filler-1 is down" in parts["text/html"]
     assert "alerts: 1 raised, 1 acknowledged, 1 resolved" in parts["text/plain"]
+    assert "Notes" in parts["text/html"]
+    assert "nozzle 3 drips &lt;again&gt;<br>spare ordered" in parts["text/html"]
+    text = parts["text/plain"].replace("\r\n", "\n")
+    assert "note by bob: nozzle 3 drips <again>\n  spare ordered\n" in text
     (attached,) = [part for part in mail.walk() if part.get_content_maintype() == "application"]
     assert attached.get_content_type() == "application/pdf"
     assert attached.get_filename() == "shift-report_line-1_2026-11-02_early.pdf"

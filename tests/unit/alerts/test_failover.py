@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,10 @@ from aiokafka.errors import ProducerFenced
 from linepulse.alerting import HighAvailability
 from linepulse.bus import InProcessBroker, InProcessClients
 from linepulse.bus.topics import ensure_topics
+from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig
 from services.alerts.model import Matcher, Notification
+from services.alerts.notes import ShiftNotes
 from services.alerts.replication import (
     ActiveFirstAssignor,
     ActiveInstance,
@@ -96,8 +99,15 @@ async def test_the_standby_takes_over_with_the_active_instances_state(tmp_path: 
             silence = first.engine.add_silence(
                 (Matcher("line", "line-1"),), NOW_MS, NOW_MS + 3_600_000, "lead", "test", NOW_MS
             )
+            # A shift note is a row of the same store: it travels the same way.
+            plant = first.plant
+            line = plant.lines[0].id
+            note = ShiftNotes(first.engine.store, Calendar(plant)).add(line, "drips", "ann", NOW_MS)
+            seen = ShiftNotes(second.engine.store, Calendar(plant))
+            day = date.fromisoformat(note["date"])
             # The standby shows it (reloaded from the topic) and knows who is active.
             await until(lambda: [s.id for s in second.engine.silences(NOW_MS)] == [silence.id])
+            await until(lambda: seen.of_shift(line, day, note["shift"]) == [note])
             assert second.failover.role == "standby"
             assert not second.failover.writes_here()
             assert second.metrics.active._value.get() == 0
@@ -106,6 +116,7 @@ async def test_the_standby_takes_over_with_the_active_instances_state(tmp_path: 
             stop_first.set()  # the active instance goes: the standby takes over
             await until(lambda: second.failover.role == "active")  # type: ignore[union-attr]
             assert [s.id for s in second.engine.silences(NOW_MS)] == [silence.id]
+            assert seen.of_shift(line, day, note["shift"]) == [note]
             assert second.failover.active.url == "http://b"
             assert second.metrics.active._value.get() == 1
 
