@@ -34,6 +34,7 @@ from linepulse.costs import LineCosts, MachineCosts, PlantCosts
 from linepulse.http.settings import ApiSecurity
 from linepulse.production import LineTarget, ReasonCategory, check_tree
 from linepulse.sources import IngestSettings, Sources
+from linepulse.spc import SpcChart
 
 log = logging.getLogger(__name__)
 
@@ -387,6 +388,8 @@ class PlantConfig(_Model):
     api: ApiSecurity = ApiSecurity()
     # What losses cost and the budget (linepulse/costs.py, docs/costs.md).
     costs: PlantCosts = PlantCosts()
+    # Control charts of process signals (linepulse/spc.py, docs/spc.md).
+    spc: tuple[SpcChart, ...] = ()
 
     _hhmm = field_validator("day_start", mode="before")(_parse_hhmm)
 
@@ -433,6 +436,7 @@ class PlantConfig(_Model):
             _check_shifts_disjoint(shifts, where)
         _check_sources(self.sources, seen_machines)
         _check_alerts(self, seen_machines)
+        _check_spc(self.spc, seen_machines)
         return self
 
     # -- lookups -----------------------------------------------------------------------
@@ -545,6 +549,17 @@ def _check_alerts(plant: PlantConfig, machines: dict[str, str]) -> None:
                 pid = getattr(shift, role)
                 if pid is not None and pid not in alerts.people:
                     raise ValueError(f"{where}[{si}].{role}: unknown person {pid!r}")
+
+
+def _check_spc(charts: tuple[SpcChart, ...], machines: Mapping[str, str]) -> None:
+    """Each chart of a machine the plant has, and one chart per machine and signal."""
+    seen: set[tuple[str, str]] = set()
+    for ci, chart in enumerate(charts):
+        if chart.machine not in machines:
+            raise ValueError(f"spc[{ci}].machine: unknown machine {chart.machine!r}")
+        if (chart.machine, chart.signal) in seen:
+            raise ValueError(f"spc[{ci}]: {chart.name} is charted twice")
+        seen.add((chart.machine, chart.signal))
 
 
 def _check_sources(sources: Sources, machines: dict[str, str]) -> None:

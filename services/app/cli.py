@@ -861,6 +861,63 @@ def _report_token(plant: PlantConfig, line: str | None, day: str, shift: str | N
     return tokens[0].get_secret_value() if tokens else None
 
 
+@app.command("spc")
+def spc_command(
+    events: Annotated[Path, typer.Argument(help="Telemetry events: .jsonl or .parquet")],
+    config: ConfigOption,
+    chart: Annotated[
+        list[str] | None,
+        typer.Option(help="machine/signal of a chart of spc: (repeatable); default: all."),
+    ] = None,
+    format_: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+) -> None:
+    """Control charts and capability of process signals in a telemetry file, as the
+    config's spc: section sets them (docs/spc.md). Exit codes: 0 written, 1 the file or
+    the data cannot make a chart, 2 a wrong option or config."""
+    import orjson
+
+    from linepulse.calendar import Calendar
+    from linepulse.event_files import read_batches
+    from services.kpi.spc_chart import SpcError, study
+    from services.kpi.spc_report import spc_samples, spc_text
+
+    if format_ not in ("text", "json"):
+        raise _fail(f"--format must be text or json, got {format_!r}", 2)
+    plant = _load(config)
+    charts = list(plant.spc)
+    if chart:
+        known = {c.name: c for c in charts}
+        unknown = [name for name in chart if name not in known]
+        if unknown:
+            said = ", ".join(known) or "none"
+            raise _fail(f"--chart {', '.join(unknown)}: not in the config's spc: ({said})", 2)
+        charts = [known[name] for name in chart]
+    if not charts:
+        raise _fail("the config has no spc: charts to draw (docs/spc.md)", 2)
+    if not events.is_file():
+        raise _fail(f"cannot read events file {events}", 1)
+    samples = spc_samples(charts, (decoded.events for decoded, _ in read_batches(events, 200_000)))
+    calendar = Calendar(plant)
+    lines = {m: line.id for m, (line, _) in plant.machines().items()}
+    try:
+        studies = [study(c, samples[c.name], calendar, lines[c.machine]) for c in charts]
+    except SpcError as error:
+        raise _fail(str(error), 1) from None
+    text = (
+        orjson.dumps(studies, option=orjson.OPT_INDENT_2).decode()
+        if format_ == "json"
+        else spc_text(studies, plant.zone)
+    )
+    if output is None:
+        typer.echo(text)
+    else:
+        output.write_text(text + "\n", "utf-8")
+        typer.echo(f"spc: {len(studies)} chart(s) written to {output}", err=True)
+
+
 def _window_kinds(values: list[str] | None) -> tuple[WindowKind, ...] | None:
     if not values:
         return None

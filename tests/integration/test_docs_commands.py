@@ -204,6 +204,9 @@ RUN_BY: dict[str, tuple[RunBy, ...]] = {
             "tests/integration/test_report_cli.py", ('"--date", "2026-11-02", "--period", "day"',)
         ),
     ),
+    "linepulse spc events.jsonl -c plant.yaml": (
+        RunBy("tests/integration/test_spc_cli.py", ('spc(str(telemetry), "-c", str(config))',)),
+    ),
     "linepulse ingest --config plant.yaml": (
         RunBy("tests/integration/test_ingest_e2e.py", ('start_cli(["ingest", "--config"',)),
     ),

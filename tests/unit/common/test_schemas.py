@@ -36,6 +36,7 @@ from linepulse.events import _ALLOWED, _REQUIRED, EventError, decode_event
 from linepulse.production import LineTarget, ReasonCategory
 from linepulse.records import KpiRecord
 from linepulse.sources import IngestSettings, MqttSource, OpcuaSource, Sources
+from linepulse.spc import SpcChart
 
 ROOT = Path(__file__).parents[3]
 SCHEMAS = ROOT / "schemas"
@@ -255,6 +256,7 @@ def test_plant_schema_lists_the_model_fields() -> None:
         "plantCosts": PlantCosts,
         "budget": Budget,
         "shiftReports": ShiftReports,
+        "spcChart": SpcChart,
     }
     for name, model in models.items():
         # What the config file says: a field's alias where it has one (`for`).

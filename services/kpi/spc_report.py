@@ -1,0 +1,98 @@
+"""A study of recorded telemetry for `linepulse spc`: the charted signals' samples taken
+out of event frames, and the studies (services/kpi/spc_chart.py) as text a quality
+engineer reads.
+
+A sample is a numeric value of a charted machine and signal whose quality is not `bad`
+(the same rule as the KPI core's: a value the machine itself does not trust is no
+evidence of the process). Text values are not samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from linepulse.spc import SpcChart
+
+_CHART_NAMES = {"xbar_r": "X-bar and R", "xbar_s": "X-bar and S", "imr": "individuals and MR"}
+_SPREAD = {"xbar_r": "R", "xbar_s": "S", "imr": "MR"}
+SHOWN_VIOLATIONS = 10
+
+
+def spc_samples(
+    charts: Sequence[SpcChart], frames: Iterable[pl.DataFrame]
+) -> dict[str, list[tuple[int, float]]]:
+    """(epoch ms, value) of each chart's signal, by chart name, from `EVENT_SCHEMA`
+    frames."""
+    wanted = pl.DataFrame(
+        {"machine": [c.machine for c in charts], "signal": [c.signal for c in charts]}
+    )
+    out: dict[str, list[tuple[int, float]]] = {c.name: [] for c in charts}
+    for frame in frames:
+        found = (
+            frame.join(wanted, on=["machine", "signal"], how="semi")
+            .filter((pl.col("quality") != "bad").fill_null(True))
+            .select(
+                "machine",
+                "signal",
+                "ts",
+                pl.coalesce(pl.col("value_num"), pl.col("value_int").cast(pl.Float64)).alias("v"),
+            )
+            .drop_nulls("v")
+        )
+        for machine, signal, ts, value in found.iter_rows():
+            out[f"{machine}/{signal}"].append((ts, value))
+    return out
+
+
+def _local(utc: str, zone: ZoneInfo) -> str:
+    return datetime.fromisoformat(utc).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+
+def _cap(row: Mapping[str, Any]) -> str:
+    def fig(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    return (
+        f"Cp {fig(row['cp'])}  Cpk {fig(row['cpk'])}  Pp {fig(row['pp'])}  "
+        f"Ppk {fig(row['ppk'])}  (n {row['n']})"
+    )
+
+
+def spc_text(studies: Sequence[Mapping[str, Any]], zone: ZoneInfo) -> str:
+    """Each chart: its limits, the rules broken (the first `SHOWN_VIOLATIONS`, times in
+    the plant's zone) and its capability, overall and per shift."""
+    lines: list[str] = []
+    for result in studies:
+        limits = result["limits"]
+        kind = result["chart"]
+        lines += [
+            f"{result['machine']}/{result['signal']}: {_CHART_NAMES[kind]}, subgroups of "
+            f"{result['subgroup_size']}, {result['subgroups']} subgroups",
+            f"  limits ({limits['source']}): centre {limits['center']:.6g}, "
+            f"{limits['lcl']:.6g} to {limits['ucl']:.6g}; {_SPREAD[kind]} centre "
+            f"{limits['spread_center']:.4g}, up to {limits['spread_ucl']:.4g}; "
+            f"sigma {limits['sigma']:.4g}",
+        ]
+        broken = result["violations"]
+        if not broken:
+            lines.append("  rules: none broken")
+        else:
+            lines.append(f"  rules broken: {len(broken)}")
+            lines += [
+                f"    {_local(v['end'], zone)}  {v['rule']}" for v in broken[:SHOWN_VIOLATIONS]
+            ]
+            if len(broken) > SHOWN_VIOLATIONS:
+                lines.append(f"    and {len(broken) - SHOWN_VIOLATIONS} more (--format json)")
+        if "capability" in result:
+            lines.append(f"  capability: {_cap(result['capability'])}")
+            lines += [
+                f"    {row['date']} {row['shift']}: {_cap(row)}"
+                for row in result.get("capability_by_shift", [])
+            ]
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")
