@@ -94,6 +94,7 @@ DEFAULT_SUMMARY = "{rule} on {machine}: {value}"
 FORECAST_SUMMARY = (
     "{line}: shift {shift} projected {projected} of target {target} ({shortfall} short)"
 )
+SPC_SUMMARY = "{machine} {signal} out of control: {value}"
 
 
 class _Model(BaseModel):
@@ -130,14 +131,18 @@ def elapsed_needed_s(rule: Rule) -> float:
 
 
 class Rule(_Model):
-    """One alert rule; exactly one of `kpi`, `signal`, `no_data` or `forecast` says what it
-    watches.
+    """One alert rule; exactly one of `kpi`, `signal`, `no_data`, `forecast` or `spc` says
+    what it watches.
 
     - `kpi: oee` with `window: 1h`, `op: "<"`, `threshold: 0.6`: the latest record of the
       current window of each machine (or line) in scope.
     - `signal: temperature` with `op: ">"`, `threshold: 85`; or `signal: state`, `op: "=="`,
       `value: down`: the latest sample of each machine in scope.
     - `no_data: 2m`: no event at all from a machine in scope for that long.
+    - `spc: filler-1/fill_weight`: the control chart of that name (`spc:` of the plant,
+      with fixed limits) followed live; breached while its newest subgroups break one
+      of the chart's rules, recovered at the next subgroup in control (docs/spc.md).
+      Summary fields: `signal`, `chart`, `value` (the rules broken).
     - `forecast: target_miss` with `margin: 0.05`: the open shift record of each line in
       scope (`scope.lines`, or every line with a `target`) projects its output at the
       current rate to fall short of the shift's target by more than the margin:
@@ -175,6 +180,7 @@ class Rule(_Model):
     signal: str | None = None
     no_data: Duration | None = None
     forecast: Forecast | None = None
+    spc: str | None = None  # a chart of `spc:`, machine/signal
     margin: float = Field(default=0.05, ge=0, lt=1)  # forecast: the shortfall tolerated
     min_coverage: float = Field(default=DEFAULT_MIN_COVERAGE, ge=0, le=1)  # kpi, forecast
     min_elapsed: Duration | None = None  # kpi, forecast; default: see `elapsed_needed_s`
@@ -197,17 +203,20 @@ class Rule(_Model):
     @model_validator(mode="before")
     @classmethod
     def _forecast_summary(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("forecast") is not None and "summary" not in data:
-            return {**data, "summary": FORECAST_SUMMARY}
+        if isinstance(data, dict) and "summary" not in data:
+            if data.get("forecast") is not None:
+                return {**data, "summary": FORECAST_SUMMARY}
+            if data.get("spc") is not None:
+                return {**data, "summary": SPC_SUMMARY}
         return data
 
     @model_validator(mode="after")
     def _one_subject(self) -> Rule:
-        kinds = ("kpi", "signal", "no_data", "forecast")
+        kinds = ("kpi", "signal", "no_data", "forecast", "spc")
         subjects = [k for k in kinds if getattr(self, k) is not None]
         if len(subjects) != 1:
             raise ValueError(
-                f"give exactly one of kpi, signal, no_data, forecast; got {subjects or 'none'}"
+                f"give exactly one of kpi, signal, no_data, forecast, spc; got {subjects or 'none'}"
             )
         if self.forecast is None and "margin" in self.model_fields_set:
             raise ValueError("margin is for forecast rules")
@@ -221,6 +230,15 @@ class Rule(_Model):
                     f"a rule on {self.kpi} watches the data itself and is never held by "
                     "min_coverage: drop it"
                 )
+        if self.spc is not None:
+            given = [
+                k for k in ("op", "threshold", "value", "clear") if getattr(self, k) is not None
+            ]
+            if given:
+                raise ValueError(f"an spc rule fires on its chart's own rules: drop {given}")
+            if self.scope.lines or self.scope.machines:
+                raise ValueError("an spc rule watches its chart's machine: drop scope")
+            return self
         if self.forecast is not None:
             given = [
                 k for k in ("op", "threshold", "value", "clear") if getattr(self, k) is not None

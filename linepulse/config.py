@@ -509,6 +509,19 @@ def _check_alerts(plant: PlantConfig, machines: dict[str, str]) -> None:
         raise ValueError(f"alerts.manager: unknown person {alerts.manager!r}")
     names = [r.name for r in alerts.rules]
     lines = {line.id for line in plant.lines}
+    charts = {chart.name: chart for chart in plant.spc}
+    for ri, rule in enumerate(alerts.rules):
+        if rule.spc is None:
+            continue
+        chart = charts.get(rule.spc)
+        if chart is None:
+            said = ", ".join(charts) or "none"
+            raise ValueError(f"alerts.rules[{ri}].spc: no chart {rule.spc!r} in spc: ({said})")
+        if chart.limits is None:
+            raise ValueError(
+                f"alerts.rules[{ri}].spc: chart {rule.spc!r} has no fixed limits; a chart "
+                "followed live needs them (`linepulse spc` computes them from a baseline)"
+            )
     if alerts.reports is not None:
         lists = {"alerts.reports.to": alerts.reports.to}
         for line, to in alerts.reports.lines.items():

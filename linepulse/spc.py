@@ -2,7 +2,7 @@
 machine and signal (a fill weight, a temperature, a torque), the chart, the subgroup size,
 the specification limits, where the control limits come from, and the rules to watch.
 
-The computation is in services/kpi/spc_chart.py; docs/spc.md explains each setting.
+The computation is in linepulse/spc_chart.py; docs/spc.md explains each setting.
 """
 
 from __future__ import annotations

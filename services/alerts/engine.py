@@ -33,8 +33,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import polars as pl
+
 from linepulse.alerting import Rule
 from linepulse.config import PlantConfig
+from linepulse.spc_stream import SpcStream, charted_samples
 from services.alerts.model import Alert, AlertState, Matcher, Notification, Silence, fingerprint
 from services.alerts.routing import Duty, Group, Router, alert_id, silenced
 from services.alerts.rules import (
@@ -87,6 +90,13 @@ class AlertEngine:
             r.window for r in self.settings.rules if r.kpi is not None or r.forecast is not None
         )
         self.obs = Observations(self._windows)
+        # Charts followed live, for the spc rules (linepulse/spc_stream.py).
+        live = {rule.spc for rule in self.settings.rules if rule.spc is not None}
+        lateness_ms = round(plant.kpi.lateness_s * 1000)
+        self.charts = {
+            chart.name: SpcStream(chart, lateness_ms) for chart in plant.spc if chart.name in live
+        }
+        self._spc_seen: set[str] = set()  # charts with points since the last evaluate
         self._tracks: dict[str, _Track] = {}  # alert id -> track, open and resolved
         self._open: dict[str, str] = {}  # fingerprint -> alert id of its open alert
         self._groups: dict[str, Group] = {}
@@ -111,6 +121,27 @@ class AlertEngine:
                 mapping = self.plant.state_map_for(self._machines[machine][1])
                 text = mapping.get(text, text)
             self.obs.add_sample(ts, machine, signal, num, text, now_ms)
+
+    def observe_spc(self, events: pl.DataFrame) -> None:
+        """Telemetry (`EVENT_SCHEMA`, in arrival order) for the live charts: the rules
+        broken by the subgroups it completes, kept until the next evaluation reads them
+        (several subgroups between two evaluations: the rules any of them broke)."""
+        if not self.charts:
+            return
+        streams = self.charts
+        rows = charted_samples(events, [stream.chart for stream in streams.values()])
+        by_chart: dict[str, list[tuple[int, float]]] = {}
+        for ts, machine, signal, value in rows.iter_rows():
+            by_chart.setdefault(f"{machine}/{signal}", []).append((ts, value))
+        for name, samples in by_chart.items():
+            points = streams[name].add(samples)
+            if not points:
+                continue
+            broken = [rule for point in points for rule in point.broken]
+            if name in self._spc_seen:
+                broken = [*self.obs.spc.get(name, ()), *broken]
+            self.obs.spc[name] = tuple(dict.fromkeys(broken))
+            self._spc_seen.add(name)
 
     # -- evaluation ---------------------------------------------------------------------
 
@@ -138,6 +169,7 @@ class AlertEngine:
                 self._advance(rule, target, labels, fp, reading, suppressed, now_ms)
                 if rule.forecast is not None and (target.line, None, "shift") in self.obs.records:
                     self._end_earlier_shifts(rule, target, fp, now_ms)
+        self._spc_seen.clear()
         notes = self._route(quiet, now_ms)
         self._prune(now_ms)
         self._save(now_ms, notes)

@@ -87,6 +87,9 @@ class Observations:
     samples: dict[tuple[str, str], Sample] = field(default_factory=dict)
     heard: dict[str, int] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
+    # Per live chart (machine/signal): the rules its newest subgroups broke (empty: in
+    # control), since the engine last evaluated. Not saved: a restarted chart starts over.
+    spc: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def add_record(self, record: Mapping[str, Any]) -> None:
         window = record.get("window")
@@ -171,6 +174,9 @@ def targets(rule: Rule, plant: PlantConfig) -> list[Target]:
     if rule.forecast is not None:
         return [Target(line, None) for line in forecast_lines(rule, plant)]
     machines = plant.machines()
+    if rule.spc is not None:
+        machine = rule.spc.partition("/")[0]
+        return [Target(machines[machine][0].id, machine)]
     scope = rule.scope
     if not scope.lines and not scope.machines:
         chosen = list(machines)
@@ -193,6 +199,12 @@ def read(rule: Rule, obs: Observations, target: Target, now: int) -> Reading:
         return Reading(round(silent_s, 3), breach, not breach)
     if rule.forecast is not None:
         return read_forecast(rule, obs.records.get((target.line, None, "shift")), now)
+    if rule.spc is not None:
+        broken = obs.spc.get(rule.spc)
+        if broken is None:
+            return UNKNOWN  # no subgroup yet
+        fields = {"signal": rule.spc.partition("/")[2], "chart": rule.spc}
+        return Reading(", ".join(broken) or "in control", bool(broken), not broken, False, fields)
     if rule.kpi is not None:
         record = obs.records.get((target.line, target.machine, rule.window))
         if record is None or not covered(rule, record) or is_past(record, now):

@@ -253,6 +253,7 @@ class AlertService:
                 events = pl.concat(frames)
                 if events.is_empty():
                     continue
+                self.engine.observe_spc(events)  # every sample of a live chart, in order
                 # Rules look at each signal's latest value: one row per (machine, signal).
                 latest = (
                     events.sort("ts")

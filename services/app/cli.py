@@ -881,7 +881,7 @@ def spc_command(
 
     from linepulse.calendar import Calendar
     from linepulse.event_files import read_batches
-    from services.kpi.spc_chart import SpcError, study
+    from linepulse.spc_chart import SpcError, study
     from services.kpi.spc_report import spc_samples, spc_text
 
     if format_ not in ("text", "json"):

@@ -1,10 +1,9 @@
 """A study of recorded telemetry for `linepulse spc`: the charted signals' samples taken
-out of event frames, and the studies (services/kpi/spc_chart.py) as text a quality
+out of event frames, and the studies (linepulse/spc_chart.py) as text a quality
 engineer reads.
 
 A sample is a numeric value of a charted machine and signal whose quality is not `bad`
-(the same rule as the KPI core's: a value the machine itself does not trust is no
-evidence of the process). Text values are not samples.
+(linepulse/spc_stream.py `charted_samples`, as the live charts take them).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 from linepulse.spc import SpcChart
+from linepulse.spc_stream import charted_samples
 
 _CHART_NAMES = {"xbar_r": "X-bar and R", "xbar_s": "X-bar and S", "imr": "individuals and MR"}
 _SPREAD = {"xbar_r": "R", "xbar_s": "S", "imr": "MR"}
@@ -28,23 +28,9 @@ def spc_samples(
 ) -> dict[str, list[tuple[int, float]]]:
     """(epoch ms, value) of each chart's signal, by chart name, from `EVENT_SCHEMA`
     frames."""
-    wanted = pl.DataFrame(
-        {"machine": [c.machine for c in charts], "signal": [c.signal for c in charts]}
-    )
     out: dict[str, list[tuple[int, float]]] = {c.name: [] for c in charts}
     for frame in frames:
-        found = (
-            frame.join(wanted, on=["machine", "signal"], how="semi")
-            .filter((pl.col("quality") != "bad").fill_null(True))
-            .select(
-                "machine",
-                "signal",
-                "ts",
-                pl.coalesce(pl.col("value_num"), pl.col("value_int").cast(pl.Float64)).alias("v"),
-            )
-            .drop_nulls("v")
-        )
-        for machine, signal, ts, value in found.iter_rows():
+        for ts, machine, signal, value in charted_samples(frame, charts).iter_rows():
             out[f"{machine}/{signal}"].append((ts, value))
     return out
 

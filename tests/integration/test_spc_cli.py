@@ -15,7 +15,7 @@ import yaml
 
 from linepulse.calendar import utc_text
 from tests.cli_command import LINEPULSE
-from tests.unit.kpi.test_spc_chart import MINUTE, PHASE_ONE, PHASE_TWO, T0
+from tests.unit.common.test_spc_chart import MINUTE, PHASE_ONE, PHASE_TWO, T0
 
 pytestmark = pytest.mark.integration
 

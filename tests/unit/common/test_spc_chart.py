@@ -1,4 +1,4 @@
-"""Control charts and capability (services/kpi/spc_chart.py) against a textbook worked
+"""Control charts and capability (linepulse/spc_chart.py) against a textbook worked
 example and a reference computation: Montgomery's piston rings (Introduction to
 Statistical Quality Control, Example 6.1, Tables 6.3 and 6.4: inside diameters, 25
 subgroups of 5 for the limits, then 15 more whose last ones drift up), an individuals
@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from linepulse.calendar import Calendar
 from linepulse.config import ConfigError, parse_config
 from linepulse.spc import SpcChart
-from services.kpi.spc_chart import Constants, SpcError, c4, study
+from linepulse.spc_chart import Constants, SpcError, c4, study
 
 # Table 6.3: 25 samples of five diameters (mm), each row a sample.
 PHASE_ONE = [

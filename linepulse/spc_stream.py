@@ -1,0 +1,106 @@
+"""A control chart followed live: samples as they arrive, subgroups as event time passes
+them, each new point judged by the chart's rules against its fixed limits.
+
+Live charts need fixed limits (`spc[].limits`): the limits come from a study of a stable
+period (`linepulse spc` over its telemetry, docs/spc.md), as SPC's phase I precedes its
+phase II. Exactness, as the KPI core's: a sample is accepted unless it is more than the
+lateness behind the newest sample seen before it (then it is counted late and left out);
+a subgroup forms from the accepted samples below the watermark (the newest less the
+lateness), in time order. A later accepted sample is never below a watermark already
+passed, so the subgroups are the consecutive chunks of the time-ordered accepted samples
+however the samples were batched, and they equal `linepulse spc`'s over the same samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from linepulse.events import reading_as_float
+from linepulse.spc import SpcChart
+from linepulse.spc_chart import Limits, broken_rules, fixed, spreads, subgroups
+
+RULE_MEMORY = 7  # the longest rule (8 on one side) looks at the 7 points before a new one
+
+
+@dataclass(frozen=True)
+class Point:
+    """One subgroup plotted: its first and last sample's time, its mean and spread, and
+    the rules it completes (with `spread_beyond_limits` for the spread chart)."""
+
+    start: int
+    end: int
+    x: float
+    spread: float | None
+    broken: tuple[str, ...]
+
+
+class SpcStream:
+    """One chart's live state: pending samples, the watermark, the last points."""
+
+    def __init__(self, chart: SpcChart, lateness_ms: int) -> None:
+        if chart.limits is None:
+            raise ValueError(f"{chart.name}: a chart followed live needs fixed limits")
+        self.chart = chart
+        self.limits: Limits = fixed(chart.chart, chart.limits, chart.size)
+        self.lateness_ms = lateness_ms
+        self.high: int | None = None
+        self.pending: list[tuple[int, float]] = []
+        self.recent: list[float] = []  # the last points' means, for the rules
+        self.late = 0  # samples left out: behind the watermark when they came
+
+    def add(self, samples: Iterable[tuple[int, float]]) -> list[Point]:
+        """Take samples in arrival order; the points they complete, in time order."""
+        for ts, value in samples:
+            if self.high is not None and ts < self.high - self.lateness_ms:
+                self.late += 1
+                continue
+            self.pending.append((ts, value))
+            self.high = ts if self.high is None else max(self.high, ts)
+        return self._form()
+
+    def _form(self) -> list[Point]:
+        if self.high is None:
+            return []
+        water = self.high - self.lateness_ms
+        ready = sorted(s for s in self.pending if s[0] < water)
+        size = self.chart.size
+        whole = len(ready) // size * size
+        groups = subgroups(ready[:whole], size)
+        self.pending = [*ready[whole:], *(s for s in self.pending if s[0] >= water)]
+        points = []
+        kind = self.chart.chart
+        for group in groups:
+            # The moving range needs the point before: spreads() over it and this one.
+            if kind == "imr":
+                spread = abs(group.mean - self.recent[-1]) if self.recent else None
+            else:
+                spread = spreads(kind, [group])[0]
+            xs = [*self.recent, group.mean]
+            last = len(xs) - 1
+            rules = broken_rules(xs, self.limits, self.chart.rules)
+            broken: list[str] = [rule for i, rule in rules if i == last]
+            if spread is not None and not (
+                self.limits.spread_lcl <= spread <= self.limits.spread_ucl
+            ):
+                broken.append("spread_beyond_limits")
+            self.recent = xs[-RULE_MEMORY:]
+            points.append(Point(group.start, group.end, group.mean, spread, tuple(broken)))
+        return points
+
+
+def charted_samples(events: pl.DataFrame, charts: Sequence[SpcChart]) -> pl.DataFrame:
+    """The samples of `charts` in `events` (`EVENT_SCHEMA`), in their order: ts, machine,
+    signal, v. A value of `bad` quality is no sample (as for the KPIs), nor is text."""
+    wanted = pl.DataFrame(
+        {"machine": [c.machine for c in charts], "signal": [c.signal for c in charts]},
+        schema={"machine": pl.String, "signal": pl.String},
+    )
+    return (
+        events.join(wanted, on=["machine", "signal"], how="semi", maintain_order="left")
+        .filter((pl.col("quality") != "bad").fill_null(True))
+        .select("ts", "machine", "signal", reading_as_float().alias("v"))
+        .drop_nulls("v")
+    )
