@@ -13,6 +13,7 @@ however the samples were batched, and they equal `linepulse spc`'s over the same
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from linepulse.spc import SpcChart
 from linepulse.spc_chart import Limits, broken_rules, fixed, spreads, subgroups
 
 RULE_MEMORY = 7  # the longest rule (8 on one side) looks at the 7 points before a new one
+SHOWN_POINTS = 60  # the last points kept to show (the board's control chart)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class SpcStream:
         self.high: int | None = None
         self.pending: list[tuple[int, float]] = []
         self.recent: list[float] = []  # the last points' means, for the rules
+        self.shown: deque[Point] = deque(maxlen=SHOWN_POINTS)  # the last points, to show
         self.late = 0  # samples left out: behind the watermark when they came
 
     def add(self, samples: Iterable[tuple[int, float]]) -> list[Point]:
@@ -88,6 +91,7 @@ class SpcStream:
                 broken.append("spread_beyond_limits")
             self.recent = xs[-RULE_MEMORY:]
             points.append(Point(group.start, group.end, group.mean, spread, tuple(broken)))
+        self.shown.extend(points)
         return points
 
 

@@ -24,6 +24,7 @@
   const STOPS_EVERY_MS = 10000;
   const STOPS_LIMIT = 20;
   const WEEKS_EVERY_MS = 60000;
+  const SPC_EVERY_MS = 10000;
   const STOP_WHO_KEY = "linepulse.stops.who";
   const CODED_KEEP_MS = 60000; // a stop just coded stays in the "to code" list this long
   const UNASSIGNED = "unassigned";
@@ -451,10 +452,12 @@
         const live = el("div", { class: "live" });
         const stops = stopsPanel(line.line);
         const weeks = weeksPanel(line.line);
+        const spc = el("section", { class: "spc", "data-spc": line.line, hidden: "" });
         card = {
-          node: el("article", { class: "card", "data-line": line.line }, live, weeks.node, stops.node),
-          live, stops, weeks,
+          node: el("article", { class: "card", "data-line": line.line }, live, weeks.node, spc, stops.node),
+          live, stops, weeks, spc,
         };
+        if (spcCharts) showSpc(card, line.line);
         cards.set(line.line, card);
       }
       card.live.replaceChildren(...lineContent(line));
@@ -804,6 +807,75 @@
     }, 1000);
   }
 
+  // -- control charts (SPC) ----------------------------------------------------------------
+
+  // The charts the alerts service follows live (GET /v1/spc), each on its line's card:
+  // the subgroup means, the centre line, the control limits, the points that broke a rule.
+  let spcCharts = null;
+
+  function controlChart(chart) {
+    const W = 300, H = 90, PAD = 8;
+    const xs = chart.points.map((p) => p.x);
+    const lo = Math.min(chart.limits.lcl, ...xs), hi = Math.max(chart.limits.ucl, ...xs);
+    const span = (hi - lo) || 1;
+    const y = (v) => (H - PAD - ((v - lo) / span) * (H - 2 * PAD)).toFixed(1);
+    const x = (i) => (chart.points.length > 1 ? (i / (chart.points.length - 1)) * W : W / 2).toFixed(1);
+    const plot = svg("svg", {
+      viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", "data-spc-chart": chart.chart,
+      role: "img", "aria-label": "control chart of " + chart.chart,
+    });
+    for (const [cls, v] of [["limit", chart.limits.ucl], ["cl", chart.limits.center], ["limit", chart.limits.lcl]]) {
+      plot.append(svg("line", { class: cls, x1: 0, x2: W, y1: y(v), y2: y(v) }));
+    }
+    if (chart.points.length) {
+      plot.append(svg("polyline", { class: "curve", points: chart.points.map((p, i) => x(i) + "," + y(p.x)).join(" ") }));
+    }
+    chart.points.forEach((p, i) => {
+      if (!p.broken.length) return;
+      // A line of no length with a round cap and a stroke that does not scale: a round
+      // dot however the chart is stretched to its card.
+      const dot = svg("line", {
+        class: "violation", x1: x(i), x2: x(i), y1: y(p.x), y2: y(p.x), "data-broken": p.broken.join(" "),
+      });
+      const title = svg("title", {});
+      title.textContent = clock(p.end) + ": " + p.broken.join(", ");
+      dot.append(title);
+      plot.append(dot);
+    });
+    const last = chart.points[chart.points.length - 1];
+    const worst = [...chart.points].reverse().find((p) => p.broken.length);
+    const state = !last ? "no subgroup yet"
+      : last.broken.length ? "out of control: " + last.broken.join(", ")
+      : worst ? "in control (last rule broken " + clock(worst.end) + ")" : "in control";
+    const digits = Math.max(0, 3 - Math.floor(Math.log10(Math.abs(chart.limits.center) || 1)));
+    const fix = (v) => v.toFixed(Math.min(4, digits));
+    return el("div", { class: "spc-chart" },
+      el("div", { class: "spc-head" },
+        el("span", { text: chart.machine + " · " + chart.signal }),
+        el("span", { class: "muted", text: "LCL " + fix(chart.limits.lcl) + " · CL " + fix(chart.limits.center) + " · UCL " + fix(chart.limits.ucl) })),
+      plot,
+      el("div", { class: "spc-state " + (last && last.broken.length ? "bad" : ""), "data-spc-state": chart.chart, text: state }));
+  }
+
+  function showSpc(card, lineId) {
+    const mine = (spcCharts || []).filter((c) => c.line === lineId);
+    card.spc.hidden = mine.length === 0;
+    card.spc.replaceChildren(
+      ...(mine.length ? [el("span", { class: "section-title", text: "Control charts" })] : []),
+      ...mine.map(controlChart));
+  }
+
+  async function refreshSpc() {
+    try {
+      const response = await fetch(config.alerts_url + "/v1/spc", { cache: "no-store" });
+      if (!response.ok) return; // an alerts API without charts, or a standby: no panel
+      spcCharts = await response.json();
+    } catch (error) {
+      return; // the alerts panel says when the alerts API is unreachable
+    }
+    for (const [lineId, card] of cards) showSpc(card, lineId);
+  }
+
   // -- alerts ---------------------------------------------------------------------------------
 
   function alertItem(alert, hidden) {
@@ -1000,6 +1072,8 @@
     if (config.alerts_url) {
       refreshAlerts();
       setInterval(refreshAlerts, ALERTS_EVERY_MS);
+      refreshSpc();
+      setInterval(refreshSpc, SPC_EVERY_MS);
     }
   }
 

@@ -1,0 +1,148 @@
+"""The control chart on the live board (issue 21), in headless Chromium: the alerts
+service follows a fill weight live (an `spc` rule); `GET /v1/spc` gives its limits and
+last subgroups, and the line's card draws them: the centre line, the limits, the means,
+a red dot on each subgroup that broke a rule, and the chart's state. The screenshot is
+docs/spc-chart.png."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+import pytest
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CollectorRegistry
+
+from linepulse.config import PlantConfig, parse_config
+from linepulse.events import EVENT_SCHEMA
+from services.alerts.api import create_app as create_alerts_app
+from services.alerts.engine import AlertEngine
+from services.alerts.metrics import AlertMetrics
+from services.alerts.model import AlertState
+from services.alerts.store import AlertStore
+from services.kpi.api import create_app
+from services.kpi.store import KpiStore
+from tests.integration.test_board_browser import INSTALL_HINT, Served, launch
+
+pytestmark = pytest.mark.integration
+
+SCREENSHOT = Path(__file__).parents[2] / "docs" / "spc-chart.png"
+WAIT_MS = 15_000
+CHART = "filler-1/fill_g"
+
+
+def plant() -> PlantConfig:
+    return parse_config(
+        {
+            "site": "plant-a",
+            "timezone": "UTC",
+            "shifts": [{"name": "all-day", "start": "00:00", "end": "00:00", "lead": "ann"}],
+            "kpi": {"lateness_s": 0},
+            "lines": [{"id": "fill", "machines": [{"id": "filler-1", "ideal_cycle_time_s": 1.0}]}],
+            "spc": [
+                {
+                    "machine": "filler-1",
+                    "signal": "fill_g",
+                    "subgroup_size": 5,
+                    "limits": {"center": 500.0, "sigma": 1.0},
+                }
+            ],
+            "alerts": {
+                "channels": [{"id": "log", "type": "console"}],
+                "people": {"ann": {"name": "Ann", "channels": ["log"]}},
+                "group_wait": 0,
+                "rules": [{"name": "fill-drift", "spc": CHART, "severity": "warning"}],
+            },
+        }
+    )
+
+
+def fill_weights(start: int) -> pl.DataFrame:
+    """Forty subgroups a minute apart around 500 g (alternating +-0.3), then twelve that
+    creep up by 0.15 g each: the trend and zone rules break before any point crosses the
+    upper limit (501.34 g)."""
+    rows: list[tuple[Any, ...]] = []
+    means = [500.0 + (0.3 if n % 2 else -0.3) for n in range(40)]
+    means += [500.0 + 0.15 * (n + 1) for n in range(12)]
+    for n, mean in enumerate(means):
+        for k, offset in enumerate((-0.4, 0.2, 0.0, 0.3, -0.1)):
+            ts = start + n * 60_000 + k * 10_000
+            rows.append((ts, "filler-1", "fill_g", mean + offset, None, None, None, None))
+    rows.append((start + len(means) * 60_000, "filler-1", "fill_g", 500.0, None, None, None, None))
+    return pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row")
+
+
+@pytest.fixture
+def alerts(tmp_path: Path) -> Iterator[Served]:
+    def make_app() -> FastAPI:
+        config = plant()
+        engine = AlertEngine(config, AlertStore.in_dir(tmp_path / "alerts"))
+        now = int(datetime.now(UTC).timestamp() * 1000)
+        engine.observe_spc(fill_weights(now - 60 * 60_000))
+        engine.evaluate(now)
+        assert engine.alerts(state=AlertState.FIRING), "the drift should have fired"
+        registry = CollectorRegistry()
+        AlertMetrics.create(registry)
+        app = create_alerts_app(engine, registry, "s3cret")
+        app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"])
+        return app
+
+    served = Served(make_app)
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def test_the_board_draws_the_control_chart_of_a_drifting_fill_weight(
+    tmp_path: Path, alerts: Served
+) -> None:
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    (chart,) = httpx.get(alerts.url + "/v1/spc").json()
+    assert chart["chart"] == CHART
+    broken = [p for p in chart["points"] if p["broken"]]
+    assert broken, "the drift broke no rule"
+    with KpiStore(tmp_path / "kpi.duckdb", plant()) as store:
+        kpi = Served(lambda: create_app(plant(), store, CollectorRegistry(), alerts_url=alerts.url))
+        kpi.start()
+        try:
+            with sync_playwright() as playwright:
+                browser = launch(playwright)
+                try:
+                    # A phone-wide card: the chart as a shift lead sees it on the floor.
+                    page = browser.new_page(viewport={"width": 640, "height": 900})
+                    errors: list[str] = []
+                    page.on("pageerror", lambda error: errors.append(str(error)))
+                    page.goto(kpi.url + "/")
+                    panel = page.locator('[data-spc="fill"]')
+                    expect(panel).to_be_visible(timeout=WAIT_MS)
+                    drawn = page.locator(f'[data-spc-chart="{CHART}"]')
+                    expect(drawn.locator("polyline")).to_have_count(1)
+                    points = drawn.locator("polyline").get_attribute("points") or ""
+                    assert len(points.split()) == len(chart["points"])
+                    expect(drawn.locator(".violation")).to_have_count(len(broken))
+                    expect(drawn.locator("line.limit")).to_have_count(2)
+                    state = page.locator(f'[data-spc-state="{CHART}"]')
+                    last = chart["points"][-1]
+                    if last["broken"]:
+                        expect(state).to_contain_text(
+                            "out of control: " + ", ".join(last["broken"])
+                        )
+                    else:
+                        expect(state).to_contain_text("in control (last rule broken")
+                    expect(panel).to_contain_text("LCL 498.7 · CL 500.0 · UCL 501.3")
+                    panel.screenshot(path=str(SCREENSHOT))
+                    assert errors == []
+                finally:
+                    browser.close()
+        finally:
+            assert kpi.stop()
