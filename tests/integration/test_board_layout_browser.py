@@ -14,7 +14,8 @@ tmp_path, the alerts API with alerts raised by its engine).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -170,10 +171,24 @@ def plant() -> PlantConfig:
 def alerts(tmp_path: Path, plant: PlantConfig) -> Iterator[Served]:
     """The alerts API with an alert firing for each machine in DOWN."""
 
-    def make_app() -> FastAPI:
-        engine = AlertEngine(plant, AlertStore.in_dir(tmp_path / "alerts"))
-        now = int(datetime.now(UTC).timestamp() * 1000)
+    def down(engine: AlertEngine, now: int) -> None:
         engine.observe_samples([(now, m, "state", None, "down") for m in DOWN], now)
+
+    with alerts_api(plant, tmp_path / "alerts", down) as served:
+        yield served
+
+
+@contextmanager
+def alerts_api(
+    plant: PlantConfig, folder: Path, prepare: Callable[[AlertEngine, int], None]
+) -> Iterator[Served]:
+    """The alerts API over `plant` on a loopback port, its engine given `prepare(engine,
+    now_ms)` and evaluated once, its reads open to the board's origin (CORS)."""
+
+    def make_app() -> FastAPI:
+        engine = AlertEngine(plant, AlertStore.in_dir(folder))
+        now = int(datetime.now(UTC).timestamp() * 1000)
+        prepare(engine, now)
         engine.evaluate(now)
         registry = CollectorRegistry()
         AlertMetrics.create(registry)

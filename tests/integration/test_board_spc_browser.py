@@ -7,27 +7,19 @@ docs/spc-chart.png."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import polars as pl
 import pytest
-from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
-from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig, parse_config
 from linepulse.events import EVENT_SCHEMA
-from services.alerts.api import create_app as create_alerts_app
 from services.alerts.engine import AlertEngine
-from services.alerts.metrics import AlertMetrics
-from services.alerts.model import AlertState
-from services.alerts.store import AlertStore
-from services.kpi.api import create_app
 from services.kpi.store import KpiStore
 from tests.integration.test_board_browser import INSTALL_HINT, Served, launch
+from tests.integration.test_board_layout_browser import alerts_api, serve_board
 
 pytestmark = pytest.mark.integration
 
@@ -79,25 +71,13 @@ def fill_weights(start: int) -> pl.DataFrame:
 
 @pytest.fixture
 def alerts(tmp_path: Path) -> Iterator[Served]:
-    def make_app() -> FastAPI:
-        config = plant()
-        engine = AlertEngine(config, AlertStore.in_dir(tmp_path / "alerts"))
-        now = int(datetime.now(UTC).timestamp() * 1000)
-        engine.observe_spc(fill_weights(now - 60 * 60_000))
-        engine.evaluate(now)
-        assert engine.alerts(state=AlertState.FIRING), "the drift should have fired"
-        registry = CollectorRegistry()
-        AlertMetrics.create(registry)
-        app = create_alerts_app(engine, registry, "s3cret")
-        app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"])
-        return app
+    """The alerts API having followed the drifting fill weight: the rule fired."""
 
-    served = Served(make_app)
-    served.start()
-    try:
+    def drift(engine: AlertEngine, now: int) -> None:
+        engine.observe_spc(fill_weights(now - 60 * 60_000))
+
+    with alerts_api(plant(), tmp_path / "alerts", drift) as served:
         yield served
-    finally:
-        served.stop()
 
 
 def test_the_board_draws_the_control_chart_of_a_drifting_fill_weight(
@@ -111,9 +91,10 @@ def test_the_board_draws_the_control_chart_of_a_drifting_fill_weight(
     assert chart["chart"] == CHART
     broken = [p for p in chart["points"] if p["broken"]]
     assert broken, "the drift broke no rule"
+    firing = httpx.get(alerts.url + "/v1/alerts", params={"state": "firing"}).json()
+    assert [a["rule"] for a in firing] == ["fill-drift"]
     with KpiStore(tmp_path / "kpi.duckdb", plant()) as store:
-        kpi = Served(lambda: create_app(plant(), store, CollectorRegistry(), alerts_url=alerts.url))
-        kpi.start()
+        kpi = serve_board(plant(), store, alerts.url)
         try:
             with sync_playwright() as playwright:
                 browser = launch(playwright)
