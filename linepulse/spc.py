@@ -12,13 +12,15 @@ from typing import Final, Literal, get_args
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 ChartKind = Literal["xbar_r", "xbar_s", "imr"]
-# Western Electric / Nelson tests on the chart of the centre (X-bar or X), by name:
+# Western Electric / Nelson tests on the chart of the centre (X-bar or X), by name, and
+# the spread chart's own limits:
 SpcRule = Literal[
     "beyond_3sigma",  # one point beyond a control limit
     "2_of_3_beyond_2sigma",  # two of three in a row beyond 2 sigma, on one side
     "4_of_5_beyond_1sigma",  # four of five in a row beyond 1 sigma, on one side
     "8_on_one_side",  # eight in a row on one side of the centre line
     "6_trending",  # six in a row steadily rising or falling
+    "spread_beyond_limits",  # a point of the R, S or MR chart beyond its limits
 ]
 SPC_RULES: Final[tuple[SpcRule, ...]] = get_args(SpcRule)
 MAX_R_SUBGROUP: Final = 10  # beyond this the range wastes the data: use xbar_s

@@ -24,7 +24,8 @@ Rules on the chart of the centre (zones of sigma-x-bar = (UCL - CL) / 3), each r
 at the point that completes its pattern: one point beyond a limit; two of three in a row
 beyond 2 sigma on one side (the completing point among them); four of five beyond 1 sigma
 on one side (likewise); eight in a row on one side of the centre line; six in a row
-steadily rising or falling. On the spread chart (R, S or MR): a point beyond its limits.
+steadily rising or falling. On the spread chart (R, S or MR), `spread_beyond_limits`: a
+point beyond its limits.
 
 Capability: Cp = (USL - LSL) / 6 sigma-within, Cpk = the nearer limit's distance from
 the mean over 3 sigma-within (one-sided when one limit is given, and then no Cp); Pp and
@@ -255,7 +256,7 @@ def broken_rules(
         window = xs[max(0, i - m + 1) : i + 1]
         return sum(1 for x in window if _side(x, center, reach) == side) >= k
 
-    checks: dict[SpcRule, Callable[[int], bool]] = {
+    checks: dict[str, Callable[[int], bool]] = {
         "beyond_3sigma": lambda i: xs[i] > limits.ucl or xs[i] < limits.lcl,
         "2_of_3_beyond_2sigma": lambda i: k_of_m(i, 2, 3, 2 * sigma),
         "4_of_5_beyond_1sigma": lambda i: k_of_m(i, 4, 5, sigma),
@@ -350,7 +351,11 @@ def study(
     for i, rule in broken_rules(xs, limits, chart.rules):
         broken.setdefault(i, []).append(rule)
     for i, s in enumerate(spread):
-        if s is not None and (s > limits.spread_ucl or s < limits.spread_lcl):
+        if (
+            "spread_beyond_limits" in chart.rules
+            and s is not None
+            and not (limits.spread_lcl <= s <= limits.spread_ucl)
+        ):
             broken.setdefault(i, []).append("spread_beyond_limits")
     points = [
         {

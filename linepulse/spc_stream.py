@@ -85,8 +85,11 @@ class SpcStream:
             last = len(xs) - 1
             rules = broken_rules(xs, self.limits, self.chart.rules)
             broken: list[str] = [rule for i, rule in rules if i == last]
-            if spread is not None and not (
-                self.limits.spread_lcl <= spread <= self.limits.spread_ucl
+            watched = "spread_beyond_limits" in self.chart.rules
+            if (
+                watched
+                and spread is not None
+                and not (self.limits.spread_lcl <= spread <= self.limits.spread_ucl)
             ):
                 broken.append("spread_beyond_limits")
             self.recent = xs[-RULE_MEMORY:]

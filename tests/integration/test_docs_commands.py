@@ -115,6 +115,8 @@ RUN_HERE: frozenset[str] = frozenset(
         f"linepulse simulate -c {SIMULATED} --scenario bottleneck=capper-1 "
         "--offline 2026-11-02T05:00:00Z/2026-11-02T13:00:00Z --truth shift.jsonl",
         f"linepulse replay -c {SIMULATED} -w shift shift.jsonl --output shift-records.jsonl",
+        f"linepulse simulate -c {SIMULATED} --scenario fill=cartoner-3:0.1:60 "
+        "--offline 2026-11-02T05:00:00Z/2026-11-02T07:00:00Z --truth fill.jsonl",
         "grep '\"machine\":null' shift-records.jsonl",
         f"linepulse check --config {SIMULATED}",
         "linepulse check --config plant.yaml",

@@ -29,7 +29,7 @@ from typing import Final, NamedTuple
 
 from linepulse.calendar import Calendar
 from linepulse.config import COUNTER_SIGNALS, Machine, PlantConfig, State
-from services.ingest.simulator.scenario import Scenario, Stops
+from services.ingest.simulator.scenario import Fill, Scenario, Stops
 
 Value = str | int | float
 
@@ -200,10 +200,19 @@ class MachineModel:
         seed: int,
         start_ms: int,
         speed: Callable[[int], float] | None = None,
+        fill: Fill | None = None,
     ) -> None:
         self.spec = spec
         self.b = behaviour
         self.speed = speed
+        # The fill weight (scenario `fill`): its own random stream, so a filler with it
+        # draws everything else exactly as without it.
+        self.fill = fill
+        self._fill_rng = random.Random(f"{seed}/{spec.machine}/fill")  # noqa: S311
+        self.start_ms = start_ms
+        self._fill_due = start_ms
+        self.fill_weights: list[float] = []  # the parts weighed at this tick's check
+        self.fill_rejects = 0  # for tests: parts rejected for their weight
         # A string seed is hashed with SHA-512: stable across runs and PYTHONHASHSEED.
         # Not for cryptography: a simulation must be reproducible from its seed.
         self.rng = random.Random(f"{seed}/{spec.machine}")  # noqa: S311
@@ -295,7 +304,20 @@ class MachineModel:
     def publish(self, ts: int) -> list[Event]:
         """The rest of `step`, once `wait` is settled: analogs, then the changed signals."""
         self._analogs(self._dt_s)
+        self._weigh(ts)
         return self._emit(ts)
+
+    def _weigh(self, ts: int) -> None:
+        """A quality check, every `fill.every_s` while it runs: `fill.burst` parts weighed."""
+        fill = self.fill
+        self.fill_weights = []
+        if fill is None or ts < self._fill_due or self.published_state[0] != "running":
+            return
+        mean = fill.mean_at((ts - self.start_ms) / 3_600_000)
+        self.fill_weights = [
+            round(self._fill_rng.gauss(mean, fill.sigma), 2) for _ in range(fill.burst)
+        ]
+        self._fill_due = ts + round(fill.every_s * 1000)
 
     def _produce(self, ts: int, dt_s: float) -> None:
         cycle = self.ideal_cycle_time_s / self.rate * (1.0 + self.rng.gauss(0.0, 0.02))
@@ -306,6 +328,17 @@ class MachineModel:
         if ts <= self.ramp_until:
             rate = min(1.0, rate * self.b.changeover_reject_factor)
         rejects = sum(1 for _ in range(parts) if self.rng.random() < rate)
+        if self.fill is not None:
+            # The checkweigher: a part out of specification is rejected (if not already).
+            mean = self.fill.mean_at((ts - self.start_ms) / 3_600_000)
+            sigma = self.fill.sigma
+            out = sum(
+                1
+                for _ in range(parts - rejects)
+                if not self.fill.in_spec(self._fill_rng.gauss(mean, sigma))
+            )
+            rejects += out
+            self.fill_rejects += out
         self.total += parts
         self.rejects += rejects
         self.parts_made += parts
@@ -383,6 +416,12 @@ class MachineModel:
                 if self.last_state != (value, reason):
                     self.last_state = (value, reason)
                     out.append(Event(ts, machine, STATE, value, reason))
+                continue
+            if self.fill is not None and signal == self.fill.signal:
+                # Every weight, 1 ms apart: one sample each, in the order weighed.
+                out.extend(
+                    Event(ts + i, machine, signal, w) for i, w in enumerate(self.fill_weights)
+                )
                 continue
             value = self._value(signal)
             if self.last.get(signal) != value or signal not in self.last:
@@ -471,14 +510,17 @@ class PlantModel:
         if stops is not None:
             behaviour = behaviour.with_stops(stops)
         speed = self.scenario.speed_of(spec.machine, spec.line)
+        fill = self.scenario.fill.get(spec.machine)
+        if fill is not None and fill.signal not in spec.signals:
+            spec = replace(spec, signals=(*spec.signals, fill.signal))
         if speed is None:
-            return MachineModel(spec, behaviour, seed, start_ms)
+            return MachineModel(spec, behaviour, seed, start_ms, fill=fill)
         line, fraction = spec.line, self.planned.shift_fraction
 
         def rate(ts: int) -> float:
             return speed.at(fraction(line, ts))
 
-        return MachineModel(spec, behaviour, seed, start_ms, rate)
+        return MachineModel(spec, behaviour, seed, start_ms, rate, fill)
 
     @property
     def now_ms(self) -> int:

@@ -13,6 +13,12 @@ default one changes nothing, so a run without a scenario draws exactly what it a
 - `stops`: a machine's own stops (or those of every machine of a line): the mean running
   time between them (`math.inf`: it never stops on its own) and their mean length; its
   own stops are then all failures (`down` with a reason).
+- `fill`: a filler's fill weight (`fill_g`): every part's weight is normal around the
+  target, drifting linearly from the start of the run; a checkweigher rejects every part
+  outside the specification (the target +- 4 sigma), besides the machine's other rejects,
+  and every `every_s` while the machine runs the quality check weighs `burst` parts in a
+  row and publishes their weights (an SPC subgroup, 1 ms apart). A drift shows on a
+  control chart of `fill_g` long before it moves the reject counter.
 
 A machine's own entry beats its line's. On the command line a scenario is a spec of
 comma-separated items (`parse_scenario`):
@@ -23,6 +29,8 @@ comma-separated items (`parse_scenario`):
     bottleneck=MACHINE                         its line coupled; it fails every ~10 min
                                                for ~5 min, the others never on their own
     slow=LINE[:FACTOR]                         LINE at FACTOR (0.65) of its ideal rate
+    fill=MACHINE[:DRIFT_G_PER_H[:EVERY_S]]     its fill weight (500 g, sd 0.8 g), drifting;
+                                               5 parts weighed every EVERY_S (600 s)
 """
 
 from __future__ import annotations
@@ -76,6 +84,31 @@ class Stops:
 
 
 @dataclass(frozen=True)
+class Fill:
+    """A filler's fill weight (module docstring); the specification is target +- 4 sigma."""
+
+    drift_g_per_h: float = 0.0
+    every_s: float = 600.0  # a quality check this often while running
+    burst: int = 5  # parts weighed at a check
+    target: float = 500.0
+    sigma: float = 0.8
+    signal: str = "fill_g"
+    spec_sigmas: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not (self.sigma > 0 and self.every_s > 0 and math.isfinite(self.drift_g_per_h)):
+            raise ValueError("a fill needs sigma > 0, every_s > 0 and a finite drift")
+        if self.burst < 1:
+            raise ValueError("a fill check weighs at least one part")
+
+    def mean_at(self, hours: float) -> float:
+        return self.target + self.drift_g_per_h * hours
+
+    def in_spec(self, weight: float) -> bool:
+        return abs(weight - self.target) <= self.spec_sigmas * self.sigma
+
+
+@dataclass(frozen=True)
 class Scenario:
     """Coupled lines (line -> buffer seconds), speeds and own stops by machine or line."""
 
@@ -83,6 +116,7 @@ class Scenario:
     coupling: Mapping[str, float] = field(default_factory=dict)
     speed: Mapping[str, Speed] = field(default_factory=dict)
     stops: Mapping[str, Stops] = field(default_factory=dict)
+    fill: Mapping[str, Fill] = field(default_factory=dict)  # by machine
 
     def __post_init__(self) -> None:
         for line, buffer_s in self.coupling.items():
@@ -106,6 +140,21 @@ class Scenario:
             for name in entries:
                 if name not in ids:
                     raise ValueError(f"scenario: {key}: {name!r} is not a line or machine")
+        on_opcua = {
+            entry.machine: (source.id, entry.nodes)
+            for source in plant.sources.opcua
+            for entry in source.machines
+        }
+        for name, fill in self.fill.items():
+            if name not in plant.machines():
+                raise ValueError(f"scenario: fill: {name!r} is not a machine")
+            # An OPC-UA server has a node per configured signal; MQTT publishes any signal.
+            if name in on_opcua and fill.signal not in on_opcua[name][1]:
+                raise ValueError(
+                    f"scenario: fill: {name!r} is served by OPC-UA source {on_opcua[name][0]!r}, "
+                    f"which has no {fill.signal!r} node for it: add one, or fill on an MQTT "
+                    "machine"
+                )
 
 
 def parse_scenario(spec: str, plant: PlantConfig) -> Scenario:
@@ -113,6 +162,7 @@ def parse_scenario(spec: str, plant: PlantConfig) -> Scenario:
     coupling: dict[str, float] = {}
     speed: dict[str, Speed] = {}
     stops: dict[str, Stops] = {}
+    fill: dict[str, Fill] = {}
     machines = plant.machines()
     items = [item.strip() for item in spec.split(",") if item.strip()]
     if not items:
@@ -140,15 +190,19 @@ def parse_scenario(spec: str, plant: PlantConfig) -> Scenario:
                 stops[value] = Stops(*BOTTLENECK_STOPS_S)
             elif key == "slow" and len(parts) <= 2:
                 speed[parts[0]] = Speed(_number(parts[1]) if len(parts) == 2 else SLOW_FACTOR)
+            elif key == "fill" and len(parts) <= 3:
+                drift = _number(parts[1]) if len(parts) >= 2 else 0.0
+                every = _number(parts[2]) if len(parts) == 3 else Fill.every_s
+                fill[parts[0]] = Fill(drift, every)
             else:
                 raise ValueError(
                     "expected couple=LINE[:BUFFER_S], speed=ID:FACTOR[:END], "
-                    "stops=ID:MEAN_RUN_S|never[:MEAN_DOWN_S], bottleneck=MACHINE "
-                    "or slow=LINE[:FACTOR]"
+                    "stops=ID:MEAN_RUN_S|never[:MEAN_DOWN_S], bottleneck=MACHINE, "
+                    "slow=LINE[:FACTOR] or fill=MACHINE[:DRIFT_G_PER_H[:EVERY_S]]"
                 )
         except ValueError as error:
             raise ValueError(f"scenario: {item!r}: {error}") from None
-    scenario = Scenario(spec, coupling, speed, stops)
+    scenario = Scenario(spec, coupling, speed, stops, fill)
     scenario.check(plant)
     return scenario
 
