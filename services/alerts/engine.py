@@ -37,7 +37,7 @@ import polars as pl
 
 from linepulse.alerting import Rule
 from linepulse.config import PlantConfig
-from linepulse.spc_stream import SpcStream, charted_samples
+from linepulse.spc_stream import Point, SpcStream, charted_samples
 from services.alerts.model import Alert, AlertState, Matcher, Notification, Silence, fingerprint
 from services.alerts.routing import Duty, Group, Router, alert_id, silenced
 from services.alerts.rules import (
@@ -122,12 +122,14 @@ class AlertEngine:
                 text = mapping.get(text, text)
             self.obs.add_sample(ts, machine, signal, num, text, now_ms)
 
-    def observe_spc(self, events: pl.DataFrame) -> None:
+    def observe_spc(self, events: pl.DataFrame) -> dict[str, list[Point]]:
         """Telemetry (`EVENT_SCHEMA`, in arrival order) for the live charts: the rules
         broken by the subgroups it completes, kept until the next evaluation reads them
-        (several subgroups between two evaluations: the rules any of them broke)."""
+        (several subgroups between two evaluations: the rules any of them broke). Returns
+        the new points by chart."""
+        formed: dict[str, list[Point]] = {}
         if not self.charts:
-            return
+            return formed
         streams = self.charts
         rows = charted_samples(events, [stream.chart for stream in streams.values()])
         by_chart: dict[str, list[tuple[int, float]]] = {}
@@ -137,11 +139,13 @@ class AlertEngine:
             points = streams[name].add(samples)
             if not points:
                 continue
+            formed[name] = points
             broken = [rule for point in points for rule in point.broken]
             if name in self._spc_seen:
                 broken = [*self.obs.spc.get(name, ()), *broken]
             self.obs.spc[name] = tuple(dict.fromkeys(broken))
             self._spc_seen.add(name)
+        return formed
 
     # -- evaluation ---------------------------------------------------------------------
 

@@ -12,9 +12,14 @@ label sets stay bounded.
 | `linepulse_alerts_alertmanager_resends_total{channel}` | firing alerts re-posted to Alertmanager |
 | `linepulse_alerts{state}` | alerts by state (pending, firing, acknowledged), set by the service |
 | `linepulse_alerts_active` | 1 on the instance that evaluates and pages (0 on a standby) |
+| `linepulse_spc_mean{chart}` | the newest subgroup's mean of each chart followed live |
+| `linepulse_spc_limit{chart,limit}` | its centre line and control limits (`center`, `ucl`, `lcl`) |
+| `linepulse_spc_subgroups_total{chart}` | subgroups charted |
+| `linepulse_spc_broken_total{chart,rule}` | subgroups that broke each rule |
 
 `reason` of a failure: `rejected` (a 4xx but 408/429, an SMTP 5xx, a channel that cannot
-address the recipient) or `attempts` (the channel's `max_attempts` reached).
+address the recipient) or `attempts` (the channel's `max_attempts` reached). `chart` is a
+chart of the config's `spc:` that an `spc` rule follows (`machine/signal`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ class AlertMetrics:
     am_resends: Counter
     alerts: Gauge
     active: Gauge
+    spc_mean: Gauge
+    spc_limit: Gauge
+    spc_subgroups: Counter
+    spc_broken: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> AlertMetrics:
@@ -75,6 +84,30 @@ class AlertMetrics:
             active=Gauge(
                 "linepulse_alerts_active",
                 "1 on the instance that evaluates and pages: a replicated service has one",
+                registry=registry,
+            ),
+            spc_mean=Gauge(
+                "linepulse_spc_mean",
+                "The newest subgroup's mean of a control chart followed live",
+                ("chart",),
+                registry=registry,
+            ),
+            spc_limit=Gauge(
+                "linepulse_spc_limit",
+                "A control chart's centre line and control limits",
+                ("chart", "limit"),
+                registry=registry,
+            ),
+            spc_subgroups=Counter(
+                "linepulse_spc_subgroups",
+                "Subgroups a control chart followed live has charted",
+                ("chart",),
+                registry=registry,
+            ),
+            spc_broken=Counter(
+                "linepulse_spc_broken",
+                "Subgroups of a control chart that broke a rule, by rule",
+                ("chart", "rule"),
                 registry=registry,
             ),
         )

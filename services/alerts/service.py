@@ -45,6 +45,7 @@ from linepulse.config import PlantConfig
 from linepulse.events import reading_as_float
 from linepulse.http.settings import ApiAccess
 from linepulse.runtime import HttpSettings, Served, StartRefused, Task, wait_set
+from linepulse.spc_stream import Point
 from linepulse.wire import decode_records
 from services.alerts.api import create_app
 from services.alerts.engine import AlertEngine
@@ -94,6 +95,14 @@ class AlertService:
         except BaseException:
             self.store.close()
             raise
+        for name, stream in self.engine.charts.items():
+            limits = stream.limits
+            for which, value in (
+                ("center", limits.center),
+                ("ucl", limits.ucl),
+                ("lcl", limits.lcl),
+            ):
+                self.metrics.spc_limit.labels(name, which).set(value)
         self._wake = asyncio.Event()
         self.failover: Failover | None = None
         ha = plant.alerts.high_availability
@@ -253,7 +262,8 @@ class AlertService:
                 events = pl.concat(frames)
                 if events.is_empty():
                     continue
-                self.engine.observe_spc(events)  # every sample of a live chart, in order
+                # Every sample of a live chart, in order.
+                self._count_spc(self.engine.observe_spc(events))
                 # Rules look at each signal's latest value: one row per (machine, signal).
                 latest = (
                     events.sort("ts")
@@ -264,6 +274,16 @@ class AlertService:
                 self.engine.observe_samples(latest.iter_rows(), int(time.time() * 1000))
         finally:
             await consumer.stop()
+
+    def _count_spc(self, formed: dict[str, list[Point]]) -> None:
+        """The live charts' new subgroups into /metrics."""
+        m = self.metrics
+        for name, points in formed.items():
+            m.spc_subgroups.labels(name).inc(len(points))
+            m.spc_mean.labels(name).set(points[-1].x)
+            for point in points:
+                for rule in point.broken:
+                    m.spc_broken.labels(name, rule).inc()
 
     async def evaluate_loop(self, stop: asyncio.Event, writer: StateWriter | None = None) -> None:
         """Evaluate every `EVALUATE_EVERY_S` (or when poked) and queue what is due. With

@@ -131,6 +131,21 @@ async def test_the_alerts_service_follows_the_chart_from_the_telemetry_topic(
         (alert,) = service.engine.alerts(state=AlertState.FIRING)
         assert alert.rule == "fill-drift"
         assert alert.summary.startswith("M1 fill_g out of control")
+        # And in /metrics: the limits, the subgroups charted, the rules broken.
+        metrics = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in service.registry.collect()
+            for sample in family.samples
+        }
+        chart = (("chart", "M1/fill_g"),)
+        limit = ("linepulse_spc_limit", (*chart, ("limit", "ucl")))
+        assert metrics[limit] == pytest.approx(500 + 3 / 5**0.5)
+        charted = metrics[("linepulse_spc_subgroups_total", chart)]
+        assert charted == len(service.engine.charts["M1/fill_g"].shown)
+        broken = [
+            v for (name, labels), v in metrics.items() if name == "linepulse_spc_broken_total"
+        ]
+        assert sum(broken) > 0
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
