@@ -16,27 +16,40 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
 from linepulse.events import reading_as_float
 from linepulse.spc import SpcChart
-from linepulse.spc_chart import Limits, broken_rules, fixed, spreads, subgroups
+from linepulse.spc_chart import (
+    Limits,
+    SpcError,
+    Subgroup,
+    broken_rules,
+    capability,
+    estimated,
+    fixed,
+    spreads,
+    subgroups,
+)
 
 RULE_MEMORY = 7  # the longest rule (8 on one side) looks at the 7 points before a new one
-SHOWN_POINTS = 60  # the last points kept to show (the board's control chart)
+SHOWN_POINTS = 60  # the last points shown (the board's control chart)
+KEEP_MS = 26 * 3_600_000  # points kept: a day and the shift reports' wait after it
 
 
 @dataclass(frozen=True)
 class Point:
     """One subgroup plotted: its first and last sample's time, its mean and spread, and
-    the rules it completes (with `spread_beyond_limits` for the spread chart)."""
+    the rules it completes, and its values (for capability)."""
 
     start: int
     end: int
     x: float
     spread: float | None
     broken: tuple[str, ...]
+    values: tuple[float, ...] = ()
 
 
 class SpcStream:
@@ -51,7 +64,9 @@ class SpcStream:
         self.high: int | None = None
         self.pending: list[tuple[int, float]] = []
         self.recent: list[float] = []  # the last points' means, for the rules
-        self.shown: deque[Point] = deque(maxlen=SHOWN_POINTS)  # the last points, to show
+        # The points of the last `KEEP_MS` of event time: the board shows the last of them,
+        # the shift reports take a shift's.
+        self.kept: deque[Point] = deque()
         self.late = 0  # samples left out: behind the watermark when they came
 
     def add(self, samples: Iterable[tuple[int, float]]) -> list[Point]:
@@ -93,9 +108,46 @@ class SpcStream:
             ):
                 broken.append("spread_beyond_limits")
             self.recent = xs[-RULE_MEMORY:]
-            points.append(Point(group.start, group.end, group.mean, spread, tuple(broken)))
-        self.shown.extend(points)
+            points.append(
+                Point(group.start, group.end, group.mean, spread, tuple(broken), group.values)
+            )
+        self.kept.extend(points)
+        while self.kept and self.kept[0].end < self.high - KEEP_MS:
+            self.kept.popleft()
         return points
+
+    @property
+    def shown(self) -> list[Point]:
+        """The last `SHOWN_POINTS` points."""
+        return list(self.kept)[-SHOWN_POINTS:]
+
+    def between(self, start: int, end: int) -> list[Point]:
+        """The points kept that end in [start, end)."""
+        return [p for p in self.kept if start <= p.end < end]
+
+    def summary(self, start: int, end: int) -> dict[str, Any]:
+        """The chart over [start, end) (a shift): subgroups, how many broke each rule, and
+        capability with sigma within those subgroups (without `spec`: none)."""
+        points = self.between(start, end)
+        broken: dict[str, int] = {}
+        for point in points:
+            for rule in point.broken:
+                broken[rule] = broken.get(rule, 0) + 1
+        body: dict[str, Any] = {
+            "chart": self.chart.name,
+            "subgroups": len(points),
+            "broken": broken,
+            "capability": None,
+        }
+        spec = self.chart.spec
+        if spec is not None and points:
+            groups = [Subgroup(p.start, p.end, p.values) for p in points]
+            try:
+                within: float | None = estimated(self.chart.chart, groups, "data").sigma
+            except SpcError:
+                within = None
+            body["capability"] = capability([v for p in points for v in p.values], within, spec)
+        return body
 
 
 def charted_samples(events: pl.DataFrame, charts: Sequence[SpcChart]) -> pl.DataFrame:

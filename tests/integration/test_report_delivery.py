@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry
 from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig
 from linepulse.figures import percent
+from linepulse.spc import SpcChart
+from linepulse.spc_stream import SpcStream
 from services.alerts.metrics import AlertMetrics
 from services.alerts.model import Alert, AlertState
 from services.alerts.notes import ShiftNotes
@@ -34,6 +36,16 @@ from tests.unit.kpi.test_shift_report import classic
 pytestmark = pytest.mark.integration
 
 SHIFT_END = datetime(2026, 11, 2, 14, 0, tzinfo=UTC).timestamp()
+FILL_CHART = SpcChart.model_validate(
+    {
+        "machine": "filler-1",
+        "signal": "fill_g",
+        "subgroup_size": 5,
+        "limits": {"center": 500.0, "sigma": 1.0},
+        "spec": {"lsl": 495.0, "usl": 505.0},
+        "rules": ["beyond_3sigma"],
+    }
+)
 AFTER_S = 300.0
 
 
@@ -96,6 +108,14 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
                 handover = "nozzle 3 drips <again>\nspare ordered"
                 notes.add("line-1", handover, "bob", int((SHIFT_END - 600) * 1000))
 
+                # A fill weight charted live on filler-1 through the shift: one subgroup
+                # beyond its upper limit at 09:00.
+                fill = SpcStream(FILL_CHART, 0)
+                for minute in range(8 * 60):
+                    at_ms = int((SHIFT_END - 8 * 3600 + minute * 60) * 1000)
+                    weight = 505.0 if minute == 180 else 500.0 + (minute % 5 - 2) * 0.3
+                    fill.add([(at_ms + k, weight + k * 0.1) for k in range(5)])
+
                 def sender(outbox: Outbox, at: float) -> ShiftReportSender:
                     clock = lambda: at  # noqa: E731
                     return ShiftReportSender(
@@ -104,6 +124,7 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
                         outbox,
                         alerts=alerts,
                         notes=notes.of_shift,
+                        spc=lambda span: [fill.summary(span.start, span.end)],
                         clock=clock,
                         client=client,
                     )
@@ -139,7 +160,12 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
     assert "alerts: 1 raised, 1 acknowledged, 1 resolved" in parts["text/plain"]
     assert "Notes" in parts["text/html"]
     assert "nozzle 3 drips &lt;again&gt;<br>spare ordered" in parts["text/html"]
+    assert "Process control" in parts["text/html"]
+    assert "filler-1/fill_g" in parts["text/html"]
+    assert "beyond_3sigma ×1" in parts["text/html"]
     text = parts["text/plain"].replace("\r\n", "\n")
+    # 480 checks; the last one closes with a sample after it, which this shift has not.
+    assert "spc filler-1/fill_g: 479 subgroups, broken: beyond_3sigma x1; Cpk " in text
     assert "note by bob: nozzle 3 drips <again>\n  spare ordered\n" in text
     (attached,) = [part for part in mail.walk() if part.get_content_maintype() == "application"]
     assert attached.get_content_type() == "application/pdf"

@@ -5,6 +5,7 @@ limits."""
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import polars as pl
@@ -99,3 +100,29 @@ def test_charted_samples_take_numbers_of_the_charts_only() -> None:
     events = pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row")
     found = charted_samples(events, [chart()])
     assert found.rows() == [(1, "filler-1", "fill_g", 500.5), (2, "filler-1", "fill_g", 501.0)]
+
+
+def test_a_shifts_summary_counts_its_subgroups_rules_and_capability() -> None:
+    """Subgroups ending in [start, end) only; capability from their values, sigma within
+    them as the chart estimates it (R-bar / d2)."""
+    config = chart(subgroup_size=5, spec={"lsl": 496.0, "usl": 504.0})
+    stream = SpcStream(config, 0)
+    values = [500.0 + ((i * 7) % 5 - 2) * 0.4 for i in range(100)]  # 20 subgroups
+    values[50:55] = [505.0] * 5  # subgroup 11 beyond the limit
+    stream.add([(T0 + i * 1000, v) for i, v in enumerate(values)])
+    stream.add([(T0 + 100 * 1000, 500.0)])  # closes the last subgroup
+    start, end = T0 + 40 * 1000, T0 + 80 * 1000  # subgroups 9 to 16 end in it
+    summary = stream.summary(start, end)
+    inside = [p for p in stream.kept if start <= p.end < end]
+    assert summary["subgroups"] == len(inside) == 8
+    assert summary["broken"] == dict(Counter(rule for p in inside for rule in p.broken))
+    assert summary["broken"]["beyond_3sigma"] == 1
+    cap = summary["capability"]
+    flat = [v for p in inside for v in p.values]
+    rbar = sum(max(p.values) - min(p.values) for p in inside) / len(inside)
+    sigma = rbar / 2.326
+    mean = sum(flat) / len(flat)
+    assert cap["n"] == 40
+    assert cap["cp"] == pytest.approx(8.0 / (6 * sigma))
+    assert cap["cpk"] == pytest.approx(min(504.0 - mean, mean - 496.0) / (3 * sigma))
+    assert stream.summary(end + 60_000, end + 120_000)["subgroups"] == 0
