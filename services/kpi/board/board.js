@@ -406,6 +406,17 @@
     return line.shift + " " + date + clock(line.shift_start) + "–" + clock(line.shift_end) + state;
   }
 
+  // The shift's report (GET /v1/reports/shift), as the next lead gets it by mail.
+  function reportLink(line) {
+    if (!line.shift || !line.shift_date) return null;
+    const query = new URLSearchParams({
+      line: line.line, date: line.shift_date, shift: line.shift, format: "html" });
+    return el("a", {
+      class: "report-link", href: "/v1/reports/shift?" + query, target: "_blank",
+      rel: "noopener", "data-report": line.line, title: "the shift report", text: "report",
+    });
+  }
+
   function lineContent(line) {
     const k = line.kpis || {};
     const why = line.why || {};
@@ -415,7 +426,8 @@
         el("h2", { text: line.line }),
         el("span", { class: "head-right" },
           coverageBadge(k.coverage, { "data-coverage-line": line.line }),
-          el("span", { class: "muted shift", "data-shift": line.line, text: shift }))),
+          el("span", { class: "muted shift", "data-shift": line.line, text: shift }),
+          reportLink(line))),
       el("div", { class: "kpis" },
         oeeTile(line, k, why),
         tile(line.line, "availability", "Availability", k.availability, why.availability),

@@ -13,6 +13,7 @@ UTC as the store serves them)::
      "trend_window": "15m" | "1h" | ... | None,
      "lines": [{"line": str,
                 "shift": str | None, "shift_start": str | None, "shift_end": str | None,
+                "shift_date": str | None,      # its production day (the report's `date`)
                 "final": bool | None,          # the shift record is closed (between shifts)
                 "kpis": {"oee", "availability", "performance", "quality", "planned_s",
                          "run_s", "downtime_s", "stops", "total_count", "good_count",
@@ -61,9 +62,11 @@ reason coding, are not in the snapshot: the page reads them from `/v1/stops` its
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 
+from linepulse.calendar import Calendar, text_ms
 from linepulse.config import Line, Machine, PlantConfig, WindowKind
 from linepulse.costs import PRICED, Pricing
 from linepulse.production import LOSS_KEYS
@@ -109,6 +112,7 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
     trend_kind = next((k for k in _TREND_KINDS if k in windows), None)
     pareto_kind = next((k for k in _PARETO_KINDS if k in windows), None)
     has_shift = "shift" in windows
+    calendar = Calendar(plant)
 
     shift_records = store.history.current(window="shift", scope="all") if has_shift else []
     line_records = {r["line"]: r for r in shift_records if r["machine"] is None}
@@ -170,6 +174,7 @@ def build_snapshot(plant: PlantConfig, store: KpiStore) -> dict[str, Any]:
                 "shift": None if record is None else record["shift"],
                 "shift_start": None if record is None else record["window_start"],
                 "shift_end": None if record is None else record["window_end"],
+                "shift_date": None if record is None else _production_day(calendar, record),
                 "final": None if record is None else record["final"],
                 "kpis": None if record is None else _kpis(record),
                 "why": why_none(record, line_why(line, machine_records)),
@@ -298,3 +303,10 @@ def _forecast(record: dict[str, Any]) -> dict[str, Any] | None:
 def _parse(value: str) -> datetime:
     """A store time (RFC 3339 with a `Z`) as an aware datetime."""
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _production_day(calendar: Calendar, record: Mapping[str, Any]) -> str | None:
+    """The production day of a line's shift record: its span's `day` in the calendar."""
+    start = text_ms(record["window_start"])
+    spans = calendar.spans(record["line"], start, start + 1)
+    return next((span.day.isoformat() for span in spans if span.start == start), None)

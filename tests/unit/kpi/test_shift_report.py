@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig, parse_config
-from tests.unit.kpi.served import api_over_core
+from services.kpi.api import create_app
+from services.kpi.board.snapshot import build_snapshot
+from tests.unit.kpi.served import api_over_core, store_over_core
 
 EXAMPLE = Path(__file__).parents[3] / "examples" / "classic-oee"
 # 10 a lost minute, 0.50 a good part not made, 0.20 a scrap part; the ideal cycle is 1 s,
@@ -175,3 +178,17 @@ def test_uncoded_stops_are_the_down_and_idle_ones_without_a_reason(tmp_path: Pat
     uncoded = [(s["start"], s["state"], s["reason"]) for s in report["uncoded_stops"]]
     assert uncoded == [("2026-11-02T11:00:00Z", "down", "unassigned")]
     assert "Stops still without a reason: <b>1</b>" in page
+
+
+def test_the_board_links_each_line_to_its_shift_report(tmp_path: Path) -> None:
+    """The snapshot gives each line its shift's production day, which the board's
+    `report` link puts with the line and the shift into the report's URL."""
+    plant = classic()
+    with store_over_core(tmp_path, plant, events(), statuses(events())) as store:
+        (line,) = build_snapshot(plant, store)["lines"]
+        assert (line["shift"], line["shift_date"]) == ("early", "2026-11-02")
+        with TestClient(create_app(plant, store, CollectorRegistry())) as client:
+            query = {"line": "line-1", "date": line["shift_date"], "shift": line["shift"]}
+            page = client.get("/v1/reports/shift", params={**query, "format": "html"})
+    assert page.status_code == 200
+    assert "line-1 · early shift · 2026-11-02" in page.text
