@@ -8,15 +8,16 @@ browser a person runs; no Python browser driver is needed at run time.
 
 Which browser: the `LINEPULSE_CHROMIUM` variable (a path or a command name) if set, else
 the first of `chromium`, `chromium-browser`, `google-chrome`, `google-chrome-stable` on
-the PATH (Debian's `chromium` package gives the first). None found: the services say so
-once and go on without PDFs (the API answers `format=pdf` with 501, the mail goes
-without an attachment).
+the PATH (Debian's `chromium` package gives the first). None found, or a variable that
+names nothing runnable: the services say so once and go on without PDFs (the API answers
+`format=pdf` with 501, the mail goes without an attachment).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import tempfile
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import ClassVar, Final
 
 from linepulse.errors import LinePulseError
+
+log = logging.getLogger(__name__)
 
 BROWSER_ENV: Final = "LINEPULSE_CHROMIUM"
 BROWSER_NAMES: Final = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -76,8 +79,14 @@ class Printer:
 
     @classmethod
     def found(cls, environ: Mapping[str, str] | None = None) -> Printer:
-        """A printer with the browser `find_browser` finds (maybe none)."""
-        return cls(find_browser(environ))
+        """A printer with the browser `find_browser` finds (maybe none). A
+        `LINEPULSE_CHROMIUM` naming nothing runnable is logged as the error it is, and
+        the service goes on without PDFs rather than not start over a report format."""
+        try:
+            return cls(find_browser(environ))
+        except NoBrowser as error:
+            log.error("no PDFs: %s", error.detail)
+            return cls(None)
 
     async def pdf(self, page: str) -> bytes:
         """`page` printed to A4 PDF without the browser's header and footer.

@@ -197,9 +197,9 @@ class ShiftReportSender:
                 if period == "week" and day.weekday() != 0:
                     continue
                 after = day + timedelta(days=7 if period == "week" else 1)
-                end = self.calendar.day_bounds(after)[0]
-                if not since <= end <= ended:
-                    continue
+                begin, end = self.calendar.day_bounds(day)[0], self.calendar.day_bounds(after)[0]
+                if not since <= end <= ended or not self._planned(begin, end):
+                    continue  # not over in the window, or no line worked (a Sunday)
                 label = day.isoformat()
                 if period == "week":
                     year, week, _ = day.isocalendar()
@@ -224,6 +224,10 @@ class ShiftReportSender:
                     )
                 )
         return out
+
+    def _planned(self, start: int, end: int) -> bool:
+        """Whether any line has planned time in [start, end) by the calendar."""
+        return any(self.calendar.planned_ms(line.id, start, end) > 0 for line in self.plant.lines)
 
     def recipients(self, span: ShiftSpan) -> list[tuple[str, str]]:
         """(person, channel) pairs of the report of `span`, on report-carrying channels."""

@@ -43,3 +43,14 @@ def test_a_printer_without_a_browser_says_how_to_get_one() -> None:
 def test_a_browser_that_fails_is_named_with_its_exit_code(tmp_path: Path) -> None:
     with pytest.raises(PdfError, match=r"did not print the page \(exit 3\)"):
         asyncio.run(Printer(executable(tmp_path, "broken")).pdf("<html></html>"))
+
+
+def test_a_service_with_a_wrong_variable_logs_it_and_goes_on_without_pdfs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("ERROR", logger="linepulse.pdf"):
+        printer = Printer.found({BROWSER_ENV: "/no/such/chrome", "PATH": ""})
+    assert printer.browser is None
+    assert "no PDFs: LINEPULSE_CHROMIUM='/no/such/chrome' is not an executable browser" in (
+        caplog.text
+    )
