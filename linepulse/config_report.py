@@ -396,6 +396,17 @@ def warnings(plant: PlantConfig, routing: Sequence[Routing] = ()) -> list[str]:
                 out.append(f"{where}: no source reads it (sources.opcua, sources.mqtt)")
     if not has_sources:
         out.append("sources: none configured; `linepulse ingest` has nothing to read")
+    # An OPC-UA machine publishes only its configured nodes: a chart of another signal
+    # never gets a sample (MQTT and Sparkplug publish whatever the machine sends).
+    nodes = {
+        entry.machine: entry.nodes for source in plant.sources.opcua for entry in source.machines
+    }
+    for ci, chart in enumerate(plant.spc):
+        if chart.machine in nodes and chart.signal not in nodes[chart.machine]:
+            out.append(
+                f"spc[{ci}] ({chart.name}): {chart.machine}'s OPC-UA source has no "
+                f"{chart.signal!r} node, so the chart gets no sample"
+            )
     if not plant.shifts and any(line.shifts is None for line in plant.lines):
         out.append("shifts: none; every hour of every day is planned production time")
     if plant.alerts.rules:

@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from linepulse.config import parse_config
-from linepulse.config_report import Report, build_report, render_text, zone_changes
+from linepulse.config_report import Report, build_report, render_text, warnings, zone_changes
 from services.alerts.routing import Duty
 from services.app.cli import app
 
@@ -216,3 +216,20 @@ def test_the_check_command_names_a_bad_key_and_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["check", "--config", str(config)])
     assert result.exit_code == 2
     assert "lines[0].machines[0].ideal_cycle_time_s" in result.output
+
+
+def test_a_chart_of_a_signal_its_opcua_source_does_not_read_is_warned() -> None:
+    """press-1 is on OPC-UA with a temperature node and no fill weight; cartoner-3 is on
+    MQTT, which publishes any signal."""
+    path = Path(__file__).parents[3] / "examples" / "simulated-plant" / "plant.yaml"
+    data = yaml.safe_load(path.read_text("utf-8"))
+    data["spc"] = [
+        {"machine": "press-1", "signal": "fill_g"},
+        {"machine": "press-1", "signal": "temperature", "chart": "imr"},
+        {"machine": "cartoner-3", "signal": "fill_g"},
+    ]
+    found = [w for w in warnings(parse_config(data)) if w.startswith("spc")]
+    assert found == [
+        "spc[0] (press-1/fill_g): press-1's OPC-UA source has no 'fill_g' node, so the "
+        "chart gets no sample"
+    ]
