@@ -61,7 +61,8 @@ class ShiftNotes:
     ) -> dict[str, Any]:
         span = self.shift_of(line, at_ms, day, name)
         note = {
-            "id": uuid.uuid4().hex,
+            # Time first (ms, hex), so notes of one second keep the order written.
+            "id": f"{at_ms:012x}{uuid.uuid4().hex[:12]}",
             "line": line,
             "date": span.day.isoformat(),
             "shift": span.name,
@@ -77,7 +78,7 @@ class ShiftNotes:
         """The notes of one shift, oldest first."""
         prefix = f"{line}/{day.isoformat()}/{name}/"
         notes = [doc for key, doc in self.store.load("notes").items() if key.startswith(prefix)]
-        return sorted(notes, key=lambda note: (note["at"], note["id"]))
+        return sorted(notes, key=lambda note: note["id"])
 
     @staticmethod
     def _prune(now_ms: int) -> dict[Any, int]:

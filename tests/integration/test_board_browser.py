@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -389,16 +390,33 @@ def kpi_store(tmp_path: Path, plant: PlantConfig) -> Iterator[KpiStore]:
 def alerts(tmp_path: Path, plant: PlantConfig) -> Iterator[Served]:
     """The alerts API with one firing alert (press-2 is down), CORS open to the board."""
 
-    def make_app() -> FastAPI:
-        engine = AlertEngine(plant, AlertStore.in_dir(tmp_path / "alerts"))
-        now = int(datetime.now(UTC).timestamp() * 1000)
+    def down(engine: AlertEngine, now: int) -> None:
         engine.observe_samples([(now, "press-2", "state", None, "down")], now)
+
+    with alerts_api(plant, tmp_path / "alerts", down, TOKEN) as served:
+        yield served
+
+
+@contextmanager
+def alerts_api(
+    plant: PlantConfig,
+    folder: Path,
+    prepare: Callable[[AlertEngine, int], None],
+    token: str = TOKEN,
+) -> Iterator[Served]:
+    """The alerts API over `plant` on a loopback port, its engine given `prepare(engine,
+    now_ms)` and evaluated once, writes with `token`. CORS is open to the board, the
+    change the alerts service needs for a board on another origin: the page reads
+    /v1/alerts and /v1/spc and posts acks and notes with a bearer token (preflight)."""
+
+    def make_app() -> FastAPI:
+        engine = AlertEngine(plant, AlertStore.in_dir(folder))
+        now = int(datetime.now(UTC).timestamp() * 1000)
+        prepare(engine, now)
         engine.evaluate(now)
         registry = CollectorRegistry()
         AlertMetrics.create(registry)
-        app = create_alerts_app(engine, registry, TOKEN)
-        # The change the alerts service needs for a board on another origin (see the
-        # report): the page reads /v1/alerts and posts acks with a bearer token (preflight).
+        app = create_alerts_app(engine, registry, token)
         app.add_middleware(
             CORSMiddleware,
             allow_origins=["*"],
@@ -413,6 +431,25 @@ def alerts(tmp_path: Path, plant: PlantConfig) -> Iterator[Served]:
         yield served
     finally:
         served.stop()
+
+
+@contextmanager
+def board_page(url: str, width: int = 1280, height: int = 800) -> Iterator[tuple[Any, list[str]]]:
+    """The board at `url` in a Chromium page of that size, and the page's script errors."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(INSTALL_HINT, pytrace=False)
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url + "/")
+            yield page, errors
+        finally:
+            browser.close()
 
 
 def launch(playwright: Any) -> Any:

@@ -14,29 +14,24 @@ tmp_path, the alerts API with alerts raised by its engine).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CollectorRegistry
 
 from linepulse.config import PlantConfig, parse_config
-from services.alerts.api import create_app as create_alerts_app
 from services.alerts.engine import AlertEngine
-from services.alerts.metrics import AlertMetrics
-from services.alerts.store import AlertStore
 from services.kpi.api import create_app
 from services.kpi.store import KpiStore
 from tests.integration.test_board_browser import (
     INSTALL_HINT,
     WAIT_MS,
     Served,
+    alerts_api,
     iso,
     kpi_record,
     launch,
@@ -176,32 +171,6 @@ def alerts(tmp_path: Path, plant: PlantConfig) -> Iterator[Served]:
 
     with alerts_api(plant, tmp_path / "alerts", down) as served:
         yield served
-
-
-@contextmanager
-def alerts_api(
-    plant: PlantConfig, folder: Path, prepare: Callable[[AlertEngine, int], None]
-) -> Iterator[Served]:
-    """The alerts API over `plant` on a loopback port, its engine given `prepare(engine,
-    now_ms)` and evaluated once, its reads open to the board's origin (CORS)."""
-
-    def make_app() -> FastAPI:
-        engine = AlertEngine(plant, AlertStore.in_dir(folder))
-        now = int(datetime.now(UTC).timestamp() * 1000)
-        prepare(engine, now)
-        engine.evaluate(now)
-        registry = CollectorRegistry()
-        AlertMetrics.create(registry)
-        app = create_alerts_app(engine, registry, "token")
-        app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET"])
-        return app
-
-    served = Served(make_app)
-    served.start()
-    try:
-        yield served
-    finally:
-        served.stop()
 
 
 def serve_board(plant: PlantConfig, store: KpiStore, alerts_url: str | None) -> Served:

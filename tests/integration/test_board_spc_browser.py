@@ -18,8 +18,8 @@ from linepulse.config import PlantConfig, parse_config
 from linepulse.events import EVENT_SCHEMA
 from services.alerts.engine import AlertEngine
 from services.kpi.store import KpiStore
-from tests.integration.test_board_browser import INSTALL_HINT, Served, launch
-from tests.integration.test_board_layout_browser import alerts_api, serve_board
+from tests.integration.test_board_browser import INSTALL_HINT, Served, alerts_api, board_page
+from tests.integration.test_board_layout_browser import serve_board
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ def test_the_board_draws_the_control_chart_of_a_drifting_fill_weight(
     tmp_path: Path, alerts: Served
 ) -> None:
     try:
-        from playwright.sync_api import expect, sync_playwright
+        from playwright.sync_api import expect
     except ImportError:
         pytest.fail(INSTALL_HINT, pytrace=False)
     (chart,) = httpx.get(alerts.url + "/v1/spc").json()
@@ -96,34 +96,24 @@ def test_the_board_draws_the_control_chart_of_a_drifting_fill_weight(
     with KpiStore(tmp_path / "kpi.duckdb", plant()) as store:
         kpi = serve_board(plant(), store, alerts.url)
         try:
-            with sync_playwright() as playwright:
-                browser = launch(playwright)
-                try:
-                    # A phone-wide card: the chart as a shift lead sees it on the floor.
-                    page = browser.new_page(viewport={"width": 640, "height": 900})
-                    errors: list[str] = []
-                    page.on("pageerror", lambda error: errors.append(str(error)))
-                    page.goto(kpi.url + "/")
-                    panel = page.locator('[data-spc="fill"]')
-                    expect(panel).to_be_visible(timeout=WAIT_MS)
-                    drawn = page.locator(f'[data-spc-chart="{CHART}"]')
-                    expect(drawn.locator("polyline")).to_have_count(1)
-                    points = drawn.locator("polyline").get_attribute("points") or ""
-                    assert len(points.split()) == len(chart["points"])
-                    expect(drawn.locator(".violation")).to_have_count(len(broken))
-                    expect(drawn.locator("line.limit")).to_have_count(2)
-                    state = page.locator(f'[data-spc-state="{CHART}"]')
-                    last = chart["points"][-1]
-                    if last["broken"]:
-                        expect(state).to_contain_text(
-                            "out of control: " + ", ".join(last["broken"])
-                        )
-                    else:
-                        expect(state).to_contain_text("in control (last rule broken")
-                    expect(panel).to_contain_text("LCL 498.7 · CL 500.0 · UCL 501.3")
-                    panel.screenshot(path=str(SCREENSHOT))
-                    assert errors == []
-                finally:
-                    browser.close()
+            # A phone-wide card: the chart as a shift lead sees it on the floor.
+            with board_page(kpi.url, 640, 900) as (page, errors):
+                panel = page.locator('[data-spc="fill"]')
+                expect(panel).to_be_visible(timeout=WAIT_MS)
+                drawn = page.locator(f'[data-spc-chart="{CHART}"]')
+                expect(drawn.locator("polyline")).to_have_count(1)
+                points = drawn.locator("polyline").get_attribute("points") or ""
+                assert len(points.split()) == len(chart["points"])
+                expect(drawn.locator(".violation")).to_have_count(len(broken))
+                expect(drawn.locator("line.limit")).to_have_count(2)
+                state = page.locator(f'[data-spc-state="{CHART}"]')
+                last = chart["points"][-1]
+                if last["broken"]:
+                    expect(state).to_contain_text("out of control: " + ", ".join(last["broken"]))
+                else:
+                    expect(state).to_contain_text("in control (last rule broken")
+                expect(panel).to_contain_text("LCL 498.7 · CL 500.0 · UCL 501.3")
+                panel.screenshot(path=str(SCREENSHOT))
+                assert errors == []
         finally:
             assert kpi.stop()

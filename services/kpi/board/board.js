@@ -417,6 +417,65 @@
     });
   }
 
+  // A note for the next shift (POST /v1/notes of the alerts API), mailed with the
+  // shift's report; the alerts token as for acks.
+  function noteButton(lineId) {
+    if (!config.alerts_url) return null;
+    return el("button", {
+      type: "button", class: "note-button", "data-note": lineId, title: "a note for the next shift",
+      text: "note", onclick: () => openNote(lineId),
+    });
+  }
+
+  let noteLine = null;
+
+  function openNote(lineId, message) {
+    noteLine = lineId;
+    document.getElementById("note-line").textContent = lineId;
+    const err = document.getElementById("note-error");
+    err.hidden = !message;
+    err.textContent = message || "";
+    document.getElementById("note-who").value = sessionStorage.getItem(WHO_KEY) || "";
+    const hasToken = Boolean(sessionStorage.getItem(TOKEN_KEY));
+    document.getElementById("note-token-label").hidden = hasToken;
+    document.getElementById("note-token").required = !hasToken;
+    document.getElementById("note").hidden = false;
+    document.getElementById("note-text").focus();
+  }
+
+  async function saveNote(event) {
+    event.preventDefault();
+    const who = document.getElementById("note-who").value.trim();
+    const text = document.getElementById("note-text").value.trim();
+    const entered = document.getElementById("note-token").value.trim();
+    if (entered) sessionStorage.setItem(TOKEN_KEY, entered);
+    sessionStorage.setItem(WHO_KEY, who);
+    const response = await fetch(config.alerts_url + "/v1/notes", {
+      method: "POST",
+      headers: { "Authorization": "Bearer " + sessionStorage.getItem(TOKEN_KEY), "Content-Type": "application/json" },
+      body: JSON.stringify({ line: noteLine, text: text, by: who }),
+    });
+    if (response.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      openNote(noteLine, "The alerts API refused the token; enter it again.");
+      return;
+    }
+    if (!response.ok) {
+      openNote(noteLine, "not saved: " + await problemText(response));
+      return;
+    }
+    document.getElementById("note-text").value = "";
+    document.getElementById("note-token").value = "";
+    document.getElementById("note").hidden = true;
+  }
+
+  function wireNoteForm() {
+    document.getElementById("note-form").addEventListener("submit", saveNote);
+    document.getElementById("note-cancel").addEventListener("click", () => {
+      document.getElementById("note").hidden = true;
+    });
+  }
+
   function lineContent(line) {
     const k = line.kpis || {};
     const why = line.why || {};
@@ -427,7 +486,8 @@
         el("span", { class: "head-right" },
           coverageBadge(k.coverage, { "data-coverage-line": line.line }),
           el("span", { class: "muted shift", "data-shift": line.line, text: shift }),
-          reportLink(line))),
+          reportLink(line),
+          noteButton(line.line))),
       el("div", { class: "kpis" },
         oeeTile(line, k, why),
         tile(line.line, "availability", "Availability", k.availability, why.availability),
@@ -1073,6 +1133,7 @@
 
   async function main() {
     wireAuthForm();
+    wireNoteForm();
     try {
       const response = await fetch("/v1/board/config", { cache: "no-store" });
       if (response.ok) config = await response.json();
