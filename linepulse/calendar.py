@@ -37,6 +37,12 @@ def ms_to_local_date(ms: int, zone: ZoneInfo) -> date:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone(zone).date()
 
 
+def iso_week(day: date) -> str:
+    """`2026-W45`: the ISO week (Monday to Sunday) of a production day."""
+    year, week, _ = day.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
 def utc_text(ms: int) -> str:
     """Epoch ms as RFC 3339 in UTC to the second (`2026-11-02T06:00:00Z`)."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")[:-6] + "Z"

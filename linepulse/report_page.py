@@ -32,6 +32,12 @@ LOSS_LABELS: Final = {
 }
 
 
+def pdf_name(kind: str, slug: str) -> str:
+    """`shift-report_line-1_2026-11-02_early.pdf`: the file a report's PDF is named, the
+    same from the API (Content-Disposition) and in the mail."""
+    return f"{kind}-report_{slug}.pdf"
+
+
 def clock(utc: str, zone: ZoneInfo) -> str:
     """`HH:MM` in the plant's zone of an RFC 3339 UTC time."""
     return datetime.fromisoformat(utc).astimezone(zone).strftime("%H:%M")

@@ -33,11 +33,11 @@ from typing import Any, Final
 import httpx
 
 from linepulse.alerting import MANAGER, NEXT_LEAD, REPORT_CHANNELS, ShiftReports
-from linepulse.calendar import Calendar, ShiftSpan, ms_to_local_date, utc_text
+from linepulse.calendar import Calendar, ShiftSpan, iso_week, ms_to_local_date, utc_text
 from linepulse.config import PlantConfig
 from linepulse.figures import count, percent
 from linepulse.pdf import PdfError, Printer, no_browser_detail
-from linepulse.report_page import heading, table
+from linepulse.report_page import heading, pdf_name, table
 from linepulse.runtime import wait_set
 from services.alerts.model import Alert, Notification
 from services.alerts.notes import notes_html, notes_text
@@ -176,7 +176,7 @@ class ShiftReportSender:
                         name=f"{span.line} {span.name} {span.day}",
                         span=span,
                         todo=todo,
-                        pdf_name=f"shift-report_{span.slug}.pdf",
+                        pdf_name=pdf_name("shift", span.slug),
                     )
                 )
         return out
@@ -200,10 +200,7 @@ class ShiftReportSender:
                 begin, end = self.calendar.day_bounds(day)[0], self.calendar.day_bounds(after)[0]
                 if not since <= end <= ended or not self._planned(begin, end):
                     continue  # not over in the window, or no line worked (a Sunday)
-                label = day.isoformat()
-                if period == "week":
-                    year, week, _ = day.isocalendar()
-                    label = f"{year}-W{week:02d}"
+                label = iso_week(day) if period == "week" else day.isoformat()
                 key = f"report/plant/{period}/{label}"
                 todo = tuple(
                     (person, channel)
@@ -220,7 +217,7 @@ class ShiftReportSender:
                         name=f"plant {period} {label}",
                         span=None,
                         todo=todo,
-                        pdf_name=f"plant-report_{period}_{label}.pdf",
+                        pdf_name=pdf_name("plant", f"{period}_{label}"),
                     )
                 )
         return out

@@ -39,6 +39,7 @@ from linepulse.http.guard import GUARD_RESPONSES, install
 from linepulse.http.settings import ApiAccess
 from linepulse.pdf import Printer
 from linepulse.records import KpiRecord
+from linepulse.report_page import pdf_name
 from services.kpi.board.board import mount_board  # live board (issue 6)
 from services.kpi.errors import BadRequest, NotFound
 from services.kpi.history import KpiHistory, Scope
@@ -651,13 +652,13 @@ def create_app(
     ) -> Response:
         check_scope(line, None)
         span, report = await run_in_threadpool(build_shift_report, line, date_, shift)
-        return await answer_report(report, format_, render_html, f"shift-report_{span.slug}.pdf")
+        return await answer_report(report, format_, render_html, pdf_name("shift", span.slug))
 
     async def answer_report(
         report: dict[str, Any],
         format_: ReportFormat,
         render: Callable[[dict[str, Any], str, ZoneInfo], str],
-        pdf_name: str,
+        file_name: str,
     ) -> Response:
         """A report as JSON, as its page, or as the page printed to PDF."""
         if format_ == "json":
@@ -669,7 +670,7 @@ def create_app(
         return Response(
             pdf,
             media_type="application/pdf",
-            headers={"Content-Disposition": f'inline; filename="{pdf_name}"'},
+            headers={"Content-Disposition": f'inline; filename="{file_name}"'},
         )
 
     def build_plant_report(
@@ -717,7 +718,7 @@ def create_app(
         check_scope(None, None)
         covered, report = await run_in_threadpool(build_plant_report, period, date_, shift)
         return await answer_report(
-            report, format_, render_plant_html, f"plant-report_{covered.slug}.pdf"
+            report, format_, render_plant_html, pdf_name("plant", covered.slug)
         )
 
     @app.get(

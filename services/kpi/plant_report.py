@@ -23,7 +23,7 @@ from datetime import date, timedelta
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
-from linepulse.calendar import utc_text
+from linepulse.calendar import iso_week, utc_text
 from linepulse.costs import Pricing
 from linepulse.figures import count, percent
 from linepulse.production import LOSS_KEYS
@@ -54,8 +54,7 @@ class PlantPeriod:
     @property
     def label(self) -> str:
         if self.period == "week":
-            year, week, _ = self.day.isocalendar()
-            return f"week {year}-W{week:02d}"
+            return f"week {iso_week(self.day)}"
         if self.period == "day":
             return f"day {self.day.isoformat()}"
         return f"{self.shift} shift {self.day.isoformat()}"

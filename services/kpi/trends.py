@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
-from linepulse.calendar import Calendar, local_to_ms, ms_to_local_date, text_ms
+from linepulse.calendar import Calendar, iso_week, local_to_ms, ms_to_local_date, text_ms
 from linepulse.production import LOSS_KEYS
 
 # Weeks of final days the projection's rate is taken from.
@@ -167,11 +167,6 @@ def _week_start(day: date) -> date:
     return day - timedelta(days=day.weekday())
 
 
-def _iso_week(day: date) -> str:
-    year, week, _ = day.isocalendar()
-    return f"{year}-W{week:02d}"
-
-
 def _change(now: Totals, before: Totals) -> dict[str, float | None]:
     """This week against the one before: ratios in points (0.02 = 2 percentage points),
     output per planned hour in parts, output in parts only when both weeks are whole."""
@@ -224,7 +219,7 @@ def trends(
         before = week_totals.get(monday - timedelta(weeks=1))
         out_weeks.append(
             {
-                "week": _iso_week(monday),
+                "week": iso_week(monday),
                 "start": monday.isoformat(),
                 "days": week.days,
                 "complete": week.days == 7 and week.final,
@@ -262,7 +257,7 @@ def _projection(
     )
     planned_s = sum(calendar.planned_ms(line, start, end) for line in lines) / 1000
     return {
-        "week": _iso_week(monday),
+        "week": iso_week(monday),
         "start": monday.isoformat(),
         "planned_s": planned_s,
         "output_count": None if rate is None else rate * planned_s / 3600,
