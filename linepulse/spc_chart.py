@@ -311,13 +311,24 @@ def capability(
     }
 
 
-def _within(kind: ChartKind, groups: Sequence[Subgroup]) -> float | None:
-    """Sigma within subgroups of `groups` (as the chart estimates it), or None with too
-    few to say."""
+def capability_of(kind: ChartKind, groups: Sequence[Subgroup], spec: SpecLimits) -> dict[str, Any]:
+    """`capability` of the values of `groups`, with sigma within them as the chart
+    estimates it (none with too few subgroups to say)."""
     try:
-        return estimated(kind, groups, "data").sigma
+        within: float | None = estimated(kind, groups, "data").sigma
     except SpcError:
-        return None
+        within = None
+    return capability([v for g in groups for v in g.values], within, spec)
+
+
+def spread_broken(rules: Iterable[str], limits: Limits, spread: float | None) -> bool:
+    """Whether `spread_beyond_limits` is watched and `spread` is beyond the spread chart's
+    limits (the first moving range, None, is not)."""
+    return (
+        "spread_beyond_limits" in rules
+        and spread is not None
+        and not limits.spread_lcl <= spread <= limits.spread_ucl
+    )
 
 
 def study(
@@ -351,11 +362,7 @@ def study(
     for i, rule in broken_rules(xs, limits, chart.rules):
         broken.setdefault(i, []).append(rule)
     for i, s in enumerate(spread):
-        if (
-            "spread_beyond_limits" in chart.rules
-            and s is not None
-            and not (limits.spread_lcl <= s <= limits.spread_ucl)
-        ):
+        if spread_broken(chart.rules, limits, s):
             broken.setdefault(i, []).append("spread_beyond_limits")
     points = [
         {
@@ -381,10 +388,9 @@ def study(
         ],
     }
     if chart.spec is not None:
-        values = [v for g in groups for v in g.values]
         # Sigma within the charted subgroups, as for each day and shift below (the
         # limits' sigma may be a baseline's, or assumed).
-        body["capability"] = capability(values, _within(chart.chart, groups), chart.spec)
+        body["capability"] = capability_of(chart.chart, groups, chart.spec)
         if calendar is not None and line is not None:
             body["capability_by_day"], body["capability_by_shift"] = _by_period(
                 chart, groups, calendar, line
@@ -396,7 +402,8 @@ def _by_period(
     chart: SpcChart, groups: Sequence[Subgroup], calendar: Calendar, line: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Capability per production day and per shift (a subgroup where it ends)."""
-    assert chart.spec is not None  # noqa: S101 - the caller checked
+    spec = chart.spec
+    assert spec is not None  # noqa: S101 - the caller checked
     days: dict[str, list[Subgroup]] = {}
     shifts: dict[tuple[str, str], list[Subgroup]] = {}
     for group in groups:
@@ -406,12 +413,11 @@ def _by_period(
         for span in calendar.spans(line, group.end, group.end + 1):
             shifts.setdefault((span.day.isoformat(), span.name), []).append(group)
 
-    def row(of: Sequence[Subgroup]) -> dict[str, Any]:
-        values = [v for g in of for v in g.values]
-        assert chart.spec is not None  # noqa: S101
-        return capability(values, _within(chart.chart, of), chart.spec)
-
+    kind = chart.chart
     return (
-        [{"date": day, **row(of)} for day, of in sorted(days.items())],
-        [{"date": day, "shift": name, **row(of)} for (day, name), of in sorted(shifts.items())],
+        [{"date": day, **capability_of(kind, of, spec)} for day, of in sorted(days.items())],
+        [
+            {"date": day, "shift": name, **capability_of(kind, of, spec)}
+            for (day, name), of in sorted(shifts.items())
+        ],
     )

@@ -24,12 +24,11 @@ from linepulse.events import reading_as_float
 from linepulse.spc import SpcChart
 from linepulse.spc_chart import (
     Limits,
-    SpcError,
     Subgroup,
     broken_rules,
-    capability,
-    estimated,
+    capability_of,
     fixed,
+    spread_broken,
     spreads,
     subgroups,
 )
@@ -100,12 +99,7 @@ class SpcStream:
             last = len(xs) - 1
             rules = broken_rules(xs, self.limits, self.chart.rules)
             broken: list[str] = [rule for i, rule in rules if i == last]
-            watched = "spread_beyond_limits" in self.chart.rules
-            if (
-                watched
-                and spread is not None
-                and not (self.limits.spread_lcl <= spread <= self.limits.spread_ucl)
-            ):
+            if spread_broken(self.chart.rules, self.limits, spread):
                 broken.append("spread_beyond_limits")
             self.recent = xs[-RULE_MEMORY:]
             points.append(
@@ -142,11 +136,7 @@ class SpcStream:
         spec = self.chart.spec
         if spec is not None and points:
             groups = [Subgroup(p.start, p.end, p.values) for p in points]
-            try:
-                within: float | None = estimated(self.chart.chart, groups, "data").sigma
-            except SpcError:
-                within = None
-            body["capability"] = capability([v for p in points for v in p.values], within, spec)
+            body["capability"] = capability_of(self.chart.chart, groups, spec)
         return body
 
 
