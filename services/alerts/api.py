@@ -27,7 +27,6 @@ from fastapi import FastAPI, Path, Query, Response
 from prometheus_client import CollectorRegistry
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
-from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig
 from linepulse.errors import ErrorDetail
 from linepulse.http.api import create_api, metrics_response
@@ -266,7 +265,7 @@ def create_app(
     # forwarding: a standby refuses what the active instance would.
     install(app, access)
 
-    notes = ShiftNotes(engine.store, Calendar(plant))
+    notes = ShiftNotes(engine.store, engine.duty.calendar)
 
     def now_ms() -> int:
         return int(clock() * 1000)

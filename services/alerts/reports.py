@@ -55,8 +55,9 @@ def shift_key(span: ShiftSpan) -> str:
     return f"report/{span.line}/{span.day}/{span.name}"
 
 
-def report_key(span: ShiftSpan, channel: str, person: str) -> str:
-    return f"{shift_key(span)}/{channel}/{person}"
+def recipient_key(key: str, channel: str, person: str) -> str:
+    """The outbox key of one recipient's copy of the report `key` on one channel."""
+    return f"{key}/{channel}/{person}"
 
 
 @dataclass(frozen=True)
@@ -161,11 +162,7 @@ class ShiftReportSender:
             for span in self.calendar.spans(line.id, since, ended):
                 if span.end > ended or span.end < since:
                     continue
-                todo = tuple(
-                    (person, channel)
-                    for person, channel in self.recipients(span)
-                    if not self.outbox.has(report_key(span, channel, person))
-                )
+                todo = self._unsent(shift_key(span), self.recipients(span))
                 query = {"line": span.line, "date": str(span.day), "shift": span.name}
                 out.append(
                     Due(
@@ -202,11 +199,7 @@ class ShiftReportSender:
                     continue  # not over in the window, or no line worked (a Sunday)
                 label = iso_week(day) if period == "week" else day.isoformat()
                 key = f"report/plant/{period}/{label}"
-                todo = tuple(
-                    (person, channel)
-                    for person, channel in self._on_channels(self._people(wanted.to, None))
-                    if not self.outbox.has(f"{key}/{channel}/{person}")
-                )
+                todo = self._unsent(key, self._on_channels(self._people(wanted.to, None)))
                 query = {"period": period, "date": day.isoformat()}
                 out.append(
                     Due(
@@ -221,6 +214,14 @@ class ShiftReportSender:
                     )
                 )
         return out
+
+    def _unsent(self, key: str, pairs: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+        """The (person, channel) pairs whose report `key` the outbox does not hold yet."""
+        return tuple(
+            (person, channel)
+            for person, channel in pairs
+            if not self.outbox.has(recipient_key(key, channel, person))
+        )
 
     def _planned(self, start: int, end: int) -> bool:
         """Whether any line has planned time in [start, end) by the calendar."""
@@ -296,7 +297,7 @@ class ShiftReportSender:
             queued += self.outbox.enqueue(
                 [
                     Notification(
-                        key=f"{due.key}/{channel}/{person}",
+                        key=recipient_key(due.key, channel, person),
                         kind="report",
                         channel=channel,
                         recipient=person,

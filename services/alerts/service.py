@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.bus.topics import TopicRole, check_topics
-from linepulse.calendar import Calendar, ShiftSpan
+from linepulse.calendar import ShiftSpan
 from linepulse.config import PlantConfig
 from linepulse.events import reading_as_float
 from linepulse.http.settings import ApiAccess
@@ -197,7 +197,7 @@ class AlertService:
         if reports is None:
             await stop.wait()
             return
-        notes = ShiftNotes(self.engine.store, Calendar(self.plant))
+        notes = ShiftNotes(self.engine.store, self.engine.duty.calendar)
         sender = ShiftReportSender(
             self.plant,
             reports,
