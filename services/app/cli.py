@@ -794,10 +794,10 @@ def report_command(
         raise _fail("a shift's report needs --shift (or --period day or week)", 2)
     if line is not None and period != "shift":
         raise _fail("a line's report is of a shift: leave out --line for the plant's", 2)
-    token = os.environ.get("LINEPULSE_API_TOKEN")
+    token = None
     if config is not None:
         token = _report_token(_load(config), line, date, shift if period == "shift" else None)
-        token = token or os.environ.get("LINEPULSE_API_TOKEN")
+    token = token or os.environ.get("LINEPULSE_API_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     query = {"date": date, "format": format_}
     if shift is not None and period == "shift":
