@@ -534,7 +534,8 @@ def latency_lines(latency: Latency, open_interval: float, checkpoint_interval: f
             f"    p50 {fmt(0.5)}, p90 {fmt(0.9)}, p99 {fmt(0.99)}, max {worst}, min {best}; "
             f"{view.unseen} batch(es) not visible within {SEEN_GRACE_S:g} s of the last",
             f"    p50 of the first half of the batches {fmt(0.5, part=slice(None, half))}, "
-            f"of the second half {fmt(0.5, part=slice(half, None))} (much higher: falling behind)",
+            f"of the second half {fmt(0.5, part=slice(half, None))} "
+            "(if much higher: falling behind)",
         ]
     out += [
         f"  a changed 1m window's open record is published within its cadence "

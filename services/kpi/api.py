@@ -41,8 +41,9 @@ from linepulse.pdf import Printer
 from linepulse.records import KpiRecord
 from linepulse.report_page import pdf_name
 from services.kpi.board.board import mount_board  # live board (issue 6)
+from services.kpi.current import Scope
 from services.kpi.errors import BadRequest, NotFound
-from services.kpi.history import KpiHistory, Scope
+from services.kpi.history import KpiHistory
 from services.kpi.money import budget_view, losses_cost, month_start, reached
 from services.kpi.plant_report import WINDOW_OF, Period, PlantPeriod, plant_report
 from services.kpi.plant_report import render_html as render_plant_html

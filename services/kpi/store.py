@@ -21,8 +21,9 @@ from types import TracebackType
 from typing import Self
 
 from linepulse.config import PlantConfig
+from services.kpi.current import Scope
 from services.kpi.database import Database
-from services.kpi.history import KpiHistory, Scope
+from services.kpi.history import KpiHistory
 from services.kpi.status_store import StatusStore
 from services.kpi.stops import StopLog
 

@@ -412,10 +412,11 @@ CURRENT_KINDS: tuple[WindowKind, ...] = ("1h", "shift")
 
 @pytest.mark.parametrize("seed", range(12))
 def test_current_answers_as_the_whole_history_would(plant: PlantConfig, seed: int) -> None:
-    """`current` reads a table of the records it can still pick (kpi_current): after
-    any sequence of batches (windows opening, closing, restated, arriving late or stale)
-    it answers what the same query over every record kept (kpi_records) answers; and a
-    store file with history but no such table (an earlier version) builds it on open."""
+    """`current` answers from an index of the records it can still pick (in memory):
+    after any sequence of batches (windows opening, closing, restated, arriving late or
+    stale) it answers what the same query over every record kept (kpi_records) answers;
+    and a store file opened again (or one of an earlier version, with the table that
+    index replaced) answers the same."""
     rng = random.Random(seed)
     hours = [f"2026-11-02T{h:02d}:00:00Z" for h in range(0, 24, 2)]
     with KpiStore(":memory:", plant) as store:
@@ -439,8 +440,7 @@ def test_current_answers_as_the_whole_history_would(plant: PlantConfig, seed: in
                 for query in ({}, {"line": "l1"}, {"machine": "m2"}, {"scope": "line"}):
                     got = store.history.current(window=window, **query)  # type: ignore[arg-type]
                     assert got == whole_history_current(store, window, **query), (window, query)
-        with store._db.writing() as cur:  # a store file from before the table
-            cur.execute("DROP TABLE kpi_current")
+        with store._db.writing() as cur:  # a store file of an earlier version
             cur.execute("CREATE TABLE kpi_current (line VARCHAR)")
         rebuilt = KpiHistory(store._db)
         for window in CURRENT_KINDS:
@@ -448,7 +448,7 @@ def test_current_answers_as_the_whole_history_would(plant: PlantConfig, seed: in
 
 
 def whole_history_current(store: KpiStore, window: str, **query: Any) -> list[dict[str, Any]]:
-    """`current` as it was before kpi_current: the same query over kpi_records."""
+    """`current` as a query over every record kept (kpi_records)."""
     where, params = _filters(query.get("line"), query.get("machine"), query.get("scope", "all"))
     sql = (
         f'SELECT {_COLUMNS} FROM kpi_records WHERE "window" = ?{where} '  # noqa: S608
@@ -677,7 +677,7 @@ def test_the_stores_share_one_connection_that_the_facade_closes(tmp_path: Path) 
     assert [s["machine"] for s in store.stops.query()] == ["m1"]
     store.close()
     with pytest.raises(duckdb.ConnectionException):
-        store.history.current()
+        store.history.history(datetime(2026, 1, 1, tzinfo=UTC))
     with pytest.raises(duckdb.ConnectionException):
         store.status.machines()
     with pytest.raises(duckdb.ConnectionException):
