@@ -25,6 +25,7 @@ SpcRule = Literal[
 SPC_RULES: Final[tuple[SpcRule, ...]] = get_args(SpcRule)
 MAX_R_SUBGROUP: Final = 10  # beyond this the range wastes the data: use xbar_s
 MAX_SUBGROUP: Final = 25
+MAX_EVERY_S: Final = 86_400  # a subgroup a day at the least
 
 
 class _Model(BaseModel):
@@ -75,13 +76,17 @@ class Baseline(_Model):
 
 class SpcChart(_Model):
     """One control chart: `machine`'s `signal`, in subgroups of `subgroup_size` consecutive
-    samples (by time; 1 for individuals). Limits are `limits` if given, else computed
-    from `baseline`, else from all the data charted (a study of the data at hand)."""
+    samples (by time; 1 for individuals), or with `subgroup_every_s`, one subgroup per
+    interval of that length: its first `subgroup_size` samples (a sampling plan such as
+    "five parts every hour" over a signal that reports every part). Limits are `limits`
+    if given, else computed from `baseline`, else from all the data charted (a study of
+    the data at hand)."""
 
     machine: str = Field(min_length=1)
     signal: str = Field(min_length=1)
     chart: ChartKind = "xbar_r"
     subgroup_size: int | None = Field(default=None, ge=1, le=MAX_SUBGROUP)
+    subgroup_every_s: int | None = Field(default=None, ge=1, le=MAX_EVERY_S)
     spec: SpecLimits | None = None
     limits: FixedLimits | None = None
     baseline: Baseline | None = None
@@ -93,6 +98,11 @@ class SpcChart(_Model):
         if self.subgroup_size is not None:
             return self.subgroup_size
         return 1 if self.chart == "imr" else 5
+
+    @property
+    def every_ms(self) -> int | None:
+        """The subgroup interval in ms (None: consecutive subgroups)."""
+        return None if self.subgroup_every_s is None else self.subgroup_every_s * 1000
 
     @property
     def name(self) -> str:

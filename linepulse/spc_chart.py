@@ -4,7 +4,10 @@ the standard constants, the Western Electric / Nelson rules, and Cp, Cpk, Pp, Pp
 Pure: samples (epoch ms, value) in, a JSON-ready study out. Samples are taken in time
 order (ties by value), so the study of a set of samples is the same whatever order they
 arrived in. Subgroups are `subgroup_size` consecutive samples; a last, incomplete one is
-still forming and is left out.
+still forming and is left out. With an interval (`subgroup_every_s`), a subgroup is the
+first `subgroup_size` samples of each interval (intervals from the Unix epoch on, so an
+hour's starts on the hour wherever the zone is a whole number of hours from UTC); the
+rest of the interval is not charted, and an interval with fewer samples gives no point.
 
 The charts (Montgomery, Introduction to Statistical Quality Control, ch. 6):
 
@@ -159,14 +162,22 @@ class Limits:
         }
 
 
-def subgroups(samples: Iterable[tuple[int, float]], size: int) -> list[Subgroup]:
+def subgroups(
+    samples: Iterable[tuple[int, float]], size: int, every_ms: int | None = None
+) -> list[Subgroup]:
     """Consecutive subgroups of `size` in time order (ties by value); an incomplete last
-    one is left out."""
+    one is left out. With `every_ms`, the first `size` samples of each interval of that
+    length instead (none for an interval with fewer)."""
     ordered = sorted(samples)
-    return [
-        Subgroup(chunk[0][0], chunk[-1][0], tuple(v for _, v in chunk))
-        for chunk in (ordered[i : i + size] for i in range(0, len(ordered) - size + 1, size))
-    ]
+    if every_ms is None:
+        chunks = [ordered[i : i + size] for i in range(0, len(ordered) - size + 1, size)]
+    else:
+        chunks = [
+            chunk[:size]
+            for _, group in itertools.groupby(ordered, key=lambda s: s[0] // every_ms)
+            if len(chunk := list(group)) >= size
+        ]
+    return [Subgroup(chunk[0][0], chunk[-1][0], tuple(v for _, v in chunk)) for chunk in chunks]
 
 
 def spreads(kind: ChartKind, groups: Sequence[Subgroup]) -> list[float | None]:
@@ -340,7 +351,7 @@ def study(
     """The chart of `samples` (epoch ms, value): limits, points with the rules they break,
     and capability overall and (with `calendar` and the machine's `line`) per production
     day and shift, each subgroup counted where it ends."""
-    groups = subgroups(samples, chart.size)
+    groups = subgroups(samples, chart.size, chart.every_ms)
     if chart.limits is not None:
         limits = fixed(chart.chart, chart.limits, chart.size)
     elif chart.baseline is not None:
@@ -379,6 +390,7 @@ def study(
         "signal": chart.signal,
         "chart": chart.chart,
         "subgroup_size": chart.size,
+        "subgroup_every_s": chart.subgroup_every_s,
         "subgroups": len(groups),
         "limits": limits.as_dict(),
         "spec": None if chart.spec is None else chart.spec.model_dump(),

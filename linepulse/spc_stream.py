@@ -9,10 +9,15 @@ a subgroup forms from the accepted samples below the watermark (the newest less 
 lateness), in time order. A later accepted sample is never below a watermark already
 passed, so the subgroups are the consecutive chunks of the time-ordered accepted samples
 however the samples were batched, and they equal `linepulse spc`'s over the same samples.
+With an interval (`subgroup_every_s`), an interval's subgroup forms once its first
+`subgroup_size` samples are below the watermark (they are then its first for good), and an
+interval the watermark has passed with fewer gives none; the rest of a charted interval
+is dropped as it comes.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -67,6 +72,9 @@ class SpcStream:
         # the shift reports take a shift's.
         self.kept: deque[Point] = deque()
         self.late = 0  # samples left out: behind the watermark when they came
+        # With intervals: the last interval charted or passed short; its samples and any
+        # before it are not charted.
+        self.done = -1
 
     def add(self, samples: Iterable[tuple[int, float]]) -> list[Point]:
         """Take samples in arrival order; the points they complete, in time order."""
@@ -83,10 +91,16 @@ class SpcStream:
             return []
         water = self.high - self.lateness_ms
         ready = sorted(s for s in self.pending if s[0] < water)
+        waiting = [s for s in self.pending if s[0] >= water]
         size = self.chart.size
-        whole = len(ready) // size * size
-        groups = subgroups(ready[:whole], size)
-        self.pending = [*ready[whole:], *(s for s in self.pending if s[0] >= water)]
+        every = self.chart.every_ms
+        if every is None:
+            whole = len(ready) // size * size
+            groups = subgroups(ready[:whole], size)
+            self.pending = [*ready[whole:], *waiting]
+        else:
+            groups, forming = self._intervals(ready, water, every)
+            self.pending = [*forming, *(s for s in waiting if s[0] // every > self.done)]
         points = []
         kind = self.chart.chart
         for group in groups:
@@ -109,6 +123,28 @@ class SpcStream:
         while self.kept and self.kept[0].end < self.high - KEEP_MS:
             self.kept.popleft()
         return points
+
+    def _intervals(
+        self, ready: list[tuple[int, float]], water: int, every: int
+    ) -> tuple[list[Subgroup], list[tuple[int, float]]]:
+        """The subgroups of the intervals whose first samples are all below the watermark
+        (`ready`, in time order), and the ready samples of the one still forming (only the
+        interval the watermark is in can be: every one before it has ended)."""
+        size = self.chart.size
+        groups: list[Subgroup] = []
+        forming: list[tuple[int, float]] = []
+        for interval, group in itertools.groupby(ready, key=lambda s: s[0] // every):
+            chunk = list(group)
+            if interval <= self.done:
+                continue
+            if len(chunk) >= size:
+                groups += subgroups(chunk[:size], size)
+                self.done = interval
+            elif (interval + 1) * every <= water:
+                self.done = interval  # ended with too few: no point
+            else:
+                forming = chunk
+        return groups, forming
 
     @property
     def shown(self) -> list[Point]:

@@ -403,6 +403,7 @@ def create_app(
                 "line": lines[stream.chart.machine],
                 "kind": stream.chart.chart,
                 "subgroup_size": stream.chart.size,
+                "subgroup_every_s": stream.chart.subgroup_every_s,
                 "limits": {
                     "center": stream.limits.center,
                     "ucl": stream.limits.ucl,

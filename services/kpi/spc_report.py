@@ -49,6 +49,16 @@ def _cap(row: Mapping[str, Any]) -> str:
     )
 
 
+def _every(seconds: int | None) -> str:
+    """` (the first of every 1 h)` for time-based subgroups; nothing for consecutive."""
+    if seconds is None:
+        return ""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f" (the first of every {seconds // size} {unit})"
+    return f" (the first of every {seconds} s)"
+
+
 def spc_text(studies: Sequence[Mapping[str, Any]], zone: ZoneInfo) -> str:
     """Each chart: its limits, the rules broken (the first `SHOWN_VIOLATIONS`, times in
     the plant's zone) and its capability, overall and per shift."""
@@ -58,7 +68,8 @@ def spc_text(studies: Sequence[Mapping[str, Any]], zone: ZoneInfo) -> str:
         kind = result["chart"]
         lines += [
             f"{result['machine']}/{result['signal']}: {_CHART_NAMES[kind]}, subgroups of "
-            f"{result['subgroup_size']}, {result['subgroups']} subgroups",
+            f"{result['subgroup_size']}{_every(result.get('subgroup_every_s'))}, "
+            f"{result['subgroups']} subgroups",
             f"  limits ({limits['source']}): centre {limits['center']:.6g}, "
             f"{limits['lcl']:.6g} to {limits['ucl']:.6g}; {_SPREAD[kind]} centre "
             f"{limits['spread_center']:.4g}, up to {limits['spread_ucl']:.4g}; "

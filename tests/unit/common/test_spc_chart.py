@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from linepulse.calendar import Calendar
 from linepulse.config import ConfigError, parse_config
 from linepulse.spc import SpcChart
-from linepulse.spc_chart import Constants, SpcError, c4, study
+from linepulse.spc_chart import Constants, SpcError, c4, study, subgroups
 
 # Table 6.3: 25 samples of five diameters (mm), each row a sample.
 PHASE_ONE = [
@@ -249,6 +249,33 @@ def test_arrival_order_does_not_matter() -> None:
     assert study(chart(subgroup_size=5), shuffled) == study(chart(subgroup_size=5), ordered)
 
 
+def test_time_based_subgroups_take_the_first_samples_of_each_interval() -> None:
+    """`subgroup_every_s: 60` and size 3: per minute (from the epoch), its first three
+    samples by time, whatever the rest of the minute holds; a minute with two gives none."""
+    t = 1_800_000_000_000 - 1_800_000_000_000 % 60_000  # a whole minute
+    values = [
+        (t + 5_000, 10.0),
+        (t + 1_000, 11.0),
+        (t + 9_000, 12.0),
+        (t + 30_000, 99.0),  # the fourth of the minute: not charted
+        (t + 61_000, 20.0),  # the next minute has two: no point
+        (t + 62_000, 21.0),
+        (t + 120_000, 30.0),
+        (t + 121_000, 30.0),
+        (t + 122_000, 33.0),
+    ]
+    groups = subgroups(values, 3, 60_000)
+    assert [(g.start - t, g.values) for g in groups] == [
+        (1_000, (11.0, 10.0, 12.0)),
+        (120_000, (30.0, 30.0, 33.0)),
+    ]
+    config = chart(subgroup_size=3, subgroup_every_s=60, limits={"center": 20, "sigma": 5})
+    result = study(config, values)
+    assert [p["x"] for p in result["points"]] == [11.0, 31.0]
+    assert [p["spread"] for p in result["points"]] == [2.0, 3.0]
+    assert result["subgroup_every_s"] == 60
+
+
 def test_capability_per_shift_and_day() -> None:
     plant = parse_config(
         {
@@ -300,6 +327,7 @@ BASELINE = {"from": "2026-11-02T06:00:00Z", "to": "2026-11-02T07:00:00Z"}
         ({"spec": {"lsl": 5, "usl": 4}}, "must be below usl"),
         ({"spec": {}}, "give lsl, usl or both"),
         ({"rules": ["9_on_one_side"]}, "8_on_one_side"),
+        ({"subgroup_every_s": 0}, "greater than or equal to 1"),
     ],
 )
 def test_a_chart_configured_wrong_is_refused(fields: dict[str, Any], said: str) -> None:

@@ -40,14 +40,17 @@ def arrivals(draw: st.DrawFn) -> tuple[list[tuple[int, float]], list[int]]:
     return [samples[i] for i in order], sorted(cuts)
 
 
+@pytest.mark.parametrize("every_s", [None, 7])
 @pytest.mark.parametrize("kind", ["xbar_r", "xbar_s", "imr"])
 @settings(max_examples=60, deadline=None)
 @given(data=arrivals())
 def test_live_points_are_the_studys_however_batched(
-    kind: str, data: tuple[list[tuple[int, float]], list[int]]
+    kind: str, every_s: int | None, data: tuple[list[tuple[int, float]], list[int]]
 ) -> None:
+    """Consecutive subgroups, or the first of each 7 s interval (samples a second apart)."""
     sent, cuts = data
-    config = chart(chart=kind, subgroup_size=1 if kind == "imr" else 4)
+    size = 1 if kind == "imr" else 4
+    config = chart(chart=kind, subgroup_size=size, subgroup_every_s=every_s)
     stream = SpcStream(config, LATENESS)
     points = []
     for start, end in zip([0, *cuts], [*cuts, len(sent)], strict=True):
@@ -59,8 +62,10 @@ def test_live_points_are_the_studys_however_batched(
     ]
     # Everything below the watermark is charted; what is left waits for event time.
     water = max(ts for ts, _ in sent) - LATENESS
-    below = sum(1 for ts, _ in sent if ts < water)
-    assert len(points) == below // config.size
+    below = [s for s in sent if s[0] < water]
+    assert len(points) == len(study(config, below)["points"])
+    if every_s is None:
+        assert len(points) == len(below) // config.size
 
 
 def test_a_sample_later_than_the_lateness_is_counted_and_left_out() -> None:
