@@ -41,6 +41,7 @@ from linepulse.spc_stream import Point, SpcStream, charted_samples
 from services.alerts.model import Alert, AlertState, Matcher, Notification, Silence, fingerprint
 from services.alerts.routing import Duty, Group, Router, alert_id, silenced
 from services.alerts.rules import (
+    ChartNews,
     Observations,
     Reading,
     Target,
@@ -140,10 +141,14 @@ class AlertEngine:
             if not points:
                 continue
             formed[name] = points
-            broken = [rule for point in points for rule in point.broken]
-            if name in self._spc_seen:
-                broken = [*self.obs.spc.get(name, ()), *broken]
-            self.obs.spc[name] = tuple(dict.fromkeys(broken))
+            news = ChartNews(
+                max(point.end for point in points),
+                tuple((point.end, rule) for point in points for rule in point.broken),
+            )
+            before = self.obs.spc.get(name)
+            if name in self._spc_seen and before is not None:
+                news = ChartNews(max(before.newest, news.newest), before.broken + news.broken)
+            self.obs.spc[name] = news
             self._spc_seen.add(name)
         return formed
 

@@ -27,6 +27,20 @@ from linepulse.config import PlantConfig
 # (seconds), and the next window's records supersede it at once; 5 min is ample.
 PAST_AFTER_MS = 5 * 60_000
 
+
+@dataclass(frozen=True)
+class ChartNews:
+    """A live chart's subgroups since the last evaluation: the newest one's end (epoch ms)
+    and each rule broken with the end of the subgroup that broke it."""
+
+    newest: int
+    broken: tuple[tuple[int, str], ...] = ()
+
+    def broken_since(self, since: int) -> tuple[str, ...]:
+        """The rules broken by subgroups that ended at or after `since`, once each."""
+        return tuple(dict.fromkeys(rule for end, rule in self.broken if end >= since))
+
+
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
     "<": operator.lt,
     "<=": operator.le,
@@ -87,9 +101,9 @@ class Observations:
     samples: dict[tuple[str, str], Sample] = field(default_factory=dict)
     heard: dict[str, int] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
-    # Per live chart (machine/signal): the rules its newest subgroups broke (empty: in
-    # control), since the engine last evaluated. Not saved: a restarted chart starts over.
-    spc: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Per live chart (machine/signal): its newest subgroups since the engine last
+    # evaluated. Not saved: a restarted chart starts over.
+    spc: dict[str, ChartNews] = field(default_factory=dict)
 
     def add_record(self, record: Mapping[str, Any]) -> None:
         window = record.get("window")
@@ -200,9 +214,12 @@ def read(rule: Rule, obs: Observations, target: Target, now: int) -> Reading:
     if rule.forecast is not None:
         return read_forecast(rule, obs.records.get((target.line, None, "shift")), now)
     if rule.spc is not None:
-        broken = obs.spc.get(rule.spc)
-        if broken is None:
-            return UNKNOWN  # no subgroup yet
+        news = obs.spc.get(rule.spc)
+        # No subgroup yet, or only subgroups of the past (a backlog worked off, a
+        # simulated plant's history): like a KPI record's, they page nobody now.
+        if news is None or now - news.newest > PAST_AFTER_MS:
+            return UNKNOWN
+        broken = news.broken_since(now - PAST_AFTER_MS)
         fields = {"signal": rule.spc.partition("/")[2], "chart": rule.spc}
         return Reading(", ".join(broken) or "in control", bool(broken), not broken, False, fields)
     if rule.kpi is not None:

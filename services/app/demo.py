@@ -60,6 +60,7 @@ from services.ingest.service import ingesters
 from services.ingest.simulator.history import History, onto_sink, previous_shift_start
 from services.ingest.simulator.model import Behaviour
 from services.ingest.simulator.run import run_simulator
+from services.ingest.simulator.scenario import charted_checks
 from services.ingest.spooled_sink import SpooledSink
 from services.kpi.service import ApiSettings, KpiSettings, open_kpi
 from services.kpi.store import KpiStore
@@ -82,6 +83,9 @@ class DemoSettings:
 
 
 PACKAGED = "linepulse/demo/plant.yaml"
+# Every charted signal (the plant's `spc:` with fixed limits) gets a quality check this
+# often while its machine runs: a control chart point a minute on the board.
+QUALITY_CHECK_EVERY_S = 60.0
 # opc.tcp://host[:port][/path]: the path is kept, host and port are replaced.
 _ENDPOINT = re.compile(r"^opc\.tcp://[^/]+(?P<path>/.*)?$")
 
@@ -215,6 +219,7 @@ async def _run(
         return await run_simulator(
             plant, seed=settings.seed, truth=None, stop=stop, ready=ready,
             behaviour=behaviour, history=history,
+            scenario=charted_checks(plant, QUALITY_CHECK_EVERY_S),
         )  # fmt: skip
 
     try:

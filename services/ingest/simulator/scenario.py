@@ -18,7 +18,9 @@ default one changes nothing, so a run without a scenario draws exactly what it a
   outside the specification (the target +- 4 sigma), besides the machine's other rejects,
   and every `every_s` while the machine runs the quality check weighs `burst` parts in a
   row and publishes their weights (an SPC subgroup, 1 ms apart). A drift shows on a
-  control chart of `fill_g` long before it moves the reject counter.
+  control chart of `fill_g` long before it moves the reject counter. `charted_checks`
+  gives every chart of the plant's `spc:` with fixed limits such a check, in control
+  (the demo's charts have something to draw).
 
 A machine's own entry beats its line's. On the command line a scenario is a spec of
 comma-separated items (`parse_scenario`):
@@ -155,6 +157,30 @@ class Scenario:
                     f"which has no {fill.signal!r} node for it: add one, or fill on an MQTT "
                     "machine"
                 )
+
+
+def charted_checks(plant: PlantConfig, every_s: float) -> Scenario:
+    """A quality check of every charted signal with fixed limits (`spc:`) that the
+    simulator can publish: a subgroup of the chart's size every `every_s` while its
+    machine runs, normal around the chart's centre with its sigma, without drift. A
+    chart of a machine on an OPC-UA source without a node for the signal is left out
+    (its server could not publish it)."""
+    on_opcua = {
+        entry.machine: entry.nodes for source in plant.sources.opcua for entry in source.machines
+    }
+    fill = {
+        chart.machine: Fill(
+            every_s=every_s,
+            burst=chart.size,
+            target=chart.limits.center,
+            sigma=chart.limits.sigma,
+            signal=chart.signal,
+        )
+        for chart in plant.spc
+        if chart.limits is not None
+        and (chart.machine not in on_opcua or chart.signal in on_opcua[chart.machine])
+    }
+    return Scenario("charted checks", fill=fill)
 
 
 def parse_scenario(spec: str, plant: PlantConfig) -> Scenario:

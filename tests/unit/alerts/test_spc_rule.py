@@ -20,6 +20,7 @@ from linepulse.config import ConfigError, PlantConfig, parse_config
 from linepulse.events import EVENT_SCHEMA
 from services.alerts.engine import AlertEngine
 from services.alerts.model import AlertState
+from services.alerts.rules import PAST_AFTER_MS
 from services.alerts.service import AlertService
 from services.alerts.store import AlertStore
 from tests.unit.alerts.test_engine import LEAD, T0, make_plant
@@ -83,6 +84,21 @@ def test_a_violation_between_two_evaluations_is_not_missed(tmp_path: Path) -> No
     engine.observe_spc(fills(T0, [505.0] * 5 + [500.0]))
     engine.observe_spc(fills(T0 + 6_000, [500.0] * 5))
     engine.evaluate(T0 + 60_000)
+    (alert,) = engine.alerts(state=AlertState.FIRING)
+    assert "beyond_3sigma" in alert.summary
+
+
+def test_subgroups_of_the_past_page_nobody(tmp_path: Path) -> None:
+    """A backlog worked off (a simulated plant's history, a spool drained): a subgroup
+    that broke a rule more than `PAST_AFTER_MS` before the engine looks pages nobody, as a
+    past KPI record does not; a fresh one does."""
+    engine = AlertEngine(plant(), AlertStore.in_dir(tmp_path))
+    engine.observe_spc(fills(T0, [505.0] * 5 + [500.0] * 6))
+    assert engine.evaluate(T0 + PAST_AFTER_MS + 60_000) == []
+    assert engine.alerts(state=AlertState.FIRING) == []
+    late = T0 + PAST_AFTER_MS
+    engine.observe_spc(fills(late, [505.0] * 5 + [500.0]))
+    engine.evaluate(late + 60_000)
     (alert,) = engine.alerts(state=AlertState.FIRING)
     assert "beyond_3sigma" in alert.summary
 
