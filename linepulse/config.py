@@ -333,6 +333,9 @@ class KafkaSettings(_Model):
     # Operators' reason corrections of stops and their audit trail, one record a
     # correction: compacted; every API replica rebuilds its stops' codes and audit from it.
     reasons: Topic = Topic(name="stops.reasons", partitions=1)
+    # The control charts' subgroups (`spc:` with fixed limits), one record each, from the
+    # KPI worker that owns the machine's line: compacted (keyed by chart and end).
+    spc: Topic = Topic(name="spc.points", partitions=1)
     group: str = Field(default="linepulse-kpi", min_length=1)
     # Where workers keep partition checkpoints: shared by the workers of one group. A
     # relative path is under the data directory (linepulse/data_dir.py).

@@ -146,3 +146,37 @@ def page(title: str, subtitle: str, parts: Iterable[str]) -> str:
             "</body></html>",
         ]
     )
+
+
+def process_control_html(charts: Sequence[Mapping[str, Any]]) -> str:
+    """A shift report's process control section: each control chart of the line over
+    the shift (linepulse/spc_stream.py `chart_summary`); nothing without charts."""
+    if not charts:
+        return ""
+
+    def fig(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    rows = [
+        [
+            html.escape(chart["chart"]),
+            str(chart["subgroups"]),
+            html.escape(", ".join(f"{rule} ×{n}" for rule, n in chart["broken"].items())) or "none",
+            fig(None if chart["capability"] is None else chart["capability"]["cpk"]),
+            fig(None if chart["capability"] is None else chart["capability"]["ppk"]),
+        ]
+        for chart in charts
+    ]
+    head = ["chart", "subgroups", "rules broken", "Cpk", "Ppk"]
+    return heading("Process control") + table(head, rows, numbers=(1, 3, 4))
+
+
+def process_control_text(charts: Sequence[Mapping[str, Any]]) -> str:
+    """The process control section as lines of the mail's text part."""
+    lines = []
+    for chart in charts:
+        broken = ", ".join(f"{rule} x{n}" for rule, n in chart["broken"].items()) or "none"
+        cap = chart["capability"]
+        cpk = "" if cap is None or cap["cpk"] is None else f"; Cpk {cap['cpk']:.2f}"
+        lines.append(f"spc {chart['chart']}: {chart['subgroups']} subgroups, broken: {broken}{cpk}")
+    return "".join(line + "\n" for line in lines)

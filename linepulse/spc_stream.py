@@ -18,14 +18,14 @@ is dropped as it comes.
 from __future__ import annotations
 
 import itertools
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from linepulse.events import reading_as_float
+from linepulse.calendar import utc_text
+from linepulse.events import parse_ts, reading_as_float
 from linepulse.spc import SpcChart
 from linepulse.spc_chart import (
     Limits,
@@ -39,8 +39,6 @@ from linepulse.spc_chart import (
 )
 
 RULE_MEMORY = 7  # the longest rule (8 on one side) looks at the 7 points before a new one
-SHOWN_POINTS = 60  # the last points shown (the board's control chart)
-KEEP_MS = 26 * 3_600_000  # points kept: a day and the shift reports' wait after it
 
 
 @dataclass(frozen=True)
@@ -68,9 +66,6 @@ class SpcStream:
         self.high: int | None = None
         self.pending: list[tuple[int, float]] = []
         self.recent: list[float] = []  # the last points' means, for the rules
-        # The points of the last `KEEP_MS` of event time: the board shows the last of them,
-        # the shift reports take a shift's.
-        self.kept: deque[Point] = deque()
         self.late = 0  # samples left out: behind the watermark when they came
         # With intervals: the last interval charted or passed short; its samples and any
         # before it are not charted.
@@ -119,9 +114,6 @@ class SpcStream:
             points.append(
                 Point(group.start, group.end, group.mean, spread, tuple(broken), group.values)
             )
-        self.kept.extend(points)
-        while self.kept and self.kept[0].end < self.high - KEEP_MS:
-            self.kept.popleft()
         return points
 
     def _intervals(
@@ -146,34 +138,85 @@ class SpcStream:
                 forming = chunk
         return groups, forming
 
-    @property
-    def shown(self) -> list[Point]:
-        """The last `SHOWN_POINTS` points."""
-        return list(self.kept)[-SHOWN_POINTS:]
-
-    def between(self, start: int, end: int) -> list[Point]:
-        """The points kept that end in [start, end)."""
-        return [p for p in self.kept if start <= p.end < end]
-
-    def summary(self, start: int, end: int) -> dict[str, Any]:
-        """The chart over [start, end) (a shift): subgroups, how many broke each rule, and
-        capability with sigma within those subgroups (without `spec`: none)."""
-        points = self.between(start, end)
-        broken: dict[str, int] = {}
-        for point in points:
-            for rule in point.broken:
-                broken[rule] = broken.get(rule, 0) + 1
-        body: dict[str, Any] = {
-            "chart": self.chart.name,
-            "subgroups": len(points),
-            "broken": broken,
-            "capability": None,
+    def snapshot(self) -> dict[str, Any]:
+        """What continues the chart exactly after a restart (a worker's checkpoint):
+        the watermark, the samples waiting, the last means for the rules, the interval
+        done. Points already formed are not in it: they were published."""
+        return {
+            "high": self.high,
+            "pending": list(self.pending),  # copies: the chart goes on while it is saved
+            "recent": list(self.recent),
+            "done": self.done,
+            "late": self.late,
         }
-        spec = self.chart.spec
-        if spec is not None and points:
-            groups = [Subgroup(p.start, p.end, p.values) for p in points]
-            body["capability"] = capability_of(self.chart.chart, groups, spec)
-        return body
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a `snapshot` of the same chart."""
+        self.high = saved["high"]
+        self.pending = [(int(ts), float(value)) for ts, value in saved["pending"]]
+        self.recent = [float(x) for x in saved["recent"]]
+        self.done = int(saved["done"])
+        self.late = int(saved["late"])
+
+
+def chart_summary(chart: SpcChart, points: Sequence[Point]) -> dict[str, Any]:
+    """A chart over a period (a shift's subgroups): how many, how many broke each rule,
+    and capability with sigma within those subgroups (without `spec`: none)."""
+    broken: dict[str, int] = {}
+    for point in points:
+        for rule in point.broken:
+            broken[rule] = broken.get(rule, 0) + 1
+    body: dict[str, Any] = {
+        "chart": chart.name,
+        "subgroups": len(points),
+        "broken": broken,
+        "capability": None,
+    }
+    spec = chart.spec
+    if spec is not None and points:
+        groups = [Subgroup(p.start, p.end, p.values) for p in points]
+        body["capability"] = capability_of(chart.chart, groups, spec)
+    return body
+
+
+def point_of(record: Mapping[str, Any]) -> Point:
+    """A subgroup back from its `spc_record`."""
+    spread = record.get("spread")
+    return Point(
+        parse_ts(record["start"]),
+        parse_ts(record["end"]),
+        float(record["x"]),
+        None if spread is None else float(spread),
+        tuple(record["broken"]),
+        tuple(float(v) for v in record["values"]),
+    )
+
+
+def spc_record(stream: SpcStream, point: Point, line: str) -> dict[str, Any]:
+    """One subgroup as the `spc` topic carries it (docs/spc.md, "SPC records"): the
+    chart, where it stands, the subgroup's statistics and values, the rules it broke and
+    the limits it was judged against. Keyed by `spc_key`."""
+    chart, limits = stream.chart, stream.limits
+    return {
+        "chart": chart.name,
+        "machine": chart.machine,
+        "signal": chart.signal,
+        "line": line,
+        "kind": chart.chart,
+        "subgroup_size": chart.size,
+        "start": utc_text(point.start),
+        "end": utc_text(point.end),
+        "x": point.x,
+        "spread": point.spread,
+        "broken": list(point.broken),
+        "values": list(point.values),
+        "limits": {"center": limits.center, "ucl": limits.ucl, "lcl": limits.lcl},
+    }
+
+
+def spc_key(record: dict[str, Any]) -> bytes:
+    """A subgroup's key: its chart and end (a chart has one subgroup ending at a time)."""
+    return f"{record['chart']}@{record['end']}".encode()
 
 
 def charted_samples(events: pl.DataFrame, charts: Sequence[SpcChart]) -> pl.DataFrame:

@@ -50,11 +50,11 @@ from linepulse.config import KafkaSettings, Topic
 
 log = logging.getLogger(__name__)
 
-TopicRole = Literal["telemetry", "kpi", "dlq", "status", "reasons", "alerts"]  # `kafka:`'s
+TopicRole = Literal["telemetry", "kpi", "dlq", "status", "reasons", "alerts", "spc"]  # `kafka:`'s
 TOPIC_ROLES: Final[tuple[TopicRole, ...]] = get_args(TopicRole)
-COMPACTED: Final[frozenset[TopicRole]] = frozenset({"kpi", "status", "reasons", "alerts"})
+COMPACTED: Final[frozenset[TopicRole]] = frozenset({"kpi", "status", "reasons", "alerts", "spc"})
 # What the KPI worker reads and writes (the alerts topic is the alerts service's alone).
-KPI_ROLES: Final[tuple[TopicRole, ...]] = ("telemetry", "kpi", "dlq", "status")
+KPI_ROLES: Final[tuple[TopicRole, ...]] = ("telemetry", "kpi", "dlq", "status", "spc")
 
 CLEANUP_POLICY: Final = "cleanup.policy"
 # How long a topic this process has just created may take to show in the metadata.

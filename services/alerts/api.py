@@ -32,7 +32,6 @@ from linepulse.errors import ErrorDetail
 from linepulse.http.api import create_api, metrics_response
 from linepulse.http.guard import GUARD_RESPONSES, install
 from linepulse.http.settings import ApiAccess
-from linepulse.spc_stream import SHOWN_POINTS
 from services.alerts.channels import rfc3339
 from services.alerts.engine import AlertEngine
 from services.alerts.errors import (
@@ -382,46 +381,6 @@ def create_app(
     ) -> list[dict[str, Any]]:
         check_scope(plant, line, None)
         return notes.of_shift(line, date_, shift)
-
-    @app.get(
-        "/v1/spc",
-        summary="The control charts followed live, with their last points",
-        description=(
-            "Each chart an `spc` rule follows (docs/spc.md): its limits and its last "
-            f"{SHOWN_POINTS} subgroups (end, mean, spread, rules broken), oldest first. "
-            "Kept by the instance that follows the telemetry (the active one when "
-            "replicated), in memory: a restart starts the charts over."
-        ),
-    )
-    async def spc_charts() -> list[dict[str, Any]]:
-        lines = {m: line.id for m, (line, _) in plant.machines().items()}
-        return [
-            {
-                "chart": name,
-                "machine": stream.chart.machine,
-                "signal": stream.chart.signal,
-                "line": lines[stream.chart.machine],
-                "kind": stream.chart.chart,
-                "subgroup_size": stream.chart.size,
-                "subgroup_every_s": stream.chart.subgroup_every_s,
-                "limits": {
-                    "center": stream.limits.center,
-                    "ucl": stream.limits.ucl,
-                    "lcl": stream.limits.lcl,
-                },
-                "late": stream.late,
-                "points": [
-                    {
-                        "end": rfc3339(point.end),
-                        "x": point.x,
-                        "spread": point.spread,
-                        "broken": list(point.broken),
-                    }
-                    for point in stream.shown
-                ],
-            }
-            for name, stream in engine.charts.items()
-        ]
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -37,7 +37,7 @@ from linepulse.calendar import Calendar, ShiftSpan, iso_week, ms_to_local_date, 
 from linepulse.config import PlantConfig
 from linepulse.figures import count, percent
 from linepulse.pdf import PdfError, Printer, no_browser_detail
-from linepulse.report_page import heading, pdf_name, table
+from linepulse.report_page import heading, pdf_name, process_control_text, table
 from linepulse.runtime import wait_set
 from services.alerts.model import Alert, Notification
 from services.alerts.notes import notes_html, notes_text
@@ -85,7 +85,6 @@ class ShiftReportSender:
         *,
         alerts: Callable[[str], list[Alert]] = lambda line: [],
         notes: Callable[[str, date, str], list[dict[str, Any]]] = lambda line, day, shift: [],
-        spc: Callable[[ShiftSpan], list[dict[str, Any]]] = lambda span: [],
         clock: Callable[[], float] = time.time,
         client: httpx.AsyncClient | None = None,
         printer: Printer | None = None,
@@ -95,7 +94,6 @@ class ShiftReportSender:
         self.outbox = outbox
         self.alerts = alerts  # a line's alerts, open and recently resolved (the engine's)
         self.notes = notes  # a shift's notes (services/alerts/notes.py)
-        self.spc = spc  # the line's live control charts over a shift (linepulse/spc_stream)
         self.duty = Duty(plant)
         self.calendar: Calendar = self.duty.calendar
         self._clock = clock
@@ -274,15 +272,19 @@ class ShiftReportSender:
                 span = due.span
                 raised = shift_alerts(self.alerts(span.line), span)
                 written = self.notes(span.line, span.day, span.name)
-                charts = self.spc(span)
-                document = {**document, "notes": written, "alerts": raised, "spc": charts}
-                added = notes_html(written) + alerts_html(raised) + spc_html(charts)
+                document = {**document, "notes": written, "alerts": raised}
+                # (The KPI API's page has the process control section, from its spc topic.)
+                added = notes_html(written) + alerts_html(raised)
                 page = page.replace("</body>", added + "</body>", 1)
                 subject = (
                     f"Shift report {due.name}: OEE {percent(document['kpis']['oee'])}, "
                     f"output {count(document['output']['count'])}"
                 )
-                text = _text(document) + notes_text(written) + spc_text(charts)
+                text = (
+                    _text(document)
+                    + notes_text(written)
+                    + process_control_text(document.get("process_control", []))
+                )
             else:
                 whole = document["plant"]
                 cost = whole["loss_cost"]
@@ -450,40 +452,6 @@ def alerts_html(raised: dict[str, Any]) -> str:
         else ""
     )
     return f'{heading("Alerts")}<p style="margin:0 0 8px 0;">{summary}</p>{listed}'
-
-
-def spc_html(charts: list[dict[str, Any]]) -> str:
-    """The report page's process control section: each live chart of the line over the
-    shift (linepulse/spc_stream.py `summary`); nothing without charts."""
-    if not charts:
-        return ""
-
-    def fig(value: float | None) -> str:
-        return "–" if value is None else f"{value:.2f}"
-
-    rows = [
-        [
-            html.escape(chart["chart"]),
-            str(chart["subgroups"]),
-            html.escape(", ".join(f"{rule} ×{n}" for rule, n in chart["broken"].items())) or "none",
-            fig(None if chart["capability"] is None else chart["capability"]["cpk"]),
-            fig(None if chart["capability"] is None else chart["capability"]["ppk"]),
-        ]
-        for chart in charts
-    ]
-    head = ["chart", "subgroups", "rules broken", "Cpk", "Ppk"]
-    return heading("Process control") + table(head, rows, numbers=(1, 3, 4))
-
-
-def spc_text(charts: list[dict[str, Any]]) -> str:
-    """The process control section as lines of the mail's text part."""
-    lines = []
-    for chart in charts:
-        broken = ", ".join(f"{rule} x{n}" for rule, n in chart["broken"].items()) or "none"
-        cap = chart["capability"]
-        cpk = "" if cap is None or cap["cpk"] is None else f"; Cpk {cap['cpk']:.2f}"
-        lines.append(f"spc {chart['chart']}: {chart['subgroups']} subgroups, broken: {broken}{cpk}")
-    return "".join(line + "\n" for line in lines)
 
 
 def _minutes(seconds: float | None) -> str:

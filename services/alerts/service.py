@@ -32,7 +32,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import orjson
 import polars as pl
@@ -41,7 +40,6 @@ from prometheus_client import CollectorRegistry
 
 from linepulse.bus import AIOKAFKA, KafkaClients
 from linepulse.bus.topics import TopicRole, check_topics
-from linepulse.calendar import ShiftSpan
 from linepulse.config import PlantConfig
 from linepulse.events import reading_as_float
 from linepulse.http.settings import ApiAccess
@@ -204,7 +202,6 @@ class AlertService:
             self.outbox,
             alerts=lambda line: self.engine.alerts(line=line),
             notes=notes.of_shift,
-            spc=self._spc_of_shift,
         )
         await sender.run(stop)
 
@@ -276,15 +273,6 @@ class AlertService:
                 self.engine.observe_samples(latest.iter_rows(), int(time.time() * 1000))
         finally:
             await consumer.stop()
-
-    def _spc_of_shift(self, span: ShiftSpan) -> list[dict[str, Any]]:
-        """The line's live charts over a shift, for its report."""
-        machines = self.plant.machines()
-        return [
-            stream.summary(span.start, span.end)
-            for stream in self.engine.charts.values()
-            if machines[stream.chart.machine][0].id == span.line
-        ]
 
     def _count_spc(self, formed: dict[str, list[Point]]) -> None:
         """The live charts' new subgroups into /metrics."""

@@ -40,6 +40,8 @@ from linepulse.http.settings import ApiAccess
 from linepulse.pdf import Printer
 from linepulse.records import KpiRecord
 from linepulse.report_page import pdf_name
+from linepulse.spc_chart import fixed
+from linepulse.spc_stream import chart_summary, point_of
 from services.kpi.board.board import mount_board  # live board (issue 6)
 from services.kpi.current import Scope
 from services.kpi.errors import BadRequest, NotFound
@@ -539,6 +541,72 @@ def create_app(
         scope_lines = [line] if line is not None else list(lines)
         return _json(trends(records, calendar, scope_lines, weeks, line))
 
+    live_charts = {chart.name: chart for chart in plant.spc if chart.limits is not None}
+
+    def charts_over(
+        line: str | None, chart: str | None, start: datetime | None, end: datetime | None
+    ) -> list[dict[str, Any]]:
+        """Each control chart of `line` (or `chart`, or all) over [start, end): its
+        summary (`chart_summary`) and its subgroups, from the spc topic."""
+        names = [
+            name
+            for name, each in live_charts.items()
+            if (line is None or machines[each.machine] == line) and chart in (None, name)
+        ]
+        by_chart: dict[str, list[dict[str, Any]]] = {}
+        for record in store.spc.points(line=line, chart=chart, start=start, end=end):
+            by_chart.setdefault(record["chart"], []).append(record)
+        out = []
+        for name in names:
+            each, points = live_charts[name], by_chart.get(name, [])
+            assert each.limits is not None  # noqa: S101 - live charts have fixed limits
+            limits = fixed(each.chart, each.limits, each.size)
+            out.append(
+                {
+                    **chart_summary(each, [point_of(record) for record in points]),
+                    "machine": each.machine,
+                    "signal": each.signal,
+                    "line": machines[each.machine],
+                    "kind": each.chart,
+                    "limits": {"center": limits.center, "ucl": limits.ucl, "lcl": limits.lcl},
+                    "points": points,
+                }
+            )
+        return out
+
+    @app.get(
+        "/v1/spc",
+        tags=["quality"],
+        summary="Control charts: each chart's subgroups and their summary over a time range",
+        description=(
+            "The subgroups of the plant's control charts (`spc:` with fixed limits) that "
+            "ended in [from, to), as the KPI worker put them on the spc topic "
+            "(docs/spc.md): statistics, values, the rules each broke and the limits; per "
+            "chart, how many broke each rule and capability (Cp, Cpk, Pp, Ppk with a "
+            "`spec`). Without `from` and `to`: the current shift, as the Pareto."
+        ),
+    )
+    def spc_points(
+        line: LineParam = None,
+        chart: Annotated[
+            str | None, Query(description="a chart, `machine/signal`; all if left out")
+        ] = None,
+        from_: FromParam = None,
+        to: ToParam = None,
+    ) -> Response:
+        if chart is not None and chart not in live_charts:
+            said = ", ".join(live_charts) or "none"
+            raise NotFound(f"no chart {chart!r} with fixed limits in spc: (there are: {said})")
+        start, end, shift = shift_or_range(line, from_, to)
+        return _json(
+            {
+                "from": _utc(start),
+                "to": _utc(end),
+                "shift": shift,
+                "charts": charts_over(line, chart, start, end),
+            }
+        )
+
     @app.get(
         "/v1/costs",
         response_model=CostAnswer,
@@ -627,6 +695,12 @@ def create_app(
         )
         machine_records = [r for r in records if r["machine"] is not None]
         report = shift_report(pricing, span, line_record, machine_records, earlier, stops)
+        shift_start = datetime.fromtimestamp(span.start / 1000, UTC)
+        shift_end = datetime.fromtimestamp(span.end / 1000, UTC)
+        report["process_control"] = [
+            {key: value for key, value in chart.items() if key != "points"}
+            for chart in charts_over(line, None, shift_start, shift_end)
+        ]
         return span, report
 
     @app.get(

@@ -63,6 +63,8 @@ class Store(Protocol):
     @property
     def status(self) -> Table: ...
     @property
+    def spc(self) -> Table: ...
+    @property
     def stops(self) -> Corrections: ...
 
 
@@ -75,7 +77,7 @@ REASONS_READ_TIMEOUT_S = 10.0
 
 
 class Materializer:
-    TOPICS: tuple[TopicRole, ...] = ("kpi", "status", "reasons")
+    TOPICS: tuple[TopicRole, ...] = ("kpi", "status", "reasons", "spc")
 
     def __init__(
         self,
@@ -164,6 +166,7 @@ class Materializer:
         stamps = None if self._trace is None or not batch else self._trace.batch()
         records: list[dict[str, Any]] = []
         statuses: list[dict[str, Any]] = []
+        subgroups: list[dict[str, Any]] = []  # control charts' (the spc topic)
         corrections: list[dict[str, Any]] = []
         withdrawn: list[tuple[str, int]] = []
         for tp, messages in batch.items():
@@ -172,7 +175,9 @@ class Materializer:
             if tp == self._reasons_tp:
                 self._read_corrections(tp, messages, corrections, withdrawn)
                 continue
-            target = statuses if tp.topic == self.kafka.status.name else records
+            target = {self.kafka.status.name: statuses, self.kafka.spc.name: subgroups}.get(
+                tp.topic, records
+            )
             for message in messages:
                 try:
                     target.append(orjson.loads(message.value))
@@ -186,7 +191,9 @@ class Materializer:
             records = await asyncio.to_thread(store, records)
             self.records += len(records)
         if statuses:  # a few statements per poll, whatever its size (stops.py)
-            await asyncio.to_thread(self._upsert_status, statuses)
+            await asyncio.to_thread(self._upsert_each, self.store.status, statuses, "status")
+        if subgroups:
+            await asyncio.to_thread(self._upsert_each, self.store.spc, subgroups, "subgroup")
         if corrections or withdrawn:
             await asyncio.to_thread(self.store.stops.apply_corrections, corrections, withdrawn)
         if stamps is not None:
@@ -216,19 +223,20 @@ class Materializer:
                 self.bad += 1
                 log.warning("%s@%d: not a correction (%s); skipped", tp, message.offset, error)
 
-    def _upsert_status(self, statuses: list[dict[str, Any]]) -> None:
-        """Like `_upsert`: a malformed status is logged and skipped, never fatal."""
+    def _upsert_each(self, table: Table, rows: list[dict[str, Any]], what: str) -> None:
+        """Like `_upsert`: a malformed status or subgroup is logged and skipped, never
+        fatal."""
         try:
-            self.store.status.upsert(statuses)
+            table.upsert(rows)
             return
         except LinePulseError as error:
-            log.warning("a batch of %d statuses was refused (%s)", len(statuses), error)
-        for status in statuses:
+            log.warning("a batch of %d %s records was refused (%s)", len(rows), what, error)
+        for row in rows:
             try:
-                self.store.status.upsert([status])
+                table.upsert([row])
             except LinePulseError as error:
                 self.bad += 1
-                log.warning("status skipped: %s", error)
+                log.warning("%s skipped: %s", what, error)
 
     def _store(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Upsert a batch and set the KPI gauges from what was kept, off the event loop:

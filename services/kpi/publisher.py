@@ -33,6 +33,7 @@ from linepulse.bus import Producer
 from linepulse.bus.telemetry_writer import send_telemetry, telemetry_record
 from linepulse.config import KafkaSettings, WindowKind
 from linepulse.events import Decoded
+from linepulse.spc_stream import spc_key
 from services.kpi.machine_status import StatusRecord, status_key
 from services.kpi.metrics import KpiMetrics
 
@@ -197,6 +198,15 @@ class KpiPublisher:
         for record in records:
             self._inflight.append(
                 await self.producer.send(topic, value=orjson.dumps(record), key=status_key(record))
+            )
+
+    async def spc_points(self, records: list[dict[str, Any]]) -> None:
+        """Control chart subgroups (linepulse/spc_stream.py `spc_record`), keyed by chart
+        and end: a subgroup published again after a restart replaces itself."""
+        topic = self.kafka.spc.name
+        for record in records:
+            self._inflight.append(
+                await self.producer.send(topic, value=orjson.dumps(record), key=spc_key(record))
             )
 
     async def forward(self, topic: str, home: int, events: pl.DataFrame) -> None:

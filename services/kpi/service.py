@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 # The API's topics: the materializer reads kpi and status, reason corrections go to
 # telemetry. The worker uses every topic (it writes dead letters too).
-API_TOPICS: tuple[TopicRole, ...] = ("telemetry", "kpi", "status", "reasons")
+API_TOPICS: tuple[TopicRole, ...] = ("telemetry", "kpi", "status", "reasons", "spc")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from linepulse.report_page import (
     losses_table,
     money,
     page,
+    process_control_html,
     table,
 )
 from services.kpi.money import losses_cost
@@ -268,5 +269,6 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
             ],
             numbers=(1,),
         ),
+        process_control_html(report.get("process_control", [])),
     ]
     return page(title, subtitle, parts)

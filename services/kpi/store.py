@@ -6,6 +6,7 @@ statuses and the stop log, each behind its own object.
 | `history`  | services/kpi/history.py       | every KPI record, one row per key         |
 | `status`   | services/kpi/status_store.py  | each machine's last known state           |
 | `stops`    | services/kpi/stops.py         | stops and the audit of reason corrections |
+| `spc`      | services/kpi/spc_store.py     | control chart subgroups                   |
 
 They share one connection (services/kpi/database.py), so a batch of statuses and the
 stops it opens and closes commit together; `KpiStore` opens it, creates or migrates the
@@ -24,6 +25,7 @@ from linepulse.config import PlantConfig
 from services.kpi.current import Scope
 from services.kpi.database import Database
 from services.kpi.history import KpiHistory
+from services.kpi.spc_store import SpcPoints
 from services.kpi.status_store import StatusStore
 from services.kpi.stops import StopLog
 
@@ -41,6 +43,7 @@ class KpiStore:
             self.history = KpiHistory(self._db)
             self.stops = StopLog(self._db, plant)
             self.status = StatusStore(self._db, plant, self.stops)
+            self.spc = SpcPoints(self._db)
         except BaseException:
             self._db.close()
             raise

@@ -37,6 +37,7 @@ from linepulse.bus.polling import poll_fresh
 from linepulse.bus.topics import KPI_ROLES, check_topics
 from linepulse.config import KafkaSettings, WindowKind
 from linepulse.events import EARLIEST_MS, Decoded, empty_events, reason_kind
+from linepulse.spc_stream import SpcStream, charted_samples, spc_record
 from linepulse.wire import decode_records
 from services.kpi import machine_status
 from services.kpi.checkpoint import CheckpointError, DirectoryStore, dump_state, load_state
@@ -83,6 +84,8 @@ class Partition:
     state: CoreState
     offset: int  # the next offset to read; the checkpoint covers everything before it
     statuses: dict[str, MachineStatus] = field(default_factory=dict)
+    # The control charts (`spc:` with fixed limits) of its lines' machines, by name.
+    charts: dict[str, SpcStream] = field(default_factory=dict)
     dirty: bool = False
     # Window kinds whose open records a step of it left out since they were last built:
     # built by a step without events once due, if no telemetry brings one sooner.
@@ -113,6 +116,8 @@ class KpiWorker:
         self.stats = WorkerStats()
         self._homes: HomePartitions | None = None
         self._lines = {m: line.id for m, (line, _) in core.plant.machines().items()}
+        # Charts followed live: those with fixed limits (the others are studies).
+        self._charts = [chart for chart in core.plant.spc if chart.limits is not None]
         self._consumer: Consumer | None = None
         self._behind: asyncio.Task[None] | None = None  # the checkpoint behind the loop
         self._publisher: KpiPublisher | None = None
@@ -257,6 +262,7 @@ class KpiWorker:
             state: CoreState | None = None
             offset = 0
             statuses: dict[str, MachineStatus] = {}
+            charts = self._charts_of(tp.partition)
             if data is not None:
                 try:
                     state, offset, extra = load_state(self.core, data)
@@ -264,6 +270,9 @@ class KpiWorker:
                         m: MachineStatus(**fields)
                         for m, fields in extra.get("statuses", {}).items()
                     }
+                    for name, saved in extra.get("spc", {}).items():
+                        if name in charts:  # (a chart since removed from the config is not)
+                            charts[name].restore(saved)
                 except CheckpointError as error:
                     log.error("partition %d: %s; starting from the beginning", tp.partition, error)
             if state is None:
@@ -277,8 +286,18 @@ class KpiWorker:
                 consumer.seek(tp, 0)
             else:
                 consumer.seek(tp, offset)
-            self.parts[tp.partition] = Partition(state, offset, statuses)
+            self.parts[tp.partition] = Partition(state, offset, statuses, charts)
             log.info("partition %d: resuming at offset %d", tp.partition, offset)
+
+    def _charts_of(self, partition: int) -> dict[str, SpcStream]:
+        """New live charts of the machines whose line's home is `partition`."""
+        homes = self._homes
+        lines = None if homes is None else homes.lines_of(partition)
+        return {
+            chart.name: SpcStream(chart, self.core.lateness_ms)
+            for chart in self._charts
+            if lines is None or self._lines[chart.machine] in lines
+        }
 
     async def release(self, revoked: Iterable[TopicPartition]) -> None:
         numbers = [tp.partition for tp in revoked if tp.partition in self.parts]
@@ -348,6 +367,8 @@ class KpiWorker:
                 self._lines, part.statuses, local, output.states
             )
             await publisher.statuses(changes)
+            if part.charts:
+                await publisher.spc_points(self._chart(part, local))
             self.stats.events += decoded.events.height + len(decoded.rejected)
             self._observe(decoded, output, tp.partition)
         publisher.reap()
@@ -355,6 +376,19 @@ class KpiWorker:
             stamps.write()
         self.stats.batches += 1
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
+
+    def _chart(self, part: Partition, events: pl.DataFrame) -> list[dict[str, Any]]:
+        """The subgroups the partition's charts complete with `events`, as `spc` records."""
+        rows = charted_samples(events, [stream.chart for stream in part.charts.values()])
+        by_chart: dict[str, list[tuple[int, float]]] = {}
+        for ts, machine, signal, value in rows.iter_rows():
+            by_chart.setdefault(f"{machine}/{signal}", []).append((ts, value))
+        records = []
+        for name, samples in by_chart.items():
+            stream = part.charts[name]
+            line = self._lines[stream.chart.machine]
+            records += [spc_record(stream, point, line) for point in stream.add(samples)]
+        return records
 
     def _split_home(
         self, events: pl.DataFrame, partition: int
@@ -432,15 +466,19 @@ class KpiWorker:
                 await running
 
     def _snapshot(self, numbers: list[int]) -> list[tuple[int, CoreState, int, dict[str, Any]]]:
-        """(partition, state, offset, statuses) of the dirty ones among `numbers`, as they
-        are now; a partition the loop steps on afterwards is dirty again."""
+        """(partition, state, offset, extra) of the dirty ones among `numbers`, as they
+        are now (extra: machine statuses and live charts); a partition the loop steps on
+        afterwards is dirty again."""
         snapshot = []
         for number in numbers:
             part = self.parts.get(number)
             if part is None or not part.dirty:
                 continue
-            statuses = {m: dict(vars(status)) for m, status in part.statuses.items()}
-            snapshot.append((number, part.state, part.offset, statuses))
+            extra = {
+                "statuses": {m: dict(vars(status)) for m, status in part.statuses.items()},
+                "spc": {name: stream.snapshot() for name, stream in part.charts.items()},
+            }
+            snapshot.append((number, part.state, part.offset, extra))
             part.dirty = False
         return snapshot
 
@@ -457,10 +495,8 @@ class KpiWorker:
         await publisher.settle()
         started = time.perf_counter()
         offsets = {}
-        for number, state, offset, statuses in snapshot:
-            await asyncio.to_thread(
-                self._save, self._checkpoint_name(number), state, offset, statuses
-            )
+        for number, state, offset, extra in snapshot:
+            await asyncio.to_thread(self._save, self._checkpoint_name(number), state, offset, extra)
             offsets[TopicPartition(self.kafka.telemetry.name, number)] = offset
             self.stats.checkpoints += 1
         try:
@@ -469,10 +505,8 @@ class KpiWorker:
             log.warning("offset commit failed (%s); the checkpoints hold the offsets", error)
         self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
 
-    def _save(
-        self, name: str, state: CoreState, offset: int, statuses: dict[str, dict[str, Any]]
-    ) -> None:
-        self.store.save(name, dump_state(state, offset, {"statuses": statuses}))
+    def _save(self, name: str, state: CoreState, offset: int, extra: dict[str, Any]) -> None:
+        self.store.save(name, dump_state(state, offset, extra))
 
     def _checkpoint_name(self, partition: int) -> str:
         return f"{self.kafka.group}.{self.kafka.telemetry.name}.{partition}"

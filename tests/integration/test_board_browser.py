@@ -407,7 +407,7 @@ def alerts_api(
     """The alerts API over `plant` on a loopback port, its engine given `prepare(engine,
     now_ms)` and evaluated once, writes with `token`. CORS is open to the board, the
     change the alerts service needs for a board on another origin: the page reads
-    /v1/alerts and /v1/spc and posts acks and notes with a bearer token (preflight)."""
+    /v1/alerts and posts acks and notes with a bearer token (preflight)."""
 
     def make_app() -> FastAPI:
         engine = AlertEngine(plant, AlertStore.in_dir(folder))

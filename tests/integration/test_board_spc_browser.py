@@ -1,12 +1,12 @@
-"""The control chart on the live board (issue 21), in headless Chromium: the alerts
-service follows a fill weight live (an `spc` rule); `GET /v1/spc` gives its limits and
-last subgroups, and the line's card draws them: the centre line, the limits, the means,
-a red dot on each subgroup that broke a rule, and the chart's state. The screenshot is
-docs/spc-chart.png."""
+"""The control chart on the live board (issue 21), in headless Chromium: a drifting fill
+weight's subgroups, as the KPI worker puts them on the spc topic, in the API's store;
+`GET /v1/spc` gives the chart's limits and subgroups, and the line's card draws the last
+of them: the centre line, the limits, the means, a red dot on each subgroup that broke a
+rule, and the chart's state. The screenshot is docs/spc-chart.png."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,9 @@ import pytest
 
 from linepulse.config import PlantConfig, parse_config
 from linepulse.events import EVENT_SCHEMA
-from services.alerts.engine import AlertEngine
+from linepulse.spc_stream import SpcStream, spc_record
 from services.kpi.store import KpiStore
-from tests.integration.test_board_browser import INSTALL_HINT, Served, alerts_api, board_page
+from tests.integration.test_board_browser import INSTALL_HINT, board_page
 from tests.integration.test_board_layout_browser import serve_board
 
 pytestmark = pytest.mark.integration
@@ -69,33 +69,30 @@ def fill_weights(start: int) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=EVENT_SCHEMA, orient="row")
 
 
-@pytest.fixture
-def alerts(tmp_path: Path) -> Iterator[Served]:
-    """The alerts API having followed the drifting fill weight: the rule fired."""
+def subgroups(start: int) -> list[dict[str, Any]]:
+    """The drifting fill weight's subgroups as the KPI worker publishes them."""
+    config = plant()
+    stream = SpcStream(config.spc[0], 0)
+    events = fill_weights(start)
+    points = stream.add(
+        (ts, float(value)) for ts, value in events.select("ts", "value_num").iter_rows()
+    )
+    return [spc_record(stream, point, "fill") for point in points]
 
-    def drift(engine: AlertEngine, now: int) -> None:
-        engine.observe_spc(fill_weights(now - 60 * 60_000))
 
-    with alerts_api(plant(), tmp_path / "alerts", drift) as served:
-        yield served
-
-
-def test_the_board_draws_the_control_chart_of_a_drifting_fill_weight(
-    tmp_path: Path, alerts: Served
-) -> None:
+def test_the_board_draws_the_control_chart_of_a_drifting_fill_weight(tmp_path: Path) -> None:
     try:
         from playwright.sync_api import expect
     except ImportError:
         pytest.fail(INSTALL_HINT, pytrace=False)
-    (chart,) = httpx.get(alerts.url + "/v1/spc").json()
-    assert chart["chart"] == CHART
-    broken = [p for p in chart["points"] if p["broken"]]
-    assert broken, "the drift broke no rule"
-    firing = httpx.get(alerts.url + "/v1/alerts", params={"state": "firing"}).json()
-    assert [a["rule"] for a in firing] == ["fill-drift"]
     with KpiStore(tmp_path / "kpi.duckdb", plant()) as store:
-        kpi = serve_board(plant(), store, alerts.url)
+        store.spc.upsert(subgroups(int(time.time() * 1000) - 60 * 60_000))
+        kpi = serve_board(plant(), store, None)
         try:
+            (chart,) = httpx.get(kpi.url + "/v1/spc").json()["charts"]
+            assert chart["chart"] == CHART
+            broken = [p for p in chart["points"] if p["broken"]]
+            assert broken, "the drift broke no rule"
             # A phone-wide card: the chart as a shift lead sees it on the floor.
             with board_page(kpi.url, 640, 900) as (page, errors):
                 panel = page.locator('[data-spc="fill"]')

@@ -21,7 +21,7 @@ from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig
 from linepulse.figures import percent
 from linepulse.spc import SpcChart
-from linepulse.spc_stream import SpcStream
+from linepulse.spc_stream import SpcStream, spc_record
 from services.alerts.metrics import AlertMetrics
 from services.alerts.model import Alert, AlertState
 from services.alerts.notes import ShiftNotes
@@ -81,7 +81,20 @@ def plant_with_mail(smtp_port: int, api_url: str) -> PlantConfig:
         "manager": "max",
         "reports": {"api_url": api_url, "to": ["next_lead", "manager"], "after": AFTER_S},
     }
-    return classic(shifts=[early, late], alerts=alerts)
+    spc = [FILL_CHART.model_dump(mode="json", exclude_none=True)]
+    return classic(shifts=[early, late], alerts=alerts, spc=spc)
+
+
+def fill_subgroups() -> list[dict[str, Any]]:
+    """A fill weight charted on filler-1 through the early shift, as the KPI worker puts
+    it on the spc topic: one subgroup beyond its upper limit at 09:00."""
+    fill = SpcStream(FILL_CHART, 0)
+    points = []
+    for minute in range(8 * 60):
+        at_ms = int((SHIFT_END - 8 * 3600 + minute * 60) * 1000)
+        weight = 505.0 if minute == 180 else 500.0 + (minute % 5 - 2) * 0.3
+        points += fill.add([(at_ms + k, weight + k * 0.1) for k in range(5)])
+    return [spc_record(fill, point, "line-1") for point in points]
 
 
 async def deliver(outbox: Outbox, smtp: SmtpReceiver, count: int) -> None:
@@ -97,7 +110,12 @@ async def deliver(outbox: Outbox, smtp: SmtpReceiver, count: int) -> None:
 
 async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Path) -> None:
     async with SmtpReceiver() as smtp:
-        with classic_api(tmp_path, plant_with_mail(smtp.port, "http://127.0.0.1:1")) as url:
+        subgroups = fill_subgroups()
+        with classic_api(
+            tmp_path,
+            plant_with_mail(smtp.port, "http://127.0.0.1:1"),
+            lambda store: store.spc.upsert(subgroups),
+        ) as url:
             plant = plant_with_mail(smtp.port, url)
             assert plant.alerts.reports is not None
             settings = plant.alerts.reports
@@ -108,14 +126,6 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
                 handover = "nozzle 3 drips <again>\nspare ordered"
                 notes.add("line-1", handover, "bob", int((SHIFT_END - 600) * 1000))
 
-                # A fill weight charted live on filler-1 through the shift: one subgroup
-                # beyond its upper limit at 09:00.
-                fill = SpcStream(FILL_CHART, 0)
-                for minute in range(8 * 60):
-                    at_ms = int((SHIFT_END - 8 * 3600 + minute * 60) * 1000)
-                    weight = 505.0 if minute == 180 else 500.0 + (minute % 5 - 2) * 0.3
-                    fill.add([(at_ms + k, weight + k * 0.1) for k in range(5)])
-
                 def sender(outbox: Outbox, at: float) -> ShiftReportSender:
                     clock = lambda: at  # noqa: E731
                     return ShiftReportSender(
@@ -124,7 +134,6 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
                         outbox,
                         alerts=alerts,
                         notes=notes.of_shift,
-                        spc=lambda span: [fill.summary(span.start, span.end)],
                         clock=clock,
                         client=client,
                     )

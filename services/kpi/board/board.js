@@ -881,9 +881,11 @@
 
   // -- control charts (SPC) ----------------------------------------------------------------
 
-  // The charts the alerts service follows live (GET /v1/spc), each on its line's card:
-  // the subgroup means, the centre line, the control limits, the points that broke a rule.
+  // The plant's control charts over the current shift (GET /v1/spc of this API, from the
+  // spc topic), each on its line's card: the last subgroup means, the centre line, the
+  // control limits, the points that broke a rule.
   let spcCharts = null;
+  const SPC_SHOWN = 60;
 
   function controlChart(chart) {
     const W = 300, H = 90, PAD = 8;
@@ -939,11 +941,12 @@
 
   async function refreshSpc() {
     try {
-      const response = await fetch(config.alerts_url + "/v1/spc", { cache: "no-store" });
-      if (!response.ok) return; // an alerts API without charts, or a standby: no panel
-      spcCharts = await response.json();
+      const response = await fetch("/v1/spc", { cache: "no-store" });
+      if (!response.ok) return; // no charts to draw: no panel
+      const answer = await response.json();
+      spcCharts = answer.charts.map((chart) => ({ ...chart, points: chart.points.slice(-SPC_SHOWN) }));
     } catch (error) {
-      return; // the alerts panel says when the alerts API is unreachable
+      return; // the board's status line says when this API is unreachable
     }
     for (const [lineId, card] of cards) showSpc(card, lineId);
   }
@@ -1142,11 +1145,11 @@
       // keep the defaults: no alerts panel, 2 s polling
     }
     startEvents();
+    refreshSpc();
+    setInterval(refreshSpc, SPC_EVERY_MS);
     if (config.alerts_url) {
       refreshAlerts();
       setInterval(refreshAlerts, ALERTS_EVERY_MS);
-      refreshSpc();
-      setInterval(refreshSpc, SPC_EVERY_MS);
     }
   }
 

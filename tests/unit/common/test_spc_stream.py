@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from linepulse.events import EVENT_SCHEMA
 from linepulse.spc import SpcChart
 from linepulse.spc_chart import study
-from linepulse.spc_stream import SpcStream, charted_samples
+from linepulse.spc_stream import SpcStream, chart_summary, charted_samples, point_of, spc_record
 
 LATENESS = 10_000
 T0 = 1_800_000_000_000
@@ -108,17 +108,24 @@ def test_charted_samples_take_numbers_of_the_charts_only() -> None:
 
 
 def test_a_shifts_summary_counts_its_subgroups_rules_and_capability() -> None:
-    """Subgroups ending in [start, end) only; capability from their values, sigma within
-    them as the chart estimates it (R-bar / d2)."""
+    """Subgroups ending in [start, end) only, read back from their spc records (as the
+    KPI API's shift report reads them); capability from their values, sigma within them
+    as the chart estimates it (R-bar / d2)."""
     config = chart(subgroup_size=5, spec={"lsl": 496.0, "usl": 504.0})
     stream = SpcStream(config, 0)
     values = [500.0 + ((i * 7) % 5 - 2) * 0.4 for i in range(100)]  # 20 subgroups
     values[50:55] = [505.0] * 5  # subgroup 11 beyond the limit
-    stream.add([(T0 + i * 1000, v) for i, v in enumerate(values)])
-    stream.add([(T0 + 100 * 1000, 500.0)])  # closes the last subgroup
+    formed = stream.add([(T0 + i * 1000, v) for i, v in enumerate(values)])
+    formed += stream.add([(T0 + 100 * 1000, 500.0)])  # closes the last subgroup
     start, end = T0 + 40 * 1000, T0 + 80 * 1000  # subgroups 9 to 16 end in it
-    summary = stream.summary(start, end)
-    inside = [p for p in stream.kept if start <= p.end < end]
+
+    def summary_over(start: int, end: int) -> dict[str, Any]:
+        records = [spc_record(stream, p, "line-1") for p in formed if start <= p.end < end]
+        return chart_summary(config, [point_of(record) for record in records])
+
+    inside = [p for p in formed if start <= p.end < end]
+    assert [point_of(spc_record(stream, p, "line-1")) for p in inside] == inside
+    summary = summary_over(start, end)
     assert summary["subgroups"] == len(inside) == 8
     assert summary["broken"] == dict(Counter(rule for p in inside for rule in p.broken))
     assert summary["broken"]["beyond_3sigma"] == 1
@@ -130,4 +137,4 @@ def test_a_shifts_summary_counts_its_subgroups_rules_and_capability() -> None:
     assert cap["n"] == 40
     assert cap["cp"] == pytest.approx(8.0 / (6 * sigma))
     assert cap["cpk"] == pytest.approx(min(504.0 - mean, mean - 496.0) / (3 * sigma))
-    assert stream.summary(end + 60_000, end + 120_000)["subgroups"] == 0
+    assert summary_over(end + 60_000, end + 120_000)["subgroups"] == 0

@@ -54,6 +54,7 @@ def test_wanted_topics_follow_the_config() -> None:
         WantedTopic("status", "machine.status", 1, 1, compacted=True),
         WantedTopic("reasons", "stops.reasons", 1, 1, compacted=True),
         WantedTopic("alerts", "alerts.state", 1, 1, compacted=True),
+        WantedTopic("spc", "spc.points", 1, 1, compacted=True),
     ]
     assert [w.role for w in wanted_topics(kafka, ["status", "telemetry"])] == [
         "telemetry",
@@ -170,11 +171,13 @@ async def test_ensure_creates_missing_topics_with_the_layout() -> None:
         "status": 1,
         "reasons": 1,
         "alerts": 1,
+        "spc": 1,
     }
     assert broker.topics() == [
         "alerts.state",
         "kpi",
         "machine.status",
+        "spc.points",
         "stops.reasons",
         "telemetry",
         "telemetry.dlq",
@@ -184,6 +187,7 @@ async def test_ensure_creates_missing_topics_with_the_layout() -> None:
         "alerts.state": "compact",
         "kpi": "compact",
         "machine.status": "compact",
+        "spc.points": "compact",
         "stops.reasons": "compact",
         "telemetry": "delete",
         "telemetry.dlq": "delete",
@@ -264,7 +268,7 @@ async def test_each_service_refuses_a_wrong_topic_on_the_in_process_bus(tmp_path
     clients = InProcessClients(broker)
     broker.create_topic(plant.kafka.telemetry.name, 1)
     broker.create_topic(plant.kafka.kpi.name, plant.kafka.kpi.partitions)  # not compacted
-    await ensure_topics(BUS, plant.kafka, clients, roles=("dlq", "status", "reasons"))
+    await ensure_topics(BUS, plant.kafka, clients, roles=("dlq", "status", "reasons", "spc"))
     stop = asyncio.Event()
     worker = KpiWorker(
         Core.from_config(plant),
@@ -309,6 +313,7 @@ class _NoTable:
 class _NoStore:
     history = _NoTable()
     status = _NoTable()
+    spc = _NoTable()
 
     @property
     def stops(self) -> _NoStore:

@@ -54,6 +54,7 @@ class CountingStore:
     def __init__(self, store: KpiStore) -> None:
         self.history = CountingTable(store.history)
         self.status = store.status
+        self.spc = store.spc
         self.stops = store.stops
 
 

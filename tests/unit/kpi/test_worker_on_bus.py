@@ -120,6 +120,7 @@ class ListStore:
     def __init__(self) -> None:
         self.history = ListTable()
         self.status = ListTable()
+        self.spc = ListTable()
         self.corrections: list[Mapping[str, Any]] = []
 
     @property
