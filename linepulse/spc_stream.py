@@ -219,6 +219,19 @@ def spc_key(record: dict[str, Any]) -> bytes:
     return f"{record['chart']}@{record['end']}".encode()
 
 
+def follow(streams: Mapping[str, SpcStream], events: pl.DataFrame) -> dict[str, list[Point]]:
+    """Telemetry (`EVENT_SCHEMA`, in arrival order) into the charts of `streams` (by
+    name): the subgroups each completes, for the charts that completed any."""
+    if not streams:
+        return {}
+    rows = charted_samples(events, [stream.chart for stream in streams.values()])
+    by_chart: dict[str, list[tuple[int, float]]] = {}
+    for ts, machine, signal, value in rows.iter_rows():
+        by_chart.setdefault(f"{machine}/{signal}", []).append((ts, value))
+    formed = {name: streams[name].add(samples) for name, samples in by_chart.items()}
+    return {name: points for name, points in formed.items() if points}
+
+
 def charted_samples(events: pl.DataFrame, charts: Sequence[SpcChart]) -> pl.DataFrame:
     """The samples of `charts` in `events` (`EVENT_SCHEMA`), in their order: ts, machine,
     signal, v. A value of `bad` quality is no sample (as for the KPIs), nor is text."""

@@ -37,7 +37,7 @@ import polars as pl
 
 from linepulse.alerting import Rule
 from linepulse.config import PlantConfig
-from linepulse.spc_stream import Point, SpcStream, charted_samples
+from linepulse.spc_stream import Point, SpcStream, follow
 from services.alerts.model import Alert, AlertState, Matcher, Notification, Silence, fingerprint
 from services.alerts.routing import Duty, Group, Router, alert_id, silenced
 from services.alerts.rules import (
@@ -128,19 +128,8 @@ class AlertEngine:
         broken by the subgroups it completes, kept until the next evaluation reads them
         (several subgroups between two evaluations: the rules any of them broke). Returns
         the new points by chart."""
-        formed: dict[str, list[Point]] = {}
-        if not self.charts:
-            return formed
-        streams = self.charts
-        rows = charted_samples(events, [stream.chart for stream in streams.values()])
-        by_chart: dict[str, list[tuple[int, float]]] = {}
-        for ts, machine, signal, value in rows.iter_rows():
-            by_chart.setdefault(f"{machine}/{signal}", []).append((ts, value))
-        for name, samples in by_chart.items():
-            points = streams[name].add(samples)
-            if not points:
-                continue
-            formed[name] = points
+        formed = follow(self.charts, events)
+        for name, points in formed.items():
             news = ChartNews(
                 max(point.end for point in points),
                 tuple((point.end, rule) for point in points for rule in point.broken),

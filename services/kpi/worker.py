@@ -37,7 +37,7 @@ from linepulse.bus.polling import poll_fresh
 from linepulse.bus.topics import KPI_ROLES, check_topics
 from linepulse.config import KafkaSettings, WindowKind
 from linepulse.events import EARLIEST_MS, Decoded, empty_events, reason_kind
-from linepulse.spc_stream import SpcStream, charted_samples, spc_record
+from linepulse.spc_stream import SpcStream, follow, spc_record
 from linepulse.wire import decode_records
 from services.kpi import machine_status
 from services.kpi.checkpoint import CheckpointError, DirectoryStore, dump_state, load_state
@@ -379,15 +379,11 @@ class KpiWorker:
 
     def _chart(self, part: Partition, events: pl.DataFrame) -> list[dict[str, Any]]:
         """The subgroups the partition's charts complete with `events`, as `spc` records."""
-        rows = charted_samples(events, [stream.chart for stream in part.charts.values()])
-        by_chart: dict[str, list[tuple[int, float]]] = {}
-        for ts, machine, signal, value in rows.iter_rows():
-            by_chart.setdefault(f"{machine}/{signal}", []).append((ts, value))
         records = []
-        for name, samples in by_chart.items():
+        for name, points in follow(part.charts, events).items():
             stream = part.charts[name]
             line = self._lines[stream.chart.machine]
-            records += [spc_record(stream, point, line) for point in stream.add(samples)]
+            records += [spc_record(stream, point, line) for point in points]
         return records
 
     def _split_home(
