@@ -352,6 +352,9 @@ class ShiftReports(_Model):
     # Recipients of one line's reports instead of `to` (line id: person ids, next_lead,
     # manager), e.g. a line with a manager of its own.
     lines: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    # Recipients of one shift's reports instead of `to` (shift name: as above), e.g. the
+    # night shift's also to the maintenance lead; a line's own list comes first.
+    shifts: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     # The report's page printed to PDF and attached to the mail, where the service finds a
     # headless Chromium (linepulse/pdf.py); without one the mail goes without it.
     pdf: bool = True

@@ -531,6 +531,16 @@ def _check_alerts(plant: PlantConfig, machines: dict[str, str]) -> None:
             if line not in lines:
                 raise ValueError(f"alerts.reports.lines: unknown line {line!r}")
             lists[f"alerts.reports.lines.{line}"] = to
+        shift_names = {s.name for s in plant.shifts} | {
+            s.name for line in plant.lines for s in line.shifts or ()
+        }
+        for name, to in alerts.reports.shifts.items():
+            if name not in shift_names:
+                said = ", ".join(sorted(shift_names)) or "none"
+                raise ValueError(
+                    f"alerts.reports.shifts: unknown shift {name!r} (there are: {said})"
+                )
+            lists[f"alerts.reports.shifts.{name}"] = to
         for where, to in lists.items():
             for who in to:
                 if who not in (*alerts.people, NEXT_LEAD, MANAGER):

@@ -116,7 +116,12 @@ class ShiftReportSender:
     def _named(self) -> set[str]:
         """Everyone a report may go to: those listed, the manager, every shift's lead."""
         alerts = self.plant.alerts
-        lists = [self.settings.to, *self.settings.lines.values(), self.settings.plant.to]
+        lists = [
+            self.settings.to,
+            *self.settings.lines.values(),
+            *self.settings.shifts.values(),
+            self.settings.plant.to,
+        ]
         listed = {who for to in lists for who in to}
         named = listed - {NEXT_LEAD, MANAGER}
         if MANAGER in listed and alerts.manager is not None:
@@ -226,8 +231,10 @@ class ShiftReportSender:
         return any(self.calendar.planned_ms(line.id, start, end) > 0 for line in self.plant.lines)
 
     def recipients(self, span: ShiftSpan) -> list[tuple[str, str]]:
-        """(person, channel) pairs of the report of `span`, on report-carrying channels."""
-        to = self.settings.lines.get(span.line, self.settings.to)
+        """(person, channel) pairs of the report of `span`, on report-carrying channels:
+        of the line's own list, else the shift's, else `to`."""
+        settings = self.settings
+        to = settings.lines.get(span.line, settings.shifts.get(span.name, settings.to))
         return self._on_channels(self._people(to, span))
 
     def _people(self, to: tuple[str, ...], span: ShiftSpan | None) -> list[str]:
