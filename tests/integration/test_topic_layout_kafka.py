@@ -187,7 +187,7 @@ async def test_the_configured_layout_starts_and_stops_cleanly(kafka: str, tmp_pa
     assert "Traceback" not in log.read_text()
     layout = await ensure_topics(kafka, plant.kafka, AioKafkaClients())  # checks, creates none
     assert layout == {
-        "telemetry": 2, "kpi": 2, "dlq": 1, "status": 1, "reasons": 1, "alerts": 1,
+        "telemetry": 2, "kpi": 2, "dlq": 1, "status": 1, "reasons": 1, "alerts": 1, "spc": 1,
     }  # fmt: skip
 
 
