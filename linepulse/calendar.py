@@ -43,6 +43,13 @@ def iso_week(day: date) -> str:
     return f"{year}-W{week:02d}"
 
 
+def rfc3339(epoch_ms: int) -> str:
+    """`2024-05-01T06:00:00.000Z` from epoch milliseconds: to the millisecond, where two
+    instants of one second must stay apart (a key, an alert's start)."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def utc_text(ms: int) -> str:
     """Epoch ms as RFC 3339 in UTC to the second (`2026-11-02T06:00:00Z`)."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds")[:-6] + "Z"

@@ -24,7 +24,7 @@ from typing import Any
 
 import polars as pl
 
-from linepulse.calendar import utc_text
+from linepulse.calendar import rfc3339
 from linepulse.events import parse_ts, reading_as_float
 from linepulse.spc import SpcChart
 from linepulse.spc_chart import (
@@ -204,8 +204,10 @@ def spc_record(stream: SpcStream, point: Point, line: str) -> dict[str, Any]:
         "line": line,
         "kind": chart.chart,
         "subgroup_size": chart.size,
-        "start": utc_text(point.start),
-        "end": utc_text(point.end),
+        # To the millisecond: the end is the record's key, and subgroups of a fast signal
+        # end within one second.
+        "start": rfc3339(point.start),
+        "end": rfc3339(point.end),
         "x": point.x,
         "spread": point.spread,
         "broken": list(point.broken),

@@ -27,12 +27,12 @@ from fastapi import FastAPI, Path, Query, Response
 from prometheus_client import CollectorRegistry
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr
 
+from linepulse.calendar import rfc3339
 from linepulse.config import PlantConfig
 from linepulse.errors import ErrorDetail
 from linepulse.http.api import create_api, metrics_response
 from linepulse.http.guard import GUARD_RESPONSES, install
 from linepulse.http.settings import ApiAccess
-from services.alerts.channels import rfc3339
 from services.alerts.engine import AlertEngine
 from services.alerts.errors import (
     AlertConflict,

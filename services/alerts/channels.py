@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
 
+from linepulse.calendar import rfc3339
 from services.alerts.model import Notification
 
 # Alertmanager's webhook sends this for "no end yet" (Go's zero time).
@@ -35,12 +36,6 @@ PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
 SLACK_MAX_ALERTS = 20
 
 _PD_SEVERITY = {"critical": "critical", "error": "error", "warning": "warning", "info": "info"}
-
-
-def rfc3339(epoch_ms: int) -> str:
-    """`2024-05-01T06:00:00.000Z` from epoch milliseconds."""
-    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def alert_status(alert: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ Standing = tuple[int, bool]  # what decides a key's winner: revision, final
 
 class Held:
     """One stored row (the history's columns, in its order) with its key's parts; made
-    into a record (`CurrentRecords.render`) only when a query first returns it, since
+    into a record (`CurrentRecords._record`) only when a query first returns it, since
     most open windows are replaced several times a second and read far less often."""
 
     __slots__ = ("final", "key", "record", "revision", "row")

@@ -50,11 +50,12 @@ class SpcPoints:
                 end = as_utc(record["end"])
             except ValueError as error:
                 raise InvalidRecord(f"spc record {i}: end {error}") from None
-            rows.append((str(record["chart"]), str(record["line"]), end, orjson.dumps(record)))
+            text = orjson.dumps(record).decode()
+            rows.append((str(record["chart"]), str(record["line"]), end, text))
         if not rows:
             return
         with self._db.transaction() as cur:
-            cur.executemany(_UPSERT, [(c, ln, e, r.decode()) for c, ln, e, r in rows])
+            cur.executemany(_UPSERT, rows)
 
     def points(
         self,

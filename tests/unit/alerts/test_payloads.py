@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from linepulse.calendar import rfc3339
 from services.alerts import channels
 from services.alerts.channel_send import classify_http, parse_retry_after
 from services.alerts.model import Notification
@@ -65,8 +66,8 @@ def note(
 
 
 def test_rfc3339_is_utc_with_milliseconds() -> None:
-    assert channels.rfc3339(T0) == "2024-05-01T06:00:00.000Z"
-    assert channels.rfc3339(T0 + 1234) == "2024-05-01T06:00:01.234Z"
+    assert rfc3339(T0) == "2024-05-01T06:00:00.000Z"
+    assert rfc3339(T0 + 1234) == "2024-05-01T06:00:01.234Z"
 
 
 def test_webhook_is_the_alertmanager_v4_shape() -> None:

@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from linepulse.events import EVENT_SCHEMA
 from linepulse.spc import SpcChart
 from linepulse.spc_chart import study
-from linepulse.spc_stream import SpcStream, chart_summary, charted_samples, point_of, spc_record
+from linepulse.spc_stream import (
+    SpcStream,
+    chart_summary,
+    charted_samples,
+    point_of,
+    spc_key,
+    spc_record,
+)
 
 LATENESS = 10_000
 T0 = 1_800_000_000_000
@@ -138,3 +145,14 @@ def test_a_shifts_summary_counts_its_subgroups_rules_and_capability() -> None:
     assert cap["cp"] == pytest.approx(8.0 / (6 * sigma))
     assert cap["cpk"] == pytest.approx(min(504.0 - mean, mean - 496.0) / (3 * sigma))
     assert summary_over(end + 60_000, end + 120_000)["subgroups"] == 0
+
+
+def test_a_subgroups_record_keeps_its_times_to_the_millisecond() -> None:
+    """Subgroups of a fast signal end within one second: their records (keyed by chart and
+    end) stay apart, and each reads back as the subgroup it was."""
+    stream = SpcStream(chart(subgroup_size=2), 0)
+    points = stream.add([(T0 + i * 10, 500.0 + i % 3) for i in range(21)])
+    records = [spc_record(stream, point, "line-1") for point in points]
+    assert len(points) == 10
+    assert len({spc_key(record) for record in records}) == 10
+    assert [point_of(record) for record in records] == points

@@ -16,6 +16,7 @@ from linepulse.bus import InProcessBroker, InProcessClients
 from linepulse.bus.topics import ensure_topics
 from linepulse.calendar import utc_text
 from linepulse.config import PlantConfig, parse_config
+from linepulse.events import parse_ts
 from linepulse.spc import SpcChart
 from linepulse.spc_chart import study
 from services.kpi.checkpoint import DirectoryStore
@@ -97,11 +98,13 @@ async def test_subgroups_go_on_the_spc_topic_exactly_across_a_restart(tmp_path: 
     # Every subgroup below the last watermark, as the study of the same samples has it.
     water = samples[-1][0] - round(plant.kpi.lateness_s * 1000)
     expected = study(SpcChart.model_validate({**CHART, "limits": LIMITS}), samples)["points"]
-    expected = [p for p in expected if p["end"] < utc_text(water)]
+    expected = [p for p in expected if parse_ts(p["end"]) < water]
     got = spc_topic(broker, plant)
     assert len(got) > before
-    assert [(r["end"], r["x"], r["spread"], r["broken"]) for r in got] == [
-        (p["end"], p["x"], p["spread"], p["broken"]) for p in expected
+    # (The record keeps the end to the millisecond, the study's text to the second: the
+    # samples are whole seconds apart, so the instants compare.)
+    assert [(parse_ts(r["end"]), r["x"], r["spread"], r["broken"]) for r in got] == [
+        (parse_ts(p["end"]), p["x"], p["spread"], p["broken"]) for p in expected
     ]
     assert any(r["broken"] for r in got), "the creep breaks the chart's rules"
     record = got[0]
