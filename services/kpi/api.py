@@ -70,6 +70,7 @@ _RFC3339: Final = re.compile(
 _SPACE_OFFSET: Final = re.compile(r"(:\d{2}(?:\.\d+)?) (\d{2}:\d{2})$")
 _EPOCH_MS: Final = re.compile(r"^-?\d{1,15}$")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_SPC_LAST: Final = 1440  # subgroups a chart's `last` may ask for (a day at one a minute)
 _TIME_HELP: Final = (
     "RFC 3339 with an offset (2026-11-02T06:00:00Z or 2026-11-02T07:00:00%2B01:00) or "
     "epoch milliseconds (Grafana's ${__from})"
@@ -544,17 +545,22 @@ def create_app(
     live_charts = {chart.name: chart for chart in plant.spc if chart.limits is not None}
 
     def charts_over(
-        line: str | None, chart: str | None, start: datetime | None, end: datetime | None
+        line: str | None,
+        chart: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        last: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Each control chart of `line` (or `chart`, or all) over [start, end): its
-        summary (`chart_summary`) and its subgroups, from the spc topic."""
+        """Each control chart of `line` (or `chart`, or all) over [start, end) (with
+        `last`, its last that many subgroups there): its summary (`chart_summary`) and its
+        subgroups, from the spc topic."""
         names = [
             name
             for name, each in live_charts.items()
             if (line is None or machines[each.machine] == line) and chart in (None, name)
         ]
         by_chart: dict[str, list[dict[str, Any]]] = {}
-        for record in store.spc.points(line=line, chart=chart, start=start, end=end):
+        for record in store.spc.points(line=line, chart=chart, start=start, end=end, last=last):
             by_chart.setdefault(record["chart"], []).append(record)
         out = []
         for name in names:
@@ -583,7 +589,8 @@ def create_app(
             "ended in [from, to), as the KPI worker put them on the spc topic "
             "(docs/spc.md): statistics, values, the rules each broke and the limits; per "
             "chart, how many broke each rule and capability (Cp, Cpk, Pp, Ppk with a "
-            "`spec`). Without `from` and `to`: the current shift, as the Pareto."
+            "`spec`). Without `from` and `to`: the current shift, as the Pareto; with "
+            "`last` instead, each chart's last subgroups whatever the shift (the board's)."
         ),
     )
     def spc_points(
@@ -593,17 +600,30 @@ def create_app(
         ] = None,
         from_: FromParam = None,
         to: ToParam = None,
+        last: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                le=MAX_SPC_LAST,
+                description="each chart's last N subgroups (in [from, to) if given; "
+                "without either, whatever the shift)",
+            ),
+        ] = None,
     ) -> Response:
         if chart is not None and chart not in live_charts:
             said = ", ".join(live_charts) or "none"
             raise NotFound(f"no chart {chart!r} with fixed limits in spc: (there are: {said})")
-        start, end, shift = shift_or_range(line, from_, to)
+        if last is not None and from_ is None and to is None:
+            check_scope(line, None)
+            start, end, shift = None, None, None
+        else:
+            start, end, shift = shift_or_range(line, from_, to)
         return _json(
             {
                 "from": _utc(start),
                 "to": _utc(end),
                 "shift": shift,
-                "charts": charts_over(line, chart, start, end),
+                "charts": charts_over(line, chart, start, end, last),
             }
         )
 

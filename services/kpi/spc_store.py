@@ -64,9 +64,11 @@ class SpcPoints:
         chart: str | None = None,
         start: datetime | None = None,
         end: datetime | None = None,
+        last: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Subgroups that ended in [start, end), of one line or chart or all, by chart,
-        then end. `start` and `end` must be timezone-aware."""
+        """Subgroups that ended in [start, end) (with `last`, only each chart's last that
+        many of them), of one line or chart or all, by chart, then end. `start` and `end`
+        must be timezone-aware."""
         where: list[str] = []
         params: list[Any] = []
         for column, value in (("line", line), ("chart", chart)):
@@ -82,6 +84,9 @@ class SpcPoints:
         sql = "SELECT record FROM spc_points"
         if where:
             sql += " WHERE " + " AND ".join(where)
+        if last is not None:
+            sql += ' QUALIFY row_number() OVER (PARTITION BY chart ORDER BY "end" DESC) <= ?'
+            params.append(last)
         with self._db.cursor() as cur:
             rows = cur.execute(sql + ' ORDER BY chart, "end"', params).fetchall()
         return [orjson.loads(record) for (record,) in rows]

@@ -89,7 +89,7 @@ def test_the_board_draws_the_control_chart_of_a_drifting_fill_weight(tmp_path: P
         store.spc.upsert(subgroups(int(time.time() * 1000) - 60 * 60_000))
         kpi = serve_board(plant(), store, None)
         try:
-            (chart,) = httpx.get(kpi.url + "/v1/spc").json()["charts"]
+            (chart,) = httpx.get(kpi.url + "/v1/spc?last=60").json()["charts"]
             assert chart["chart"] == CHART
             broken = [p for p in chart["points"] if p["broken"]]
             assert broken, "the drift broke no rule"

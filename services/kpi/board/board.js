@@ -881,9 +881,9 @@
 
   // -- control charts (SPC) ----------------------------------------------------------------
 
-  // The plant's control charts over the current shift (GET /v1/spc of this API, from the
-  // spc topic), each on its line's card: the last subgroup means, the centre line, the
-  // control limits, the points that broke a rule.
+  // The plant's control charts (GET /v1/spc of this API, from the spc topic), each on its
+  // line's card: the last subgroup means (across a shift change too), the centre line,
+  // the control limits, the points that broke a rule.
   let spcCharts = null;
   const SPC_SHOWN = 60;
 
@@ -941,10 +941,9 @@
 
   async function refreshSpc() {
     try {
-      const response = await fetch("/v1/spc", { cache: "no-store" });
+      const response = await fetch("/v1/spc?last=" + SPC_SHOWN, { cache: "no-store" });
       if (!response.ok) return; // no charts to draw: no panel
-      const answer = await response.json();
-      spcCharts = answer.charts.map((chart) => ({ ...chart, points: chart.points.slice(-SPC_SHOWN) }));
+      spcCharts = (await response.json()).charts;
     } catch (error) {
       return; // the board's status line says when this API is unreachable
     }

@@ -65,6 +65,11 @@ def test_the_charts_over_a_range_and_in_the_shift_report(tmp_path: Path) -> None
             assert round(cap["cpk"], 6) == round((506 - mean) / (3 * sigma), 6)
             assert chart["limits"]["ucl"] == 500 + 3 / 2**0.5
             assert len(client.get("/v1/spc").json()["charts"][0]["points"]) >= 3
+            # The board's: each chart's last subgroups, whatever the shift.
+            (latest,) = client.get("/v1/spc", params={"last": 2}).json()["charts"]
+            assert [p["x"] for p in latest["points"]] == [500.0, 501.0]
+            assert latest["subgroups"] == 2
+            assert client.get("/v1/spc", params={"last": 0}).status_code == 422
             missing = client.get("/v1/spc", params={"chart": "filler-1/torque"})
             assert missing.status_code == 404
             assert CHART in missing.json()["detail"]
