@@ -43,6 +43,7 @@ from pydantic import SecretStr
 
 from linepulse.bus import AIOKAFKA, InProcessBroker, InProcessClients, KafkaClients
 from linepulse.bus.topics import ensure_topics
+from linepulse.calendar import Calendar, text_ms
 from linepulse.config import PlantConfig, parse_config
 from linepulse.http.settings import ApiAccess
 from linepulse.runtime import (
@@ -241,7 +242,7 @@ async def _run(
             running.start(*ingesters(plant, sink, ingest_metrics), *kpi.tasks, *alerts.tasks)
             # The board opens once it has the history: on a running plant, not an empty one.
             if kpi.store is not None:  # always: the demo serves the API
-                await _caught_up(kpi.store, time.time(), stop, announce)
+                await _caught_up(kpi.store, plant, time.time(), stop, announce)
             if stop.is_set():
                 return
             for served in (*kpi.served, *alerts.served):
@@ -288,16 +289,39 @@ CATCH_UP_POLL_S = 0.5
 CATCH_UP_MAX_S = 60.0
 
 
+def _shifts_shown(store: KpiStore, plant: PlantConfig, now_ms: int) -> bool:
+    """Whether every line in a shift at `now_ms` has that shift's record. The worker
+    sends an open shift's record at its own cadence (`kafka.open_cadence_s`): until the
+    first, the board shows the shift before, closed, as if the plant stood between shifts."""
+    if "shift" not in plant.kpi.windows:
+        return True
+    calendar = Calendar(plant)
+    for line in plant.lines:
+        running = calendar.spans(line.id, now_ms, now_ms + 1)
+        if not running:
+            continue
+        records = store.history.current(line.id, None, "shift", scope="line")
+        if running[0].start not in {text_ms(r["window_start"]) for r in records}:
+            return False
+    return True
+
+
 async def _caught_up(
-    store: KpiStore, history_end_s: float, stop: asyncio.Event, announce: Callable[[str], None]
+    store: KpiStore,
+    plant: PlantConfig,
+    history_end_s: float,
+    stop: asyncio.Event,
+    announce: Callable[[str], None],
 ) -> None:
     """Wait until the KPI store has the history's KPIs (its latest event time has reached
-    the end of the history), so that the board the demo then announces shows the shift
-    from its first second; or until `stop`, or at most `CATCH_UP_MAX_S`."""
+    the end of the history, and each line's running shift has its record), so that the
+    board the demo then announces shows the shift from its first second; or until `stop`,
+    or at most `CATCH_UP_MAX_S`."""
     began = time.monotonic()
     while not stop.is_set():
         latest = store.status.latest_event_time()
-        if latest is not None and latest.timestamp() >= history_end_s - 1.0:
+        reached = latest is not None and latest.timestamp() >= history_end_s - 1.0
+        if reached and _shifts_shown(store, plant, int(history_end_s * 1000)):
             announce(f"KPIs over the history: done in {time.monotonic() - began:.1f} s")
             return
         if time.monotonic() - began > CATCH_UP_MAX_S:

@@ -81,6 +81,32 @@ def open_alerts(alerts_url: str) -> list[dict[str, Any]]:
     return [a for a in items if a.get("state") in ("firing", "acknowledged")]
 
 
+def euros(text: str) -> float:
+    """The amount in "€1,234,567" (the board's money)."""
+    return float(text.strip().lstrip("€").replace(",", ""))
+
+
+def check_month(page: Any, url: str, expect: Any) -> None:
+    """The month against its budget, above the lines, as GET /v1/costs/budget gives it:
+    the demo plant prices its losses and budgets the month (linepulse/demo/plant.yaml)."""
+    answer = httpx.get(url + "/v1/costs/budget", timeout=10)
+    assert answer.status_code == 200, answer.text
+    month = answer.json()
+    assert month["cost"] > 0, month
+    assert month["projected"] is not None, month
+    strip = page.locator("#month")
+    cost = strip.locator("[data-month-cost]")
+    expect(cost).not_to_be_empty(timeout=WAIT_MS)
+    # The plant runs on between the page's fetch and this one: the cost only grows.
+    shown = euros(cost.inner_text())
+    assert month["cost"] * 0.95 <= shown <= month["cost"] * 1.001, (shown, month)
+    expect(strip).to_contain_text(f"of €{round(month['budget']):,} budget")
+    text = strip.inner_text()
+    projected = euros(text.split("projected ")[1].split(" by month end")[0])
+    verdict = strip.locator("[data-month-on-track]").inner_text()
+    assert verdict == ("within budget" if projected <= month["budget"] else "over budget"), text
+
+
 def test_demo_board_is_plausible_and_screenshots(tmp_path: Path) -> None:
     try:
         from playwright.sync_api import expect, sync_playwright
@@ -91,6 +117,11 @@ def test_demo_board_is_plausible_and_screenshots(tmp_path: Path) -> None:
     demo = start_demo(tmp_path, port, alerts_port)
     try:
         wait_ready(demo, url, tmp_path / "demo.log")
+        # Ready means a running plant: every line shows the shift under way (the demo's
+        # shifts run around the clock), not the one before it, closed.
+        first = httpx.get(url + "/v1/board/snapshot", timeout=10).json()
+        shown = {line["line"]: (line["shift"], line["final"]) for line in first["lines"]}
+        assert all(final is False for _, final in shown.values()), shown
         # The first minute live: stop as soon as every line is plausible, else report
         # what is not after SETTLE_S.
         settled = time.monotonic() + SETTLE_S
@@ -114,6 +145,7 @@ def test_demo_board_is_plausible_and_screenshots(tmp_path: Path) -> None:
                     expect(page.locator("#conn")).to_have_text("live", timeout=WAIT_MS)
                     if alerts:
                         expect(page.locator(".alert-group").first).to_be_visible(timeout=WAIT_MS)
+                    check_month(page, url, expect)
                     width_now = page.evaluate("document.scrollingElement.scrollWidth")
                     assert width_now <= width, (name, width_now)
                     page.screenshot(path=str(DOCS / f"board-{name}.png"), full_page=name == "phone")
