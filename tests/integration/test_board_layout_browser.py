@@ -248,6 +248,8 @@ def test_board_fits_every_screen_in_plant_time(
                         expect(groups).to_have_count(3, timeout=WAIT_MS)
                         expect(page.locator('[data-output="pack"]')).to_have_text("652")
                         check_content(page, start, end)
+                        # No rates in this plant: no money, and no error in its place.
+                        expect(page.locator("#month")).to_be_hidden()
                         measured = layout(page)
                         assert measured["scrollWidth"] <= measured["innerWidth"], (size, measured)
                         assert measured["tiles"] == [], (size, measured["tiles"])

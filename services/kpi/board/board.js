@@ -25,6 +25,7 @@
   const STOPS_LIMIT = 20;
   const WEEKS_EVERY_MS = 60000;
   const SPC_EVERY_MS = 10000;
+  const MONTH_EVERY_MS = 300000; // the month's cost reads a month of records: not too often
   const STOP_WHO_KEY = "linepulse.stops.who";
   const CODED_KEEP_MS = 60000; // a stop just coded stays in the "to code" list this long
   const UNASSIGNED = "unassigned";
@@ -277,6 +278,58 @@
     } catch (error) {
       return count(amount) + " " + currency;
     }
+  }
+
+  // -- the month against its loss budget (plant) ------------------------------------------
+
+  // "2026-12" -> "December": the month the API priced (the newest record's).
+  function monthName(month) {
+    const [year, number] = month.split("-").map(Number);
+    return new Intl.DateTimeFormat("en-GB", { month: "long", timeZone: "UTC" })
+      .format(Date.UTC(year, number - 1, 1));
+  }
+
+  // One line above the alerts: what the month's losses cost so far, against the plant's
+  // budget, and where the month ends at this rate (GET /v1/costs/budget). Hidden without
+  // rates (422) or records (404): a plant that prices nothing sees no money.
+  async function refreshMonth() {
+    const strip = document.getElementById("month");
+    let body;
+    try {
+      const response = await fetch("/v1/costs/budget", { cache: "no-store" });
+      if (response.status === 404 || response.status === 422) { strip.hidden = true; return; }
+      if (!response.ok) throw new Error(await problemText(response));
+      body = await response.json();
+    } catch (error) {
+      strip.hidden = false;
+      strip.replaceChildren(el("span", { class: "muted",
+        text: "month against budget unavailable: " + error.message }));
+      return;
+    }
+    const cur = body.currency;
+    const items = [
+      el("span", { class: "section-title", text: monthName(body.month) + " so far" }),
+      el("span", { text: "losses " },
+        el("b", { "data-month-cost": "", text: money(body.cost, cur) })),
+    ];
+    if (body.budget !== null) {
+      const elapsed = body.month_planned_s > 0 ? body.planned_s / body.month_planned_s : null;
+      items.push(el("span", {
+        text: "of " + money(body.budget, cur) + " budget (" + pct(body.share_of_budget) + ")",
+        title: elapsed === null ? "" : pct(elapsed) + " of the month's planned time measured so far",
+      }));
+    }
+    if (body.projected !== null) {
+      const verdict = body.on_track === null ? null
+        : el("span", { class: "verdict " + (body.on_track ? "good" : "bad"),
+          "data-month-on-track": String(body.on_track),
+          text: body.on_track ? "within budget" : "over budget" });
+      items.push(el("span", { title: body.method },
+        el("span", { text: "projected " + money(body.projected, cur) + " by month end" }),
+        verdict ? " · " : null, verdict));
+    }
+    strip.replaceChildren(...items);
+    strip.hidden = false;
   }
 
   function waterfall(line) {
@@ -1144,6 +1197,8 @@
       // keep the defaults: no alerts panel, 2 s polling
     }
     startEvents();
+    refreshMonth();
+    setInterval(refreshMonth, MONTH_EVERY_MS);
     refreshSpc();
     setInterval(refreshSpc, SPC_EVERY_MS);
     if (config.alerts_url) {
