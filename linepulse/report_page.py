@@ -180,3 +180,52 @@ def process_control_text(charts: Sequence[Mapping[str, Any]]) -> str:
         cpk = "" if cap is None or cap["cpk"] is None else f"; Cpk {cap['cpk']:.2f}"
         lines.append(f"spc {chart['chart']}: {chart['subgroups']} subgroups, broken: {broken}{cpk}")
     return "".join(line + "\n" for line in lines)
+
+
+def notes_html(notes: list[dict[str, Any]]) -> str:
+    """The report page's notes section (linepulse/report_page), or nothing without notes."""
+    if not notes:
+        return ""
+    e = html.escape
+    rows = [[e(note["by"]), e(note["text"]).replace("\n", "<br>")] for note in notes]
+    return heading("Notes") + table(["by", "note"], rows)
+
+
+def notes_text(notes: list[dict[str, Any]]) -> str:
+    """The notes as lines of the mail's text part (a note's further lines indented)."""
+    return "".join(
+        f"note by {note['by']}: " + "\n  ".join(note["text"].splitlines()) + "\n" for note in notes
+    )
+
+
+def alerts_html(raised: dict[str, Any]) -> str:
+    """The report page's alerts section, in the page's own style (linepulse/report_page)."""
+    e = html.escape
+    summary = (
+        f"{raised['raised']} raised, {raised['acknowledged']} acknowledged "
+        f"(mean {minutes(raised['mean_time_to_ack_s'])}), {raised['resolved']} resolved"
+    )
+    listed = (
+        table(
+            ["alert", "severity", "acknowledged by", "after", "now"],
+            [
+                [
+                    e(a["summary"]),
+                    e(a["severity"]),
+                    e(a["acked_by"] or "–"),
+                    minutes(a["time_to_ack_s"]),
+                    "resolved" if a["resolved_at"] else "open",
+                ]
+                for a in raised["list"]
+            ],
+            numbers=(3,),
+        )
+        if raised["list"]
+        else ""
+    )
+    return f'{heading("Alerts")}<p style="margin:0 0 8px 0;">{summary}</p>{listed}'
+
+
+def minutes(seconds: float | None) -> str:
+    """A wait in whole minutes (an alert's time to acknowledge); "–" for none."""
+    return "–" if seconds is None else f"{round(seconds / 60)} min"

@@ -33,7 +33,7 @@ from linepulse.errors import ErrorDetail
 from linepulse.http.api import create_api, metrics_response
 from linepulse.http.guard import GUARD_RESPONSES, install
 from linepulse.http.settings import ApiAccess
-from services.alerts.engine import AlertEngine
+from services.alerts.engine import KEEP_MS, AlertEngine
 from services.alerts.errors import (
     AlertConflict,
     InvalidSilence,
@@ -46,6 +46,7 @@ from services.alerts.forwarding import ForwardWrites
 from services.alerts.model import Alert, Matcher, Silence
 from services.alerts.notes import MAX_TEXT, ShiftNotes
 from services.alerts.replication import ActiveInstance
+from services.alerts.reports import shift_alerts
 
 AlertStateName = Literal["pending", "firing", "acknowledged", "resolved"]
 StateParam = Annotated[AlertStateName | None, Query(description="only alerts in this state")]
@@ -131,6 +132,36 @@ class NoteView(BaseModel):
     text: str
     by: str
     at: str
+
+
+class ShiftAlertView(BaseModel):
+    summary: str
+    severity: str
+    fired_at: str
+    acked_by: str | None
+    time_to_ack_s: float | None
+    resolved_at: str | None
+
+
+class ShiftAlertsView(BaseModel):
+    raised: int
+    acknowledged: int
+    resolved: int
+    mean_time_to_ack_s: float | None
+    max_time_to_ack_s: float | None
+    list: list[ShiftAlertView]
+
+
+class HandoverView(BaseModel):
+    line: str
+    date: str
+    shift: str
+    notes: list[NoteView]
+    alerts: ShiftAlertsView
+    alerts_complete: bool = Field(
+        description="false for a shift that ended more than 24 h ago: resolved alerts are "
+        "kept 24 h, so some of its alerts may be gone"
+    )
 
 
 class MatcherBody(BaseModel):
@@ -381,6 +412,37 @@ def create_app(
     ) -> list[dict[str, Any]]:
         check_scope(plant, line, None)
         return notes.of_shift(line, date_, shift)
+
+    @app.get(
+        "/v1/handover",
+        response_model=HandoverView,
+        summary="What a shift hands over: its notes and its alerts",
+        description=(
+            "The notes written for the shift, and the line's alerts that fired during it "
+            "(how many were acknowledged, how fast, and resolved): what the mailed shift "
+            "report carries, for the KPI API's report (docs/reports.md)."
+        ),
+        responses={
+            404: _error("a line the plant does not have"),
+            422: _error("a shift the line does not have that day"),
+        },
+    )
+    async def handover(
+        line: Annotated[str, Query(description="the line (`lines[].id`)")],
+        date_: Annotated[dt.date, Query(alias="date", description="production day")],
+        shift: Annotated[str, Query(description="the shift's name")],
+    ) -> dict[str, Any]:
+        check_scope(plant, line, None)
+        now = now_ms()
+        span = notes.shift_of(line, now, date_, shift)
+        return {
+            "line": line,
+            "date": date_.isoformat(),
+            "shift": shift,
+            "notes": notes.of_shift(line, date_, shift),
+            "alerts": shift_alerts(engine.alerts(line=line), span),
+            "alerts_complete": now - span.end <= KEEP_MS,
+        }
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -11,13 +11,11 @@ instance (services/alerts/forwarding.py). They are kept `KEEP_DAYS`.
 
 from __future__ import annotations
 
-import html
 import uuid
 from datetime import date
 from typing import Any, Final
 
 from linepulse.calendar import Calendar, ShiftSpan, utc_text
-from linepulse.report_page import heading, table
 from services.alerts.errors import InvalidNote
 from services.alerts.store import AlertStore
 
@@ -83,19 +81,3 @@ class ShiftNotes:
     @staticmethod
     def _prune(now_ms: int) -> dict[Any, int]:
         return {"notes": now_ms - KEEP_DAYS * DAY_MS}
-
-
-def notes_html(notes: list[dict[str, Any]]) -> str:
-    """The report page's notes section (linepulse/report_page), or nothing without notes."""
-    if not notes:
-        return ""
-    e = html.escape
-    rows = [[e(note["by"]), e(note["text"]).replace("\n", "<br>")] for note in notes]
-    return heading("Notes") + table(["by", "note"], rows)
-
-
-def notes_text(notes: list[dict[str, Any]]) -> str:
-    """The notes as lines of the mail's text part (a note's further lines indented)."""
-    return "".join(
-        f"note by {note['by']}: " + "\n  ".join(note["text"].splitlines()) + "\n" for note in notes
-    )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import html
 import logging
 import time
 from collections.abc import Callable
@@ -37,10 +36,15 @@ from linepulse.calendar import Calendar, ShiftSpan, iso_week, ms_to_local_date, 
 from linepulse.config import PlantConfig
 from linepulse.figures import count, percent
 from linepulse.pdf import PdfError, Printer, no_browser_detail
-from linepulse.report_page import heading, pdf_name, process_control_text, table
+from linepulse.report_page import (
+    alerts_html,
+    notes_html,
+    notes_text,
+    pdf_name,
+    process_control_text,
+)
 from linepulse.runtime import wait_set
 from services.alerts.model import Alert, Notification
-from services.alerts.notes import notes_html, notes_text
 from services.alerts.outbox import Outbox
 from services.alerts.routing import Duty
 
@@ -342,6 +346,9 @@ class ShiftReportSender:
             raise RuntimeError("ShiftReportSender.check needs a client: call run()")
         url = self.settings.api_url.rstrip("/") + due.route
         query = due.query
+        # The KPI API would add the shift's notes and alerts from an alerts API (its
+        # `--alerts-url`): this service adds its own, from its store, below.
+        query = {**query, "handover": "false"} if due.span is not None else query
         answer = await client.get(url, params=query)
         if answer.status_code == 404:
             return None  # no record of it yet (or a line without data)
@@ -431,35 +438,3 @@ def shift_alerts(alerts: list[Alert], span: ShiftSpan) -> dict[str, Any]:
             for a in sorted(fired, key=lambda a: (a.fired_at or 0, a.fingerprint))
         ],
     }
-
-
-def alerts_html(raised: dict[str, Any]) -> str:
-    """The report page's alerts section, in the page's own style (linepulse/report_page)."""
-    e = html.escape
-    summary = (
-        f"{raised['raised']} raised, {raised['acknowledged']} acknowledged "
-        f"(mean {_minutes(raised['mean_time_to_ack_s'])}), {raised['resolved']} resolved"
-    )
-    listed = (
-        table(
-            ["alert", "severity", "acknowledged by", "after", "now"],
-            [
-                [
-                    e(a["summary"]),
-                    e(a["severity"]),
-                    e(a["acked_by"] or "–"),
-                    _minutes(a["time_to_ack_s"]),
-                    "resolved" if a["resolved_at"] else "open",
-                ]
-                for a in raised["list"]
-            ],
-            numbers=(3,),
-        )
-        if raised["list"]
-        else ""
-    )
-    return f'{heading("Alerts")}<p style="margin:0 0 8px 0;">{summary}</p>{listed}'
-
-
-def _minutes(seconds: float | None) -> str:
-    return "–" if seconds is None else f"{round(seconds / 60)} min"

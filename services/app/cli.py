@@ -230,7 +230,10 @@ HostOption = Annotated[str, typer.Option(help="Address the HTTP API listens on."
 PortOption = Annotated[int, typer.Option(help="Port of the HTTP API.")]
 AlertsUrlOption = Annotated[
     str | None,
-    typer.Option(help="The alerts API the live board at / shows and acks through."),
+    typer.Option(
+        help="The alerts API the live board at / shows and acks through, and the shift "
+        "report asks for the shift's notes and alerts."
+    ),
 ]
 DbOption = Annotated[
     Path | None,

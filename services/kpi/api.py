@@ -45,6 +45,7 @@ from linepulse.spc_stream import chart_summary, point_of
 from services.kpi.board.board import mount_board  # live board (issue 6)
 from services.kpi.current import Scope
 from services.kpi.errors import BadRequest, NotFound
+from services.kpi.handover import fetch_handover
 from services.kpi.history import KpiHistory
 from services.kpi.money import budget_view, losses_cost, month_start, reached
 from services.kpi.plant_report import WINDOW_OF, Period, PlantPeriod, plant_report
@@ -732,7 +733,8 @@ def create_app(
             "the same shift of the four weeks before; OEE and its factors with the share of "
             "planned time with data; where the time went, in time and (with rates) money; "
             "downtime by reason, unplanned and planned apart; the longest stops with who "
-            "coded them, and those still without a reason; bottleneck, scrap and rework. "
+            "coded them, and those still without a reason; bottleneck, scrap and rework; "
+            "with `--alerts-url`, the shift's notes and alerts from the alerts API. "
             "`format=html` gives a self-contained page a mail client shows as it is; "
             "`format=pdf` that page printed to A4 by a headless Chromium (501 where the "
             "API has none)."
@@ -744,9 +746,18 @@ def create_app(
         date_: ReportDate,
         shift: Annotated[str, Query(description="the shift's name (`shifts[].name`)")],
         format_: ReportFormatParam = "json",
+        handover: Annotated[
+            bool,
+            Query(
+                description="add the shift's notes and alerts from the alerts API "
+                "(`--alerts-url`); the mailed report adds its own and asks without"
+            ),
+        ] = True,
     ) -> Response:
         check_scope(line, None)
         span, report = await run_in_threadpool(build_shift_report, line, date_, shift)
+        if handover and alerts_url is not None:
+            report = {**report, **await fetch_handover(alerts_url, line, date_, shift)}
         return await answer_report(report, format_, render_html, pdf_name("shift", span.slug))
 
     async def answer_report(

@@ -118,6 +118,25 @@ TREND_DAYS = 14  # days of press's day records before today's
 SILENT_SHARE = 0.38
 
 
+def machine_down_alerts(summary: str = "{machine} is down") -> dict[str, Any]:
+    """An alerts section that pages Ann (on the console) as soon as a machine is down."""
+    return {
+        "channels": [{"id": "log", "type": "console"}],
+        "people": {"ann": {"name": "Ann", "channels": ["log"]}},
+        "group_wait": 0,
+        "rules": [
+            {
+                "name": "machine-down",
+                "signal": "state",
+                "op": "==",
+                "value": "down",
+                "severity": "critical",
+                "summary": summary,
+            }
+        ],
+    }
+
+
 def plant_config() -> PlantConfig:
     return parse_config(
         {
@@ -138,21 +157,7 @@ def plant_config() -> PlantConfig:
                 }
                 for line, machines in LINES.items()
             ],
-            "alerts": {
-                "channels": [{"id": "log", "type": "console"}],
-                "people": {"ann": {"name": "Ann", "channels": ["log"]}},
-                "group_wait": 0,
-                "rules": [
-                    {
-                        "name": "machine-down",
-                        "signal": "state",
-                        "op": "==",
-                        "value": "down",
-                        "severity": "critical",
-                        "summary": "{machine} is down",
-                    }
-                ],
-            },
+            "alerts": machine_down_alerts(),
         }
     )
 

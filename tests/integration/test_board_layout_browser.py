@@ -35,6 +35,7 @@ from tests.integration.test_board_browser import (
     iso,
     kpi_record,
     launch,
+    machine_down_alerts,
 )
 
 pytestmark = pytest.mark.integration
@@ -95,20 +96,7 @@ def plant_config() -> PlantConfig:
                 }
                 for line, machines in LINES.items()
             ],
-            "alerts": {
-                "channels": [{"id": "log", "type": "console"}],
-                "group_wait": 0,
-                "rules": [
-                    {
-                        "name": "machine-down",
-                        "signal": "state",
-                        "op": "==",
-                        "value": "down",
-                        "severity": "critical",
-                        "summary": "{machine} is down on {line}: call maintenance at once",
-                    }
-                ],
-            },
+            "alerts": machine_down_alerts("{machine} is down on {line}: call maintenance at once"),
         }
     )
 

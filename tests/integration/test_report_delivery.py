@@ -47,6 +47,7 @@ FILL_CHART = SpcChart.model_validate(
     }
 )
 AFTER_S = 300.0
+SILENT_ALERTS_API = "http://127.0.0.1:1"  # port 1: nothing listens
 
 
 def plant_with_mail(smtp_port: int, api_url: str) -> PlantConfig:
@@ -115,6 +116,9 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
             tmp_path,
             plant_with_mail(smtp.port, "http://127.0.0.1:1"),
             lambda store: store.spc.upsert(subgroups),
+            # An alerts API the KPI API would ask for the notes and alerts, were the
+            # sender not to ask without them (it adds its own): none answers there.
+            alerts_url=SILENT_ALERTS_API,
         ) as url:
             plant = plant_with_mail(smtp.port, url)
             assert plant.alerts.reports is not None
@@ -169,6 +173,8 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
     assert "alerts: 1 raised, 1 acknowledged, 1 resolved" in parts["text/plain"]
     assert "Notes" in parts["text/html"]
     assert "nozzle 3 drips &lt;again&gt;<br>spare ordered" in parts["text/html"]
+    assert "Not shown" not in parts["text/html"]  # the KPI API did not try SILENT_ALERTS_API
+    assert parts["text/html"].count("Notes</h2>") == 1
     assert "Process control" in parts["text/html"]
     assert "filler-1/fill_g" in parts["text/html"]
     assert "beyond_3sigma ×1" in parts["text/html"]

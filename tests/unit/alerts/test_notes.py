@@ -11,8 +11,9 @@ import pytest
 
 from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig, parse_config
+from linepulse.report_page import notes_html, notes_text
 from services.alerts.errors import InvalidNote
-from services.alerts.notes import DAY_MS, KEEP_DAYS, ShiftNotes, notes_html, notes_text
+from services.alerts.notes import DAY_MS, KEEP_DAYS, ShiftNotes
 from services.alerts.store import AlertStore
 
 DAY = date(2026, 11, 2)
