@@ -161,6 +161,18 @@ class Pricing:
         """A machine record's losses in money; None for a line record, or a record
         without the loss breakdown (its machine has no ideal cycle time, so parts cannot
         be valued)."""
+        by_category = self.categories(record)
+        if by_category is None:
+            return None
+        rate = self.rates(record["machine"], record["product"])
+        by_reason = {
+            reason: rate.seconds(seconds)
+            for reason, seconds in record["downtime_by_reason"].items()
+        }
+        return Priced(by_category, by_reason)
+
+    def categories(self, record: Mapping[str, Any]) -> dict[str, float] | None:
+        """`price`'s cost per loss category alone (what the KPI record carries)."""
         losses = record["losses"]
         if record["machine"] is None or losses is None:
             return None
@@ -171,8 +183,4 @@ class Pricing:
             scrap = record["reject_count"] * rate.scrap
             for name in _REJECTS:
                 by_category[name] += scrap * losses[f"{name}_s"] / reject_s
-        by_reason = {
-            reason: rate.seconds(seconds)
-            for reason, seconds in record["downtime_by_reason"].items()
-        }
-        return Priced(by_category, by_reason)
+        return by_category

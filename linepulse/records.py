@@ -37,6 +37,23 @@ class ProductRun(BaseModel):
     quality: float | None
 
 
+class LossCost(BaseModel):
+    """What a window's losses cost at the config's rates (docs/costs.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    currency: str
+    total: float = Field(description="the six big losses' cost (time without data is not priced)")
+    by_category: dict[str, float] = Field(
+        description="per loss category: equipment_failure, setup, small_stops, slow_cycles, "
+        "startup_rejects, production_rejects"
+    )
+    unpriced_machines: list[str] = Field(
+        description="line records: its machines whose losses could not be priced (no ideal "
+        "cycle time), left out of the sums; empty for a machine record"
+    )
+
+
 class KpiRecord(BaseModel):
     """One machine (or line, with `machine` None) over one window."""
 
@@ -121,6 +138,10 @@ class KpiRecord(BaseModel):
     projected_count: float | None = Field(
         description="line shift records: output at the end of the shift at the current rate"
     )
+    loss_cost: LossCost | None = Field(
+        description="the losses in money at the config's `costs:` rates; a line's is its "
+        "machines' summed. None without rates, or where no machine's losses can be priced"
+    )
 
     @field_validator("window_start", "window_end")
     @classmethod
@@ -192,3 +213,9 @@ def record_fields(*names: str) -> tuple[str, ...]:
     if unknown:
         raise KeyError(f"not fields of the KPI record: {unknown}")
     return names
+
+
+# Fields added to the record after its first release: a record written before them (still
+# on the compacted `kpi` topic, or sent by a worker not yet upgraded) is read with them
+# None instead of being refused.
+LATER_FIELDS: Final = frozenset(record_fields("loss_cost"))

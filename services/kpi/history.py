@@ -49,7 +49,7 @@ import orjson
 import polars as pl
 
 from linepulse.config import WINDOW_KINDS, WindowKind
-from linepulse.records import RECORD_FIELDS, RECORD_TYPES, FieldKind
+from linepulse.records import LATER_FIELDS, RECORD_FIELDS, RECORD_TYPES, FieldKind
 from services.kpi.current import CurrentRecords, Held, Key, Scope, Standing
 from services.kpi.database import RFC3339, Database, as_utc, iso, naive_utc, write_staged
 from services.kpi.errors import InvalidRecord
@@ -324,10 +324,9 @@ def _record(row: tuple[Any, ...]) -> dict[str, Any]:
     record["machine"] = record["machine"] or None
     record["window_start"] = iso(record["window_start"])
     record["window_end"] = iso(record["window_end"])
-    record["downtime_by_reason"] = loads(record["downtime_by_reason"])
-    record["by_product"] = loads(record["by_product"])
-    losses = record["losses"]
-    record["losses"] = None if losses is None else loads(losses)
+    for name in _JSON_FIELDS:  # every object field of the contract, as JSON text
+        text = record[name]
+        record[name] = None if text is None else loads(text)
     return record
 
 
@@ -375,15 +374,18 @@ def _records_frame(records: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
     """The batch as a frame of the table's columns, or `InvalidRecord` naming the first
     bad record."""
     for i, record in enumerate(records):
-        if record.keys() != _FIELD_SET:
-            missing = sorted(_FIELD_SET - record.keys())
-            unknown = sorted(set(record.keys()) - _FIELD_SET)
+        if record.keys() == _FIELD_SET:
+            continue
+        missing = sorted(_FIELD_SET - record.keys() - LATER_FIELDS)
+        unknown = sorted(set(record.keys()) - _FIELD_SET)
+        if missing or unknown:
             problems = [f"missing fields {missing}"] if missing else []
             problems += [f"unknown fields {unknown}"] if unknown else []
             raise _invalid(i, record, "; ".join(problems))
     columns: dict[str, pl.Series] = {}
     for name in RECORD_FIELDS:
-        values = [record[name] for record in records]
+        # A record from before a later field reads it as None (`LATER_FIELDS`).
+        values = [record.get(name) for record in records]
         if name == "machine":
             values = ["" if v is None else v for v in values]
         elif name in _JSON_FIELDS:

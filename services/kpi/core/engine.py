@@ -32,6 +32,7 @@ import polars as pl
 
 from linepulse.calendar import MINUTE_MS, Calendar
 from linepulse.config import PlantConfig, WindowKind
+from linepulse.costs import PRICED, Pricing
 from linepulse.production import LOSS_KEYS
 from linepulse.records import RECORD_FIELDS, record_fields
 from services.kpi.core.counters import (
@@ -135,6 +136,9 @@ class Core:
     horizon_ms: int
     schemas: Schemas
     line_shapes: dict[str, LineShape]
+    # The config's rates (docs/costs.md): records carry their losses in money; None
+    # where the config sets none.
+    pricing: Pricing | None
 
     @classmethod
     def from_config(cls, plant: PlantConfig, windows: tuple[WindowKind, ...] | None = None) -> Core:
@@ -150,6 +154,7 @@ class Core:
             lateness_ms=round(plant.kpi.lateness_s * 1000) + _max_small_ms(index),
             horizon_ms=round(plant.kpi.restate_horizon_s * 1000),
             line_shapes={line.id: LineShape.of(line) for line in plant.lines},
+            pricing=pricing if (pricing := Pricing(plant)).configured else None,
         )
 
 
@@ -851,6 +856,10 @@ def _emit(
         strict=False,
     )
     seen: dict[tuple[str, str, int], dict[str, MachineWindow]] = {}
+    # Per line window, each machine's loss cost per category (None: not priceable).
+    priced: dict[tuple[str, str, int], dict[str, dict[str, float] | None]] = {}
+    pricing = core.pricing
+    currency = core.plant.costs.currency if core.plant.costs is not None else "EUR"
     emitted = dict(state.emitted)
     out: list[dict[str, Any]] = []
     for row, (start, end, remaining_s, whole_cal_ms, own_ms, *lists) in zip(
@@ -860,6 +869,15 @@ def _emit(
         record = dict(zip(RECORD_FIELDS, row, strict=True))
         line, machine, kind = record["line"], record["machine"], record["window"]
         final = record["final"]
+        by_reason = () if reasons is None else tuple(zip(reasons, reason_s, strict=True))
+        by_product: dict[str, dict[str, Any]] = (
+            {} if products is None else dict(zip(products, runs, strict=True))
+        )
+        product = max(by_product, key=lambda p: (by_product[p]["run_s"], p)) if by_product else None
+        if pricing is not None:
+            record["loss_cost"] = _loss_cost(
+                pricing, currency, priced, record, product, (line, kind, start)
+            )
         if machine is not None:
             seen.setdefault((line, kind, start), {})[machine] = MachineWindow(
                 record["oee"], record["good_count"], own_ms / 1000, record["planned_s"]
@@ -876,10 +894,6 @@ def _emit(
                 )
             )
         key: RecordKey = (line, machine, kind, start)
-        by_reason = () if reasons is None else tuple(zip(reasons, reason_s, strict=True))
-        by_product: dict[str, dict[str, Any]] = (
-            {} if products is None else dict(zip(products, runs, strict=True))
-        )
         losses = record["losses"]
         # What a revision compares, in the order checkpoints keep it (Emitted.values).
         compared = (
@@ -906,12 +920,43 @@ def _emit(
         emitted[key] = Emitted(revision, final, end, compared, tick)
         record["downtime_by_reason"] = dict(by_reason)
         record["revision"] = revision
-        record["product"] = (
-            max(by_product, key=lambda p: (by_product[p]["run_s"], p)) if by_product else None
-        )
+        record["product"] = product
         record["by_product"] = by_product
         out.append(record)
     return out, emitted
+
+
+def _loss_cost(
+    pricing: Pricing,
+    currency: str,
+    priced: dict[tuple[str, str, int], dict[str, dict[str, float] | None]],
+    record: dict[str, Any],
+    product: str | None,
+    window: tuple[str, str, int],
+) -> dict[str, Any] | None:
+    """A record's `loss_cost`: a machine's priced at its rates (and kept in `priced` for
+    its line), a line's summed over the machines of the window priced before it (the
+    plan's sort puts them first). Cost is derived from values the revision compares."""
+    machines = priced.setdefault(window, {})
+    machine = record["machine"]
+    if machine is not None:
+        categories = pricing.categories({**record, "product": product})
+        machines[machine] = categories
+        unpriced: list[str] = []
+    else:
+        known = [c for c in machines.values() if c is not None]
+        if not known:
+            return None
+        categories = {name: sum(c[name] for c in known) for name in PRICED}
+        unpriced = sorted(m for m, c in machines.items() if c is None)
+    if categories is None:
+        return None
+    return {
+        "currency": currency,
+        "total": sum(categories.values()),
+        "by_category": categories,
+        "unpriced_machines": unpriced,
+    }
 
 
 def _calendar_windows(
@@ -1028,7 +1073,9 @@ def _product_lists(
 # The record's fields `_emit` makes per record in Python; the frame gives the others, by
 # name (a field neither makes fails there, naming the column).
 _PER_RECORD: Final = frozenset(
-    record_fields("downtime_by_reason", "revision", "product", "by_product", *LINE_FIELDS)
+    record_fields(
+        "downtime_by_reason", "revision", "product", "by_product", "loss_cost", *LINE_FIELDS
+    )
 )
 # The fields `kpi_fields` computes from window sums, in record order.
 SUMMED_FIELDS: Final = tuple(

@@ -670,6 +670,7 @@ def full_record() -> dict[str, Any]:
         "output_count": None,
         "target_count": None,
         "projected_count": None,
+        "loss_cost": None,
     }
     assert expected.items() <= record.items(), "expected.json drifted from this record"
     assert sum(record["losses"].values()) + record["fully_productive_s"] == record["planned_s"]
@@ -733,6 +734,7 @@ def line_record() -> dict[str, Any]:
         "output_count": 0,
         "target_count": None,
         "projected_count": None,
+        "loss_cost": None,
     }
 
 
@@ -819,6 +821,19 @@ def line_shift_record() -> dict[str, Any]:
         "output_count": 5900,
         "target_count": 20000,
         "projected_count": 20650.0,
+        "loss_cost": {
+            "currency": "EUR",
+            "total": 1234.5,
+            "by_category": {
+                "equipment_failure": 600.0,
+                "setup": 200.0,
+                "small_stops": 34.5,
+                "slow_cycles": 300.0,
+                "startup_rejects": 0.0,
+                "production_rejects": 100.0,
+            },
+            "unpriced_machines": ["labeler-1"],
+        },
     }
 
 
@@ -894,6 +909,14 @@ INVALID_RECORDS: dict[str, dict[str, Any]] = {
     "projected_count text": line_shift_with(projected_count="lots"),
     "output_count text": line_shift_with(output_count="none"),
     "constraint a number": line_shift_with(constraint=1),
+    "missing loss_cost": line_shift_with(loss_cost=...),
+    "loss_cost a number": line_shift_with(loss_cost=1234.5),
+    "loss_cost without currency": line_shift_with(
+        loss_cost={k: v for k, v in line_shift_record()["loss_cost"].items() if k != "currency"}
+    ),
+    "loss_cost total text": line_shift_with(
+        loss_cost={**line_shift_record()["loss_cost"], "total": "a lot"}
+    ),
 }
 
 

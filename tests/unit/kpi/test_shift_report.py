@@ -192,3 +192,13 @@ def test_the_board_links_each_line_to_its_shift_report(tmp_path: Path) -> None:
             page = client.get("/v1/reports/shift", params={**query, "format": "html"})
     assert page.status_code == 200
     assert "line-1 · early shift · 2026-11-02" in page.text
+
+
+def test_the_served_records_carry_their_loss_cost(client: TestClient) -> None:
+    """The core's `loss_cost` through the store to the API: the jam's 47 minutes at 10 a
+    minute and 0.50 a part (the report's 1,880 EUR), on the record itself."""
+    records = client.get("/v1/kpis/current?window=shift&line=line-1").json()
+    (machine,) = [r for r in records if r["machine"] == "filler-1"]
+    assert machine["loss_cost"]["by_category"]["equipment_failure"] == pytest.approx(1880.0)
+    (line,) = [r for r in records if r["machine"] is None]
+    assert line["loss_cost"]["total"] == pytest.approx(machine["loss_cost"]["total"])

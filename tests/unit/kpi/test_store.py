@@ -74,6 +74,7 @@ BEYOND_OEE: dict[str, Any] = {
     "output_count": None,
     "target_count": None,
     "projected_count": None,
+    "loss_cost": None,
 }
 
 
@@ -358,6 +359,33 @@ def test_a_record_missing_a_field_is_named(store: KpiStore) -> None:
     del bad["oee"]
     with pytest.raises(InvalidRecord, match=r"record 0 \(l1 m1 shift .*missing fields \['oee'\]"):
         store.history.upsert([bad])
+
+
+def test_a_record_from_before_its_loss_cost_is_kept_with_none(store: KpiStore) -> None:
+    """A worker not yet upgraded, or the compacted topic's older records, send records
+    without the fields added since (`LATER_FIELDS`): they are kept, those fields None."""
+    old = record()
+    del old["loss_cost"]
+    store.history.upsert([old])
+    (kept,) = store.history.current()
+    assert kept == record()
+    assert kept["loss_cost"] is None
+    odd = record(start="2026-11-03T05:00:00Z", colour="red")
+    del odd["loss_cost"]
+    with pytest.raises(InvalidRecord, match=r"unknown fields \['colour'\]"):
+        store.history.upsert([odd])
+
+
+def test_a_records_loss_cost_comes_back_as_written(store: KpiStore) -> None:
+    cost = {
+        "currency": "EUR",
+        "total": 90.5,
+        "by_category": {"equipment_failure": 80.0, "setup": 10.5},
+        "unpriced_machines": ["m2"],
+    }
+    store.history.upsert([record(None, loss_cost=cost)])
+    (kept,) = store.history.current()
+    assert kept["loss_cost"] == cost
 
 
 # -- current -------------------------------------------------------------------------------
