@@ -123,6 +123,14 @@ class Failover:
             and writer.lease_held()
         )
 
+    def may_deliver(self) -> bool:
+        """Send from the outbox now: `may_act`, and every row queued so far is on the
+        topic. A row sent before its successor could know of it would be queued and sent
+        again after a takeover (a report is owed while no row of it is known); so what is
+        left to chance is only a send whose `delivered` mark had not reached the topic."""
+        writer = self.writer
+        return self.may_act() and writer is not None and writer.settled
+
     @property
     def active(self) -> ActiveInstance | None:
         """The active instance as the topic last said (this one, when active)."""
@@ -205,6 +213,7 @@ class Failover:
             self._engine.reload()
             self._store.on_commit = lambda rows: writer.add(store_records(rows))
             self._outbox.on_change = lambda changes: writer.add(outbox_records(changes))
+            writer.on_written = self._outbox.wake
             self.writer = writer
             self.role = "active"
             self._on_role("active")

@@ -347,6 +347,10 @@ class Outbox:
 
     # -- delivery ---------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """Look for due rows now (a gate that held them may have opened)."""
+        self._wake.set()
+
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver due rows until `stop` is set."""
         async with httpx.AsyncClient() as client, asyncio.TaskGroup() as tasks:

@@ -174,6 +174,8 @@ class StateWriter:
         self._lock = asyncio.Lock()
         self._last_written: float | None = None
         self.fenced = False
+        # Told after each write (the outbox: what waited for it may go now).
+        self.on_written: Callable[[], None] | None = None
 
     @property
     def since(self) -> int:
@@ -187,6 +189,12 @@ class StateWriter:
     @property
     def dirty(self) -> bool:
         return bool(self._pending)
+
+    @property
+    def settled(self) -> bool:
+        """Whether everything added is on the topic: nothing collected, no write under
+        way. What a successor would know of, so what this instance may act on outside."""
+        return not self._pending and not self._lock.locked()
 
     def lease_held(self) -> bool:
         """Whether the last write is younger than the lease (and nobody fenced us)."""
@@ -221,7 +229,9 @@ class StateWriter:
                 raise
             self._last_written = self._clock()
             written: int = (await sent).offset
-            return written
+        if self.on_written is not None:
+            self.on_written()
+        return written
 
 
 # -- following the topic ---------------------------------------------------------------

@@ -117,7 +117,7 @@ class AlertService:
                 act=self._act,
                 on_role=self._show_role,
             )
-            self.outbox.may_deliver = self.failover.may_act
+            self.outbox.may_deliver = self.failover.may_deliver
             self._show_role("standby")
         else:
             self._recover()

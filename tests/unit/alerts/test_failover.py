@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
@@ -129,6 +131,38 @@ async def test_outbox_rows_reach_the_standby_with_their_keys_and_status(tmp_path
         # The channel does not exist: the active instance gives the rows up as failed.
         await until(lambda: [r.status for r in second.outbox.rows()] == ["failed", "failed"])
         assert [r.key for r in second.outbox.rows()] == ["k-1", "k-2"]
+
+
+async def test_a_row_is_sent_only_once_a_successor_would_know_of_it(tmp_path: Path) -> None:
+    """The outbox of the active instance sends a row only once it is on the topic: a
+    report sent before then would be owed again, and sent again, after a takeover."""
+    first, second = await two_instances(tmp_path)
+    async with running(first), running(second):
+        failover = first.failover
+        assert failover is not None
+        await until(lambda: failover.role == "active")
+        await until(failover.may_deliver)
+        written_at_send: list[bool] = []
+        deliver = first.outbox._deliver
+
+        async def watched(*args: Any) -> None:
+            assert failover.writer is not None
+            written_at_send.append(failover.writer.settled)
+            await deliver(*args)
+
+        first.outbox._deliver = watched  # type: ignore[method-assign,assignment]
+        report = replace(
+            notification("report/line-1/2026-11-02/early/console/ann"),
+            channel="console",
+            kind="report",
+            extra={"subject": "Shift report line-1 early 2026-11-02"},
+        )
+        first.outbox.enqueue([report])
+        # Queued here, not yet on the topic: it waits, though this instance may act.
+        assert failover.may_act()
+        assert not failover.may_deliver()
+        await until(lambda: [r.status for r in second.outbox.rows()] == ["delivered"])
+        assert written_at_send == [True]
 
 
 async def test_a_fenced_writer_cannot_write(tmp_path: Path) -> None:
