@@ -1,4 +1,5 @@
-"""HTML pages printed to PDF by a headless Chromium: the shift report as a file to attach.
+"""HTML pages printed to PDF by a headless Chromium: the shift report as a file to attach,
+and its charts photographed as PNG images for the mail (`Printer.png`).
 
 The report is one self-contained page (tables and inline styles, nothing fetched), so the
 browser's own print engine is the truest PDF of it: what the mail client shows is what
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import ClassVar, Final
 
 from linepulse.errors import LinePulseError
+from linepulse.png import PngError, top_rows
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +95,41 @@ class Printer:
 
         Raises `NoBrowser` without a browser, `PdfError` with the browser's last words
         when it fails or takes longer than `timeout_s` (then it is killed)."""
+        return await self._run(page, "page.pdf", ["--no-pdf-header-footer"], PDF_MAGIC)
+
+    async def png(self, page: str, width: int, height: int) -> bytes:
+        """The top `width` x `height` pixels of `page` as a PNG image (a report's chart);
+        raises as `pdf` does. Photographed in a window `SHOT_MARGIN_PX` taller, the rest
+        cut off: a small headless window's viewport is shorter than the window (a chart
+        94 px high came out blank in a window of its height)."""
+        size = [f"--window-size={width},{height + SHOT_MARGIN_PX}", "--hide-scrollbars"]
+        shot = await self._run(page, "page.png", size, PNG_MAGIC)
+        try:
+            return top_rows(shot, height)
+        except PngError as error:
+            raise PdfError(f"{self.browser} made a PNG that cannot be cut: {error}") from None
+
+    async def _run(self, page: str, name: str, options: list[str], magic: bytes) -> bytes:
         if self.browser is None:
             raise NoBrowser(no_browser_detail())
         async with self._one_at_a_time:
-            return await _print(page, self.browser, self.timeout_s)
+            return await _render(page, self.browser, self.timeout_s, name, options, magic)
 
 
-async def _print(page: str, browser: Path, timeout_s: float) -> bytes:
+PDF_MAGIC: Final = b"%PDF"
+SHOT_MARGIN_PX: Final = 120
+PNG_MAGIC: Final = b"\x89PNG"
+
+
+async def _render(
+    page: str, browser: Path, timeout_s: float, name: str, options: list[str], magic: bytes
+) -> bytes:
+    """`page` rendered by the browser into the file `name` (`--print-to-pdf` for a .pdf,
+    `--screenshot` for a .png), whose bytes must start with `magic`."""
+    output = "--print-to-pdf" if name.endswith(".pdf") else "--screenshot"
     with tempfile.TemporaryDirectory(prefix="linepulse-pdf-") as folder:
         where = Path(folder)
-        source, target = where / "page.html", where / "page.pdf"
+        source, target = where / "page.html", where / name
         source.write_text(page, "utf-8")
         process = await asyncio.create_subprocess_exec(
             str(browser),
@@ -113,9 +140,9 @@ async def _print(page: str, browser: Path, timeout_s: float) -> bytes:
             "--disable-gpu",
             "--disable-extensions",
             "--no-first-run",
-            "--no-pdf-header-footer",
+            *options,
             f"--user-data-dir={where / 'profile'}",
-            f"--print-to-pdf={target}",
+            f"{output}={target}",
             source.as_uri(),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
@@ -128,12 +155,14 @@ async def _print(page: str, browser: Path, timeout_s: float) -> bytes:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
-            raise PdfError(f"{browser} took over {timeout_s:.0f} s to print a page") from None
-        pdf = target.read_bytes() if target.is_file() else b""
-        if process.returncode != 0 or not pdf.startswith(b"%PDF"):
+            raise PdfError(f"{browser} took over {timeout_s:.0f} s to render a page") from None
+        made = target.read_bytes() if target.is_file() else b""
+        if process.returncode != 0 or not made.startswith(magic):
             said = _last_words(err.decode("utf-8", "replace"))
-            raise PdfError(f"{browser} did not print the page (exit {process.returncode}): {said}")
-        return pdf
+            raise PdfError(
+                f"{browser} did not render the page as {name} (exit {process.returncode}): {said}"
+            )
+        return made
 
 
 def _last_words(stderr: str) -> str:

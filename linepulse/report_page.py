@@ -129,9 +129,14 @@ def heading(text: str) -> str:
     return f'<h2 style="font-size:16px;">{text}</h2>'
 
 
+# Where a mailed page gets its charts (linepulse/report_charts.py): an HTML comment, so
+# the page read in a browser or printed shows nothing there.
+CHARTS_MARK: Final = "<!--charts-->"
+
+
 def page(title: str, subtitle: str, parts: Iterable[str]) -> str:
     """One whole document: `title` (escaped by the caller) as the title and the heading,
-    `subtitle` under it, then `parts`."""
+    `subtitle` under it, the place of the mail's charts, then `parts`."""
     return "".join(
         [
             '<!doctype html><html><head><meta charset="utf-8">'
@@ -142,6 +147,7 @@ def page(title: str, subtitle: str, parts: Iterable[str]) -> str:
             '-webkit-print-color-adjust:exact;print-color-adjust:exact;">',
             f'<h1 style="font-size:20px;margin:0 0 4px 0;">{title}</h1>',
             f'<p style="color:#666;margin:0 0 16px 0;">{subtitle}</p>',
+            CHARTS_MARK,
             *parts,
             "</body></html>",
         ]

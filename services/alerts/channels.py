@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from email.message import EmailMessage
+from email.message import EmailMessage, MIMEPart
 from typing import Any
 
 from linepulse.calendar import rfc3339
@@ -271,6 +271,18 @@ def email_message(notification: Notification, *, sender: str, to: str) -> EmailM
         extra = notification.extra
         message.set_content(extra["text"])
         message.add_alternative(extra["html"], subtype="html")
+        if extra.get("images"):  # the charts, which the page shows by content id
+            page = next(p for p in message.walk() if p.get_content_type() == "text/html")
+            assert isinstance(page, MIMEPart)  # noqa: S101 - what add_alternative made
+            for image in extra["images"]:
+                page.add_related(
+                    base64.b64decode(image["png"]),
+                    maintype="image",
+                    subtype="png",
+                    cid=f"<{image['cid']}>",
+                    filename=image["name"],
+                    disposition="inline",
+                )
         if "pdf" in extra:
             message.add_attachment(
                 base64.b64decode(extra["pdf"]),

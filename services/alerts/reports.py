@@ -36,7 +36,9 @@ from linepulse.calendar import Calendar, ShiftSpan, iso_week, ms_to_local_date, 
 from linepulse.config import PlantConfig
 from linepulse.figures import count, percent
 from linepulse.pdf import PdfError, Printer, no_browser_detail
+from linepulse.report_charts import chart_page, charts_html, shift_charts
 from linepulse.report_page import (
+    CHARTS_MARK,
     alerts_html,
     notes_html,
     notes_text,
@@ -307,6 +309,8 @@ class ShiftReportSender:
             extra = {"subject": subject, "html": page, "text": text, "report": document}
             if self._mailed(due.todo):
                 extra.update(await self._pdf(due, page))
+                if due.span is not None:  # the PDF has the page's own bars, not images
+                    extra.update(await self._charts(due, document, page))
             queued += self.outbox.enqueue(
                 [
                     Notification(
@@ -338,6 +342,30 @@ class ShiftReportSender:
             log.warning("report %s goes without its PDF: %s", due.name, error.detail)
             return {}
         return {"pdf": base64.b64encode(pdf).decode("ascii"), "pdf_name": due.pdf_name}
+
+    async def _charts(self, due: Due, document: dict[str, Any], page: str) -> dict[str, Any]:
+        """The shift report's charts as images of the mail (`images`: content id, name,
+        base64 PNG) and the page showing them (`html`); nothing when the browser fails:
+        the page's tables say the same."""
+        assert self.printer is not None  # noqa: S101 - _mailed checked it
+        charts = shift_charts(document)
+        images = []
+        for chart in charts:
+            try:
+                png = await self.printer.png(chart_page(chart), chart.width, chart.height)
+            except PdfError as error:
+                log.warning("report %s goes without its charts: %s", due.name, error.detail)
+                return {}
+            images.append(
+                {
+                    "cid": chart.cid,
+                    "name": f"{chart.name}.png",
+                    "png": base64.b64encode(png).decode("ascii"),
+                }
+            )
+        if not images:
+            return {}
+        return {"images": images, "html": page.replace(CHARTS_MARK, charts_html(charts), 1)}
 
     async def _fetch(self, due: Due) -> tuple[dict[str, Any], str] | None:
         """The report's JSON and page, or None while there is no final record of it."""

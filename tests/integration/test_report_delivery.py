@@ -8,6 +8,7 @@ own sends to those, here on Slack."""
 from __future__ import annotations
 
 import asyncio
+import io
 from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
@@ -15,11 +16,13 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig
 from linepulse.figures import percent
+from linepulse.report_charts import WIDTH as CHART_WIDTH
 from linepulse.spc import SpcChart
 from linepulse.spc_stream import SpcStream, spc_record
 from services.alerts.metrics import AlertMetrics
@@ -182,6 +185,7 @@ async def test_the_report_is_mailed_once_per_shift_across_a_restart(tmp_path: Pa
     # 480 checks; the last one closes with a sample after it, which this shift has not.
     assert "spc filler-1/fill_g: 479 subgroups, broken: beyond_3sigma x1; Cpk " in text
     assert "note by bob: nozzle 3 drips <again>\n  spare ordered\n" in text
+    assert_charts(mail, parts["text/html"])
     (attached,) = [part for part in mail.walk() if part.get_content_maintype() == "application"]
     assert attached.get_content_type() == "application/pdf"
     assert attached.get_filename() == "shift-report_line-1_2026-11-02_early.pdf"
@@ -315,6 +319,30 @@ def alerts(line: str) -> list[Alert]:
         )
 
     return [alert(at, "filler-1 is down"), alert(at - 10 * 3_600_000, "night stop")]
+
+
+def assert_charts(mail: Message, page: str) -> None:
+    """The mail carries the report's two charts as PNG images of its page (drawn by
+    Debian's Chromium): each referenced by content id, of its size, in its colour."""
+    images = {
+        str(part["Content-ID"]).strip("<>"): part
+        for part in mail.walk()
+        if part.get_content_type() == "image/png"
+    }
+    assert sorted(images) == ["downtime@linepulse", "losses@linepulse"]
+    for cid, part in images.items():
+        assert f'src="cid:{cid}"' in page
+        assert part.get_content_disposition() == "inline"
+        png = part.get_payload(decode=True)
+        assert isinstance(png, bytes)
+        with Image.open(io.BytesIO(png)) as image:
+            rgb = image.convert("RGB")
+            assert rgb.width == CHART_WIDTH
+            colours = {colour for _, colour in rgb.getcolors(maxcolors=1 << 16) or []}
+        # The waterfall's losses are red, the Pareto's reasons orange.
+        wanted = {"losses@linepulse": (231, 76, 60), "downtime@linepulse": (230, 126, 34)}[cid]
+        assert wanted in colours, cid
+    assert "Where the time went: Planned time 7 h 00 min, Equipment failure 47 min" in page
 
 
 def body(part: Message) -> str:

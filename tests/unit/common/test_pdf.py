@@ -41,7 +41,7 @@ def test_a_printer_without_a_browser_says_how_to_get_one() -> None:
 
 
 def test_a_browser_that_fails_is_named_with_its_exit_code(tmp_path: Path) -> None:
-    with pytest.raises(PdfError, match=r"did not print the page \(exit 3\)"):
+    with pytest.raises(PdfError, match=r"did not render the page as page.pdf \(exit 3\)"):
         asyncio.run(Printer(executable(tmp_path, "broken")).pdf("<html></html>"))
 
 
