@@ -430,9 +430,12 @@ def _plant_text(report: dict[str, Any]) -> str:
             continue
         cost = entry["loss_cost"]
         lost = "" if cost is None else f", losses {cost:,.0f} {report['currency']}"
+        waiting = entry.get("uncoded_stops")  # (a KPI API before them has none)
+        asked = f", {waiting} stops without a reason" if waiting else ""
         lines.append(
             f"{entry['line']}: OEE {percent(entry['kpis']['oee'])}, "
-            f"output {count(entry['output_count'])} (target {count(entry['target_count'])}){lost}"
+            f"output {count(entry['output_count'])} (target {count(entry['target_count'])})"
+            f"{lost}{asked}"
         )
     return "\n".join(lines) + "\n"
 

@@ -51,6 +51,7 @@ from services.kpi.money import budget_view, losses_cost, month_start, reached
 from services.kpi.plant_report import WINDOW_OF, Period, PlantPeriod, plant_report
 from services.kpi.plant_report import render_html as render_plant_html
 from services.kpi.shift_report import render_html, shift_report
+from services.kpi.stops import CODE_STATES
 from services.kpi.stops_api import CorrectionProducer, stops_router
 from services.kpi.store import KpiStore
 from services.kpi.trends import PROJECTION_WEEKS, trends
@@ -72,6 +73,8 @@ _SPACE_OFFSET: Final = re.compile(r"(:\d{2}(?:\.\d+)?) (\d{2}:\d{2})$")
 _EPOCH_MS: Final = re.compile(r"^-?\d{1,15}$")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_SPC_LAST: Final = 1440  # subgroups a chart's `last` may ask for (a day at one a minute)
+# Stops without a reason a plant report counts at most (a week of a large plant's).
+MAX_PLANT_STOPS: Final = 1_000_000
 _TIME_HELP: Final = (
     "RFC 3339 with an offset (2026-11-02T06:00:00Z or 2026-11-02T07:00:00%2B01:00) or "
     "epoch milliseconds (Grafana's ${__from})"
@@ -798,7 +801,14 @@ def create_app(
                 f"no record of the {covered.label} yet: it has not started, or no data of it "
                 "has reached the API"
             )
-        return covered, plant_report(pricing, covered, list(lines), records)
+        waiting = store.stops.query(  # those begun the day before may run into the period
+            since=datetime.fromtimestamp(covered.start / 1000, UTC) - timedelta(days=1),
+            until=datetime.fromtimestamp(covered.end / 1000, UTC),
+            unassigned=True,
+            states=CODE_STATES,
+            limit=MAX_PLANT_STOPS,
+        )
+        return covered, plant_report(pricing, covered, list(lines), records, waiting)
 
     @app.get(
         "/v1/reports/plant",

@@ -29,6 +29,7 @@ from linepulse.figures import count, percent
 from linepulse.production import LOSS_KEYS
 from linepulse.report_page import duration, heading, losses_table, money, page, table
 from services.kpi.money import losses_cost
+from services.kpi.stops import seconds_within, uncoded
 from services.kpi.trends import Totals
 
 Period = Literal["shift", "day", "week"]
@@ -85,16 +86,26 @@ def _figures(totals: Totals, target: int | None, cost: float | None) -> dict[str
     }
 
 
+def _uncoded(stops: Sequence[Mapping[str, Any]], covered: PlantPeriod) -> dict[str, Any]:
+    """How many of the stops in the period still wait for their reason, and their time in
+    it (the board offers them for coding; the shift report lists them)."""
+    waiting = [seconds_within(s, covered.start, covered.end) for s in stops if uncoded(s)]
+    waiting = [seconds for seconds in waiting if seconds > 0]
+    return {"uncoded_stops": len(waiting), "uncoded_s": sum(waiting)}
+
+
 def plant_report(
     pricing: Pricing,
     covered: PlantPeriod,
     lines: Sequence[str],
     records: Sequence[Mapping[str, Any]],
+    stops: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """The report of `covered` over `lines` (in that order) from `records`: the line and
     machine records of the period's window kind (one per line for a shift or a day, the
-    days' for a week). A line without records is listed with `records: 0` and no figures
-    (it did not run, or nothing of it reached the API)."""
+    days' for a week), and the stop log's stops that overlap it. A line without records
+    is listed with `records: 0` and no figures (it did not run, or nothing of it reached
+    the API)."""
     priced = losses_cost(records, pricing) if pricing.configured else None
     line_costs = {} if priced is None else {r["line"]: r["cost"] for r in priced["by_line"]}
     plant = Totals(days=0)
@@ -112,7 +123,10 @@ def plant_report(
         target = _targets(own)
         plant_targets.append(target)
         cost = None if priced is None else line_costs.get(line, 0.0)
-        listed.append({"line": line, "records": len(own), **_figures(totals, target, cost)})
+        waiting = _uncoded([s for s in stops if s["line"] == line], covered)
+        listed.append(
+            {"line": line, "records": len(own), **_figures(totals, target, cost), **waiting}
+        )
     ran = [entry for entry in listed if entry["records"]]
     plant_target = (
         None if not plant_targets or None in plant_targets else sum(t or 0 for t in plant_targets)
@@ -131,6 +145,7 @@ def plant_report(
         "lines": listed,
         "plant": {
             **_figures(plant, plant_target, None if priced is None else priced["total"]),
+            **_uncoded([s for s in stops if s["line"] in lines], covered),
             "final": bool(ran) and plant.final,
             "losses": [
                 {
@@ -173,22 +188,36 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
             count(figures["output_count"]),
             count(figures["target_count"]),
             e(figures["top_reasons"][0]["reason"]) if figures["top_reasons"] else "–",
+            f"{figures['uncoded_stops']} ({duration(figures['uncoded_s'])})"
+            if figures["uncoded_stops"]
+            else "0",
             money(figures["loss_cost"], cur),
         ]
 
     rows = [
         row(e(entry["line"]), entry)
         if entry["records"]
-        else [e(entry["line"]), "no data", *[""] * 7]
+        else [e(entry["line"]), "no data", *[""] * 8]
         for entry in report["lines"]
     ]
     planned = whole["planned_s"] or 0.0
     parts = [
         heading("Lines"),
         table(
-            ["line", "OEE", "avail.", "perf.", "quality", "output", "target", "top stop", "losses"],
+            [
+                "line",
+                "OEE",
+                "avail.",
+                "perf.",
+                "quality",
+                "output",
+                "target",
+                "top stop",
+                "no reason",
+                "losses",
+            ],
             [*rows, [f"<b>{c}</b>" for c in row("plant", whole)]],
-            numbers=(1, 2, 3, 4, 5, 6, 8),
+            numbers=(1, 2, 3, 4, 5, 6, 8, 9),
         ),
         heading("Where the plant's time went"),
         losses_table(planned, whole["losses"], cur),

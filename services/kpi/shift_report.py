@@ -20,10 +20,10 @@ from datetime import date
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-from linepulse.calendar import ShiftSpan, text_ms, utc_text
+from linepulse.calendar import ShiftSpan, utc_text
 from linepulse.costs import Pricing
 from linepulse.figures import count, percent
-from linepulse.production import LOSS_KEYS, UNASSIGNED
+from linepulse.production import LOSS_KEYS
 from linepulse.report_page import (
     alerts_html,
     bar,
@@ -38,16 +38,9 @@ from linepulse.report_page import (
     table,
 )
 from services.kpi.money import losses_cost
-from services.kpi.stops import CODE_STATES
+from services.kpi.stops import seconds_within, uncoded
 
 LONGEST: Final = 5  # stops listed by length
-
-
-def _in_shift(stop: Mapping[str, Any], span: ShiftSpan) -> float:
-    """Seconds of the stop within the shift (an open stop runs to the shift's end)."""
-    start = text_ms(stop["start"])
-    end = span.end if stop["end"] is None else text_ms(stop["end"])
-    return max(0, min(end, span.end) - max(start, span.start)) / 1000
 
 
 def shift_report(
@@ -81,7 +74,7 @@ def shift_report(
             record["downtime_by_reason"].items(), key=lambda kv: (-kv[1], kv[0])
         )
     ]
-    in_shift = [(stop, _in_shift(stop, span)) for stop in stops]
+    in_shift = [(stop, seconds_within(stop, span.start, span.end)) for stop in stops]
     in_shift = [(stop, seconds) for stop, seconds in in_shift if seconds > 0]
     planned: dict[str, float] = {}
     for stop, seconds in in_shift:
@@ -130,9 +123,7 @@ def shift_report(
             ],
         },
         "longest_stops": sorted(listed, key=lambda s: (-s["seconds"], s["start"]))[:LONGEST],
-        "uncoded_stops": [
-            s for s in listed if s["reason"] == UNASSIGNED and s["state"] in CODE_STATES
-        ],
+        "uncoded_stops": [s for s in listed if uncoded(s)],
         "bottleneck": None
         if record["bottleneck"] is None
         else {"machine": record["bottleneck"], "stop_s": record["bottleneck_s"]},

@@ -49,6 +49,7 @@ from typing import Any, Final
 import duckdb
 import polars as pl
 
+from linepulse.calendar import text_ms
 from linepulse.config import DOWNTIME_STATES, PlantConfig
 from linepulse.production import UNASSIGNED
 from services.kpi.database import (
@@ -84,6 +85,21 @@ MARKS_DDL: Final = (
 # ask for its code (see the report of issue 15), so it is not offered (the board) nor
 # counted as uncoded (the shift report).
 CODE_STATES: Final = ("down", "idle")
+
+
+def seconds_within(stop: Mapping[str, Any], start_ms: int, end_ms: int) -> float:
+    """Seconds of a stop (as `StopLog.query` gives it) within [start_ms, end_ms): a stop
+    still open runs to the end. What a report of a shift or a period counts of it."""
+    begun = text_ms(stop["start"])
+    ended = end_ms if stop["end"] is None else text_ms(stop["end"])
+    return max(0, min(ended, end_ms) - max(begun, start_ms)) / 1000
+
+
+def uncoded(stop: Mapping[str, Any]) -> bool:
+    """A stop still waiting for its reason: down or idle, coded `unassigned`."""
+    return bool(stop["reason"] == UNASSIGNED and stop["state"] in CODE_STATES)
+
+
 _STOP_COLUMNS: Final = (
     'id, machine, line, start, "end", state, reason, original_reason, corrections, '
     "corrected_by, corrected_at"

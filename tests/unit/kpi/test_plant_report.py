@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from linepulse.config import PlantConfig, parse_config
 from tests.unit.kpi.served import api_over_core
-from tests.unit.kpi.test_shift_report import classic_data, events
+from tests.unit.kpi.test_shift_report import classic_data, events, statuses
 
 DAY = "2026-11-02"
 # line-2 keeps no breaks: 8 h planned where line-1 has 7 h.
@@ -176,3 +176,27 @@ def test_a_plant_without_day_records_is_told_how_to_get_them(tmp_path: Path) -> 
         assert client.get(f"/v1/reports/plant?period=shift&date={DAY}&shift=early").is_success
     assert response.status_code == 422
     assert "add day to kpi.windows" in response.json()["detail"]
+
+
+def test_each_line_counts_its_stops_still_without_a_reason(tmp_path: Path) -> None:
+    """The 11:00 jam (10 min) sent without its reason on both lines, and filler-1's 09:00
+    stop a changeover without one (not asked for a code): one uncoded stop a line, two
+    for the plant, 10 minutes each, in the day's report and on its page."""
+    changed = []
+    for event in both_lines_events():
+        if event["signal"] == "state" and event["ts"] == "2026-11-02T11:00:00Z":
+            event = {k: v for k, v in event.items() if k != "reason"}
+        if event["signal"] == "state" and event["ts"] == "2026-11-02T09:00:00Z":
+            if event["machine"] == "filler-1":
+                event = {k: v for k, v in event.items() if k != "reason"}
+                event["value"] = "changeover"
+        changed.append(event)
+    with api_over_core(tmp_path, two_lines(), changed, statuses(changed)) as client:
+        day = get(client, f"period=day&date={DAY}")
+        page = client.get(f"/v1/reports/plant?period=day&date={DAY}&format=html").text
+    waiting = {e["line"]: (e["uncoded_stops"], e["uncoded_s"]) for e in day["lines"]}
+    assert waiting == {"line-1": (1, 600.0), "line-2": (1, 600.0)}
+    assert (day["plant"]["uncoded_stops"], day["plant"]["uncoded_s"]) == (2, 1200.0)
+    assert "no reason" in page
+    assert "1 (10 min)" in page
+    assert "<b>2 (20 min)</b>" in page
