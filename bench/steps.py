@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--polls", type=int, default=15, help="polls of each size")
     parser.add_argument("--threads", action="store_true", help="step partitions side by side")
     parser.add_argument("--phases", action="store_true", help="time the core's stages")
+    parser.add_argument(
+        "--costs", action="store_true", help="with rates: records carry their loss_cost"
+    )
     args = parser.parse_args(argv)
     sizes = [int(size) for size in args.sizes.split(",")]
     if args.machines < 1 or args.partitions < 1 or args.polls < 1 or min(sizes) < 1:
@@ -101,7 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="linepulse-steps-") as folder:
         config = Path(folder) / "plant.yaml"
         kafka = kafka_block("steps", "steps", args.partitions)
-        config.write_text(plant_text(args.machines, kafka), "utf-8")
+        text = plant_text(args.machines, kafka)
+        if args.costs:  # a minute and a part priced at the plant (docs/costs.md)
+            text += "costs: {downtime_minute_cost: 10.0, good_part_value: 0.5}\n"
+        config.write_text(text, "utf-8")
         plant = load_config(config)
     homes = machine_homes(plant, args.partitions)
     needed = args.warmup + sum(sizes) * args.polls
@@ -120,8 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         print(line)
     print(busy_note())
     way = "side by side in threads" if args.threads else "one after another"
+    priced = ", losses priced" if core.pricing is not None else ""
     print(
-        f"{args.partitions} partition states of {args.machines:,} machines, warmed with "
+        f"{args.partitions} partition states of {args.machines:,} machines{priced}, warmed with "
         f"{args.warmup:,} events; each poll's partitions stepped {way}, asking for 1m:"
     )
     print(f"{'events a poll':>14} {'median ms':>10} {'mean ms':>9} {'cores':>6} {'events/s':>10}")
