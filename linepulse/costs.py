@@ -161,7 +161,12 @@ class Pricing:
         """A machine record's losses in money; None for a line record, or a record
         without the loss breakdown (its machine has no ideal cycle time, so parts cannot
         be valued)."""
-        by_category = self.categories(record)
+        machine = record["machine"]
+        if machine is None:
+            return None
+        by_category = self.categories(
+            machine, record["product"], record["losses"], record["reject_count"]
+        )
         if by_category is None:
             return None
         rate = self.rates(record["machine"], record["product"])
@@ -171,16 +176,22 @@ class Pricing:
         }
         return Priced(by_category, by_reason)
 
-    def categories(self, record: Mapping[str, Any]) -> dict[str, float] | None:
-        """`price`'s cost per loss category alone (what the KPI record carries)."""
-        losses = record["losses"]
-        if record["machine"] is None or losses is None:
+    def categories(
+        self,
+        machine: str,
+        product: str | None,
+        losses: Mapping[str, float] | None,
+        reject_count: int,
+    ) -> dict[str, float] | None:
+        """`price`'s cost per loss category alone, of a machine's record's fields (what
+        the KPI record carries; the core asks it of every machine record it builds)."""
+        if losses is None:
             return None
-        rate = self.rates(record["machine"], record["product"])
+        rate = self.rates(machine, product)
         by_category = {name: rate.seconds(losses[f"{name}_s"]) for name in PRICED}
         reject_s = sum(losses[f"{name}_s"] for name in _REJECTS)
         if reject_s > 0:
-            scrap = record["reject_count"] * rate.scrap
+            scrap = reject_count * rate.scrap
             for name in _REJECTS:
                 by_category[name] += scrap * losses[f"{name}_s"] / reject_s
         return by_category

@@ -940,7 +940,7 @@ def _loss_cost(
     machines = priced.setdefault(window, {})
     machine = record["machine"]
     if machine is not None:
-        categories = pricing.categories({**record, "product": product})
+        categories = pricing.categories(machine, product, record["losses"], record["reject_count"])
         machines[machine] = categories
         unpriced: list[str] = []
     else:
