@@ -23,7 +23,7 @@ from datetime import date, timedelta
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
-from linepulse.calendar import iso_week, utc_text
+from linepulse.calendar import iso_week, text_ms, utc_text
 from linepulse.costs import Pricing
 from linepulse.figures import count, percent
 from linepulse.production import LOSS_KEYS
@@ -86,10 +86,10 @@ def _figures(totals: Totals, target: int | None, cost: float | None) -> dict[str
     }
 
 
-def _uncoded(stops: Sequence[Mapping[str, Any]], covered: PlantPeriod) -> dict[str, Any]:
-    """How many of the stops in the period still wait for their reason, and their time in
-    it (the board offers them for coding; the shift report lists them)."""
-    waiting = [seconds_within(s, covered.start, covered.end) for s in stops if uncoded(s)]
+def _uncoded(stops: Sequence[Mapping[str, Any]], start: int, end: int) -> dict[str, Any]:
+    """How many of the stops in [start, end) still wait for their reason, and their time
+    in it (the board offers them for coding; the shift report lists them)."""
+    waiting = [seconds_within(s, start, end) for s in stops if uncoded(s)]
     waiting = [seconds for seconds in waiting if seconds > 0]
     return {"uncoded_stops": len(waiting), "uncoded_s": sum(waiting)}
 
@@ -107,6 +107,14 @@ def plant_report(
     is listed with `records: 0` and no figures (it did not run, or nothing of it reached
     the API)."""
     priced = losses_cost(records, pricing) if pricing.configured else None
+    # A stop still open runs to the period's end once it is over, else to the latest
+    # event of its open records (their `calendar_s`), not to an end still ahead.
+    reached = [
+        text_ms(r["window_start"]) + round(r["calendar_s"] * 1000)
+        for r in records
+        if r["machine"] is None and not r["final"]
+    ]
+    through = min(covered.end, max(reached)) if reached else covered.end
     line_costs = {} if priced is None else {r["line"]: r["cost"] for r in priced["by_line"]}
     plant = Totals(days=0)
     plant_targets: list[int | None] = []
@@ -123,7 +131,7 @@ def plant_report(
         target = _targets(own)
         plant_targets.append(target)
         cost = None if priced is None else line_costs.get(line, 0.0)
-        waiting = _uncoded([s for s in stops if s["line"] == line], covered)
+        waiting = _uncoded([s for s in stops if s["line"] == line], covered.start, through)
         listed.append(
             {"line": line, "records": len(own), **_figures(totals, target, cost), **waiting}
         )
@@ -145,7 +153,7 @@ def plant_report(
         "lines": listed,
         "plant": {
             **_figures(plant, plant_target, None if priced is None else priced["total"]),
-            **_uncoded([s for s in stops if s["line"] in lines], covered),
+            **_uncoded([s for s in stops if s["line"] in lines], covered.start, through),
             "final": bool(ran) and plant.final,
             "losses": [
                 {

@@ -74,7 +74,12 @@ def shift_report(
             record["downtime_by_reason"].items(), key=lambda kv: (-kv[1], kv[0])
         )
     ]
-    in_shift = [(stop, seconds_within(stop, span.start, span.end)) for stop in stops]
+    # A stop still open runs to the shift's end once it is over, to its latest event
+    # while it runs (the record's `calendar_s`), not to an end still ahead.
+    through = span.end
+    if not record["final"]:
+        through = min(span.end, span.start + round(record["calendar_s"] * 1000))
+    in_shift = [(stop, seconds_within(stop, span.start, through)) for stop in stops]
     in_shift = [(stop, seconds) for stop, seconds in in_shift if seconds > 0]
     planned: dict[str, float] = {}
     for stop, seconds in in_shift:

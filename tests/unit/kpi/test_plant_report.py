@@ -8,6 +8,7 @@ lines'."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from linepulse.config import PlantConfig, parse_config
+from linepulse.costs import Pricing
+from services.kpi.plant_report import PlantPeriod, plant_report
+from tests.unit.kpi.core.support import run
 from tests.unit.kpi.served import api_over_core
 from tests.unit.kpi.test_shift_report import classic_data, events, statuses
 
@@ -200,3 +204,39 @@ def test_each_line_counts_its_stops_still_without_a_reason(tmp_path: Path) -> No
     assert "no reason" in page
     assert "1 (10 min)" in page
     assert "<b>2 (20 min)</b>" in page
+
+
+def test_a_stop_still_open_counts_to_the_latest_event_while_the_day_runs() -> None:
+    """The day's line records still open, with data up to 09:00 (calendar_s 9 h from
+    midnight), and an uncoded stop open since 08:00: one hour so far, not the 16 h to the
+    day's end; 16 h once the day is over."""
+    plant = two_lines()
+    _, outputs, _ = run(plant, [both_lines_events()])
+    final_days = {
+        (r["line"], r["machine"]): r
+        for output in outputs
+        for r in output.records
+        if r["window"] == "day" and r["final"]
+    }
+    day_records = [{**r, "final": False, "calendar_s": 9 * 3600.0} for r in final_days.values()]
+    start = datetime(2026, 11, 2, tzinfo=UTC)
+    covered = PlantPeriod(
+        "day",
+        start.date(),
+        None,
+        int(start.timestamp() * 1000),
+        int((start + timedelta(days=1)).timestamp() * 1000),
+    )
+    stop = {
+        "line": "line-1",
+        "start": "2026-11-02T08:00:00Z",
+        "end": None,
+        "state": "down",
+        "reason": "unassigned",
+    }
+    report = plant_report(Pricing(plant), covered, ["line-1", "line-2"], day_records, [stop])
+    (line_1, _) = report["lines"]
+    assert (line_1["uncoded_stops"], line_1["uncoded_s"]) == (1, 3600.0)
+    closed = [{**r, "final": True} for r in day_records]
+    report = plant_report(Pricing(plant), covered, ["line-1", "line-2"], closed, [stop])
+    assert report["lines"][0]["uncoded_s"] == 16 * 3600.0

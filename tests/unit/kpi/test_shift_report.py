@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,13 @@ import yaml
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
+from linepulse.calendar import Calendar
 from linepulse.config import PlantConfig, parse_config
+from linepulse.costs import Pricing
 from services.kpi.api import create_app
 from services.kpi.board.snapshot import build_snapshot
+from services.kpi.shift_report import shift_report
+from tests.unit.kpi.core.support import run
 from tests.unit.kpi.served import api_over_core, store_over_core
 
 EXAMPLE = Path(__file__).parents[3] / "examples" / "classic-oee"
@@ -202,3 +207,32 @@ def test_the_served_records_carry_their_loss_cost(client: TestClient) -> None:
     assert machine["loss_cost"]["by_category"]["equipment_failure"] == pytest.approx(1880.0)
     (line,) = [r for r in records if r["machine"] is None]
     assert line["loss_cost"]["total"] == pytest.approx(machine["loss_cost"]["total"])
+
+
+@pytest.mark.parametrize(("final", "hours"), [(False, 1.0), (True, 6.0)])
+def test_a_stop_still_open_counts_to_the_latest_event_while_the_shift_runs(
+    final: bool, hours: float
+) -> None:
+    """A shift 3 h in (its record's calendar_s) and a stop open since 08:00: it has lasted
+    1 h so far, not the 6 h to the shift's end that it lasts once the shift is over."""
+    plant = classic()
+    found, _, _ = run(plant, [events()])
+    line = {**found[(None, "shift", "2026-11-02T06:00:00Z")], "final": final}
+    if not final:
+        line["calendar_s"] = 3 * 3600.0
+    (span,) = Calendar(plant).spans_on("line-1", date(2026, 11, 2))
+    stop = {
+        "id": "filler-1@2026-11-02T08:00:00Z",
+        "machine": "filler-1",
+        "line": "line-1",
+        "start": "2026-11-02T08:00:00Z",
+        "end": None,
+        "state": "down",
+        "reason": "unassigned",
+        "planned": False,
+        "corrected_by": None,
+    }
+    report = shift_report(Pricing(plant), span, line, [], [], [stop])
+    (longest,) = report["longest_stops"]
+    assert longest["seconds"] == hours * 3600
+    assert [s["id"] for s in report["uncoded_stops"]] == [stop["id"]]
