@@ -23,12 +23,12 @@ from datetime import date, timedelta
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
-from linepulse.calendar import iso_week, text_ms, utc_text
+from linepulse.calendar import iso_week, utc_text
 from linepulse.costs import Pricing
 from linepulse.figures import count, percent
 from linepulse.production import LOSS_KEYS
 from linepulse.report_page import duration, heading, losses_table, money, page, table
-from services.kpi.money import losses_cost
+from services.kpi.money import losses_cost, reached
 from services.kpi.stops import seconds_within, uncoded
 from services.kpi.trends import Totals
 
@@ -107,14 +107,12 @@ def plant_report(
     is listed with `records: 0` and no figures (it did not run, or nothing of it reached
     the API)."""
     priced = losses_cost(records, pricing) if pricing.configured else None
-    # A stop still open runs to the period's end once it is over, else to the latest
-    # event of its open records (their `calendar_s`), not to an end still ahead.
-    reached = [
-        text_ms(r["window_start"]) + round(r["calendar_s"] * 1000)
-        for r in records
-        if r["machine"] is None and not r["final"]
-    ]
-    through = min(covered.end, max(reached)) if reached else covered.end
+    # A stop still open runs to the period's end once it is over, else as far as its open
+    # records reach (their latest event), not to an end still ahead.
+    latest = reached(r for r in records if r["machine"] is None and not r["final"])
+    through = covered.end
+    if latest is not None:
+        through = min(covered.end, int(latest.timestamp() * 1000))
     line_costs = {} if priced is None else {r["line"]: r["cost"] for r in priced["by_line"]}
     plant = Totals(days=0)
     plant_targets: list[int | None] = []

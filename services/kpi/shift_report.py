@@ -37,7 +37,7 @@ from linepulse.report_page import (
     process_control_html,
     table,
 )
-from services.kpi.money import losses_cost
+from services.kpi.money import losses_cost, reached
 from services.kpi.stops import seconds_within, uncoded
 
 LONGEST: Final = 5  # stops listed by length
@@ -74,11 +74,10 @@ def shift_report(
             record["downtime_by_reason"].items(), key=lambda kv: (-kv[1], kv[0])
         )
     ]
-    # A stop still open runs to the shift's end once it is over, to its latest event
-    # while it runs (the record's `calendar_s`), not to an end still ahead.
-    through = span.end
-    if not record["final"]:
-        through = min(span.end, span.start + round(record["calendar_s"] * 1000))
+    # A stop still open runs as far as the record reaches: to its latest event while the
+    # shift runs, to the shift's end once it is over; not to an end still ahead.
+    latest = reached([record])
+    through = span.end if latest is None else min(span.end, int(latest.timestamp() * 1000))
     in_shift = [(stop, seconds_within(stop, span.start, through)) for stop in stops]
     in_shift = [(stop, seconds) for stop, seconds in in_shift if seconds > 0]
     planned: dict[str, float] = {}

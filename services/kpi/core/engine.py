@@ -859,7 +859,7 @@ def _emit(
     # Per line window, each machine's loss cost per category (None: not priceable).
     priced: dict[tuple[str, str, int], dict[str, dict[str, float] | None]] = {}
     pricing = core.pricing
-    currency = core.plant.costs.currency if core.plant.costs is not None else "EUR"
+    currency = core.plant.costs.currency
     emitted = dict(state.emitted)
     out: list[dict[str, Any]] = []
     for row, (start, end, remaining_s, whole_cal_ms, own_ms, *lists) in zip(
