@@ -235,3 +235,21 @@ def alerts_html(raised: dict[str, Any]) -> str:
 def minutes(seconds: float | None) -> str:
     """A wait in whole minutes (an alert's time to acknowledge); "–" for none."""
     return "–" if seconds is None else f"{round(seconds / 60)} min"
+
+
+def handover_html(report: Mapping[str, Any]) -> str:
+    """The shift's notes and alerts where the report has them (the alerts service's
+    `handover`: mailed, or asked by the KPI API), or why it has none; nothing for a report
+    made without them."""
+    if "handover_error" in report:
+        said = html.escape(report["handover_error"])
+        return heading("Notes and alerts") + f'<p style="margin:0 0 16px 0;">Not shown: {said}</p>'
+    if "alerts" not in report:
+        return ""
+    gone = (
+        ""
+        if report.get("alerts_complete", True)
+        else '<p style="margin:0 0 16px 0;">Alerts resolved more than 24 h ago are no longer '
+        "kept: some of this shift's may be missing.</p>"
+    )
+    return notes_html(report.get("notes") or []) + alerts_html(report["alerts"]) + gone

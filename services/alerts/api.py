@@ -33,7 +33,7 @@ from linepulse.errors import ErrorDetail
 from linepulse.http.api import create_api, metrics_response
 from linepulse.http.guard import GUARD_RESPONSES, install
 from linepulse.http.settings import ApiAccess
-from services.alerts.engine import KEEP_MS, AlertEngine
+from services.alerts.engine import AlertEngine
 from services.alerts.errors import (
     AlertConflict,
     InvalidSilence,
@@ -46,7 +46,7 @@ from services.alerts.forwarding import ForwardWrites
 from services.alerts.model import Alert, Matcher, Silence
 from services.alerts.notes import MAX_TEXT, ShiftNotes
 from services.alerts.replication import ActiveInstance
-from services.alerts.reports import shift_alerts
+from services.alerts.reports import handover
 
 AlertStateName = Literal["pending", "firing", "acknowledged", "resolved"]
 StateParam = Annotated[AlertStateName | None, Query(description="only alerts in this state")]
@@ -427,7 +427,7 @@ def create_app(
             422: _error("a shift the line does not have that day"),
         },
     )
-    async def handover(
+    async def handover_answer(
         line: Annotated[str, Query(description="the line (`lines[].id`)")],
         date_: Annotated[dt.date, Query(alias="date", description="production day")],
         shift: Annotated[str, Query(description="the shift's name")],
@@ -435,13 +435,12 @@ def create_app(
         check_scope(plant, line, None)
         now = now_ms()
         span = notes.shift_of(line, now, date_, shift)
+        written = notes.of_shift(line, date_, shift)
         return {
             "line": line,
             "date": date_.isoformat(),
             "shift": shift,
-            "notes": notes.of_shift(line, date_, shift),
-            "alerts": shift_alerts(engine.alerts(line=line), span),
-            "alerts_complete": now - span.end <= KEEP_MS,
+            **handover(engine.alerts(line=line), written, span, now),
         }
 
     @app.get("/metrics", include_in_schema=False)

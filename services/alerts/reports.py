@@ -39,13 +39,13 @@ from linepulse.pdf import PdfError, Printer, no_browser_detail
 from linepulse.report_charts import chart_page, charts_html, shift_charts
 from linepulse.report_page import (
     CHARTS_MARK,
-    alerts_html,
-    notes_html,
+    handover_html,
     notes_text,
     pdf_name,
     process_control_text,
 )
 from linepulse.runtime import wait_set
+from services.alerts.engine import KEEP_MS
 from services.alerts.model import Alert, Notification
 from services.alerts.outbox import Outbox
 from services.alerts.routing import Duty
@@ -283,12 +283,10 @@ class ShiftReportSender:
             document, page = report
             if due.span is not None:
                 span = due.span
-                raised = shift_alerts(self.alerts(span.line), span)
                 written = self.notes(span.line, span.day, span.name)
-                document = {**document, "notes": written, "alerts": raised}
+                document = {**document, **handover(self.alerts(span.line), written, span, now_ms)}
                 # (The KPI API's page has the process control section, from its spc topic.)
-                added = notes_html(written) + alerts_html(raised)
-                page = page.replace("</body>", added + "</body>", 1)
+                page = page.replace("</body>", handover_html(document) + "</body>", 1)
                 subject = (
                     f"Shift report {due.name}: OEE {percent(document['kpis']['oee'])}, "
                     f"output {count(document['output']['count'])}"
@@ -438,6 +436,19 @@ def _plant_text(report: dict[str, Any]) -> str:
             f"{lost}{asked}"
         )
     return "\n".join(lines) + "\n"
+
+
+def handover(
+    alerts: list[Alert], notes: list[dict[str, Any]], span: ShiftSpan, now_ms: int
+) -> dict[str, Any]:
+    """What a shift hands over, as a report carries it (the mailed one and, through
+    `GET /v1/handover`, the KPI API's): its notes, the line's alerts that fired during it,
+    and whether those are all still kept (resolved alerts are kept `KEEP_MS`)."""
+    return {
+        "notes": notes,
+        "alerts": shift_alerts(alerts, span),
+        "alerts_complete": now_ms - span.end <= KEEP_MS,
+    }
 
 
 def shift_alerts(alerts: list[Alert], span: ShiftSpan) -> dict[str, Any]:

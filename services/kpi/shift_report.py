@@ -25,14 +25,13 @@ from linepulse.costs import Pricing
 from linepulse.figures import count, percent
 from linepulse.production import LOSS_KEYS
 from linepulse.report_page import (
-    alerts_html,
     bar,
     clock,
     duration,
+    handover_html,
     heading,
     losses_table,
     money,
-    notes_html,
     page,
     process_control_html,
     table,
@@ -270,20 +269,3 @@ def render_html(report: Mapping[str, Any], site: str, zone: ZoneInfo) -> str:
         handover_html(report),
     ]
     return page(title, subtitle, parts)
-
-
-def handover_html(report: Mapping[str, Any]) -> str:
-    """The shift's notes and alerts where the report has them (services/kpi/handover.py),
-    or why it has none; nothing for a report made without them."""
-    if "handover_error" in report:
-        said = html.escape(report["handover_error"])
-        return heading("Notes and alerts") + f'<p style="margin:0 0 16px 0;">Not shown: {said}</p>'
-    if "alerts" not in report:
-        return ""
-    gone = (
-        ""
-        if report.get("alerts_complete", True)
-        else '<p style="margin:0 0 16px 0;">Alerts resolved more than 24 h ago are no longer '
-        "kept: some of this shift's may be missing.</p>"
-    )
-    return notes_html(report.get("notes") or []) + alerts_html(report["alerts"]) + gone
