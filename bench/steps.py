@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Final
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         mine = batch.filter(pl.col("_home") == part).drop("_home")
         return part, engine.step(core, states[part], mine, open_records=asked)[0]
 
-    with timed_phases(spent) if args.phases else _nothing():
+    with timed_phases(spent) if args.phases else nullcontext():
         for size in sizes:
             took: list[float] = []
             cpu0, wall0 = cpu_seconds(), time.perf_counter()
@@ -168,11 +168,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"where a partition's step goes (wall ms, mean over {steps:,} steps):")
         for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
             print(f"  {name:<14} {seconds / steps * 1000:7.2f}")
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 if __name__ == "__main__":

@@ -39,15 +39,6 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
-def size(png: bytes) -> tuple[int, int]:
-    """(width, height) of a PNG image."""
-    kind, header = _chunks(png)[0]
-    if kind != b"IHDR":
-        raise PngError("a PNG image starts with its IHDR chunk")
-    width, height = struct.unpack(">II", header[:8])
-    return int(width), int(height)
-
-
 def top_rows(png: bytes, height: int) -> bytes:
     """The image's first `height` rows (all of it if it has no more)."""
     chunks = _chunks(png)

@@ -10,7 +10,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from linepulse.png import PngError, size, top_rows
+from linepulse.png import PngError, top_rows
 
 
 def striped(width: int, height: int, mode: str) -> bytes:
@@ -29,8 +29,8 @@ def striped(width: int, height: int, mode: str) -> bytes:
 def test_the_top_rows_are_the_originals_pixels(mode: str) -> None:
     png = striped(37, 50, mode)
     cut = top_rows(png, 20)
-    assert size(cut) == (37, 20)
     with Image.open(io.BytesIO(png)) as whole, Image.open(io.BytesIO(cut)) as top:
+        assert top.size == (37, 20)
         assert top.mode == mode
         assert top.tobytes() == whole.crop((0, 0, 37, 20)).tobytes()
 
